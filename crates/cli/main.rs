@@ -1,0 +1,244 @@
+//! `reefknot`: merge fine-tuned model checkpoints from a recipe.
+//!
+//! Exit codes: 0 success, 1 the merge failed, 2 a usage or recipe error.
+
+mod demo;
+mod ops;
+mod plugins;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use reefknot_engine::{MergeOptions, Plan, PlanOptions, Progress};
+use reefknot_recipe::Recipe;
+
+#[derive(Parser)]
+#[command(
+    name = "reefknot",
+    version,
+    about = "Merge fine-tuned model checkpoints: TIES, DARE and Fisher merging as a typed, composable language",
+    after_help = "Run `reefknot demo` to see merges compared on a synthetic family, `reefknot ops` for the operators."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the merge a recipe describes and write the merged model.
+    Merge(MergeArgs),
+    /// Validate a recipe without reading tensor data and print the plan.
+    Check(CheckArgs),
+    /// List the operators, or show one operator's documentation.
+    Ops {
+        /// An operator name (or alias).
+        name: Option<String>,
+        /// Print the operator reference as Markdown (docs/operators.md is this output).
+        #[arg(long, conflicts_with = "name")]
+        markdown: bool,
+        #[command(flatten)]
+        plugins: plugins::PluginArgs,
+    },
+    /// Merge a synthetic family with several methods and compare how each keeps the tasks.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(ClapArgs)]
+struct Overrides {
+    /// Seed for random operators (overrides the recipe's `seed`).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Output dtype: bfloat16, float16 or float32 (overrides the recipe's `dtype`).
+    #[arg(long)]
+    dtype: Option<String>,
+    #[command(flatten)]
+    plugins: plugins::PluginArgs,
+}
+
+#[derive(ClapArgs)]
+struct CheckArgs {
+    /// The recipe (YAML).
+    recipe: PathBuf,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+#[derive(ClapArgs)]
+struct MergeArgs {
+    /// The recipe (YAML).
+    recipe: PathBuf,
+    /// The output folder (must not exist, unless --force).
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    overrides: Overrides,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Replace the output folder if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Maximum size of an output shard, e.g. 5GB, 500MB (default 5GB).
+    #[arg(long, value_parser = parse_size)]
+    shard_size: Option<u64>,
+    /// Elements per chunk of work (advanced; results do not depend on it).
+    #[arg(long, default_value_t = reefknot_engine::DEFAULT_CHUNK, hide = true)]
+    chunk: usize,
+    /// Print nothing but errors.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+/// A failure with its exit code; rendered with miette when it is a diagnostic.
+pub(crate) enum Failure {
+    Engine(reefknot_engine::Error),
+    Other { code: i32, error: anyhow::Error },
+}
+
+impl From<reefknot_engine::Error> for Failure {
+    fn from(e: reefknot_engine::Error) -> Self {
+        Failure::Engine(e)
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure::Other { code: 1, error }
+    }
+}
+
+pub(crate) fn usage(error: anyhow::Error) -> Failure {
+    Failure::Other { code: 2, error }
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    reefknot_recipe::parse_size(s).ok_or_else(|| {
+        format!(
+            "`{s}` is not a size: write bytes (5000000000) or a size with a unit, such as \
+             5GB or 2GiB (KB, MB, GB, TB: powers of 1000; KiB, MiB, GiB, TiB: of 1024)"
+        )
+    })
+}
+
+fn load_plan(recipe: &std::path::Path, overrides: &Overrides) -> Result<Plan, Failure> {
+    let recipe = Recipe::load(recipe).map_err(reefknot_engine::Error::from)?;
+    let registry = plugins::registry(&overrides.plugins, &recipe.plugins)?;
+    let opts = PlanOptions {
+        seed: overrides.seed,
+        dtype: overrides.dtype.clone(),
+    };
+    Ok(Plan::build(recipe, &registry, &opts)?)
+}
+
+/// The terminal progress bar (hidden when stderr is not a terminal or with --quiet).
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    fn start(&self, total: u64) {
+        self.0.set_length(total);
+    }
+    fn advance(&self, n: u64) {
+        self.0.inc(n);
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+fn bar(quiet: bool) -> Bar {
+    let target = if quiet {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    };
+    let pb = ProgressBar::with_draw_target(Some(0), target);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} merging [{bar:40}] {percent:>3}%  {human_pos}/{human_len} parameters  {elapsed} (eta {eta})",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    Bar(pb)
+}
+
+fn merge(args: &MergeArgs) -> Result<(), Failure> {
+    let plan = load_plan(&args.recipe, &args.overrides)?;
+    let opts = MergeOptions {
+        threads: args.threads,
+        chunk: args.chunk,
+        force: args.force,
+        shard_size: args.shard_size,
+    };
+    let report = reefknot_engine::merge(&plan, &args.output, &opts, &bar(args.quiet))?;
+    if !args.quiet {
+        let files: Vec<String> = report
+            .files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect();
+        println!(
+            "merged {} tensors ({} parameters) into {} in {:.2} s ({})",
+            report.tensors,
+            report.elements,
+            report.output.display(),
+            report.seconds,
+            files.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn check(args: &CheckArgs) -> Result<(), Failure> {
+    let plan = load_plan(&args.recipe, &args.overrides)?;
+    print!("{}", plan.describe());
+    println!("\nok: the recipe is valid");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Diagnostics wrap to the terminal; piped into a file or a test, lines stay whole.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = miette::set_hook(Box::new(move |_| {
+        Box::new(
+            miette::MietteHandlerOpts::new()
+                .wrap_lines(terminal)
+                .build(),
+        )
+    }));
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("REEFKNOT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    let result = match &cli.command {
+        Command::Merge(args) => merge(args),
+        Command::Check(args) => check(args),
+        Command::Ops {
+            name,
+            markdown,
+            plugins,
+        } => plugins::registry(plugins, &[])
+            .and_then(|registry| ops::run(&registry, name.as_deref(), *markdown)),
+        Command::Demo(args) => demo::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Engine(e)) => {
+            let code = e.exit_code();
+            eprintln!("{:?}", miette::Report::new(e));
+            ExitCode::from(code as u8)
+        }
+        Err(Failure::Other { code, error }) => {
+            eprintln!("Error: {error:#}");
+            ExitCode::from(code as u8)
+        }
+    }
+}

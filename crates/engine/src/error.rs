@@ -1,0 +1,260 @@
+//! Everything that can stop a merge, with the context to act on it.
+
+use std::path::PathBuf;
+
+use miette::Diagnostic;
+
+/// Why a plan could not be built or a merge could not finish.
+///
+/// A box around [`ErrorKind`], so that results stay small on the hot paths.
+/// [`Error::exit_code`] sorts errors into the CLI's classes: 2 for a problem with the
+/// recipe or the command line, 1 for a merge that failed on its inputs or its output.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error(transparent)]
+#[diagnostic(transparent)]
+pub struct Error(Box<ErrorKind>);
+
+impl Error {
+    /// What went wrong.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.0
+    }
+
+    /// The CLI exit code: 2 for recipe and usage errors, 1 for failed merges.
+    pub fn exit_code(&self) -> i32 {
+        self.0.exit_code()
+    }
+}
+
+impl<E: Into<ErrorKind>> From<E> for Error {
+    fn from(e: E) -> Self {
+        Error(Box::new(e.into()))
+    }
+}
+
+/// Every way a plan or a merge can fail.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum ErrorKind {
+    /// The recipe file is invalid.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Recipe(#[from] reefknot_recipe::RecipeError),
+
+    /// A merge expression is invalid.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Lang(#[from] reefknot_lang::LangError),
+
+    /// A checkpoint could not be read.
+    #[error("cannot read the {role}")]
+    Checkpoint {
+        /// Which input: `base model`, `model 2 (models/math)`, `Fisher of model 1`.
+        role: String,
+        /// What went wrong.
+        #[source]
+        source: reefknot_io::IoError,
+    },
+
+    /// A base tensor is absent from a model.
+    #[error("tensor `{tensor}` of the base is missing from {model}")]
+    #[diagnostic(help(
+        "every fine-tune must have every tensor of the base, with the same shape; \
+         is this a fine-tune of a different architecture?"
+    ))]
+    MissingTensor {
+        /// The tensor.
+        tensor: String,
+        /// The model that lacks it.
+        model: String,
+    },
+
+    /// A model's tensor has another shape than the base's.
+    #[error("tensor `{tensor}` has shape {found:?} in {model} but {expected:?} in the base")]
+    ShapeMismatch {
+        /// The tensor.
+        tensor: String,
+        /// The model.
+        model: String,
+        /// The base's shape.
+        expected: Vec<usize>,
+        /// The model's shape.
+        found: Vec<usize>,
+    },
+
+    /// A tensor is a float in the base but not in a model (or the reverse).
+    #[error("tensor `{tensor}` is {found} in {model} but {expected} in the base")]
+    #[diagnostic(help("floating-point tensors (F32, F16, BF16) are merged; others are copied from the base and must have the same dtype everywhere"))]
+    DtypeMismatch {
+        /// The tensor.
+        tensor: String,
+        /// The model.
+        model: String,
+        /// The base's dtype.
+        expected: String,
+        /// The model's dtype.
+        found: String,
+    },
+
+    /// A `$variable` has no value for some tensor and model.
+    #[error("variable `${name}` is not defined for {model} (tensor `{tensor}`, expression `{expression}`)")]
+    #[diagnostic(help(
+        "give it a value in the recipe's `params:`, in the model's `params:`, or in the `params:` of an override that matches this tensor"
+    ))]
+    UndefinedVariable {
+        /// The variable, without `$`.
+        name: String,
+        /// The model the value was looked up for.
+        model: String,
+        /// The tensor.
+        tensor: String,
+        /// The expression that reads it.
+        expression: String,
+    },
+
+    /// A resolved argument is outside what the operator accepts.
+    #[error("`{op}` parameter `{param}` = {value} is out of range for tensor `{tensor}`{from}: expected {expected}")]
+    OutOfRange {
+        /// The operator.
+        op: String,
+        /// The parameter.
+        param: String,
+        /// The value.
+        value: f64,
+        /// Where the value came from (` (from $density of model 2)`), or empty.
+        from: String,
+        /// The tensor.
+        tensor: String,
+        /// The accepted range.
+        expected: String,
+    },
+
+    /// A `$variable` resolved to a value of the wrong kind.
+    #[error("variable `${name}` is {found} but `{op}` parameter `{param}` needs {expected}")]
+    VariableKind {
+        /// The variable.
+        name: String,
+        /// The operator.
+        op: String,
+        /// The parameter.
+        param: String,
+        /// What it holds.
+        found: String,
+        /// What the parameter accepts.
+        expected: String,
+    },
+
+    /// A per-model value reached an operator acting on the merged delta.
+    #[error(
+        "`{op}` acts on the merged delta, but `${name}` differs between models (tensor `{tensor}`)"
+    )]
+    #[diagnostic(help("per-model values only make sense before the models are combined; set `{name}` in the recipe's `params:` instead"))]
+    PerModelOnDelta {
+        /// The operator.
+        op: String,
+        /// The variable.
+        name: String,
+        /// The tensor.
+        tensor: String,
+    },
+
+    /// A stage reads Fisher information that a model does not provide.
+    #[error("`{op}` needs each model's Fisher information, but {model} has no `fisher:` file")]
+    #[diagnostic(help("add `fisher: path/to/fisher.safetensors` to the model in the recipe (a diagonal Fisher with the model's tensor names)"))]
+    NoFisher {
+        /// The operator.
+        op: String,
+        /// The model.
+        model: String,
+    },
+
+    /// A Fisher file lacks a tensor or has the wrong shape for it.
+    #[error("the Fisher file of {model} {problem} for tensor `{tensor}`")]
+    FisherTensor {
+        /// The model.
+        model: String,
+        /// The tensor.
+        tensor: String,
+        /// `has no entry` / `has shape [..] instead of [..]` / `is I64, not a float`.
+        problem: String,
+    },
+
+    /// The requested output dtype cannot be written.
+    #[error("cannot write the output as `{0}`")]
+    #[diagnostic(help("merged tensors are written as bfloat16, float16 or float32"))]
+    OutputDtype(String),
+
+    /// An operator refused its arguments or failed while merging.
+    #[error("{error} (tensor `{tensor}`)")]
+    Operator {
+        /// The tensor being merged.
+        tensor: String,
+        /// What the operator reported (part of the message, not a separate cause, so
+        /// that it is printed once).
+        error: reefknot_ops::OpError,
+    },
+
+    /// The output folder exists and `--force` was not given.
+    #[error("the output folder {0} already exists")]
+    #[diagnostic(help("choose another folder, or pass --force to replace it"))]
+    OutputExists(PathBuf),
+
+    /// The output would overwrite or contain an input.
+    #[error("the output folder {output} would overwrite the input {input}")]
+    #[diagnostic(help("write the merge to a new folder; reefknot never overwrites its inputs"))]
+    OutputIsInput {
+        /// The output folder.
+        output: PathBuf,
+        /// The input it collides with.
+        input: PathBuf,
+    },
+
+    /// Writing the output failed.
+    #[error("cannot write the output in {path}")]
+    Output {
+        /// Where.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Writing the output's tensors failed.
+    #[error("cannot write the merged tensors")]
+    Writer(#[source] reefknot_io::IoError),
+
+    /// The thread pool could not be built.
+    #[error("cannot start {threads} worker threads: {message}")]
+    Threads {
+        /// How many were asked for.
+        threads: usize,
+        /// The reason.
+        message: String,
+    },
+}
+
+impl ErrorKind {
+    /// The CLI exit code: 2 for recipe and usage errors, 1 for failed merges.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ErrorKind::Recipe(_)
+            | ErrorKind::Lang(_)
+            | ErrorKind::UndefinedVariable { .. }
+            | ErrorKind::OutOfRange { .. }
+            | ErrorKind::VariableKind { .. }
+            | ErrorKind::PerModelOnDelta { .. }
+            | ErrorKind::NoFisher { .. }
+            | ErrorKind::OutputDtype(_)
+            | ErrorKind::OutputExists(_)
+            | ErrorKind::OutputIsInput { .. }
+            | ErrorKind::Threads { .. } => 2,
+            ErrorKind::Checkpoint { .. }
+            | ErrorKind::MissingTensor { .. }
+            | ErrorKind::ShapeMismatch { .. }
+            | ErrorKind::DtypeMismatch { .. }
+            | ErrorKind::FisherTensor { .. }
+            | ErrorKind::Operator { .. }
+            | ErrorKind::Output { .. }
+            | ErrorKind::Writer(_) => 1,
+        }
+    }
+}

@@ -1,0 +1,463 @@
+//! The streaming executor.
+//!
+//! Every output tensor is produced in chunks of [`MergeOptions::chunk`] elements. For
+//! each chunk a worker converts the base's and the models' values to `f32` in its own
+//! scratch space, forms the task vectors, runs the tensor's stages, adds the delta to the
+//! base and converts the result straight into the memory-mapped output file. Stages that
+//! need statistics over the whole tensor (the top-k threshold of `trim`, `dare`'s L1
+//! norms) get them in earlier streaming passes that recompute the stages before them.
+//! Peak memory is therefore bounded by threads × chunk, not by tensor or model size, and
+//! because every reduction is either an integer count or summed in a fixed order, the
+//! bytes written do not depend on the thread count or the chunk size.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+use reefknot_io::{from_f32, to_f32, to_f32_minus, Checkpoint, Dtype, ModelWriter};
+use reefknot_ops::{BindCtx, Chunk, Kernel, OrderFreeSum, Partial, BLOCK};
+
+use crate::plan::{Job, MergeJob, Plan, Stage, TensorPlan};
+use crate::{Error, ErrorKind};
+
+/// Receives progress reports (in elements of output written).
+pub trait Progress: Sync {
+    /// The merge starts; `total` elements will be written.
+    fn start(&self, _total: u64) {}
+    /// `n` more elements were written.
+    fn advance(&self, _n: u64) {}
+    /// The merge is done.
+    fn finish(&self) {}
+}
+
+/// Reports nothing.
+pub struct NoProgress;
+
+impl Progress for NoProgress {}
+
+/// Scratch space of one worker, reused across chunks and tensors.
+#[derive(Default)]
+struct Scratch {
+    base: Vec<f32>,
+    stack: Vec<f32>,
+    sign: Vec<f32>,
+    delta: Vec<f32>,
+    spare: Vec<f32>,
+    fisher: Vec<f32>,
+}
+
+impl Scratch {
+    fn reserve(&mut self, len: usize, models: usize, fisher: bool) {
+        fn fit(v: &mut Vec<f32>, n: usize) {
+            if v.len() < n {
+                v.resize(n, 0.0);
+            }
+        }
+        fit(&mut self.base, len);
+        fit(&mut self.stack, len * models);
+        fit(&mut self.sign, len);
+        fit(&mut self.delta, len);
+        fit(&mut self.spare, len);
+        if fisher {
+            fit(&mut self.fisher, len * models);
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    /// A worker's output bytes for one chunk.
+    static BYTES: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Where a merged tensor's bytes go.
+pub trait Sink: Sync {
+    /// Writes `bytes` at byte `offset` of the tensor. Called from many threads at once,
+    /// for disjoint ranges.
+    fn write_at(&self, offset: usize, bytes: &[u8]) -> Result<(), Error>;
+}
+
+/// A tensor's bytes in memory (for tests and tools).
+pub struct MemorySink(std::sync::Mutex<Vec<u8>>);
+
+impl MemorySink {
+    /// `len` zero bytes.
+    pub fn new(len: usize) -> Self {
+        MemorySink(std::sync::Mutex::new(vec![0; len]))
+    }
+
+    /// The bytes written.
+    pub fn into_inner(self) -> Vec<u8> {
+        self.0.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Sink for MemorySink {
+    fn write_at(&self, offset: usize, bytes: &[u8]) -> Result<(), Error> {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        v[offset..offset + bytes.len()].copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// Tensor `index` of an output being written.
+struct WriterSink<'a> {
+    writer: &'a ModelWriter,
+    index: usize,
+}
+
+impl Sink for WriterSink<'_> {
+    fn write_at(&self, offset: usize, bytes: &[u8]) -> Result<(), Error> {
+        self.writer
+            .write_at(self.index, offset, bytes)
+            .map_err(|e| ErrorKind::Writer(e).into())
+    }
+}
+
+/// Where a tensor's input values come from: memory-mapped checkpoints, or slices in
+/// memory (tests, tools).
+pub trait Source: Sync {
+    /// Reads base elements `[start, start + out.len())` as `f32`.
+    fn base(&self, start: usize, out: &mut [f32]);
+    /// Reads model `i`'s elements `[start, start + out.len())` as `f32`.
+    fn model(&self, i: usize, start: usize, out: &mut [f32]);
+    /// Model `i`'s task vector over `[start, start + out.len())`: its values minus
+    /// `base` (the base's values over the same range).
+    fn delta(&self, i: usize, start: usize, base: &[f32], out: &mut [f32]) {
+        self.model(i, start, out);
+        out.iter_mut().zip(base).for_each(|(x, &b)| *x -= b);
+    }
+    /// Reads model `i`'s Fisher values `[start, start + out.len())` as `f32`.
+    fn fisher(&self, i: usize, start: usize, out: &mut [f32]);
+}
+
+/// One tensor to merge: its inputs and its bound pipeline.
+pub struct TensorJob<'a> {
+    /// The tensor's name (keys the random streams).
+    pub name: &'a str,
+    /// Number of elements.
+    pub numel: usize,
+    /// Number of fine-tuned models.
+    pub models: usize,
+    /// The input values.
+    pub source: &'a dyn Source,
+    /// Whether stages read Fisher values.
+    pub fisher: bool,
+    /// The stages with their resolved arguments.
+    pub stages: &'a [Stage],
+    /// The models' weights.
+    pub weights: &'a [f32],
+    /// The seed.
+    pub seed: u64,
+    /// Each model's mean Fisher value, when a stage asked for it.
+    pub fisher_means: Option<&'a [f64]>,
+}
+
+/// Everything a worker needs to produce chunks of one tensor.
+struct TensorRun<'a> {
+    job: &'a TensorJob<'a>,
+    chunk: usize,
+}
+
+impl TensorRun<'_> {
+    fn chunks(&self) -> usize {
+        self.job.numel.div_ceil(self.chunk)
+    }
+
+    fn range(&self, index: usize) -> (usize, usize) {
+        let start = index * self.chunk;
+        (start, (start + self.chunk).min(self.job.numel))
+    }
+
+    /// Fills the worker's scratch with chunk `index` of the task vectors, runs `stages`
+    /// over it, then hands the chunk to `f`.
+    fn with_chunk<R>(
+        &self,
+        index: usize,
+        stages: &[Box<dyn Kernel>],
+        f: impl FnOnce(&mut Chunk<'_>) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        let (start, end) = self.range(index);
+        let len = end - start;
+        let job = self.job;
+        let models = job.models;
+        SCRATCH.with_borrow_mut(|s| {
+            s.reserve(len, models, job.fisher);
+            job.source.base(start, &mut s.base[..len]);
+            let base = &s.base[..len];
+            for i in 0..models {
+                job.source
+                    .delta(i, start, base, &mut s.stack[i * len..(i + 1) * len]);
+            }
+            if job.fisher {
+                for i in 0..models {
+                    job.source
+                        .fisher(i, start, &mut s.fisher[i * len..(i + 1) * len]);
+                }
+            }
+            let mut chunk = Chunk {
+                index,
+                offset: start,
+                len,
+                models,
+                base,
+                stack: &mut s.stack[..len * models],
+                sign: &mut s.sign[..len],
+                delta: &mut s.delta[..len],
+                scratch: &mut s.spare[..len],
+                fisher: job.fisher.then(|| &s.fisher[..len * models]),
+                weights: job.weights,
+            };
+            for k in stages {
+                k.apply(&mut chunk).map_err(|error| ErrorKind::Operator {
+                    tensor: job.name.to_string(),
+                    error,
+                })?;
+            }
+            f(&mut chunk)
+        })
+    }
+
+    /// Binds the stages and runs the statistics passes they ask for.
+    fn prepare(&self) -> Result<Vec<Box<dyn Kernel>>, Error> {
+        let job = self.job;
+        let op_err = |error| ErrorKind::Operator {
+            tensor: job.name.to_string(),
+            error,
+        };
+        let mut kernels: Vec<Box<dyn Kernel>> = Vec::with_capacity(job.stages.len());
+        for stage in job.stages {
+            let ctx = BindCtx {
+                tensor: job.name,
+                numel: job.numel,
+                models: job.models,
+                seed: job.seed,
+                signature: stage.call.signature,
+                fisher_means: job.fisher_means,
+            };
+            let mut kernel = stage.operator.bind(&stage.args, &ctx).map_err(op_err)?;
+            let mut pass = 0;
+            while kernel.wants_pass(pass) {
+                let k = &kernel;
+                // Contiguous groups of the chunks the pass observes, a few per worker,
+                // each folded into one accumulator: bounded allocations, good balance.
+                let stride = k.pass_stride(pass).max(1);
+                let observed = self.chunks().div_ceil(stride);
+                let groups = observed.min(4 * rayon::current_num_threads()).max(1);
+                let per_group = observed.div_ceil(groups);
+                let total: Partial = (0..groups)
+                    .into_par_iter()
+                    .map(|g| {
+                        let mut acc = k.partial(pass);
+                        for i in g * per_group..((g + 1) * per_group).min(observed) {
+                            self.with_chunk(i * stride, &kernels, |chunk| {
+                                k.observe(pass, chunk, &mut acc);
+                                Ok(())
+                            })?;
+                        }
+                        Ok::<_, Error>(acc)
+                    })
+                    .try_reduce_with(|a, b| Ok(k.combine(pass, a, b)))
+                    .unwrap_or_else(|| Ok(k.partial(pass)))?;
+                kernel.conclude(pass, total).map_err(op_err)?;
+                pass += 1;
+            }
+            kernels.push(kernel);
+        }
+        Ok(kernels)
+    }
+
+    /// Runs the final pass: `θ_base + Δ` converted to `dtype`, written to `out`.
+    fn write(
+        &self,
+        kernels: &[Box<dyn Kernel>],
+        dtype: Dtype,
+        out: &dyn Sink,
+        progress: &dyn Progress,
+    ) -> Result<(), Error> {
+        let size = dtype.size();
+        (0..self.chunks()).into_par_iter().try_for_each(|index| {
+            let mut bytes = BYTES.take();
+            let result = self.with_chunk(index, kernels, |chunk| {
+                for ((o, &b), &d) in chunk
+                    .scratch
+                    .iter_mut()
+                    .zip(chunk.base)
+                    .zip(chunk.delta.iter())
+                {
+                    *o = b + d;
+                }
+                bytes.resize(chunk.len * size, 0);
+                from_f32(dtype, chunk.scratch, &mut bytes);
+                progress.advance(chunk.len as u64);
+                out.write_at(chunk.offset * size, &bytes)
+            });
+            BYTES.set(bytes);
+            result
+        })
+    }
+}
+
+/// Merges one tensor, writing `θ_base + Δ` as `dtype` (`numel · dtype.size()` bytes)
+/// to `out`, in chunks of `chunk` elements (a multiple of [`BLOCK`]) on the current
+/// rayon pool.
+pub fn merge_tensor(
+    job: &TensorJob<'_>,
+    chunk: usize,
+    dtype: Dtype,
+    out: &dyn Sink,
+    progress: &dyn Progress,
+) -> Result<(), Error> {
+    assert!(
+        chunk > 0 && chunk.is_multiple_of(BLOCK),
+        "chunks are whole blocks"
+    );
+    let run = TensorRun { job, chunk };
+    let kernels = run.prepare()?;
+    run.write(&kernels, dtype, out, progress)
+}
+
+/// Slices in memory as a [`Source`] (every slice as long as the tensor).
+pub struct InMemory<'a> {
+    /// The base values.
+    pub base: &'a [f32],
+    /// Each model's values.
+    pub models: Vec<&'a [f32]>,
+    /// Each model's Fisher values (empty when none).
+    pub fisher: Vec<&'a [f32]>,
+}
+
+impl Source for InMemory<'_> {
+    fn base(&self, start: usize, out: &mut [f32]) {
+        out.copy_from_slice(&self.base[start..start + out.len()]);
+    }
+    fn model(&self, i: usize, start: usize, out: &mut [f32]) {
+        out.copy_from_slice(&self.models[i][start..start + out.len()]);
+    }
+    fn fisher(&self, i: usize, start: usize, out: &mut [f32]) {
+        out.copy_from_slice(&self.fisher[i][start..start + out.len()]);
+    }
+}
+
+/// A tensor of the plan's checkpoints as a [`Source`].
+struct Mapped<'a> {
+    plan: &'a Plan,
+    tensor: &'a TensorPlan,
+    job: &'a MergeJob,
+}
+
+impl Source for Mapped<'_> {
+    fn base(&self, start: usize, out: &mut [f32]) {
+        let base = &self.plan.base;
+        read_f32(base, &base.tensors()[self.tensor.base_tensor], start, out);
+    }
+    fn model(&self, i: usize, start: usize, out: &mut [f32]) {
+        let m = &self.plan.models[i];
+        read_f32(m, &m.tensors()[self.job.model_tensors[i]], start, out);
+    }
+    fn delta(&self, i: usize, start: usize, base: &[f32], out: &mut [f32]) {
+        let m = &self.plan.models[i];
+        let info = &m.tensors()[self.job.model_tensors[i]];
+        let size = info.dtype.size();
+        let bytes = &m.data(info)[start * size..(start + out.len()) * size];
+        to_f32_minus(info.dtype, bytes, base, out);
+    }
+    fn fisher(&self, i: usize, start: usize, out: &mut [f32]) {
+        let f = self.plan.fishers[i]
+            .as_ref()
+            .expect("planned with Fisher files");
+        let ti = self
+            .job
+            .fisher_tensors
+            .as_ref()
+            .expect("planned with Fisher tensors")[i];
+        read_f32(f, &f.tensors()[ti], start, out);
+    }
+}
+
+/// Reads elements `[start, start + out.len())` of tensor `info` as `f32`.
+fn read_f32(ckpt: &Checkpoint, info: &reefknot_io::TensorInfo, start: usize, out: &mut [f32]) {
+    let size = info.dtype.size();
+    let bytes = &ckpt.data(info)[start * size..(start + out.len()) * size];
+    to_f32(info.dtype, bytes, out);
+}
+
+/// Computes each model's Fisher mean over every floating-point tensor of its Fisher file
+/// that the base also has (for `fisher(normalize=true)`). Blocks of [`BLOCK`] elements
+/// are summed in order and the block sums added order-free, so the result does not
+/// depend on the threads.
+pub(crate) fn fisher_means(plan: &Plan) -> Vec<f64> {
+    plan.fishers
+        .iter()
+        .map(|f| {
+            let Some(f) = f else { return 1.0 };
+            let mut sum = 0f64;
+            let mut count = 0u64;
+            for info in f.tensors() {
+                if !info.dtype.is_computable() || plan.base.get(&info.name).is_none() {
+                    continue;
+                }
+                let n = info.numel();
+                let total = (0..n.div_ceil(BLOCK))
+                    .into_par_iter()
+                    .fold(OrderFreeSum::default, |mut acc, b| {
+                        let start = b * BLOCK;
+                        let mut buf = [0f32; BLOCK];
+                        let buf = &mut buf[..BLOCK.min(n - start)];
+                        read_f32(f, info, start, buf);
+                        acc.add(buf.iter().map(|&x| f64::from(x)).sum::<f64>());
+                        acc
+                    })
+                    .reduce(OrderFreeSum::default, |mut a, b| {
+                        a.merge(b);
+                        a
+                    });
+                sum += total.value();
+                count += n as u64;
+            }
+            if count == 0 {
+                1.0
+            } else {
+                sum / count as f64
+            }
+        })
+        .collect()
+}
+
+/// Produces every tensor of `plan` into `writer` (whose tensors are the plan's, in order).
+pub(crate) fn run(
+    plan: &Plan,
+    writer: &ModelWriter,
+    chunk: usize,
+    progress: &dyn Progress,
+) -> Result<(), Error> {
+    let fisher_means = plan.needs_fisher_means.then(|| fisher_means(plan));
+    plan.tensors
+        .par_iter()
+        .enumerate()
+        .try_for_each(|(index, tensor)| -> Result<(), Error> {
+            let out = WriterSink { writer, index };
+            match &tensor.job {
+                Job::Copy => {
+                    let info = &plan.base.tensors()[tensor.base_tensor];
+                    out.write_at(0, plan.base.data(info))?;
+                    progress.advance(tensor.numel as u64);
+                    Ok(())
+                }
+                Job::Merge(job) => {
+                    let source = Mapped { plan, tensor, job };
+                    let job = TensorJob {
+                        name: &tensor.name,
+                        numel: tensor.numel,
+                        models: plan.models.len(),
+                        source: &source,
+                        fisher: job.fisher_tensors.is_some(),
+                        stages: &job.stages,
+                        weights: &job.weights,
+                        seed: plan.seed,
+                        fisher_means: fisher_means.as_deref(),
+                    };
+                    merge_tensor(&job, chunk, tensor.dtype, &out, progress)
+                }
+            }
+        })
+}

@@ -1,0 +1,559 @@
+//! The built-in operators on hand-computed cases and their promised properties, run
+//! through the real streaming executor (chunked, parallel) on vectors in memory.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use reefknot_engine::{bind_pipeline, merge_tensor, InMemory, MemorySink, NoProgress, TensorJob};
+use reefknot_io::Dtype;
+use reefknot_ops::{Registry, BLOCK};
+
+/// A merge of one tensor: `base + Δ` for the pipeline `expr`.
+struct Case<'a> {
+    expr: &'a str,
+    base: Vec<f32>,
+    models: Vec<Vec<f32>>,
+    weights: Vec<f32>,
+    fisher: Vec<Vec<f32>>,
+    vars: BTreeMap<String, Vec<f64>>,
+    seed: u64,
+    chunk: usize,
+}
+
+impl<'a> Case<'a> {
+    fn new(expr: &'a str, base: Vec<f32>, models: Vec<Vec<f32>>) -> Self {
+        let t = models.len();
+        Case {
+            expr,
+            base,
+            models,
+            weights: vec![1.0; t],
+            fisher: Vec::new(),
+            vars: BTreeMap::new(),
+            seed: 0,
+            chunk: BLOCK,
+        }
+    }
+
+    /// Task vectors on a zero base: the output is Δ itself.
+    fn deltas(expr: &'a str, deltas: &[&[f32]]) -> Self {
+        let n = deltas[0].len();
+        Case::new(
+            expr,
+            vec![0.0; n],
+            deltas.iter().map(|d| d.to_vec()).collect(),
+        )
+    }
+
+    fn weights(mut self, w: &[f32]) -> Self {
+        self.weights = w.to_vec();
+        self
+    }
+
+    fn fisher(mut self, f: Vec<Vec<f32>>) -> Self {
+        self.fisher = f;
+        self
+    }
+
+    fn var(mut self, name: &str, values: &[f64]) -> Self {
+        self.vars.insert(name.to_string(), values.to_vec());
+        self
+    }
+
+    fn chunk(mut self, chunk: usize) -> Self {
+        self.chunk = chunk;
+        self
+    }
+
+    fn run(&self) -> Vec<f32> {
+        let bytes = self.run_bytes(None);
+        bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    }
+
+    /// The output's bytes, on a pool of `threads` threads (or the global pool).
+    fn run_bytes(&self, threads: Option<usize>) -> Vec<u8> {
+        let registry = Registry::builtin();
+        let pipeline = reefknot_lang::compile(self.expr, &registry)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.expr));
+        let t = self.models.len();
+        let stages = bind_pipeline(&pipeline, &registry, &self.vars, t, "test.weight")
+            .unwrap_or_else(|e| panic!("{}: {e}", self.expr));
+        let source = InMemory {
+            base: &self.base,
+            models: self.models.iter().map(Vec::as_slice).collect(),
+            fisher: self.fisher.iter().map(Vec::as_slice).collect(),
+        };
+        let job = TensorJob {
+            name: "test.weight",
+            numel: self.base.len(),
+            models: t,
+            source: &source,
+            fisher: !self.fisher.is_empty(),
+            stages: &stages,
+            weights: &self.weights,
+            seed: self.seed,
+            fisher_means: None,
+        };
+        let out = MemorySink::new(self.base.len() * 4);
+        let work = || {
+            merge_tensor(&job, self.chunk, Dtype::F32, &out, &NoProgress).unwrap();
+            out.into_inner()
+        };
+        match threads {
+            Some(n) => rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+                .install(work),
+            None => work(),
+        }
+    }
+}
+
+fn close(a: &[f32], b: &[f32], tol: f32) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| (x - y).abs() <= tol * (1.0 + x.abs().max(y.abs())))
+}
+
+#[test]
+fn worked_example_from_the_ties_paper() {
+    // One parameter, three fine-tunes moving it by +0.5, +0.4 and −0.6.
+    let d: &[&[f32]] = &[&[0.5], &[0.4], &[-0.6]];
+    // Elected sign: Σ = +0.3 ≥ 0, so +. Disjoint mean of the agreeing +0.5, +0.4.
+    assert_eq!(
+        Case::deltas("trim(1) |> elect |> disjoint", d).run(),
+        [0.45]
+    );
+    assert_eq!(Case::deltas("ties", d).run(), [0.45]);
+    assert_eq!(
+        Case::deltas("ties(trim(0.2), elect, disjoint)", d).run(),
+        [0.45]
+    );
+    // Task arithmetic averaged: (0.5 + 0.4 − 0.6) / 3.
+    let mean = Case::deltas("mean", d).run()[0];
+    assert!((mean - 0.1).abs() < 1e-7, "{mean}");
+    // Summed, the agreeing entries: 0.9.
+    assert_eq!(
+        Case::deltas("trim(1) |> elect |> disjoint(sum)", d).run(),
+        [0.9]
+    );
+    let sum = Case::deltas("sum", d).run()[0];
+    assert!((sum - 0.3).abs() < 1e-7, "{sum}");
+}
+
+#[test]
+fn the_output_is_the_base_plus_the_delta() {
+    let case = Case::new("sum", vec![1.0, 2.0], vec![vec![1.5, 2.0], vec![0.5, 3.0]]);
+    assert_eq!(case.run(), [1.0, 3.0]);
+}
+
+#[test]
+fn trim_keeps_the_largest_magnitudes() {
+    let v: &[f32] = &[3.0, -1.0, 2.0, -5.0, 0.5];
+    assert_eq!(
+        Case::deltas("trim(0.4) |> sum", &[v]).run(),
+        [3.0, 0.0, 0.0, -5.0, 0.0]
+    );
+    assert_eq!(Case::deltas("trim(0) |> sum", &[v]).run(), [0.0; 5]);
+    assert_eq!(Case::deltas("trim(1) |> sum", &[v]).run(), v);
+    assert_eq!(Case::deltas("trim(7.5) |> sum", &[v]).run(), v);
+    // ⌊0.1·5⌋ = 0, but a positive density keeps at least one entry.
+    assert_eq!(
+        Case::deltas("trim(0.1) |> sum", &[v]).run(),
+        [0.0, 0.0, 0.0, -5.0, 0.0]
+    );
+    // `topk` is an alias.
+    assert_eq!(
+        Case::deltas("topk(0.4) |> sum", &[v]).run(),
+        [3.0, 0.0, 0.0, -5.0, 0.0]
+    );
+}
+
+#[test]
+fn trim_breaks_ties_by_flat_index() {
+    let v: &[f32] = &[1.0, -1.0, 1.0, 2.0, 1.0, -1.0];
+    // Keep 3 of 6: the 2, then the first two of the five entries of magnitude 1.
+    assert_eq!(
+        Case::deltas("trim(0.5) |> sum", &[v]).run(),
+        [1.0, -1.0, 0.0, 2.0, 0.0, 0.0]
+    );
+}
+
+#[test]
+fn trim_ties_across_chunks_keep_the_lowest_indices() {
+    // 3 blocks of equal magnitudes, cut in the middle of the second chunk.
+    let n = 3 * BLOCK;
+    let v: Vec<f32> = (0..n)
+        .map(|j| if j % 2 == 0 { 1.0 } else { -1.0 })
+        .collect();
+    let out = Case::deltas("trim(0.5) |> sum", &[&v]).run();
+    let keep = (0.5 * n as f64) as usize;
+    for (j, x) in out.iter().enumerate() {
+        let expected = if j < keep { v[j] } else { 0.0 };
+        assert_eq!(*x, expected, "element {j}");
+    }
+}
+
+#[test]
+fn trim_takes_a_density_per_model() {
+    let a: &[f32] = &[4.0, 3.0, 2.0, 1.0];
+    let b: &[f32] = &[1.0, 2.0, 3.0, 4.0];
+    let out = Case::deltas("trim($density) |> sum", &[a, b])
+        .var("density", &[0.25, 0.5])
+        .run();
+    assert_eq!(out, [4.0, 0.0, 3.0, 4.0]);
+}
+
+#[test]
+fn trim_on_the_merged_delta() {
+    let a: &[f32] = &[1.0, 2.0, 3.0, 4.0];
+    let out = Case::deltas("sum |> trim(0.5)", &[a, a]).run();
+    assert_eq!(out, [0.0, 0.0, 6.0, 8.0]);
+}
+
+#[test]
+fn elect_by_mass_count_and_fisher() {
+    let d: &[&[f32]] = &[&[0.1], &[0.1], &[-0.9]];
+    // Mass: Σ = −0.7, so −; the only agreeing entry is −0.9.
+    assert_eq!(Case::deltas("elect |> disjoint", d).run(), [-0.9]);
+    // Count: two positive votes against one.
+    assert_eq!(Case::deltas("elect(count) |> disjoint", d).run(), [0.1]);
+    // Fisher: the negative model is unsure (F = 0.01), the others confident.
+    let out = Case::deltas("elect(fisher) |> disjoint", d)
+        .fisher(vec![vec![1.0], vec![1.0], vec![0.01]])
+        .run();
+    assert_eq!(out, [0.1]);
+}
+
+#[test]
+fn an_exactly_zero_sum_elects_plus() {
+    let d: &[&[f32]] = &[&[0.5], &[-0.5]];
+    assert_eq!(Case::deltas("elect |> disjoint", d).run(), [0.5]);
+}
+
+#[test]
+fn weights_apply_before_the_vote() {
+    // u = (2·0.5, 1·−0.6) = (1.0, −0.6): + wins, mean over the weight of agreeing models.
+    let d: &[&[f32]] = &[&[0.5], &[-0.6]];
+    assert_eq!(
+        Case::deltas("elect |> disjoint", d)
+            .weights(&[2.0, 1.0])
+            .run(),
+        [0.5]
+    );
+    assert_eq!(
+        Case::deltas("elect |> disjoint(sum)", d)
+            .weights(&[2.0, 1.0])
+            .run(),
+        [1.0]
+    );
+    // Without weights, − wins.
+    assert_eq!(Case::deltas("elect |> disjoint", d).run(), [-0.6]);
+}
+
+#[test]
+fn disjoint_with_no_agreeing_entry_gives_zero() {
+    let d: &[&[f32]] = &[&[0.0], &[0.0]];
+    assert_eq!(Case::deltas("elect |> disjoint", d).run(), [0.0]);
+}
+
+#[test]
+fn mean_counts_zeros_and_guards_a_zero_weight_sum() {
+    let d: &[&[f32]] = &[&[0.6, 0.0], &[0.0, 0.3]];
+    assert_eq!(Case::deltas("mean", d).run(), [0.3, 0.15]);
+    // Σw = 0: the divisor becomes 1.
+    let out = Case::deltas("mean", d).weights(&[1.0, -1.0]).run();
+    assert_eq!(out, [0.6, -0.3]);
+}
+
+#[test]
+fn fisher_merging_weights_each_element_by_importance() {
+    let d: &[&[f32]] = &[&[1.0, 1.0], &[-1.0, -1.0]];
+    let out = Case::deltas("fisher", d)
+        .fisher(vec![vec![3.0, 0.0], vec![1.0, 0.0]])
+        .run();
+    // (3·1 + 1·−1) / 4 = 0.5; all-zero Fisher falls back to the plain mean (0).
+    assert!(close(&out, &[0.5, 0.0], 1e-6), "{out:?}");
+    // Model weights multiply the Fisher weights.
+    let out = Case::deltas("fisher", d)
+        .fisher(vec![vec![1.0, 1.0], vec![1.0, 1.0]])
+        .weights(&[3.0, 1.0])
+        .run();
+    assert!(close(&out, &[0.5, 0.5], 1e-6), "{out:?}");
+}
+
+#[test]
+fn disjoint_fisher_is_the_fisher_weighted_mean_of_agreeing_entries() {
+    let d: &[&[f32]] = &[&[1.0], &[3.0], &[-5.0]];
+    let out = Case::deltas("elect |> disjoint(fisher)", d)
+        .fisher(vec![vec![1.0], vec![3.0], vec![1.0]])
+        .run();
+    // By mass Σ = 1 + 3 − 5 = −1, so −: only −5 agrees.
+    assert_eq!(out, [-5.0]);
+    let out = Case::deltas("elect(count) |> disjoint(fisher)", d)
+        .fisher(vec![vec![1.0], vec![3.0], vec![1.0]])
+        .run();
+    // + by count; (1·1 + 3·3) / (1 + 3) = 2.5.
+    assert!(close(&out, &[2.5], 1e-6), "{out:?}");
+}
+
+#[test]
+fn scale_multiplies_the_delta() {
+    let d: &[&[f32]] = &[&[1.0, -2.0]];
+    assert_eq!(Case::deltas("sum |> scale(0.5)", d).run(), [0.5, -1.0]);
+    assert_eq!(
+        Case::deltas("sum |> scale(lambda=-2)", d).run(),
+        [-2.0, 4.0]
+    );
+}
+
+#[test]
+fn dare_zero_is_the_identity() {
+    let v: Vec<f32> = (0..10_000)
+        .map(|j| ((j * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    for rescale in ["inverse", "l1", "none"] {
+        let expr = format!("dare(p=0, rescale={rescale}) |> sum");
+        assert_eq!(Case::deltas(&expr, &[&v]).run(), v, "{rescale}");
+    }
+}
+
+#[test]
+fn dare_drops_about_p_and_rescales() {
+    let n = 200_000;
+    let v: Vec<f32> = (0..n).map(|j| 1.0 + (j % 10) as f32).collect();
+    let out = Case::deltas("dare(0.9) |> sum", &[&v]).run();
+    let kept = out.iter().filter(|&&x| x != 0.0).count() as f64 / n as f64;
+    assert!((kept - 0.1).abs() < 0.005, "kept {kept}");
+    // Survivors are scaled by 1/(1−p) = 10, so the mean is preserved in expectation.
+    for (x, y) in out.iter().zip(&v) {
+        assert!(*x == 0.0 || (x - 10.0 * y).abs() < 1e-4, "{x} vs {y}");
+    }
+    let mean_in = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n as f64;
+    let mean_out = out.iter().map(|&x| f64::from(x)).sum::<f64>() / n as f64;
+    assert!(
+        (mean_out / mean_in - 1.0).abs() < 0.03,
+        "{mean_out} vs {mean_in}"
+    );
+    // `rescale=none` keeps survivors as they were.
+    let out = Case::deltas("dare(0.5, rescale=none) |> sum", &[&v]).run();
+    assert!(out.iter().zip(&v).all(|(x, y)| *x == 0.0 || x == y));
+}
+
+#[test]
+fn dare_l1_restores_the_l1_norm() {
+    let n = 50_000;
+    let v: Vec<f32> = (0..n)
+        .map(|j| ((j * 31) % 97) as f32 / 97.0 - 0.5)
+        .collect();
+    let out = Case::deltas("dare(0.7, rescale=l1) |> sum", &[&v]).run();
+    let l1 = |x: &[f32]| x.iter().map(|&a| f64::from(a.abs())).sum::<f64>();
+    assert!(
+        (l1(&out) / l1(&v) - 1.0).abs() < 1e-5,
+        "{} vs {}",
+        l1(&out),
+        l1(&v)
+    );
+}
+
+#[test]
+fn dare_is_deterministic_and_seeded() {
+    let v: Vec<f32> = vec![1.0; 5 * BLOCK];
+    let a = Case::deltas("dare(0.5) |> sum", &[&v]).run();
+    let b = Case::deltas("dare(0.5) |> sum", &[&v])
+        .chunk(3 * BLOCK)
+        .run();
+    assert_eq!(a, b);
+    let mut other = Case::deltas("dare(0.5) |> sum", &[&v]);
+    other.seed = 1;
+    assert_ne!(a, other.run());
+}
+
+/// Task vectors with heavy tails and sign conflicts, from a seed.
+fn family(seed: u64, models: usize, n: usize) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let s = reefknot_ops::rng::Stream::new(seed, "family", 0);
+    let mut j = 0u64;
+    let mut next = || {
+        j += 1;
+        (f64::from(s.draw(j)) / 4_294_967_296.0) as f32 * 2.0 - 1.0
+    };
+    let base: Vec<f32> = (0..n).map(|_| next() * 0.05).collect();
+    let models = (0..models)
+        .map(|_| {
+            base.iter()
+                .map(|&b| {
+                    let big = next().abs() > 0.8;
+                    b + next() * if big { 0.02 } else { 0.002 }
+                })
+                .collect()
+        })
+        .collect();
+    (base, models)
+}
+
+#[test]
+fn results_do_not_depend_on_threads_or_chunks() {
+    let (base, models) = family(3, 3, 5 * BLOCK + 123);
+    for expr in [
+        "ties(0.2)",
+        "dare(0.9, rescale=l1) |> elect |> disjoint",
+        "trim(0.3) |> dare(0.5) |> elect(count) |> disjoint(sum) |> trim(0.5) |> scale(0.7)",
+        "mean",
+    ] {
+        let case = Case::new(expr, base.clone(), models.clone());
+        let one = case.run_bytes(Some(1));
+        let four = case.run_bytes(Some(4));
+        assert_eq!(one, four, "{expr}: 1 vs 4 threads");
+        let big = Case::new(expr, base.clone(), models.clone()).chunk(4 * BLOCK);
+        assert_eq!(one, big.run_bytes(Some(3)), "{expr}: chunk size");
+    }
+}
+
+#[test]
+fn constant_fisher_reproduces_plain_ties() {
+    let (base, models) = family(5, 3, 3 * BLOCK);
+    let plain = Case::new(
+        "trim(0.2) |> elect |> disjoint",
+        base.clone(),
+        models.clone(),
+    )
+    .run();
+    for c in [1e-8f32, 0.25, 1.0, 3.0] {
+        let fisher = vec![vec![c; base.len()]; 3];
+        let fisher_ties = Case::new(
+            "trim(0.2) |> elect(fisher) |> disjoint(fisher)",
+            base.clone(),
+            models.clone(),
+        )
+        .fisher(fisher)
+        .run();
+        assert!(close(&plain, &fisher_ties, 1e-6), "Fisher constant {c}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// `trim(1)` then `sum` is task arithmetic.
+    #[test]
+    fn trim_one_then_sum_is_task_arithmetic(seed in 0u64..1000, n in 1usize..3000, t in 1usize..5) {
+        let (base, models) = family(seed, t, n);
+        let a = Case::new("trim(1) |> sum", base.clone(), models.clone()).run();
+        let b = Case::new("task_arithmetic", base, models).run();
+        prop_assert_eq!(a, b);
+    }
+
+    /// TIES does not depend on the order of the models (up to float rounding).
+    #[test]
+    fn ties_ignores_model_order(seed in 0u64..1000, n in 1usize..3000, k in 0.05f64..1.0) {
+        let (base, models) = family(seed, 3, n);
+        let expr = format!("ties({k})");
+        let a = Case::new(&expr, base.clone(), models.clone()).run();
+        let mut reversed = models.clone();
+        reversed.reverse();
+        let b = Case::new(&expr, base, reversed).run();
+        prop_assert!(close(&a, &b, 1e-6));
+    }
+
+    /// `dare(p=0)` is the identity, whatever the rescaling.
+    #[test]
+    fn dare_zero_is_identity(seed in 0u64..1000, n in 1usize..3000) {
+        let (base, models) = family(seed, 2, n);
+        let a = Case::new("dare(p=0, rescale=l1) |> sum", base.clone(), models.clone()).run();
+        let b = Case::new("sum", base, models).run();
+        prop_assert_eq!(a, b);
+    }
+
+    /// `dare` with inverse rescaling preserves the mean in expectation: over many
+    /// elements the mean stays within a few standard errors.
+    #[test]
+    fn dare_inverse_preserves_the_mean(seed in 0u64..1000, p in 0.05f64..0.9) {
+        let n = 40_000;
+        let v: Vec<f32> = (0..n).map(|j| 1.0 + ((j as u64 * 2654435761 + seed) % 1000) as f32 / 1000.0).collect();
+        let mut case = Case::deltas("dare($p) |> sum", &[&v]).var("p", &[p]);
+        case.seed = seed;
+        let out = case.run();
+        let mean_in = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n as f64;
+        let mean_out = out.iter().map(|&x| f64::from(x)).sum::<f64>() / n as f64;
+        // The standard error of the mean of survivors scaled by 1/(1−p).
+        let se = (p / (1.0 - p) / n as f64).sqrt() * 1.6;
+        prop_assert!((mean_out / mean_in - 1.0).abs() < 5.0 * se, "{} vs {} (p {})", mean_out, mean_in, p);
+    }
+}
+
+/// The reference: keep the `max(1, ⌊k·n⌋)` largest magnitudes, ties by lower index,
+/// computed by sorting (fine in a test).
+fn trim_reference(v: &[f32], k: f64) -> Vec<f32> {
+    let n = v.len();
+    let keep = ((k * n as f64).floor() as usize).max(1);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| v[b].abs().total_cmp(&v[a].abs()).then(a.cmp(&b)));
+    let mut out = vec![0.0; n];
+    for &j in &order[..keep] {
+        out[j] = v[j];
+    }
+    out
+}
+
+#[test]
+fn trim_on_large_tensors_matches_a_sort() {
+    // Large enough to be sampled; values on a coarse grid, so many ties at the cut.
+    let n = 80 * BLOCK + 77;
+    let s = reefknot_ops::rng::Stream::new(11, "large", 0);
+    let coarse: Vec<f32> = (0..n as u64)
+        .map(|j| ((s.draw(j) % 200) as f32 - 100.0) / 64.0)
+        .collect();
+    // A sample that misleads: the sampled chunks (every 8th) hold only tiny values.
+    let chunk = 4 * BLOCK;
+    let skewed: Vec<f32> = coarse
+        .iter()
+        .enumerate()
+        .map(|(j, &x)| {
+            if (j / chunk).is_multiple_of(8) {
+                x * 1e-3
+            } else {
+                x
+            }
+        })
+        .collect();
+    for (name, v) in [("coarse", &coarse), ("skewed", &skewed)] {
+        for k in [0.001, 0.2, 0.5, 0.93] {
+            let expected = trim_reference(v, k);
+            let expr = format!("trim({k}) |> sum");
+            for c in [BLOCK, chunk, 7 * BLOCK] {
+                let got = Case::deltas(&expr, &[v]).chunk(c).run();
+                assert!(got == expected, "{name}, k = {k}, chunk {c}");
+            }
+        }
+    }
+}
+
+#[test]
+fn trim_on_a_tensor_with_more_candidates_than_fit() {
+    // Millions of magnitudes in the one histogram bucket around the cut, each pattern
+    // repeated: more candidate pairs than a lane may store, so the lane takes the
+    // constant-memory road (exact histograms, then per-chunk tie counts) and must still
+    // keep the largest magnitudes, lowest indices first among equals.
+    let n = 3 * reefknot_ops::builtin::MAX_CANDIDATES as usize + 5;
+    let v: Vec<f32> = (0..n)
+        .map(|j| {
+            let x = 1.0 + (j % 65_536) as f32 * f32::EPSILON / 2.0;
+            if j % 3 == 0 {
+                -x
+            } else {
+                x
+            }
+        })
+        .collect();
+    for k in [0.3, 0.77] {
+        let got = Case::deltas(&format!("trim({k}) |> sum"), &[&v])
+            .chunk(8 * BLOCK)
+            .run();
+        assert!(got == trim_reference(&v, k), "k = {k}");
+    }
+}

@@ -1,0 +1,439 @@
+//! Opening checkpoints: folder layout, index, shards, memory maps.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use serde_json::Value;
+
+use crate::{header, mmap, Dtype, IoError};
+
+/// The name of the index of a sharded safetensors model.
+pub const INDEX_NAME: &str = "model.safetensors.index.json";
+/// The name of a single-file safetensors model.
+pub const SINGLE_NAME: &str = "model.safetensors";
+
+/// Where one tensor lives: its name, type, shape and byte range in one of the
+/// checkpoint's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// The tensor's name, e.g. `model.layers.0.mlp.up_proj.weight`.
+    pub name: String,
+    /// Its element type.
+    pub dtype: Dtype,
+    /// Its shape (empty for a scalar).
+    pub shape: Vec<usize>,
+    /// Index into [`Checkpoint::files`] of the file holding it.
+    pub file: usize,
+    /// Absolute byte offset of its first byte in that file.
+    pub start: usize,
+    /// Absolute byte offset one past its last byte in that file.
+    pub end: usize,
+}
+
+impl TensorInfo {
+    /// Number of elements (1 for a scalar).
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Number of bytes of data (`end - start`).
+    pub fn nbytes(&self) -> usize {
+        self.end - self.start
+    }
+}
+
+/// An opened safetensors checkpoint: one file or several shards, memory-mapped.
+///
+/// Opening validates every header strictly; afterwards tensor data is borrowed straight
+/// from the maps with [`Checkpoint::data`], never copied. The files must not be
+/// modified while the checkpoint is open (see the crate documentation).
+#[derive(Debug)]
+pub struct Checkpoint {
+    path: PathBuf,
+    folder: Option<PathBuf>,
+    index: Option<PathBuf>,
+    files: Vec<PathBuf>,
+    maps: Vec<Mmap>,
+    tensors: Vec<TensorInfo>,
+    by_name: HashMap<String, usize>,
+    metadata: BTreeMap<String, String>,
+    total_bytes: u64,
+}
+
+/// A parsed `*.safetensors.index.json`.
+struct Index {
+    path: PathBuf,
+    /// Tensor name → shard name as written in the index.
+    weight_map: BTreeMap<String, String>,
+    /// Shard names, parallel to `Layout::files`.
+    shards: Vec<String>,
+}
+
+/// What a path turned out to hold.
+struct Layout {
+    folder: Option<PathBuf>,
+    index: Option<Index>,
+    files: Vec<PathBuf>,
+}
+
+impl Checkpoint {
+    /// Opens a checkpoint: a Hugging Face model folder, a single `.safetensors` file, or
+    /// a `*.safetensors.index.json` file.
+    ///
+    /// In a folder, `model.safetensors` is used if present (as `transformers` does),
+    /// else `model.safetensors.index.json` and the shards it lists, else the one
+    /// `*.safetensors.index.json` or the one `*.safetensors` file there. A folder with
+    /// only `pytorch_model.bin` (or other pickles) is reported as such.
+    ///
+    /// Every header is validated (see [`IoError`]), shards are checked against the index
+    /// and against each other (no tensor twice).
+    pub fn open(path: &Path) -> Result<Checkpoint, IoError> {
+        let meta = fs::metadata(path).map_err(|e| IoError::io(path, "read", e))?;
+        let layout = if meta.is_dir() {
+            resolve_folder(path)?
+        } else {
+            resolve_file(path)?
+        };
+
+        let mut maps = Vec::with_capacity(layout.files.len());
+        let mut tensors: Vec<TensorInfo> = Vec::new();
+        let mut by_name: HashMap<String, usize> = HashMap::new();
+        let mut metadata = None;
+        for (file_index, file_path) in layout.files.iter().enumerate() {
+            let map = map_file(file_path)?;
+            let header = header::parse(file_path, &map)?;
+            metadata.get_or_insert(header.metadata);
+            for e in header.entries {
+                if let Some(&other) = by_name.get(&e.name) {
+                    return Err(IoError::DuplicateTensor {
+                        tensor: e.name,
+                        first: layout.files[tensors[other].file].clone(),
+                        second: file_path.clone(),
+                    });
+                }
+                by_name.insert(e.name.clone(), tensors.len());
+                tensors.push(TensorInfo {
+                    name: e.name,
+                    dtype: e.dtype,
+                    shape: e.shape,
+                    file: file_index,
+                    start: e.start,
+                    end: e.end,
+                });
+            }
+            maps.push(map);
+        }
+
+        if let Some(index) = &layout.index {
+            check_index(index, &layout.files, &tensors, &by_name)?;
+        }
+
+        let total_bytes = tensors.iter().map(|t| t.nbytes() as u64).sum();
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            folder: layout.folder,
+            index: layout.index.map(|i| i.path),
+            files: layout.files,
+            maps,
+            tensors,
+            by_name,
+            metadata: metadata.unwrap_or_default(),
+            total_bytes,
+        })
+    }
+
+    /// The path as given to [`Checkpoint::open`].
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The model folder, when the checkpoint is one (given as a folder or as an index
+    /// file): the place its non-weight files (config, tokenizer) are copied from.
+    /// `None` for a single `.safetensors` file given directly.
+    pub fn folder(&self) -> Option<&Path> {
+        self.folder.as_deref()
+    }
+
+    /// The index file, when the checkpoint is sharded.
+    pub fn index(&self) -> Option<&Path> {
+        self.index.as_deref()
+    }
+
+    /// The safetensors files, in index order (sorted shard names).
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// Every tensor in storage order: by file, then by offset.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+
+    /// The tensor called `name`, if any.
+    pub fn get(&self, name: &str) -> Option<&TensorInfo> {
+        self.by_name.get(name).map(|&i| &self.tensors[i])
+    }
+
+    /// The bytes of `t`, borrowed from the memory map (little-endian, possibly
+    /// unaligned; convert with [`crate::to_f32`]).
+    ///
+    /// # Panics
+    /// If `t` does not come from this checkpoint and its range lies outside the file.
+    pub fn data(&self, t: &TensorInfo) -> &[u8] {
+        &self.maps[t.file][t.start..t.end]
+    }
+
+    /// The `__metadata__` of the first file (empty when it has none).
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// Total bytes of tensor data over all files (headers excluded); equals the
+    /// index's `total_size` for a well-formed sharded model.
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+}
+
+fn map_file(path: &Path) -> Result<Mmap, IoError> {
+    let file = File::open(path).map_err(|e| IoError::io(path, "open the file", e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| IoError::io(path, "read the file's size", e))?
+        .len();
+    if len < 8 {
+        return Err(IoError::TooShort {
+            path: path.to_path_buf(),
+            len,
+        });
+    }
+    mmap::map_read(&file).map_err(|e| IoError::io(path, "memory-map the file", e))
+}
+
+fn resolve_file(path: &Path) -> Result<Layout, IoError> {
+    let name = file_name(path);
+    let parent = path
+        .parent()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
+        .unwrap_or(Path::new("."));
+    if name.ends_with(".index.json") {
+        if !name.ends_with(".safetensors.index.json") {
+            return Err(IoError::BadIndex {
+                path: path.to_path_buf(),
+                what: "only safetensors indexes (*.safetensors.index.json) can be read; \
+                       PyTorch pickle checkpoints must be converted to safetensors first"
+                    .into(),
+            });
+        }
+        let (index, files) = read_index(path, parent)?;
+        return Ok(Layout {
+            folder: Some(parent.to_path_buf()),
+            index: Some(index),
+            files,
+        });
+    }
+    if is_pickle(&name) {
+        return Err(IoError::PickleOnly {
+            path: path.to_path_buf(),
+            file: name,
+        });
+    }
+    Ok(Layout {
+        folder: None,
+        index: None,
+        files: vec![path.to_path_buf()],
+    })
+}
+
+fn resolve_folder(dir: &Path) -> Result<Layout, IoError> {
+    let single = dir.join(SINGLE_NAME);
+    if single.is_file() {
+        return Ok(Layout {
+            folder: Some(dir.to_path_buf()),
+            index: None,
+            files: vec![single],
+        });
+    }
+    let index = dir.join(INDEX_NAME);
+    let mut names = Vec::new();
+    if !index.is_file() {
+        let entries = fs::read_dir(dir).map_err(|e| IoError::io(dir, "list the folder", e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| IoError::io(dir, "list the folder", e))?;
+            if entry
+                .file_type()
+                .is_ok_and(|t| t.is_file() || t.is_symlink())
+            {
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        names.sort();
+    }
+    let indexes: Vec<&String> = names
+        .iter()
+        .filter(|n| n.ends_with(".safetensors.index.json"))
+        .collect();
+    let index = if index.is_file() {
+        Some(index)
+    } else if let [one] = indexes.as_slice() {
+        Some(dir.join(one))
+    } else {
+        None
+    };
+    if let Some(index) = index {
+        let (index, files) = read_index(&index, dir)?;
+        return Ok(Layout {
+            folder: Some(dir.to_path_buf()),
+            index: Some(index),
+            files,
+        });
+    }
+    let shards: Vec<&String> = names
+        .iter()
+        .filter(|n| n.ends_with(".safetensors"))
+        .collect();
+    match shards.as_slice() {
+        [one] => Ok(Layout {
+            folder: Some(dir.to_path_buf()),
+            index: None,
+            files: vec![dir.join(one)],
+        }),
+        [] => match find_pickle(&names) {
+            Some(pickle) => Err(IoError::PickleOnly {
+                path: dir.to_path_buf(),
+                file: pickle.clone(),
+            }),
+            None => Err(IoError::NoWeights {
+                path: dir.to_path_buf(),
+            }),
+        },
+        several => Err(IoError::AmbiguousWeights {
+            path: dir.to_path_buf(),
+            files: several.iter().map(|s| s.to_string()).collect(),
+        }),
+    }
+}
+
+/// Reads an index: its weight map and the shard paths (sorted by name, deduplicated,
+/// each checked to exist).
+fn read_index(index: &Path, dir: &Path) -> Result<(Index, Vec<PathBuf>), IoError> {
+    let bad = |what: String| IoError::BadIndex {
+        path: index.to_path_buf(),
+        what,
+    };
+    let text = fs::read(index).map_err(|e| IoError::io(index, "read the index", e))?;
+    let value: Value = serde_json::from_slice(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let Value::Object(mut top) = value else {
+        return Err(bad(
+            "expected a JSON object {\"metadata\": .., \"weight_map\": {tensor: file}}".into(),
+        ));
+    };
+    let Some(Value::Object(map)) = top.remove("weight_map") else {
+        return Err(bad(
+            "it has no \"weight_map\" object mapping tensor names to shard files".into(),
+        ));
+    };
+    let mut weight_map = BTreeMap::new();
+    let mut per_shard: BTreeMap<String, (usize, String)> = BTreeMap::new();
+    for (tensor, shard) in map {
+        let Value::String(shard) = shard else {
+            return Err(bad(format!(
+                "weight_map maps `{tensor}` to {shard}, expected a file name string"
+            )));
+        };
+        let slot = per_shard
+            .entry(shard.clone())
+            .or_insert_with(|| (0, tensor.clone()));
+        slot.0 += 1;
+        weight_map.insert(tensor, shard);
+    }
+    if per_shard.is_empty() {
+        return Err(bad("its weight_map is empty".into()));
+    }
+    let mut files = Vec::with_capacity(per_shard.len());
+    let mut shards = Vec::with_capacity(per_shard.len());
+    for (shard, (count, tensor)) in per_shard {
+        let shard_path = dir.join(&shard);
+        if !shard_path.is_file() {
+            return Err(IoError::MissingShard {
+                index: index.to_path_buf(),
+                shard,
+                shard_path,
+                tensor,
+                count,
+            });
+        }
+        files.push(shard_path);
+        shards.push(shard);
+    }
+    let index = Index {
+        path: index.to_path_buf(),
+        weight_map,
+        shards,
+    };
+    Ok((index, files))
+}
+
+/// Checks that the index and the shard headers list the same tensors in the same files.
+fn check_index(
+    index: &Index,
+    files: &[PathBuf],
+    tensors: &[TensorInfo],
+    by_name: &HashMap<String, usize>,
+) -> Result<(), IoError> {
+    for (tensor, shard) in &index.weight_map {
+        let found = by_name.get(tensor).map(|&i| tensors[i].file);
+        if found.map(|f| &index.shards[f]) != Some(shard) {
+            let shard_file = index.shards.iter().position(|s| s == shard);
+            return Err(IoError::NotInShard {
+                index: index.path.clone(),
+                shard: shard_file.map_or_else(|| PathBuf::from(shard), |f| files[f].clone()),
+                tensor: tensor.clone(),
+                found_in: found.map(|f| files[f].clone()),
+            });
+        }
+    }
+    if let Some(t) = tensors
+        .iter()
+        .find(|t| !index.weight_map.contains_key(&t.name))
+    {
+        return Err(IoError::NotInIndex {
+            index: index.path.clone(),
+            shard: files[t.file].clone(),
+            tensor: t.name.clone(),
+        });
+    }
+    Ok(())
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The pickle weight file of a folder with no safetensors, preferring
+/// `pytorch_model*.bin` (`training_args.bin` is not weights).
+fn find_pickle(names: &[String]) -> Option<&String> {
+    names
+        .iter()
+        .find(|n| n.starts_with("pytorch_model") && is_pickle(n))
+        .or_else(|| {
+            names
+                .iter()
+                .find(|n| is_pickle(n) && n.as_str() != "training_args.bin")
+        })
+}
+
+fn is_pickle(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.ends_with(".bin") || name.ends_with(".pt") || name.ends_with(".pth")
+}

@@ -1,0 +1,168 @@
+//! The reefknot merge language: grammar, parser, operator specifications and the
+//! type checker.
+//!
+//! An expression such as `ties(trim(0.2), elect, disjoint) |> dare(0.9)` is
+//! [`parse`]d into a syntax tree ([`ast`]) and [`compile`]d against a [`Catalog`] of
+//! operator specifications into a checked [`Pipeline`]: every name resolved, every
+//! argument bound, range-checked and defaulted, `ties(...)` expanded, and the types
+//! shown to flow from the stack of task vectors ([`Ty::Stack`]) to one merged delta
+//! ([`Ty::Delta`]). Anything wrong becomes a [`LangError`] that points at the
+//! offending span and says what to do.
+//!
+//! Architecture invariant: this crate never touches tensor data.
+//!
+//! # Example
+//!
+//! ```
+//! use reefknot_lang::{
+//!     compile, parse, Catalog, DefaultValue, Lookup, OpSpec, ParamKind, ParamSpec,
+//!     Signature, Ty, TIES,
+//! };
+//!
+//! static TRIM: OpSpec = OpSpec {
+//!     name: "trim",
+//!     aliases: &["topk"],
+//!     signatures: &[
+//!         Signature::new(Ty::Stack, Ty::Stack),
+//!         Signature::new(Ty::Delta, Ty::Delta),
+//!     ],
+//!     params: &[ParamSpec {
+//!         name: "k",
+//!         kind: ParamKind::Number {
+//!             min: reefknot_lang::Bound::Inclusive(0.0),
+//!             max: reefknot_lang::Bound::Unbounded,
+//!         },
+//!         default: Some(DefaultValue::Number(0.2)),
+//!         doc: "fraction of entries kept",
+//!     }],
+//!     summary: "keep the largest entries",
+//!     doc: "",
+//! };
+//! static ELECT: OpSpec = OpSpec {
+//!     name: "elect",
+//!     aliases: &[],
+//!     signatures: &[Signature::new(Ty::Stack, Ty::Voted)],
+//!     params: &[ParamSpec {
+//!         name: "by",
+//!         kind: ParamKind::Choice(&["mass", "count"]),
+//!         default: Some(DefaultValue::Choice("mass")),
+//!         doc: "how the sign is elected",
+//!     }],
+//!     summary: "elect a sign per element",
+//!     doc: "",
+//! };
+//! static DISJOINT: OpSpec = OpSpec {
+//!     name: "disjoint",
+//!     aliases: &[],
+//!     signatures: &[Signature::new(Ty::Voted, Ty::Delta)],
+//!     params: &[],
+//!     summary: "mean of the entries that agree with the elected sign",
+//!     doc: "",
+//! };
+//!
+//! /// A catalog of three built-ins and the `ties` sugar.
+//! struct Builtins;
+//!
+//! impl Catalog for Builtins {
+//!     fn lookup(&self, name: &str) -> Lookup {
+//!         for spec in [&TRIM, &ELECT, &DISJOINT, &TIES] {
+//!             if spec.name == name || spec.aliases.contains(&name) {
+//!                 return Lookup::Found { qualified: spec.name.to_string(), spec };
+//!             }
+//!         }
+//!         Lookup::NotFound
+//!     }
+//!
+//!     fn names(&self) -> Vec<String> {
+//!         ["trim", "topk", "elect", "disjoint", "ties"].map(String::from).to_vec()
+//!     }
+//! }
+//!
+//! // The syntax tree keeps what was written, with spans.
+//! let ast = parse("ties(topk(0.3), elect(count), disjoint)")?;
+//! assert_eq!(ast.stages[0].name.text, "ties");
+//!
+//! // Compiling resolves aliases, expands the sugar and fills the defaults; the
+//! // Display of a pipeline is its canonical form.
+//! let pipeline = compile("ties(topk(0.3), elect(count), disjoint)", &Builtins)?;
+//! assert_eq!(
+//!     pipeline.to_string(),
+//!     "trim(k=0.3) |> elect(by=count) |> disjoint"
+//! );
+//! assert_eq!(pipeline.output(), Ty::Delta);
+//!
+//! // Errors point at the span and say what to do.
+//! let err = compile("trim(0.2) |> disjoint", &Builtins).unwrap_err();
+//! assert_eq!(
+//!     err.message(),
+//!     "`disjoint` needs an elected sign (Voted) but receives the stack of task vectors (Stack)"
+//! );
+//! assert_eq!(err.span(), reefknot_lang::Span::new(13, 21));
+//! assert_eq!(err.help_text(), Some("put `elect` before it: `elect |> disjoint`"));
+//! # Ok::<(), reefknot_lang::LangError>(())
+//! ```
+//!
+//! # The language
+//!
+//! ```text
+//! pipeline := stage ("|>" stage)*
+//! stage    := NAME | NAME "(" [arg ("," arg)* [","]] ")"
+//! arg      := NAME "=" value | value            # positional first, then named
+//! value    := NUMBER | STRING | NAME | "$" NAME | "[" NUMBER ("," NUMBER)* [","] "]" | stage
+//! ```
+//!
+//! - Whitespace and newlines are free; `#` starts a comment that runs to the end of
+//!   the line.
+//! - `NAME` is an identifier (`[A-Za-z_][A-Za-z0-9_]*`) or identifiers joined by `::`
+//!   (`plugin::op`).
+//! - `NUMBER`: an optional sign, digits with an optional fraction, or a fraction
+//!   alone, and an optional exponent: `1`, `-0.5`, `+2`, `.5`, `1e-12`, `2.5E3`.
+//!   `5.` (a point without digits after it), `inf`, `nan`, `0x10` and `1_000` are
+//!   not numbers. A literal too large for an `f64` is an error.
+//! - `STRING`: double quotes, on one line, with the escapes `\\ \" \' \n \r \t \0`
+//!   and `\u{hex}`.
+//! - A trailing comma is accepted in argument lists and gradients
+//!   (`ties(trim(0.2), elect, disjoint,)`), so that one argument per line reads well.
+//! - A stage as an argument value is only allowed in `ties(...)` (see [`TIES`]).
+//!
+//! The grammar is `grammar/merge.pest` at the root of the repository.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod ast;
+mod check;
+mod error;
+mod parser;
+pub mod pipeline;
+pub mod spec;
+mod sugar;
+mod suggest;
+
+pub use error::{ErrorKind, LangError};
+pub use pipeline::{Arg, ArgValue, Call, Pipeline, Span};
+pub use spec::{Bound, Catalog, DefaultValue, Lookup, OpSpec, ParamKind, ParamSpec, Signature, Ty};
+pub use sugar::TIES;
+
+/// Parses an expression into its syntax tree, without resolving names or checking
+/// anything but the syntax.
+///
+/// Errors: [`ErrorKind::Syntax`] (with the expected tokens in words),
+/// [`ErrorKind::Empty`] for an expression with no stage, and
+/// [`ErrorKind::PositionalAfterNamed`].
+pub fn parse(source: &str) -> Result<ast::Pipeline, LangError> {
+    parser::parse(source)
+}
+
+/// Parses and checks an expression against `catalog`: the checked [`Pipeline`] the
+/// engine runs, or the first error found (reading left to right).
+///
+/// Checking resolves each operator name (aliases and `plugin::op` included), expands
+/// `ties(...)`, binds the arguments to the operator's parameters (positional, then
+/// named), checks each value's kind and range, fills the defaults, and picks each
+/// stage's signature from the type flowing into it, starting from [`Ty::Stack`] and
+/// ending on [`Ty::Delta`].
+pub fn compile(source: &str, catalog: &dyn Catalog) -> Result<Pipeline, LangError> {
+    let ast = parser::parse(source)?;
+    check::Checker { source, catalog }.pipeline(&ast)
+}

@@ -1,0 +1,222 @@
+//! Operators that combine the stack into one delta without a vote (`sum`, `mean`,
+//! `fisher`), and `scale`, which acts on the delta.
+
+use reefknot_lang::{Bound, DefaultValue, OpSpec, ParamKind, ParamSpec, Signature, Ty};
+
+use crate::kernel::{Args, BindCtx, Chunk, Kernel, Operator};
+use crate::OpError;
+
+/// `sum` (alias `task_arithmetic`).
+pub struct Sum;
+
+static SUM: OpSpec = OpSpec {
+    name: "sum",
+    aliases: &["task_arithmetic"],
+    signatures: &[Signature::new(Ty::Stack, Ty::Delta)],
+    params: &[],
+    summary: "task arithmetic: add the weighted task vectors",
+    doc: "Task arithmetic (Ilharco et al. 2023): `Δ = Σ_i u_i` with `u_i = w_i·δ̃_i`. \
+Equals mergekit's `task_arithmetic`; follow it with `scale(λ)` for its `lambda`.",
+};
+
+impl Operator for Sum {
+    fn spec(&self) -> &'static OpSpec {
+        &SUM
+    }
+
+    fn bind(&self, _args: &Args, _ctx: &BindCtx<'_>) -> Result<Box<dyn Kernel>, OpError> {
+        Ok(Box::new(WeightedSum { normalize: false }))
+    }
+}
+
+/// `mean`.
+pub struct Mean;
+
+static MEAN: OpSpec = OpSpec {
+    name: "mean",
+    aliases: &[],
+    signatures: &[Signature::new(Ty::Stack, Ty::Delta)],
+    params: &[],
+    summary: "weighted average of the task vectors (zeros count)",
+    doc: "The weighted average of the task vectors: `Δ = Σ_i u_i / Σ_i w_i` (when \
+`|Σ_i w_i| < 1e-8` the divisor is 1). Entries that are zero count, unlike `disjoint`. \
+The merged model is the weighted average of the fine-tunes, mergekit's `linear` with \
+`normalize: true` (computed on task vectors, so the last bit may differ).",
+};
+
+impl Operator for Mean {
+    fn spec(&self) -> &'static OpSpec {
+        &MEAN
+    }
+
+    fn bind(&self, _args: &Args, _ctx: &BindCtx<'_>) -> Result<Box<dyn Kernel>, OpError> {
+        Ok(Box::new(WeightedSum { normalize: true }))
+    }
+}
+
+struct WeightedSum {
+    normalize: bool,
+}
+
+impl Kernel for WeightedSum {
+    fn apply(&self, chunk: &mut Chunk<'_>) -> Result<(), OpError> {
+        let len = chunk.len;
+        let out = &mut *chunk.delta;
+        out.fill(0.0);
+        for i in 0..chunk.models {
+            let w = chunk.weights[i];
+            let d = &chunk.stack[i * len..(i + 1) * len];
+            out.iter_mut().zip(d).for_each(|(o, &x)| *o += w * x);
+        }
+        if self.normalize {
+            let total: f32 = chunk.weights.iter().sum();
+            if total.abs() >= 1e-8 {
+                out.iter_mut().for_each(|o| *o /= total);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `fisher`.
+pub struct Fisher;
+
+static FISHER: OpSpec = OpSpec {
+    name: "fisher",
+    aliases: &[],
+    signatures: &[Signature::new(Ty::Stack, Ty::Delta)],
+    params: &[
+        ParamSpec {
+            name: "eps",
+            kind: ParamKind::Number {
+                min: Bound::Inclusive(0.0),
+                max: Bound::Unbounded,
+            },
+            default: Some(DefaultValue::Number(1e-12)),
+            doc: "added to every Fisher value, so all-zero Fisher gives the weighted mean",
+        },
+        ParamSpec {
+            name: "normalize",
+            kind: ParamKind::Bool,
+            default: Some(DefaultValue::Bool(false)),
+            doc: "divide each model's Fisher by its mean over the whole model first",
+        },
+    ],
+    summary: "Fisher merging: per-element average weighted by each model's Fisher",
+    doc: "Fisher merging (Matena & Raffel 2021) in task-vector space: \
+`Δ_j = Σ_i w_i·F'_ij·δ_ij / Σ_i w_i·F'_ij` with `F' = F + eps`, `F_i` the diagonal Fisher \
+information of model `i` (recipe `fisher:`, a safetensors file with the model's tensor \
+names). Where every Fisher is zero it is the weighted mean.\n\n\
+`normalize=true` first divides each model's Fisher by its mean over the whole model, for \
+Fishers estimated on different amounts of data. Keep `eps` tiny: measured diagonal Fishers \
+of small language models are mostly 1e-8–1e-6, so a floor such as 1e-6 would flatten \
+Fisher merging into plain averaging.",
+};
+
+impl Operator for Fisher {
+    fn spec(&self) -> &'static OpSpec {
+        &FISHER
+    }
+
+    fn needs_fisher(&self, _args: &Args) -> bool {
+        true
+    }
+
+    fn needs_fisher_means(&self, args: &Args) -> bool {
+        args.boolean("normalize")
+    }
+
+    fn bind(&self, args: &Args, ctx: &BindCtx<'_>) -> Result<Box<dyn Kernel>, OpError> {
+        let scale = if args.boolean("normalize") {
+            let means = ctx.fisher_means.ok_or_else(|| OpError::InvalidArguments {
+                op: "fisher".into(),
+                message: "normalize=true needs each model's Fisher mean".into(),
+            })?;
+            means
+                .iter()
+                .map(|&m| if m > 0.0 { (1.0 / m) as f32 } else { 1.0 })
+                .collect()
+        } else {
+            vec![1.0; ctx.models]
+        };
+        Ok(Box::new(FisherKernel {
+            eps: args.number("eps") as f32,
+            scale,
+        }))
+    }
+}
+
+struct FisherKernel {
+    eps: f32,
+    /// Per model: 1 / (mean Fisher) when normalising, else 1.
+    scale: Vec<f32>,
+}
+
+impl Kernel for FisherKernel {
+    fn apply(&self, chunk: &mut Chunk<'_>) -> Result<(), OpError> {
+        let len = chunk.len;
+        let num = &mut *chunk.delta;
+        let den = &mut *chunk.scratch;
+        num.fill(0.0);
+        den.fill(0.0);
+        let fisher = chunk.fisher.expect("fisher is bound with Fisher data");
+        for i in 0..chunk.models {
+            let w = chunk.weights[i];
+            let s = self.scale[i];
+            let d = &chunk.stack[i * len..(i + 1) * len];
+            let f = &fisher[i * len..(i + 1) * len];
+            for j in 0..len {
+                let fw = (f[j] * s + self.eps) * w;
+                num[j] += fw * d[j];
+                den[j] += fw;
+            }
+        }
+        for (n, d) in num.iter_mut().zip(den.iter()) {
+            if *d != 0.0 {
+                *n /= *d;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `scale`.
+pub struct Scale;
+
+static SCALE: OpSpec = OpSpec {
+    name: "scale",
+    aliases: &[],
+    signatures: &[Signature::new(Ty::Delta, Ty::Delta)],
+    params: &[ParamSpec {
+        name: "lambda",
+        kind: ParamKind::any_number(),
+        default: None,
+        doc: "the factor",
+    }],
+    summary: "multiply the merged delta by λ",
+    doc: "`Δ ← λ·Δ`. mergekit's `lambda` parameter of TIES and task arithmetic.",
+};
+
+impl Operator for Scale {
+    fn spec(&self) -> &'static OpSpec {
+        &SCALE
+    }
+
+    fn bind(&self, args: &Args, _ctx: &BindCtx<'_>) -> Result<Box<dyn Kernel>, OpError> {
+        Ok(Box::new(ScaleKernel {
+            lambda: args.number("lambda") as f32,
+        }))
+    }
+}
+
+struct ScaleKernel {
+    lambda: f32,
+}
+
+impl Kernel for ScaleKernel {
+    fn apply(&self, chunk: &mut Chunk<'_>) -> Result<(), OpError> {
+        let l = self.lambda;
+        chunk.delta.iter_mut().for_each(|x| *x *= l);
+        Ok(())
+    }
+}

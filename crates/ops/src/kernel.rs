@@ -1,0 +1,254 @@
+//! The execution side of an operator: binding resolved arguments to one tensor, and
+//! running over chunks of it.
+//!
+//! The engine streams every tensor through its pipeline in chunks of a few thousand
+//! elements. A [`Chunk`] holds, for one element range, the base values, the stack of
+//! task vectors, the elected signs, the merged delta and (when needed) the Fisher
+//! values, all in `f32`. Each stage of the pipeline is a [`Kernel`] bound to one tensor:
+//! it may first ask for statistics passes over its input (the top-k threshold of
+//! `trim`, the L1 norms of `dare`), then it transforms chunks in place.
+
+use std::any::Any;
+
+use reefknot_lang::{ParamKind, Signature, Ty};
+
+use crate::error::OpError;
+
+/// The values of one element range of one tensor, as they flow through a pipeline.
+///
+/// `stack` and `fisher` are model-major: model `i` occupies `[i*len, (i+1)*len)`.
+#[derive(Debug)]
+pub struct Chunk<'a> {
+    /// Index of this chunk within the tensor (chunks are numbered from 0 in element order).
+    pub index: usize,
+    /// Flat index of the chunk's first element within the tensor.
+    pub offset: usize,
+    /// Number of elements in the chunk.
+    pub len: usize,
+    /// Number of fine-tuned models `T`.
+    pub models: usize,
+    /// The base model's values.
+    pub base: &'a [f32],
+    /// The task vectors `δ_i` as transformed so far (`T × len`).
+    pub stack: &'a mut [f32],
+    /// The elected sign per element (`+1.0` or `-1.0`), valid once the pipeline is `Voted`.
+    pub sign: &'a mut [f32],
+    /// The merged delta, valid once the pipeline is `Delta`.
+    pub delta: &'a mut [f32],
+    /// Free space of `len` elements a kernel may use during [`Kernel::apply`].
+    pub scratch: &'a mut [f32],
+    /// The diagonal Fisher of each model (`T × len`), when some stage needs it.
+    pub fisher: Option<&'a [f32]>,
+    /// The model weights `w_i` for this tensor.
+    pub weights: &'a [f32],
+}
+
+impl Chunk<'_> {
+    /// Task vector `i` of the stack.
+    pub fn model(&self, i: usize) -> &[f32] {
+        &self.stack[i * self.len..(i + 1) * self.len]
+    }
+
+    /// Task vector `i` of the stack, mutably.
+    pub fn model_mut(&mut self, i: usize) -> &mut [f32] {
+        &mut self.stack[i * self.len..(i + 1) * self.len]
+    }
+
+    /// The Fisher values of model `i`.
+    ///
+    /// # Panics
+    /// If the pipeline was bound without Fisher data; the engine provides it whenever
+    /// an operator's [`Operator::needs_fisher`] says so.
+    pub fn fisher(&self, i: usize) -> &[f32] {
+        let f = self
+            .fisher
+            .expect("the engine loads Fisher data for every stage that declares it needs it");
+        &f[i * self.len..(i + 1) * self.len]
+    }
+}
+
+/// A partial result of a statistics pass (each kernel knows its concrete type).
+pub type Partial = Box<dyn Any + Send>;
+
+/// One stage of a pipeline, bound to one tensor.
+///
+/// Statistics passes: before `apply` runs on any chunk, the engine asks
+/// [`Kernel::wants_pass`] for pass `0, 1, 2, ...`. For each pass it wants, the engine
+/// streams every chunk of the stage's input (the tensor run through the earlier stages)
+/// through [`Kernel::observe`], in parallel, each worker folding into its own
+/// [`Kernel::partial`]; it merges the workers' partials with [`Kernel::combine`] and hands
+/// the total to [`Kernel::conclude`]. Results must not depend on how chunks were
+/// distributed over workers: use integer counts, or record per-chunk values keyed by
+/// [`Chunk::index`] and reduce them in index order.
+pub trait Kernel: Send + Sync {
+    /// Whether the kernel needs statistics pass number `pass` (asked for 0, 1, ... until false).
+    fn wants_pass(&self, _pass: usize) -> bool {
+        false
+    }
+
+    /// Pass `pass` observes only the chunks whose index is a multiple of this (1: every
+    /// chunk). A kernel that estimates from a sample asks for a larger stride.
+    fn pass_stride(&self, _pass: usize) -> usize {
+        1
+    }
+
+    /// A fresh accumulator for `pass`.
+    fn partial(&self, _pass: usize) -> Partial {
+        Box::new(())
+    }
+
+    /// Folds one chunk of the stage's input into `partial`.
+    fn observe(&self, _pass: usize, _chunk: &Chunk<'_>, _partial: &mut Partial) {}
+
+    /// Merges two accumulators of the same pass.
+    fn combine(&self, _pass: usize, a: Partial, _b: Partial) -> Partial {
+        a
+    }
+
+    /// Takes the total of a pass.
+    fn conclude(&mut self, _pass: usize, _total: Partial) -> Result<(), OpError> {
+        Ok(())
+    }
+
+    /// Transforms one chunk in place: the stage's input is read from the chunk and its
+    /// output written there (`stack` for Stack outputs, `sign` for Voted, `delta` for
+    /// Delta). An error (a plugin operator's failure) stops the merge.
+    fn apply(&self, chunk: &mut Chunk<'_>) -> Result<(), OpError>;
+}
+
+/// The value of one parameter, resolved for one tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// A number: one value for all models, or one per model (`len == T`).
+    Number(Vec<f64>),
+    /// An identifier of a `Choice` parameter.
+    Choice(&'static str),
+    /// A boolean.
+    Bool(bool),
+    /// A string.
+    Text(String),
+}
+
+/// The resolved arguments of one stage for one tensor, in the operator's parameter order.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Args {
+    values: Vec<(&'static str, Value)>,
+}
+
+impl Args {
+    /// Arguments from `(parameter name, value)` pairs.
+    pub fn new(values: Vec<(&'static str, Value)>) -> Self {
+        Args { values }
+    }
+
+    /// The pairs, in parameter order.
+    pub fn iter(&self) -> impl Iterator<Item = &(&'static str, Value)> {
+        self.values.iter()
+    }
+
+    /// The value of `name`.
+    ///
+    /// # Panics
+    /// If the operator has no such parameter: the checker binds every declared parameter,
+    /// so asking for an undeclared one is a bug in the operator.
+    pub fn get(&self, name: &str) -> &Value {
+        self.values
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| panic!("operator asked for undeclared parameter `{name}`"))
+    }
+
+    /// Number parameter `name`, one value per model (a shared value is repeated).
+    pub fn per_model(&self, name: &str, models: usize) -> Vec<f64> {
+        match self.get(name) {
+            Value::Number(v) if v.len() == 1 => vec![v[0]; models],
+            Value::Number(v) => {
+                assert_eq!(v.len(), models, "per-model values for `{name}`");
+                v.clone()
+            }
+            other => panic!("parameter `{name}` is not a number: {other:?}"),
+        }
+    }
+
+    /// Number parameter `name` when it must be the same for every model.
+    pub fn number(&self, name: &str) -> f64 {
+        match self.get(name) {
+            Value::Number(v) => v[0],
+            other => panic!("parameter `{name}` is not a number: {other:?}"),
+        }
+    }
+
+    /// Choice parameter `name`.
+    pub fn choice(&self, name: &str) -> &'static str {
+        match self.get(name) {
+            Value::Choice(c) => c,
+            other => panic!("parameter `{name}` is not a choice: {other:?}"),
+        }
+    }
+
+    /// Boolean parameter `name`.
+    pub fn boolean(&self, name: &str) -> bool {
+        match self.get(name) {
+            Value::Bool(b) => *b,
+            other => panic!("parameter `{name}` is not a boolean: {other:?}"),
+        }
+    }
+
+    /// Whether `kind` accepts every number given for `name`.
+    pub fn numbers_admitted(&self, name: &str, kind: &ParamKind) -> bool {
+        match self.get(name) {
+            Value::Number(v) => v.iter().all(|x| kind.admits(*x)),
+            _ => true,
+        }
+    }
+}
+
+/// What a kernel knows about the tensor it is bound to.
+#[derive(Clone, Copy, Debug)]
+pub struct BindCtx<'a> {
+    /// The tensor's name (part of the key of random streams).
+    pub tensor: &'a str,
+    /// Number of elements.
+    pub numel: usize,
+    /// Number of fine-tuned models `T`.
+    pub models: usize,
+    /// The recipe's seed.
+    pub seed: u64,
+    /// The signature the stage was checked with.
+    pub signature: Signature,
+    /// Each model's Fisher mean over the whole model (for `fisher(normalize=true)`),
+    /// when some stage asked for it.
+    pub fisher_means: Option<&'a [f64]>,
+}
+
+impl BindCtx<'_> {
+    /// The type the stage receives.
+    pub fn input(&self) -> Ty {
+        self.signature.input
+    }
+}
+
+/// An operator: its specification and how to bind it to a tensor.
+///
+/// Built-in operators implement this and register with [`crate::builtin!`]; plugin
+/// operators are adapted to it by the host.
+pub trait Operator: Send + Sync {
+    /// The single definition of the operator.
+    fn spec(&self) -> &'static reefknot_lang::OpSpec;
+
+    /// Whether a stage with these arguments reads the models' Fisher information.
+    fn needs_fisher(&self, _args: &Args) -> bool {
+        false
+    }
+
+    /// Whether a stage with these arguments needs each model's Fisher mean over the whole
+    /// model (a statistics pre-pass over every tensor of the Fisher files).
+    fn needs_fisher_means(&self, _args: &Args) -> bool {
+        false
+    }
+
+    /// Binds the operator to one tensor. Argument ranges were checked already;
+    /// return an error for combinations only the operator can judge.
+    fn bind(&self, args: &Args, ctx: &BindCtx<'_>) -> Result<Box<dyn Kernel>, OpError>;
+}

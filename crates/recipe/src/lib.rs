@@ -1,0 +1,325 @@
+//! The recipe of a reefknot merge: a YAML file naming the base model, the fine-tunes, the
+//! merge expression and where parts of the model get another expression or other values.
+//!
+//! [`Recipe::parse`] (or [`Recipe::load`] for a file) checks everything that can be
+//! checked without the models: every key is known (a typo is an error with the closest
+//! key suggested), every value has the right type and range, globs compile, groups
+//! exist. Each problem is a [`RecipeError`] that miette renders with the file name and a
+//! caret under the offending token. The merge expression itself is the language crate's
+//! to parse: the recipe keeps it as an [`Expr`] that knows where its text sits in the
+//! file, so the language's errors can point into the YAML too.
+//!
+//! ```
+//! use std::path::Path;
+//! use reefknot_recipe::{Number, Recipe, Selector};
+//!
+//! let yaml = r#"
+//! base: models/base
+//! models:
+//!   - path: models/code
+//!     weight: [1.0, 0.5]
+//!   - path: models/math
+//! params: { density: 0.2 }
+//! merge: ties(trim($density), elect, disjoint)
+//! overrides:
+//!   - group: lm_head
+//!     merge: sum
+//!   - layers: 0..4
+//!     params: { density: 0.5 }
+//! "#;
+//! let recipe = Recipe::parse(yaml, Path::new("recipes"), "example.yaml")?;
+//! assert_eq!(recipe.base, Path::new("recipes/models/base"));
+//! assert_eq!(recipe.models[0].weight, Number::Gradient(vec![1.0, 0.5]));
+//! assert_eq!(recipe.models[1].weight, Number::Scalar(1.0));
+//! let off = recipe.merge.offset_in_source.unwrap();
+//! assert_eq!(&recipe.source[off..off + 5], "ties(");
+//! assert_eq!(recipe.override_for("lm_head.weight"), Some(0));
+//! assert_eq!(recipe.override_for("model.layers.2.mlp.up_proj.weight"), Some(1));
+//! assert_eq!(recipe.override_for("model.layers.9.mlp.up_proj.weight"), None);
+//! assert_eq!(recipe.overrides[1].selector, Selector::Layers { start: 0, end: 4 });
+//! # Ok::<(), reefknot_recipe::RecipeError>(())
+//! ```
+//!
+//! The recipe format is documented for users in `docs/recipes.md`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+mod error;
+mod expr;
+mod groups;
+mod validate;
+mod value;
+mod yaml;
+
+pub use error::{ErrorKind, Label, RecipeError};
+pub use expr::Expr;
+pub use groups::{depth_t, layer_index, Groups, BUILTIN_GROUPS};
+pub use validate::parse_size;
+pub use value::{Number, Param, ParamValue, Params};
+
+/// The default shard size of the output, in bytes (5 GB, as `transformers` writes).
+pub const DEFAULT_SHARD_SIZE: u64 = 5_000_000_000;
+
+/// A span of the recipe's source text ([`Recipe::source`]).
+///
+/// `offset` and `len` are in bytes (they index `source` directly and are what miette
+/// labels take); `line` and `column` are 1-based, the column counted in characters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Loc {
+    /// The byte offset of the span's first byte.
+    pub offset: usize,
+    /// The span's length in bytes (0 for a position between two characters).
+    pub len: usize,
+    /// The 1-based line of the first byte.
+    pub line: usize,
+    /// The 1-based column of the first byte, in characters.
+    pub column: usize,
+}
+
+impl Loc {
+    /// The span as a byte range of the source.
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.len
+    }
+}
+
+impl From<Loc> for miette::SourceSpan {
+    fn from(loc: Loc) -> miette::SourceSpan {
+        (loc.offset, loc.len).into()
+    }
+}
+
+/// One fine-tuned model of `models:`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelEntry {
+    /// The model: an HF folder or a `.safetensors` file, resolved against the recipe's
+    /// folder.
+    pub path: PathBuf,
+    /// Its weight `w_i` (default 1.0); a gradient varies it over depth.
+    pub weight: Number,
+    /// Its diagonal Fisher (same tensor names), resolved, for `elect(fisher)`,
+    /// `disjoint(fisher)` and `fisher`.
+    pub fisher: Option<PathBuf>,
+    /// Its values for `$variables`; they take precedence over the recipe's and the
+    /// overrides'.
+    pub params: Params,
+    /// Where the entry's `path` value is written: the place to point at for an error
+    /// about this model.
+    pub location: Loc,
+}
+
+/// Which tensors an [`Override`] is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selector {
+    /// `match: GLOB`: a glob over the whole tensor name, where `.` is an ordinary
+    /// character and `*` matches any run of characters, dots included.
+    Match(String),
+    /// `group: NAME`: a built-in or custom group ([`Groups`]).
+    Group(String),
+    /// `layers: a..b` (half-open) or `layers: i` (`i..i+1`): tensors whose
+    /// [`layer_index`] is in the range. Tensors outside the layer stack never match.
+    Layers {
+        /// The first layer.
+        start: usize,
+        /// One past the last layer (`start < end`).
+        end: usize,
+    },
+}
+
+impl fmt::Display for Selector {
+    /// As written in the recipe: `match: "*.bias"`, `group: mlp`, `layers: 0..4`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Selector::Match(glob) => write!(f, "match: {glob:?}"),
+            Selector::Group(name) => write!(f, "group: {name}"),
+            Selector::Layers { start, end } => write!(f, "layers: {start}..{end}"),
+        }
+    }
+}
+
+/// One entry of `overrides:`: for the tensors it selects, another expression and/or
+/// other values for `$variables`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Override {
+    /// Which tensors.
+    pub selector: Selector,
+    /// The expression for them, replacing the recipe's `merge` (`None`: keep it).
+    pub merge: Option<Expr>,
+    /// Values for them, taking precedence over the recipe's `params` (a model's own
+    /// `params` still come first). Not empty when `merge` is `None`.
+    pub params: Params,
+    /// Where the selector's value is written (`lm_head` in `group: lm_head`).
+    pub loc: Loc,
+}
+
+/// The dtype of the output tensors (`dtype:`); without it the output keeps the base's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OutputDtype {
+    /// `bfloat16` (also `bf16`).
+    BFloat16,
+    /// `float16` (also `fp16`, `f16`, `half`).
+    Float16,
+    /// `float32` (also `fp32`, `f32`, `float`).
+    Float32,
+}
+
+impl OutputDtype {
+    /// The name `transformers` uses in `config.json`'s `torch_dtype`.
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            OutputDtype::BFloat16 => "bfloat16",
+            OutputDtype::Float16 => "float16",
+            OutputDtype::Float32 => "float32",
+        }
+    }
+}
+
+impl fmt::Display for OutputDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.torch_name())
+    }
+}
+
+/// A parsed and validated recipe.
+#[derive(Clone, Debug)]
+pub struct Recipe {
+    /// The recipe file, if loaded from one.
+    pub path: Option<PathBuf>,
+    /// The YAML text: every [`Loc`] indexes it; kept for diagnostics and written into
+    /// the output's metadata for provenance.
+    pub source: String,
+    /// The base model (`base:`), resolved against the recipe's folder.
+    pub base: PathBuf,
+    /// The fine-tunes (`models:`), at least one, in the order written.
+    pub models: Vec<ModelEntry>,
+    /// The recipe-wide values for `$variables` (`params:`).
+    pub params: Params,
+    /// The merge expression (`merge:`).
+    pub merge: Expr,
+    /// The overrides, in the order written; the first that matches a tensor wins.
+    pub overrides: Vec<Override>,
+    /// The built-in groups and the recipe's own (`groups:`).
+    pub groups: Groups,
+    /// The output dtype (`dtype:`); `None` keeps the base's.
+    pub dtype: Option<OutputDtype>,
+    /// The seed of the random operators (`seed:`, default 0).
+    pub seed: u64,
+    /// Plugin libraries to load (`plugins:`), resolved.
+    pub plugins: Vec<PathBuf>,
+    /// The output shard size in bytes (`shard_size:`); `None`: [`DEFAULT_SHARD_SIZE`].
+    pub shard_size: Option<u64>,
+}
+
+impl Recipe {
+    /// Reads and validates the recipe file at `path`; relative paths in it resolve
+    /// against the file's folder, and errors name the file as `path` is written.
+    pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
+        let source =
+            std::fs::read_to_string(path).map_err(|e| RecipeError::io(path.to_path_buf(), e))?;
+        let dir = path.parent().unwrap_or(Path::new(""));
+        let name = path.display().to_string();
+        let mut recipe = Recipe::parse_inner(source, dir, &name, Some(path))?;
+        recipe.path = Some(path.to_path_buf());
+        Ok(recipe)
+    }
+
+    /// Validates the recipe text `source`. Relative paths resolve against `dir` (the
+    /// recipe's folder; `""` leaves them relative); `name` is the file name that
+    /// diagnostics show.
+    pub fn parse(source: &str, dir: &Path, name: &str) -> Result<Recipe, RecipeError> {
+        Recipe::parse_inner(source.to_owned(), dir, name, None)
+    }
+
+    fn parse_inner(
+        source: String,
+        dir: &Path,
+        name: &str,
+        path: Option<&Path>,
+    ) -> Result<Recipe, RecipeError> {
+        let shared: Arc<str> = Arc::from(source.as_str());
+        let fail = |errors: Vec<RecipeError>| RecipeError::finish(errors, name, &shared, path);
+        let root = yaml::parse_yaml(&source).map_err(|e| fail(vec![e]))?;
+        let parts = validate::Checker::new(&source, dir)
+            .recipe(&root)
+            .map_err(fail)?;
+        let mut groups = parts.groups;
+        for o in &parts.overrides {
+            if let Selector::Match(glob) = &o.selector {
+                if let Ok(g) = groups::compile_glob(glob) {
+                    groups.remember_glob(glob, &g);
+                }
+            }
+        }
+        Ok(Recipe {
+            path: None,
+            source,
+            base: parts.base,
+            models: parts.models,
+            params: parts.params,
+            merge: parts.merge,
+            overrides: parts.overrides,
+            groups,
+            dtype: parts.dtype,
+            seed: parts.seed,
+            plugins: parts.plugins,
+            shard_size: parts.shard_size,
+        })
+    }
+
+    /// The index in [`Recipe::overrides`] of the first override that selects `tensor`
+    /// (first match wins), if any.
+    pub fn override_for(&self, tensor: &str) -> Option<usize> {
+        self.overrides
+            .iter()
+            .position(|o| self.selects(&o.selector, tensor))
+    }
+
+    /// Whether `selector` selects `tensor`, with this recipe's groups.
+    pub fn selects(&self, selector: &Selector, tensor: &str) -> bool {
+        match selector {
+            Selector::Match(glob) => self.groups.glob_matches(glob, tensor),
+            Selector::Group(name) => self.groups.contains(name, tensor),
+            Selector::Layers { start, end } => {
+                layer_index(tensor).is_some_and(|i| (*start..*end).contains(&i))
+            }
+        }
+    }
+
+    /// The expression for the tensors of override `index` (from [`Recipe::override_for`]):
+    /// the override's `merge`, else the recipe's.
+    pub fn merge_for(&self, index: Option<usize>) -> &Expr {
+        index
+            .and_then(|i| self.overrides.get(i))
+            .and_then(|o| o.merge.as_ref())
+            .unwrap_or(&self.merge)
+    }
+
+    /// The value of `$name` for model `model` (an index into [`Recipe::models`]; `None`
+    /// for a value not tied to a model) under override `index`, in the order
+    /// operators.md gives: the model's `params`, then the override's, then the recipe's.
+    pub fn param(&self, name: &str, model: Option<usize>, index: Option<usize>) -> Option<&Param> {
+        let from_model = model
+            .and_then(|m| self.models.get(m))
+            .and_then(|m| m.params.get(name));
+        let from_override = index
+            .and_then(|i| self.overrides.get(i))
+            .and_then(|o| o.params.get(name));
+        from_model
+            .or(from_override)
+            .or_else(|| self.params.get(name))
+    }
+
+    /// The recipe-wide values under override `index`: the recipe's `params` with the
+    /// override's on top.
+    pub fn params_for(&self, index: Option<usize>) -> Params {
+        let mut params = self.params.clone();
+        if let Some(o) = index.and_then(|i| self.overrides.get(i)) {
+            params.extend(o.params.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        params
+    }
+}

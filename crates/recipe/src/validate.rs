@@ -1,0 +1,1370 @@
+//! From the YAML tree to a [`Recipe`]'s parts: every rule of the recipe, each error
+//! located at the token it is about. Independent problems are all collected, so one
+//! run reports every misspelt key.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use crate::error::{closest, list, ErrorKind, RecipeError};
+use crate::expr::Expr;
+use crate::groups::{compile_glob, Groups, BUILTIN_GROUPS};
+use crate::value::{Number, Param, ParamValue, Params};
+use crate::yaml::{Kind, Node};
+use crate::{Loc, ModelEntry, OutputDtype, Override, Selector};
+
+/// Everything of a recipe but its file and text.
+pub(crate) struct Parts {
+    pub(crate) base: PathBuf,
+    pub(crate) models: Vec<ModelEntry>,
+    pub(crate) params: Params,
+    pub(crate) merge: Expr,
+    pub(crate) overrides: Vec<Override>,
+    pub(crate) groups: Groups,
+    pub(crate) dtype: Option<OutputDtype>,
+    pub(crate) seed: u64,
+    pub(crate) plugins: Vec<PathBuf>,
+    pub(crate) shard_size: Option<u64>,
+}
+
+/// The keys of one kind of mapping, and hints for keys people write by mistake.
+struct Schema {
+    /// How messages name a mapping of this kind: "the recipe", "a model entry".
+    what: &'static str,
+    keys: &'static [&'static str],
+    /// Keys that are not valid here but that we know why someone wrote: the key, the
+    /// valid key it stands for (if any), and advice.
+    hints: &'static [(&'static str, Option<&'static str>, &'static str)],
+}
+
+const TOP: Schema = Schema {
+    what: "the recipe",
+    keys: &[
+        "base",
+        "models",
+        "params",
+        "merge",
+        "overrides",
+        "groups",
+        "dtype",
+        "seed",
+        "plugins",
+        "shard_size",
+    ],
+    hints: &[
+        ("base_model", Some("base"), "the base model is `base:`"),
+        (
+            "merge_method",
+            Some("merge"),
+            "reefknot has no merge methods by name: write the method as an expression in \
+             `merge:`, e.g. `merge: ties(trim(0.2), elect, disjoint)`",
+        ),
+        (
+            "parameters",
+            Some("params"),
+            "values for `$variables` go in `params:`",
+        ),
+        ("out_dtype", Some("dtype"), "the output dtype is `dtype:`"),
+        ("random_seed", Some("seed"), "the seed is `seed:`"),
+        (
+            "slices",
+            None,
+            "reefknot merges whole models; to treat a range of layers differently, use \
+             `overrides:` with `layers: a..b`",
+        ),
+        ("path", None, "`path` belongs in an entry of `models:`"),
+        ("weight", None, "`weight` belongs in an entry of `models:`"),
+        ("fisher", None, "`fisher` belongs in an entry of `models:`"),
+        ("match", None, "`match` belongs in an entry of `overrides:`"),
+        (
+            "group",
+            None,
+            "`group` belongs in an entry of `overrides:`; custom groups are defined in `groups:`",
+        ),
+        (
+            "layers",
+            None,
+            "`layers` belongs in an entry of `overrides:`",
+        ),
+    ],
+};
+
+const MODEL: Schema = Schema {
+    what: "a model entry",
+    keys: &["path", "weight", "fisher", "params"],
+    hints: &[
+        ("model", Some("path"), "a model's folder or file is `path:`"),
+        (
+            "parameters",
+            Some("params"),
+            "per-model values for `$variables` go in `params:`",
+        ),
+        (
+            "merge",
+            None,
+            "the expression is per recipe or per override, not per model; \
+             per-model values go in the model's `params:`",
+        ),
+    ],
+};
+
+const OVERRIDE: Schema = Schema {
+    what: "an override",
+    keys: &["match", "group", "layers", "merge", "params"],
+    hints: &[
+        (
+            "filter",
+            Some("match"),
+            "a glob over tensor names is `match:`",
+        ),
+        (
+            "parameters",
+            Some("params"),
+            "values for `$variables` go in `params:`",
+        ),
+    ],
+};
+
+/// The accepted spellings of each output dtype (compared case-insensitively).
+const DTYPES: &[(&str, OutputDtype)] = &[
+    ("bfloat16", OutputDtype::BFloat16),
+    ("bf16", OutputDtype::BFloat16),
+    ("float16", OutputDtype::Float16),
+    ("fp16", OutputDtype::Float16),
+    ("f16", OutputDtype::Float16),
+    ("half", OutputDtype::Float16),
+    ("float32", OutputDtype::Float32),
+    ("fp32", OutputDtype::Float32),
+    ("f32", OutputDtype::Float32),
+    ("float", OutputDtype::Float32),
+];
+
+/// The keys of a mapping that passed the key checks, by name (first occurrence).
+struct Fields<'n> {
+    /// The mapping, for errors about it as a whole (a missing key); `None` for the
+    /// recipe itself, where no token stands for the whole.
+    at: Option<Loc>,
+    entries: BTreeMap<&'n str, (&'n Node, &'n Node)>,
+    /// Valid keys that an unknown key probably stands for (`modles` for `models`): a
+    /// missing-key error about them would only repeat the unknown-key error.
+    suggested: Vec<&'static str>,
+}
+
+impl<'n> Fields<'n> {
+    /// The value of `key`; `None` when absent or null (`key:` alone means "not given").
+    fn get(&self, key: &str) -> Option<&'n Node> {
+        self.entries
+            .get(key)
+            .map(|(_, v)| *v)
+            .filter(|v| !matches!(v.kind, Kind::Null))
+    }
+
+    fn key_loc(&self, key: &str) -> Option<Loc> {
+        self.entries.get(key).map(|(k, _)| k.loc)
+    }
+}
+
+pub(crate) struct Checker<'a> {
+    source: &'a str,
+    dir: &'a Path,
+    errors: Vec<RecipeError>,
+}
+
+impl<'a> Checker<'a> {
+    pub(crate) fn new(source: &'a str, dir: &'a Path) -> Checker<'a> {
+        Checker {
+            source,
+            dir,
+            errors: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, e: RecipeError) {
+        self.errors.push(e);
+    }
+
+    /// Checks the whole recipe; `Err` holds every problem found, in source order.
+    pub(crate) fn recipe(mut self, root: &Node) -> Result<Parts, Vec<RecipeError>> {
+        let parts = self.top(root);
+        match parts {
+            Some(parts) if self.errors.is_empty() => Ok(parts),
+            _ => {
+                let mut errors = self.errors;
+                if errors.is_empty() {
+                    // Unreachable in practice: every `None` pushed an error.
+                    errors.push(RecipeError::new(ErrorKind::NotARecipe, "invalid recipe"));
+                }
+                errors.sort_by_key(|e| e.loc().map_or(usize::MAX, |l| l.offset));
+                Err(errors)
+            }
+        }
+    }
+
+    fn top(&mut self, root: &Node) -> Option<Parts> {
+        match &root.kind {
+            Kind::Map(_) => {}
+            Kind::Null => {
+                self.push(
+                    RecipeError::new(ErrorKind::NotARecipe, "the recipe is empty").help(
+                        "a recipe needs at least `base:`, `models:` and `merge:`; \
+                         see docs/recipes.md",
+                    ),
+                );
+                return None;
+            }
+            other => {
+                self.push(
+                    RecipeError::new(
+                        ErrorKind::NotARecipe,
+                        format!(
+                            "a recipe is a mapping of keys (`base:`, `models:`, `merge:`, ...), \
+                             but this file holds {}",
+                            other.describe()
+                        ),
+                    )
+                    .label(root.loc, "expected `key: value` lines"),
+                );
+                return None;
+            }
+        }
+        let f = self.fields(root, &TOP)?;
+
+        // `groups` before `overrides`, which refer to them.
+        let groups = self.groups(&f);
+
+        let base = match f.get("base") {
+            Some(node) => self.path(node, "base"),
+            None => {
+                self.missing(
+                    &f,
+                    "base",
+                    "the recipe has no `base` (the base model)",
+                    Some(
+                        "add e.g. `base: models/base` (an HF model folder or a .safetensors file)",
+                    ),
+                );
+                None
+            }
+        };
+        let models = self.models(&f);
+        let params = match f.get("params") {
+            Some(node) => self.params(node, "the recipe"),
+            None => Some(Params::new()),
+        };
+        let merge = match f.get("merge") {
+            Some(node) => self.expr(node, "merge"),
+            None => {
+                self.missing(
+                    &f,
+                    "merge",
+                    "the recipe has no `merge` (the merge expression)",
+                    Some("add e.g. `merge: ties(trim(0.2), elect, disjoint)`"),
+                );
+                None
+            }
+        };
+        let overrides = self.overrides(&f, groups.as_ref());
+        let dtype = match f.get("dtype") {
+            Some(n) => self.dtype(n).map(Some),
+            None => Some(None),
+        };
+        let seed = match f.get("seed") {
+            Some(n) => self.seed(n),
+            None => Some(0),
+        };
+        let plugins = match f.get("plugins") {
+            Some(n) => self.paths(n, "plugins", "a list of plugin libraries"),
+            None => Some(Vec::new()),
+        };
+        let shard_size = match f.get("shard_size") {
+            Some(n) => self.shard_size(n).map(Some),
+            None => Some(None),
+        };
+
+        Some(Parts {
+            base: base?,
+            models: models?,
+            params: params?,
+            merge: merge?,
+            overrides: overrides?,
+            groups: groups?,
+            dtype: dtype?,
+            seed: seed?,
+            plugins: plugins?,
+            shard_size: shard_size?,
+        })
+    }
+
+    // ---- mappings and keys -------------------------------------------------------
+
+    /// Checks that `node` is a mapping whose keys are all names valid for `schema`,
+    /// each given once.
+    fn fields<'n>(&mut self, node: &'n Node, schema: &Schema) -> Option<Fields<'n>> {
+        let Kind::Map(entries) = &node.kind else {
+            self.push(
+                RecipeError::new(
+                    ErrorKind::WrongType,
+                    format!(
+                        "expected {} (a mapping of `key: value`), found {}",
+                        schema.what,
+                        node.kind.describe()
+                    ),
+                )
+                .label(
+                    node.loc,
+                    format!("expected keys: {}", schema.keys.join(", ")),
+                )
+                .help(format!(
+                    "the keys of {} are {}",
+                    schema.what,
+                    list(schema.keys)
+                )),
+            );
+            return None;
+        };
+        let mut out: BTreeMap<&str, (&Node, &Node)> = BTreeMap::new();
+        let mut suggested = Vec::new();
+        for (key, value) in entries {
+            let Some(name) = self.key_name(key) else {
+                continue;
+            };
+            if let Some((first, _)) = out.get(name) {
+                self.push(
+                    RecipeError::new(
+                        ErrorKind::DuplicateKey,
+                        format!("`{name}` is given twice in {}", schema.what),
+                    )
+                    .label(key.loc, "given again here")
+                    .label(first.loc, "first given here")
+                    .help("keep one of them"),
+                );
+                continue;
+            }
+            if !schema.keys.contains(&name) {
+                suggested.extend(self.unknown_key(key.loc, name, schema));
+                continue;
+            }
+            out.insert(name, (key, value));
+        }
+        Some(Fields {
+            at: (schema.what != TOP.what).then(|| map_loc(node)),
+            entries: out,
+            suggested,
+        })
+    }
+
+    /// The text of a key, or an error when a key is not a string.
+    fn key_name<'n>(&mut self, key: &'n Node) -> Option<&'n str> {
+        match &key.kind {
+            Kind::Str(s) => Some(s.as_str()),
+            other => {
+                self.push(
+                    RecipeError::new(
+                        ErrorKind::WrongType,
+                        format!("keys are names, but this key is {}", other.describe()),
+                    )
+                    .label(key.loc, "not a name"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Reports an unknown key; returns the valid key it probably stands for.
+    fn unknown_key(&mut self, loc: Loc, name: &str, schema: &Schema) -> Option<&'static str> {
+        let mut e = RecipeError::new(
+            ErrorKind::UnknownKey,
+            format!("unknown key `{name}` in {}", schema.what),
+        );
+        let valid = format!("the keys of {} are {}", schema.what, list(schema.keys));
+        let mut stands_for = None;
+        if let Some((_, target, hint)) = schema.hints.iter().find(|(k, _, _)| *k == name) {
+            stands_for = *target;
+            e = e.label(loc, "unknown key").help(format!("{hint}; {valid}"));
+        } else if let Some(best) = closest(name, schema.keys.iter().copied()) {
+            stands_for = Some(best);
+            e = e
+                .label(loc, format!("did you mean `{best}`?"))
+                .help(format!("did you mean `{best}`? {}", capitalize(&valid)));
+        } else if schema.keys.contains(&"params") && is_identifier(name) {
+            e = e.label(loc, "unknown key").help(format!(
+                "{}; if `{name}` is a value for `${name}`, put it in `params:` \
+                 (params: {{ {name}: ... }})",
+                capitalize(&valid)
+            ));
+        } else {
+            e = e.label(loc, "unknown key").help(capitalize(&valid));
+        }
+        self.push(e);
+        stands_for
+    }
+
+    fn missing(&mut self, f: &Fields, key: &str, message: &str, help: Option<&str>) {
+        if f.suggested.contains(&key) {
+            return;
+        }
+        // A key given with no value reads as absent: point at it.
+        let mut e = RecipeError::new(ErrorKind::MissingKey, message);
+        if let Some(loc) = f.key_loc(key) {
+            e = e.label(loc, "no value given");
+        } else if let Some(at) = f.at {
+            e = e.label(at, format!("this has no `{key}`"));
+        }
+        if let Some(h) = help {
+            e = e.help(h);
+        }
+        self.push(e);
+    }
+
+    fn wrong_type(&mut self, node: &Node, expected: &str, what: &str) -> RecipeError {
+        RecipeError::new(
+            ErrorKind::WrongType,
+            format!(
+                "{what} must be {expected}, but this is {}",
+                node.kind.describe()
+            ),
+        )
+        .label(node.loc, format!("expected {expected}"))
+    }
+
+    // ---- scalars ----------------------------------------------------------------
+
+    /// A string value, or an error naming what was expected.
+    fn string<'n>(&mut self, node: &'n Node, expected: &str, what: &str) -> Option<&'n str> {
+        match &node.kind {
+            Kind::Str(s) => Some(s.as_str()),
+            _ => {
+                let e = self.wrong_type(node, expected, what);
+                self.push(e);
+                None
+            }
+        }
+    }
+
+    /// A path, resolved against the recipe's folder.
+    fn path(&mut self, node: &Node, what: &str) -> Option<PathBuf> {
+        let text = self.string(node, "a path (a string)", &format!("`{what}`"))?;
+        if text.trim().is_empty() {
+            self.push(
+                RecipeError::new(ErrorKind::InvalidValue, format!("`{what}` is empty"))
+                    .label(node.loc, "expected a path"),
+            );
+            return None;
+        }
+        if text == "~" || text.starts_with("~/") {
+            self.push(
+                RecipeError::new(
+                    ErrorKind::InvalidValue,
+                    format!("`{what}` starts with `~`, which reefknot does not expand"),
+                )
+                .label(node.loc, "`~` is not expanded")
+                .help("write an absolute path, or a path relative to the recipe's folder"),
+            );
+            return None;
+        }
+        Some(resolve(self.dir, Path::new(text)))
+    }
+
+    /// A list of paths (`plugins:`).
+    fn paths(&mut self, node: &Node, what: &str, expected: &str) -> Option<Vec<PathBuf>> {
+        let Kind::Seq(items) = &node.kind else {
+            let e = self
+                .wrong_type(node, expected, &format!("`{what}`"))
+                .help(format!("write a list: {what}: [path/one.so, path/two.so]"));
+            self.push(e);
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for item in items {
+            match self.path(item, &format!("an entry of `{what}`")) {
+                Some(p) => out.push(p),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// A finite number, with `what` naming it in messages.
+    fn finite(&mut self, node: &Node, what: &str) -> Option<f64> {
+        let v = match node.kind {
+            Kind::Int(i) => i as f64,
+            Kind::Float(f) => f,
+            _ => return None,
+        };
+        if !v.is_finite() {
+            self.push(
+                RecipeError::new(ErrorKind::InvalidValue, format!("{what} must be finite"))
+                    .label(node.loc, "not a finite number"),
+            );
+            return None;
+        }
+        Some(v)
+    }
+
+    /// A number or a gradient (a list of two or more numbers).
+    fn number(&mut self, node: &Node, what: &str) -> Option<Number> {
+        match &node.kind {
+            Kind::Int(_) | Kind::Float(_) => self.finite(node, what).map(Number::Scalar),
+            Kind::Seq(items) => self.gradient(node, items, what).map(Number::Gradient),
+            _ => {
+                let mut e =
+                    self.wrong_type(node, "a number or a list of numbers (a gradient)", what);
+                if let Kind::Str(s) = &node.kind {
+                    if s.trim().parse::<f64>().is_ok() {
+                        e = e.help("remove the quotes: a quoted number is a string in YAML");
+                    }
+                }
+                self.push(e);
+                None
+            }
+        }
+    }
+
+    fn gradient(&mut self, node: &Node, items: &[Node], what: &str) -> Option<Vec<f64>> {
+        let mut values = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for item in items {
+            match item.kind {
+                Kind::Int(_) | Kind::Float(_) => match self.finite(item, what) {
+                    Some(v) => values.push(v),
+                    None => ok = false,
+                },
+                _ => {
+                    self.push(
+                        RecipeError::new(
+                            ErrorKind::InvalidGradient,
+                            format!(
+                                "a gradient is a list of numbers, but this entry of {what} is {}",
+                                item.kind.describe()
+                            ),
+                        )
+                        .label(item.loc, "expected a number"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if ok && values.len() < 2 {
+            let mut e = RecipeError::new(
+                ErrorKind::InvalidGradient,
+                format!(
+                    "a gradient needs at least two numbers, but {what} has {}",
+                    values.len()
+                ),
+            )
+            .label(node.loc, "too short for a gradient");
+            e = match values.first() {
+                Some(v) => e.help(format!("for the same value at every depth write `{v}`")),
+                None => e.help("write a number, or a list like [0.2, 0.6] that varies over depth"),
+            };
+            self.push(e);
+            return None;
+        }
+        ok.then_some(values)
+    }
+
+    /// A merge expression.
+    fn expr(&mut self, node: &Node, what: &str) -> Option<Expr> {
+        let text = match &node.kind {
+            Kind::Str(s) => s,
+            _ => {
+                let e = self
+                    .wrong_type(node, "a merge expression (a string)", &format!("`{what}`"))
+                    .help("e.g. `merge: ties(trim(0.2), elect, disjoint)`");
+                self.push(e);
+                return None;
+            }
+        };
+        if text.trim().is_empty() {
+            self.push(
+                RecipeError::new(
+                    ErrorKind::InvalidValue,
+                    format!("`{what}` is an empty expression"),
+                )
+                .label(node.loc, "empty")
+                .help("e.g. `merge: ties(trim(0.2), elect, disjoint)`"),
+            );
+            return None;
+        }
+        Some(Expr::new(text.clone(), node.def, self.source))
+    }
+
+    // ---- params -----------------------------------------------------------------
+
+    /// A `params:` mapping of `$variable` values. `whose` names the owner in messages.
+    fn params(&mut self, node: &Node, whose: &str) -> Option<Params> {
+        let Kind::Map(entries) = &node.kind else {
+            let e = self
+                .wrong_type(
+                    node,
+                    "a mapping of names to values",
+                    &format!("the `params` of {whose}"),
+                )
+                .help("e.g. params: { density: 0.3, rescale: l1 }");
+            self.push(e);
+            return None;
+        };
+        let mut out = Params::new();
+        let mut ok = true;
+        for (key, value) in entries {
+            let Some(name) = self.key_name(key) else {
+                ok = false;
+                continue;
+            };
+            if !is_identifier(name) {
+                self.push(
+                    RecipeError::new(
+                        ErrorKind::InvalidName,
+                        format!("`{name}` is not a valid parameter name"),
+                    )
+                    .label(key.loc, "not an identifier")
+                    .help(
+                        "a parameter is used as `$name` in the expression: letters, digits \
+                         and `_`, not starting with a digit",
+                    ),
+                );
+                ok = false;
+                continue;
+            }
+            if let Some(first) = out.get(name) {
+                self.push(
+                    RecipeError::new(
+                        ErrorKind::DuplicateKey,
+                        format!("parameter `{name}` is given twice in the `params` of {whose}"),
+                    )
+                    .label(key.loc, "given again here")
+                    .label(first.key_loc, "first given here")
+                    .help("keep one of them"),
+                );
+                ok = false;
+                continue;
+            }
+            let what = format!("parameter `{name}`");
+            let v = match &value.kind {
+                Kind::Int(_) | Kind::Float(_) | Kind::Seq(_) => {
+                    self.number(value, &what).map(ParamValue::Number)
+                }
+                Kind::Str(s) => Some(ParamValue::Text(s.clone())),
+                Kind::Bool(b) => Some(ParamValue::Bool(*b)),
+                Kind::Null => {
+                    self.push(
+                        RecipeError::new(
+                            ErrorKind::MissingKey,
+                            format!("parameter `{name}` has no value"),
+                        )
+                        .label(key.loc, "no value given")
+                        .help(format!(
+                            "give it a number, a list of numbers, a string or a boolean: {name}: 0.3"
+                        )),
+                    );
+                    None
+                }
+                Kind::Map(_) => {
+                    let e = self.wrong_type(
+                        value,
+                        "a number, a list of numbers, a string or a boolean",
+                        &what,
+                    );
+                    self.push(e);
+                    None
+                }
+            };
+            match v {
+                Some(v) => {
+                    out.insert(
+                        name.to_owned(),
+                        Param {
+                            value: v,
+                            loc: value.loc,
+                            key_loc: key.loc,
+                        },
+                    );
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    // ---- models -----------------------------------------------------------------
+
+    fn models(&mut self, f: &Fields) -> Option<Vec<ModelEntry>> {
+        let Some(node) = f.get("models") else {
+            self.missing(
+                f,
+                "models",
+                "the recipe has no `models` (the fine-tunes to merge)",
+                Some("add e.g.\nmodels:\n  - path: models/code\n  - path: models/math"),
+            );
+            return None;
+        };
+        let Kind::Seq(items) = &node.kind else {
+            let e = self.wrong_type(node, "a list of models", "`models`").help(
+                "write one entry per model:\nmodels:\n  - path: models/code\n  - path: models/math",
+            );
+            self.push(e);
+            return None;
+        };
+        if items.is_empty() {
+            self.push(
+                RecipeError::new(ErrorKind::NoModels, "`models` is empty: nothing to merge")
+                    .label(node.loc, "no models")
+                    .help("list at least one fine-tune: models: [{ path: models/code }]"),
+            );
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut ok = true;
+        for item in items {
+            match self.model(item) {
+                Some(m) => out.push(m),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn model(&mut self, node: &Node) -> Option<ModelEntry> {
+        if let Kind::Str(s) = &node.kind {
+            self.push(
+                RecipeError::new(
+                    ErrorKind::WrongType,
+                    "a model entry is a mapping with a `path`, but this is a string",
+                )
+                .label(node.loc, "expected `path: ...`")
+                .help(format!("write `- path: {s}`")),
+            );
+            return None;
+        }
+        let f = self.fields(node, &MODEL)?;
+        let path_node = f.get("path");
+        let path = match path_node {
+            Some(n) => self.path(n, "path"),
+            None => {
+                self.missing(&f, "path", "this model entry has no `path`", None);
+                None
+            }
+        };
+        let weight = match f.get("weight") {
+            Some(n) => self.number(n, "`weight`"),
+            None => Some(Number::Scalar(1.0)),
+        };
+        let fisher = match f.get("fisher") {
+            Some(n) => self.path(n, "fisher").map(Some),
+            None => Some(None),
+        };
+        let params = match f.get("params") {
+            Some(n) => self.params(n, "this model"),
+            None => Some(Params::new()),
+        };
+        Some(ModelEntry {
+            path: path?,
+            weight: weight?,
+            fisher: fisher?,
+            params: params?,
+            location: path_node?.loc,
+        })
+    }
+
+    // ---- groups and overrides -----------------------------------------------------
+
+    fn groups(&mut self, f: &Fields) -> Option<Groups> {
+        let mut groups = Groups::builtin();
+        let Some(node) = f.get("groups") else {
+            return Some(groups);
+        };
+        let Kind::Map(entries) = &node.kind else {
+            let e = self
+                .wrong_type(
+                    node,
+                    "a mapping of group names to lists of globs",
+                    "`groups`",
+                )
+                .help("e.g. groups: { qk: [\"*.q_proj.*\", \"*.k_proj.*\"] }");
+            self.push(e);
+            return None;
+        };
+        let mut ok = true;
+        let mut seen: BTreeMap<&str, Loc> = BTreeMap::new();
+        for (key, value) in entries {
+            let Some(name) = self.key_name(key) else {
+                ok = false;
+                continue;
+            };
+            if Groups::is_builtin(name) {
+                self.push(
+                    RecipeError::new(
+                        ErrorKind::BuiltinGroupRedefined,
+                        format!("`{name}` is a built-in group and cannot be redefined"),
+                    )
+                    .label(key.loc, "built-in group")
+                    .help(format!(
+                        "a group name means the same thing in every recipe; give yours another \
+                         name (the built-in groups are {})",
+                        list(&BUILTIN_GROUPS)
+                    )),
+                );
+                ok = false;
+                continue;
+            }
+            if !is_group_name(name) {
+                self.push(
+                    RecipeError::new(
+                        ErrorKind::InvalidName,
+                        format!("`{name}` is not a valid group name"),
+                    )
+                    .label(key.loc, "not a group name")
+                    .help("use letters, digits, `_` and `-`, starting with a letter or `_`"),
+                );
+                ok = false;
+                continue;
+            }
+            if let Some(first) = seen.get(name) {
+                self.push(
+                    RecipeError::new(
+                        ErrorKind::DuplicateKey,
+                        format!("group `{name}` is defined twice"),
+                    )
+                    .label(key.loc, "defined again here")
+                    .label(*first, "first defined here")
+                    .help("keep one of them, or merge their globs into one list"),
+                );
+                ok = false;
+                continue;
+            }
+            seen.insert(name, key.loc);
+            let what = format!("group `{name}`");
+            let items = match &value.kind {
+                Kind::Seq(items) if !items.is_empty() => items,
+                Kind::Seq(_) => {
+                    self.push(
+                        RecipeError::new(
+                            ErrorKind::InvalidValue,
+                            format!("{what} has no globs: it would contain no tensor"),
+                        )
+                        .label(value.loc, "empty list"),
+                    );
+                    ok = false;
+                    continue;
+                }
+                _ => {
+                    let e = self
+                        .wrong_type(value, "a list of globs", &what)
+                        .help(format!("e.g. {name}: [\"model.layers.*.mlp.*\"]"));
+                    self.push(e);
+                    ok = false;
+                    continue;
+                }
+            };
+            let mut globs = Vec::new();
+            for item in items {
+                match self.glob(item, &format!("a glob of {what}")) {
+                    Some(g) => globs.push(g),
+                    None => ok = false,
+                }
+            }
+            if ok {
+                groups.define(name.to_owned(), globs);
+            }
+        }
+        ok.then_some(groups)
+    }
+
+    /// A glob over tensor names, compiled.
+    fn glob(&mut self, node: &Node, what: &str) -> Option<(String, globset::Glob)> {
+        let text = self.string(node, "a glob (a string)", what)?;
+        if text.is_empty() {
+            self.push(
+                RecipeError::new(ErrorKind::InvalidGlob, format!("{what} is empty"))
+                    .label(node.loc, "empty glob"),
+            );
+            return None;
+        }
+        match compile_glob(text) {
+            Ok(g) => Some((text.to_owned(), g)),
+            Err(err) => {
+                self.push(
+                    RecipeError::new(
+                        ErrorKind::InvalidGlob,
+                        format!("invalid glob `{text}`: {}", err.kind()),
+                    )
+                    .label(node.loc, "invalid glob")
+                    .help(
+                        "globs match whole tensor names: `*` any characters (dots included), \
+                         `?` one character, `[0-9]` a class, `{a,b}` alternatives, `\\` escapes",
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn overrides(&mut self, f: &Fields, groups: Option<&Groups>) -> Option<Vec<Override>> {
+        let Some(node) = f.get("overrides") else {
+            return Some(Vec::new());
+        };
+        let Kind::Seq(items) = &node.kind else {
+            let e = self
+                .wrong_type(node, "a list of overrides", "`overrides`")
+                .help(
+                    "write one entry per override:\noverrides:\n  - group: lm_head\n    merge: sum",
+                );
+            self.push(e);
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for item in items {
+            match self.override_entry(item, groups) {
+                Some(o) => out.push(o),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn override_entry(&mut self, node: &Node, groups: Option<&Groups>) -> Option<Override> {
+        let f = self.fields(node, &OVERRIDE)?;
+        let given: Vec<&str> = ["match", "group", "layers"]
+            .into_iter()
+            .filter(|k| f.get(k).is_some())
+            .collect();
+        let merge = match f.get("merge") {
+            Some(n) => self.expr(n, "merge").map(Some),
+            None => Some(None),
+        };
+        let params = match f.get("params") {
+            Some(n) => self.params(n, "this override"),
+            None => Some(Params::new()),
+        };
+        let selector = match given.as_slice() {
+            [] if ["match", "group", "layers"]
+                .iter()
+                .any(|k| f.suggested.contains(k)) =>
+            {
+                None
+            }
+            [] => {
+                let mut e = RecipeError::new(
+                    ErrorKind::InvalidSelector,
+                    "this override does not say which tensors it is for",
+                )
+                .help("give it one of `match: \"glob\"`, `group: name` or `layers: a..b`");
+                if let Some(at) = f.at {
+                    e = e.label(at, "no `match`, `group` or `layers`");
+                }
+                self.push(e);
+                None
+            }
+            [key] => self.selector(key, f.get(key)?, groups),
+            [first, rest @ ..] => {
+                let mut e = RecipeError::new(
+                    ErrorKind::InvalidSelector,
+                    format!(
+                        "an override has one selector, but this one has {}",
+                        list(&given)
+                    ),
+                );
+                for k in rest {
+                    e = e.label(f.key_loc(k)?, "second selector");
+                }
+                e = e.label(f.key_loc(first)?, "first selector").help(
+                    "split it into one override per selector; the first that matches a tensor wins",
+                );
+                self.push(e);
+                None
+            }
+        };
+        let (selector, loc) = selector?;
+        let (merge, params) = (merge?, params?);
+        if merge.is_none() && params.is_empty() {
+            if f.suggested.contains(&"merge") || f.suggested.contains(&"params") {
+                return None;
+            }
+            self.push(
+                RecipeError::new(
+                    ErrorKind::IneffectiveOverride,
+                    "this override changes nothing: it has neither `merge` nor `params`",
+                )
+                .label(loc, "the tensors it selects")
+                .help(
+                    "add `merge: <expression>` and/or `params: { name: value }`; \
+                     an override that changes nothing would still stop later overrides \
+                     from matching these tensors",
+                ),
+            );
+            return None;
+        }
+        Some(Override {
+            selector,
+            merge,
+            params,
+            loc,
+        })
+    }
+
+    fn selector(
+        &mut self,
+        key: &str,
+        node: &Node,
+        groups: Option<&Groups>,
+    ) -> Option<(Selector, Loc)> {
+        match key {
+            "match" => {
+                let (text, _) = self.glob(node, "`match`")?;
+                Some((Selector::Match(text), node.loc))
+            }
+            "group" => {
+                let name = self.string(node, "a group name (a string)", "`group`")?;
+                // With broken `groups:`, only the built-in names are known for sure.
+                let known = match groups {
+                    Some(g) => g.exists(name),
+                    None => true,
+                };
+                if !known {
+                    let names = groups.map(|g| g.names()).unwrap_or_default();
+                    let mut e = RecipeError::new(
+                        ErrorKind::UnknownGroup,
+                        format!("unknown group `{name}`"),
+                    );
+                    let valid = format!(
+                        "the groups are {}; define your own in `groups:`",
+                        list(&names)
+                    );
+                    e = match closest(name, names.iter().copied()) {
+                        Some(best) => e
+                            .label(node.loc, format!("did you mean `{best}`?"))
+                            .help(format!("did you mean `{best}`? {}", capitalize(&valid))),
+                        None => e.label(node.loc, "unknown group").help(capitalize(&valid)),
+                    };
+                    self.push(e);
+                    return None;
+                }
+                Some((Selector::Group(name.to_owned()), node.loc))
+            }
+            _ => self
+                .layers(node)
+                .map(|(start, end)| (Selector::Layers { start, end }, node.loc)),
+        }
+    }
+
+    /// `layers: a..b` (half-open, `a < b`) or `layers: i` (that layer alone).
+    fn layers(&mut self, node: &Node) -> Option<(usize, usize)> {
+        const HELP: &str = "write `layers: a..b` for layers a to b-1 (half-open, like Rust \
+                            ranges), or `layers: i` for layer i alone";
+        let err = |msg: String, label: &str| {
+            RecipeError::new(ErrorKind::InvalidLayers, msg)
+                .label(node.loc, label)
+                .help(HELP)
+        };
+        let text = match &node.kind {
+            Kind::Int(i) => {
+                return match usize::try_from(*i) {
+                    Ok(i) if i < usize::MAX => Some((i, i + 1)),
+                    _ => {
+                        self.push(err(
+                            format!("`layers: {i}` is not a layer index"),
+                            "expected a non-negative index",
+                        ));
+                        None
+                    }
+                };
+            }
+            Kind::Str(s) => s.trim(),
+            _ => {
+                let e = self.wrong_type(node, "a range `a..b` or a layer index", "`layers`");
+                self.push(e.help(HELP));
+                return None;
+            }
+        };
+        if let Ok(i) = text.parse::<usize>() {
+            if i < usize::MAX {
+                return Some((i, i + 1));
+            }
+        }
+        let Some((a, b)) = text.split_once("..") else {
+            self.push(err(
+                format!("`{text}` is not a layer range"),
+                "expected `a..b` or an index",
+            ));
+            return None;
+        };
+        if let Some(b) = b.strip_prefix('=') {
+            self.push(
+                err(
+                    format!("`{text}`: inclusive ranges are not accepted"),
+                    "use a half-open range",
+                )
+                .help(format!(
+                    "ranges are half-open: `{}..{}` selects layers {} to {}",
+                    a.trim(),
+                    b.trim()
+                        .parse::<usize>()
+                        .map_or("b+1".to_owned(), |b| (b + 1).to_string()),
+                    a.trim(),
+                    b.trim()
+                )),
+            );
+            return None;
+        }
+        let (Ok(start), Ok(end)) = (a.trim().parse::<usize>(), b.trim().parse::<usize>()) else {
+            self.push(err(
+                format!("`{text}` is not a layer range"),
+                "expected two non-negative integers `a..b`",
+            ));
+            return None;
+        };
+        if start >= end {
+            self.push(err(
+                format!("`{text}` selects no layer: the end is excluded, so it must be greater than the start"),
+                "empty range",
+            ));
+            return None;
+        }
+        Some((start, end))
+    }
+
+    // ---- output settings ----------------------------------------------------------
+
+    fn dtype(&mut self, node: &Node) -> Option<OutputDtype> {
+        let names: Vec<&str> = DTYPES.iter().map(|(n, _)| *n).collect();
+        let text = match &node.kind {
+            Kind::Str(s) => s,
+            _ => {
+                let e = self
+                    .wrong_type(node, "a dtype name", "`dtype`")
+                    .help(format!("accepted: {}", list(&names)));
+                self.push(e);
+                return None;
+            }
+        };
+        let lower = text.trim().to_ascii_lowercase();
+        if let Some((_, d)) = DTYPES.iter().find(|(n, _)| *n == lower) {
+            return Some(*d);
+        }
+        let mut e = RecipeError::new(ErrorKind::InvalidDtype, format!("unknown dtype `{text}`"));
+        e = match closest(&lower, names.iter().copied()) {
+            Some(best) => e.label(node.loc, format!("did you mean `{best}`?")),
+            None => e.label(node.loc, "unknown dtype"),
+        };
+        self.push(e.help(format!(
+            "accepted: {} (leave `dtype` out to keep the base's dtype)",
+            list(&names)
+        )));
+        None
+    }
+
+    fn seed(&mut self, node: &Node) -> Option<u64> {
+        if let Kind::Int(i) = node.kind {
+            if let Ok(seed) = u64::try_from(i) {
+                return Some(seed);
+            }
+        }
+        let found = match &node.kind {
+            Kind::Int(i) if *i < 0 => "a negative number".to_owned(),
+            Kind::Int(_) => "too large for 64 bits".to_owned(),
+            Kind::Float(_) => "a number with a fraction or an exponent".to_owned(),
+            other => other.describe().to_owned(),
+        };
+        self.push(
+            RecipeError::new(
+                ErrorKind::InvalidSeed,
+                format!("`seed` must be a non-negative integer, but this is {found}"),
+            )
+            .label(
+                node.loc,
+                "expected an integer from 0 to 18446744073709551615",
+            ),
+        );
+        None
+    }
+
+    fn shard_size(&mut self, node: &Node) -> Option<u64> {
+        const HELP: &str = "a number of bytes (`5000000000`) or a size with a unit: \
+                            `5GB`, `500MB`, `2GiB` (B, KB, MB, GB, TB are powers of 1000; \
+                            KiB, MiB, GiB, TiB powers of 1024)";
+        let size = match &node.kind {
+            Kind::Int(i) => u64::try_from(*i).ok().filter(|&n| n > 0),
+            Kind::Float(f) if f.is_finite() && f.fract() == 0.0 && *f >= 1.0 && *f < 1.8e19 => {
+                Some(*f as u64)
+            }
+            Kind::Str(s) => parse_size(s),
+            _ => None,
+        };
+        if size.is_none() {
+            let what = match &node.kind {
+                Kind::Str(s) => format!("`{s}` is not a size"),
+                Kind::Int(_) | Kind::Float(_) => {
+                    "`shard_size` must be a positive whole number of bytes".to_owned()
+                }
+                other => format!(
+                    "`shard_size` must be a size, but this is {}",
+                    other.describe()
+                ),
+            };
+            self.push(
+                RecipeError::new(ErrorKind::InvalidShardSize, what)
+                    .label(node.loc, "expected a size such as 5GB")
+                    .help(HELP),
+            );
+        }
+        size
+    }
+}
+
+/// Parses `5GB`, `500 MB`, `2GiB`, `1.5GB`, `1024`: a positive number of bytes (B, KB,
+/// MB, GB, TB are powers of 1000; KiB, MiB, GiB, TiB powers of 1024). The recipe's
+/// `shard_size:` and the command line's sizes all read this way.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let unit: u128 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return None,
+    };
+    let number = number.replace('_', "");
+    let (int, frac) = number.split_once('.').unwrap_or((&number, ""));
+    if int.is_empty() && frac.is_empty() {
+        return None;
+    }
+    if !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if frac.len() > 18 || int.len() > 20 {
+        return None;
+    }
+    let digits: u128 = format!("{int}{frac}").parse().ok()?;
+    let scale = 10u128.pow(frac.len() as u32);
+    let bytes = digits.checked_mul(unit)? / scale;
+    u64::try_from(bytes).ok().filter(|&b| b > 0)
+}
+
+/// `dir.join(path)` for a relative path (without `./` components), `path` if absolute.
+fn resolve(dir: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    let mut out = dir.to_path_buf();
+    for c in path.components() {
+        if c != Component::CurDir {
+            out.push(c);
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
+}
+
+/// Where a mapping is, for an error about it as a whole: its first key (or its `{`).
+fn map_loc(node: &Node) -> Loc {
+    match &node.kind {
+        Kind::Map(entries) if node.loc.len == 0 => entries
+            .first()
+            .map(|(k, _)| k.loc)
+            .filter(|k| k.offset == node.loc.offset)
+            .unwrap_or(node.loc),
+        _ => node.loc,
+    }
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`: the names a `$variable` can have.
+pub(crate) fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// An identifier that may also contain `-`.
+fn is_group_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("5GB"), Some(5_000_000_000));
+        assert_eq!(parse_size("5gb"), Some(5_000_000_000));
+        assert_eq!(parse_size("500MB"), Some(500_000_000));
+        assert_eq!(parse_size("500 MB"), Some(500_000_000));
+        assert_eq!(parse_size("2GiB"), Some(2 << 30));
+        assert_eq!(parse_size("1.5GB"), Some(1_500_000_000));
+        assert_eq!(parse_size("0.5KiB"), Some(512));
+        assert_eq!(parse_size("1024"), Some(1024));
+        assert_eq!(parse_size("1024B"), Some(1024));
+        assert_eq!(parse_size("10TB"), Some(10_000_000_000_000));
+        assert_eq!(parse_size("1_000MB"), Some(1_000_000_000));
+        assert_eq!(parse_size(".5KB"), Some(500));
+        assert_eq!(parse_size("0GB"), None);
+        assert_eq!(parse_size("0.0001B"), None);
+        assert_eq!(parse_size("GB"), None);
+        assert_eq!(parse_size("5 G"), None);
+        assert_eq!(parse_size("5XB"), None);
+        assert_eq!(parse_size("-5GB"), None);
+        assert_eq!(parse_size("1.2.3GB"), None);
+        assert_eq!(parse_size("99999999999TB"), None);
+        assert_eq!(parse_size(""), None);
+    }
+
+    #[test]
+    fn identifiers() {
+        for ok in ["density", "_x", "k2", "A_b"] {
+            assert!(is_identifier(ok), "{ok}");
+        }
+        for bad in ["", "2k", "my-density", "$density", "dé", "a b"] {
+            assert!(!is_identifier(bad), "{bad}");
+        }
+        assert!(is_group_name("late-mlp"));
+        assert!(!is_group_name("-x"));
+    }
+
+    #[test]
+    fn paths_resolve_against_the_recipe_folder() {
+        let dir = Path::new("recipes");
+        assert_eq!(
+            resolve(dir, Path::new("models/base")),
+            Path::new("recipes/models/base")
+        );
+        assert_eq!(
+            resolve(dir, Path::new("./models/base")),
+            Path::new("recipes/models/base")
+        );
+        assert_eq!(resolve(dir, Path::new("../m")), Path::new("recipes/../m"));
+        assert_eq!(resolve(Path::new(""), Path::new("m")), Path::new("m"));
+        assert_eq!(resolve(Path::new(""), Path::new(".")), Path::new("."));
+        let abs = if cfg!(windows) {
+            r"C:\models\base"
+        } else {
+            "/models/base"
+        };
+        assert_eq!(resolve(dir, Path::new(abs)), Path::new(abs));
+    }
+}

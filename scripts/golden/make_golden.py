@@ -1,0 +1,1109 @@
+#!/usr/bin/env python3
+"""Golden fixtures: reefknot recipes next to mergekit's output for the same merge.
+
+What it does
+------------
+1. Builds two small, deterministic synthetic Llama families with its own numpy
+   generator (no mergekit or transformers involved):
+
+   * ``llama_f32``  -- float32, one ``model.safetensors`` per model, 3 layers,
+     hidden 32, intermediate 64, vocab 96, 4 heads / 2 kv heads, untied lm_head.
+   * ``llama_bf16`` -- bfloat16, sharded (3 shards + ``model.safetensors.index.json``),
+     2 layers, hidden 32, intermediate 96, vocab 128; larger task vectors (20% of a
+     weight's scale instead of 5%) so that bf16 quantisation leaves fewer equal
+     magnitudes at the trim threshold.
+
+   Each family is ``base/`` plus three fine-tunes ``task_0..task_2``.  Task vectors
+   are heavy tailed (Student t, 3 degrees of freedom), share a component whose sign
+   each task flips on about a third of the entries (sign conflicts), leave ~8% of
+   entries exactly unchanged (exact zeros in the task vector), and plant a few
+   positions where task_0 and task_1 move by exactly opposite amounts and task_2 not
+   at all (the elected sign's sum is exactly 0 there: mergekit elects +).
+
+2. For each case of ``CASES`` (ties_norm, ties_sum, ties_weights, task_arithmetic,
+   linear, ties_gradient_mlp, ties_gradient_all, ties_bf16, dare_ties_d1, breadcrumbs;
+   tests/fixtures/golden/README.md tabulates recipe <-> mergekit config) writes
+   ``tests/fixtures/golden/<case>/``:
+
+   * ``recipe.yaml``   -- the reefknot recipe (paths relative to the case folder);
+   * ``mergekit.yml``  -- the equivalent mergekit configuration (same relative paths);
+   * ``expected.safetensors`` -- the tensors mergekit wrote (names, dtypes, values);
+   * ``golden.json``   -- what the Rust test needs besides the tensors: the input
+     folders and, for sparsifying cases, each model's resolved density and cut ranks
+     for each tensor (so that the test can find the positions where mergekit's
+     unstable sort may legitimately pick other entries among equal magnitudes).
+
+   mergekit runs through its ``mergekit-yaml`` command line on the CPU, with the case
+   folder as the working directory.
+
+3. Self-check: an independent numpy implementation of the operators of
+   ``shared/design/operators.md`` (not mergekit's code) recomputes every case and is
+   compared with mergekit's output under the same tolerance as ``tests/golden.rs``.
+   A case that disagrees makes the script exit non-zero (the files stay written, for
+   inspection), so committed fixtures are ones two independent implementations agree on.
+
+Rerun
+-----
+    python3 scripts/golden/make_golden.py            # rewrite tests/fixtures/golden
+    python3 scripts/golden/make_golden.py --check    # regenerate in a temp dir and
+                                                     # compare with the committed files
+
+Needs python3 with numpy, and mergekit (which brings torch) on PATH as
+``mergekit-yaml``.  The committed fixtures were made with mergekit 0.1.5
+(torch 2.x, CPU).  The inputs are bit-for-bit deterministic (numpy PCG64 with fixed
+seeds); mergekit's output is deterministic for every case here (no random operator:
+``dare_ties`` runs at density 1, where mergekit skips the random mask).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_OUT = REPO / "tests" / "fixtures" / "golden"
+
+# Tolerances, identical to tests/golden.rs (see tests/fixtures/golden/README.md).
+# float32: |actual - expected| <= F32_RTOL * max(|expected|, s) element by element,
+# s = the largest |value| that element has in the base or any fine-tune (the scale of
+# the operands every f32 formula combines there).
+F32_RTOL = 1e-6
+BF16_MAX_ULP = 1
+
+N_TASKS = 3
+
+
+# --------------------------------------------------------------------------
+# safetensors and bfloat16 in plain numpy
+# --------------------------------------------------------------------------
+
+def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """Round float32 to bfloat16 (round to nearest, ties to even); returns uint16."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    if np.isnan(x).any():
+        raise ValueError("NaN in generated data")
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return rounded.astype(np.uint16)
+
+
+def bf16_bits_to_f32(b: np.ndarray) -> np.ndarray:
+    return (b.astype(np.uint32) << 16).view(np.float32)
+
+
+@dataclass
+class Tensor:
+    dtype: str  # "F32" or "BF16"
+    shape: Tuple[int, ...]
+    raw: np.ndarray  # float32 array or uint16 bf16 bits, flat
+
+    def f32(self) -> np.ndarray:
+        if self.dtype == "F32":
+            return self.raw.astype(np.float32).reshape(self.shape)
+        if self.dtype == "BF16":
+            return bf16_bits_to_f32(self.raw).reshape(self.shape)
+        raise ValueError(self.dtype)
+
+    @staticmethod
+    def from_f32(x: np.ndarray, dtype: str) -> "Tensor":
+        x = np.asarray(x, dtype=np.float32)
+        if dtype == "F32":
+            return Tensor("F32", tuple(x.shape), x.reshape(-1).copy())
+        if dtype == "BF16":
+            return Tensor("BF16", tuple(x.shape), f32_to_bf16_bits(x.reshape(-1)))
+        raise ValueError(dtype)
+
+
+def write_safetensors(path: Path, tensors: Dict[str, Tensor], metadata: Dict[str, str]) -> int:
+    header: Dict[str, object] = {"__metadata__": dict(metadata)}
+    blobs = []
+    offset = 0
+    for name in sorted(tensors):
+        t = tensors[name]
+        if t.dtype == "F32":
+            data = t.raw.astype("<f4").tobytes()
+        else:
+            data = t.raw.astype("<u2").tobytes()
+        header[name] = {
+            "dtype": t.dtype,
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        blobs.append(data)
+        offset += len(data)
+    hjson = json.dumps(header, separators=(",", ":")).encode()
+    hjson += b" " * ((8 - len(hjson) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(hjson)))
+        f.write(hjson)
+        for b in blobs:
+            f.write(b)
+    return offset
+
+
+def read_safetensors(path: Path) -> Dict[str, Tensor]:
+    buf = Path(path).read_bytes()
+    (n,) = struct.unpack("<Q", buf[:8])
+    header = json.loads(buf[8 : 8 + n])
+    body = buf[8 + n :]
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = info["data_offsets"]
+        shape = tuple(info["shape"])
+        if info["dtype"] == "F32":
+            raw = np.frombuffer(body[a:b], dtype="<f4").astype(np.float32)
+        elif info["dtype"] == "BF16":
+            raw = np.frombuffer(body[a:b], dtype="<u2").astype(np.uint16)
+        else:
+            raise ValueError(f"{path}: {name}: unsupported dtype {info['dtype']}")
+        out[name] = Tensor(info["dtype"], shape, raw)
+    return out
+
+
+def read_model_dir(path: Path) -> Dict[str, Tensor]:
+    """Every tensor of every *.safetensors file in a model folder."""
+    out: Dict[str, Tensor] = {}
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no .safetensors in {path}")
+    for f in files:
+        for name, t in read_safetensors(f).items():
+            if name in out:
+                raise ValueError(f"{name} appears twice in {path}")
+            out[name] = t
+    return out
+
+
+# --------------------------------------------------------------------------
+# synthetic Llama families
+# --------------------------------------------------------------------------
+
+@dataclass
+class Family:
+    name: str
+    layers: int
+    hidden: int
+    intermediate: int
+    vocab: int
+    heads: int
+    kv_heads: int
+    dtype: str  # "F32" / "BF16"
+    shards: int  # 1 = single model.safetensors
+    seed: int
+    task_scale: float  # typical |task vector| / std of a weight matrix
+
+    @property
+    def torch_dtype(self) -> str:
+        return {"F32": "float32", "BF16": "bfloat16"}[self.dtype]
+
+    def tensor_specs(self) -> List[Tuple[str, Tuple[int, ...]]]:
+        h, i, v = self.hidden, self.intermediate, self.vocab
+        kv = self.kv_heads * (h // self.heads)
+        specs = [("model.embed_tokens.weight", (v, h))]
+        for l in range(self.layers):
+            p = f"model.layers.{l}."
+            specs += [
+                (p + "input_layernorm.weight", (h,)),
+                (p + "self_attn.q_proj.weight", (h, h)),
+                (p + "self_attn.k_proj.weight", (kv, h)),
+                (p + "self_attn.v_proj.weight", (kv, h)),
+                (p + "self_attn.o_proj.weight", (h, h)),
+                (p + "post_attention_layernorm.weight", (h,)),
+                (p + "mlp.gate_proj.weight", (i, h)),
+                (p + "mlp.up_proj.weight", (i, h)),
+                (p + "mlp.down_proj.weight", (h, i)),
+            ]
+        specs += [("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
+        return specs
+
+    def config(self) -> dict:
+        return {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "attention_bias": False,
+            "attention_dropout": 0.0,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "pad_token_id": 0,
+            "head_dim": self.hidden // self.heads,
+            "hidden_act": "silu",
+            "hidden_size": self.hidden,
+            "initializer_range": 0.02,
+            "intermediate_size": self.intermediate,
+            "max_position_embeddings": 128,
+            "mlp_bias": False,
+            "num_attention_heads": self.heads,
+            "num_hidden_layers": self.layers,
+            "num_key_value_heads": self.kv_heads,
+            "pretraining_tp": 1,
+            "rms_norm_eps": 1e-05,
+            "rope_scaling": None,
+            "rope_theta": 10000.0,
+            "tie_word_embeddings": False,
+            "torch_dtype": self.torch_dtype,
+            "use_cache": True,
+            "vocab_size": self.vocab,
+        }
+
+
+FAMILIES = {
+    f.name: f
+    for f in [
+        Family("llama_f32", layers=3, hidden=32, intermediate=64, vocab=96,
+               heads=4, kv_heads=2, dtype="F32", shards=1, seed=20240611,
+               task_scale=0.05),
+        Family("llama_bf16", layers=2, hidden=32, intermediate=96, vocab=128,
+               heads=4, kv_heads=2, dtype="BF16", shards=3, seed=20240612,
+               task_scale=0.2),
+    ]
+}
+
+
+def quantize(x64: np.ndarray, dtype: str) -> np.ndarray:
+    """float64 -> the family's storage dtype, returned as float32 values."""
+    x32 = x64.astype(np.float32)
+    if dtype == "F32":
+        return x32
+    return bf16_bits_to_f32(f32_to_bf16_bits(x32.reshape(-1))).reshape(x32.shape)
+
+
+def make_family_tensors(fam: Family) -> List[Dict[str, np.ndarray]]:
+    """[base, task_0, .., task_{T-1}], each {name: float32 values in storage precision}."""
+    rng = np.random.default_rng(fam.seed)
+    models: List[Dict[str, np.ndarray]] = [dict() for _ in range(N_TASKS + 1)]
+    for name, shape in fam.tensor_specs():
+        n = int(np.prod(shape))
+        if len(shape) == 1:  # RMSNorm gains around 1
+            base = 1.0 + 0.1 * rng.standard_normal(n)
+            scale = 0.02
+        else:
+            std = 1.0 / math.sqrt(shape[1])
+            base = std * rng.standard_normal(n)
+            scale = fam.task_scale * std
+        base_q = quantize(base, fam.dtype)
+        models[0][name] = base_q.reshape(shape)
+        shared = rng.standard_t(3, n)
+        for t in range(N_TASKS):
+            flip = rng.random(n) < 0.35
+            own = rng.standard_t(3, n)
+            delta = scale * (0.7 * np.where(flip, -shared, shared) + own)
+            theta = quantize(base_q.astype(np.float64) + delta, fam.dtype)
+            unchanged = rng.random(n) < 0.08
+            theta[unchanged] = base_q[unchanged]
+            models[t + 1][name] = theta
+        # exactly opposite moves of task_0 and task_1 (task_2 unchanged): the sum
+        # of the task vectors is exactly 0 there, a large magnitude survives trim.
+        planted = rng.choice(n, size=min(3, n), replace=False)
+        for j in planted:
+            b = np.float32(base_q[j])
+            step = np.float32(8.0 * scale)
+            up = quantize(np.array([float(b) + float(step)]), fam.dtype)[0]
+            d = np.float32(up - b)
+            down = np.float32(b - d)
+            if fam.dtype == "BF16":
+                if quantize(np.array([float(down)]), fam.dtype)[0] != down:
+                    continue
+            if np.float32(up - b) != -np.float32(down - b):
+                continue
+            models[1][name][j] = up
+            models[2][name][j] = down
+            models[3][name][j] = b
+        for m in models[1:]:
+            m[name] = m[name].reshape(shape)
+    return models
+
+
+def write_model(folder: Path, fam: Family, tensors: Dict[str, np.ndarray]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(fam.config(), indent=2) + "\n")
+    meta = {"format": "pt"}
+    specs = [name for name, _ in fam.tensor_specs()]
+    if fam.shards == 1:
+        write_safetensors(folder / "model.safetensors",
+                          {n: Tensor.from_f32(tensors[n], fam.dtype) for n in specs}, meta)
+        return
+    # contiguous groups of tensors in model order, one group per shard
+    groups = [list(g) for g in np.array_split(np.array(specs, dtype=object), fam.shards)]
+    weight_map = {}
+    total = 0
+    for k, group in enumerate(groups):
+        fname = f"model-{k + 1:05d}-of-{fam.shards:05d}.safetensors"
+        total += write_safetensors(
+            folder / fname, {n: Tensor.from_f32(tensors[n], fam.dtype) for n in group}, meta)
+        for n in group:
+            weight_map[n] = fname
+    index = {"metadata": {"total_size": total},
+             "weight_map": dict(sorted(weight_map.items()))}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------
+# cases
+# --------------------------------------------------------------------------
+
+@dataclass
+class Case:
+    name: str
+    family: str
+    description: str
+    recipe: str  # YAML text; {base} and {m0}.. are replaced by relative paths
+    mergekit: str  # YAML text, same placeholders
+    # Independent model of the merge for the self-check:
+    # sparsifier: None | "trim" | "breadcrumbs" (per-model density, see below)
+    sparsify: Optional[str]
+    # how the (weighted) task vectors become one delta:
+    # "disjoint" (elect + disjoint mean) | "disjoint_sum" | "sum" | "mean"
+    combine: str
+    gamma: float = 0.01  # breadcrumbs
+    weights: Sequence[object] = (1.0, 1.0, 1.0)  # per model: number or gradient list
+    # density per model: number or gradient list; callable overrides by tensor name
+    density: Optional[Sequence[object]] = None
+    density_override: Optional[Tuple[str, object]] = None  # (substring, value)
+    scale: float = 1.0
+    out_dtype: Optional[str] = None  # None = family dtype
+
+
+def paths_for(fam: str) -> Dict[str, str]:
+    d = {"base": f"../{fam}/base"}
+    for t in range(N_TASKS):
+        d[f"m{t}"] = f"../{fam}/task_{t}"
+    return d
+
+
+CASES = [
+    Case(
+        name="ties_norm",
+        family="llama_f32",
+        description="TIES, density 0.2, normalize true (mergekit's default), float32",
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+  - path: {m1}
+  - path: {m2}
+merge: ties(trim(0.2), elect, disjoint)
+""",
+        mergekit="""\
+merge_method: ties
+base_model: {base}
+models:
+  - model: {m0}
+  - model: {m1}
+  - model: {m2}
+parameters:
+  density: 0.2
+  weight: 1.0
+  normalize: true
+dtype: float32
+""",
+        sparsify="trim",
+        combine="disjoint",
+        density=(0.2, 0.2, 0.2),
+    ),
+    Case(
+        name="ties_sum",
+        family="llama_f32",
+        description="TIES, density 0.2, normalize false (sum of the agreeing entries)",
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+  - path: {m1}
+  - path: {m2}
+merge: trim(0.2) |> elect |> disjoint(sum)
+""",
+        mergekit="""\
+merge_method: ties
+base_model: {base}
+models:
+  - model: {m0}
+  - model: {m1}
+  - model: {m2}
+parameters:
+  density: 0.2
+  weight: 1.0
+  normalize: false
+dtype: float32
+""",
+        sparsify="trim",
+        combine="disjoint_sum",
+        density=(0.2, 0.2, 0.2),
+    ),
+    Case(
+        name="ties_weights",
+        family="llama_f32",
+        description="TIES with per-model weights 1.0/0.5/0.8 and densities 0.1/0.3/0.5",
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+    weight: 1.0
+    params: {{ density: 0.1 }}
+  - path: {m1}
+    weight: 0.5
+    params: {{ density: 0.3 }}
+  - path: {m2}
+    weight: 0.8
+    params: {{ density: 0.5 }}
+merge: trim($density) |> elect |> disjoint
+dtype: float32
+""",
+        mergekit="""\
+merge_method: ties
+base_model: {base}
+models:
+  - model: {m0}
+    parameters: {{ weight: 1.0, density: 0.1 }}
+  - model: {m1}
+    parameters: {{ weight: 0.5, density: 0.3 }}
+  - model: {m2}
+    parameters: {{ weight: 0.8, density: 0.5 }}
+parameters:
+  normalize: true
+dtype: float32
+""",
+        sparsify="trim",
+        combine="disjoint",
+        weights=(1.0, 0.5, 0.8),
+        density=(0.1, 0.3, 0.5),
+    ),
+    Case(
+        name="task_arithmetic",
+        family="llama_f32",
+        description="task arithmetic, weights 0.9/0.6/0.3, lambda 0.7",
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+    weight: 0.9
+  - path: {m1}
+    weight: 0.6
+  - path: {m2}
+    weight: 0.3
+merge: sum |> scale(0.7)
+""",
+        mergekit="""\
+merge_method: task_arithmetic
+base_model: {base}
+models:
+  - model: {m0}
+    parameters: {{ weight: 0.9 }}
+  - model: {m1}
+    parameters: {{ weight: 0.6 }}
+  - model: {m2}
+    parameters: {{ weight: 0.3 }}
+parameters:
+  lambda: 0.7
+dtype: float32
+""",
+        sparsify=None,
+        combine="sum",
+        weights=(0.9, 0.6, 0.3),
+        scale=0.7,
+    ),
+    Case(
+        name="linear",
+        family="llama_f32",
+        description=("linear (weighted average of the fine-tunes, weights 1.0/0.5/0.8, "
+                     "normalize true); mergekit has no base_model here"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+    weight: 1.0
+  - path: {m1}
+    weight: 0.5
+  - path: {m2}
+    weight: 0.8
+merge: mean
+""",
+        # No base_model: with one, mergekit adds the base as a fourth input of the
+        # average (and then asks for its weight). reefknot's `mean` over task vectors
+        # is the weighted average of the fine-tunes themselves.
+        mergekit="""\
+merge_method: linear
+models:
+  - model: {m0}
+    parameters: {{ weight: 1.0 }}
+  - model: {m1}
+    parameters: {{ weight: 0.5 }}
+  - model: {m2}
+    parameters: {{ weight: 0.8 }}
+parameters:
+  normalize: true
+dtype: float32
+""",
+        sparsify=None,
+        combine="mean",
+        weights=(1.0, 0.5, 0.8),
+    ),
+    Case(
+        name="ties_gradient_mlp",
+        family="llama_f32",
+        description=("TIES; mlp tensors get a density gradient 0.1 -> 0.5 over the 3 "
+                     "layers (0.1, 0.3, 0.5), every other tensor density 0.2"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+  - path: {m1}
+  - path: {m2}
+params: {{ density: 0.2 }}
+merge: ties(trim($density), elect, disjoint)
+overrides:
+  - match: "*mlp*"
+    params: {{ density: [0.1, 0.5] }}
+""",
+        mergekit="""\
+merge_method: ties
+base_model: {base}
+models:
+  - model: {m0}
+  - model: {m1}
+  - model: {m2}
+parameters:
+  weight: 1.0
+  normalize: true
+  density:
+    - filter: mlp
+      value: [0.1, 0.5]
+    - value: 0.2
+dtype: float32
+""",
+        sparsify="trim",
+        combine="disjoint",
+        density=(0.2, 0.2, 0.2),
+        density_override=("mlp", [0.1, 0.5]),
+    ),
+    Case(
+        name="ties_gradient_all",
+        family="llama_f32",
+        description=("TIES; a 4-point density gradient [0.1, 0.5, 0.3, 0.4] on every "
+                     "tensor (embeddings, final norm and lm_head take t = 0) and a weight "
+                     "gradient [1.0, 0.4] on task_1"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+  - path: {m1}
+    weight: [1.0, 0.4]
+  - path: {m2}
+params: {{ density: [0.1, 0.5, 0.3, 0.4] }}
+merge: ties(trim($density), elect, disjoint)
+""",
+        mergekit="""\
+merge_method: ties
+base_model: {base}
+models:
+  - model: {m0}
+    parameters: {{ weight: 1.0 }}
+  - model: {m1}
+    parameters: {{ weight: [1.0, 0.4] }}
+  - model: {m2}
+    parameters: {{ weight: 1.0 }}
+parameters:
+  normalize: true
+  density: [0.1, 0.5, 0.3, 0.4]
+dtype: float32
+""",
+        sparsify="trim",
+        combine="disjoint",
+        weights=(1.0, [1.0, 0.4], 1.0),
+        density=([0.1, 0.5, 0.3, 0.4],) * 3,
+    ),
+    Case(
+        name="ties_bf16",
+        family="llama_bf16",
+        description=("TIES density 0.2 on bfloat16 sharded inputs, computed in float32, "
+                     "written as bfloat16"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+  - path: {m1}
+  - path: {m2}
+merge: ties(trim(0.2), elect, disjoint)
+dtype: bfloat16
+""",
+        mergekit="""\
+merge_method: ties
+base_model: {base}
+models:
+  - model: {m0}
+  - model: {m1}
+  - model: {m2}
+parameters:
+  density: 0.2
+  weight: 1.0
+  normalize: true
+dtype: float32
+out_dtype: bfloat16
+""",
+        sparsify="trim",
+        combine="disjoint",
+        density=(0.2, 0.2, 0.2),
+        out_dtype="BF16",
+    ),
+    Case(
+        name="dare_ties_d1",
+        family="llama_f32",
+        description=("DARE-TIES at density 1 with rescale (mergekit's deterministic "
+                     "path), weights 1.0/0.5/0.8, normalize true"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+    weight: 1.0
+  - path: {m1}
+    weight: 0.5
+  - path: {m2}
+    weight: 0.8
+merge: dare(p=0, rescale=l1) |> elect |> disjoint
+seed: 0
+""",
+        # dare_ties defaults to normalize: false in mergekit 0.1.5; `disjoint` is the
+        # normalized (mean) form, so it is set explicitly.
+        mergekit="""\
+merge_method: dare_ties
+base_model: {base}
+models:
+  - model: {m0}
+    parameters: {{ weight: 1.0 }}
+  - model: {m1}
+    parameters: {{ weight: 0.5 }}
+  - model: {m2}
+    parameters: {{ weight: 0.8 }}
+parameters:
+  density: 1.0
+  rescale: true
+  normalize: true
+dtype: float32
+""",
+        sparsify=None,  # dare(p=0): keeps all; the l1 ratio of equal norms is 1
+        combine="disjoint",
+        weights=(1.0, 0.5, 0.8),
+    ),
+    Case(
+        name="breadcrumbs",
+        family="llama_f32",
+        description=("Model Breadcrumbs, density 0.3, gamma 0.01, weights 1.0/0.5/0.8, "
+                     "summed; the 32-element norms have floor(0.01*32) = 0 outliers"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+    weight: 1.0
+  - path: {m1}
+    weight: 0.5
+  - path: {m2}
+    weight: 0.8
+merge: breadcrumbs(0.3, gamma=0.01) |> sum
+""",
+        mergekit="""\
+merge_method: breadcrumbs
+base_model: {base}
+models:
+  - model: {m0}
+    parameters: {{ weight: 1.0 }}
+  - model: {m1}
+    parameters: {{ weight: 0.5 }}
+  - model: {m2}
+    parameters: {{ weight: 0.8 }}
+parameters:
+  density: 0.3
+  gamma: 0.01
+dtype: float32
+""",
+        sparsify="breadcrumbs",
+        combine="sum",
+        weights=(1.0, 0.5, 0.8),
+        density=(0.3, 0.3, 0.3),
+        gamma=0.01,
+    ),
+]
+
+
+# --------------------------------------------------------------------------
+# independent model of operators.md (float32 numpy), for the self-check
+# --------------------------------------------------------------------------
+
+LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def depth_t(name: str, n_layers: int) -> float:
+    m = LAYER_RE.search(name)
+    if not m:
+        return 0.0
+    if n_layers == 1:
+        return 1.0
+    return int(m.group(1)) / (n_layers - 1)
+
+
+def gradient_value(v, t: float) -> float:
+    if not isinstance(v, (list, tuple)):
+        return float(v)
+    k = len(v)
+    s = t * (k - 1)
+    i0 = math.floor(s)
+    i1 = min(k - 1, i0 + 1)
+    f = s - i0
+    return (1 - f) * float(v[i0]) + f * float(v[i1])
+
+
+def case_density(case: Case, name: str, n_layers: int) -> Optional[List[float]]:
+    if case.density is None:
+        return None
+    t = depth_t(name, n_layers)
+    out = []
+    for d in case.density:
+        if case.density_override and case.density_override[0] in name:
+            d = case.density_override[1]
+        out.append(gradient_value(d, t))
+    return out
+
+
+def keep_count(density: float, n: int) -> int:
+    if density <= 0:
+        return 0
+    if density >= 1:
+        return n
+    return max(1, int(math.floor(density * n)))
+
+
+def kept_ranks(case: Case, density: float, n: int) -> Tuple[int, int]:
+    """The sparsifier keeps ranks [lo, hi) in order of decreasing |delta|."""
+    if case.sparsify == "trim":
+        return 0, keep_count(density, n)
+    if case.sparsify == "breadcrumbs":
+        if density >= 1:
+            return 0, n
+        top = int(math.floor(case.gamma * n))
+        keep = int(math.floor(density * n))
+        return min(top, n), min(n, top + keep)
+    raise ValueError(case.sparsify)
+
+
+def cuts(case: Case, density: float, n: int) -> List[int]:
+    """Ranks (in order of decreasing |delta|) where kept and dropped entries meet."""
+    lo, hi = kept_ranks(case, density, n)
+    return [c for c in sorted({lo, hi}) if 0 < c < n and lo < hi]
+
+
+def sparsify_stable(case: Case, delta: np.ndarray, density: float) -> np.ndarray:
+    """operators.md's sparsifier; ties broken towards the lower flat index."""
+    flat = delta.reshape(-1)
+    lo, hi = kept_ranks(case, density, flat.size)
+    out = np.zeros_like(flat)
+    order = np.argsort(-np.abs(flat), kind="stable")[lo:hi]
+    out[order] = flat[order]
+    return out.reshape(delta.shape)
+
+
+def ambiguous_ties(delta: np.ndarray, cut_ranks: Sequence[int]) -> np.ndarray:
+    """Positions an unstable sort may keep or drop: |delta| equal across a cut."""
+    a = np.abs(delta.reshape(-1))
+    desc = np.sort(a)[::-1]
+    mask = np.zeros(a.size, dtype=bool)
+    for c in cut_ranks:
+        if desc[c - 1] == desc[c] and desc[c] != 0:  # a kept zero adds nothing
+            mask |= a == desc[c]
+    return mask
+
+
+def reference_merge(case: Case, fam: Family, models: List[Dict[str, np.ndarray]]):
+    out = {}
+    ties_mask = {}
+    f32 = np.float32
+    for name, shape in fam.tensor_specs():
+        base = models[0][name].astype(f32)
+        deltas = [models[i + 1][name].astype(f32) - base for i in range(N_TASKS)]
+        t = depth_t(name, fam.layers)
+        w = [f32(gradient_value(x, t)) for x in case.weights]
+        dens = case_density(case, name, fam.layers)
+        amb = np.zeros(base.size, dtype=bool)
+        if case.sparsify:
+            for i in range(N_TASKS):
+                amb |= ambiguous_ties(deltas[i], cuts(case, dens[i], base.size))
+            deltas = [sparsify_stable(case, d, dens[i]) for i, d in enumerate(deltas)]
+        u = [f32(w[i]) * deltas[i] for i in range(N_TASKS)]
+        if case.combine in ("disjoint", "disjoint_sum"):
+            s = u[0] + u[1] + u[2]
+            gamma = np.where(s >= 0, f32(1), f32(-1))
+            num = np.zeros_like(base)
+            den = np.zeros_like(base)
+            for i in range(N_TASKS):
+                agree = (u[i] != 0) & (np.sign(u[i]) == gamma)
+                num = num + np.where(agree, u[i], f32(0))
+                den = den + np.where(agree, w[i], f32(0)).astype(f32)
+            if case.combine == "disjoint":
+                den = np.where(den == 0, f32(1), den)
+                delta = num / den
+            else:
+                delta = num
+        elif case.combine == "sum":
+            delta = u[0] + u[1] + u[2]
+        elif case.combine == "mean":
+            sw = f32(w[0]) + f32(w[1]) + f32(w[2])
+            if abs(sw) < 1e-8:
+                sw = f32(1)
+            delta = (u[0] + u[1] + u[2]) / sw
+        else:
+            raise ValueError(case.combine)
+        if case.scale != 1.0:
+            delta = delta * f32(case.scale)
+        merged = (base + delta).astype(f32)
+        out[name] = Tensor.from_f32(merged, case.out_dtype or fam.dtype)
+        ties_mask[name] = amb.reshape(-1)
+    return out, ties_mask
+
+
+def operand_scale(fam: Family, models: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+    """Per element, the largest |value| among the base and the fine-tunes."""
+    out = {}
+    for name, _ in fam.tensor_specs():
+        a = np.abs(models[0][name].reshape(-1)).astype(np.float64)
+        for m in models[1:]:
+            a = np.maximum(a, np.abs(m[name].reshape(-1)))
+        out[name] = a
+    return out
+
+
+def compare(expected: Dict[str, Tensor], actual: Dict[str, Tensor],
+            ties: Dict[str, np.ndarray],
+            scales: Dict[str, np.ndarray]) -> Tuple[bool, List[str]]:
+    """The comparison of tests/golden.rs, for the self-check."""
+    ok = True
+    lines = []
+    if sorted(expected) != sorted(actual):
+        return False, [f"tensor names differ: {sorted(set(expected) ^ set(actual))}"]
+    worst_rel = 0.0
+    n_ulp1 = n_tie = 0
+    for name in sorted(expected):
+        e, a = expected[name], actual[name]
+        if e.dtype != a.dtype or e.shape != a.shape:
+            ok = False
+            lines.append(f"{name}: {e.dtype}{e.shape} vs {a.dtype}{a.shape}")
+            continue
+        tie = ties.get(name, np.zeros(e.raw.size, dtype=bool))
+        if e.dtype == "F32":
+            eb = e.raw.astype(np.float64)
+            ab = a.raw.astype(np.float64)
+            ref = np.maximum(np.abs(eb), scales[name])
+            allowed = F32_RTOL * ref
+            err = np.abs(ab - eb)
+            bad = (err > allowed) & ~tie
+            n_tie += int(((err > 0) & tie).sum())
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rel = np.where(err == 0, 0.0, err / ref)
+            worst_rel = max(worst_rel, float(np.where(tie, 0.0, rel).max()))
+            if bad.any():
+                ok = False
+                j = int(np.argmax(np.where(tie, 0, err / allowed)))
+                lines.append(f"{name}[{j}]: expected {eb[j]!r} got {ab[j]!r}, "
+                             f"|diff| {err[j]:.3e} > allowed {allowed[j]:.3e} "
+                             f"({int(bad.sum())} elements off)")
+        else:
+            def order(b):
+                b = b.astype(np.int64)
+                return np.where(b & 0x8000, -(b & 0x7FFF), b)
+            d = np.abs(order(e.raw) - order(a.raw))
+            bad = (d > BF16_MAX_ULP) & ~tie
+            n_ulp1 += int(((d == 1) & ~tie).sum())
+            n_tie += int(((d > 0) & tie).sum())
+            if bad.any():
+                ok = False
+                j = int(np.argmax(np.where(tie, 0, d)))
+                lines.append(f"{name}[{j}]: {int(d[j])} ulp apart ({int(bad.sum())} off)")
+    lines.append(f"worst f32 error {worst_rel:.2e} of max(|expected|, |inputs|); "
+                 f"bf16 elements 1 ulp apart: {n_ulp1}; differing tied positions: {n_tie}")
+    return ok, lines
+
+
+# --------------------------------------------------------------------------
+# driver
+# --------------------------------------------------------------------------
+
+def write_golden_json(path: Path, case: Case, version: str, p: Dict[str, str],
+                      densities: Dict[str, List[float]],
+                      cut_table: Dict[str, List[List[int]]]) -> None:
+    """golden.json, one tensor per line.
+
+    ``cuts[tensor][i]``: the ranks, in order of decreasing |delta_i|, at which the
+    case's sparsifier separates model i's kept entries from its dropped ones
+    (trim(k): [max(1, floor(k*n))]; breadcrumbs(k, gamma): [floor(gamma*n),
+    floor(gamma*n) + floor(k*n)]; ranks 0 and n omitted).  ``density`` is the
+    resolved density behind them, for the reader.  Both are empty objects for
+    cases without a sparsifier.
+    """
+    head = {
+        "case": case.name,
+        "description": case.description,
+        "mergekit_version": version,
+        "base": p["base"],
+        "models": [p[f"m{t}"] for t in range(N_TASKS)],
+        "sparsifier": case.sparsify,
+    }
+    lines = ["{"]
+    for k, v in head.items():
+        lines.append(f"  {json.dumps(k)}: {json.dumps(v)},")
+
+    def table(key: str, rows: Dict[str, object]) -> List[str]:
+        if not rows:
+            return [f"  {json.dumps(key)}: {{}}"]
+        out = [f"  {json.dumps(key)}: {{"]
+        items = list(rows.items())
+        for idx, (name, val) in enumerate(items):
+            sep = "," if idx + 1 < len(items) else ""
+            out.append(f"    {json.dumps(name)}: {json.dumps(val)}{sep}")
+        out.append("  }")
+        return out
+
+    lines += table("density", densities)
+    lines[-1] += ","
+    lines += table("cuts", cut_table)
+    lines.append("}")
+    text = "\n".join(lines) + "\n"
+    json.loads(text)  # well-formed
+    path.write_text(text)
+
+
+def mergekit_version() -> str:
+    from importlib.metadata import version
+    return version("mergekit")
+
+
+def run_mergekit(case_dir: Path, work: Path) -> Dict[str, Tensor]:
+    out = work / f"mk_{case_dir.name}"
+    if out.exists():
+        shutil.rmtree(out)
+    exe = shutil.which("mergekit-yaml")
+    cmd = [exe] if exe else [sys.executable, "-m", "mergekit.scripts.run_yaml"]
+    cmd += ["mergekit.yml", str(out), "--quiet", "--no-cuda"]
+    res = subprocess.run(cmd, cwd=case_dir, capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.stderr.write(res.stdout + res.stderr)
+        raise SystemExit(f"mergekit failed on {case_dir.name}")
+    return read_model_dir(out)
+
+
+def generate(out_root: Path, work: Path, verbose: bool = True) -> bool:
+    out_root.mkdir(parents=True, exist_ok=True)
+    version = mergekit_version()
+    fam_models = {}
+    for fam in FAMILIES.values():
+        models = make_family_tensors(fam)
+        fam_models[fam.name] = models
+        fdir = out_root / fam.name
+        if fdir.exists():
+            shutil.rmtree(fdir)
+        names = ["base"] + [f"task_{t}" for t in range(N_TASKS)]
+        for label, tensors in zip(names, models):
+            write_model(fdir / label, fam, tensors)
+    all_ok = True
+    summary = []
+    for case in CASES:
+        fam = FAMILIES[case.family]
+        cdir = out_root / case.name
+        if cdir.exists():
+            shutil.rmtree(cdir)
+        cdir.mkdir(parents=True)
+        p = paths_for(case.family)
+        (cdir / "recipe.yaml").write_text(
+            f"# golden case {case.name}: {case.description}\n"
+            f"# equivalent mergekit config: mergekit.yml (made with mergekit {version})\n"
+            + case.recipe.format(**p))
+        (cdir / "mergekit.yml").write_text(
+            f"# golden case {case.name}: run from this folder with\n"
+            f"#   mergekit-yaml mergekit.yml OUT --no-cuda   (mergekit {version})\n"
+            + case.mergekit.format(**p))
+        merged = run_mergekit(cdir, work)
+        write_safetensors(cdir / "expected.safetensors", merged,
+                          {"format": "pt", "generator": f"mergekit {version}",
+                           "case": case.name})
+        # the test's side information
+        densities = {}
+        cut_table = {}
+        if case.sparsify:
+            for name, shape in fam.tensor_specs():
+                d = case_density(case, name, fam.layers)
+                densities[name] = d
+                n = int(np.prod(shape))
+                cut_table[name] = [cuts(case, x, n) for x in d]
+        write_golden_json(cdir / "golden.json", case, version, p, densities, cut_table)
+        # borderline floor(density * n)? report it
+        for name, d in densities.items():
+            n = int(np.prod(dict(fam.tensor_specs())[name]))
+            for x in d:
+                prod = x * n
+                if 0 < x < 1 and abs(prod - round(prod)) < 1e-6 and prod != round(prod):
+                    print(f"  note: {case.name} {name}: density*n = {prod!r} is "
+                          f"borderline for floor()")
+        # self-check against the independent model of operators.md
+        ref, ties = reference_merge(case, fam, fam_models[case.family])
+        ok, lines = compare(merged, ref, ties,
+                            operand_scale(fam, fam_models[case.family]))
+        n_tied = sum(int(m.sum()) for m in ties.values())
+        size = (cdir / "expected.safetensors").stat().st_size
+        summary.append((case.name, ok, n_tied, size, lines[-1]))
+        if not ok:
+            all_ok = False
+            print(f"[{case.name}] MISMATCH between mergekit and the operators.md model:")
+            for line in lines:
+                print("   ", line)
+    if verbose:
+        print(f"mergekit {version}")
+        for name, ok, n_tied, size, last in summary:
+            print(f"{name:20s} {'agree' if ok else 'DIFFER'}  tied positions {n_tied:5d}  "
+                  f"expected {size / 1024:7.1f} KiB  | {last}")
+    return all_ok
+
+
+def check_committed(work: Path) -> bool:
+    fresh = work / "fresh"
+    ok = generate(fresh, work, verbose=False)
+    same = True
+    for f in sorted(fresh.rglob("*")):
+        if f.is_dir():
+            continue
+        rel = f.relative_to(fresh)
+        committed = DEFAULT_OUT / rel
+        if not committed.exists() or committed.read_bytes() != f.read_bytes():
+            print(f"differs from the committed fixture: {rel}")
+            same = False
+    print("committed fixtures reproduce" if same else "committed fixtures DO NOT reproduce")
+    return ok and same
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                    help="fixture folder (default: tests/fixtures/golden of this repo)")
+    ap.add_argument("--check", action="store_true",
+                    help="regenerate into a temporary folder and compare with the committed files")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="reefknot-golden-") as tmp:
+        work = Path(tmp)
+        if args.check:
+            return 0 if check_committed(work) else 1
+        ok = generate(args.out, work)
+    if not ok:
+        print("FAIL: mergekit and the independent model of operators.md disagree")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,8 @@
+//! End-to-end tests: they run the real `reefknot` binary on synthetic checkpoint
+//! families and re-read what it writes.
+
+mod docs;
+mod errors;
+mod merge;
+mod recipes;
+mod util;

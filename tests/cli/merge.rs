@@ -1,0 +1,299 @@
+//! Merges that succeed: the output folder, its files and its numbers.
+
+use std::fs;
+
+use reefknot_io::{Checkpoint, Dtype};
+
+use crate::util::*;
+
+#[test]
+fn merges_a_sharded_bf16_family_into_a_sharded_hf_folder() {
+    let ws = Workspace::new(Dtype::BF16, Some(60_000));
+    assert!(ws
+        .model("base")
+        .join("model.safetensors.index.json")
+        .exists());
+    ws.recipe("r.yaml", &recipe_with("ties(trim(0.2), elect, disjoint)"));
+    let stdout = ok(&run_in(
+        ws.path(),
+        &["merge", "r.yaml", "-o", "out", "--shard-size", "100KB"],
+    ));
+    assert!(stdout.contains("merged"), "{stdout}");
+
+    let out = ws.path().join("out");
+    let index: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(out.join("model.safetensors.index.json")).unwrap(),
+    )
+    .unwrap();
+    let shards: std::collections::BTreeSet<&str> = index["weight_map"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(shards.len() > 1, "{shards:?}");
+    for s in &shards {
+        assert!(s.starts_with("model-0000") && s.contains("-of-0000"), "{s}");
+        assert!(out.join(s).exists());
+    }
+
+    // The set of tensors, names, shapes equals the base's; dtypes are bf16.
+    let base = tensors(&ws.model("base"));
+    let merged = tensors(&out);
+    assert_eq!(base.len(), merged.len());
+    let mut changed = 0;
+    for (b, m) in base.iter().zip(&merged) {
+        assert_eq!((&b.0, &b.2), (&m.0, &m.2));
+        assert_eq!(m.1, Dtype::BF16);
+        changed += usize::from(b.3 != m.3);
+    }
+    assert_eq!(changed, base.len(), "every tensor moved away from the base");
+
+    // Non-weight files, the config's dtype, the model card, the metadata.
+    assert_eq!(
+        fs::read_to_string(out.join("tokenizer.json")).unwrap(),
+        "{\"version\": \"1.0\"}\n"
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "LlamaForCausalLM");
+    let card = fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(
+        card.contains("reefknot") && card.contains("ties(trim(0.2), elect, disjoint)"),
+        "{card}"
+    );
+    let ckpt = Checkpoint::open(&out).unwrap();
+    assert_eq!(
+        ckpt.metadata().get("format").map(String::as_str),
+        Some("pt")
+    );
+    assert!(ckpt.metadata()["reefknot_recipe"].contains("merge: ties"));
+
+    // Nothing else was left beside the output.
+    assert_eq!(
+        ws.entries(),
+        ["family", "fisher", "models", "out", "r.yaml"]
+    );
+}
+
+#[test]
+fn task_arithmetic_through_the_binary_is_exact() {
+    let ws = Workspace::new(Dtype::BF16, None);
+    ws.recipe("r.yaml", &format!("{}dtype: float32\n", recipe_with("sum")));
+    ok(&run_in(
+        ws.path(),
+        &["merge", "r.yaml", "-o", "out", "--quiet"],
+    ));
+    let out = Checkpoint::open(&ws.path().join("out")).unwrap();
+    let base = Checkpoint::open(&ws.model("base")).unwrap();
+    let models: Vec<Checkpoint> = TASKS
+        .iter()
+        .map(|t| Checkpoint::open(&ws.model(t)).unwrap())
+        .collect();
+    let config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(ws.path().join("out/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["torch_dtype"], "float32");
+    for t in base.tensors() {
+        let b = values(&base, &t.name);
+        let ms: Vec<Vec<f32>> = models.iter().map(|m| values(m, &t.name)).collect();
+        let got = values(&out, &t.name);
+        assert_eq!(out.get(&t.name).unwrap().dtype, Dtype::F32);
+        for j in 0..b.len() {
+            let delta = ms.iter().fold(0f32, |acc, m| acc + (m[j] - b[j]));
+            assert_eq!(
+                got[j].to_bits(),
+                (b[j] + delta).to_bits(),
+                "{} [{j}]",
+                t.name
+            );
+        }
+    }
+}
+
+#[test]
+fn one_thread_and_two_threads_write_identical_bytes() {
+    let ws = Workspace::new(Dtype::BF16, Some(60_000));
+    ws.recipe(
+        "r.yaml",
+        &recipe_with("dare(p=0.7, rescale=l1) |> trim(0.5) |> elect(count) |> disjoint"),
+    );
+    ok(&run_in(
+        ws.path(),
+        &["merge", "r.yaml", "-o", "one", "--threads", "1", "--quiet"],
+    ));
+    ok(&run_in(
+        ws.path(),
+        &[
+            "merge",
+            "r.yaml",
+            "-o",
+            "two",
+            "--threads",
+            "2",
+            "--quiet",
+            "--chunk",
+            "8192",
+        ],
+    ));
+    assert_eq!(
+        tensors(&ws.path().join("one")),
+        tensors(&ws.path().join("two"))
+    );
+    // Another seed gives other drops.
+    ok(&run_in(
+        ws.path(),
+        &["merge", "r.yaml", "-o", "seeded", "--seed", "7", "--quiet"],
+    ));
+    assert_ne!(
+        tensors(&ws.path().join("one")),
+        tensors(&ws.path().join("seeded"))
+    );
+}
+
+#[test]
+fn force_replaces_an_existing_output() {
+    let ws = Workspace::new(Dtype::F32, None);
+    ws.recipe("r.yaml", &recipe_with("mean"));
+    fs::create_dir(ws.path().join("out")).unwrap();
+    fs::write(ws.path().join("out/stale.txt"), "old").unwrap();
+    ok(&run_in(
+        ws.path(),
+        &[
+            "merge", "r.yaml", "-o", "out", "--force", "--quiet", "--dtype", "bf16",
+        ],
+    ));
+    assert!(!ws.path().join("out/stale.txt").exists());
+    let out = Checkpoint::open(&ws.path().join("out")).unwrap();
+    assert!(out.tensors().iter().all(|t| t.dtype == Dtype::BF16));
+}
+
+#[test]
+fn check_prints_the_plan_without_writing() {
+    let ws = Workspace::new(Dtype::BF16, None);
+    ws.recipe(
+        "r.yaml",
+        &format!(
+            "{}params: {{ density: 0.2 }}\noverrides:\n  - group: mlp\n    params: {{ density: [0.1, 0.5] }}\n  - group: embed\n    merge: mean\n",
+            recipe_with("ties(trim($density), elect, disjoint)")
+        ),
+    );
+    let stdout = ok(&run_in(ws.path(), &["check", "r.yaml"]));
+    assert!(
+        stdout.contains("trim(k=0.2) |> elect(by=mass) |> disjoint(by=mean)"),
+        "{stdout}"
+    );
+    // The MLP density follows the gradient over the two layers: 0.1, then 0.5.
+    assert!(
+        stdout.contains("trim(k=0.1)") && stdout.contains("trim(k=0.5)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("overrides[1] (group: embed): mean"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("model.embed_tokens.weight"), "{stdout}");
+    assert!(stdout.contains("ok"), "{stdout}");
+    assert_eq!(ws.entries(), ["family", "fisher", "models", "r.yaml"]);
+}
+
+#[test]
+fn ops_lists_every_operator_and_documents_each() {
+    let stdout = ok(&reefknot().arg("ops").output().unwrap());
+    for op in [
+        "trim", "dare", "elect", "disjoint", "sum", "mean", "fisher", "scale", "ties",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(op)),
+            "{op} missing:\n{stdout}"
+        );
+    }
+    let stdout = ok(&reefknot().args(["ops", "topk"]).output().unwrap());
+    assert!(
+        stdout.starts_with("trim(k=0.2)") && stdout.contains("radix"),
+        "{stdout}"
+    );
+    let stderr = fails(&reefknot().args(["ops", "dsjoint"]).output().unwrap(), 2);
+    assert!(stderr.contains("did you mean `disjoint`"), "{stderr}");
+}
+
+#[test]
+fn demo_compares_the_methods() {
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = ok(&reefknot()
+        .args(["demo", "--keep"])
+        .arg(dir.path())
+        .output()
+        .unwrap());
+    for method in ["averaging", "task arithmetic", "TIES", "DARE-TIES"] {
+        assert!(stdout.contains(method), "{stdout}");
+    }
+    assert!(dir.path().join("merged/ties/model.safetensors").exists());
+}
+
+#[test]
+fn fisher_normalize_makes_each_models_fisher_scale_free() {
+    // `fisher(normalize=true)` divides each model's Fisher by its mean over the whole
+    // model: scaling one model's Fisher file by 1000 must not change the merge, while
+    // plain Fisher merging follows the scale.
+    let ws = Workspace::new(Dtype::F32, None);
+    let code = Checkpoint::open(&ws.path().join("fisher/code.safetensors")).unwrap();
+    let tensors: Vec<reefknot_io::OutputTensor> = code
+        .tensors()
+        .iter()
+        .map(|t| reefknot_io::OutputTensor {
+            name: t.name.clone(),
+            dtype: Dtype::F32,
+            shape: t.shape.clone(),
+        })
+        .collect();
+    let dir = ws.path().join("scaled");
+    fs::create_dir(&dir).unwrap();
+    let w = reefknot_io::ModelWriter::create(&dir, tensors, &reefknot_io::WriterOptions::default())
+        .unwrap();
+    for (i, t) in code.tensors().iter().enumerate() {
+        let scaled: Vec<f32> = values(&code, &t.name).iter().map(|x| x * 1000.0).collect();
+        let mut bytes = vec![0u8; scaled.len() * 4];
+        reefknot_io::from_f32(Dtype::F32, &scaled, &mut bytes);
+        w.write_at(i, 0, &bytes).unwrap();
+    }
+    w.finish().unwrap();
+    let recipe = |fisher_code: &str, merge: &str| {
+        format!(
+            "base: models/base\nmodels:\n  - path: models/code\n    fisher: {fisher_code}\n  - path: models/math\n    fisher: fisher/math.safetensors\n  - path: models/chat\n    fisher: fisher/chat.safetensors\nmerge: {merge}\ndtype: float32\n"
+        )
+    };
+    let merged = |name: &str, text: String| {
+        ws.recipe(&format!("{name}.yaml"), &text);
+        ok(&run_in(
+            ws.path(),
+            &["merge", &format!("{name}.yaml"), "-o", name, "--quiet"],
+        ));
+        Checkpoint::open(&ws.path().join(name)).unwrap()
+    };
+    let plain = "fisher(normalize=true)";
+    let a = merged("a", recipe("fisher/code.safetensors", plain));
+    let b = merged("b", recipe("scaled/model.safetensors", plain));
+    let c = merged("c", recipe("fisher/code.safetensors", "fisher"));
+    let d = merged("d", recipe("scaled/model.safetensors", "fisher"));
+    let name = "model.layers.0.mlp.up_proj.weight";
+    let (va, vb, vc, vd) = (
+        values(&a, name),
+        values(&b, name),
+        values(&c, name),
+        values(&d, name),
+    );
+    let close = |x: &[f32], y: &[f32]| {
+        x.iter()
+            .zip(y)
+            .all(|(p, q)| (p - q).abs() <= 1e-6 * (1.0 + p.abs().max(q.abs())))
+    };
+    assert!(
+        close(&va, &vb),
+        "normalized Fisher merging depends on a Fisher's scale"
+    );
+    assert!(
+        !close(&vc, &vd),
+        "plain Fisher merging ignored a Fisher's scale"
+    );
+}

@@ -1,0 +1,905 @@
+//! Golden tests: `reefknot merge` against mergekit's output for the same merge.
+//!
+//! Each folder `tests/fixtures/golden/<case>/` holds a reefknot `recipe.yaml`, the
+//! equivalent `mergekit.yml`, mergekit's merged tensors (`expected.safetensors`) and
+//! `golden.json` (the input folders and, for sparsifying cases, where the sparsifier
+//! cuts). `scripts/golden/make_golden.py` makes them; `tests/fixtures/golden/README.md`
+//! lists the cases.
+//!
+//! For each case the test runs `reefknot merge <case>/recipe.yaml -o <tmp>/out --quiet`,
+//! reads every shard of the output and compares tensor by tensor: the set of names,
+//! each shape and dtype must be equal, and the values must agree:
+//!
+//! * float32: element `j` passes when `|a_j - b_j| <= 1e-6 * max(|b_j|, s_j)`, where `b`
+//!   is mergekit's value, `a` reefknot's and `s_j` the largest `|value|` element `j`
+//!   has in the base or any fine-tune. `s_j` is the scale of the operands every
+//!   float32 formula combines at `j`: an algebraically equal formula (mergekit's
+//!   `linear` averages whole models, reefknot's `mean` averages task vectors) differs
+//!   by a few ulps of it, while a wrong choice of entry moves the result by a task
+//!   vector entry, ~1e-2 of it.
+//! * bfloat16: bit-identical or one ulp apart (one rounding of a float32 result a few
+//!   float32 ulps away); the number of one-ulp differences is printed.
+//! * Where the sparsifier's cut falls between entries of equal `|δ|`, mergekit's
+//!   unstable sort keeps an arbitrary subset of the tied entries. At those positions
+//!   (computed here from the inputs and the cut ranks in `golden.json`: every position
+//!   whose `|δ_i|` equals the values on both sides of a cut of model `i`) any value is
+//!   accepted, and the differences there are counted and printed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use half::bf16;
+use safetensors::{Dtype, SafeTensors};
+
+/// Relative tolerance for float32 outputs (see the module docs for the scale).
+const F32_RTOL: f64 = 1e-6;
+/// Largest accepted distance, in bfloat16 ulps, outside tied positions.
+const BF16_MAX_ULP: u32 = 1;
+
+/// Every case folder `make_golden.py` writes.
+const CASES: &[&str] = &[
+    "ties_norm",
+    "ties_sum",
+    "ties_weights",
+    "task_arithmetic",
+    "linear",
+    "ties_gradient_mlp",
+    "ties_gradient_all",
+    "ties_bf16",
+    "dare_ties_d1",
+    "breadcrumbs",
+];
+
+fn golden_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden")
+}
+
+// ---------------------------------------------------------------------------
+// tensors and model folders
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq)]
+enum Values {
+    F32(Vec<f32>),
+    /// bfloat16 bit patterns
+    Bf16(Vec<u16>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Tensor {
+    shape: Vec<usize>,
+    values: Values,
+}
+
+impl Tensor {
+    fn dtype_name(&self) -> &'static str {
+        match self.values {
+            Values::F32(_) => "F32",
+            Values::Bf16(_) => "BF16",
+        }
+    }
+
+    fn len(&self) -> usize {
+        match &self.values {
+            Values::F32(v) => v.len(),
+            Values::Bf16(v) => v.len(),
+        }
+    }
+
+    fn to_f32(&self) -> Vec<f32> {
+        match &self.values {
+            Values::F32(v) => v.clone(),
+            Values::Bf16(v) => v.iter().map(|&b| bf16::from_bits(b).to_f32()).collect(),
+        }
+    }
+}
+
+type Model = BTreeMap<String, Tensor>;
+
+fn read_safetensors(path: &Path) -> Result<Model, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = Model::new();
+    for (name, view) in st.tensors() {
+        let data = view.data();
+        let values = match view.dtype() {
+            Dtype::F32 => Values::F32(
+                data.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ),
+            Dtype::BF16 => Values::Bf16(
+                data.chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            ),
+            other => {
+                return Err(format!(
+                    "{}: tensor {name}: dtype {other:?} is not F32 or BF16",
+                    path.display()
+                ))
+            }
+        };
+        let shape = view.shape().to_vec();
+        out.insert(name, Tensor { shape, values });
+    }
+    Ok(out)
+}
+
+/// Every tensor of a Hugging Face model folder: `model.safetensors`, or the shards
+/// named by `model.safetensors.index.json` (which must agree with the shards).
+fn read_model_dir(dir: &Path) -> Result<Model, String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(format!("{}: no .safetensors file", dir.display()));
+    }
+    let index_path = dir.join("model.safetensors.index.json");
+    let index: Option<BTreeMap<String, String>> = if index_path.exists() {
+        let text = std::fs::read_to_string(&index_path)
+            .map_err(|e| format!("{}: {e}", index_path.display()))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", index_path.display()))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| format!("{}: no weight_map object", index_path.display()))?;
+        let mut weight_map = BTreeMap::new();
+        for (k, v) in map {
+            let file = v
+                .as_str()
+                .ok_or_else(|| format!("{}: {k}: not a file name", index_path.display()))?;
+            weight_map.insert(k.clone(), file.to_string());
+        }
+        Some(weight_map)
+    } else {
+        if files.len() > 1 {
+            return Err(format!(
+                "{}: {} .safetensors files but no model.safetensors.index.json",
+                dir.display(),
+                files.len()
+            ));
+        }
+        None
+    };
+    let mut out = Model::new();
+    for file in &files {
+        let file_name = file
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for (name, tensor) in read_safetensors(file)? {
+            if let Some(map) = &index {
+                match map.get(&name) {
+                    Some(f) if *f == file_name => {}
+                    Some(f) => {
+                        return Err(format!(
+                            "{}: tensor {name} is in {file_name} but the index says {f}",
+                            dir.display()
+                        ))
+                    }
+                    None => {
+                        return Err(format!(
+                            "{}: tensor {name} ({file_name}) is not in the index",
+                            dir.display()
+                        ))
+                    }
+                }
+            }
+            if out.insert(name.clone(), tensor).is_some() {
+                return Err(format!("{}: tensor {name} appears twice", dir.display()));
+            }
+        }
+    }
+    if let Some(map) = &index {
+        let missing: Vec<&String> = map.keys().filter(|k| !out.contains_key(*k)).collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "{}: the index names tensors no shard holds: {missing:?}",
+                dir.display()
+            ));
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// golden.json and what the comparison derives from the inputs
+// ---------------------------------------------------------------------------
+
+struct Golden {
+    base: PathBuf,
+    models: Vec<PathBuf>,
+    /// tensor -> per model -> cut ranks (in order of decreasing |δ|)
+    cuts: BTreeMap<String, Vec<Vec<usize>>>,
+}
+
+fn load_golden(case_dir: &Path) -> Golden {
+    let path = case_dir.join("golden.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run scripts/golden/make_golden.py)",
+            path.display()
+        )
+    });
+    let json: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let rel = |v: &serde_json::Value| -> PathBuf {
+        case_dir.join(
+            v.as_str()
+                .unwrap_or_else(|| panic!("{}: path expected", path.display())),
+        )
+    };
+    let base = rel(&json["base"]);
+    let models = json["models"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}: models must be a list", path.display()))
+        .iter()
+        .map(rel)
+        .collect();
+    let mut cuts = BTreeMap::new();
+    if let Some(map) = json["cuts"].as_object() {
+        for (name, per_model) in map {
+            let per_model: Vec<Vec<usize>> = serde_json::from_value(per_model.clone())
+                .unwrap_or_else(|e| panic!("{}: cuts of {name}: {e}", path.display()));
+            cuts.insert(name.clone(), per_model);
+        }
+    }
+    Golden { base, models, cuts }
+}
+
+/// Positions where a sparsifier cutting model `i`'s `|δ_i|` (sorted decreasingly) at
+/// rank `c` may keep or drop an entry, because the entries on both sides of the cut
+/// have the same magnitude: every position whose `|δ_i|` equals that magnitude.
+/// Ties at magnitude 0 are ignored (a kept zero adds nothing).
+fn tied_positions(deltas: &[Vec<f32>], cuts: &[Vec<usize>]) -> Vec<bool> {
+    let n = deltas.first().map_or(0, Vec::len);
+    let mut tied = vec![false; n];
+    for (delta, model_cuts) in deltas.iter().zip(cuts) {
+        let mut desc: Vec<f32> = delta.iter().map(|d| d.abs()).collect();
+        desc.sort_by(|a, b| b.total_cmp(a));
+        for &c in model_cuts {
+            assert!(c > 0 && c < n, "cut rank {c} outside 1..{n}");
+            let (above, below) = (desc[c - 1], desc[c]);
+            if above == below && below != 0.0 {
+                for (t, d) in tied.iter_mut().zip(delta) {
+                    if d.abs() == below {
+                        *t = true;
+                    }
+                }
+            }
+        }
+    }
+    tied
+}
+
+/// What the comparison of one tensor needs besides the two tensors.
+struct Allowance {
+    /// per element: the largest |value| in the base or any fine-tune
+    scale: Vec<f32>,
+    /// per element: an unstable sort may legitimately have chosen otherwise here
+    tied: Vec<bool>,
+}
+
+fn allowances(golden: &Golden, names: &BTreeSet<String>) -> BTreeMap<String, Allowance> {
+    let base = read_model_dir(&golden.base).unwrap_or_else(|e| panic!("fixture input: {e}"));
+    let models: Vec<Model> = golden
+        .models
+        .iter()
+        .map(|m| read_model_dir(m).unwrap_or_else(|e| panic!("fixture input: {e}")))
+        .collect();
+    let mut out = BTreeMap::new();
+    for name in names {
+        let get = |m: &Model, which: &Path| -> Vec<f32> {
+            m.get(name)
+                .unwrap_or_else(|| panic!("fixture input {}: no tensor {name}", which.display()))
+                .to_f32()
+        };
+        let b = get(&base, &golden.base);
+        let thetas: Vec<Vec<f32>> = models
+            .iter()
+            .zip(&golden.models)
+            .map(|(m, p)| get(m, p))
+            .collect();
+        let mut scale: Vec<f32> = b.iter().map(|x| x.abs()).collect();
+        for theta in &thetas {
+            for (s, x) in scale.iter_mut().zip(theta) {
+                *s = s.max(x.abs());
+            }
+        }
+        let tied = match golden.cuts.get(name) {
+            Some(cuts) => {
+                let deltas: Vec<Vec<f32>> = thetas
+                    .iter()
+                    .map(|t| t.iter().zip(&b).map(|(x, y)| x - y).collect())
+                    .collect();
+                tied_positions(&deltas, cuts)
+            }
+            None => vec![false; b.len()],
+        };
+        out.insert(name.clone(), Allowance { scale, tied });
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// the comparison
+// ---------------------------------------------------------------------------
+
+#[derive(Default, Debug)]
+struct Report {
+    failures: Vec<String>,
+    elements: usize,
+    /// bf16 elements exactly one ulp apart (outside tied positions)
+    bf16_one_ulp: usize,
+    /// elements that differ at a tied position (accepted)
+    tie_differences: usize,
+    /// tied positions in all
+    tied: usize,
+    /// largest |a - b| / max(|b|, s) over float32 elements outside tied positions
+    worst_f32: f64,
+}
+
+impl Report {
+    fn ok(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} elements; worst float32 error {:.3e} of its scale (limit {F32_RTOL:e}); \
+             bfloat16 elements one ulp apart: {}; tied positions: {} ({} of them differ, accepted)",
+            self.elements, self.worst_f32, self.bf16_one_ulp, self.tied, self.tie_differences
+        )
+    }
+}
+
+fn index_string(shape: &[usize], mut flat: usize) -> String {
+    let mut idx = vec![0; shape.len()];
+    for (i, &d) in shape.iter().enumerate().rev() {
+        if d > 0 {
+            idx[i] = flat % d;
+            flat /= d;
+        }
+    }
+    format!("{idx:?}")
+}
+
+/// Order-preserving map of bfloat16 bits onto integers (+0 and -0 both map to 0),
+/// so that the distance in ulps is a difference.
+fn bf16_ordinal(bits: u16) -> i32 {
+    let magnitude = i32::from(bits & 0x7fff);
+    if bits & 0x8000 != 0 {
+        -magnitude
+    } else {
+        magnitude
+    }
+}
+
+fn bf16_is_nan(bits: u16) -> bool {
+    bits & 0x7f80 == 0x7f80 && bits & 0x007f != 0
+}
+
+fn compare_tensor(
+    name: &str,
+    expected: &Tensor,
+    actual: &Tensor,
+    allow: &Allowance,
+    report: &mut Report,
+) {
+    if expected.dtype_name() != actual.dtype_name() {
+        report.failures.push(format!(
+            "{name}: dtype {} but mergekit wrote {}",
+            actual.dtype_name(),
+            expected.dtype_name()
+        ));
+        return;
+    }
+    if expected.shape != actual.shape || expected.len() != actual.len() {
+        report.failures.push(format!(
+            "{name}: shape {:?} but mergekit wrote {:?}",
+            actual.shape, expected.shape
+        ));
+        return;
+    }
+    assert_eq!(allow.scale.len(), expected.len(), "{name}: input size");
+    report.elements += expected.len();
+    report.tied += allow.tied.iter().filter(|t| **t).count();
+    match (&expected.values, &actual.values) {
+        (Values::F32(b), Values::F32(a)) => {
+            let mut bad = 0usize;
+            // (excess over the limit, index, |diff|, limit)
+            let mut worst: Option<(f64, usize, f64, f64)> = None;
+            for j in 0..b.len() {
+                let (bj, aj) = (f64::from(b[j]), f64::from(a[j]));
+                let reference = bj.abs().max(f64::from(allow.scale[j]));
+                let limit = F32_RTOL * reference;
+                let diff = (aj - bj).abs();
+                let fine = !aj.is_nan() && !bj.is_nan() && (aj == bj || diff <= limit);
+                if allow.tied[j] {
+                    if aj.to_bits() != bj.to_bits() {
+                        report.tie_differences += 1;
+                    }
+                    continue;
+                }
+                if fine && diff > 0.0 {
+                    report.worst_f32 = report.worst_f32.max(diff / reference);
+                }
+                if !fine {
+                    bad += 1;
+                    let excess = if diff.is_nan() {
+                        f64::INFINITY
+                    } else {
+                        diff / limit
+                    };
+                    if worst.is_none_or(|w| excess > w.0) {
+                        worst = Some((excess, j, diff, limit));
+                    }
+                }
+            }
+            if let Some((_, j, diff, limit)) = worst {
+                report.failures.push(format!(
+                    "{name}: {bad} of {} elements off; worst at {} (flat {j}): \
+                     reefknot {:e}, mergekit {:e}, |diff| {diff:e} > allowed {limit:e} \
+                     (1e-6 x max(|mergekit|, largest |input| {:e}))",
+                    b.len(),
+                    index_string(&expected.shape, j),
+                    a[j],
+                    b[j],
+                    allow.scale[j],
+                ));
+            }
+        }
+        (Values::Bf16(b), Values::Bf16(a)) => {
+            let mut bad = 0usize;
+            let mut worst: Option<(u32, usize)> = None;
+            for j in 0..b.len() {
+                let nan = bf16_is_nan(a[j]) || bf16_is_nan(b[j]);
+                let ulps = bf16_ordinal(a[j]).abs_diff(bf16_ordinal(b[j]));
+                if allow.tied[j] {
+                    if a[j] != b[j] {
+                        report.tie_differences += 1;
+                    }
+                    continue;
+                }
+                if nan || ulps > BF16_MAX_ULP {
+                    bad += 1;
+                    let size = if nan { u32::MAX } else { ulps };
+                    if worst.is_none_or(|w| size > w.0) {
+                        worst = Some((size, j));
+                    }
+                } else if ulps == 1 {
+                    report.bf16_one_ulp += 1;
+                }
+            }
+            if let Some((ulps, j)) = worst {
+                report.failures.push(format!(
+                    "{name}: {bad} of {} elements more than {BF16_MAX_ULP} ulp apart; worst at {} \
+                     (flat {j}): reefknot {} ({:#06x}), mergekit {} ({:#06x}), {} ulps apart",
+                    b.len(),
+                    index_string(&expected.shape, j),
+                    bf16::from_bits(a[j]),
+                    a[j],
+                    bf16::from_bits(b[j]),
+                    b[j],
+                    if ulps == u32::MAX {
+                        "NaN".to_string()
+                    } else {
+                        ulps.to_string()
+                    },
+                ));
+            }
+        }
+        _ => unreachable!("dtypes compared above"),
+    }
+}
+
+fn compare_models(
+    expected: &Model,
+    actual: &Model,
+    allowances: &BTreeMap<String, Allowance>,
+) -> Report {
+    let mut report = Report::default();
+    let missing: Vec<&String> = expected
+        .keys()
+        .filter(|k| !actual.contains_key(*k))
+        .collect();
+    let extra: Vec<&String> = actual
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .collect();
+    if !missing.is_empty() {
+        report.failures.push(format!(
+            "tensors missing from reefknot's output: {missing:?}"
+        ));
+    }
+    if !extra.is_empty() {
+        report
+            .failures
+            .push(format!("tensors mergekit did not write: {extra:?}"));
+    }
+    for (name, e) in expected {
+        if let Some(a) = actual.get(name) {
+            let allow = allowances
+                .get(name)
+                .unwrap_or_else(|| panic!("no allowance computed for {name}"));
+            compare_tensor(name, e, a, allow, &mut report);
+        }
+    }
+    report
+}
+
+// ---------------------------------------------------------------------------
+// the golden cases
+// ---------------------------------------------------------------------------
+
+struct Fixture {
+    dir: PathBuf,
+    expected: Model,
+    allowances: BTreeMap<String, Allowance>,
+}
+
+fn load_fixture(case: &str) -> Fixture {
+    let dir = golden_root().join(case);
+    assert!(
+        dir.join("recipe.yaml").is_file(),
+        "{}: no recipe.yaml (run scripts/golden/make_golden.py)",
+        dir.display()
+    );
+    let expected = read_safetensors(&dir.join("expected.safetensors"))
+        .unwrap_or_else(|e| panic!("fixture: {e}"));
+    let golden = load_golden(&dir);
+    let names: BTreeSet<String> = expected.keys().cloned().collect();
+    let allowances = allowances(&golden, &names);
+    Fixture {
+        dir,
+        expected,
+        allowances,
+    }
+}
+
+fn run_case(case: &str) {
+    let fixture = load_fixture(case);
+    let tmp = tempfile::tempdir().expect("temporary folder");
+    let out = tmp.path().join("out");
+    let recipe = fixture.dir.join("recipe.yaml");
+    let run = Command::new(env!("CARGO_BIN_EXE_reefknot"))
+        .arg("merge")
+        .arg(&recipe)
+        .arg("-o")
+        .arg(&out)
+        .arg("--quiet")
+        // relative paths in the recipe resolve against the recipe's folder, not here
+        .current_dir(tmp.path())
+        .output()
+        .expect("run the reefknot binary");
+    assert!(
+        run.status.success(),
+        "golden {case}: `reefknot merge {} -o {} --quiet` failed ({})\nstdout:\n{}\nstderr:\n{}",
+        recipe.display(),
+        out.display(),
+        run.status,
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr),
+    );
+    let actual =
+        read_model_dir(&out).unwrap_or_else(|e| panic!("golden {case}: reefknot's output: {e}"));
+    let report = compare_models(&fixture.expected, &actual, &fixture.allowances);
+    eprintln!("golden {case}: {}", report.summary());
+    if !report.ok() {
+        let mut msg = format!(
+            "golden {case}: reefknot disagrees with mergekit ({})\n",
+            fixture.dir.join("mergekit.yml").display()
+        );
+        for f in &report.failures {
+            let _ = writeln!(msg, "  {f}");
+        }
+        panic!("{msg}");
+    }
+}
+
+macro_rules! golden_cases {
+    ($($(#[$attr:meta])* $case:ident),* $(,)?) => {
+        $(
+            #[test]
+            $(#[$attr])*
+            fn $case() {
+                run_case(stringify!($case));
+            }
+        )*
+    };
+}
+
+golden_cases!(
+    ties_norm,
+    ties_sum,
+    ties_weights,
+    task_arithmetic,
+    linear,
+    ties_gradient_mlp,
+    ties_gradient_all,
+    ties_bf16,
+    dare_ties_d1,
+    #[ignore = "breadcrumbs is not a built-in operator yet"]
+    breadcrumbs,
+);
+
+/// The fixture folder and the list of tested cases stay in step.
+#[test]
+fn every_case_folder_is_tested() {
+    let mut found: Vec<String> = std::fs::read_dir(golden_root())
+        .expect("tests/fixtures/golden")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("recipe.yaml").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    found.sort();
+    let mut listed: Vec<String> = CASES.iter().map(|c| c.to_string()).collect();
+    listed.sort();
+    assert_eq!(found, listed, "case folders vs CASES in tests/golden.rs");
+}
+
+// ---------------------------------------------------------------------------
+// the comparison itself is tested: it must fail when results differ
+// ---------------------------------------------------------------------------
+
+fn f32_tensor(v: &[f32]) -> Tensor {
+    Tensor {
+        shape: vec![v.len()],
+        values: Values::F32(v.to_vec()),
+    }
+}
+
+fn bf16_tensor(v: &[u16]) -> Tensor {
+    Tensor {
+        shape: vec![v.len()],
+        values: Values::Bf16(v.to_vec()),
+    }
+}
+
+fn no_ties(scale: &[f32]) -> Allowance {
+    Allowance {
+        scale: scale.to_vec(),
+        tied: vec![false; scale.len()],
+    }
+}
+
+fn check(expected: &Tensor, actual: &Tensor, allow: &Allowance) -> Report {
+    let mut r = Report::default();
+    compare_tensor("t", expected, actual, allow, &mut r);
+    r
+}
+
+#[test]
+fn f32_tolerance_is_relative_to_the_operands() {
+    let b = [1.0f32, -0.5, 2.0e-4, 0.0];
+    let scale = [1.0f32, 0.6, 0.1, 0.0];
+    let allow = no_ties(&scale);
+    // identical
+    assert!(check(&f32_tensor(&b), &f32_tensor(&b), &allow).ok());
+    // 0.9e-6 relative: fine
+    let a = [1.0 + 0.9e-6, -0.5, 2.0e-4, 0.0];
+    assert!(check(&f32_tensor(&b), &f32_tensor(&a), &allow).ok());
+    // 2e-6 relative: caught
+    let a = [1.0 + 2.0e-6, -0.5, 2.0e-4, 0.0];
+    let r = check(&f32_tensor(&b), &f32_tensor(&a), &allow);
+    assert!(!r.ok());
+    assert!(r.failures[0].contains("[0]"), "{:?}", r.failures);
+    // near-zero result from inputs of magnitude 0.1: 5e-8 absolute is rounding ...
+    let a = [1.0, -0.5, 2.0e-4 + 5.0e-8, 0.0];
+    assert!(check(&f32_tensor(&b), &f32_tensor(&a), &allow).ok());
+    // ... 5e-7 absolute is not
+    let a = [1.0, -0.5, 2.0e-4 + 5.0e-7, 0.0];
+    assert!(!check(&f32_tensor(&b), &f32_tensor(&a), &allow).ok());
+    // all operands zero: only an exact zero passes
+    let a = [1.0, -0.5, 2.0e-4, 1.0e-30];
+    assert!(!check(&f32_tensor(&b), &f32_tensor(&a), &allow).ok());
+    let a = [1.0, -0.5, 2.0e-4, -0.0];
+    assert!(check(&f32_tensor(&b), &f32_tensor(&a), &allow).ok());
+    // NaN never passes
+    let a = [f32::NAN, -0.5, 2.0e-4, 0.0];
+    assert!(!check(&f32_tensor(&b), &f32_tensor(&a), &allow).ok());
+}
+
+#[test]
+fn f32_failure_names_the_worst_element() {
+    let b = [1.0f32; 6];
+    let mut a = b;
+    a[2] += 1.0e-4;
+    a[4] += 1.0e-2;
+    let mut t_b = f32_tensor(&b);
+    let mut t_a = f32_tensor(&a);
+    t_b.shape = vec![2, 3];
+    t_a.shape = vec![2, 3];
+    let r = check(&t_b, &t_a, &no_ties(&[1.0; 6]));
+    assert_eq!(r.failures.len(), 1);
+    let msg = &r.failures[0];
+    assert!(msg.contains("2 of 6 elements off"), "{msg}");
+    assert!(msg.contains("[1, 1] (flat 4)"), "{msg}");
+}
+
+#[test]
+fn bf16_allows_one_ulp_and_counts_it() {
+    let one = bf16::from_f32(1.0).to_bits();
+    let minus = bf16::from_f32(-0.75).to_bits();
+    let b = [one, minus, 0x0000, 0x8000];
+    let allow = no_ties(&[1.0; 4]);
+    assert!(check(&bf16_tensor(&b), &bf16_tensor(&b), &allow).ok());
+    // one ulp up on a positive value, one ulp towards zero on a negative one
+    let a = [one + 1, minus - 1, 0x8000, 0x0000];
+    let r = check(&bf16_tensor(&b), &bf16_tensor(&a), &allow);
+    assert!(r.ok(), "{:?}", r.failures);
+    assert_eq!(r.bf16_one_ulp, 2, "+0 and -0 are the same value");
+    // two ulps: caught
+    let a = [one + 2, minus, 0x0000, 0x8000];
+    let r = check(&bf16_tensor(&b), &bf16_tensor(&a), &allow);
+    assert!(!r.ok());
+    assert!(r.failures[0].contains("2 ulps apart"), "{:?}", r.failures);
+    // across zero: the smallest subnormals of either sign are two ulps apart
+    let r = check(
+        &bf16_tensor(&[0x0001]),
+        &bf16_tensor(&[0x8001]),
+        &no_ties(&[1.0]),
+    );
+    assert!(!r.ok());
+    // NaN is caught
+    let r = check(
+        &bf16_tensor(&[one]),
+        &bf16_tensor(&[0x7fc0]),
+        &no_ties(&[1.0]),
+    );
+    assert!(!r.ok());
+}
+
+#[test]
+fn tied_positions_accept_anything_and_are_counted() {
+    let b = [1.0f32, 2.0, 3.0];
+    let a = [1.5f32, 2.0, 3.0];
+    let allow = Allowance {
+        scale: vec![1.0; 3],
+        tied: vec![true, false, false],
+    };
+    let r = check(&f32_tensor(&b), &f32_tensor(&a), &allow);
+    assert!(r.ok());
+    assert_eq!((r.tie_differences, r.tied), (1, 1));
+    // but not next to them
+    let a = [1.0f32, 2.5, 3.0];
+    assert!(!check(&f32_tensor(&b), &f32_tensor(&a), &allow).ok());
+    let one = bf16::from_f32(1.0).to_bits();
+    let r = check(
+        &bf16_tensor(&[one, one]),
+        &bf16_tensor(&[one + 9, one]),
+        &Allowance {
+            scale: vec![1.0; 2],
+            tied: vec![true, false],
+        },
+    );
+    assert!(r.ok());
+    assert_eq!(r.tie_differences, 1);
+}
+
+#[test]
+fn tie_detection_finds_equal_magnitudes_across_a_cut() {
+    // |δ| sorted: 5, 3, 3, 3, 1, 0, 0 ; keep 2 -> the cut between rank 1 and 2 splits
+    // the three 3s: they are all ambiguous; nothing else is.
+    let d = vec![3.0f32, -5.0, 0.0, -3.0, 1.0, 3.0, 0.0];
+    assert_eq!(
+        tied_positions(std::slice::from_ref(&d), &[vec![2]]),
+        vec![true, false, false, true, false, true, false]
+    );
+    // keep 4: all three 3s are kept whatever the order; no ambiguity
+    assert_eq!(
+        tied_positions(std::slice::from_ref(&d), &[vec![4]]),
+        vec![false; 7]
+    );
+    // keep 6: the cut splits the two zeros, which contribute nothing either way
+    assert_eq!(
+        tied_positions(std::slice::from_ref(&d), &[vec![6]]),
+        vec![false; 7]
+    );
+    // two cuts (breadcrumbs: drop 1 outlier, keep 2) and a second model
+    let e = vec![1.0f32, 1.0, 2.0, 0.5, 0.0, 0.0, 0.0];
+    let tied = tied_positions(&[d, e], &[vec![1, 3], vec![1]]);
+    // model 0: cut 1 between 5 and 3: no tie; cut 3 between 3 and 3: tie on the 3s
+    // model 1: cut 1 between 2 and 1: no tie
+    assert_eq!(tied, vec![true, false, false, true, false, true, false]);
+}
+
+#[test]
+fn name_and_dtype_mismatches_are_reported() {
+    let mut expected = Model::new();
+    expected.insert("a".into(), f32_tensor(&[1.0, 2.0]));
+    expected.insert("b".into(), f32_tensor(&[1.0]));
+    let mut actual = Model::new();
+    actual.insert("a".into(), bf16_tensor(&[0x3f80, 0x4000]));
+    actual.insert("c".into(), f32_tensor(&[1.0]));
+    let mut allowances = BTreeMap::new();
+    allowances.insert("a".to_string(), no_ties(&[1.0, 2.0]));
+    allowances.insert("b".to_string(), no_ties(&[1.0]));
+    let r = compare_models(&expected, &actual, &allowances);
+    let all = r.failures.join("\n");
+    assert!(all.contains("missing") && all.contains("\"b\""), "{all}");
+    assert!(
+        all.contains("did not write") && all.contains("\"c\""),
+        "{all}"
+    );
+    assert!(all.contains("a: dtype BF16"), "{all}");
+    let mut wrong_shape = f32_tensor(&[1.0, 2.0]);
+    wrong_shape.shape = vec![2, 1];
+    let r = check(
+        &f32_tensor(&[1.0, 2.0]),
+        &wrong_shape,
+        &no_ties(&[1.0, 2.0]),
+    );
+    assert!(!r.ok() && r.failures[0].contains("shape"));
+}
+
+/// On the real fixtures: mergekit's output agrees with itself, and a single
+/// perturbed element is caught (float32 and bfloat16), while a change at a tied
+/// position is accepted. Needs no reefknot binary.
+#[test]
+fn perturbed_fixture_is_caught() {
+    // float32
+    let fx = load_fixture("ties_norm");
+    let r = compare_models(&fx.expected, &fx.expected, &fx.allowances);
+    assert!(
+        r.ok() && r.worst_f32 == 0.0 && r.elements > 0,
+        "{:?}",
+        r.failures
+    );
+    let name = "model.layers.1.mlp.down_proj.weight";
+    let mut actual = fx.expected.clone();
+    let j = 17;
+    let scale = fx.allowances[name].scale[j];
+    if let Some(Tensor {
+        values: Values::F32(v),
+        ..
+    }) = actual.get_mut(name)
+    {
+        v[j] += 2.0e-6 * v[j].abs().max(scale);
+    }
+    let r = compare_models(&fx.expected, &actual, &fx.allowances);
+    assert!(!r.ok(), "a 2e-6 relative change went unnoticed");
+    assert!(r.failures[0].starts_with(name), "{:?}", r.failures);
+    assert!(r.failures[0].contains("(flat 17)"), "{:?}", r.failures);
+
+    // bfloat16, sharded inputs
+    let fx = load_fixture("ties_bf16");
+    let r = compare_models(&fx.expected, &fx.expected, &fx.allowances);
+    assert!(r.ok(), "{:?}", r.failures);
+    assert!(
+        r.tied > 0,
+        "the bf16 fixture is expected to contain tied positions"
+    );
+    let (tname, allow) = fx
+        .allowances
+        .iter()
+        .find(|(_, a)| a.tied.iter().any(|t| *t))
+        .expect("a tensor with tied positions");
+    let tied_j = allow.tied.iter().position(|t| *t).unwrap();
+    let free_j = allow.tied.iter().position(|t| !*t).unwrap();
+    let bump = |by: u16, at: usize| {
+        let mut m = fx.expected.clone();
+        if let Some(Tensor {
+            values: Values::Bf16(v),
+            ..
+        }) = m.get_mut(tname)
+        {
+            // away from zero: one more ulp of magnitude
+            v[at] += by;
+        }
+        compare_models(&fx.expected, &m, &fx.allowances)
+    };
+    let r = bump(1, free_j);
+    assert!(r.ok() && r.bf16_one_ulp == 1, "{:?}", r.failures);
+    let r = bump(2, free_j);
+    assert!(!r.ok(), "a 2-ulp change went unnoticed");
+    let r = bump(40, tied_j);
+    assert!(r.ok() && r.tie_differences == 1, "{:?}", r.failures);
+}

@@ -1,0 +1,327 @@
+//! The example plugins of `plugins/` and the fixture operators, loaded by the binary:
+//! their merges equal numbers computed here, independently, bit for bit.
+
+use std::path::Path;
+
+use reefknot_io::{Checkpoint, Dtype};
+use reefknot_ops::rng::Stream;
+
+use crate::build;
+use crate::util::*;
+
+/// A float32 recipe over the workspace's family with `merge`, loading `plugins`.
+fn recipe(merge: &str, plugins: &[&Path], extra: &str) -> String {
+    let list: Vec<String> = plugins
+        .iter()
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .collect();
+    format!(
+        "{}dtype: float32\nplugins: [{}]\n{extra}",
+        recipe_with(merge),
+        list.join(", ")
+    )
+}
+
+/// For every tensor: the base, the task vectors `δ_i = θ_i − θ_base` (f32) and the
+/// merged output, read back.
+fn each_tensor(ws: &Workspace, out: &str, mut f: impl FnMut(&str, &[f32], &[Vec<f32>], &[f32])) {
+    let base = Checkpoint::open(&ws.model("base")).unwrap();
+    let models: Vec<Checkpoint> = TASKS
+        .iter()
+        .map(|t| Checkpoint::open(&ws.model(t)).unwrap())
+        .collect();
+    let merged = Checkpoint::open(&ws.path().join(out)).unwrap();
+    for t in base.tensors() {
+        let b = values(&base, &t.name);
+        let deltas: Vec<Vec<f32>> = models
+            .iter()
+            .map(|m| {
+                values(m, &t.name)
+                    .iter()
+                    .zip(&b)
+                    .map(|(x, y)| x - y)
+                    .collect()
+            })
+            .collect();
+        assert_eq!(merged.get(&t.name).unwrap().dtype, Dtype::F32);
+        f(&t.name, &b, &deltas, &values(&merged, &t.name));
+    }
+}
+
+#[track_caller]
+fn same_bits(name: &str, j: usize, got: f32, want: f32) {
+    assert_eq!(
+        got.to_bits(),
+        want.to_bits(),
+        "{name}[{j}]: got {got}, want {want}"
+    );
+}
+
+/// TALL consensus as the paper (and plugins/tall's documentation) defines it.
+fn consensus_mask(deltas: &[Vec<f32>], j: usize, k: usize, lambda: &[f32]) -> bool {
+    let total = deltas.iter().fold(0f32, |acc, d| acc + d[j]);
+    let votes = deltas
+        .iter()
+        .zip(lambda)
+        .filter(|(d, &l)| d[j].abs() >= l * (total - d[j]).abs())
+        .count();
+    votes >= k
+}
+
+#[test]
+fn tall_consensus_then_sum_is_consensus_task_arithmetic() {
+    let ws = Workspace::new(Dtype::BF16, None);
+    let tall = build::tall();
+    ws.recipe(
+        "r.yaml",
+        &recipe("tall::consensus(k=2, lambda=0.6) |> sum", &[tall], ""),
+    );
+    ok(&run_in(
+        ws.path(),
+        &["merge", "r.yaml", "-o", "out", "--quiet"],
+    ));
+    let (mut kept, mut total) = (0usize, 0usize);
+    each_tensor(&ws, "out", |name, b, deltas, got| {
+        for j in 0..b.len() {
+            let keep = consensus_mask(deltas, j, 2, &[0.6; 3]);
+            kept += usize::from(keep);
+            total += 1;
+            let delta = deltas
+                .iter()
+                .fold(0f32, |acc, d| acc + if keep { d[j] } else { 0.0 });
+            same_bits(name, j, got[j], b[j] + delta);
+        }
+    });
+    // The mask is neither everything nor nothing on this family.
+    let share = kept as f64 / total as f64;
+    assert!((0.05..0.95).contains(&share), "kept {share}");
+}
+
+#[test]
+fn tall_lambda_per_model_comes_from_the_models_params() {
+    let ws = Workspace::new(Dtype::F32, None);
+    let tall = build::tall();
+    let text = format!(
+        "base: models/base\nmodels:\n  - path: models/code\n    params: {{ lambda: 0.3 }}\n  \
+         - path: models/math\n    params: {{ lambda: 0.6 }}\n  - path: models/chat\n    \
+         params: {{ lambda: 0.9 }}\nmerge: tall::consensus(k=1, lambda=$lambda) |> sum\n\
+         dtype: float32\nplugins: [{:?}]\n",
+        tall.display().to_string()
+    );
+    ws.recipe("r.yaml", &text);
+    let plan = ok(&run_in(ws.path(), &["check", "r.yaml"]));
+    assert!(
+        plan.contains("tall::consensus(k=1, lambda=[0.3, 0.6, 0.9])"),
+        "{plan}"
+    );
+    ok(&run_in(
+        ws.path(),
+        &["merge", "r.yaml", "-o", "out", "--quiet"],
+    ));
+    let lambda = [0.3f64 as f32, 0.6f64 as f32, 0.9f64 as f32];
+    each_tensor(&ws, "out", |name, b, deltas, got| {
+        for j in 0..b.len() {
+            let keep = consensus_mask(deltas, j, 1, &lambda);
+            let delta = deltas
+                .iter()
+                .fold(0f32, |acc, d| acc + if keep { d[j] } else { 0.0 });
+            same_bits(name, j, got[j], b[j] + delta);
+        }
+    });
+}
+
+#[test]
+fn robust_median_and_clip_written_in_c() {
+    let ws = Workspace::new(Dtype::BF16, None);
+    let robust = build::robust();
+    // Weighted models: the median is over u_i = w_i·δ_i; `clip` resolves unqualified.
+    let text = "base: models/base\nmodels:\n  - path: models/code\n    weight: 1.0\n  \
+         - path: models/math\n    weight: 0.5\n  - path: models/chat\n    weight: 2.0\n\
+         merge: robust::median |> clip(max_abs=0.001)\ndtype: float32\n";
+    ws.recipe("r.yaml", text);
+    ok(&run_in(
+        ws.path(),
+        &[
+            "merge",
+            "r.yaml",
+            "-o",
+            "out",
+            "--quiet",
+            "--plugin",
+            robust.to_str().unwrap(),
+        ],
+    ));
+    let w = [1.0f32, 0.5, 2.0];
+    let c = 0.001f64 as f32;
+    each_tensor(&ws, "out", |name, b, deltas, got| {
+        for j in 0..b.len() {
+            let mut u: Vec<f32> = deltas.iter().zip(&w).map(|(d, w)| w * d[j]).collect();
+            u.sort_by(f32::total_cmp);
+            let delta = u[1].clamp(-c, c);
+            same_bits(name, j, got[j], b[j] + delta);
+        }
+    });
+
+    // On a stack, with one bound per model, then task arithmetic.
+    let text = "base: models/base\nmodels:\n  - path: models/code\n    params: { cap: 0.001 }\n  \
+         - path: models/math\n    params: { cap: 0.002 }\n  - path: models/chat\n    \
+         params: { cap: 0.004 }\nmerge: robust::clip(max_abs=$cap) |> sum\ndtype: float32\n";
+    ws.recipe("r2.yaml", text);
+    ok(&run_in(
+        ws.path(),
+        &[
+            "merge",
+            "r2.yaml",
+            "-o",
+            "out2",
+            "--quiet",
+            "--plugin",
+            robust.to_str().unwrap(),
+        ],
+    ));
+    let caps = [0.001f64 as f32, 0.002f64 as f32, 0.004f64 as f32];
+    each_tensor(&ws, "out2", |name, b, deltas, got| {
+        for j in 0..b.len() {
+            let delta = deltas
+                .iter()
+                .zip(&caps)
+                .fold(0f32, |acc, (d, &c)| acc + d[j].clamp(-c, c));
+            same_bits(name, j, got[j], b[j] + delta);
+        }
+    });
+}
+
+#[test]
+fn random_plugin_operators_are_deterministic_under_chunking_and_threads() {
+    let ws = Workspace::new(Dtype::BF16, None);
+    let fixture = build::fixture();
+    ws.recipe(
+        "r.yaml",
+        &recipe(
+            "fixture::jitter(amount=0.001) |> sum",
+            &[fixture],
+            "seed: 5\n",
+        ),
+    );
+    ok(&run_in(
+        ws.path(),
+        &[
+            "merge",
+            "r.yaml",
+            "-o",
+            "one",
+            "--quiet",
+            "--threads",
+            "1",
+            "--chunk",
+            "4096",
+        ],
+    ));
+    ok(&run_in(
+        ws.path(),
+        &[
+            "merge",
+            "r.yaml",
+            "-o",
+            "two",
+            "--quiet",
+            "--threads",
+            "2",
+            "--chunk",
+            "16384",
+        ],
+    ));
+    assert_eq!(
+        tensors(&ws.path().join("one")),
+        tensors(&ws.path().join("two"))
+    );
+    each_tensor(&ws, "one", |name, b, deltas, got| {
+        let streams: Vec<Stream> = (0..3).map(|i| Stream::new(5, name, i)).collect();
+        for j in 0..b.len() {
+            let delta = deltas.iter().zip(&streams).fold(0f32, |acc, (d, s)| {
+                let u = f64::from(s.draw(j as u64)) / 4_294_967_296.0;
+                acc + (d[j] + (0.001 * (2.0 * u - 1.0)) as f32)
+            });
+            same_bits(name, j, got[j], b[j] + delta);
+        }
+    });
+}
+
+#[test]
+fn whole_tensor_operators_see_the_whole_tensor() {
+    let ws = Workspace::new(Dtype::F32, None);
+    let fixture = build::fixture();
+    ws.recipe("r.yaml", &recipe("sum |> fixture::center", &[fixture], ""));
+    // Chunks of 4096 elements: every tensor but the norms spans several chunks, and
+    // `center` refuses to run on less than a whole tensor.
+    ok(&run_in(
+        ws.path(),
+        &[
+            "merge",
+            "r.yaml",
+            "-o",
+            "out",
+            "--quiet",
+            "--chunk",
+            "4096",
+            "--threads",
+            "2",
+        ],
+    ));
+    each_tensor(&ws, "out", |name, b, deltas, got| {
+        let sum: Vec<f32> = (0..b.len())
+            .map(|j| deltas.iter().fold(0f32, |acc, d| acc + d[j]))
+            .collect();
+        let mean = sum.iter().map(|&x| f64::from(x)).sum::<f64>() / sum.len() as f64;
+        for j in 0..b.len() {
+            same_bits(name, j, got[j], b[j] + (sum[j] - mean as f32));
+        }
+    });
+}
+
+#[test]
+fn operators_may_read_the_base_and_the_fisher() {
+    let ws = Workspace::new(Dtype::F32, None);
+    let fixture = build::fixture();
+    let models: String = TASKS
+        .iter()
+        .map(|t| format!("  - path: models/{t}\n    fisher: fisher/{t}.safetensors\n"))
+        .collect();
+    ws.recipe(
+        "r.yaml",
+        &format!(
+            "base: models/base\nmodels:\n{models}merge: fixture::anchor(decay=0.01)\n\
+             dtype: float32\nplugins: [{:?}]\n",
+            fixture.display().to_string()
+        ),
+    );
+    ok(&run_in(
+        ws.path(),
+        &["merge", "r.yaml", "-o", "out", "--quiet"],
+    ));
+    let fishers: Vec<Checkpoint> = TASKS
+        .iter()
+        .map(|t| Checkpoint::open(&ws.path().join(format!("fisher/{t}.safetensors"))).unwrap())
+        .collect();
+    let decay = 0.01f64 as f32;
+    each_tensor(&ws, "out", |name, b, deltas, got| {
+        let f: Vec<Vec<f32>> = fishers.iter().map(|c| values(c, name)).collect();
+        for j in 0..b.len() {
+            let (mut num, mut den) = (0f32, 0f32);
+            for i in 0..3 {
+                num += f[i][j] * deltas[i][j];
+                den += f[i][j];
+            }
+            let mean = if den > 0.0 { num / den } else { 0.0 };
+            same_bits(name, j, got[j], b[j] + (mean - decay * b[j]));
+        }
+    });
+
+    // Without Fisher files the recipe is refused before anything is read.
+    ws.recipe("r2.yaml", &recipe("fixture::anchor", &[fixture], ""));
+    let stderr = fails(&run_in(ws.path(), &["check", "r2.yaml"]), 2);
+    assert!(
+        stderr.contains("`fixture::anchor` needs each model's Fisher information"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,202 @@
+//! Plugins that misbehave: each is refused or fails the merge with a message naming
+//! what went wrong, the right exit code (2: the plugin could not be loaded; 1: an
+//! operator failed during the merge), and nothing written.
+
+use std::path::Path;
+
+use reefknot_io::Dtype;
+use reefknot_plugin_api::{REEFKNOT_ABI_MAJOR, REEFKNOT_ABI_MINOR};
+
+use crate::build;
+use crate::util::*;
+
+/// Merges the workspace's family with `merge`, loading `plugin`; expects exit `code`
+/// and no output, and returns stderr.
+fn merge_fails(merge: &str, plugin: &Path, code: i32) -> String {
+    let ws = Workspace::new(Dtype::F32, None);
+    ws.recipe("r.yaml", &recipe_with(merge));
+    let out = run_in(
+        ws.path(),
+        &[
+            "merge",
+            "r.yaml",
+            "-o",
+            "out",
+            "--plugin",
+            plugin.to_str().unwrap(),
+        ],
+    );
+    let stderr = fails(&out, code);
+    assert_eq!(
+        ws.entries(),
+        ["family", "fisher", "models", "r.yaml"],
+        "something was left behind:\n{stderr}"
+    );
+    // Nothing panicked on the host side (a plugin's own panic hook may print).
+    assert!(!stderr.contains("panicked at crates/"), "{stderr}");
+    assert!(
+        stderr.contains("Error: ") || stderr.contains("×"),
+        "not rendered as an error:\n{stderr}"
+    );
+    stderr
+}
+
+/// Loading `plugin` for a `trim` merge is refused with exit code 2.
+fn refused(plugin: &Path) -> String {
+    merge_fails("trim(0.5) |> sum", plugin, 2)
+}
+
+#[test]
+fn another_major_abi_version_is_refused_naming_both() {
+    let stderr = refused(&build::misbehaving("ABI_MAJOR", &[]));
+    let plugin = format!("ABI {}.0", REEFKNOT_ABI_MAJOR + 1);
+    let host = format!("ABI {REEFKNOT_ABI_MAJOR}.{REEFKNOT_ABI_MINOR}");
+    assert!(
+        stderr.contains(&plugin) && stderr.contains(&host),
+        "{stderr}"
+    );
+    assert!(stderr.contains("rebuild the plugin"), "{stderr}");
+}
+
+#[test]
+fn a_newer_minor_abi_version_is_refused_naming_both() {
+    let stderr = refused(&build::misbehaving("ABI_MINOR", &[]));
+    let plugin = format!("ABI {REEFKNOT_ABI_MAJOR}.{}", REEFKNOT_ABI_MINOR + 1);
+    let host = format!("ABI {REEFKNOT_ABI_MAJOR}.{REEFKNOT_ABI_MINOR}");
+    assert!(
+        stderr.contains(&plugin) && stderr.contains(&host),
+        "{stderr}"
+    );
+    assert!(stderr.contains("needs a newer reefknot"), "{stderr}");
+}
+
+#[test]
+fn a_missing_symbol_is_refused() {
+    let stderr = refused(&build::misbehaving("NO_DESCRIPTOR", &[]));
+    assert!(
+        stderr.contains("is not a reefknot plugin")
+            && stderr.contains("does not export `reefknot_plugin_descriptor`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_name_that_is_not_utf8_is_refused() {
+    let stderr = refused(&build::misbehaving("BAD_UTF8", &[]));
+    assert!(
+        stderr.contains("the name of operator 1 is not valid UTF-8"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn duplicate_operator_names_are_refused() {
+    let stderr = refused(&build::misbehaving("DUPLICATE", &[]));
+    assert!(
+        stderr.contains("two operators are named `twice`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_clash_with_a_built_in_is_refused() {
+    let stderr = refused(&build::misbehaving("CLASH", &[]));
+    assert!(
+        stderr
+            .contains("operator `trim` of plugin `misbehaving` clashes with the built-in operator"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_default_outside_its_range_is_refused() {
+    let stderr = refused(&build::misbehaving("BAD_DEFAULT", &[]));
+    assert!(
+        stderr.contains("operator `twice`: parameter `k`: its default 2 is outside its range"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_shared_library_is_refused() {
+    let dir = build::scratch().join("not-a-library");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fake = dir.join(build::lib_name("fake"));
+    std::fs::write(&fake, "this is not a shared library\n").unwrap();
+    let stderr = refused(&fake);
+    assert!(
+        stderr.contains("cannot open the plugin") && stderr.contains("as a shared library"),
+        "{stderr}"
+    );
+    let stderr = refused(&dir.join("missing.so"));
+    assert!(stderr.contains("no such file"), "{stderr}");
+}
+
+#[test]
+fn an_operator_returning_an_error_fails_the_merge() {
+    let plugin = build::misbehaving("FAILS", &[]);
+    let stderr = merge_fails("misbehaving::twice |> sum", &plugin, 1);
+    assert!(
+        stderr.contains("operator `misbehaving::twice` of plugin `misbehaving` failed")
+            && stderr.contains("this operator always fails")
+            && stderr.contains("(tensor `"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_operator_that_panics_fails_the_merge_without_aborting() {
+    let stderr = merge_fails("fixture::boom |> sum", build::fixture(), 1);
+    assert!(
+        stderr.contains("operator `fixture::boom` of plugin `fixture` failed")
+            && stderr.contains("panicked: boom at element 0 of")
+            && stderr.contains("(tensor `"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn load_problems_stop_check_and_ops_too() {
+    let ws = Workspace::new(Dtype::F32, None);
+    ws.recipe("r.yaml", &recipe_with("sum"));
+    let bad = build::misbehaving("ABI_MAJOR", &[]);
+    let stderr = fails(
+        &run_in(
+            ws.path(),
+            &["check", "r.yaml", "--plugin", bad.to_str().unwrap()],
+        ),
+        2,
+    );
+    assert!(stderr.contains("was built for plugin ABI"), "{stderr}");
+    let stderr = fails(
+        &run_in(ws.path(), &["ops", "--plugin", bad.to_str().unwrap()]),
+        2,
+    );
+    assert!(stderr.contains("was built for plugin ABI"), "{stderr}");
+}
+
+#[test]
+fn the_sdk_refuses_to_build_a_plugin_with_panic_abort() {
+    let out = build::cargo()
+        .current_dir(build::root())
+        .args([
+            "rustc",
+            "--quiet",
+            "-p",
+            "reefknot-test-plugin",
+            "--target-dir",
+        ])
+        .arg(build::scratch().join("cargo-abort"))
+        .args(["--", "-C", "panic=abort"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a panic = \"abort\" plugin was built"
+    );
+    assert!(
+        stderr.contains("reefknot plugins must be built with panic = \"unwind\""),
+        "{stderr}"
+    );
+}
