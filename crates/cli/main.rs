@@ -81,6 +81,11 @@ struct MergeArgs {
     /// Replace the output folder if it exists.
     #[arg(long)]
     force: bool,
+    /// Sync the output to disk before it is renamed into place, so that it survives a
+    /// power loss (by default it is complete in the page cache, as a copied file is,
+    /// and the system writes it back in its own time).
+    #[arg(long)]
+    sync: bool,
     /// Maximum size of an output shard, e.g. 5GB, 500MB (default 5GB).
     #[arg(long, value_parser = parse_size)]
     shard_size: Option<u64>,
@@ -172,6 +177,7 @@ fn merge(args: &MergeArgs) -> Result<(), Failure> {
         chunk: args.chunk,
         force: args.force,
         shard_size: args.shard_size,
+        sync: args.sync,
     };
     let report = reefknot_engine::merge(&plan, &args.output, &opts, &bar(args.quiet))?;
     if !args.quiet {

@@ -112,7 +112,7 @@ fn task_arithmetic_through_the_binary_is_exact() {
 }
 
 #[test]
-fn one_thread_and_two_threads_write_identical_bytes() {
+fn threads_chunks_and_sync_leave_the_bytes_unchanged() {
     let ws = Workspace::new(Dtype::BF16, Some(60_000));
     ws.recipe(
         "r.yaml",
@@ -134,6 +134,8 @@ fn one_thread_and_two_threads_write_identical_bytes() {
             "--quiet",
             "--chunk",
             "8192",
+            // Durable writing (background and final syncs) changes no byte.
+            "--sync",
         ],
     ));
     assert_eq!(

@@ -2,9 +2,10 @@
 //!
 //! It uses as many threads as reefknot does by default (one per core). The threads read
 //! every input file once, in 8 MiB pieces with `pread(2)`, and sum the 64-bit words (so
-//! the reads cannot be optimised away). Then the output is written twice, each time
-//! followed by an `fsync` (`reefknot merge` syncs its output before renaming it into
-//! place), and the faster way counts:
+//! the reads cannot be optimised away). Then the output is written twice into the page
+//! cache, as `reefknot merge` leaves it, each time followed by an `fsync` when the
+//! benchmark measures `reefknot merge --sync` (which syncs its output before renaming
+//! it into place), and the faster way counts:
 //! - `pwrite`: a new file preallocated to its final size (`fallocate`, as reefknot-io
 //!   does: on ext4 a write into allocated blocks is 2–3× cheaper than one that allocates
 //!   as it goes), filled in 8 MiB pieces from one buffer by one thread (parallel writes
@@ -34,7 +35,7 @@ pub struct WritePart {
     pub method: String,
     /// Seconds to create the file and fill it (into the page cache).
     pub write_s: f64,
-    /// Seconds for the flush and `fsync` that follow.
+    /// Seconds for the flush and `fsync` that follow (0 when not synced).
     pub sync_s: f64,
 }
 
@@ -58,8 +59,11 @@ pub struct Floor {
     pub write_bytes: u64,
     /// Seconds to write them into the page cache, the faster way.
     pub write_s: f64,
-    /// Seconds for the `fsync` that follows, the faster way.
+    /// Seconds for the `fsync` that follows, the faster way (0 when not synced).
     pub sync_s: f64,
+    /// Whether the writes were synced to disk (the benchmark's `--sync`).
+    #[serde(default)]
+    pub synced: bool,
     /// Both ways of writing, the faster first.
     pub writes: Vec<WritePart>,
     /// The wrapping sum of the 64-bit words read (proof of work; meaningless otherwise).
@@ -168,14 +172,15 @@ fn word_sum(bytes: &[u8]) -> u64 {
     sum
 }
 
-/// Measures the floor with `threads` threads (one for `pwrite`): reads `inputs`, then writes the output
-/// file of the tensors `layout` both ways in the folder `scratch` (created and removed
-/// again).
+/// Measures the floor with `threads` threads (one for `pwrite`): reads `inputs`, then
+/// writes the output file of the tensors `layout` both ways in the folder `scratch`
+/// (created and removed again), each followed by an `fsync` when `sync`.
 pub fn measure(
     inputs: &[PathBuf],
     layout: &[OutputTensor],
     scratch: &Path,
     threads: usize,
+    sync: bool,
 ) -> anyhow::Result<Floor> {
     let threads = threads.max(1);
     let (read_bytes, checksum, read_s) = read_all(inputs, threads)?;
@@ -188,11 +193,17 @@ pub fn measure(
     let _ = std::fs::remove_dir_all(scratch);
     std::fs::create_dir_all(scratch).with_context(|| format!("creating {}", scratch.display()))?;
 
-    let (mapped, write_bytes) = write_mapped(layout, &buf, scratch, threads)?;
+    let (mapped, write_bytes) = write_mapped(layout, &buf, scratch, threads, sync)?;
     std::fs::remove_dir_all(scratch).with_context(|| format!("removing {}", scratch.display()))?;
     std::fs::create_dir_all(scratch)?;
     // One sequential writer: parallel writes into one file contend on its inode lock.
-    let plain = write_plain(write_bytes, &buf, &scratch.join("model.safetensors"), 1)?;
+    let plain = write_plain(
+        write_bytes,
+        &buf,
+        &scratch.join("model.safetensors"),
+        1,
+        sync,
+    )?;
     std::fs::remove_dir_all(scratch).with_context(|| format!("removing {}", scratch.display()))?;
 
     let mut writes = vec![plain, mapped];
@@ -204,14 +215,21 @@ pub fn measure(
         write_bytes,
         write_s: writes[0].write_s,
         sync_s: writes[0].sync_s,
+        synced: sync,
         writes,
         checksum,
     })
 }
 
 /// `fallocate`, then `pwrite(2)` of `bytes` bytes in 8 MiB pieces by `threads`
-/// threads, then `fsync`.
-fn write_plain(bytes: u64, buf: &[u8], path: &Path, threads: usize) -> anyhow::Result<WritePart> {
+/// threads, then `fsync` when `sync`.
+fn write_plain(
+    bytes: u64,
+    buf: &[u8],
+    path: &Path,
+    threads: usize,
+    sync: bool,
+) -> anyhow::Result<WritePart> {
     let start = Instant::now();
     let f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
     if bytes > 0 {
@@ -244,28 +262,35 @@ fn write_plain(bytes: u64, buf: &[u8], path: &Path, threads: usize) -> anyhow::R
         Ok(())
     })?;
     let write_s = start.elapsed().as_secs_f64();
-    let start = Instant::now();
-    f.sync_all()
-        .with_context(|| format!("syncing {}", path.display()))?;
+    let sync_s = if sync {
+        let start = Instant::now();
+        f.sync_all()
+            .with_context(|| format!("syncing {}", path.display()))?;
+        start.elapsed().as_secs_f64()
+    } else {
+        0.0
+    };
     Ok(WritePart {
         method: "pwrite".into(),
         write_s,
-        sync_s: start.elapsed().as_secs_f64(),
+        sync_s,
     })
 }
 
 /// reefknot-io's [`ModelWriter`]: the output file created at its final size and mapped,
-/// filled by `threads` threads copying 8 MiB pieces into the map, then `finish` (flush +
-/// `fsync`). Returns the timing and the file's size.
+/// filled by `threads` threads copying 8 MiB pieces into the map, then `finish` (with
+/// `sync`, durable: flush + `fsync`). Returns the timing and the file's size.
 fn write_mapped(
     layout: &[OutputTensor],
     buf: &[u8],
     dir: &Path,
     threads: usize,
+    sync: bool,
 ) -> anyhow::Result<(WritePart, u64)> {
     let start = Instant::now();
     let opts = WriterOptions {
         shard_size: u64::MAX,
+        durable: sync,
         ..WriterOptions::default()
     };
     let mut writer =
@@ -291,10 +316,15 @@ fn write_mapped(
             }
         });
     }
-    let write_s = start.elapsed().as_secs_f64();
+    let mut write_s = start.elapsed().as_secs_f64();
     let start = Instant::now();
     let files = writer.finish().context("finishing the floor's output")?;
-    let sync_s = start.elapsed().as_secs_f64();
+    let mut sync_s = start.elapsed().as_secs_f64();
+    if !sync {
+        // Not durable: `finish` only unmaps and closes, part of writing.
+        write_s += sync_s;
+        sync_s = 0.0;
+    }
     let bytes = files
         .iter()
         .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
@@ -331,7 +361,7 @@ mod tests {
             dtype: reefknot_io::Dtype::BF16,
             shape: vec![100, 30],
         }];
-        let f = measure(&[input.clone(), input], &layout, &dir.join("out"), 2).unwrap();
+        let f = measure(&[input.clone(), input], &layout, &dir.join("out"), 2, true).unwrap();
         assert_eq!(f.read_bytes, 2000);
         // The data plus the header.
         assert!(f.write_bytes > 6000 && f.write_bytes < 6200, "{f:?}");
@@ -339,7 +369,9 @@ mod tests {
         assert!(!dir.join("out").exists());
         assert_eq!(f.writes.len(), 2);
         assert!(f.total_s() > 0.0);
-        let again = measure(&[dir.join("in")], &layout, &dir.join("out"), 1).unwrap();
+        let again = measure(&[dir.join("in")], &layout, &dir.join("out"), 1, false).unwrap();
+        assert!(f.synced && !again.synced);
+        assert_eq!(again.sync_s, 0.0);
         let best = Floor::best(vec![f.clone(), again.clone()]).unwrap();
         assert_eq!(best.read_s, f.read_s.min(again.read_s));
         assert_eq!(best.writes.len(), 2);

@@ -98,6 +98,11 @@ struct Cli {
     /// Memory sampling interval in milliseconds.
     #[arg(long, default_value_t = 5)]
     poll_ms: u64,
+    /// Measure durable merges: reefknot with `--sync` (its output synced to disk before
+    /// the rename), and a floor whose writes are followed by an `fsync`. mergekit never
+    /// syncs, so its times are unchanged.
+    #[arg(long)]
+    sync: bool,
 }
 
 fn parse_method(s: &str) -> Result<Method, String> {
@@ -350,6 +355,9 @@ impl Ctx<'_> {
             out.into(),
             "--force".into(),
         ];
+        if self.cli.sync {
+            args.push("--sync".into());
+        }
         if let Some(t) = threads {
             args.push("--threads".into());
             args.push(t.to_string().into());
@@ -703,6 +711,7 @@ fn run() -> anyhow::Result<()> {
                 &ctx.prepared.layout,
                 &dir.join("out").join("floor"),
                 cores(),
+                cli.sync,
             )
         };
         measure_floor()?;

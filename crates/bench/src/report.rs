@@ -251,18 +251,29 @@ pub fn render(r: &Results) -> String {
         .writes
         .iter()
         .skip(1)
-        .map(|w| format!("{} {:.3} + {:.3} s", w.method, w.write_s, w.sync_s))
+        .map(|w| {
+            if f.synced {
+                format!("{} {:.3} + {:.3} s", w.method, w.write_s, w.sync_s)
+            } else {
+                format!("{} {:.3} s", w.method, w.write_s)
+            }
+        })
         .collect();
+    let sync = if f.synced {
+        format!(" + fsync {:.3} s", f.sync_s)
+    } else {
+        " (page cache, no fsync)".to_string()
+    };
     let _ = writeln!(
         s,
-        "floor ({} threads): read {:.2} GB in {:.3} s ({:.1} GB/s) + write {:.2} GB in {:.3} s + fsync {:.3} s ({}; {}) = {:.3} s\n",
+        "floor ({} threads): read {:.2} GB in {:.3} s ({:.1} GB/s) + write {:.2} GB in {:.3} s{} ({}; {}) = {:.3} s\n",
         f.threads,
         f.read_bytes as f64 / 1e9,
         f.read_s,
         gbps(f.read_bytes, f.read_s),
         f.write_bytes as f64 / 1e9,
         f.write_s,
-        f.sync_s,
+        sync,
         f.writes.first().map_or("?", |w| w.method.as_str()),
         if others.is_empty() { "-".into() } else { others.join(", ") },
         floor

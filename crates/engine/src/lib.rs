@@ -59,6 +59,9 @@ pub struct MergeOptions {
     pub force: bool,
     /// Output shard size in bytes (`None`: the recipe's, else [`DEFAULT_SHARD_SIZE`]).
     pub shard_size: Option<u64>,
+    /// Sync the output to disk before renaming it into place (and the folder after),
+    /// so that it survives a power loss; see [`WriterOptions::durable`].
+    pub sync: bool,
 }
 
 impl Default for MergeOptions {
@@ -68,6 +71,7 @@ impl Default for MergeOptions {
             chunk: DEFAULT_CHUNK,
             force: false,
             shard_size: None,
+            sync: false,
         }
     }
 }
@@ -146,6 +150,7 @@ pub fn merge(
             .or(plan.recipe.shard_size)
             .unwrap_or(DEFAULT_SHARD_SIZE),
         metadata,
+        durable: opts.sync,
     };
     let writer =
         ModelWriter::create(staging.path(), tensors, &writer_opts).map_err(ErrorKind::Writer)?;
@@ -158,7 +163,7 @@ pub fn merge(
 
     card::copy_base_files(plan, staging.path())?;
     card::write_card(plan, staging.path())?;
-    let output = staging.commit()?;
+    let output = staging.commit(opts.sync)?;
 
     let input_bytes =
         plan.base.total_bytes() + plan.models.iter().map(|m| m.total_bytes()).sum::<u64>();

@@ -107,7 +107,12 @@ impl Staging {
     }
 
     /// Moves the finished output into place (replacing an existing one when forced).
-    pub fn commit(mut self) -> Result<PathBuf, Error> {
+    /// With `durable`, first syncs every file of the output and the folder, and after
+    /// the rename the parent folder, so that the output survives a power loss.
+    pub fn commit(mut self, durable: bool) -> Result<PathBuf, Error> {
+        if durable {
+            sync_tree(&self.partial)?;
+        }
         let old = self.partial.with_file_name(
             self.partial
                 .file_name()
@@ -129,8 +134,38 @@ impl Staging {
         if replacing {
             fs::remove_dir_all(&old).map_err(io_err(&old))?;
         }
+        if durable {
+            if let Some(parent) = self.target.parent() {
+                sync_path(parent)?;
+            }
+        }
         Ok(self.target.clone())
     }
+}
+
+/// Syncs every file under `dir` (files already synced cost nothing), then `dir`.
+fn sync_tree(dir: &Path) -> Result<(), Error> {
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let path = entry.map_err(io_err(dir))?.path();
+        if path.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            sync_path(&path)?;
+        }
+    }
+    sync_path(dir)
+}
+
+/// Syncs one file or folder to disk.
+fn sync_path(path: &Path) -> Result<(), Error> {
+    let path = if path.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        path
+    };
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_err(path)(e).into())
 }
 
 /// Removes the partial folders of earlier merges into `parent/name` whose process is
@@ -230,7 +265,7 @@ mod tests {
         fs::write(out.join("old.txt"), "old").unwrap();
         let staging = Staging::begin(&out, true, &[]).unwrap();
         fs::write(staging.path().join("new.txt"), "new").unwrap();
-        staging.commit().unwrap();
+        staging.commit(false).unwrap();
         assert!(out.join("new.txt").exists());
         assert!(!out.join("old.txt").exists());
 
@@ -241,5 +276,21 @@ mod tests {
         assert!(!failed.exists());
         let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "only `out` remains: {leftovers:?}");
+    }
+
+    #[test]
+    fn durable_commit_syncs_nested_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("durable");
+        let staging = Staging::begin(&out, false, &[]).unwrap();
+        fs::create_dir(staging.path().join("sub")).unwrap();
+        fs::write(staging.path().join("sub").join("a.txt"), "a").unwrap();
+        fs::write(staging.path().join("b.txt"), "b").unwrap();
+        assert_eq!(staging.commit(true).unwrap(), resolve(&out));
+        assert_eq!(
+            fs::read_to_string(out.join("sub").join("a.txt")).unwrap(),
+            "a"
+        );
+        assert_eq!(fs::read_to_string(out.join("b.txt")).unwrap(), "b");
     }
 }

@@ -48,6 +48,13 @@ pub struct WriterOptions {
     /// `"format": "pt"` (e.g. the recipe, for provenance). An entry `format` here
     /// replaces the default `"pt"`.
     pub metadata: BTreeMap<String, String>,
+    /// Make the files durable: sync them to disk while they are written and in
+    /// [`ModelWriter::finish`], and sync the folder. Off by default: the files are
+    /// complete in the page cache when `finish` returns (what every reader sees), and
+    /// the kernel writes them back in its own time, as `cp` leaves a copy; syncing costs
+    /// about as long again as writing into the page cache, and only matters if the
+    /// machine loses power before write-back.
+    pub durable: bool,
 }
 
 impl Default for WriterOptions {
@@ -55,6 +62,7 @@ impl Default for WriterOptions {
         WriterOptions {
             shard_size: DEFAULT_SHARD_SIZE,
             metadata: BTreeMap::new(),
+            durable: false,
         }
     }
 }
@@ -145,13 +153,15 @@ impl Syncer {
 /// place, either with positional writes from their own buffers
 /// ([`ModelWriter::write_at`], which takes `&self` and may be called from many threads)
 /// or through memory maps ([`ModelWriter::data_mut`], [`ModelWriter::data_mut_all`]);
-/// and [`ModelWriter::finish`] flushes, syncs and writes the index. Tensors never
-/// written read back as zeros.
+/// and [`ModelWriter::finish`] writes the index (and, when
+/// [`WriterOptions::durable`], flushes and syncs everything). Tensors never written read
+/// back as zeros.
 ///
 /// Positional writes are the fast path for streaming: writing through a map first
 /// faults every page in (and the kernel zero-fills it), which costs more than the
-/// copy a `pwrite` does. While they go on, a background thread syncs each shard to disk
-/// every 128 MiB written, so that the final sync in `finish` has little left to do.
+/// copy a `pwrite` does. When the writer is durable, a background thread syncs each
+/// shard to disk every 128 MiB written while they go on, so that the final sync in
+/// `finish` has little left to do.
 ///
 /// Dropping a writer without `finish` leaves incomplete files behind: write into a
 /// temporary folder and rename it into place after `finish` succeeds.
@@ -164,7 +174,8 @@ pub struct ModelWriter {
     /// The reserved index file, when there are several shards.
     index: Option<(PathBuf, File)>,
     total_size: u64,
-    syncer: Syncer,
+    /// The background syncer, when durable.
+    syncer: Option<Syncer>,
 }
 
 impl ModelWriter {
@@ -250,7 +261,9 @@ impl ModelWriter {
         }
         created.0.clear();
         let total_size = sizes.iter().map(|&s| s as u64).sum();
-        let syncer = Syncer::start(shards.iter().map(|s| Arc::clone(&s.file)).collect());
+        let syncer = opts
+            .durable
+            .then(|| Syncer::start(shards.iter().map(|s| Arc::clone(&s.file)).collect()));
         Ok(ModelWriter {
             dir: dir.to_path_buf(),
             tensors,
@@ -321,8 +334,10 @@ impl ModelWriter {
         })?;
         let len = bytes.len() as u64;
         let after = shard.written.fetch_add(len, Ordering::Relaxed) + len;
-        if (after - len) / SYNC_EVERY != after / SYNC_EVERY {
-            self.syncer.request(p.file);
+        if let Some(syncer) = &self.syncer {
+            if (after - len) / SYNC_EVERY != after / SYNC_EVERY {
+                syncer.request(p.file);
+            }
         }
         Ok(())
     }
@@ -351,10 +366,12 @@ impl ModelWriter {
         out
     }
 
-    /// Flushes the maps, syncs the files to disk, writes `model.safetensors.index.json`
-    /// when sharded, and returns the files written (shards, then the index).
+    /// Writes `model.safetensors.index.json` when sharded and returns the files written
+    /// (shards, then the index). When durable, first flushes the maps and syncs the
+    /// files, and at the end the folder, to disk.
     pub fn finish(self) -> Result<Vec<PathBuf>, IoError> {
-        if let Err((shard, e)) = self.syncer.stop() {
+        let durable = self.syncer.is_some();
+        if let Some(Err((shard, e))) = self.syncer.map(Syncer::stop) {
             return Err(IoError::io(
                 &self.shards[shard].path,
                 "sync the output file",
@@ -368,14 +385,16 @@ impl ModelWriter {
             weight_map.insert(t.name.as_str(), file_name(shard));
         }
         for shard in self.shards {
-            if let Some(map) = shard.map {
-                map.flush()
-                    .map_err(|e| IoError::io(&shard.path, "flush the output file", e))?;
+            if durable {
+                if let Some(map) = shard.map {
+                    map.flush()
+                        .map_err(|e| IoError::io(&shard.path, "flush the output file", e))?;
+                }
+                shard
+                    .file
+                    .sync_all()
+                    .map_err(|e| IoError::io(&shard.path, "sync the output file", e))?;
             }
-            shard
-                .file
-                .sync_all()
-                .map_err(|e| IoError::io(&shard.path, "sync the output file", e))?;
             written.push(shard.path);
         }
         if let Some((path, mut file)) = self.index {
@@ -386,11 +405,13 @@ impl ModelWriter {
             let mut text = serde_json::to_string_pretty(&index).expect("JSON of strings");
             text.push('\n');
             file.write_all(text.as_bytes())
-                .and_then(|()| file.sync_all())
+                .and_then(|()| if durable { file.sync_all() } else { Ok(()) })
                 .map_err(|e| IoError::io(&path, "write the index", e))?;
             written.push(path);
         }
-        sync_dir(&self.dir);
+        if durable {
+            sync_dir(&self.dir);
+        }
         Ok(written)
     }
 }

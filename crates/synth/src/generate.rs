@@ -86,6 +86,7 @@ pub fn generate(spec: &FamilySpec, out: &Path) -> Result<Family, SynthError> {
         // No limit: one `model.safetensors`.
         shard_size: spec.shard_size.unwrap_or(u64::MAX),
         metadata: [("generator".to_string(), "reefknot-synth".to_string())].into(),
+        durable: false,
     };
     let mut writers = dirs
         .iter()

@@ -52,6 +52,8 @@ fn sharded_round_trip() {
     let opts = WriterOptions {
         shard_size: 40,
         metadata: BTreeMap::from([("recipe".to_string(), "merge: sum".to_string())]),
+        // The durable path: background syncs, final syncs of shards and index.
+        durable: true,
     };
     let tensors = mixed_tensors();
     let files = write_model(dir.path(), tensors.clone(), &opts);
@@ -270,6 +272,7 @@ fn python_loads_the_output() {
     let opts = WriterOptions {
         shard_size: 32,
         metadata: BTreeMap::from([("reefknot.recipe".to_string(), "x: \"1\"".to_string())]),
+        durable: false,
     };
     let mut w = ModelWriter::create(dir.path(), tensors, &opts).unwrap();
     let values: Vec<f32> = (0..16).map(|i| i as f32 * 0.25 - 1.0).collect();
