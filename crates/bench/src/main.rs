@@ -716,14 +716,19 @@ fn run() -> anyhow::Result<()> {
         };
         measure_floor()?;
         let floor_line = |f: &Floor| {
+            let sync = if f.synced {
+                format!(" + sync {:.2} s", f.sync_s)
+            } else {
+                String::new()
+            };
             format!(
-                "  floor ({} threads): read {:.2} GB in {:.2} s, write {:.2} GB in {:.2} s + sync {:.2} s ({})",
+                "  floor ({} threads): read {:.2} GB in {:.2} s, write {:.2} GB in {:.2} s{} ({})",
                 f.threads,
                 f.read_bytes as f64 / 1e9,
                 f.read_s,
                 f.write_bytes as f64 / 1e9,
                 f.write_s,
-                f.sync_s,
+                sync,
                 f.writes[0].method
             )
         };
