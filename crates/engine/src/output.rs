@@ -156,8 +156,13 @@ fn sync_tree(dir: &Path) -> Result<(), Error> {
     sync_path(dir)
 }
 
-/// Syncs one file or folder to disk (the paths here are absolute: `resolve`d).
+/// Syncs one file or folder to disk.
 fn sync_path(path: &Path) -> Result<(), Error> {
+    let path = if path.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        path
+    };
     fs::File::open(path)
         .and_then(|f| f.sync_all())
         .map_err(|e| io_err(path)(e).into())
