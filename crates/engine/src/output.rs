@@ -156,7 +156,8 @@ fn sync_tree(dir: &Path) -> Result<(), Error> {
     sync_path(dir)
 }
 
-/// Syncs one file or folder to disk.
+/// Syncs one file or folder to disk. An empty path is the current folder: the parent
+/// of a relative output such as `-o merged` (`tests/cli/merge.rs` merges into one).
 fn sync_path(path: &Path) -> Result<(), Error> {
     let path = if path.as_os_str().is_empty() {
         Path::new(".")
