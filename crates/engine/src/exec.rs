@@ -14,7 +14,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 use reefknot_io::{from_f32, to_f32, to_f32_minus, Checkpoint, Dtype, ModelWriter};
-use reefknot_ops::{BindCtx, Chunk, Kernel, OrderFreeSum, Partial, BLOCK};
+use reefknot_ops::{BindCtx, Chunk, Kernel, OrderFreeSum, Partial, Span, TaskVectors, BLOCK};
 
 use crate::plan::{Job, MergeJob, Plan, Stage, TensorPlan};
 use crate::{Error, ErrorKind};
@@ -130,6 +130,18 @@ pub trait Source: Sync {
     fn fisher(&self, i: usize, start: usize, out: &mut [f32]);
 }
 
+/// A [`Source`] seen as the task vectors a first stage may read itself.
+struct Vectors<'a>(&'a dyn Source);
+
+impl TaskVectors for Vectors<'_> {
+    fn base(&self, start: usize, out: &mut [f32]) {
+        self.0.base(start, out);
+    }
+    fn delta(&self, i: usize, start: usize, base: &[f32], out: &mut [f32]) {
+        self.0.delta(i, start, base, out);
+    }
+}
+
 /// One tensor to merge: its inputs and its bound pipeline.
 pub struct TensorJob<'a> {
     /// The tensor's name (keys the random streams).
@@ -241,6 +253,8 @@ impl TensorRun<'_> {
                 // Contiguous groups of the chunks the pass observes, a few per worker,
                 // each folded into one accumulator: bounded allocations, good balance.
                 let stride = k.pass_stride(pass).max(1);
+                // The first stage's input is the task vectors themselves: it may read them.
+                let direct = kernels.is_empty() && k.observes_task_vectors(pass);
                 let observed = self.chunks().div_ceil(stride);
                 let groups = observed.min(4 * rayon::current_num_threads()).max(1);
                 let per_group = observed.div_ceil(groups);
@@ -249,7 +263,18 @@ impl TensorRun<'_> {
                     .map(|g| {
                         let mut acc = k.partial(pass);
                         for i in g * per_group..((g + 1) * per_group).min(observed) {
-                            self.with_chunk(i * stride, &kernels, |chunk| {
+                            let index = i * stride;
+                            if direct {
+                                let (offset, end) = self.range(index);
+                                let span = Span {
+                                    index,
+                                    offset,
+                                    len: end - offset,
+                                };
+                                k.observe_task_vectors(pass, span, &Vectors(job.source), &mut acc);
+                                continue;
+                            }
+                            self.with_chunk(index, &kernels, |chunk| {
                                 k.observe(pass, chunk, &mut acc);
                                 Ok(())
                             })?;

@@ -402,6 +402,8 @@ fn results_do_not_depend_on_threads_or_chunks() {
     for expr in [
         "ties(0.2)",
         "dare(0.9, rescale=l1) |> elect |> disjoint",
+        "trim(0.5) |> dare(0.6, rescale=l1) |> elect |> disjoint",
+        "sum |> dare(0.5, rescale=l1)",
         "trim(0.3) |> dare(0.5) |> elect(count) |> disjoint(sum) |> trim(0.5) |> scale(0.7)",
         "mean",
     ] {

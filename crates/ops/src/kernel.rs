@@ -70,6 +70,27 @@ impl Chunk<'_> {
 /// A partial result of a statistics pass (each kernel knows its concrete type).
 pub type Partial = Box<dyn Any + Send>;
 
+/// The task vectors of one tensor as its checkpoints hold them, for a statistics pass
+/// that reads them itself (see [`Kernel::observes_task_vectors`]).
+pub trait TaskVectors: Sync {
+    /// The base's elements `[start, start + out.len())` as `f32`.
+    fn base(&self, start: usize, out: &mut [f32]);
+    /// Model `i`'s task vector over `[start, start + out.len())`: its values as `f32`
+    /// minus `base`, the base's values over the same range.
+    fn delta(&self, i: usize, start: usize, base: &[f32], out: &mut [f32]);
+}
+
+/// Where a chunk lies in its tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    /// Index of the chunk (as [`Chunk::index`]).
+    pub index: usize,
+    /// Flat index of its first element (as [`Chunk::offset`]).
+    pub offset: usize,
+    /// Number of elements (as [`Chunk::len`]).
+    pub len: usize,
+}
+
 /// One stage of a pipeline, bound to one tensor.
 ///
 /// Statistics passes: before `apply` runs on any chunk, the engine asks
@@ -99,6 +120,26 @@ pub trait Kernel: Send + Sync {
 
     /// Folds one chunk of the stage's input into `partial`.
     fn observe(&self, _pass: usize, _chunk: &Chunk<'_>, _partial: &mut Partial) {}
+
+    /// Whether pass `pass` would rather read the task vectors itself, through
+    /// [`Kernel::observe_task_vectors`], than receive them converted chunk by chunk.
+    /// The engine asks only the first stage of a pipeline, whose input the task vectors
+    /// are. Reading them in small pieces between pieces of work lets the memory traffic
+    /// overlap the arithmetic; the result must be what [`Kernel::observe`] would give.
+    fn observes_task_vectors(&self, _pass: usize) -> bool {
+        false
+    }
+
+    /// Folds the task vectors over `span` into `partial`, reading them from `source`.
+    fn observe_task_vectors(
+        &self,
+        _pass: usize,
+        _span: Span,
+        _source: &dyn TaskVectors,
+        _partial: &mut Partial,
+    ) {
+        unreachable!("observe_task_vectors is called only when observes_task_vectors says so")
+    }
 
     /// Merges two accumulators of the same pass.
     fn combine(&self, _pass: usize, a: Partial, _b: Partial) -> Partial {

@@ -1,8 +1,10 @@
 //! `dare(p, rescale)`: drop entries at random and rescale the survivors (Yu et al. 2023).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use reefknot_lang::{Bound, DefaultValue, OpSpec, ParamKind, ParamSpec, Signature, Ty};
 
-use crate::kernel::{Args, BindCtx, Chunk, Kernel, Operator, Partial};
+use crate::kernel::{Args, BindCtx, Chunk, Kernel, Operator, Partial, Span, TaskVectors};
 use crate::rng::{threshold, Stream, DELTA_STREAM};
 use crate::{OpError, OrderFreeSum, BLOCK};
 
@@ -50,6 +52,12 @@ impl Operator for Dare {
     }
 
     fn bind(&self, args: &Args, ctx: &BindCtx<'_>) -> Result<Box<dyn Kernel>, OpError> {
+        Ok(Box::new(DareKernel::new(args, ctx)))
+    }
+}
+
+impl DareKernel {
+    fn new(args: &Args, ctx: &BindCtx<'_>) -> DareKernel {
         let on_delta = ctx.input() == Ty::Delta;
         let ps = if on_delta {
             vec![args.number("p")]
@@ -61,7 +69,7 @@ impl Operator for Dare {
             "l1" => Rescale::L1,
             _ => Rescale::None,
         };
-        let lanes = ps
+        let lanes: Vec<DareLane> = ps
             .iter()
             .enumerate()
             .map(|(i, &p)| DareLane {
@@ -77,11 +85,22 @@ impl Operator for Dare {
                 },
             })
             .collect();
-        Ok(Box::new(DareKernel {
+        let active = lanes.iter().filter(|l| l.active()).count();
+        // With an L1 rescale every draw is needed twice (norms, then apply): keep the
+        // statistics pass's keep-masks for `apply` when the budget allows.
+        let masks = (rescale == Rescale::L1 && active > 0)
+            .then(|| Reservation::take(active * ctx.numel.div_ceil(DRAWS) * 8))
+            .flatten()
+            .map(|reservation| Masks {
+                _reservation: reservation,
+                chunks: Vec::new(),
+            });
+        DareKernel {
             on_delta,
             rescale,
             lanes,
-        }))
+            masks,
+        }
     }
 }
 
@@ -108,56 +127,217 @@ impl DareLane {
     }
 
     /// `(Σ|x|, Σ|kept x|)` over `block` (at most [`BLOCK`] elements), whose first element
-    /// is element `start` of the tensor. Eight interleaved `f32` partial sums (of at most
-    /// 512 values each), added in a fixed order at the end, keep the result independent
-    /// of chunking while letting the loop vectorise.
-    fn l1_sums(&self, start: usize, block: &[f32]) -> (f64, f64) {
-        const LANES: usize = 8;
-        let mut all = [0f32; LANES];
-        let mut kept = [0f32; LANES];
-        let mut draws = [0u32; DRAWS];
+    /// is element `start` of the tensor; when `words` is given, also the keep-mask of the
+    /// block, bit `k % 64` of word `k / 64` for element `k` (set: kept).
+    fn l1_sums(&self, start: usize, block: &[f32], mut words: Option<&mut [u64]>) -> (f64, f64) {
+        let mut acc = L1Block::default();
         let mut runs = block.chunks_exact(DRAWS);
-        let mut at = start;
-        for run in &mut runs {
-            let run: &[f32; DRAWS] = run.try_into().expect("exact run");
-            self.stream.fill(at as u64, &mut draws);
-            // Magnitudes and kept magnitudes of the run, then eight-lane partial sums:
-            // simple loops over fixed arrays, which vectorise.
-            let mut abs = [0f32; DRAWS];
-            let mut kept_abs = [0f32; DRAWS];
-            for k in 0..DRAWS {
-                abs[k] = run[k].abs();
-                kept_abs[k] = if draws[k] >= self.cut { abs[k] } else { 0.0 };
+        for (r, run) in (&mut runs).enumerate() {
+            let word = acc.run(self, start + r * DRAWS, run.try_into().expect("exact run"));
+            if let Some(words) = words.as_deref_mut() {
+                words[r] = word;
             }
-            for g in 0..DRAWS / LANES {
-                for l in 0..LANES {
-                    all[l] += abs[g * LANES + l];
-                    kept[l] += kept_abs[g * LANES + l];
-                }
-            }
-            at += DRAWS;
         }
         let rest = runs.remainder();
+        if !rest.is_empty() {
+            let word = acc.rest(self, start + block.len() - rest.len(), rest);
+            if let Some(words) = words {
+                words[block.len() / DRAWS] = word;
+            }
+        }
+        acc.total()
+    }
+
+    /// The keep-mask of up to 64 draws: bit `k` set when element `k` is kept.
+    #[inline]
+    fn keep_word(&self, draws: &[u32]) -> u64 {
+        draws
+            .iter()
+            .enumerate()
+            .fold(0u64, |w, (k, &d)| w | (u64::from(d >= self.cut) << k))
+    }
+
+    /// Drops and rescales `values`, whose first element is element `start` of the
+    /// tensor, drawing as it goes.
+    fn apply_drawn(&self, start: usize, values: &mut [f32]) {
+        let mut draws = [0u32; DRAWS];
+        for (r, run) in values.chunks_mut(DRAWS).enumerate() {
+            let draws = &mut draws[..run.len()];
+            self.stream.fill((start + r * DRAWS) as u64, draws);
+            for (x, &d) in run.iter_mut().zip(draws.iter()) {
+                *x = if d >= self.cut { *x * self.factor } else { 0.0 };
+            }
+        }
+    }
+
+    /// Drops and rescales `values` by the keep-mask `words` (as [`DareLane::l1_sums`]
+    /// records it).
+    fn apply_masked(&self, words: &[u64], values: &mut [f32]) {
+        for (run, &w) in values.chunks_mut(DRAWS).zip(words) {
+            for (k, x) in run.iter_mut().enumerate() {
+                *x = if (w >> k) & 1 != 0 {
+                    *x * self.factor
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+}
+
+/// The L1 sums of one block of one lane, over runs of [`DRAWS`] elements in order:
+/// eight interleaved `f32` partial sums (of at most 512 values each), added in a fixed
+/// order at the end, keep the result independent of chunking while letting the loops
+/// vectorise.
+#[derive(Default)]
+struct L1Block {
+    all: [f32; L1Block::LANES],
+    kept: [f32; L1Block::LANES],
+}
+
+impl L1Block {
+    const LANES: usize = 8;
+
+    /// Adds a whole run whose first element is element `at` of the tensor; returns its
+    /// keep-mask.
+    #[inline(always)]
+    fn run(&mut self, lane: &DareLane, at: usize, run: &[f32; DRAWS]) -> u64 {
+        const LANES: usize = L1Block::LANES;
+        let mut draws = [0u32; DRAWS];
+        lane.stream.fill(at as u64, &mut draws);
+        // Magnitudes and kept magnitudes of the run, then eight-lane partial sums:
+        // simple loops over fixed arrays, which vectorise.
+        let mut abs = [0f32; DRAWS];
+        let mut kept_abs = [0f32; DRAWS];
+        for k in 0..DRAWS {
+            abs[k] = run[k].abs();
+            kept_abs[k] = if draws[k] >= lane.cut { abs[k] } else { 0.0 };
+        }
+        for g in 0..DRAWS / LANES {
+            for l in 0..LANES {
+                self.all[l] += abs[g * LANES + l];
+                self.kept[l] += kept_abs[g * LANES + l];
+            }
+        }
+        lane.keep_word(&draws)
+    }
+
+    /// Adds the last, partial run of a block (fewer than [`DRAWS`] elements).
+    fn rest(&mut self, lane: &DareLane, at: usize, rest: &[f32]) -> u64 {
+        let mut draws = [0u32; DRAWS];
         let draws = &mut draws[..rest.len()];
-        self.stream.fill(at as u64, draws);
+        lane.stream.fill(at as u64, draws);
         for (k, (&x, &d)) in rest.iter().zip(draws.iter()).enumerate() {
             let a = x.abs();
-            all[k % LANES] += a;
-            kept[k % LANES] += if d >= self.cut { a } else { 0.0 };
+            self.all[k % Self::LANES] += a;
+            self.kept[k % Self::LANES] += if d >= lane.cut { a } else { 0.0 };
         }
-        let total = |v: [f32; LANES]| v.iter().map(|&x| f64::from(x)).sum::<f64>();
-        (total(all), total(kept))
+        lane.keep_word(draws)
     }
+
+    /// `(Σ|x|, Σ|kept x|)`.
+    fn total(&self) -> (f64, f64) {
+        let total = |v: &[f32; Self::LANES]| v.iter().map(|&x| f64::from(x)).sum::<f64>();
+        (total(&self.all), total(&self.kept))
+    }
+}
+
+/// How many bytes of keep-masks all bound `dare` kernels may hold together (see
+/// [`Masks`]).
+const MASK_BUDGET: usize = 64 << 20;
+
+/// Bytes of keep-masks currently reserved, by every tensor in flight.
+static MASKS_RESERVED: AtomicUsize = AtomicUsize::new(0);
+
+/// A share of [`MASK_BUDGET`], given back when dropped.
+struct Reservation(usize);
+
+impl Reservation {
+    /// Reserves `bytes`, if the budget has room for them.
+    fn take(bytes: usize) -> Option<Reservation> {
+        MASKS_RESERVED
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes)
+                    .filter(|&total| total <= MASK_BUDGET)
+            })
+            .ok()
+            .map(|_| Reservation(bytes))
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        MASKS_RESERVED.fetch_sub(self.0, Ordering::AcqRel);
+    }
+}
+
+/// The keep-masks the statistics pass drew, kept for `apply` so that every draw is made
+/// once: one bit per element and active lane (an eighth of a byte, against a 64-bit
+/// mix per two elements). Tensors whose masks do not fit the shared [`MASK_BUDGET`]
+/// draw again in `apply`; the bits are the same either way.
+struct Masks {
+    _reservation: Reservation,
+    /// Per chunk index, the chunk's first element and its words: for each active lane
+    /// in order, `len.div_ceil(64)` words.
+    chunks: Vec<Option<ChunkMask>>,
+}
+
+struct ChunkMask {
+    offset: usize,
+    len: usize,
+    words: Box<[u64]>,
 }
 
 struct DareKernel {
     on_delta: bool,
     rescale: Rescale,
     lanes: Vec<DareLane>,
+    /// The statistics pass's keep-masks, when they fit the budget.
+    masks: Option<Masks>,
 }
 
-/// Per lane: (Σ|x|, Σ|kept x|), each block's sum added order-free.
-type NormParts = Vec<(OrderFreeSum, OrderFreeSum)>;
+/// A statistics pass's accumulator: per lane (Σ|x|, Σ|kept x|), each block's sum added
+/// order-free; and, when masks are kept, the chunks' keep-masks by chunk index.
+#[derive(Default)]
+struct NormParts {
+    sums: Vec<(OrderFreeSum, OrderFreeSum)>,
+    masks: Vec<(usize, ChunkMask)>,
+}
+
+/// Elements of a task vector read at a time by [`DareKernel::observe_task_vectors`]:
+/// 512 bytes of `bf16`, less than the hardware prefetcher fetches ahead of a stream while
+/// the arithmetic on the previous piece runs. A multiple of [`DRAWS`].
+const SEGMENT: usize = 256;
+
+impl DareKernel {
+    /// The lanes that drop anything, with their model index.
+    fn active_lanes(&self) -> impl Iterator<Item = (usize, &DareLane)> {
+        self.lanes.iter().enumerate().filter(|(_, l)| l.active())
+    }
+
+    /// Zeroed keep-mask words for the chunk at `span` when masks are kept, else none.
+    fn mask_words(&self, span: Span) -> Box<[u64]> {
+        match self.masks {
+            Some(_) => vec![0u64; self.active_lanes().count() * span.len.div_ceil(DRAWS)]
+                .into_boxed_slice(),
+            None => Box::default(),
+        }
+    }
+
+    /// Records the chunk's keep-masks in the pass's accumulator, when masks are kept.
+    fn keep_masks(&self, parts: &mut NormParts, span: Span, words: Box<[u64]>) {
+        if self.masks.is_some() {
+            parts.masks.push((
+                span.index,
+                ChunkMask {
+                    offset: span.offset,
+                    len: span.len,
+                    words,
+                },
+            ));
+        }
+    }
+}
 
 impl Kernel for DareKernel {
     fn wants_pass(&self, pass: usize) -> bool {
@@ -165,47 +345,114 @@ impl Kernel for DareKernel {
     }
 
     fn partial(&self, _pass: usize) -> Partial {
-        let parts: NormParts = vec![Default::default(); self.lanes.len()];
+        let parts = NormParts {
+            sums: vec![Default::default(); self.lanes.len()],
+            masks: Vec::new(),
+        };
         Box::new(parts)
     }
 
     fn observe(&self, _pass: usize, chunk: &Chunk<'_>, partial: &mut Partial) {
         let parts = partial.downcast_mut::<NormParts>().expect("norm partial");
-        for (l, lane) in self.lanes.iter().enumerate() {
-            if !lane.active() {
-                continue;
-            }
+        let span = Span {
+            index: chunk.index,
+            offset: chunk.offset,
+            len: chunk.len,
+        };
+        let mut words = self.mask_words(span);
+        let per_lane = span.len.div_ceil(DRAWS);
+        for (active, (l, lane)) in self.active_lanes().enumerate() {
             let values = if self.on_delta {
                 &*chunk.delta
             } else {
                 chunk.model(l)
             };
+            let mut lane_words =
+                (!words.is_empty()).then(|| &mut words[active * per_lane..(active + 1) * per_lane]);
             // Each block of BLOCK elements is summed in a fixed order, and block sums
             // are added order-free, so the norms do not depend on the chunking or on
             // which worker saw which chunk.
             for (b, block) in values.chunks(BLOCK).enumerate() {
-                let (all, kept) = lane.l1_sums(chunk.offset + b * BLOCK, block);
-                parts[l].0.add(all);
-                parts[l].1.add(kept);
+                let block_words = lane_words
+                    .as_deref_mut()
+                    .map(|w| &mut w[b * (BLOCK / DRAWS)..][..block.len().div_ceil(DRAWS)]);
+                let (all, kept) = lane.l1_sums(chunk.offset + b * BLOCK, block, block_words);
+                parts.sums[l].0.add(all);
+                parts.sums[l].1.add(kept);
             }
         }
+        self.keep_masks(parts, span, words);
+    }
+
+    fn observes_task_vectors(&self, _pass: usize) -> bool {
+        !self.on_delta
+    }
+
+    /// As [`DareKernel::observe`], the same blocks summed the same way, but each task
+    /// vector is read in pieces of [`SEGMENT`] elements, each followed by its draws and
+    /// sums, so that reading the next piece overlaps the arithmetic on this one.
+    fn observe_task_vectors(
+        &self,
+        _pass: usize,
+        span: Span,
+        source: &dyn TaskVectors,
+        partial: &mut Partial,
+    ) {
+        let parts = partial.downcast_mut::<NormParts>().expect("norm partial");
+        let mut words = self.mask_words(span);
+        let per_lane = span.len.div_ceil(DRAWS);
+        let mut base = [0f32; BLOCK];
+        let mut piece = [0f32; SEGMENT];
+        for b in 0..span.len.div_ceil(BLOCK) {
+            let start = span.offset + b * BLOCK;
+            let n = BLOCK.min(span.len - b * BLOCK);
+            let base = &mut base[..n];
+            source.base(start, base);
+            for (active, (l, lane)) in self.active_lanes().enumerate() {
+                let mut acc = L1Block::default();
+                let first_word = active * per_lane + b * (BLOCK / DRAWS);
+                for s in (0..n).step_by(SEGMENT) {
+                    let piece = &mut piece[..SEGMENT.min(n - s)];
+                    source.delta(l, start + s, &base[s..s + piece.len()], piece);
+                    let mut runs = piece.chunks_exact(DRAWS);
+                    for (r, run) in (&mut runs).enumerate() {
+                        let at = s + r * DRAWS;
+                        let word = acc.run(lane, start + at, run.try_into().expect("exact run"));
+                        if let Some(w) = words.get_mut(first_word + at / DRAWS) {
+                            *w = word;
+                        }
+                    }
+                    let rest = runs.remainder();
+                    if !rest.is_empty() {
+                        let at = s + piece.len() - rest.len();
+                        let word = acc.rest(lane, start + at, rest);
+                        if let Some(w) = words.get_mut(first_word + at / DRAWS) {
+                            *w = word;
+                        }
+                    }
+                }
+                let (all, kept) = acc.total();
+                parts.sums[l].0.add(all);
+                parts.sums[l].1.add(kept);
+            }
+        }
+        self.keep_masks(parts, span, words);
     }
 
     fn combine(&self, _pass: usize, mut a: Partial, b: Partial) -> Partial {
         let av = a.downcast_mut::<NormParts>().expect("norm partial");
-        for (x, y) in av
-            .iter_mut()
-            .zip(*b.downcast::<NormParts>().expect("norm partial"))
-        {
+        let b = *b.downcast::<NormParts>().expect("norm partial");
+        for (x, y) in av.sums.iter_mut().zip(b.sums) {
             x.0.merge(y.0);
             x.1.merge(y.1);
         }
+        av.masks.extend(b.masks);
         a
     }
 
     fn conclude(&mut self, _pass: usize, total: Partial) -> Result<(), OpError> {
         let parts = *total.downcast::<NormParts>().expect("norm partial");
-        for (lane, (all, kept)) in self.lanes.iter_mut().zip(parts) {
+        for (lane, (all, kept)) in self.lanes.iter_mut().zip(parts.sums) {
             let (all, kept) = (all.value(), kept.value());
             const EPS: f64 = 1e-7;
             lane.factor = if all < EPS || kept < EPS {
@@ -214,11 +461,26 @@ impl Kernel for DareKernel {
                 (all / kept) as f32
             };
         }
+        if let Some(masks) = &mut self.masks {
+            for (index, mask) in parts.masks {
+                if masks.chunks.len() <= index {
+                    masks.chunks.resize_with(index + 1, || None);
+                }
+                masks.chunks[index] = Some(mask);
+            }
+        }
         Ok(())
     }
 
     fn apply(&self, chunk: &mut Chunk<'_>) -> Result<(), OpError> {
         let offset = chunk.offset;
+        let mask = self
+            .masks
+            .as_ref()
+            .and_then(|m| m.chunks.get(chunk.index)?.as_ref())
+            .filter(|m| m.offset == offset && m.len == chunk.len);
+        let per_lane = chunk.len.div_ceil(DRAWS);
+        let mut active = 0;
         for (l, lane) in self.lanes.iter().enumerate() {
             if !lane.active() {
                 continue;
@@ -228,15 +490,170 @@ impl Kernel for DareKernel {
             } else {
                 chunk.model_mut(l)
             };
-            let mut draws = [0u32; DRAWS];
-            for (r, run) in values.chunks_mut(DRAWS).enumerate() {
-                let draws = &mut draws[..run.len()];
-                lane.stream.fill((offset + r * DRAWS) as u64, draws);
-                for (x, &d) in run.iter_mut().zip(draws.iter()) {
-                    *x = if d >= lane.cut { *x * lane.factor } else { 0.0 };
-                }
+            match mask {
+                Some(m) => lane.apply_masked(&m.words[active * per_lane..][..per_lane], values),
+                None => lane.apply_drawn(offset, values),
             }
+            active += 1;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::Value;
+
+    const LEN: usize = 3 * BLOCK + 4096 + 77; // chunks of 2 blocks, the last one ragged
+    const CHUNK: usize = 2 * BLOCK;
+    const MODELS: usize = 3;
+
+    fn kernel(rescale: &'static str) -> DareKernel {
+        let args = Args::new(vec![
+            ("p", Value::Number(vec![0.8, 0.0, 0.35])),
+            ("rescale", Value::Choice(rescale)),
+        ]);
+        let ctx = BindCtx {
+            tensor: "model.layers.0.mlp.up_proj.weight",
+            numel: LEN,
+            models: MODELS,
+            seed: 11,
+            signature: Signature::new(Ty::Stack, Ty::Stack),
+            fisher_means: None,
+        };
+        DareKernel::new(&args, &ctx)
+    }
+
+    /// Task vectors with a spread of magnitudes; the base is irrelevant to `dare`.
+    fn vectors() -> (Vec<f32>, Vec<Vec<f32>>) {
+        let base: Vec<f32> = (0..LEN)
+            .map(|j| ((j * 37 % 101) as f32 - 50.0) / 64.0)
+            .collect();
+        let models = (0..MODELS)
+            .map(|i| {
+                base.iter()
+                    .enumerate()
+                    .map(|(j, b)| b + ((j * (i + 3) * 7919 % 2003) as f32 - 1001.0) * 1e-3)
+                    .collect()
+            })
+            .collect();
+        (base, models)
+    }
+
+    struct Memory<'a>(&'a [f32], &'a [Vec<f32>]);
+
+    impl TaskVectors for Memory<'_> {
+        fn base(&self, start: usize, out: &mut [f32]) {
+            out.copy_from_slice(&self.0[start..start + out.len()]);
+        }
+        fn delta(&self, i: usize, start: usize, base: &[f32], out: &mut [f32]) {
+            for ((o, &m), &b) in out.iter_mut().zip(&self.1[i][start..]).zip(base) {
+                *o = m - b;
+            }
+        }
+    }
+
+    /// Runs `f` on each chunk of the task vectors, as the engine builds it.
+    fn chunks(mut f: impl FnMut(&mut Chunk<'_>)) {
+        let (base, models) = vectors();
+        for (index, offset) in (0..LEN).step_by(CHUNK).enumerate() {
+            let len = CHUNK.min(LEN - offset);
+            let mut stack: Vec<f32> = models
+                .iter()
+                .flat_map(|m| (offset..offset + len).map(|j| m[j] - base[j]))
+                .collect();
+            let (mut sign, mut delta, mut scratch) =
+                (vec![0.0; len], vec![0.0; len], vec![0.0; len]);
+            let mut chunk = Chunk {
+                index,
+                offset,
+                len,
+                models: MODELS,
+                base: &base[offset..offset + len],
+                stack: &mut stack,
+                sign: &mut sign,
+                delta: &mut delta,
+                scratch: &mut scratch,
+                fisher: None,
+                weights: &[1.0; MODELS],
+            };
+            f(&mut chunk);
+        }
+    }
+
+    /// Runs the statistics pass, from converted chunks or from the task vectors, and
+    /// then `apply`: the factors and the transformed stack.
+    fn run(mut k: DareKernel, direct: bool) -> (Vec<f32>, Vec<u32>) {
+        if k.wants_pass(0) {
+            let mut partial = k.partial(0);
+            if direct {
+                let (base, models) = vectors();
+                for (index, offset) in (0..LEN).step_by(CHUNK).enumerate() {
+                    let span = Span {
+                        index,
+                        offset,
+                        len: CHUNK.min(LEN - offset),
+                    };
+                    // Fold each chunk into its own accumulator, then combine: as workers do.
+                    let mut own = k.partial(0);
+                    k.observe_task_vectors(0, span, &Memory(&base, &models), &mut own);
+                    partial = k.combine(0, partial, own);
+                }
+            } else {
+                chunks(|c| k.observe(0, c, &mut partial));
+            }
+            k.conclude(0, partial).unwrap();
+        }
+        let factors = k.lanes.iter().map(|l| l.factor).collect();
+        let mut out = Vec::new();
+        chunks(|c| {
+            k.apply(c).unwrap();
+            out.extend(c.stack.iter().map(|x| x.to_bits()));
+        });
+        (factors, out)
+    }
+
+    #[test]
+    fn kept_masks_give_the_bits_of_drawing_again() {
+        let with_masks = kernel("l1");
+        assert!(with_masks.masks.is_some(), "a small tensor fits the budget");
+        let mut without = kernel("l1");
+        without.masks = None;
+        let (factors, kept) = run(with_masks, false);
+        assert_eq!(run(without, false), (factors.clone(), kept.clone()));
+        // The first stage reading the task vectors itself: the same norms and masks.
+        assert_eq!(run(kernel("l1"), true), (factors.clone(), kept.clone()));
+        // The L1 factor of the lane that drops nothing is 1; the others restore the norm.
+        assert_eq!(factors[1], 1.0);
+        assert!((factors[0] - 5.0).abs() < 0.25, "{factors:?}");
+        // And the drops are those of the inverse rescale (which draws in `apply`).
+        let (_, inverse) = run(kernel("inverse"), false);
+        let zeros = |v: &[u32]| {
+            v.iter()
+                .map(|&b| f32::from_bits(b) == 0.0)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(zeros(&kept), zeros(&inverse));
+    }
+
+    #[test]
+    fn masks_beyond_the_budget_are_drawn_again() {
+        assert!(Reservation::take(MASK_BUDGET + 1).is_none());
+        // A tensor whose masks would not fit binds without them (and still merges: see
+        // kept_masks_give_the_bits_of_drawing_again).
+        let args = Args::new(vec![
+            ("p", Value::Number(vec![0.5])),
+            ("rescale", Value::Choice("l1")),
+        ]);
+        let ctx = BindCtx {
+            tensor: "t",
+            numel: MASK_BUDGET * 8 + 64,
+            models: 1,
+            seed: 0,
+            signature: Signature::new(Ty::Stack, Ty::Stack),
+            fisher_means: None,
+        };
+        assert!(DareKernel::new(&args, &ctx).masks.is_none());
     }
 }
