@@ -3,6 +3,7 @@
 
 use reefknot_lang::{Bound, DefaultValue, OpSpec, ParamKind, ParamSpec, Signature, Ty};
 
+use super::tiles::Tiles;
 use crate::kernel::{Args, BindCtx, Chunk, Kernel, Operator};
 use crate::OpError;
 
@@ -60,19 +61,13 @@ struct WeightedSum {
 
 impl Kernel for WeightedSum {
     fn apply(&self, chunk: &mut Chunk<'_>) -> Result<(), OpError> {
-        let len = chunk.len;
+        let tiles = Tiles::new(chunk.stack, &chunk.weights[..chunk.models], chunk.len);
+        let total: f32 = chunk.weights.iter().sum();
         let out = &mut *chunk.delta;
-        out.fill(0.0);
-        for i in 0..chunk.models {
-            let w = chunk.weights[i];
-            let d = &chunk.stack[i * len..(i + 1) * len];
-            out.iter_mut().zip(d).for_each(|(o, &x)| *o += w * x);
-        }
-        if self.normalize {
-            let total: f32 = chunk.weights.iter().sum();
-            if total.abs() >= 1e-8 {
-                out.iter_mut().for_each(|o| *o /= total);
-            }
+        if self.normalize && total.abs() >= 1e-8 {
+            tiles.fold(out, None, |w, x, _| w * x, |s| s / total);
+        } else {
+            tiles.fold(out, None, |w, x, _| w * x, |s| s);
         }
         Ok(())
     }

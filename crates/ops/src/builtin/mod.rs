@@ -3,6 +3,7 @@
 
 mod combine;
 mod dare;
+mod tiles;
 mod trim;
 mod vote;
 

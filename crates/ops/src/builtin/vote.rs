@@ -6,6 +6,7 @@
 
 use reefknot_lang::{DefaultValue, OpSpec, ParamKind, ParamSpec, Signature, Ty};
 
+use super::tiles::Tiles;
 use crate::kernel::{Args, BindCtx, Chunk, Kernel, Operator};
 use crate::OpError;
 
@@ -71,137 +72,26 @@ impl Kernel for ElectKernel {
         let tiles = Tiles::new(chunk.stack, &chunk.weights[..chunk.models], chunk.len);
         let out = &mut *chunk.sign;
         match (self.by, fisher) {
-            (By::Count, _) => tiles.elect(out, None, |w, x, _| sign(w * x)),
-            (By::Fisher, f) => tiles.elect(
+            (By::Count, _) => tiles.fold(out, None, |w, x, _| sign(w * x), elected),
+            (By::Fisher, f) => tiles.fold(
                 out,
                 Some(f.expect("elect(fisher) is bound with Fisher data")),
                 |w, x, fi| fi * (w * x),
+                elected,
             ),
-            (By::Mass, _) => tiles.elect(out, None, |w, x, _| w * x),
+            (By::Mass, _) => tiles.fold(out, None, |w, x, _| w * x, elected),
         }
         Ok(())
     }
 }
 
-/// Elements per tile of `elect` and `disjoint`: a tile's accumulators stay in
-/// registers while every model's values are added to them, instead of one pass over
-/// the whole chunk per model.
-const TILE: usize = 32;
-
-/// The stack of a chunk, walked in tiles of [`TILE`] elements: a tile's accumulators
-/// stay in registers while every model's values are added to them (in model order, so
-/// sums are the same as one pass over the chunk per model would give), instead of one
-/// pass over the whole chunk per model.
-struct Tiles<'a> {
-    stack: &'a [f32],
-    weights: &'a [f32],
-    len: usize,
-}
-
-/// Stands in for the Fisher values of a vote that reads none.
-static ONES: [f32; TILE] = [1.0; TILE];
-
-impl<'a> Tiles<'a> {
-    fn new(stack: &'a [f32], weights: &'a [f32], len: usize) -> Self {
-        Tiles {
-            stack,
-            weights,
-            len,
-        }
-    }
-
-    /// `out[j] = +1 if Σ_i vote(w_i, x_ij, F_ij) ≥ 0 else −1` (`F` is 1 without Fisher).
-    #[inline(always)]
-    fn elect(&self, out: &mut [f32], fisher: Option<&[f32]>, vote: impl Fn(f32, f32, f32) -> f32) {
-        let len = self.len;
-        let mut tiles = out.chunks_exact_mut(TILE);
-        for (t, out) in (&mut tiles).enumerate() {
-            let at = t * TILE;
-            let mut score = [0f32; TILE];
-            for (i, &w) in self.weights.iter().enumerate() {
-                let d: &[f32; TILE] = self.stack[i * len + at..][..TILE].try_into().expect("tile");
-                let f: &[f32; TILE] = match fisher {
-                    Some(f) => f[i * len + at..][..TILE].try_into().expect("tile"),
-                    None => &ONES,
-                };
-                for k in 0..TILE {
-                    score[k] += vote(w, d[k], f[k]);
-                }
-            }
-            for (g, &s) in out.iter_mut().zip(score.iter()) {
-                *g = if s >= 0.0 { 1.0 } else { -1.0 };
-            }
-        }
-        let rest = tiles.into_remainder();
-        let at = len - rest.len();
-        for (k, g) in rest.iter_mut().enumerate() {
-            let j = at + k;
-            let mut s = 0f32;
-            for (i, &w) in self.weights.iter().enumerate() {
-                s += vote(
-                    w,
-                    self.stack[i * len + j],
-                    fisher.map_or(1.0, |f| f[i * len + j]),
-                );
-            }
-            *g = if s >= 0.0 { 1.0 } else { -1.0 };
-        }
-    }
-
-    /// `out[j] = Σ_{A_j} num / Σ_{A_j} den` (or the numerator alone when `!divide`), with
-    /// `(num, den) = share(w_i, x_ij, γ_j, F_ij)`, zero for entries that do not agree.
-    #[inline(always)]
-    fn disjoint(
-        &self,
-        out: &mut [f32],
-        signs: &[f32],
-        fisher: Option<&[f32]>,
-        divide: bool,
-        share: impl Fn(f32, f32, f32, f32) -> (f32, f32),
-    ) {
-        let len = self.len;
-        let finish = |n: f32, d: f32| {
-            if divide {
-                n / if d == 0.0 { 1.0 } else { d }
-            } else {
-                n
-            }
-        };
-        let mut tiles = out.chunks_exact_mut(TILE);
-        for (t, out) in (&mut tiles).enumerate() {
-            let at = t * TILE;
-            let g: &[f32; TILE] = signs[at..][..TILE].try_into().expect("tile");
-            let mut num = [0f32; TILE];
-            let mut den = [0f32; TILE];
-            for (i, &w) in self.weights.iter().enumerate() {
-                let d: &[f32; TILE] = self.stack[i * len + at..][..TILE].try_into().expect("tile");
-                let f: &[f32; TILE] = match fisher {
-                    Some(f) => f[i * len + at..][..TILE].try_into().expect("tile"),
-                    None => &ONES,
-                };
-                for k in 0..TILE {
-                    let (n, dn) = share(w, d[k], g[k], f[k]);
-                    num[k] += n;
-                    den[k] += dn;
-                }
-            }
-            for k in 0..TILE {
-                out[k] = finish(num[k], den[k]);
-            }
-        }
-        let rest = tiles.into_remainder();
-        let at = len - rest.len();
-        for (k, o) in rest.iter_mut().enumerate() {
-            let j = at + k;
-            let (mut n, mut dn) = (0f32, 0f32);
-            for (i, &w) in self.weights.iter().enumerate() {
-                let f = fisher.map_or(1.0, |f| f[i * len + j]);
-                let (a, b) = share(w, self.stack[i * len + j], signs[j], f);
-                n += a;
-                dn += b;
-            }
-            *o = finish(n, dn);
-        }
+/// The sign elected by a score: `+1` when it is `≥ 0` (an exactly zero sum elects `+`).
+#[inline(always)]
+fn elected(score: f32) -> f32 {
+    if score >= 0.0 {
+        1.0
+    } else {
+        -1.0
     }
 }
 
