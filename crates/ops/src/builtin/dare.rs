@@ -87,14 +87,11 @@ impl DareKernel {
             .collect();
         let active = lanes.iter().filter(|l| l.active()).count();
         // With an L1 rescale every draw is needed twice (norms, then apply): keep the
-        // statistics pass's keep-masks for `apply` when the budget allows.
-        let masks = (rescale == Rescale::L1 && active > 0)
-            .then(|| Reservation::take(active * ctx.numel.div_ceil(DRAWS) * 8))
-            .flatten()
-            .map(|reservation| Masks {
-                _reservation: reservation,
-                chunks: Vec::new(),
-            });
+        // statistics pass's keep-masks for `apply`, as far as the budget allows.
+        let masks = (rescale == Rescale::L1 && active > 0).then(|| Masks {
+            budget: &MASK_BUDGET,
+            chunks: Vec::new(),
+        });
         DareKernel {
             on_delta,
             rescale,
@@ -244,48 +241,63 @@ impl L1Block {
 
 /// How many bytes of keep-masks all bound `dare` kernels may hold together (see
 /// [`Masks`]).
-const MASK_BUDGET: usize = 64 << 20;
+static MASK_BUDGET: Budget = Budget::new(32 << 20);
 
-/// Bytes of keep-masks currently reserved, by every tensor in flight.
-static MASKS_RESERVED: AtomicUsize = AtomicUsize::new(0);
+/// A number of bytes shared by every tensor in flight.
+struct Budget {
+    limit: usize,
+    used: AtomicUsize,
+}
 
-/// A share of [`MASK_BUDGET`], given back when dropped.
-struct Reservation(usize);
+impl Budget {
+    const fn new(limit: usize) -> Budget {
+        Budget {
+            limit,
+            used: AtomicUsize::new(0),
+        }
+    }
 
-impl Reservation {
     /// Reserves `bytes`, if the budget has room for them.
-    fn take(bytes: usize) -> Option<Reservation> {
-        MASKS_RESERVED
+    fn take(&'static self, bytes: usize) -> Option<Reservation> {
+        self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes)
-                    .filter(|&total| total <= MASK_BUDGET)
+                used.checked_add(bytes).filter(|&total| total <= self.limit)
             })
             .ok()
-            .map(|_| Reservation(bytes))
+            .map(|_| Reservation(self, bytes))
     }
 }
+
+/// A share of a [`Budget`], given back when dropped.
+struct Reservation(&'static Budget, usize);
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        MASKS_RESERVED.fetch_sub(self.0, Ordering::AcqRel);
+        self.0.used.fetch_sub(self.1, Ordering::AcqRel);
     }
 }
 
-/// The keep-masks the statistics pass drew, kept for `apply` so that every draw is made
+/// The keep-masks the statistics pass drew, kept for `apply` so that the draws are made
 /// once: one bit per element and active lane (an eighth of a byte, against a 64-bit
-/// mix per two elements). Tensors whose masks do not fit the shared [`MASK_BUDGET`]
-/// draw again in `apply`; the bits are the same either way.
+/// mix per two elements). Each chunk's masks are kept when they fit the shared
+/// [`MASK_BUDGET`] (until the tensor is written); a chunk whose masks do not fit draws
+/// again in `apply`. The bits are the same either way.
 struct Masks {
-    _reservation: Reservation,
-    /// Per chunk index, the chunk's first element and its words: for each active lane
-    /// in order, `len.div_ceil(64)` words.
+    budget: &'static Budget,
+    /// Per chunk index, the chunk's masks, when they were kept.
     chunks: Vec<Option<ChunkMask>>,
 }
 
+/// The keep-masks of one chunk.
 struct ChunkMask {
+    /// The chunk's first element and length.
     offset: usize,
     len: usize,
+    /// For each active lane in order, `len.div_ceil(64)` words (bit `k % 64` of word
+    /// `k / 64` set when element `k` is kept).
     words: Box<[u64]>,
+    /// Their share of the budget.
+    _reservation: Reservation,
 }
 
 struct DareKernel {
@@ -315,24 +327,31 @@ impl DareKernel {
         self.lanes.iter().enumerate().filter(|(_, l)| l.active())
     }
 
-    /// Zeroed keep-mask words for the chunk at `span` when masks are kept, else none.
-    fn mask_words(&self, span: Span) -> Box<[u64]> {
-        match self.masks {
-            Some(_) => vec![0u64; self.active_lanes().count() * span.len.div_ceil(DRAWS)]
-                .into_boxed_slice(),
-            None => Box::default(),
+    /// Zeroed keep-mask words for the chunk at `span`, with their share of the budget,
+    /// when masks are kept and the budget has room; else no words.
+    fn mask_words(&self, span: Span) -> (Box<[u64]>, Option<Reservation>) {
+        let words = self.active_lanes().count() * span.len.div_ceil(DRAWS);
+        match self.masks.as_ref().and_then(|m| m.budget.take(words * 8)) {
+            Some(reservation) => (vec![0u64; words].into_boxed_slice(), Some(reservation)),
+            None => (Box::default(), None),
         }
     }
 
-    /// Records the chunk's keep-masks in the pass's accumulator, when masks are kept.
-    fn keep_masks(&self, parts: &mut NormParts, span: Span, words: Box<[u64]>) {
-        if self.masks.is_some() {
+    /// Records the chunk's keep-masks in the pass's accumulator, when they are kept.
+    fn keep_masks(
+        &self,
+        parts: &mut NormParts,
+        span: Span,
+        (words, reservation): (Box<[u64]>, Option<Reservation>),
+    ) {
+        if let Some(reservation) = reservation {
             parts.masks.push((
                 span.index,
                 ChunkMask {
                     offset: span.offset,
                     len: span.len,
                     words,
+                    _reservation: reservation,
                 },
             ));
         }
@@ -359,7 +378,7 @@ impl Kernel for DareKernel {
             offset: chunk.offset,
             len: chunk.len,
         };
-        let mut words = self.mask_words(span);
+        let (mut words, reservation) = self.mask_words(span);
         let per_lane = span.len.div_ceil(DRAWS);
         for (active, (l, lane)) in self.active_lanes().enumerate() {
             let values = if self.on_delta {
@@ -381,7 +400,7 @@ impl Kernel for DareKernel {
                 parts.sums[l].1.add(kept);
             }
         }
-        self.keep_masks(parts, span, words);
+        self.keep_masks(parts, span, (words, reservation));
     }
 
     fn observes_task_vectors(&self, _pass: usize) -> bool {
@@ -399,7 +418,7 @@ impl Kernel for DareKernel {
         partial: &mut Partial,
     ) {
         let parts = partial.downcast_mut::<NormParts>().expect("norm partial");
-        let mut words = self.mask_words(span);
+        let (mut words, reservation) = self.mask_words(span);
         let per_lane = span.len.div_ceil(DRAWS);
         let mut base = [0f32; BLOCK];
         let mut piece = [0f32; SEGMENT];
@@ -436,7 +455,7 @@ impl Kernel for DareKernel {
                 parts.sums[l].1.add(kept);
             }
         }
-        self.keep_masks(parts, span, words);
+        self.keep_masks(parts, span, (words, reservation));
     }
 
     fn combine(&self, _pass: usize, mut a: Partial, b: Partial) -> Partial {
@@ -617,7 +636,7 @@ mod tests {
     #[test]
     fn kept_masks_give_the_bits_of_drawing_again() {
         let with_masks = kernel("l1");
-        assert!(with_masks.masks.is_some(), "a small tensor fits the budget");
+        assert!(with_masks.masks.is_some(), "an L1 rescale keeps its masks");
         let mut without = kernel("l1");
         without.masks = None;
         let (factors, kept) = run(with_masks, false);
@@ -638,22 +657,29 @@ mod tests {
     }
 
     #[test]
-    fn masks_beyond_the_budget_are_drawn_again() {
-        assert!(Reservation::take(MASK_BUDGET + 1).is_none());
-        // A tensor whose masks would not fit binds without them (and still merges: see
-        // kept_masks_give_the_bits_of_drawing_again).
-        let args = Args::new(vec![
-            ("p", Value::Number(vec![0.5])),
-            ("rescale", Value::Choice("l1")),
-        ]);
-        let ctx = BindCtx {
-            tensor: "t",
-            numel: MASK_BUDGET * 8 + 64,
-            models: 1,
-            seed: 0,
-            signature: Signature::new(Ty::Stack, Ty::Stack),
-            fisher_means: None,
-        };
-        assert!(DareKernel::new(&args, &ctx).masks.is_none());
+    fn chunks_beyond_the_budget_are_drawn_again() {
+        // A budget with room for the masks of the first chunk only.
+        static ONE_CHUNK: Budget = Budget::new(2 * CHUNK.div_ceil(DRAWS) * 8);
+        assert!(ONE_CHUNK.take(ONE_CHUNK.limit + 1).is_none());
+        let mut k = kernel("l1");
+        k.masks.as_mut().unwrap().budget = &ONE_CHUNK;
+        let mut partial = k.partial(0);
+        chunks(|c| k.observe(0, c, &mut partial));
+        k.conclude(0, partial).unwrap();
+        let kept: Vec<bool> = k
+            .masks
+            .as_ref()
+            .unwrap()
+            .chunks
+            .iter()
+            .map(Option::is_some)
+            .collect();
+        assert_eq!(kept, [true]);
+        drop(k);
+        let mut tight = kernel("l1");
+        tight.masks.as_mut().unwrap().budget = &ONE_CHUNK;
+        assert_eq!(run(tight, true), run(kernel("l1"), false));
+        // Every share was given back.
+        assert_eq!(ONE_CHUNK.used.load(Ordering::Acquire), 0);
     }
 }

@@ -26,6 +26,24 @@ impl<'a> Tiles<'a> {
         }
     }
 
+    /// Model `i`'s values and its Fisher values (ones without Fisher) over the whole
+    /// tile that starts at element `at`.
+    #[inline(always)]
+    fn tile<'f>(
+        &'f self,
+        fisher: Option<&'f [f32]>,
+        i: usize,
+        at: usize,
+    ) -> (&'f [f32; TILE], &'f [f32; TILE]) {
+        let start = i * self.len + at;
+        let d = self.stack[start..][..TILE].try_into().expect("tile");
+        let f = match fisher {
+            Some(f) => f[start..][..TILE].try_into().expect("tile"),
+            None => &ONES,
+        };
+        (d, f)
+    }
+
     /// `out[j] = finish(Σ_i term(w_i, x_ij, F_ij))`, the sum from 0 in model order (`F`
     /// is 1 without Fisher).
     #[inline(always)]
@@ -42,11 +60,7 @@ impl<'a> Tiles<'a> {
             let at = t * TILE;
             let mut score = [0f32; TILE];
             for (i, &w) in self.weights.iter().enumerate() {
-                let d: &[f32; TILE] = self.stack[i * len + at..][..TILE].try_into().expect("tile");
-                let f: &[f32; TILE] = match fisher {
-                    Some(f) => f[i * len + at..][..TILE].try_into().expect("tile"),
-                    None => &ONES,
-                };
+                let (d, f) = self.tile(fisher, i, at);
                 for k in 0..TILE {
                     score[k] += term(w, d[k], f[k]);
                 }
@@ -97,11 +111,7 @@ impl<'a> Tiles<'a> {
             let mut num = [0f32; TILE];
             let mut den = [0f32; TILE];
             for (i, &w) in self.weights.iter().enumerate() {
-                let d: &[f32; TILE] = self.stack[i * len + at..][..TILE].try_into().expect("tile");
-                let f: &[f32; TILE] = match fisher {
-                    Some(f) => f[i * len + at..][..TILE].try_into().expect("tile"),
-                    None => &ONES,
-                };
+                let (d, f) = self.tile(fisher, i, at);
                 for k in 0..TILE {
                     let (n, dn) = share(w, d[k], g[k], f[k]);
                     num[k] += n;
