@@ -6,7 +6,8 @@
 //! base and converts the result straight into the memory-mapped output file. Stages that
 //! need statistics over the whole tensor (the top-k threshold of `trim`, `dare`'s L1
 //! norms) get them in earlier streaming passes that recompute the stages before them.
-//! Peak memory is therefore bounded by threads × chunk, not by tensor or model size, and
+//! Peak memory is therefore bounded by threads × chunk (plus fixed budgets: the queue of
+//! chunks waiting to be written, `dare`'s keep-masks), not by tensor or model size, and
 //! because every reduction is either an integer count or summed in a fixed order, the
 //! bytes written do not depend on the thread count or the chunk size.
 
