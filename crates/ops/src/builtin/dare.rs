@@ -1,6 +1,7 @@
 //! `dare(p, rescale)`: drop entries at random and rescale the survivors (Yu et al. 2023).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use reefknot_lang::{Bound, DefaultValue, OpSpec, ParamKind, ParamSpec, Signature, Ty};
 
@@ -243,10 +244,15 @@ impl L1Block {
 /// [`Masks`]).
 static MASK_BUDGET: Budget = Budget::new(32 << 20);
 
-/// A number of bytes shared by every tensor in flight.
+/// Buffers for keep-masks, shared by every tensor in flight: at most `limit` bytes of
+/// them exist at any time, in use or spare. A buffer given back is kept for the next
+/// chunk rather than freed, so the memory stays at the limit instead of growing with
+/// what the allocator keeps of freed blocks (which doubled it with two threads).
 struct Budget {
     limit: usize,
+    /// Bytes of all buffers, in use or spare.
     used: AtomicUsize,
+    spare: Mutex<Vec<Vec<u64>>>,
 }
 
 impl Budget {
@@ -254,26 +260,68 @@ impl Budget {
         Budget {
             limit,
             used: AtomicUsize::new(0),
+            spare: Mutex::new(Vec::new()),
         }
     }
 
-    /// Reserves `bytes`, if the budget has room for them.
-    fn take(&'static self, bytes: usize) -> Option<Reservation> {
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|&total| total <= self.limit)
-            })
-            .ok()
-            .map(|_| Reservation(self, bytes))
+    fn spare(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u64>>> {
+        self.spare.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `n` zeroed words: a spare buffer, grown if need be, or a new one; none if the
+    /// budget has no room for them.
+    fn take(&'static self, n: usize) -> Option<MaskWords> {
+        let mut words = self.spare().pop().unwrap_or_default();
+        let have = words.capacity();
+        if have < n {
+            let grow = (n - have) * std::mem::size_of::<u64>();
+            let fits = self
+                .used
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                    used.checked_add(grow).filter(|&total| total <= self.limit)
+                })
+                .is_ok();
+            if !fits {
+                if have > 0 {
+                    self.spare().push(words);
+                }
+                return None;
+            }
+            words.clear();
+            words.reserve_exact(n);
+        }
+        words.clear();
+        words.resize(n, 0);
+        Some(MaskWords {
+            budget: self,
+            words,
+        })
     }
 }
 
-/// A share of a [`Budget`], given back when dropped.
-struct Reservation(&'static Budget, usize);
+/// Keep-mask words from a [`Budget`], given back to it when dropped.
+struct MaskWords {
+    budget: &'static Budget,
+    words: Vec<u64>,
+}
 
-impl Drop for Reservation {
+impl std::ops::Deref for MaskWords {
+    type Target = [u64];
+    fn deref(&self) -> &[u64] {
+        &self.words
+    }
+}
+
+impl std::ops::DerefMut for MaskWords {
+    fn deref_mut(&mut self) -> &mut [u64] {
+        &mut self.words
+    }
+}
+
+impl Drop for MaskWords {
     fn drop(&mut self) {
-        self.0.used.fetch_sub(self.1, Ordering::AcqRel);
+        let words = std::mem::take(&mut self.words);
+        self.budget.spare().push(words);
     }
 }
 
@@ -295,9 +343,7 @@ struct ChunkMask {
     len: usize,
     /// For each active lane in order, `len.div_ceil(64)` words (bit `k % 64` of word
     /// `k / 64` set when element `k` is kept).
-    words: Box<[u64]>,
-    /// Their share of the budget.
-    _reservation: Reservation,
+    words: MaskWords,
 }
 
 struct DareKernel {
@@ -327,31 +373,22 @@ impl DareKernel {
         self.lanes.iter().enumerate().filter(|(_, l)| l.active())
     }
 
-    /// Zeroed keep-mask words for the chunk at `span`, with their share of the budget,
-    /// when masks are kept and the budget has room; else no words.
-    fn mask_words(&self, span: Span) -> (Box<[u64]>, Option<Reservation>) {
+    /// Zeroed keep-mask words for the chunk at `span`, when masks are kept and the
+    /// budget has room.
+    fn mask_words(&self, span: Span) -> Option<MaskWords> {
         let words = self.active_lanes().count() * span.len.div_ceil(DRAWS);
-        match self.masks.as_ref().and_then(|m| m.budget.take(words * 8)) {
-            Some(reservation) => (vec![0u64; words].into_boxed_slice(), Some(reservation)),
-            None => (Box::default(), None),
-        }
+        self.masks.as_ref()?.budget.take(words)
     }
 
     /// Records the chunk's keep-masks in the pass's accumulator, when they are kept.
-    fn keep_masks(
-        &self,
-        parts: &mut NormParts,
-        span: Span,
-        (words, reservation): (Box<[u64]>, Option<Reservation>),
-    ) {
-        if let Some(reservation) = reservation {
+    fn keep_masks(&self, parts: &mut NormParts, span: Span, words: Option<MaskWords>) {
+        if let Some(words) = words {
             parts.masks.push((
                 span.index,
                 ChunkMask {
                     offset: span.offset,
                     len: span.len,
                     words,
-                    _reservation: reservation,
                 },
             ));
         }
@@ -378,7 +415,8 @@ impl Kernel for DareKernel {
             offset: chunk.offset,
             len: chunk.len,
         };
-        let (mut words, reservation) = self.mask_words(span);
+        let mut kept = self.mask_words(span);
+        let words: &mut [u64] = kept.as_deref_mut().unwrap_or_default();
         let per_lane = span.len.div_ceil(DRAWS);
         for (active, (l, lane)) in self.active_lanes().enumerate() {
             let values = if self.on_delta {
@@ -400,7 +438,7 @@ impl Kernel for DareKernel {
                 parts.sums[l].1.add(kept);
             }
         }
-        self.keep_masks(parts, span, (words, reservation));
+        self.keep_masks(parts, span, kept);
     }
 
     fn observes_task_vectors(&self, _pass: usize) -> bool {
@@ -418,7 +456,8 @@ impl Kernel for DareKernel {
         partial: &mut Partial,
     ) {
         let parts = partial.downcast_mut::<NormParts>().expect("norm partial");
-        let (mut words, reservation) = self.mask_words(span);
+        let mut kept = self.mask_words(span);
+        let words: &mut [u64] = kept.as_deref_mut().unwrap_or_default();
         let per_lane = span.len.div_ceil(DRAWS);
         let mut base = [0f32; BLOCK];
         let mut piece = [0f32; SEGMENT];
@@ -455,7 +494,7 @@ impl Kernel for DareKernel {
                 parts.sums[l].1.add(kept);
             }
         }
-        self.keep_masks(parts, span, (words, reservation));
+        self.keep_masks(parts, span, kept);
     }
 
     fn combine(&self, _pass: usize, mut a: Partial, b: Partial) -> Partial {
@@ -660,7 +699,7 @@ mod tests {
     fn chunks_beyond_the_budget_are_drawn_again() {
         // A budget with room for the masks of the first chunk only.
         static ONE_CHUNK: Budget = Budget::new(2 * CHUNK.div_ceil(DRAWS) * 8);
-        assert!(ONE_CHUNK.take(ONE_CHUNK.limit + 1).is_none());
+        assert!(ONE_CHUNK.take(ONE_CHUNK.limit / 8 + 1).is_none());
         let mut k = kernel("l1");
         k.masks.as_mut().unwrap().budget = &ONE_CHUNK;
         let mut partial = k.partial(0);
@@ -679,7 +718,8 @@ mod tests {
         let mut tight = kernel("l1");
         tight.masks.as_mut().unwrap().budget = &ONE_CHUNK;
         assert_eq!(run(tight, true), run(kernel("l1"), false));
-        // Every share was given back.
-        assert_eq!(ONE_CHUNK.used.load(Ordering::Acquire), 0);
+        // The buffer came back and was used again: one chunk's worth exists, spare.
+        assert_eq!(ONE_CHUNK.used.load(Ordering::Acquire), ONE_CHUNK.limit);
+        assert_eq!(ONE_CHUNK.spare().len(), 1);
     }
 }
