@@ -197,16 +197,7 @@ impl<'a> Combiner<'a> {
                 }
             };
             wait = false;
-            loop {
-                let batch = std::mem::take(&mut self.queue().waiting);
-                if batch.is_empty() {
-                    break;
-                }
-                for (index, offset, bytes) in batch {
-                    self.put(index, offset, &bytes)?;
-                    self.queue().spare.push(bytes);
-                }
-            }
+            self.drain()?;
             drop(turn);
             // A worker that queued after the last look found the lock taken and left
             // its chunk to us: look again now that it is free.
@@ -219,14 +210,25 @@ impl<'a> Combiner<'a> {
         Ok(q.spare.pop().unwrap_or_default())
     }
 
+    /// Writes the queue until it is empty, keeping the written buffers for reuse. The
+    /// caller holds the turn to write.
+    fn drain(&self) -> Result<(), Error> {
+        loop {
+            let batch = std::mem::take(&mut self.queue().waiting);
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for (index, offset, bytes) in batch {
+                self.put(index, offset, &bytes)?;
+                self.queue().spare.push(bytes);
+            }
+        }
+    }
+
     /// Writes whatever is still queued.
     fn flush(&self) -> Result<(), Error> {
         let _turn = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-        let batch = std::mem::take(&mut self.queue().waiting);
-        for (index, offset, bytes) in batch {
-            self.put(index, offset, &bytes)?;
-        }
-        Ok(())
+        self.drain()
     }
 }
 

@@ -44,6 +44,15 @@ pub struct Chunk<'a> {
 }
 
 impl Chunk<'_> {
+    /// Where the chunk lies in its tensor.
+    pub fn span(&self) -> Span {
+        Span {
+            index: self.index,
+            offset: self.offset,
+            len: self.len,
+        }
+    }
+
     /// Task vector `i` of the stack.
     pub fn model(&self, i: usize) -> &[f32] {
         &self.stack[i * self.len..(i + 1) * self.len]

@@ -124,28 +124,6 @@ impl DareLane {
         self.cut > 0
     }
 
-    /// `(Σ|x|, Σ|kept x|)` over `block` (at most [`BLOCK`] elements), whose first element
-    /// is element `start` of the tensor; when `words` is given, also the keep-mask of the
-    /// block, bit `k % 64` of word `k / 64` for element `k` (set: kept).
-    fn l1_sums(&self, start: usize, block: &[f32], mut words: Option<&mut [u64]>) -> (f64, f64) {
-        let mut acc = L1Block::default();
-        let mut runs = block.chunks_exact(DRAWS);
-        for (r, run) in (&mut runs).enumerate() {
-            let word = acc.run(self, start + r * DRAWS, run.try_into().expect("exact run"));
-            if let Some(words) = words.as_deref_mut() {
-                words[r] = word;
-            }
-        }
-        let rest = runs.remainder();
-        if !rest.is_empty() {
-            let word = acc.rest(self, start + block.len() - rest.len(), rest);
-            if let Some(words) = words {
-                words[block.len() / DRAWS] = word;
-            }
-        }
-        acc.total()
-    }
-
     /// The keep-mask of up to 64 draws: bit `k` set when element `k` is kept.
     #[inline]
     fn keep_word(&self, draws: &[u32]) -> u64 {
@@ -168,7 +146,7 @@ impl DareLane {
         }
     }
 
-    /// Drops and rescales `values` by the keep-mask `words` (as [`DareLane::l1_sums`]
+    /// Drops and rescales `values` by the keep-mask `words` (as the statistics pass
     /// records it).
     fn apply_masked(&self, words: &[u64], values: &mut [f32]) {
         for (run, &w) in values.chunks_mut(DRAWS).zip(words) {
@@ -273,6 +251,7 @@ impl Budget {
     fn take(&'static self, n: usize) -> Option<MaskWords> {
         let mut words = self.spare().pop().unwrap_or_default();
         let have = words.capacity();
+        words.clear();
         if have < n {
             let grow = (n - have) * std::mem::size_of::<u64>();
             let fits = self
@@ -287,10 +266,8 @@ impl Budget {
                 }
                 return None;
             }
-            words.clear();
             words.reserve_exact(n);
         }
-        words.clear();
         words.resize(n, 0);
         Some(MaskWords {
             budget: self,
@@ -395,83 +372,76 @@ impl DareKernel {
     }
 }
 
-impl Kernel for DareKernel {
-    fn wants_pass(&self, pass: usize) -> bool {
-        pass == 0 && self.rescale == Rescale::L1 && self.lanes.iter().any(DareLane::active)
-    }
+/// Where the statistics pass finds the values of a lane, a piece at a time.
+trait Pieces {
+    /// The pass turns to the block of elements `[start, start + n)`.
+    fn block(&mut self, _start: usize, _n: usize) {}
+    /// Lane `l`'s values over `[start, start + n)`, a range within the current block.
+    fn piece(&mut self, l: usize, start: usize, n: usize) -> &[f32];
+}
 
-    fn partial(&self, _pass: usize) -> Partial {
-        let parts = NormParts {
-            sums: vec![Default::default(); self.lanes.len()],
-            masks: Vec::new(),
+/// The values of a chunk the engine converted: the stack, or the delta.
+struct Converted<'c, 'a> {
+    chunk: &'c Chunk<'a>,
+    on_delta: bool,
+}
+
+impl Pieces for Converted<'_, '_> {
+    fn piece(&mut self, l: usize, start: usize, n: usize) -> &[f32] {
+        let values = if self.on_delta {
+            &*self.chunk.delta
+        } else {
+            self.chunk.model(l)
         };
-        Box::new(parts)
+        &values[start - self.chunk.offset..][..n]
+    }
+}
+
+/// The task vectors read from their source: the base once per block, then each piece
+/// of a model minus it.
+struct Read<'a> {
+    source: &'a dyn TaskVectors,
+    base: [f32; BLOCK],
+    /// The first element of the current block, whose base values `base` holds.
+    block: usize,
+    piece: [f32; SEGMENT],
+}
+
+impl Pieces for Read<'_> {
+    fn block(&mut self, start: usize, n: usize) {
+        self.block = start;
+        self.source.base(start, &mut self.base[..n]);
     }
 
-    fn observe(&self, _pass: usize, chunk: &Chunk<'_>, partial: &mut Partial) {
-        let parts = partial.downcast_mut::<NormParts>().expect("norm partial");
-        let span = Span {
-            index: chunk.index,
-            offset: chunk.offset,
-            len: chunk.len,
-        };
-        let mut kept = self.mask_words(span);
-        let words: &mut [u64] = kept.as_deref_mut().unwrap_or_default();
-        let per_lane = span.len.div_ceil(DRAWS);
-        for (active, (l, lane)) in self.active_lanes().enumerate() {
-            let values = if self.on_delta {
-                &*chunk.delta
-            } else {
-                chunk.model(l)
-            };
-            let mut lane_words =
-                (!words.is_empty()).then(|| &mut words[active * per_lane..(active + 1) * per_lane]);
-            // Each block of BLOCK elements is summed in a fixed order, and block sums
-            // are added order-free, so the norms do not depend on the chunking or on
-            // which worker saw which chunk.
-            for (b, block) in values.chunks(BLOCK).enumerate() {
-                let block_words = lane_words
-                    .as_deref_mut()
-                    .map(|w| &mut w[b * (BLOCK / DRAWS)..][..block.len().div_ceil(DRAWS)]);
-                let (all, kept) = lane.l1_sums(chunk.offset + b * BLOCK, block, block_words);
-                parts.sums[l].0.add(all);
-                parts.sums[l].1.add(kept);
-            }
-        }
-        self.keep_masks(parts, span, kept);
+    fn piece(&mut self, l: usize, start: usize, n: usize) -> &[f32] {
+        let at = start - self.block;
+        let piece = &mut self.piece[..n];
+        self.source.delta(l, start, &self.base[at..at + n], piece);
+        piece
     }
+}
 
-    fn observes_task_vectors(&self, _pass: usize) -> bool {
-        !self.on_delta
-    }
-
-    /// As [`DareKernel::observe`], the same blocks summed the same way, but each task
-    /// vector is read in pieces of [`SEGMENT`] elements, each followed by its draws and
-    /// sums, so that reading the next piece overlaps the arithmetic on this one.
-    fn observe_task_vectors(
-        &self,
-        _pass: usize,
-        span: Span,
-        source: &dyn TaskVectors,
-        partial: &mut Partial,
-    ) {
+impl DareKernel {
+    /// The statistics pass over the chunk at `span`: for each block of [`BLOCK`]
+    /// elements and each active lane, the draws and L1 sums of its runs of [`DRAWS`]
+    /// elements, in order (so the sums do not depend on how the values are read), taken
+    /// a piece of [`SEGMENT`] elements at a time from `pieces`; each block's sums are
+    /// added order-free, so the norms do not depend on the chunking or on which worker
+    /// saw which chunk. The keep-masks are recorded when the budget allows.
+    fn fold_norms(&self, span: Span, pieces: &mut impl Pieces, partial: &mut Partial) {
         let parts = partial.downcast_mut::<NormParts>().expect("norm partial");
         let mut kept = self.mask_words(span);
         let words: &mut [u64] = kept.as_deref_mut().unwrap_or_default();
         let per_lane = span.len.div_ceil(DRAWS);
-        let mut base = [0f32; BLOCK];
-        let mut piece = [0f32; SEGMENT];
         for b in 0..span.len.div_ceil(BLOCK) {
             let start = span.offset + b * BLOCK;
             let n = BLOCK.min(span.len - b * BLOCK);
-            let base = &mut base[..n];
-            source.base(start, base);
+            pieces.block(start, n);
             for (active, (l, lane)) in self.active_lanes().enumerate() {
                 let mut acc = L1Block::default();
                 let first_word = active * per_lane + b * (BLOCK / DRAWS);
                 for s in (0..n).step_by(SEGMENT) {
-                    let piece = &mut piece[..SEGMENT.min(n - s)];
-                    source.delta(l, start + s, &base[s..s + piece.len()], piece);
+                    let piece = pieces.piece(l, start + s, SEGMENT.min(n - s));
                     let mut runs = piece.chunks_exact(DRAWS);
                     for (r, run) in (&mut runs).enumerate() {
                         let at = s + r * DRAWS;
@@ -495,6 +465,51 @@ impl Kernel for DareKernel {
             }
         }
         self.keep_masks(parts, span, kept);
+    }
+}
+
+impl Kernel for DareKernel {
+    fn wants_pass(&self, pass: usize) -> bool {
+        pass == 0 && self.rescale == Rescale::L1 && self.lanes.iter().any(DareLane::active)
+    }
+
+    fn partial(&self, _pass: usize) -> Partial {
+        let parts = NormParts {
+            sums: vec![Default::default(); self.lanes.len()],
+            masks: Vec::new(),
+        };
+        Box::new(parts)
+    }
+
+    fn observe(&self, _pass: usize, chunk: &Chunk<'_>, partial: &mut Partial) {
+        let mut pieces = Converted {
+            chunk,
+            on_delta: self.on_delta,
+        };
+        self.fold_norms(chunk.span(), &mut pieces, partial);
+    }
+
+    fn observes_task_vectors(&self, _pass: usize) -> bool {
+        !self.on_delta
+    }
+
+    /// As [`DareKernel::observe`], but each task vector is read in pieces of
+    /// [`SEGMENT`] elements, each followed by its draws and sums, so that reading the
+    /// next piece overlaps the arithmetic on this one.
+    fn observe_task_vectors(
+        &self,
+        _pass: usize,
+        span: Span,
+        source: &dyn TaskVectors,
+        partial: &mut Partial,
+    ) {
+        let mut pieces = Read {
+            source,
+            base: [0f32; BLOCK],
+            block: 0,
+            piece: [0f32; SEGMENT],
+        };
+        self.fold_norms(span, &mut pieces, partial);
     }
 
     fn combine(&self, _pass: usize, mut a: Partial, b: Partial) -> Partial {
@@ -538,11 +553,7 @@ impl Kernel for DareKernel {
             .and_then(|m| m.chunks.get(chunk.index)?.as_ref())
             .filter(|m| m.offset == offset && m.len == chunk.len);
         let per_lane = chunk.len.div_ceil(DRAWS);
-        let mut active = 0;
-        for (l, lane) in self.lanes.iter().enumerate() {
-            if !lane.active() {
-                continue;
-            }
+        for (active, (l, lane)) in self.active_lanes().enumerate() {
             let values = if self.on_delta {
                 &mut *chunk.delta
             } else {
@@ -552,7 +563,6 @@ impl Kernel for DareKernel {
                 Some(m) => lane.apply_masked(&m.words[active * per_lane..][..per_lane], values),
                 None => lane.apply_drawn(offset, values),
             }
-            active += 1;
         }
         Ok(())
     }
