@@ -157,7 +157,9 @@ pub fn merge(
 
     let chunk = opts.chunk.max(1).div_ceil(BLOCK) * BLOCK;
     progress.start(plan.total_elements());
-    pool.install(|| exec::run(plan, &writer, chunk, progress))?;
+    let ran = pool.install(|| exec::run(plan, &writer, chunk, progress));
+    reefknot_ops::release_spare_memory();
+    ran?;
     let files = writer.finish().map_err(ErrorKind::Writer)?;
     progress.finish();
 

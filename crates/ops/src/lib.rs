@@ -26,6 +26,14 @@ pub use kernel::{Args, BindCtx, Chunk, Kernel, Operator, Partial, Span, TaskVect
 pub use registry::{Builtin, Clash, Entry, Origin, Registry};
 pub use sum::OrderFreeSum;
 
+/// Frees the memory operators keep for reuse from one tensor to the next (`dare`'s
+/// keep-mask buffers, at most 32 MiB). The engine calls it when a merge ends, so that a
+/// process that merges and goes on to other work does not hold it; the next merge
+/// allocates again what it needs.
+pub fn release_spare_memory() {
+    builtin::release_spare_masks();
+}
+
 /// Reductions over a tensor (such as `dare`'s L1 norms) sum fixed blocks of this many
 /// elements in order, so results do not depend on the chunking. The engine's chunks
 /// start at multiples of `BLOCK`.

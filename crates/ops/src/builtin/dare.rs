@@ -249,15 +249,16 @@ impl Budget {
     /// `n` zeroed words: a spare buffer, grown if need be, or a new one; none if the
     /// budget has no room for them.
     fn take(&'static self, n: usize) -> Option<MaskWords> {
+        const WORD: usize = std::mem::size_of::<u64>();
         let mut words = self.spare().pop().unwrap_or_default();
         let have = words.capacity();
         words.clear();
         if have < n {
-            let grow = (n - have) * std::mem::size_of::<u64>();
             let fits = self
                 .used
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                    used.checked_add(grow).filter(|&total| total <= self.limit)
+                    used.checked_add((n - have) * WORD)
+                        .filter(|&total| total <= self.limit)
                 })
                 .is_ok();
             if !fits {
@@ -267,6 +268,12 @@ impl Budget {
                 return None;
             }
             words.reserve_exact(n);
+            // The allocator may give more than asked: count what the buffer holds, so
+            // that `release` takes back exactly what was counted.
+            let extra = words.capacity() - n;
+            if extra > 0 {
+                self.used.fetch_add(extra * WORD, Ordering::AcqRel);
+            }
         }
         words.resize(n, 0);
         Some(MaskWords {
@@ -274,6 +281,22 @@ impl Budget {
             words,
         })
     }
+
+    /// Frees the spare buffers (those in use stay counted).
+    fn release(&self) {
+        let freed: usize = self
+            .spare()
+            .drain(..)
+            .map(|w| w.capacity() * std::mem::size_of::<u64>())
+            .sum();
+        self.used.fetch_sub(freed, Ordering::AcqRel);
+    }
+}
+
+/// Frees the keep-mask buffers kept for reuse from tensor to tensor (see
+/// [`crate::release_spare_memory`]).
+pub(crate) fn release_spare_masks() {
+    MASK_BUDGET.release();
 }
 
 /// Keep-mask words from a [`Budget`], given back to it when dropped.
@@ -731,5 +754,14 @@ mod tests {
         // The buffer came back and was used again: one chunk's worth exists, spare.
         assert_eq!(ONE_CHUNK.used.load(Ordering::Acquire), ONE_CHUNK.limit);
         assert_eq!(ONE_CHUNK.spare().len(), 1);
+        // Released, it is freed and no longer counted; the budget serves again.
+        ONE_CHUNK.release();
+        assert_eq!(ONE_CHUNK.used.load(Ordering::Acquire), 0);
+        assert!(ONE_CHUNK.spare().is_empty());
+        let again = ONE_CHUNK
+            .take(ONE_CHUNK.limit / 8)
+            .expect("room after release");
+        drop(again);
+        assert_eq!(ONE_CHUNK.used.load(Ordering::Acquire), ONE_CHUNK.limit);
     }
 }

@@ -8,6 +8,7 @@ mod trim;
 mod vote;
 
 pub use combine::{Fisher, Mean, Scale, Sum};
+pub(crate) use dare::release_spare_masks;
 pub use dare::Dare;
 pub use trim::{Trim, MAX_CANDIDATES};
 pub use vote::{Disjoint, Elect, FISHER_EPS};
