@@ -174,6 +174,16 @@ struct L1Block {
 impl L1Block {
     const LANES: usize = 8;
 
+    /// Adds the run `values` (at most [`DRAWS`] elements) whose first element is element
+    /// `at` of the tensor; returns its keep-mask.
+    #[inline(always)]
+    fn add(&mut self, lane: &DareLane, at: usize, values: &[f32]) -> u64 {
+        match <&[f32; DRAWS]>::try_from(values) {
+            Ok(run) => self.run(lane, at, run),
+            Err(_) => self.rest(lane, at, values),
+        }
+    }
+
     /// Adds a whole run whose first element is element `at` of the tensor; returns its
     /// keep-mask.
     #[inline(always)]
@@ -465,18 +475,9 @@ impl DareKernel {
                 let first_word = active * per_lane + b * (BLOCK / DRAWS);
                 for s in (0..n).step_by(SEGMENT) {
                     let piece = pieces.piece(l, start + s, SEGMENT.min(n - s));
-                    let mut runs = piece.chunks_exact(DRAWS);
-                    for (r, run) in (&mut runs).enumerate() {
+                    for (r, run) in piece.chunks(DRAWS).enumerate() {
                         let at = s + r * DRAWS;
-                        let word = acc.run(lane, start + at, run.try_into().expect("exact run"));
-                        if let Some(w) = words.get_mut(first_word + at / DRAWS) {
-                            *w = word;
-                        }
-                    }
-                    let rest = runs.remainder();
-                    if !rest.is_empty() {
-                        let at = s + piece.len() - rest.len();
-                        let word = acc.rest(lane, start + at, rest);
+                        let word = acc.add(lane, start + at, run);
                         if let Some(w) = words.get_mut(first_word + at / DRAWS) {
                             *w = word;
                         }
@@ -593,6 +594,7 @@ impl Kernel for DareKernel {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tiles::tests::bits;
     use super::*;
     use crate::kernel::Value;
 
@@ -700,7 +702,7 @@ mod tests {
         let mut out = Vec::new();
         chunks(|c| {
             k.apply(c).unwrap();
-            out.extend(c.stack.iter().map(|x| x.to_bits()));
+            out.extend(bits(c.stack));
         });
         (factors, out)
     }

@@ -139,9 +139,14 @@ impl<'a> Tiles<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The bit patterns of `v`, for comparing results bit for bit (signed zeros, NaNs).
+    pub(crate) fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
@@ -171,7 +176,6 @@ mod tests {
                     }
                 }
                 want.iter_mut().for_each(|o| *o /= 3.0);
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 prop_assert_eq!(bits(&out), bits(&want));
             }
         }

@@ -68,18 +68,21 @@ struct ElectKernel {
 
 impl Kernel for ElectKernel {
     fn apply(&self, chunk: &mut Chunk<'_>) -> Result<(), OpError> {
-        let fisher = chunk.fisher;
         let tiles = Tiles::new(chunk.stack, &chunk.weights[..chunk.models], chunk.len);
         let out = &mut *chunk.sign;
-        match (self.by, fisher) {
-            (By::Count, _) => tiles.fold(out, None, |w, x, _| sign(w * x), elected),
-            (By::Fisher, f) => tiles.fold(
+        match self.by {
+            By::Count => tiles.fold(out, None, |w, x, _| sign(w * x), elected),
+            By::Fisher => tiles.fold(
                 out,
-                Some(f.expect("elect(fisher) is bound with Fisher data")),
+                Some(
+                    chunk
+                        .fisher
+                        .expect("elect(fisher) is bound with Fisher data"),
+                ),
                 |w, x, fi| fi * (w * x),
                 elected,
             ),
-            (By::Mass, _) => tiles.fold(out, None, |w, x, _| w * x, elected),
+            By::Mass => tiles.fold(out, None, |w, x, _| w * x, elected),
         }
         Ok(())
     }
@@ -190,6 +193,7 @@ impl Kernel for DisjointKernel {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tiles::tests::bits;
     use super::*;
     use proptest::prelude::*;
 
@@ -324,7 +328,6 @@ mod tests {
                 for combine in ["mean", "sum", "fisher"] {
                     let (signs, delta) = run(by, combine, &stack, &fisher, weights);
                     let (want_signs, want_delta) = reference(by, combine, &stack, &fisher, weights);
-                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     prop_assert_eq!(bits(&signs), bits(&want_signs), "{} {}", by, combine);
                     prop_assert_eq!(bits(&delta), bits(&want_delta), "{} {}", by, combine);
                 }
