@@ -89,7 +89,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), Failure> {
         std::fs::write(&path, recipe_text(family.tasks.len(), expression))
             .with_context(|| format!("writing {}", path.display()))?;
         let recipe = Recipe::load(&path).map_err(reefknot_engine::Error::from)?;
-        let plan = Plan::build(recipe, &registry, &PlanOptions::default())?;
+        let plan = Plan::build(&recipe, &registry, &PlanOptions::default())?;
         let out = root
             .join("merged")
             .join(name.replace(' ', "-").to_lowercase());

@@ -30,7 +30,8 @@ struct Cli {
 enum Command {
     /// Run the merge a recipe describes and write the merged model.
     Merge(MergeArgs),
-    /// Validate a recipe without reading tensor data and print the plan.
+    /// Validate a recipe without reading tensor data and print the plan (as JSON with
+    /// --json, for `merge --plan`).
     Check(CheckArgs),
     /// List the operators, or show one operator's documentation.
     Ops {
@@ -62,6 +63,13 @@ struct Overrides {
 struct CheckArgs {
     /// The recipe (YAML).
     recipe: PathBuf,
+    /// Print the whole plan as JSON (every input with its fingerprint, every output
+    /// tensor with its producer and resolved arguments); `reefknot merge --plan` runs it.
+    #[arg(long)]
+    json: bool,
+    /// Maximum size of an output shard in the plan, e.g. 5GB (default: the recipe's, else 5GB).
+    #[arg(long, value_parser = parse_size)]
+    shard_size: Option<u64>,
     #[command(flatten)]
     overrides: Overrides,
 }
@@ -69,7 +77,12 @@ struct CheckArgs {
 #[derive(ClapArgs)]
 struct MergeArgs {
     /// The recipe (YAML).
-    recipe: PathBuf,
+    #[arg(required_unless_present = "plan")]
+    recipe: Option<PathBuf>,
+    /// Run a plan saved by `reefknot check --json` instead of a recipe. It refuses to run
+    /// when an input file changed since the plan was made.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["recipe", "seed", "dtype", "shard_size"])]
+    plan: Option<PathBuf>,
     /// The output folder (must not exist, unless --force).
     #[arg(short, long)]
     output: PathBuf,
@@ -128,14 +141,31 @@ fn parse_size(s: &str) -> Result<u64, String> {
     })
 }
 
-fn load_plan(recipe: &std::path::Path, overrides: &Overrides) -> Result<Plan, Failure> {
+fn load_plan(
+    recipe: &std::path::Path,
+    overrides: &Overrides,
+    shard_size: Option<u64>,
+) -> Result<Plan, Failure> {
     let recipe = Recipe::load(recipe).map_err(reefknot_engine::Error::from)?;
     let registry = plugins::registry(&overrides.plugins, &recipe.plugins)?;
     let opts = PlanOptions {
         seed: overrides.seed,
         dtype: overrides.dtype.clone(),
+        shard_size,
     };
-    Ok(Plan::build(recipe, &registry, &opts)?)
+    Ok(Plan::build(&recipe, &registry, &opts)?)
+}
+
+/// Reads a saved plan and readies it against the operators of `--plugin` and
+/// `REEFKNOT_PLUGIN_PATH`.
+fn read_plan(path: &std::path::Path, overrides: &Overrides) -> Result<Plan, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| usage(anyhow::Error::new(e).context(format!("reading {}", path.display()))))?;
+    let data = reefknot_engine::MergePlan::from_json(&text).map_err(|e| {
+        usage(anyhow::Error::new(e).context(format!("reading the plan {}", path.display())))
+    })?;
+    let registry = plugins::registry(&overrides.plugins, &[])?;
+    Ok(Plan::load(data, &registry)?)
 }
 
 /// The terminal progress bar (hidden when stderr is not a terminal or with --quiet).
@@ -171,12 +201,15 @@ fn bar(quiet: bool) -> Bar {
 }
 
 fn merge(args: &MergeArgs) -> Result<(), Failure> {
-    let plan = load_plan(&args.recipe, &args.overrides)?;
+    let plan = match (&args.plan, &args.recipe) {
+        (Some(plan), _) => read_plan(plan, &args.overrides)?,
+        (None, Some(recipe)) => load_plan(recipe, &args.overrides, args.shard_size)?,
+        (None, None) => unreachable!("clap requires a recipe or --plan"),
+    };
     let opts = MergeOptions {
         threads: args.threads,
         chunk: args.chunk,
         force: args.force,
-        shard_size: args.shard_size,
         sync: args.sync,
     };
     let report = reefknot_engine::merge(&plan, &args.output, &opts, &bar(args.quiet))?;
@@ -199,9 +232,13 @@ fn merge(args: &MergeArgs) -> Result<(), Failure> {
 }
 
 fn check(args: &CheckArgs) -> Result<(), Failure> {
-    let plan = load_plan(&args.recipe, &args.overrides)?;
-    print!("{}", plan.describe());
-    println!("\nok: the recipe is valid");
+    let plan = load_plan(&args.recipe, &args.overrides, args.shard_size)?;
+    if args.json {
+        print!("{}", plan.data().to_json());
+    } else {
+        print!("{}", plan.describe());
+        println!("\nok: the recipe is valid");
+    }
     Ok(())
 }
 

@@ -4,5 +4,6 @@
 mod docs;
 mod errors;
 mod merge;
+mod plans;
 mod recipes;
 mod util;

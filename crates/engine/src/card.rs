@@ -5,6 +5,9 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
 
+use reefknot_plan::Role;
+
+use crate::frontend::RECIPE_METADATA;
 use crate::plan::Plan;
 use crate::{Error, ErrorKind};
 
@@ -18,9 +21,15 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ErrorKind + '_ {
 /// Copies every regular file of the base folder except weights and its model card
 /// (tokenizer files, `generation_config.json`, ...); `config.json` gets the output dtype.
 pub(crate) fn copy_base_files(plan: &Plan, out: &Path) -> Result<(), Error> {
-    let Some(folder) = plan.base.folder() else {
+    let Some(folder) = plan
+        .data()
+        .output
+        .files_from
+        .and_then(|i| plan.inputs()[i].folder())
+    else {
         return Ok(());
     };
+    let dtype = plan.data().output.dtype.as_deref();
     let entries = fs::read_dir(folder).map_err(io_err(folder))?;
     for entry in entries {
         let entry = entry.map_err(io_err(folder))?;
@@ -36,11 +45,11 @@ pub(crate) fn copy_base_files(plan: &Plan, out: &Path) -> Result<(), Error> {
             let text = fs::read_to_string(&path).map_err(io_err(&path))?;
             match serde_json::from_str::<serde_json::Value>(&text) {
                 Ok(mut config) => {
-                    if let (Some(dtype), Some(map)) = (plan.dtype, config.as_object_mut()) {
-                        map.insert("torch_dtype".into(), dtype.torch_name().into());
+                    if let (Some(dtype), Some(map)) = (dtype, config.as_object_mut()) {
+                        map.insert("torch_dtype".into(), dtype.into());
                         // Newer transformers spell it `dtype`; keep both in step.
                         if map.contains_key("dtype") {
-                            map.insert("dtype".into(), dtype.torch_name().into());
+                            map.insert("dtype".into(), dtype.into());
                         }
                     }
                     let mut text = serde_json::to_string_pretty(&config)
@@ -62,42 +71,52 @@ pub(crate) fn copy_base_files(plan: &Plan, out: &Path) -> Result<(), Error> {
 
 /// Writes `README.md`: a Hugging Face model card naming the inputs and the recipe.
 pub(crate) fn write_card(plan: &Plan, out: &Path) -> Result<(), Error> {
-    let recipe = &plan.recipe;
+    let data = plan.data();
+    let path_of = |role: Role| {
+        data.inputs
+            .iter()
+            .find(|i| i.role == role)
+            .map(|i| display_name(Path::new(&i.path)))
+    };
+    let base = path_of(Role::Base).unwrap_or_else(|| "(none)".into());
+    let models: Vec<String> = (0..data.models())
+        .filter_map(|model| path_of(Role::Model { model }))
+        .collect();
     let mut s = String::new();
     s.push_str("---\nlibrary_name: transformers\ntags:\n- merge\n- reefknot\n");
-    let _ = writeln!(s, "base_model:\n- {}", display_name(&recipe.base));
-    for m in &recipe.models {
-        let _ = writeln!(s, "- {}", display_name(&m.path));
+    let _ = writeln!(s, "base_model:\n- {base}");
+    for m in &models {
+        let _ = writeln!(s, "- {m}");
     }
     s.push_str("---\n\n# Merged model\n\n");
     let _ = writeln!(
         s,
         "This model was merged with [reefknot](https://github.com/reefknot/reefknot) {} \
-         from the base `{}` and {} fine-tune{}:\n",
+         from the base `{base}` and {} fine-tune{}:\n",
         env!("CARGO_PKG_VERSION"),
-        display_name(&recipe.base),
-        recipe.models.len(),
-        if recipe.models.len() == 1 { "" } else { "s" }
+        models.len(),
+        if models.len() == 1 { "" } else { "s" }
     );
-    for m in &recipe.models {
-        let _ = writeln!(s, "- `{}`", display_name(&m.path));
+    for m in &models {
+        let _ = writeln!(s, "- `{m}`");
     }
     s.push_str("\n## Merge\n\n");
-    for rule in &plan.rules {
-        let _ = writeln!(s, "- {}: `{}`", rule.label, rule.pipeline);
+    for e in &data.expressions {
+        let _ = writeln!(s, "- {}: `{}`", e.label, e.text);
     }
     let _ = writeln!(
         s,
-        "\nOutput dtype: {}. Seed: {}.\n\n## Recipe\n\n```yaml\n{}{}```",
-        plan.dtype.map_or("as the base", |d| d.torch_name()),
-        plan.seed,
-        recipe.source,
-        if recipe.source.ends_with('\n') {
-            ""
-        } else {
-            "\n"
-        }
+        "\nOutput dtype: {}. Seed: {}.",
+        data.output.dtype.as_deref().unwrap_or("as the base"),
+        data.seed,
     );
+    if let Some(recipe) = data.output.metadata.get(RECIPE_METADATA) {
+        let _ = writeln!(
+            s,
+            "\n## Recipe\n\n```yaml\n{recipe}{}```",
+            if recipe.ends_with('\n') { "" } else { "\n" }
+        );
+    }
     let path = out.join("README.md");
     fs::write(&path, s).map_err(io_err(&path))?;
     Ok(())

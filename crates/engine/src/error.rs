@@ -222,6 +222,57 @@ pub enum ErrorKind {
     #[error("cannot write the merged tensors")]
     Writer(#[source] reefknot_io::IoError),
 
+    /// A plan read back does not hold together.
+    #[error(transparent)]
+    #[diagnostic(help("make the plan again: `reefknot check RECIPE --json > plan.json`"))]
+    Plan(reefknot_plan::PlanError),
+
+    /// A plan's output tensor cannot be made as the plan says.
+    #[error("the plan cannot make tensor `{tensor}`: {message}")]
+    PlanTensor {
+        /// The tensor.
+        tensor: String,
+        /// What does not fit.
+        message: String,
+    },
+
+    /// A stage of a plan does not fit its operator.
+    #[error("the plan's stage `{op}` for tensor `{tensor}` does not fit the operator: {message}")]
+    PlanStage {
+        /// The tensor.
+        tensor: String,
+        /// The operator.
+        op: String,
+        /// What does not fit.
+        message: String,
+    },
+
+    /// A plan names an operator that is not registered.
+    #[error("the plan uses operator `{op}`, which is not loaded")]
+    #[diagnostic(help(
+        "an operator of a plugin needs the plugin: pass it with --plugin, or put it in REEFKNOT_PLUGIN_PATH"
+    ))]
+    UnknownPlanOperator {
+        /// The operator's canonical name.
+        op: String,
+    },
+
+    /// An input is not the file set the plan was made from.
+    #[error("the {role} ({path}) changed since the plan was made: {}{what}", if file.is_empty() { String::new() } else { format!("`{file}`: ") })]
+    #[diagnostic(help(
+        "a plan runs only against the files it was made from; make the plan again from the recipe"
+    ))]
+    InputChanged {
+        /// Which input.
+        role: String,
+        /// Its path.
+        path: String,
+        /// The file that differs (empty when the set of files differs).
+        file: String,
+        /// How it differs.
+        what: String,
+    },
+
     /// The thread pool could not be built.
     #[error("cannot start {threads} worker threads: {message}")]
     Threads {
@@ -246,13 +297,18 @@ impl ErrorKind {
             | ErrorKind::OutputDtype(_)
             | ErrorKind::OutputExists(_)
             | ErrorKind::OutputIsInput { .. }
-            | ErrorKind::Threads { .. } => 2,
+            | ErrorKind::Threads { .. }
+            | ErrorKind::Plan(_)
+            | ErrorKind::PlanTensor { .. }
+            | ErrorKind::PlanStage { .. }
+            | ErrorKind::UnknownPlanOperator { .. } => 2,
             ErrorKind::Checkpoint { .. }
             | ErrorKind::MissingTensor { .. }
             | ErrorKind::ShapeMismatch { .. }
             | ErrorKind::DtypeMismatch { .. }
             | ErrorKind::FisherTensor { .. }
             | ErrorKind::Operator { .. }
+            | ErrorKind::InputChanged { .. }
             | ErrorKind::Output { .. }
             | ErrorKind::Writer(_) => 1,
         }

@@ -1,15 +1,19 @@
 //! The streaming executor.
 //!
-//! Every output tensor is produced in chunks of [`MergeOptions::chunk`] elements. For
-//! each chunk a worker converts the base's and the models' values to `f32` in its own
-//! scratch space, forms the task vectors, runs the tensor's stages, adds the delta to the
-//! base and converts the result straight into the memory-mapped output file. Stages that
-//! need statistics over the whole tensor (the top-k threshold of `trim`, `dare`'s L1
-//! norms) get them in earlier streaming passes that recompute the stages before them.
-//! Peak memory is therefore bounded by threads × chunk (plus fixed budgets: the queue of
-//! chunks waiting to be written, `dare`'s keep-masks), not by tensor or model size, and
-//! because every reduction is either an integer count or summed in a fixed order, the
-//! bytes written do not depend on the thread count or the chunk size.
+//! Every output tensor of a [`Plan`] is produced in chunks of
+//! [`MergeOptions::chunk`](crate::MergeOptions::chunk) elements. A copied tensor is
+//! written as it is stored (or converted chunk by chunk). For a merged tensor a worker
+//! converts each chunk of the base's and the models' values to `f32` in its own
+//! scratch space, forms the task vectors, runs the tensor's stages, adds the delta to
+//! the base, converts the result to the output dtype in a per-thread buffer and hands
+//! it to the [`OutputSink`] (for a model folder, positional writes through a combining
+//! queue). Stages that need statistics over the whole tensor (the top-k threshold of
+//! `trim`, `dare`'s L1 norms) get them in earlier streaming passes that recompute the
+//! stages before them. Peak memory is therefore bounded by threads × chunk (plus fixed
+//! budgets: the queue of chunks waiting to be written, `dare`'s keep-masks), not by
+//! tensor or model size, and because every reduction is either an integer count or
+//! summed in a fixed order, the bytes written do not depend on the thread count or the
+//! chunk size.
 
 use std::cell::RefCell;
 use std::sync::Mutex;
@@ -17,8 +21,9 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 use reefknot_io::{from_f32, to_f32, to_f32_minus, Checkpoint, Dtype, ModelWriter};
 use reefknot_ops::{BindCtx, Chunk, Kernel, OrderFreeSum, Partial, Span, TaskVectors, BLOCK};
+use reefknot_plan::Role;
 
-use crate::plan::{Job, MergeJob, Plan, Stage, TensorPlan};
+use crate::plan::{Job, Located, MergeJob, Plan, Stage};
 use crate::{Error, ErrorKind};
 
 /// Receives progress reports (in elements of output written).
@@ -109,19 +114,74 @@ impl Sink for MemorySink {
     }
 }
 
-/// Tensor `index` of an output being written.
-struct WriterSink<'a> {
-    out: &'a Combiner<'a>,
+/// Where the tensors of a whole plan go: a model folder being written, memory, or
+/// whatever else consumes merged tensors.
+pub trait OutputSink: Sync {
+    /// Writes `bytes` at byte `offset` of output tensor `tensor` (an index into the
+    /// plan's tensors). Called from many threads at once, for disjoint ranges.
+    fn write_at(&self, tensor: usize, offset: usize, bytes: &[u8]) -> Result<(), Error>;
+
+    /// As [`OutputSink::write_at`], taking the buffer: a sink may queue it to be
+    /// written later (before [`OutputSink::flush`]) and hand back another buffer for
+    /// the caller to reuse.
+    fn write_owned(&self, tensor: usize, offset: usize, bytes: Vec<u8>) -> Result<Vec<u8>, Error> {
+        self.write_at(tensor, offset, &bytes)?;
+        Ok(bytes)
+    }
+
+    /// Writes whatever is still queued; called once every tensor was produced.
+    fn flush(&self) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+/// Every tensor of a plan in memory (for tests and tools): one buffer per output
+/// tensor, in the plan's order, each `numel · dtype size` bytes.
+pub struct MemoryOutput(Vec<Mutex<Vec<u8>>>);
+
+impl MemoryOutput {
+    /// Zeroed buffers for every tensor of `plan`.
+    pub fn for_plan(plan: &Plan) -> Self {
+        MemoryOutput(
+            plan.data()
+                .tensors
+                .iter()
+                .zip(plan.dtypes())
+                .map(|(t, d)| Mutex::new(vec![0; t.numel() * d.size()]))
+                .collect(),
+        )
+    }
+
+    /// The buffers.
+    pub fn into_tensors(self) -> Vec<Vec<u8>> {
+        self.0
+            .into_iter()
+            .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
+            .collect()
+    }
+}
+
+impl OutputSink for MemoryOutput {
+    fn write_at(&self, tensor: usize, offset: usize, bytes: &[u8]) -> Result<(), Error> {
+        let mut v = self.0[tensor].lock().unwrap_or_else(|e| e.into_inner());
+        v[offset..offset + bytes.len()].copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// Tensor `index` of a plan's output.
+struct TensorOf<'a> {
+    out: &'a dyn OutputSink,
     index: usize,
 }
 
-impl Sink for WriterSink<'_> {
+impl Sink for TensorOf<'_> {
     fn write_at(&self, offset: usize, bytes: &[u8]) -> Result<(), Error> {
-        self.out.write(self.index, offset, bytes)
+        self.out.write_at(self.index, offset, bytes)
     }
 
     fn write_owned(&self, offset: usize, bytes: Vec<u8>) -> Result<Vec<u8>, Error> {
-        self.out.submit(self.index, offset, bytes)
+        self.out.write_owned(self.index, offset, bytes)
     }
 }
 
@@ -133,7 +193,7 @@ impl Sink for WriterSink<'_> {
 /// queues its chunk and, if no one is writing, writes the queue itself; if someone is,
 /// it goes back to merging and the writer takes its chunk along. The queue is bounded:
 /// past [`Combiner::MAX_QUEUED`] chunks a worker waits its turn to write.
-struct Combiner<'a> {
+pub(crate) struct Combiner<'a> {
     writer: &'a ModelWriter,
     queue: Mutex<Queue>,
     /// Held by the worker that is writing the queue.
@@ -152,7 +212,7 @@ impl<'a> Combiner<'a> {
     /// Chunks that may wait to be written (a few MiB at most).
     const MAX_QUEUED: usize = 32;
 
-    fn new(writer: &'a ModelWriter) -> Self {
+    pub(crate) fn new(writer: &'a ModelWriter) -> Self {
         Combiner {
             writer,
             queue: Mutex::new(Queue::default()),
@@ -224,6 +284,16 @@ impl<'a> Combiner<'a> {
             }
         }
     }
+}
+
+impl OutputSink for Combiner<'_> {
+    fn write_at(&self, tensor: usize, offset: usize, bytes: &[u8]) -> Result<(), Error> {
+        self.write(tensor, offset, bytes)
+    }
+
+    fn write_owned(&self, tensor: usize, offset: usize, bytes: Vec<u8>) -> Result<Vec<u8>, Error> {
+        self.submit(tensor, offset, bytes)
+    }
 
     /// Writes whatever is still queued.
     fn flush(&self) -> Result<(), Error> {
@@ -265,8 +335,12 @@ impl TaskVectors for Vectors<'_> {
 pub struct TensorJob<'a> {
     /// The tensor's name (keys the random streams).
     pub name: &'a str,
+    /// Its shape.
+    pub shape: &'a [usize],
     /// Number of elements.
     pub numel: usize,
+    /// The layer it belongs to, if any.
+    pub layer: Option<usize>,
     /// Number of fine-tuned models.
     pub models: usize,
     /// The input values.
@@ -359,10 +433,12 @@ impl TensorRun<'_> {
         for stage in job.stages {
             let ctx = BindCtx {
                 tensor: job.name,
+                shape: job.shape,
                 numel: job.numel,
+                layer: job.layer,
                 models: job.models,
                 seed: job.seed,
-                signature: stage.call.signature,
+                signature: stage.signature,
                 fisher_means: job.fisher_means,
             };
             let mut kernel = stage.operator.bind(&stage.args, &ctx).map_err(op_err)?;
@@ -485,36 +561,39 @@ impl Source for InMemory<'_> {
 /// A tensor of the plan's checkpoints as a [`Source`].
 struct Mapped<'a> {
     plan: &'a Plan,
-    tensor: &'a TensorPlan,
     job: &'a MergeJob,
+}
+
+impl Mapped<'_> {
+    fn at(&self, l: Located) -> (&Checkpoint, &reefknot_io::TensorInfo) {
+        let c = &self.plan.inputs()[l.0];
+        (c, &c.tensors()[l.1])
+    }
 }
 
 impl Source for Mapped<'_> {
     fn base(&self, start: usize, out: &mut [f32]) {
-        let base = &self.plan.base;
-        read_f32(base, &base.tensors()[self.tensor.base_tensor], start, out);
+        let (c, info) = self.at(self.job.base);
+        read_f32(c, info, start, out);
     }
     fn model(&self, i: usize, start: usize, out: &mut [f32]) {
-        let m = &self.plan.models[i];
-        read_f32(m, &m.tensors()[self.job.model_tensors[i]], start, out);
+        let (c, info) = self.at(self.job.models[i]);
+        read_f32(c, info, start, out);
     }
     fn delta(&self, i: usize, start: usize, base: &[f32], out: &mut [f32]) {
-        let m = &self.plan.models[i];
-        let info = &m.tensors()[self.job.model_tensors[i]];
+        let (c, info) = self.at(self.job.models[i]);
         let size = info.dtype.size();
-        let bytes = &m.data(info)[start * size..(start + out.len()) * size];
+        let bytes = &c.data(info)[start * size..(start + out.len()) * size];
         to_f32_minus(info.dtype, bytes, base, out);
     }
     fn fisher(&self, i: usize, start: usize, out: &mut [f32]) {
-        let f = self.plan.fishers[i]
-            .as_ref()
-            .expect("planned with Fisher files");
-        let ti = self
+        let fisher = self
             .job
-            .fisher_tensors
+            .fisher
             .as_ref()
-            .expect("planned with Fisher tensors")[i];
-        read_f32(f, &f.tensors()[ti], start, out);
+            .expect("planned with Fisher tensors");
+        let (c, info) = self.at(fisher[i]);
+        read_f32(c, info, start, out);
     }
 }
 
@@ -530,14 +609,18 @@ fn read_f32(ckpt: &Checkpoint, info: &reefknot_io::TensorInfo, start: usize, out
 /// are summed in order and the block sums added order-free, so the result does not
 /// depend on the threads.
 pub(crate) fn fisher_means(plan: &Plan) -> Vec<f64> {
-    plan.fishers
-        .iter()
-        .map(|f| {
-            let Some(f) = f else { return 1.0 };
+    let base = plan.input_of(Role::Base).map(|i| &plan.inputs()[i]);
+    (0..plan.data().models())
+        .map(|model| {
+            let Some(f) = plan.input_of(Role::Fisher { model }) else {
+                return 1.0;
+            };
+            let f = &plan.inputs()[f];
             let mut sum = 0f64;
             let mut count = 0u64;
             for info in f.tensors() {
-                if !info.dtype.is_computable() || plan.base.get(&info.name).is_none() {
+                if !info.dtype.is_computable() || base.is_some_and(|b| b.get(&info.name).is_none())
+                {
                     continue;
                 }
                 let n = info.numel();
@@ -567,48 +650,93 @@ pub(crate) fn fisher_means(plan: &Plan) -> Vec<f64> {
         .collect()
 }
 
-/// Produces every tensor of `plan` into `writer` (whose tensors are the plan's, in order).
-pub(crate) fn run(
+/// Copies input tensor `from` into output tensor `index`, converting it to `dtype`
+/// in chunks when `convert`.
+fn copy_tensor(
     plan: &Plan,
-    writer: &ModelWriter,
+    from: Located,
+    convert: bool,
+    dtype: Dtype,
+    out: &dyn Sink,
     chunk: usize,
     progress: &dyn Progress,
 ) -> Result<(), Error> {
-    let fisher_means = plan.needs_fisher_means.then(|| fisher_means(plan));
-    let writer = Combiner::new(writer);
-    plan.tensors
+    let c = &plan.inputs()[from.0];
+    let info = &c.tensors()[from.1];
+    if !convert {
+        out.write_at(0, c.data(info))?;
+        progress.advance(info.numel() as u64);
+        return Ok(());
+    }
+    let n = info.numel();
+    (0..n.div_ceil(chunk)).into_par_iter().try_for_each(|k| {
+        let (start, end) = (k * chunk, ((k + 1) * chunk).min(n));
+        let mut values = vec![0f32; end - start];
+        read_f32(c, info, start, &mut values);
+        let mut bytes = vec![0u8; values.len() * dtype.size()];
+        from_f32(dtype, &values, &mut bytes);
+        out.write_at(start * dtype.size(), &bytes)?;
+        progress.advance(values.len() as u64);
+        Ok(())
+    })
+}
+
+/// Produces the output tensors `selection` (indices into the plan's tensors; `None`:
+/// all of them) into `out`, in chunks of `chunk` elements (a multiple of [`BLOCK`]) on
+/// the current rayon pool, then flushes `out`.
+pub fn execute(
+    plan: &Plan,
+    selection: Option<&[usize]>,
+    out: &dyn OutputSink,
+    chunk: usize,
+    progress: &dyn Progress,
+) -> Result<(), Error> {
+    let all: Vec<usize>;
+    let selection = match selection {
+        Some(s) => s,
+        None => {
+            all = (0..plan.jobs().len()).collect();
+            &all
+        }
+    };
+    let selected_merges = || {
+        selection
+            .iter()
+            .filter(|&&i| matches!(plan.jobs()[i], Job::Merge(_)))
+    };
+    let fisher_means = (plan.needs_fisher_means() && selected_merges().next().is_some())
+        .then(|| fisher_means(plan));
+    let models = plan.data().models();
+    selection
         .par_iter()
-        .enumerate()
-        .try_for_each(|(index, tensor)| -> Result<(), Error> {
-            let out = WriterSink {
-                out: &writer,
-                index,
-            };
-            match &tensor.job {
-                Job::Copy => {
-                    let info = &plan.base.tensors()[tensor.base_tensor];
-                    out.write_at(0, plan.base.data(info))?;
-                    progress.advance(tensor.numel as u64);
-                    Ok(())
+        .try_for_each(|&index| -> Result<(), Error> {
+            let tensor = &plan.data().tensors[index];
+            let dtype = plan.dtypes()[index];
+            let sink = TensorOf { out, index };
+            match &plan.jobs()[index] {
+                Job::Copy { from, convert } => {
+                    copy_tensor(plan, *from, *convert, dtype, &sink, chunk, progress)
                 }
                 Job::Merge(job) => {
-                    let source = Mapped { plan, tensor, job };
+                    let source = Mapped { plan, job };
                     let job = TensorJob {
                         name: &tensor.name,
-                        numel: tensor.numel,
-                        models: plan.models.len(),
+                        shape: &tensor.shape,
+                        numel: tensor.numel(),
+                        layer: tensor.layer,
+                        models,
                         source: &source,
-                        fisher: job.fisher_tensors.is_some(),
+                        fisher: job.fisher.is_some(),
                         stages: &job.stages,
                         weights: &job.weights,
-                        seed: plan.seed,
+                        seed: plan.data().seed,
                         fisher_means: fisher_means.as_deref(),
                     };
-                    merge_tensor(&job, chunk, tensor.dtype, &out, progress)
+                    merge_tensor(&job, chunk, dtype, &sink, progress)
                 }
             }
         })?;
-    writer.flush()
+    out.flush()
 }
 
 #[cfg(test)]
@@ -644,7 +772,7 @@ mod tests {
                 .for_each(|p| {
                     let (t, k) = (p % 3, p / 3);
                     let len = PIECE.min((1 << 18) - k * PIECE);
-                    let sink = WriterSink {
+                    let sink = TensorOf {
                         out: &out,
                         index: t,
                     };

@@ -1,21 +1,26 @@
 //! Plans and runs reefknot merges.
 //!
-//! The flow is recipe → [`Plan`] → execute → write:
+//! The flow is front-end → [`MergePlan`] → [`Plan`] → execute → sink:
 //!
-//! 1. [`Plan::build`] compiles the recipe's expressions against a [`Registry`], opens every
-//!    checkpoint (headers only), checks tensor names, shapes and dtypes, and resolves each
-//!    tensor's pipeline arguments. Nothing reads tensor data, so `reefknot check` is cheap.
-//! 2. [`merge`] lays the output out (names, dtypes, shapes and shard files are known up
-//!    front), creates the files at their final size in a hidden sibling folder, streams
-//!    every tensor through its pipeline in parallel chunks straight into the mapped files,
-//!    copies the base's non-weight files, writes a model card, and renames the folder into
-//!    place.
+//! 1. A front-end makes a [`MergePlan`], plain data (`reefknot-plan`): the recipe
+//!    front-end ([`plan_recipe`]) compiles the recipe's expressions against a
+//!    [`Registry`], opens every checkpoint (headers only), checks tensor names, shapes and
+//!    dtypes, and resolves each tensor's pipeline arguments. A plan can be saved as JSON
+//!    and read back.
+//! 2. [`Plan`] readies a plan to run: its inputs opened (a plan read back refuses inputs
+//!    that changed since it was made), its operators bound by name, every argument and
+//!    tensor checked. Nothing reads tensor data, so `reefknot check` is cheap.
+//! 3. [`execute`] streams the chosen output tensors through their producers in parallel
+//!    chunks into an [`OutputSink`]; [`merge`] is the sink that writes a model folder:
+//!    files created at their final size in a hidden sibling folder, the base's non-weight
+//!    files and a model card beside them, the folder renamed into place.
 //!
 //! ```no_run
 //! use reefknot_engine::{merge, MergeOptions, NoProgress, Plan, PlanOptions};
 //! let recipe = reefknot_recipe::Recipe::load("recipes/ties.yaml".as_ref())?;
 //! let registry = reefknot_ops::Registry::builtin();
-//! let plan = Plan::build(recipe, &registry, &PlanOptions::default())?;
+//! let plan = Plan::build(&recipe, &registry, &PlanOptions::default())?;
+//! std::fs::write("ties.plan.json", plan.data().to_json()).unwrap();
 //! merge(&plan, "merged".as_ref(), &MergeOptions::default(), &NoProgress)?;
 //! # Ok::<(), reefknot_engine::Error>(())
 //! ```
@@ -23,6 +28,7 @@
 mod card;
 mod error;
 mod exec;
+mod frontend;
 mod output;
 mod plan;
 
@@ -35,18 +41,18 @@ use reefknot_ops::{Registry, BLOCK};
 use reefknot_recipe::{Expr, Recipe};
 
 pub use error::{Error, ErrorKind};
-pub use exec::{merge_tensor, InMemory, MemorySink, NoProgress, Progress, Sink, Source, TensorJob};
-pub use output::Staging;
-pub use plan::{
-    bind_pipeline, describe_stages, Job, MergeJob, Plan, PlanOptions, Rule, Stage, TensorPlan,
+pub use exec::{
+    execute, merge_tensor, InMemory, MemoryOutput, MemorySink, NoProgress, OutputSink, Progress,
+    Sink, Source, TensorJob,
 };
+pub use frontend::{bind_pipeline, plan_recipe, PlanOptions, RECIPE_METADATA};
+pub use output::Staging;
+pub use plan::{describe_stages, Job, Located, MergeJob, Plan, Stage};
+pub use reefknot_plan::MergePlan;
 
 /// The default chunk: 16 Ki elements (64 KiB per `f32` vector), so a worker's scratch
 /// for a few models stays in its core's L2 cache.
 pub const DEFAULT_CHUNK: usize = 4 * BLOCK;
-
-/// The default shard size of the output, as Hugging Face uses: 5 GB.
-pub const DEFAULT_SHARD_SIZE: u64 = 5_000_000_000;
 
 /// How to run a merge.
 #[derive(Clone, Debug)]
@@ -57,8 +63,6 @@ pub struct MergeOptions {
     pub chunk: usize,
     /// Replace an existing output folder.
     pub force: bool,
-    /// Output shard size in bytes (`None`: the recipe's, else [`DEFAULT_SHARD_SIZE`]).
-    pub shard_size: Option<u64>,
     /// Sync the output to disk before renaming it into place (and the folder after),
     /// so that it survives a power loss; see [`WriterOptions::durable`].
     pub sync: bool,
@@ -70,7 +74,6 @@ impl Default for MergeOptions {
             threads: None,
             chunk: DEFAULT_CHUNK,
             force: false,
-            shard_size: None,
             sync: false,
         }
     }
@@ -93,6 +96,59 @@ pub struct MergeReport {
     pub seconds: f64,
 }
 
+/// Assigns every output tensor of `plan` its shard by the one layout rule
+/// ([`reefknot_io::shard_layout`]) and names the shard files: what a front-end (or a
+/// tool that edited a plan's tensors) does last.
+pub fn lay_out(plan: &mut MergePlan) -> Result<(), Error> {
+    let mut sizes = Vec::with_capacity(plan.tensors.len());
+    for t in &plan.tensors {
+        let dtype = reefknot_io::Dtype::from_safetensors_name(&t.dtype).ok_or_else(|| {
+            Error::from(ErrorKind::PlanTensor {
+                tensor: t.name.clone(),
+                message: format!("`{}` is not a safetensors dtype", t.dtype),
+            })
+        })?;
+        sizes.push(t.numel() * dtype.size());
+    }
+    let shards = reefknot_io::shard_layout(&sizes, plan.output.shard_size);
+    for (t, s) in plan.tensors.iter_mut().zip(&shards) {
+        t.shard = *s;
+    }
+    plan.output.shards = reefknot_io::shard_names(shards.last().map_or(1, |&s| s + 1));
+    Ok(())
+}
+
+/// Runs a thread pool of `threads` workers (`None`: one per core).
+fn pool(threads: Option<usize>) -> Result<rayon::ThreadPool, Error> {
+    let mut b = rayon::ThreadPoolBuilder::new();
+    if let Some(n) = threads {
+        b = b.num_threads(n);
+    }
+    b.build().map_err(|e| {
+        ErrorKind::Threads {
+            threads: threads.unwrap_or(0),
+            message: e.to_string(),
+        }
+        .into()
+    })
+}
+
+/// Runs [`execute`] over every tensor of `plan` into `out` on a pool of
+/// `opts.threads` workers, with `opts.chunk`-element chunks: the whole merge into a sink
+/// of the caller's (memory, an analysis) rather than a model folder.
+pub fn execute_into(
+    plan: &Plan,
+    selection: Option<&[usize]>,
+    out: &dyn OutputSink,
+    opts: &MergeOptions,
+    progress: &dyn Progress,
+) -> Result<(), Error> {
+    let chunk = opts.chunk.max(1).div_ceil(BLOCK) * BLOCK;
+    let ran = pool(opts.threads)?.install(|| execute(plan, selection, out, chunk, progress));
+    reefknot_ops::release_spare_memory();
+    ran
+}
+
 /// Compiles one of the recipe's expressions, pointing errors into the recipe file.
 pub fn compile_expr(recipe: &Recipe, expr: &Expr, registry: &Registry) -> Result<Pipeline, Error> {
     reefknot_lang::compile(&expr.text, registry).map_err(|e| {
@@ -108,7 +164,7 @@ pub fn compile_expr(recipe: &Recipe, expr: &Expr, registry: &Registry) -> Result
     })
 }
 
-/// Runs `plan`, writing the merged model to `out`.
+/// Runs `plan`, writing the merged model to the folder `out`.
 pub fn merge(
     plan: &Plan,
     out: &Path,
@@ -116,50 +172,28 @@ pub fn merge(
     progress: &dyn Progress,
 ) -> Result<MergeReport, Error> {
     let started = Instant::now();
-    let staging = Staging::begin(out, opts.force, &plan.inputs())?;
-
-    let pool = {
-        let mut b = rayon::ThreadPoolBuilder::new();
-        if let Some(n) = opts.threads {
-            b = b.num_threads(n);
-        }
-        b.build().map_err(|e| ErrorKind::Threads {
-            threads: opts.threads.unwrap_or(0),
-            message: e.to_string(),
-        })?
-    };
-
-    let mut metadata = std::collections::BTreeMap::new();
-    metadata.insert(
-        "reefknot_version".to_string(),
-        env!("CARGO_PKG_VERSION").to_string(),
-    );
-    metadata.insert("reefknot_recipe".to_string(), plan.recipe.source.clone());
-    let tensors: Vec<OutputTensor> = plan
+    let data = plan.data();
+    let staging = Staging::begin(out, opts.force, &plan.input_paths())?;
+    let tensors: Vec<OutputTensor> = data
         .tensors
         .iter()
-        .map(|t| OutputTensor {
+        .zip(plan.dtypes())
+        .map(|(t, &dtype)| OutputTensor {
             name: t.name.clone(),
-            dtype: t.dtype,
+            dtype,
             shape: t.shape.clone(),
         })
         .collect();
     let writer_opts = WriterOptions {
-        shard_size: opts
-            .shard_size
-            .or(plan.recipe.shard_size)
-            .unwrap_or(DEFAULT_SHARD_SIZE),
-        metadata,
+        shard_size: data.output.shard_size,
+        metadata: data.output.metadata.clone(),
         durable: opts.sync,
     };
     let writer =
         ModelWriter::create(staging.path(), tensors, &writer_opts).map_err(ErrorKind::Writer)?;
 
-    let chunk = opts.chunk.max(1).div_ceil(BLOCK) * BLOCK;
     progress.start(plan.total_elements());
-    let ran = pool.install(|| exec::run(plan, &writer, chunk, progress));
-    reefknot_ops::release_spare_memory();
-    ran?;
+    execute_into(plan, None, &exec::Combiner::new(&writer), opts, progress)?;
     let files = writer.finish().map_err(ErrorKind::Writer)?;
     progress.finish();
 
@@ -167,8 +201,14 @@ pub fn merge(
     card::write_card(plan, staging.path())?;
     let output = staging.commit(opts.sync)?;
 
-    let input_bytes =
-        plan.base.total_bytes() + plan.models.iter().map(|m| m.total_bytes()).sum::<u64>();
+    let input_bytes = plan
+        .data()
+        .inputs
+        .iter()
+        .zip(plan.inputs())
+        .filter(|(i, _)| !matches!(i.role, reefknot_plan::Role::Fisher { .. }))
+        .map(|(_, c)| c.total_bytes())
+        .sum();
     Ok(MergeReport {
         output,
         files: files
@@ -179,7 +219,7 @@ pub fn merge(
                     .unwrap_or_else(|| f.clone())
             })
             .collect(),
-        tensors: plan.tensors.len(),
+        tensors: data.tensors.len(),
         elements: plan.total_elements(),
         input_bytes,
         seconds: started.elapsed().as_secs_f64(),

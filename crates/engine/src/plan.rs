@@ -1,44 +1,25 @@
-//! From a recipe to a plan: every output tensor with its job, resolved before any
-//! tensor data is read.
+//! A [`MergePlan`] made ready to run: its inputs opened (and checked against their
+//! fingerprints), its operators bound by name from a registry, every argument checked.
 //!
-//! Building a plan compiles every expression of the recipe, opens every checkpoint
-//! (headers only), checks that every model has every base tensor with the same shape,
-//! and resolves, for every tensor, its pipeline's arguments (variables, gradients over
-//! depth, per-model values) and the models' weights. `reefknot check` prints a plan;
-//! `reefknot merge` executes one.
+//! [`Plan::build`] makes one from a recipe (through the recipe front-end),
+//! [`Plan::load`] from a plan read back from JSON. Either way everything that can be
+//! checked without tensor data has been checked when it returns: a merge that starts
+//! fails only on I/O or inside an operator.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use reefknot_io::{Checkpoint, Dtype};
 use reefknot_lang::spec::format_number;
-use reefknot_lang::{ArgValue, Call, ParamKind, Pipeline, Ty};
-use reefknot_ops::{Args, Operator, Registry, Value};
-use reefknot_recipe::{OutputDtype, ParamValue, Recipe};
+use reefknot_lang::{OpSpec, ParamKind, Signature, Ty};
+use reefknot_ops::{Args, BindCtx, Operator, Registry, Value};
+use reefknot_plan::{self as data, MergePlan, Producer, Role};
+use reefknot_recipe::Recipe;
 
+use crate::frontend::{self, check_compatible, check_fisher, PlanOptions};
 use crate::{Error, ErrorKind};
-
-/// Settings that override the recipe (from the command line).
-#[derive(Clone, Debug, Default)]
-pub struct PlanOptions {
-    /// Overrides the recipe's `seed`.
-    pub seed: Option<u64>,
-    /// Overrides the recipe's `dtype` (`bfloat16`, `float16`, `float32`, or aliases).
-    pub dtype: Option<String>,
-}
-
-/// One compiled expression: the recipe's `merge`, or an override's.
-#[derive(Clone)]
-pub struct Rule {
-    /// `merge`, or `overrides[i]` with its selector.
-    pub label: String,
-    /// The checked pipeline.
-    pub pipeline: Pipeline,
-    /// Each stage's implementation.
-    pub operators: Vec<Arc<dyn Operator>>,
-}
 
 /// One stage bound to one tensor's resolved arguments.
 #[derive(Clone)]
@@ -47,404 +28,241 @@ pub struct Stage {
     pub op: String,
     /// The implementation.
     pub operator: Arc<dyn Operator>,
-    /// The checked call (signature, spans).
-    pub call: Call,
+    /// The signature the stage is used with.
+    pub signature: Signature,
     /// Resolved arguments for this tensor.
     pub args: Args,
 }
 
-/// What happens to one output tensor.
+/// A tensor of an opened input: `(input, position in its Checkpoint::tensors)`.
+pub type Located = (usize, usize);
+
+/// What the executor does for one output tensor.
 #[derive(Clone)]
 pub enum Job {
-    /// Copied byte for byte from the base (dtypes that are not merged).
-    Copy,
-    /// Merged by a pipeline.
+    /// Copy an input tensor, converting its dtype when `convert`.
+    Copy {
+        /// The tensor copied.
+        from: Located,
+        /// Whether its dtype differs from the output's (both are floats then).
+        convert: bool,
+    },
+    /// Merge by a pipeline.
     Merge(MergeJob),
 }
 
 /// A tensor merged by a pipeline.
 #[derive(Clone)]
 pub struct MergeJob {
-    /// Index into [`Plan::rules`].
-    pub rule: usize,
+    /// The base tensor.
+    pub base: Located,
+    /// Each model's tensor.
+    pub models: Vec<Located>,
+    /// Each model's Fisher tensor, when a stage reads Fisher values.
+    pub fisher: Option<Vec<Located>>,
     /// The stages with this tensor's arguments.
     pub stages: Vec<Stage>,
     /// The models' weights for this tensor.
     pub weights: Vec<f32>,
-    /// Index of the tensor in each model's [`Checkpoint::tensors`].
-    pub model_tensors: Vec<usize>,
-    /// Index of the tensor in each model's Fisher file, when a stage reads Fisher values.
-    pub fisher_tensors: Option<Vec<usize>>,
-    /// Layer index parsed from the name, if any.
-    pub layer: Option<usize>,
 }
 
-/// One output tensor.
-#[derive(Clone)]
-pub struct TensorPlan {
-    /// Its name (as in the base).
-    pub name: String,
-    /// Index in the base's [`Checkpoint::tensors`].
-    pub base_tensor: usize,
-    /// Its shape.
-    pub shape: Vec<usize>,
-    /// Number of elements.
-    pub numel: usize,
-    /// The dtype written.
-    pub dtype: Dtype,
-    /// What is done to it.
-    pub job: Job,
-}
-
-/// The role of an input, for messages.
-fn model_label(i: usize, path: &Path) -> String {
-    format!("model {} ({})", i + 1, path.display())
-}
-
-/// A fully resolved merge.
+/// A merge ready to run.
 pub struct Plan {
-    /// The recipe it came from.
-    pub recipe: Recipe,
-    /// The base checkpoint.
-    pub base: Checkpoint,
-    /// The fine-tuned checkpoints, in recipe order.
-    pub models: Vec<Checkpoint>,
-    /// Each model's Fisher file, when the recipe gives one.
-    pub fishers: Vec<Option<Checkpoint>>,
-    /// Rule 0 is the recipe's `merge`; rule `i + 1` is override `i`'s `merge`, if it has one.
-    pub rules: Vec<Rule>,
-    /// Every output tensor, in the base's storage order.
-    pub tensors: Vec<TensorPlan>,
-    /// The seed random operators use.
-    pub seed: u64,
-    /// The output dtype requested (`None`: each tensor keeps the base's dtype).
-    pub dtype: Option<Dtype>,
-    /// Number of transformer layers (from the tensor names), for gradients.
-    pub layers: usize,
-    /// Whether some stage needs each model's Fisher mean over the whole model.
-    pub needs_fisher_means: bool,
+    data: MergePlan,
+    inputs: Vec<Checkpoint>,
+    jobs: Vec<Job>,
+    dtypes: Vec<Dtype>,
+    needs_fisher_means: bool,
 }
 
 impl Plan {
-    /// Builds the plan of `recipe`: compiles, opens, checks and resolves everything
-    /// without reading tensor data.
-    pub fn build(recipe: Recipe, registry: &Registry, opts: &PlanOptions) -> Result<Plan, Error> {
-        let rules = compile_rules(&recipe, registry)?;
-        let rule_of_override: Vec<Option<usize>> = {
-            let mut next = 1;
-            recipe
-                .overrides
-                .iter()
-                .map(|o| {
-                    o.merge.as_ref().map(|_| {
-                        next += 1;
-                        next - 1
-                    })
-                })
-                .collect()
+    /// Makes the plan of `recipe` (compiling, opening and resolving everything without
+    /// reading tensor data) and readies it.
+    pub fn build(recipe: &Recipe, registry: &Registry, opts: &PlanOptions) -> Result<Plan, Error> {
+        let (data, inputs) = frontend::plan_recipe(recipe, registry, opts)?;
+        Plan::with_inputs(data, inputs, registry)
+    }
+
+    /// Readies a plan read back from JSON: opens every input, refuses one whose files
+    /// are not those the plan was made from, binds every operator by name from
+    /// `registry` and checks every argument and tensor.
+    pub fn load(data: MergePlan, registry: &Registry) -> Result<Plan, Error> {
+        data.validate().map_err(ErrorKind::Plan)?;
+        let mut inputs = Vec::with_capacity(data.inputs.len());
+        for input in &data.inputs {
+            let path = PathBuf::from(&input.path);
+            let c = Checkpoint::open(&path).map_err(|source| ErrorKind::Checkpoint {
+                role: format!("{} ({})", input.role, input.path),
+                source,
+            })?;
+            verify(input, &c)?;
+            inputs.push(c);
+        }
+        Plan::with_inputs(data, inputs, registry)
+    }
+
+    /// Readies `data` over checkpoints already opened, parallel to `data.inputs` (as
+    /// the recipe front-end returns them).
+    pub fn with_inputs(
+        data: MergePlan,
+        inputs: Vec<Checkpoint>,
+        registry: &Registry,
+    ) -> Result<Plan, Error> {
+        data.validate().map_err(ErrorKind::Plan)?;
+        assert_eq!(inputs.len(), data.inputs.len(), "one checkpoint per input");
+        check_layout(&data)?;
+        let mut binder = Binder {
+            registry,
+            inputs: &inputs,
+            data: &data,
+            specs: BTreeMap::new(),
         };
-
-        let dtype = match opts.dtype.as_deref() {
-            Some(name) => Some(parse_output_dtype(name)?),
-            None => recipe.dtype.map(|d| match d {
-                OutputDtype::BFloat16 => Dtype::BF16,
-                OutputDtype::Float16 => Dtype::F16,
-                OutputDtype::Float32 => Dtype::F32,
-            }),
-        };
-        let seed = opts.seed.unwrap_or(recipe.seed);
-
-        let base = Checkpoint::open(&recipe.base).map_err(|source| ErrorKind::Checkpoint {
-            role: format!("base model ({})", recipe.base.display()),
-            source,
-        })?;
-        let models = recipe
-            .models
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                Checkpoint::open(&m.path).map_err(|source| {
-                    Error::from(ErrorKind::Checkpoint {
-                        role: model_label(i, &m.path),
-                        source,
-                    })
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let fishers = recipe
-            .models
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                m.fisher
-                    .as_ref()
-                    .map(|f| {
-                        Checkpoint::open(f).map_err(|source| {
-                            Error::from(ErrorKind::Checkpoint {
-                                role: format!("Fisher file of {}", model_label(i, &m.path)),
-                                source,
-                            })
-                        })
-                    })
-                    .transpose()
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-
-        let layers = base
-            .tensors()
-            .iter()
-            .filter_map(|t| reefknot_recipe::layer_index(&t.name))
-            .max()
-            .map_or(0, |m| m + 1);
-
+        let mut jobs = Vec::with_capacity(data.tensors.len());
+        let mut dtypes = Vec::with_capacity(data.tensors.len());
         let mut needs_fisher_means = false;
-        let mut tensors = Vec::with_capacity(base.tensors().len());
-        for (bi, info) in base.tensors().iter().enumerate() {
-            let mut model_tensors = Vec::with_capacity(models.len());
-            for (i, m) in models.iter().enumerate() {
-                let label = || model_label(i, &recipe.models[i].path);
-                let Some(mi) = m.tensors().iter().position(|t| t.name == info.name) else {
-                    return Err(ErrorKind::MissingTensor {
-                        tensor: info.name.clone(),
-                        model: label(),
-                    }
-                    .into());
-                };
-                let mt = &m.tensors()[mi];
-                if mt.shape != info.shape {
-                    return Err(ErrorKind::ShapeMismatch {
-                        tensor: info.name.clone(),
-                        model: label(),
-                        expected: info.shape.clone(),
-                        found: mt.shape.clone(),
-                    }
-                    .into());
-                }
-                if mt.dtype.is_computable() != info.dtype.is_computable()
-                    || (!info.dtype.is_computable() && mt.dtype != info.dtype)
-                {
-                    return Err(ErrorKind::DtypeMismatch {
-                        tensor: info.name.clone(),
-                        model: label(),
-                        expected: info.dtype.safetensors_name().to_string(),
-                        found: mt.dtype.safetensors_name().to_string(),
-                    }
-                    .into());
-                }
-                model_tensors.push(mi);
+        for t in &data.tensors {
+            let dtype = Dtype::from_safetensors_name(&t.dtype).ok_or_else(|| {
+                plan_err(&t.name, format!("`{}` is not a safetensors dtype", t.dtype))
+            })?;
+            let job = binder.job(t, dtype)?;
+            if let Job::Merge(m) = &job {
+                needs_fisher_means |= m
+                    .stages
+                    .iter()
+                    .any(|s| s.operator.needs_fisher_means(&s.args));
             }
-
-            if !info.dtype.is_computable() {
-                tensors.push(TensorPlan {
-                    name: info.name.clone(),
-                    base_tensor: bi,
-                    shape: info.shape.clone(),
-                    numel: info.numel(),
-                    dtype: info.dtype,
-                    job: Job::Copy,
-                });
-                continue;
-            }
-
-            let layer = reefknot_recipe::layer_index(&info.name);
-            let t = reefknot_recipe::depth_t(layer, layers);
-            let over = recipe.override_for(&info.name);
-            let rule = over.and_then(|o| rule_of_override[o]).unwrap_or(0);
-            // A variable's value: the model's params, else the matching override's,
-            // else the recipe's.
-            let lookup = |name: &str, i: usize| {
-                recipe.models[i]
-                    .params
-                    .get(name)
-                    .or_else(|| over.and_then(|o| recipe.overrides[o].params.get(name)))
-                    .or_else(|| recipe.params.get(name))
-                    .map(|p| p.value.clone())
-            };
-            let label = |i: usize| model_label(i, &recipe.models[i].path);
-            let stages = Resolver {
-                lookup: &lookup,
-                label: &label,
-                models: models.len(),
-                tensor: &info.name,
-                t,
-                pipeline: &rules[rule].pipeline,
-                operators: &rules[rule].operators,
-            }
-            .stages()?;
-
-            let mut needs_fisher = false;
-            for s in &stages {
-                if s.operator.needs_fisher(&s.args) {
-                    needs_fisher = true;
-                    if let Some(i) = fishers.iter().position(Option::is_none) {
-                        return Err(ErrorKind::NoFisher {
-                            op: s.op.clone(),
-                            model: model_label(i, &recipe.models[i].path),
-                        }
-                        .into());
-                    }
-                }
-                needs_fisher_means |= s.operator.needs_fisher_means(&s.args);
-            }
-            let fisher_tensors = if needs_fisher {
-                let mut idx = Vec::with_capacity(models.len());
-                for (i, f) in fishers.iter().enumerate() {
-                    let f = f.as_ref().expect("checked above");
-                    let problem = match f.tensors().iter().position(|x| x.name == info.name) {
-                        None => Some("has no entry".to_string()),
-                        Some(fi) => {
-                            let ft = &f.tensors()[fi];
-                            if ft.shape != info.shape {
-                                Some(format!(
-                                    "has shape {:?} instead of {:?}",
-                                    ft.shape, info.shape
-                                ))
-                            } else if !ft.dtype.is_computable() {
-                                Some(format!("is {}, not a float", ft.dtype.safetensors_name()))
-                            } else {
-                                idx.push(fi);
-                                None
-                            }
-                        }
-                    };
-                    if let Some(problem) = problem {
-                        return Err(ErrorKind::FisherTensor {
-                            model: model_label(i, &recipe.models[i].path),
-                            tensor: info.name.clone(),
-                            problem,
-                        }
-                        .into());
-                    }
-                }
-                Some(idx)
-            } else {
-                None
-            };
-
-            let weights = recipe
-                .models
-                .iter()
-                .map(|m| m.weight.at(t) as f32)
-                .collect();
-
-            tensors.push(TensorPlan {
-                name: info.name.clone(),
-                base_tensor: bi,
-                shape: info.shape.clone(),
-                numel: info.numel(),
-                dtype: dtype.unwrap_or(info.dtype),
-                job: Job::Merge(MergeJob {
-                    rule,
-                    stages,
-                    weights,
-                    model_tensors,
-                    fisher_tensors,
-                    layer,
-                }),
-            });
+            jobs.push(job);
+            dtypes.push(dtype);
         }
-
-        for (i, m) in models.iter().enumerate() {
-            let extra = m
-                .tensors()
-                .iter()
-                .filter(|t| base.get(&t.name).is_none())
-                .count();
-            if extra > 0 {
-                tracing::warn!(
-                    "{} has {extra} tensor(s) the base lacks; the output keeps the base's tensors",
-                    model_label(i, &recipe.models[i].path)
-                );
-            }
-        }
-
         Ok(Plan {
-            recipe,
-            base,
-            models,
-            fishers,
-            rules,
-            tensors,
-            seed,
-            dtype,
-            layers,
+            data,
+            inputs,
+            jobs,
+            dtypes,
             needs_fisher_means,
         })
     }
 
-    /// Every input path (base, models, Fisher files): the output must not touch them.
-    pub fn inputs(&self) -> Vec<PathBuf> {
-        let mut v = vec![self.recipe.base.clone()];
-        for m in &self.recipe.models {
-            v.push(m.path.clone());
-            v.extend(m.fisher.clone());
+    /// The plan as data.
+    pub fn data(&self) -> &MergePlan {
+        &self.data
+    }
+
+    /// The opened inputs, parallel to `data().inputs`.
+    pub fn inputs(&self) -> &[Checkpoint] {
+        &self.inputs
+    }
+
+    /// What to do for each output tensor, parallel to `data().tensors`.
+    pub fn jobs(&self) -> &[Job] {
+        &self.jobs
+    }
+
+    /// Each output tensor's dtype.
+    pub fn dtypes(&self) -> &[Dtype] {
+        &self.dtypes
+    }
+
+    /// Whether some stage needs each model's Fisher mean over the whole model.
+    pub fn needs_fisher_means(&self) -> bool {
+        self.needs_fisher_means
+    }
+
+    /// The input of `role`, if the plan has one.
+    pub fn input_of(&self, role: Role) -> Option<usize> {
+        self.data.inputs.iter().position(|i| i.role == role)
+    }
+
+    /// Every input path (the files opened and their folders): the output must not
+    /// touch them.
+    pub fn input_paths(&self) -> Vec<PathBuf> {
+        let mut v = Vec::new();
+        for c in &self.inputs {
+            v.push(c.path().to_path_buf());
+            v.extend(c.folder().map(|f| f.to_path_buf()));
+            v.extend(c.files().iter().cloned());
         }
         v
     }
 
     /// Total number of elements of the output.
     pub fn total_elements(&self) -> u64 {
-        self.tensors.iter().map(|t| t.numel as u64).sum()
+        self.data.total_elements()
     }
 
     /// A human summary: inputs, output, and each distinct resolved pipeline with the
     /// tensors that get it (what `reefknot check` prints).
     pub fn describe(&self) -> String {
         let mut out = String::new();
-        let params: u64 = self.base.tensors().iter().map(|t| t.numel() as u64).sum();
-        let _ = writeln!(
-            out,
-            "base     {} ({} tensors, {} parameters)",
-            self.recipe.base.display(),
-            self.base.tensors().len(),
-            human_count(params)
-        );
-        for (i, m) in self.recipe.models.iter().enumerate() {
-            let _ = write!(out, "model {}  {}", i + 1, m.path.display());
-            match &m.weight {
-                reefknot_recipe::Number::Scalar(w) => {
-                    let _ = write!(out, "  weight {w}");
+        let d = &self.data;
+        for (input, c) in d.inputs.iter().zip(&self.inputs) {
+            match input.role {
+                Role::Base => {
+                    let params: u64 = c.tensors().iter().map(|t| t.numel() as u64).sum();
+                    let _ = writeln!(
+                        out,
+                        "base     {} ({} tensors, {} parameters)",
+                        c.path().display(),
+                        c.tensors().len(),
+                        human_count(params)
+                    );
                 }
-                reefknot_recipe::Number::Gradient(g) => {
-                    let _ = write!(out, "  weight {g:?} over depth");
+                Role::Model { model } => {
+                    let _ = write!(out, "model {}  {}", model + 1, c.path().display());
+                    let mut weights = self.jobs.iter().filter_map(|j| match j {
+                        Job::Merge(m) => m.weights.get(model).copied(),
+                        Job::Copy { .. } => None,
+                    });
+                    if let Some(first) = weights.next() {
+                        if weights.all(|w| w == first) {
+                            let _ = write!(out, "  weight {first}");
+                        } else {
+                            let _ = write!(out, "  weight varies over depth");
+                        }
+                    }
+                    if let Some(f) = self.input_of(Role::Fisher { model }) {
+                        let _ = write!(out, "  fisher {}", self.inputs[f].path().display());
+                    }
+                    out.push('\n');
                 }
+                Role::Fisher { .. } => {}
             }
-            if let Some(f) = &m.fisher {
-                let _ = write!(out, "  fisher {}", f.display());
-            }
-            out.push('\n');
         }
+        let layers = d
+            .tensors
+            .iter()
+            .filter_map(|t| t.layer)
+            .max()
+            .map_or(0, |m| m + 1);
         let _ = writeln!(
             out,
             "output   {}, seed {}, {} layers",
-            self.dtype.map_or("the base's dtypes".to_string(), |d| d
-                .torch_name()
-                .to_string()),
-            self.seed,
-            self.layers
+            d.output.dtype.as_deref().unwrap_or("the base's dtypes"),
+            d.seed,
+            layers
         );
 
-        // Group tensors by rule and resolved stages.
+        // Group tensors by expression and resolved stages.
         let mut groups: BTreeMap<(usize, String), Vec<&str>> = BTreeMap::new();
         let mut copied = Vec::new();
-        for t in &self.tensors {
-            match &t.job {
-                Job::Copy => copied.push(t.name.as_str()),
-                Job::Merge(m) => {
+        for (t, job) in d.tensors.iter().zip(&self.jobs) {
+            match (&t.producer, job) {
+                (Producer::Pipeline(p), Job::Merge(m)) => {
                     let mut key = describe_stages(&m.stages);
                     if m.weights.iter().any(|&w| w != 1.0) {
                         let _ = write!(key, "   weights {:?}", m.weights);
                     }
-                    groups.entry((m.rule, key)).or_default().push(&t.name);
+                    groups.entry((p.expression, key)).or_default().push(&t.name);
                 }
+                _ => copied.push(t.name.as_str()),
             }
         }
-        let mut last_rule = usize::MAX;
-        for ((rule, key), names) in &groups {
-            if *rule != last_rule {
-                let r = &self.rules[*rule];
-                let _ = writeln!(out, "\n{}: {}", r.label, r.pipeline);
-                last_rule = *rule;
+        let mut last = usize::MAX;
+        for ((expression, key), names) in &groups {
+            if *expression != last {
+                let e = &d.expressions[*expression];
+                let _ = writeln!(out, "\n{}: {}", e.label, e.text);
+                last = *expression;
             }
             let _ = writeln!(out, "  {key}");
             let _ = writeln!(out, "    {}", list_names(names));
@@ -455,6 +273,349 @@ impl Plan {
         }
         out
     }
+}
+
+fn plan_err(tensor: &str, message: String) -> Error {
+    ErrorKind::PlanTensor {
+        tensor: tensor.to_string(),
+        message,
+    }
+    .into()
+}
+
+/// Refuses an input whose files are not those the plan was made from.
+fn verify(input: &data::Input, c: &Checkpoint) -> Result<(), Error> {
+    let changed = |file: &str, what: String| -> Error {
+        ErrorKind::InputChanged {
+            role: input.role.to_string(),
+            path: input.path.clone(),
+            file: file.to_string(),
+            what,
+        }
+        .into()
+    };
+    let now: Vec<(String, &reefknot_io::FileStamp)> = c
+        .files()
+        .iter()
+        .map(|f| frontend::file_name_in(c, f))
+        .zip(c.stamps())
+        .collect();
+    if now.len() != input.files.len()
+        || now.iter().zip(&input.files).any(|((n, _), f)| *n != f.name)
+    {
+        let names: Vec<&str> = now.iter().map(|(n, _)| n.as_str()).collect();
+        let was: Vec<&str> = input.files.iter().map(|f| f.name.as_str()).collect();
+        return Err(changed(
+            "",
+            format!("its weight files are now {names:?}, the plan's were {was:?}"),
+        ));
+    }
+    for ((name, stamp), f) in now.iter().zip(&input.files) {
+        if stamp.size != f.size {
+            return Err(changed(
+                name,
+                format!(
+                    "its size is {} bytes, the plan's was {}",
+                    stamp.size, f.size
+                ),
+            ));
+        }
+        if stamp.header_hex() != f.header_sha256 {
+            return Err(changed(
+                name,
+                "its header (tensor names, shapes, dtypes or offsets) is not the plan's".into(),
+            ));
+        }
+        if stamp.modified != f.modified_ns {
+            return Err(changed(
+                name,
+                "it was modified after the plan was made".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a plan whose shards are not those its shard size gives (the writer lays
+/// the files out by the one rule of `reefknot_io::shard_layout`).
+fn check_layout(d: &MergePlan) -> Result<(), Error> {
+    let mut sizes = Vec::with_capacity(d.tensors.len());
+    for t in &d.tensors {
+        let dtype = Dtype::from_safetensors_name(&t.dtype).ok_or_else(|| {
+            plan_err(&t.name, format!("`{}` is not a safetensors dtype", t.dtype))
+        })?;
+        sizes.push(t.numel() * dtype.size());
+    }
+    let shards = reefknot_io::shard_layout(&sizes, d.output.shard_size);
+    let names = reefknot_io::shard_names(shards.last().map_or(1, |&s| s + 1));
+    let same = d.tensors.iter().zip(&shards).all(|(t, &s)| t.shard == s);
+    if !same || names != d.output.shards {
+        return Err(
+            ErrorKind::Plan(reefknot_plan::PlanError::Inconsistent(format!(
+                "the shards do not follow from the shard size {} (lay the output out again)",
+                d.output.shard_size
+            )))
+            .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Binds a plan's producers to opened inputs and registered operators.
+struct Binder<'a> {
+    registry: &'a Registry,
+    inputs: &'a [Checkpoint],
+    data: &'a MergePlan,
+    specs: BTreeMap<String, (Arc<dyn Operator>, &'static OpSpec)>,
+}
+
+impl Binder<'_> {
+    fn locate(&self, r: &data::TensorRef, what: &str, out: &str) -> Result<Located, Error> {
+        let c = &self.inputs[r.input];
+        c.position(&r.tensor).map(|i| (r.input, i)).ok_or_else(|| {
+            let role = self.data.inputs[r.input].role;
+            if r.tensor == out {
+                ErrorKind::MissingTensor {
+                    tensor: r.tensor.clone(),
+                    model: format!("{role} ({})", c.path().display()),
+                }
+                .into()
+            } else {
+                plan_err(
+                    out,
+                    format!(
+                        "its {what}, tensor `{}` of the {role}, does not exist",
+                        r.tensor
+                    ),
+                )
+            }
+        })
+    }
+
+    fn info(&self, l: Located) -> &reefknot_io::TensorInfo {
+        &self.inputs[l.0].tensors()[l.1]
+    }
+
+    fn who(&self, input: usize) -> String {
+        let role = self.data.inputs[input].role;
+        match role {
+            Role::Model { model } => frontend::model_label(model, self.inputs[input].path()),
+            _ => format!("{role} ({})", self.inputs[input].path().display()),
+        }
+    }
+
+    fn operator(&mut self, op: &str) -> Result<(Arc<dyn Operator>, &'static OpSpec), Error> {
+        if let Some(found) = self.specs.get(op) {
+            return Ok(found.clone());
+        }
+        let entry = self
+            .registry
+            .get(op)
+            .and_then(|e| e.operator.clone().map(|o| (o, e.spec)))
+            .ok_or_else(|| ErrorKind::UnknownPlanOperator { op: op.to_string() })?;
+        self.specs.insert(op.to_string(), entry.clone());
+        Ok(entry)
+    }
+
+    fn job(&mut self, t: &data::OutputTensor, dtype: Dtype) -> Result<Job, Error> {
+        match &t.producer {
+            Producer::Copy { from } => {
+                let from = self.locate(from, "source", &t.name)?;
+                let info = self.info(from);
+                if info.shape != t.shape {
+                    return Err(plan_err(
+                        &t.name,
+                        format!(
+                            "it has shape {:?} but copies `{}`, of shape {:?}",
+                            t.shape, info.name, info.shape
+                        ),
+                    ));
+                }
+                let convert = info.dtype != dtype;
+                if convert && !(info.dtype.is_computable() && dtype.is_computable()) {
+                    return Err(plan_err(
+                        &t.name,
+                        format!(
+                            "it is {} but copies `{}`, which is {}: only floats convert",
+                            t.dtype,
+                            info.name,
+                            info.dtype.safetensors_name()
+                        ),
+                    ));
+                }
+                Ok(Job::Copy { from, convert })
+            }
+            Producer::Pipeline(p) => self.pipeline(t, p, dtype).map(Job::Merge),
+        }
+    }
+
+    fn pipeline(
+        &mut self,
+        t: &data::OutputTensor,
+        p: &data::Pipeline,
+        dtype: Dtype,
+    ) -> Result<MergeJob, Error> {
+        if !dtype.is_computable() {
+            return Err(plan_err(
+                &t.name,
+                format!("a merged tensor is written as a float, not {}", t.dtype),
+            ));
+        }
+        let base = self.locate(&p.base, "base", &t.name)?;
+        let base_info = self.info(base).clone();
+        if base_info.shape != t.shape || !base_info.dtype.is_computable() {
+            return Err(plan_err(
+                &t.name,
+                format!(
+                    "its base tensor `{}` is {} {:?}, not a float of shape {:?}",
+                    base_info.name,
+                    base_info.dtype.safetensors_name(),
+                    base_info.shape,
+                    t.shape
+                ),
+            ));
+        }
+        let mut models = Vec::with_capacity(p.models.len());
+        for r in &p.models {
+            let l = self.locate(r, "model tensor", &t.name)?;
+            check_compatible(&base_info, self.info(l), &self.who(r.input))?;
+            models.push(l);
+        }
+        let fisher = match &p.fisher {
+            None => None,
+            Some(refs) => {
+                let mut v = Vec::with_capacity(refs.len());
+                for (i, r) in refs.iter().enumerate() {
+                    let model = format!("model {}", i + 1);
+                    let mut info = base_info.clone();
+                    info.name.clone_from(&r.tensor);
+                    check_fisher(&self.inputs[r.input], &info, &model)?;
+                    v.push(self.locate(r, "Fisher tensor", &t.name)?);
+                }
+                Some(v)
+            }
+        };
+
+        let mut stages = Vec::with_capacity(p.stages.len());
+        let mut flowing = Ty::Stack;
+        for s in &p.stages {
+            let (operator, spec) = self.operator(&s.op)?;
+            let signature = Signature::new(ty(s.input), ty(s.output));
+            let stage_err = |message: String| -> Error {
+                ErrorKind::PlanStage {
+                    tensor: t.name.clone(),
+                    op: s.op.clone(),
+                    message,
+                }
+                .into()
+            };
+            if signature.input != flowing {
+                return Err(stage_err(format!(
+                    "it takes {} but the stage before hands on {flowing}",
+                    signature.input
+                )));
+            }
+            if !spec.signatures.contains(&signature) {
+                return Err(stage_err(format!(
+                    "it has no signature {signature} (it has {})",
+                    spec.signature_list()
+                )));
+            }
+            flowing = signature.output;
+            let args = bind_args(spec, s, p.models.len()).map_err(stage_err)?;
+            let ctx = BindCtx {
+                tensor: &t.name,
+                shape: &t.shape,
+                numel: t.numel(),
+                layer: t.layer,
+                models: p.models.len(),
+                seed: self.data.seed,
+                signature,
+                fisher_means: None,
+            };
+            operator
+                .check(&args, &ctx)
+                .map_err(|error| ErrorKind::Operator {
+                    tensor: t.name.clone(),
+                    error,
+                })?;
+            if operator.needs_fisher(&args) && fisher.is_none() {
+                return Err(stage_err(
+                    "it reads Fisher values, but the pipeline has none".into(),
+                ));
+            }
+            stages.push(Stage {
+                op: s.op.clone(),
+                operator,
+                signature,
+                args,
+            });
+        }
+        if flowing != Ty::Delta {
+            return Err(plan_err(
+                &t.name,
+                format!("its pipeline ends with {flowing}, not a merged Delta"),
+            ));
+        }
+        Ok(MergeJob {
+            base,
+            models,
+            fisher,
+            stages,
+            weights: p.weights.clone(),
+        })
+    }
+}
+
+fn ty(f: data::Flow) -> Ty {
+    match f {
+        data::Flow::Stack => Ty::Stack,
+        data::Flow::Voted => Ty::Voted,
+        data::Flow::Delta => Ty::Delta,
+    }
+}
+
+/// A stage's arguments from the plan, bound to the operator's parameters in order and
+/// checked against their kinds and ranges.
+fn bind_args(spec: &'static OpSpec, stage: &data::Stage, models: usize) -> Result<Args, String> {
+    if let Some(a) = stage.args.iter().find(|a| spec.param(&a.name).is_none()) {
+        return Err(format!("it has no parameter `{}`", a.name));
+    }
+    let mut values = Vec::with_capacity(spec.params.len());
+    for param in spec.params {
+        let Some(arg) = stage.args.iter().find(|a| a.name == param.name) else {
+            return Err(format!("the plan gives no value for `{}`", param.name));
+        };
+        let wrong = || {
+            format!(
+                "`{}` = {:?} is not {}",
+                param.name,
+                arg.value,
+                param.kind.describe()
+            )
+        };
+        let value = match (&arg.value, &param.kind) {
+            (data::Value::Number(xs), ParamKind::Number { .. }) => {
+                let counts =
+                    xs.len() == 1 || (xs.len() == models && stage.input != data::Flow::Delta);
+                if !counts || xs.iter().any(|&x| !param.kind.admits(x)) {
+                    return Err(wrong());
+                }
+                Value::Number(xs.clone())
+            }
+            (data::Value::Choice(c), ParamKind::Choice(options)) => {
+                match options.iter().find(|o| **o == c.as_str()) {
+                    Some(o) => Value::Choice(o),
+                    None => return Err(wrong()),
+                }
+            }
+            (data::Value::Bool(b), ParamKind::Bool) => Value::Bool(*b),
+            (data::Value::Text(s), ParamKind::Text) => Value::Text(s.clone()),
+            _ => return Err(wrong()),
+        };
+        values.push((param.name, value));
+    }
+    Ok(Args::new(values))
 }
 
 fn human_count(n: u64) -> String {
@@ -517,213 +678,4 @@ pub fn describe_stages(stages: &[Stage]) -> String {
         }
     }
     s
-}
-
-fn parse_output_dtype(name: &str) -> Result<Dtype, Error> {
-    match Dtype::parse_user(name) {
-        Some(d) if d.is_computable() => Ok(d),
-        _ => Err(ErrorKind::OutputDtype(name.to_string()).into()),
-    }
-}
-
-fn compile_rules(recipe: &Recipe, registry: &Registry) -> Result<Vec<Rule>, Error> {
-    let mut rules = Vec::new();
-    let mut compile = |label: String, expr: &reefknot_recipe::Expr| -> Result<(), Error> {
-        let pipeline = crate::compile_expr(recipe, expr, registry)?;
-        let operators = pipeline
-            .stages
-            .iter()
-            .map(|s| {
-                registry
-                    .get(&s.op)
-                    .and_then(|e| e.operator.clone())
-                    .expect("the checker only returns registered operators")
-            })
-            .collect();
-        rules.push(Rule {
-            label,
-            pipeline,
-            operators,
-        });
-        Ok(())
-    };
-    compile("merge".to_string(), &recipe.merge)?;
-    for (i, o) in recipe.overrides.iter().enumerate() {
-        if let Some(expr) = &o.merge {
-            compile(
-                format!("overrides[{i}] ({})", selector_label(&o.selector)),
-                expr,
-            )?;
-        }
-    }
-    Ok(rules)
-}
-
-fn selector_label(s: &reefknot_recipe::Selector) -> String {
-    match s {
-        reefknot_recipe::Selector::Match(glob) => format!("match: {glob}"),
-        reefknot_recipe::Selector::Group(g) => format!("group: {g}"),
-        reefknot_recipe::Selector::Layers { start, end } => format!("layers: {start}..{end}"),
-    }
-}
-
-/// Resolves one tensor's arguments.
-struct Resolver<'a> {
-    /// The value of `$name` for model `i`, if any.
-    lookup: &'a dyn Fn(&str, usize) -> Option<ParamValue>,
-    /// How model `i` is named in messages.
-    label: &'a dyn Fn(usize) -> String,
-    models: usize,
-    tensor: &'a str,
-    /// Depth of the tensor in `[0, 1]`, for gradients.
-    t: f64,
-    pipeline: &'a Pipeline,
-    operators: &'a [Arc<dyn Operator>],
-}
-
-impl Resolver<'_> {
-    fn stages(&self) -> Result<Vec<Stage>, Error> {
-        self.pipeline
-            .stages
-            .iter()
-            .zip(self.operators)
-            .map(|(call, op)| {
-                let args = self.args(call)?;
-                Ok(Stage {
-                    op: call.op.clone(),
-                    operator: Arc::clone(op),
-                    call: call.clone(),
-                    args,
-                })
-            })
-            .collect()
-    }
-
-    fn args(&self, call: &Call) -> Result<Args, Error> {
-        let mut values = Vec::with_capacity(call.args.len());
-        for arg in &call.args {
-            let out_of_range = |value: f64, from: String| ErrorKind::OutOfRange {
-                op: call.op.clone(),
-                param: arg.param.name.to_string(),
-                value,
-                from,
-                tensor: self.tensor.to_string(),
-                expected: arg.param.kind.describe(),
-            };
-            let value = match &arg.value {
-                ArgValue::Number(x) => Value::Number(vec![*x]),
-                ArgValue::Gradient(g) => {
-                    let x = reefknot_recipe::Number::Gradient(g.clone()).at(self.t);
-                    if !arg.param.kind.admits(x) {
-                        return Err(
-                            out_of_range(x, format!(" (gradient {g:?} at this depth)")).into()
-                        );
-                    }
-                    Value::Number(vec![x])
-                }
-                ArgValue::Var(name) => {
-                    let mut xs = Vec::with_capacity(self.models);
-                    for i in 0..self.models {
-                        let Some(v) = (self.lookup)(name, i) else {
-                            return Err(ErrorKind::UndefinedVariable {
-                                name: name.clone(),
-                                model: (self.label)(i),
-                                tensor: self.tensor.to_string(),
-                                expression: self.pipeline.to_string(),
-                            }
-                            .into());
-                        };
-                        let x = match v {
-                            ParamValue::Number(n) => n.at(self.t),
-                            other => {
-                                return Err(ErrorKind::VariableKind {
-                                    name: name.clone(),
-                                    op: call.op.clone(),
-                                    param: arg.param.name.to_string(),
-                                    found: describe_param_value(&other),
-                                    expected: arg.param.kind.describe(),
-                                }
-                                .into())
-                            }
-                        };
-                        if !arg.param.kind.admits(x) {
-                            return Err(out_of_range(
-                                x,
-                                format!(" (from ${name} of {})", (self.label)(i)),
-                            )
-                            .into());
-                        }
-                        xs.push(x);
-                    }
-                    if xs.iter().all(|&x| x == xs[0]) {
-                        xs.truncate(1);
-                    } else if call.signature.input == Ty::Delta {
-                        return Err(ErrorKind::PerModelOnDelta {
-                            op: call.op.clone(),
-                            name: name.clone(),
-                            tensor: self.tensor.to_string(),
-                        }
-                        .into());
-                    }
-                    Value::Number(xs)
-                }
-                ArgValue::Choice(c) => Value::Choice(c),
-                ArgValue::Bool(b) => Value::Bool(*b),
-                ArgValue::Text(t) => Value::Text(t.clone()),
-            };
-            if let (Value::Number(xs), ParamKind::Number { .. }) = (&value, &arg.param.kind) {
-                if let Some(&x) = xs.iter().find(|&&x| !arg.param.kind.admits(x)) {
-                    return Err(out_of_range(x, String::new()).into());
-                }
-            }
-            values.push((arg.param.name, value));
-        }
-        Ok(Args::new(values))
-    }
-}
-
-/// Binds a checked pipeline outside a recipe (tests, tools): literal arguments as
-/// written, and `$variables` from `vars` (one value for every model, or one per model).
-pub fn bind_pipeline(
-    pipeline: &Pipeline,
-    registry: &Registry,
-    vars: &BTreeMap<String, Vec<f64>>,
-    models: usize,
-    tensor: &str,
-) -> Result<Vec<Stage>, Error> {
-    let operators: Vec<Arc<dyn Operator>> = pipeline
-        .stages
-        .iter()
-        .map(|s| {
-            registry
-                .get(&s.op)
-                .and_then(|e| e.operator.clone())
-                .expect("the checker only returns registered operators")
-        })
-        .collect();
-    let lookup = |name: &str, i: usize| {
-        vars.get(name).map(|v| {
-            let x = if v.len() == 1 { v[0] } else { v[i] };
-            ParamValue::Number(reefknot_recipe::Number::Scalar(x))
-        })
-    };
-    let label = |i: usize| format!("model {}", i + 1);
-    Resolver {
-        lookup: &lookup,
-        label: &label,
-        models,
-        tensor,
-        t: 0.0,
-        pipeline,
-        operators: &operators,
-    }
-    .stages()
-}
-
-fn describe_param_value(v: &ParamValue) -> String {
-    match v {
-        ParamValue::Number(_) => "a number".into(),
-        ParamValue::Text(t) => format!("the string {t:?}"),
-        ParamValue::Bool(b) => format!("the boolean {b}"),
-    }
 }

@@ -86,9 +86,12 @@ impl<'a> Case<'a> {
             models: self.models.iter().map(Vec::as_slice).collect(),
             fisher: self.fisher.iter().map(Vec::as_slice).collect(),
         };
+        let shape = [self.base.len()];
         let job = TensorJob {
             name: "test.weight",
+            shape: &shape,
             numel: self.base.len(),
+            layer: None,
             models: t,
             source: &source,
             fisher: !self.fisher.is_empty(),

@@ -46,8 +46,10 @@ pub use convert::{bf16_bits_to_f32, f32_to_bf16_bits, from_f32, to_f32, to_f32_m
 pub use dtype::Dtype;
 pub use error::IoError;
 pub use header::MAX_HEADER_LEN;
-pub use read::{Checkpoint, TensorInfo, INDEX_NAME, SINGLE_NAME};
-pub use write::{ModelWriter, OutputTensor, WriterOptions, DEFAULT_SHARD_SIZE};
+pub use read::{Checkpoint, FileStamp, TensorInfo, INDEX_NAME, SINGLE_NAME};
+pub use write::{
+    shard_layout, shard_names, ModelWriter, OutputTensor, WriterOptions, DEFAULT_SHARD_SIZE,
+};
 
 /// Whether a file of a model folder holds weights (or indexes them), so that it must
 /// not be copied into a merged model: `*.safetensors`, `pytorch_model*.bin`, `*.pt`,

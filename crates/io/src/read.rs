@@ -44,6 +44,28 @@ impl TensorInfo {
     }
 }
 
+/// What identifies one file of a checkpoint as it was when opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its modification time in nanoseconds since the Unix epoch, if the file system
+    /// keeps one.
+    pub modified: Option<u64>,
+    /// The SHA-256 of its header (the 8-byte length and the JSON).
+    pub header_sha256: [u8; 32],
+}
+
+impl FileStamp {
+    /// The header digest in lowercase hexadecimal.
+    pub fn header_hex(&self) -> String {
+        self.header_sha256
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
 /// An opened safetensors checkpoint: one file or several shards, memory-mapped.
 ///
 /// Opening validates every header strictly; afterwards tensor data is borrowed straight
@@ -56,6 +78,7 @@ pub struct Checkpoint {
     index: Option<PathBuf>,
     files: Vec<PathBuf>,
     maps: Vec<Mmap>,
+    stamps: Vec<FileStamp>,
     tensors: Vec<TensorInfo>,
     by_name: HashMap<String, usize>,
     metadata: BTreeMap<String, String>,
@@ -98,12 +121,18 @@ impl Checkpoint {
         };
 
         let mut maps = Vec::with_capacity(layout.files.len());
+        let mut stamps = Vec::with_capacity(layout.files.len());
         let mut tensors: Vec<TensorInfo> = Vec::new();
         let mut by_name: HashMap<String, usize> = HashMap::new();
         let mut metadata = None;
         for (file_index, file_path) in layout.files.iter().enumerate() {
-            let map = map_file(file_path)?;
+            let (map, modified) = map_file(file_path)?;
             let header = header::parse(file_path, &map)?;
+            stamps.push(FileStamp {
+                size: map.len() as u64,
+                modified,
+                header_sha256: header_digest(&map),
+            });
             metadata.get_or_insert(header.metadata);
             for e in header.entries {
                 if let Some(&other) = by_name.get(&e.name) {
@@ -137,6 +166,7 @@ impl Checkpoint {
             index: layout.index.map(|i| i.path),
             files: layout.files,
             maps,
+            stamps,
             tensors,
             by_name,
             metadata: metadata.unwrap_or_default(),
@@ -166,9 +196,20 @@ impl Checkpoint {
         &self.files
     }
 
+    /// What identifies each file of [`Checkpoint::files`] as it was opened: its size,
+    /// modification time and the SHA-256 of its header (a merge plan's fingerprint).
+    pub fn stamps(&self) -> &[FileStamp] {
+        &self.stamps
+    }
+
     /// Every tensor in storage order: by file, then by offset.
     pub fn tensors(&self) -> &[TensorInfo] {
         &self.tensors
+    }
+
+    /// The position in [`Checkpoint::tensors`] of the tensor called `name`, if any.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
     }
 
     /// The tensor called `name`, if any.
@@ -197,19 +238,34 @@ impl Checkpoint {
     }
 }
 
-fn map_file(path: &Path) -> Result<Mmap, IoError> {
+/// Maps `path`, returning the map and the file's modification time (nanoseconds since
+/// the Unix epoch, where the file system keeps one), both of the one opened file.
+fn map_file(path: &Path) -> Result<(Mmap, Option<u64>), IoError> {
     let file = File::open(path).map_err(|e| IoError::io(path, "open the file", e))?;
-    let len = file
+    let meta = file
         .metadata()
-        .map_err(|e| IoError::io(path, "read the file's size", e))?
-        .len();
+        .map_err(|e| IoError::io(path, "read the file's size", e))?;
+    let len = meta.len();
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|d| u64::try_from(d.as_nanos()).ok());
     if len < 8 {
         return Err(IoError::TooShort {
             path: path.to_path_buf(),
             len,
         });
     }
-    mmap::map_read(&file).map_err(|e| IoError::io(path, "memory-map the file", e))
+    let map = mmap::map_read(&file).map_err(|e| IoError::io(path, "memory-map the file", e))?;
+    Ok((map, modified))
+}
+
+/// The SHA-256 of a validated file's header: its 8-byte length and the JSON.
+fn header_digest(map: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    let len = u64::from_le_bytes(map[..8].try_into().expect("8 bytes")) as usize;
+    sha2::Sha256::digest(&map[..8 + len]).into()
 }
 
 fn resolve_file(path: &Path) -> Result<Layout, IoError> {

@@ -203,15 +203,9 @@ impl ModelWriter {
             });
         }
         let sizes = validate(dir, &tensors)?;
-        let layout = lay_out(&sizes, opts.shard_size);
+        let layout = ranges(&shard_layout(&sizes, opts.shard_size));
         let n = layout.len();
-        let names: Vec<String> = if n == 1 {
-            vec![SINGLE_NAME.to_string()]
-        } else {
-            (1..=n)
-                .map(|i| format!("model-{i:05}-of-{n:05}.safetensors"))
-                .collect()
-        };
+        let names = shard_names(n);
 
         let mut metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
         metadata.extend(opts.metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -488,21 +482,54 @@ fn validate(dir: &Path, tensors: &[OutputTensor]) -> Result<Vec<usize>, IoError>
 /// Splits tensors (by size, in order) into consecutive shards of at most `shard_size`
 /// bytes; a tensor larger than `shard_size` gets a shard of its own. Always at least
 /// one shard (possibly empty).
-fn lay_out(sizes: &[usize], shard_size: u64) -> Vec<std::ops::Range<usize>> {
-    let mut shards = Vec::new();
-    let mut start = 0;
+/// The shard of each tensor, for tensors of `sizes` bytes written in order into shards
+/// of at most `shard_size` bytes of data: a shard is closed when the next tensor would
+/// overflow it, and a tensor larger than `shard_size` gets a shard of its own. This is
+/// the one definition of the layout; [`ModelWriter::create`] follows it and merge plans
+/// record it.
+pub fn shard_layout(sizes: &[usize], shard_size: u64) -> Vec<usize> {
+    let mut shard = 0;
     let mut bytes = 0u64;
-    for (i, &size) in sizes.iter().enumerate() {
-        let size = size as u64;
-        if i > start && bytes + size > shard_size {
-            shards.push(start..i);
-            start = i;
-            bytes = 0;
-        }
-        bytes += size;
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &size)| {
+            let size = size as u64;
+            if i > 0 && bytes + size > shard_size {
+                shard += 1;
+                bytes = 0;
+            }
+            bytes += size;
+            shard
+        })
+        .collect()
+}
+
+/// The file names of `n` shards: `model.safetensors` for one, else
+/// `model-00001-of-0000N.safetensors`, ... (with `model.safetensors.index.json`).
+pub fn shard_names(n: usize) -> Vec<String> {
+    if n <= 1 {
+        vec![SINGLE_NAME.to_string()]
+    } else {
+        (1..=n)
+            .map(|i| format!("model-{i:05}-of-{n:05}.safetensors"))
+            .collect()
     }
-    shards.push(start..sizes.len());
-    shards
+}
+
+/// The tensor ranges of each shard, from each tensor's shard (nondecreasing, from 0).
+fn ranges(shards: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, &s) in shards.iter().enumerate() {
+        match out.get_mut(s) {
+            Some(r) => r.end = i + 1,
+            None => out.push(i..i + 1),
+        }
+    }
+    if out.is_empty() {
+        out.push(0..0);
+    }
+    out
 }
 
 /// The header JSON of one shard, padded with spaces to a multiple of 8 bytes so that
@@ -594,12 +621,15 @@ mod tests {
 
     #[test]
     fn layout_rules() {
-        assert_eq!(lay_out(&[], 10), vec![0..0]);
-        assert_eq!(lay_out(&[4, 4, 4], 10), vec![0..2, 2..3]);
-        assert_eq!(lay_out(&[4, 20, 4], 10), vec![0..1, 1..2, 2..3]);
-        assert_eq!(lay_out(&[20], 10), vec![0..1]);
-        assert_eq!(lay_out(&[5, 5, 5, 5], 10), vec![0..2, 2..4]);
-        assert_eq!(lay_out(&[0, 0, 10, 0], 10), vec![0..4]);
+        assert_eq!(ranges(&shard_layout(&[], 10)), vec![0..0]);
+        assert_eq!(ranges(&shard_layout(&[4, 4, 4], 10)), vec![0..2, 2..3]);
+        assert_eq!(
+            ranges(&shard_layout(&[4, 20, 4], 10)),
+            vec![0..1, 1..2, 2..3]
+        );
+        assert_eq!(ranges(&shard_layout(&[20], 10)), vec![0..1]);
+        assert_eq!(ranges(&shard_layout(&[5, 5, 5, 5], 10)), vec![0..2, 2..4]);
+        assert_eq!(ranges(&shard_layout(&[0, 0, 10, 0], 10)), vec![0..4]);
     }
 
     #[test]

@@ -9,8 +9,10 @@
 //! `trim`, the L1 norms of `dare`), then it transforms chunks in place.
 
 use std::any::Any;
+use std::fmt;
+use std::marker::PhantomData;
 
-use reefknot_lang::{ParamKind, Signature, Ty};
+use reefknot_lang::{OpSpec, ParamKind, Signature, Ty};
 
 use crate::error::OpError;
 
@@ -180,13 +182,18 @@ pub enum Value {
 }
 
 /// The resolved arguments of one stage for one tensor, in the operator's parameter order.
+///
+/// Operators read them through [`Param`] handles found in their spec at compile time,
+/// never by a name looked up at run time.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Args {
     values: Vec<(&'static str, Value)>,
 }
 
 impl Args {
-    /// Arguments from `(parameter name, value)` pairs.
+    /// Arguments from `(parameter name, value)` pairs, one per parameter of the
+    /// operator's spec, in `spec.params` order (as the checker and the plan binder make
+    /// them).
     pub fn new(values: Vec<(&'static str, Value)>) -> Self {
         Args { values }
     }
@@ -196,80 +203,251 @@ impl Args {
         self.values.iter()
     }
 
-    /// The value of `name`.
-    ///
-    /// # Panics
-    /// If the operator has no such parameter: the checker binds every declared parameter,
-    /// so asking for an undeclared one is a bug in the operator.
-    pub fn get(&self, name: &str) -> &Value {
-        self.values
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v)
-            .unwrap_or_else(|| panic!("operator asked for undeclared parameter `{name}`"))
+    fn value<K>(&self, p: Param<K>) -> &Value {
+        match self.values.get(p.index) {
+            Some((name, v)) if *name == p.name => v,
+            _ => panic!(
+                "arguments bound out of parameter order: `{}` is not parameter {}",
+                p.name, p.index
+            ),
+        }
     }
 
-    /// Number parameter `name`, one value per model (a shared value is repeated).
-    pub fn per_model(&self, name: &str, models: usize) -> Vec<f64> {
-        match self.get(name) {
+    /// A number parameter, one value per model (a shared value is repeated).
+    pub fn per_model(&self, p: Param<NumberParam>, models: usize) -> Vec<f64> {
+        match self.value(p) {
             Value::Number(v) if v.len() == 1 => vec![v[0]; models],
             Value::Number(v) => {
-                assert_eq!(v.len(), models, "per-model values for `{name}`");
+                assert_eq!(v.len(), models, "per-model values for `{}`", p.name);
                 v.clone()
             }
-            other => panic!("parameter `{name}` is not a number: {other:?}"),
+            other => unreachable!("`{}` was bound to {other:?}", p.name),
         }
     }
 
-    /// Number parameter `name` when it must be the same for every model.
-    pub fn number(&self, name: &str) -> f64 {
-        match self.get(name) {
+    /// A number parameter that is the same for every model (the first value).
+    pub fn number(&self, p: Param<NumberParam>) -> f64 {
+        match self.value(p) {
             Value::Number(v) => v[0],
-            other => panic!("parameter `{name}` is not a number: {other:?}"),
+            other => unreachable!("`{}` was bound to {other:?}", p.name),
         }
     }
 
-    /// Choice parameter `name`.
-    pub fn choice(&self, name: &str) -> &'static str {
-        match self.get(name) {
+    /// A choice parameter's identifier.
+    pub fn choice(&self, p: Param<ChoiceParam>) -> &'static str {
+        match self.value(p) {
             Value::Choice(c) => c,
-            other => panic!("parameter `{name}` is not a choice: {other:?}"),
+            other => unreachable!("`{}` was bound to {other:?}", p.name),
         }
     }
 
-    /// Boolean parameter `name`.
-    pub fn boolean(&self, name: &str) -> bool {
-        match self.get(name) {
+    /// A boolean parameter.
+    pub fn flag(&self, p: Param<BoolParam>) -> bool {
+        match self.value(p) {
             Value::Bool(b) => *b,
-            other => panic!("parameter `{name}` is not a boolean: {other:?}"),
+            other => unreachable!("`{}` was bound to {other:?}", p.name),
         }
     }
 
-    /// Whether `kind` accepts every number given for `name`.
-    pub fn numbers_admitted(&self, name: &str, kind: &ParamKind) -> bool {
-        match self.get(name) {
-            Value::Number(v) => v.iter().all(|x| kind.admits(*x)),
-            _ => true,
+    /// A text parameter.
+    pub fn text(&self, p: Param<TextParam>) -> &str {
+        match self.value(p) {
+            Value::Text(t) => t,
+            other => unreachable!("`{}` was bound to {other:?}", p.name),
         }
+    }
+}
+
+/// A typed handle to one parameter of an operator, found in the operator's spec when
+/// the program is compiled:
+///
+/// ```
+/// use reefknot_lang::{DefaultValue, OpSpec, ParamKind, ParamSpec, Signature, Ty};
+/// use reefknot_ops::{NumberParam, Param};
+/// static SPEC: OpSpec = OpSpec {
+///     name: "shrink",
+///     aliases: &[],
+///     signatures: &[Signature::new(Ty::Delta, Ty::Delta)],
+///     params: &[ParamSpec {
+///         name: "by",
+///         kind: ParamKind::closed(0.0, 1.0),
+///         default: Some(DefaultValue::Number(0.5)),
+///         doc: "factor",
+///     }],
+///     summary: "",
+///     doc: "",
+/// };
+/// const BY: Param<NumberParam> = Param::number(&SPEC, "by");
+/// assert_eq!(BY.name(), "by");
+/// ```
+///
+/// A name the spec does not have, or a parameter of another kind, stops the build
+/// (the constant's evaluation panics), so an operator cannot ask for an argument it did
+/// not declare.
+pub struct Param<K> {
+    index: usize,
+    name: &'static str,
+    kind: PhantomData<K>,
+}
+
+impl<K> Clone for Param<K> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<K> Copy for Param<K> {}
+
+impl<K> fmt::Debug for Param<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Param({} #{})", self.name, self.index)
+    }
+}
+
+/// Marks a [`Param`] of a number parameter.
+#[derive(Clone, Copy, Debug)]
+pub struct NumberParam;
+/// Marks a [`Param`] of a choice parameter.
+#[derive(Clone, Copy, Debug)]
+pub struct ChoiceParam;
+/// Marks a [`Param`] of a boolean parameter.
+#[derive(Clone, Copy, Debug)]
+pub struct BoolParam;
+/// Marks a [`Param`] of a text parameter.
+#[derive(Clone, Copy, Debug)]
+pub struct TextParam;
+
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+const fn position(spec: &OpSpec, name: &str) -> usize {
+    let mut i = 0;
+    while i < spec.params.len() {
+        if same(spec.params[i].name, name) {
+            return i;
+        }
+        i += 1;
+    }
+    panic!("the operator's spec has no parameter of this name")
+}
+
+impl<K> Param<K> {
+    /// The parameter's name.
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Its position among the operator's parameters.
+    pub const fn index(&self) -> usize {
+        self.index
+    }
+
+    const fn at(spec: &OpSpec, index: usize) -> Self {
+        Param {
+            index,
+            name: spec.params[index].name,
+            kind: PhantomData,
+        }
+    }
+}
+
+impl Param<NumberParam> {
+    /// Number parameter `name` of `spec` (the build fails if there is none).
+    pub const fn number(spec: &OpSpec, name: &str) -> Self {
+        let i = position(spec, name);
+        assert!(
+            matches!(spec.params[i].kind, ParamKind::Number { .. }),
+            "the parameter is not a number"
+        );
+        Param::at(spec, i)
+    }
+}
+
+impl Param<ChoiceParam> {
+    /// Choice parameter `name` of `spec` (the build fails if there is none).
+    pub const fn choice(spec: &OpSpec, name: &str) -> Self {
+        let i = position(spec, name);
+        assert!(
+            matches!(spec.params[i].kind, ParamKind::Choice(_)),
+            "the parameter is not a choice"
+        );
+        Param::at(spec, i)
+    }
+}
+
+impl Param<BoolParam> {
+    /// Boolean parameter `name` of `spec` (the build fails if there is none).
+    pub const fn flag(spec: &OpSpec, name: &str) -> Self {
+        let i = position(spec, name);
+        assert!(
+            matches!(spec.params[i].kind, ParamKind::Bool),
+            "the parameter is not a boolean"
+        );
+        Param::at(spec, i)
+    }
+}
+
+impl Param<TextParam> {
+    /// Text parameter `name` of `spec` (the build fails if there is none).
+    pub const fn text(spec: &OpSpec, name: &str) -> Self {
+        let i = position(spec, name);
+        assert!(
+            matches!(spec.params[i].kind, ParamKind::Text),
+            "the parameter is not text"
+        );
+        Param::at(spec, i)
     }
 }
 
 /// What a kernel knows about the tensor it is bound to.
 #[derive(Clone, Copy, Debug)]
 pub struct BindCtx<'a> {
-    /// The tensor's name (part of the key of random streams).
+    /// The output tensor's name (part of the key of random streams).
     pub tensor: &'a str,
-    /// Number of elements.
+    /// Its shape (row-major; the last dimension varies fastest).
+    pub shape: &'a [usize],
+    /// Number of elements (the product of `shape`).
     pub numel: usize,
+    /// The transformer layer it belongs to, if any.
+    pub layer: Option<usize>,
     /// Number of fine-tuned models `T`.
     pub models: usize,
-    /// The recipe's seed.
+    /// The merge's seed.
     pub seed: u64,
     /// The signature the stage was checked with.
     pub signature: Signature,
     /// Each model's Fisher mean over the whole model (for `fisher(normalize=true)`),
     /// when some stage asked for it.
     pub fisher_means: Option<&'a [f64]>,
+}
+
+impl BindCtx<'_> {
+    /// Number of rows when the tensor is seen as a matrix: the first dimension (1 for
+    /// a scalar or a vector).
+    pub fn rows(&self) -> usize {
+        if self.shape.len() >= 2 {
+            self.shape[0]
+        } else {
+            1
+        }
+    }
+
+    /// Elements per row (`numel / rows`).
+    pub fn row_len(&self) -> usize {
+        self.numel / self.rows().max(1)
+    }
 }
 
 impl BindCtx<'_> {
@@ -298,7 +476,14 @@ pub trait Operator: Send + Sync {
         false
     }
 
-    /// Binds the operator to one tensor. Argument ranges were checked already;
-    /// return an error for combinations only the operator can judge.
+    /// Checks arguments that are valid one by one but maybe not together, or not for
+    /// this tensor (its shape, its layer). Called for every tensor when the plan is
+    /// made, before any tensor data is read; `ctx.fisher_means` is `None` then.
+    fn check(&self, _args: &Args, _ctx: &BindCtx<'_>) -> Result<(), OpError> {
+        Ok(())
+    }
+
+    /// Binds the operator to one tensor. The arguments passed [`Operator::check`] for
+    /// this tensor when the plan was made, so binding does not fail on them.
     fn bind(&self, args: &Args, ctx: &BindCtx<'_>) -> Result<Box<dyn Kernel>, OpError>;
 }

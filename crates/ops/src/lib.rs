@@ -22,7 +22,10 @@ pub mod rng;
 mod sum;
 
 pub use error::OpError;
-pub use kernel::{Args, BindCtx, Chunk, Kernel, Operator, Partial, Span, TaskVectors, Value};
+pub use kernel::{
+    Args, BindCtx, BoolParam, ChoiceParam, Chunk, Kernel, NumberParam, Operator, Param, Partial,
+    Span, TaskVectors, TextParam, Value,
+};
 pub use registry::{Builtin, Clash, Entry, Origin, Registry};
 pub use sum::OrderFreeSum;
 

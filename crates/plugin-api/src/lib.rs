@@ -104,6 +104,9 @@ macro_rules! export_plugin {
             );
 
             /// The ABI version this plugin was built against.
+            // SAFETY: `no_mangle` exports this symbol under its C name; the ABI reserves
+            // the `reefknot_plugin_` prefix, so it cannot clash with another definition
+            // in a plugin that exports one plugin (the macro is invoked once per crate).
             #[allow(unsafe_code)]
             #[unsafe(no_mangle)]
             pub extern "C" fn reefknot_plugin_abi_version() -> $crate::RkAbiVersion {
@@ -111,6 +114,7 @@ macro_rules! export_plugin {
             }
 
             /// The plugin's static descriptor table.
+            // SAFETY: as above: the one exported symbol of this name in the library.
             #[allow(unsafe_code)]
             #[unsafe(no_mangle)]
             pub extern "C" fn reefknot_plugin_descriptor() -> *const $crate::RkPlugin {

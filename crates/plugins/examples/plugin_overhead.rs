@@ -82,7 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             family.base.display()
         );
         let recipe = Recipe::parse(&text, dir.path(), "bench.yaml")?;
-        Ok(Plan::build(recipe, &registry, &PlanOptions::default())?)
+        Ok(Plan::build(&recipe, &registry, &PlanOptions::default())?)
     };
 
     let chain = |op: &str, n: usize| -> String {

@@ -61,9 +61,6 @@ pub use groups::{depth_t, layer_index, Groups, BUILTIN_GROUPS};
 pub use validate::parse_size;
 pub use value::{Number, Param, ParamValue, Params};
 
-/// The default shard size of the output, in bytes (5 GB, as `transformers` writes).
-pub const DEFAULT_SHARD_SIZE: u64 = 5_000_000_000;
-
 /// A span of the recipe's source text ([`Recipe::source`]).
 ///
 /// `offset` and `len` are in bytes (they index `source` directly and are what miette
@@ -210,7 +207,8 @@ pub struct Recipe {
     pub seed: u64,
     /// Plugin libraries to load (`plugins:`), resolved.
     pub plugins: Vec<PathBuf>,
-    /// The output shard size in bytes (`shard_size:`); `None`: [`DEFAULT_SHARD_SIZE`].
+    /// The output shard size in bytes (`shard_size:`); `None`: the writer's default,
+    /// 5 GB (`reefknot_io::DEFAULT_SHARD_SIZE`).
     pub shard_size: Option<u64>,
 }
 

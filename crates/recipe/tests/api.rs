@@ -229,7 +229,6 @@ fn seeds_and_shard_sizes() {
         let e = parse_err(&format!("{HEAD}shard_size: {bad}\n"));
         assert_eq!(e.kind(), ErrorKind::InvalidShardSize, "{bad}");
     }
-    assert_eq!(reefknot_recipe::DEFAULT_SHARD_SIZE, 5_000_000_000);
 }
 
 #[test]

@@ -7,16 +7,10 @@
 //! `i`-th output of a SplitMix64 generator seeded with `key`, so a stream has the
 //! statistical quality of SplitMix64 while any element can be drawn directly.
 
-/// The 64-bit golden-ratio increment of SplitMix64.
-const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// The SplitMix64 output function: a bijective 64-bit mixer.
-#[inline(always)]
-pub fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+// The mixing function, the golden-ratio increment and the name hash are those of the
+// operators' counter-based construction, defined once in `reefknot-plugin-api`.
+use reefknot_plugin_api::rng::GAMMA;
+pub use reefknot_plugin_api::rng::{fnv1a64 as fnv1a, mix as mix64};
 
 /// The `index`-th 64-bit draw of the stream keyed by `key`.
 #[inline(always)]
@@ -27,16 +21,6 @@ pub fn draw(key: u64, index: u64) -> u64 {
 /// The key of sub-stream `stream` of the stream keyed by `key`.
 pub fn substream(key: u64, stream: u64) -> u64 {
     mix64(key ^ mix64(stream.wrapping_add(GAMMA)))
-}
-
-/// A 64-bit FNV-1a hash of `bytes`, used to turn tensor names into keys.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01B3);
-    }
-    h
 }
 
 /// `√3 / 2^16`: scales a sum of four 16-bit uniforms to unit variance.

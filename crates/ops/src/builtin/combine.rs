@@ -4,7 +4,7 @@
 use reefknot_lang::{Bound, DefaultValue, OpSpec, ParamKind, ParamSpec, Signature, Ty};
 
 use super::tiles::Tiles;
-use crate::kernel::{Args, BindCtx, Chunk, Kernel, Operator};
+use crate::kernel::{Args, BindCtx, BoolParam, Chunk, Kernel, NumberParam, Operator, Param};
 use crate::OpError;
 
 /// `sum` (alias `task_arithmetic`).
@@ -108,6 +108,9 @@ of small language models are mostly 1e-8–1e-6, so a floor such as 1e-6 would f
 Fisher merging into plain averaging.",
 };
 
+const NORMALIZE: Param<BoolParam> = Param::flag(&FISHER, "normalize");
+const EPS: Param<NumberParam> = Param::number(&FISHER, "eps");
+
 impl Operator for Fisher {
     fn spec(&self) -> &'static OpSpec {
         &FISHER
@@ -118,11 +121,11 @@ impl Operator for Fisher {
     }
 
     fn needs_fisher_means(&self, args: &Args) -> bool {
-        args.boolean("normalize")
+        args.flag(NORMALIZE)
     }
 
     fn bind(&self, args: &Args, ctx: &BindCtx<'_>) -> Result<Box<dyn Kernel>, OpError> {
-        let scale = if args.boolean("normalize") {
+        let scale = if args.flag(NORMALIZE) {
             let means = ctx.fisher_means.ok_or_else(|| OpError::InvalidArguments {
                 op: "fisher".into(),
                 message: "normalize=true needs each model's Fisher mean".into(),
@@ -135,7 +138,7 @@ impl Operator for Fisher {
             vec![1.0; ctx.models]
         };
         Ok(Box::new(FisherKernel {
-            eps: args.number("eps") as f32,
+            eps: args.number(EPS) as f32,
             scale,
         }))
     }
@@ -192,6 +195,8 @@ static SCALE: OpSpec = OpSpec {
     doc: "`Δ ← λ·Δ`. mergekit's `lambda` parameter of TIES and task arithmetic.",
 };
 
+const LAMBDA: Param<NumberParam> = Param::number(&SCALE, "lambda");
+
 impl Operator for Scale {
     fn spec(&self) -> &'static OpSpec {
         &SCALE
@@ -199,7 +204,7 @@ impl Operator for Scale {
 
     fn bind(&self, args: &Args, _ctx: &BindCtx<'_>) -> Result<Box<dyn Kernel>, OpError> {
         Ok(Box::new(ScaleKernel {
-            lambda: args.number("lambda") as f32,
+            lambda: args.number(LAMBDA) as f32,
         }))
     }
 }

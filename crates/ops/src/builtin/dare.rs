@@ -5,7 +5,10 @@ use std::sync::Mutex;
 
 use reefknot_lang::{Bound, DefaultValue, OpSpec, ParamKind, ParamSpec, Signature, Ty};
 
-use crate::kernel::{Args, BindCtx, Chunk, Kernel, Operator, Partial, Span, TaskVectors};
+use crate::kernel::{
+    Args, BindCtx, ChoiceParam, Chunk, Kernel, NumberParam, Operator, Param, Partial, Span,
+    TaskVectors,
+};
 use crate::rng::{threshold, Stream, DELTA_STREAM};
 use crate::{OpError, OrderFreeSum, BLOCK};
 
@@ -47,6 +50,9 @@ the same recipe gives the same bytes on any machine, thread count or chunk size.
 differ per model.",
 };
 
+const P: Param<NumberParam> = Param::number(&SPEC, "p");
+const RESCALE: Param<ChoiceParam> = Param::choice(&SPEC, "rescale");
+
 impl Operator for Dare {
     fn spec(&self) -> &'static OpSpec {
         &SPEC
@@ -61,11 +67,11 @@ impl DareKernel {
     fn new(args: &Args, ctx: &BindCtx<'_>) -> DareKernel {
         let on_delta = ctx.input() == Ty::Delta;
         let ps = if on_delta {
-            vec![args.number("p")]
+            vec![args.number(P)]
         } else {
-            args.per_model("p", ctx.models)
+            args.per_model(P, ctx.models)
         };
-        let rescale = match args.choice("rescale") {
+        let rescale = match args.choice(RESCALE) {
             "inverse" => Rescale::Inverse,
             "l1" => Rescale::L1,
             _ => Rescale::None,
@@ -609,7 +615,9 @@ mod tests {
         ]);
         let ctx = BindCtx {
             tensor: "model.layers.0.mlp.up_proj.weight",
+            shape: &[LEN],
             numel: LEN,
+            layer: Some(0),
             models: MODELS,
             seed: 11,
             signature: Signature::new(Ty::Stack, Ty::Stack),

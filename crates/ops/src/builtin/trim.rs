@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use reefknot_lang::{DefaultValue, OpSpec, ParamKind, ParamSpec, Signature, Ty};
 
-use crate::kernel::{Args, BindCtx, Chunk, Kernel, Operator, Partial};
+use crate::kernel::{Args, BindCtx, Chunk, Kernel, NumberParam, Operator, Param, Partial};
 use crate::{OpError, BLOCK};
 
 /// `trim` (alias `topk`).
@@ -67,6 +67,8 @@ sample, then one pass collecting the few candidates near the cut): O(n), streami
 sorting, no copy of the tensor.",
 };
 
+const K: Param<NumberParam> = Param::number(&SPEC, "k");
+
 impl Operator for Trim {
     fn spec(&self) -> &'static OpSpec {
         &SPEC
@@ -75,9 +77,9 @@ impl Operator for Trim {
     fn bind(&self, args: &Args, ctx: &BindCtx<'_>) -> Result<Box<dyn Kernel>, OpError> {
         let on_delta = ctx.input() == Ty::Delta;
         let ks = if on_delta {
-            vec![args.number("k")]
+            vec![args.number(K)]
         } else {
-            args.per_model("k", ctx.models)
+            args.per_model(K, ctx.models)
         };
         // Sample large tensors; histogram small ones exactly.
         let stride = if ctx.numel >= SAMPLE_FROM {

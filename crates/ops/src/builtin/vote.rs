@@ -7,7 +7,7 @@
 use reefknot_lang::{DefaultValue, OpSpec, ParamKind, ParamSpec, Signature, Ty};
 
 use super::tiles::Tiles;
-use crate::kernel::{Args, BindCtx, Chunk, Kernel, Operator};
+use crate::kernel::{Args, BindCtx, ChoiceParam, Chunk, Kernel, Operator, Param};
 use crate::OpError;
 
 /// The Fisher floor of `disjoint(fisher)`: `F' = F + FISHER_EPS`.
@@ -36,6 +36,8 @@ Fisher information (recipe `fisher:`), so a model decides where it is confident.
 An exactly zero sum elects `+`.",
 };
 
+const ELECT_BY: Param<ChoiceParam> = Param::choice(&ELECT, "by");
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum By {
     Mass,
@@ -49,11 +51,11 @@ impl Operator for Elect {
     }
 
     fn needs_fisher(&self, args: &Args) -> bool {
-        args.choice("by") == "fisher"
+        args.choice(ELECT_BY) == "fisher"
     }
 
     fn bind(&self, args: &Args, _ctx: &BindCtx<'_>) -> Result<Box<dyn Kernel>, OpError> {
-        let by = match args.choice("by") {
+        let by = match args.choice(ELECT_BY) {
             "count" => By::Count,
             "fisher" => By::Fisher,
             _ => By::Mass,
@@ -128,6 +130,8 @@ static DISJOINT: OpSpec = OpSpec {
 the Fisher-weighted mean of the agreeing entries; with a constant Fisher it equals `disjoint`.",
 };
 
+const DISJOINT_BY: Param<ChoiceParam> = Param::choice(&DISJOINT, "by");
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Combine {
     Mean,
@@ -141,11 +145,11 @@ impl Operator for Disjoint {
     }
 
     fn needs_fisher(&self, args: &Args) -> bool {
-        args.choice("by") == "fisher"
+        args.choice(DISJOINT_BY) == "fisher"
     }
 
     fn bind(&self, args: &Args, _ctx: &BindCtx<'_>) -> Result<Box<dyn Kernel>, OpError> {
-        let by = match args.choice("by") {
+        let by = match args.choice(DISJOINT_BY) {
             "sum" => Combine::Sum,
             "fisher" => Combine::Fisher,
             _ => Combine::Mean,

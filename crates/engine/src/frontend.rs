@@ -1,0 +1,581 @@
+//! The recipe front-end: a reefknot recipe becomes a [`MergePlan`].
+//!
+//! Every expression of the recipe is compiled, every checkpoint opened (headers only)
+//! and fingerprinted, every base tensor found in every model with the same shape, and
+//! for every tensor the first matching override picked and each stage's arguments
+//! resolved — a `$variable` through [`Recipe::param`] (the one place that knows the
+//! order: the model's `params`, the override's, the recipe's), a gradient at the
+//! tensor's depth — and checked by the operator. Nothing reads tensor data.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use reefknot_io::{Checkpoint, Dtype};
+use reefknot_lang::{ArgValue, Call, ParamKind, Pipeline, Ty};
+use reefknot_ops::{Args, BindCtx, Operator, Registry, Value};
+use reefknot_plan as plan;
+use reefknot_recipe::{OutputDtype, ParamValue, Recipe};
+
+use crate::{Error, ErrorKind};
+
+/// Settings that override the recipe (from the command line).
+#[derive(Clone, Debug, Default)]
+pub struct PlanOptions {
+    /// Overrides the recipe's `seed`.
+    pub seed: Option<u64>,
+    /// Overrides the recipe's `dtype` (`bfloat16`, `float16`, `float32`, or aliases).
+    pub dtype: Option<String>,
+    /// Overrides the recipe's `shard_size` (bytes).
+    pub shard_size: Option<u64>,
+}
+
+/// The metadata key of the recipe text in every output shard (and in the plan).
+pub const RECIPE_METADATA: &str = "reefknot_recipe";
+
+/// One compiled expression: the recipe's `merge`, or an override's.
+struct Rule {
+    label: String,
+    /// The checked expression, as plans and messages show it.
+    text: String,
+    pipeline: Pipeline,
+    operators: Vec<Arc<dyn Operator>>,
+}
+
+/// How a model is named in messages.
+pub(crate) fn model_label(i: usize, path: &Path) -> String {
+    format!("model {} ({})", i + 1, path.display())
+}
+
+/// Makes the plan of `recipe`, returning it with the checkpoints it opened (in the
+/// plan's input order), so that a merge that follows does not open them again.
+pub fn plan_recipe(
+    recipe: &Recipe,
+    registry: &Registry,
+    opts: &PlanOptions,
+) -> Result<(plan::MergePlan, Vec<Checkpoint>), Error> {
+    let rules = compile_rules(recipe, registry)?;
+    let mut next = 1;
+    let rule_of_override: Vec<Option<usize>> = recipe
+        .overrides
+        .iter()
+        .map(|o| {
+            o.merge.as_ref().map(|_| {
+                next += 1;
+                next - 1
+            })
+        })
+        .collect();
+
+    let dtype = match opts.dtype.as_deref() {
+        Some(name) => Some(parse_output_dtype(name)?),
+        None => recipe.dtype.map(|d| match d {
+            OutputDtype::BFloat16 => Dtype::BF16,
+            OutputDtype::Float16 => Dtype::F16,
+            OutputDtype::Float32 => Dtype::F32,
+        }),
+    };
+    let seed = opts.seed.unwrap_or(recipe.seed);
+
+    // Inputs: the base, the models in recipe order, then the Fisher files.
+    let open = |path: &Path, role: String| {
+        Checkpoint::open(path).map_err(|source| Error::from(ErrorKind::Checkpoint { role, source }))
+    };
+    let mut opened = vec![open(
+        &recipe.base,
+        format!("base model ({})", recipe.base.display()),
+    )?];
+    let mut roles = vec![plan::Role::Base];
+    for (i, m) in recipe.models.iter().enumerate() {
+        opened.push(open(&m.path, model_label(i, &m.path))?);
+        roles.push(plan::Role::Model { model: i });
+    }
+    let mut fisher_input = vec![None; recipe.models.len()];
+    for (i, m) in recipe.models.iter().enumerate() {
+        if let Some(f) = &m.fisher {
+            let role = format!("Fisher file of {}", model_label(i, &m.path));
+            fisher_input[i] = Some(opened.len());
+            opened.push(open(f, role)?);
+            roles.push(plan::Role::Fisher { model: i });
+        }
+    }
+    let base = &opened[0];
+    let models = &opened[1..=recipe.models.len()];
+    let label = |i: usize| model_label(i, &recipe.models[i].path);
+
+    let layers = base
+        .tensors()
+        .iter()
+        .filter_map(|t| reefknot_recipe::layer_index(&t.name))
+        .max()
+        .map_or(0, |m| m + 1);
+
+    let mut tensors = Vec::with_capacity(base.tensors().len());
+    for info in base.tensors() {
+        for (i, m) in models.iter().enumerate() {
+            let Some(mt) = m.get(&info.name) else {
+                return Err(ErrorKind::MissingTensor {
+                    tensor: info.name.clone(),
+                    model: label(i),
+                }
+                .into());
+            };
+            check_compatible(info, mt, &label(i))?;
+        }
+        let layer = reefknot_recipe::layer_index(&info.name);
+        let base_ref = plan::TensorRef {
+            input: 0,
+            tensor: info.name.clone(),
+        };
+        if !info.dtype.is_computable() {
+            tensors.push(plan::OutputTensor {
+                name: info.name.clone(),
+                dtype: info.dtype.safetensors_name().to_string(),
+                shape: info.shape.clone(),
+                layer,
+                shard: 0,
+                producer: plan::Producer::Copy { from: base_ref },
+            });
+            continue;
+        }
+
+        let t = reefknot_recipe::depth_t(layer, layers);
+        let over = recipe.override_for(&info.name);
+        let rule_index = over.and_then(|o| rule_of_override[o]).unwrap_or(0);
+        let rule = &rules[rule_index];
+        let lookup =
+            |name: &str, i: usize| recipe.param(name, Some(i), over).map(|p| p.value.clone());
+        let resolver = Resolver {
+            lookup: &lookup,
+            label: &label,
+            models: models.len(),
+            tensor: &info.name,
+            expression: &rule.text,
+            t,
+        };
+        let mut stages = Vec::with_capacity(rule.pipeline.stages.len());
+        let mut needs_fisher = false;
+        for (call, op) in rule.pipeline.stages.iter().zip(&rule.operators) {
+            let args = resolver.args(call)?;
+            let ctx = BindCtx {
+                tensor: &info.name,
+                shape: &info.shape,
+                numel: info.numel(),
+                layer,
+                models: models.len(),
+                seed,
+                signature: call.signature,
+                fisher_means: None,
+            };
+            op.check(&args, &ctx).map_err(|error| ErrorKind::Operator {
+                tensor: info.name.clone(),
+                error,
+            })?;
+            if op.needs_fisher(&args) {
+                needs_fisher = true;
+                if let Some(i) = fisher_input.iter().position(Option::is_none) {
+                    return Err(ErrorKind::NoFisher {
+                        op: call.op.clone(),
+                        model: label(i),
+                    }
+                    .into());
+                }
+            }
+            stages.push(plan::Stage {
+                op: call.op.clone(),
+                input: flow(call.signature.input),
+                output: flow(call.signature.output),
+                args: args
+                    .iter()
+                    .map(|(name, v)| plan::Arg {
+                        name: name.to_string(),
+                        value: plan_value(v),
+                    })
+                    .collect(),
+            });
+        }
+        let fisher = if needs_fisher {
+            let mut refs = Vec::with_capacity(models.len());
+            for (i, f) in fisher_input.iter().enumerate() {
+                let input = f.expect("checked above");
+                check_fisher(&opened[input], info, &label(i))?;
+                refs.push(plan::TensorRef {
+                    input,
+                    tensor: info.name.clone(),
+                });
+            }
+            Some(refs)
+        } else {
+            None
+        };
+        tensors.push(plan::OutputTensor {
+            name: info.name.clone(),
+            dtype: dtype.unwrap_or(info.dtype).safetensors_name().to_string(),
+            shape: info.shape.clone(),
+            layer,
+            shard: 0,
+            producer: plan::Producer::Pipeline(plan::Pipeline {
+                expression: rule_index,
+                base: base_ref,
+                models: (0..models.len())
+                    .map(|i| plan::TensorRef {
+                        input: i + 1,
+                        tensor: info.name.clone(),
+                    })
+                    .collect(),
+                fisher,
+                weights: recipe
+                    .models
+                    .iter()
+                    .map(|m| m.weight.at(t) as f32)
+                    .collect(),
+                stages,
+            }),
+        });
+    }
+
+    for (i, m) in models.iter().enumerate() {
+        let extra = m
+            .tensors()
+            .iter()
+            .filter(|t| base.get(&t.name).is_none())
+            .count();
+        if extra > 0 {
+            tracing::warn!(
+                "{} has {extra} tensor(s) the base lacks; the output keeps the base's tensors",
+                label(i)
+            );
+        }
+    }
+
+    let mut metadata = BTreeMap::new();
+    metadata.insert(
+        "reefknot_version".to_string(),
+        env!("CARGO_PKG_VERSION").to_string(),
+    );
+    metadata.insert(RECIPE_METADATA.to_string(), recipe.source.clone());
+    let inputs = opened
+        .iter()
+        .zip(&roles)
+        .map(|(c, role)| input_of(c, *role))
+        .collect();
+    let mut merge_plan = plan::MergePlan {
+        format: plan::FORMAT,
+        made_by: concat!("reefknot ", env!("CARGO_PKG_VERSION")).to_string(),
+        seed,
+        inputs,
+        expressions: rules
+            .iter()
+            .map(|r| plan::Expression {
+                label: r.label.clone(),
+                text: r.text.clone(),
+            })
+            .collect(),
+        output: plan::OutputLayout {
+            dtype: dtype.map(|d| d.torch_name().to_string()),
+            shard_size: opts
+                .shard_size
+                .or(recipe.shard_size)
+                .unwrap_or(reefknot_io::DEFAULT_SHARD_SIZE),
+            shards: Vec::new(),
+            files_from: Some(0),
+            metadata,
+        },
+        tensors,
+    };
+    crate::lay_out(&mut merge_plan)?;
+    Ok((merge_plan, opened))
+}
+
+/// The plan's description of an opened checkpoint: its path and every file's
+/// fingerprint.
+pub(crate) fn input_of(c: &Checkpoint, role: plan::Role) -> plan::Input {
+    plan::Input {
+        role,
+        path: absolute(c.path()).display().to_string(),
+        files: c
+            .files()
+            .iter()
+            .zip(c.stamps())
+            .map(|(f, s)| plan::FileFingerprint {
+                name: file_name_in(c, f),
+                size: s.size,
+                modified_ns: s.modified,
+                header_sha256: s.header_hex(),
+            })
+            .collect(),
+    }
+}
+
+/// `path` relative to the checkpoint's folder (its file name for a single file).
+pub(crate) fn file_name_in(c: &Checkpoint, path: &Path) -> String {
+    c.folder()
+        .and_then(|d| path.strip_prefix(d).ok())
+        .unwrap_or_else(|| Path::new(path.file_name().unwrap_or(path.as_os_str())))
+        .display()
+        .to_string()
+}
+
+/// `path` made absolute against the working directory (symlinks kept, so that a plan
+/// names what the user named).
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Whether a model's tensor can be merged with (or copied beside) the base's.
+pub(crate) fn check_compatible(
+    base: &reefknot_io::TensorInfo,
+    other: &reefknot_io::TensorInfo,
+    who: &str,
+) -> Result<(), Error> {
+    if other.shape != base.shape {
+        return Err(ErrorKind::ShapeMismatch {
+            tensor: base.name.clone(),
+            model: who.to_string(),
+            expected: base.shape.clone(),
+            found: other.shape.clone(),
+        }
+        .into());
+    }
+    if other.dtype.is_computable() != base.dtype.is_computable()
+        || (!base.dtype.is_computable() && other.dtype != base.dtype)
+    {
+        return Err(ErrorKind::DtypeMismatch {
+            tensor: base.name.clone(),
+            model: who.to_string(),
+            expected: base.dtype.safetensors_name().to_string(),
+            found: other.dtype.safetensors_name().to_string(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Whether a Fisher file has a usable entry for the base tensor `info`.
+pub(crate) fn check_fisher(
+    fisher: &Checkpoint,
+    info: &reefknot_io::TensorInfo,
+    model: &str,
+) -> Result<(), Error> {
+    let problem = match fisher.get(&info.name) {
+        None => "has no entry".to_string(),
+        Some(ft) if ft.shape != info.shape => {
+            format!("has shape {:?} instead of {:?}", ft.shape, info.shape)
+        }
+        Some(ft) if !ft.dtype.is_computable() => {
+            format!("is {}, not a float", ft.dtype.safetensors_name())
+        }
+        Some(_) => return Ok(()),
+    };
+    Err(ErrorKind::FisherTensor {
+        model: model.to_string(),
+        tensor: info.name.clone(),
+        problem,
+    }
+    .into())
+}
+
+pub(crate) fn flow(ty: Ty) -> plan::Flow {
+    match ty {
+        Ty::Stack => plan::Flow::Stack,
+        Ty::Voted => plan::Flow::Voted,
+        Ty::Delta => plan::Flow::Delta,
+    }
+}
+
+fn plan_value(v: &Value) -> plan::Value {
+    match v {
+        Value::Number(xs) => plan::Value::Number(xs.clone()),
+        Value::Choice(c) => plan::Value::Choice(c.to_string()),
+        Value::Bool(b) => plan::Value::Bool(*b),
+        Value::Text(t) => plan::Value::Text(t.clone()),
+    }
+}
+
+fn parse_output_dtype(name: &str) -> Result<Dtype, Error> {
+    match Dtype::parse_user(name) {
+        Some(d) if d.is_computable() => Ok(d),
+        _ => Err(ErrorKind::OutputDtype(name.to_string()).into()),
+    }
+}
+
+fn compile_rules(recipe: &Recipe, registry: &Registry) -> Result<Vec<Rule>, Error> {
+    let mut rules = Vec::new();
+    let mut compile = |label: String, expr: &reefknot_recipe::Expr| -> Result<(), Error> {
+        let pipeline = crate::compile_expr(recipe, expr, registry)?;
+        let operators = operators_of(&pipeline, registry);
+        rules.push(Rule {
+            label,
+            text: pipeline.to_string(),
+            pipeline,
+            operators,
+        });
+        Ok(())
+    };
+    compile("merge".to_string(), &recipe.merge)?;
+    for (i, o) in recipe.overrides.iter().enumerate() {
+        if let Some(expr) = &o.merge {
+            compile(format!("overrides[{i}] ({})", o.selector), expr)?;
+        }
+    }
+    Ok(rules)
+}
+
+fn operators_of(pipeline: &Pipeline, registry: &Registry) -> Vec<Arc<dyn Operator>> {
+    pipeline
+        .stages
+        .iter()
+        .map(|s| {
+            registry
+                .get(&s.op)
+                .and_then(|e| e.operator.clone())
+                .expect("the checker only returns registered operators")
+        })
+        .collect()
+}
+
+/// Resolves one tensor's arguments.
+struct Resolver<'a> {
+    /// The value of `$name` for model `i`, if any.
+    lookup: &'a dyn Fn(&str, usize) -> Option<ParamValue>,
+    /// How model `i` is named in messages.
+    label: &'a dyn Fn(usize) -> String,
+    models: usize,
+    tensor: &'a str,
+    /// The whole expression, for messages.
+    expression: &'a str,
+    /// Depth of the tensor in `[0, 1]`, for gradients.
+    t: f64,
+}
+
+impl Resolver<'_> {
+    fn args(&self, call: &Call) -> Result<Args, Error> {
+        let mut values = Vec::with_capacity(call.args.len());
+        for arg in &call.args {
+            let out_of_range = |value: f64, from: String| ErrorKind::OutOfRange {
+                op: call.op.clone(),
+                param: arg.param.name.to_string(),
+                value,
+                from,
+                tensor: self.tensor.to_string(),
+                expected: arg.param.kind.describe(),
+            };
+            let value = match &arg.value {
+                ArgValue::Number(x) => Value::Number(vec![*x]),
+                ArgValue::Gradient(g) => {
+                    let x = reefknot_recipe::Number::Gradient(g.clone()).at(self.t);
+                    if !arg.param.kind.admits(x) {
+                        return Err(
+                            out_of_range(x, format!(" (gradient {g:?} at this depth)")).into()
+                        );
+                    }
+                    Value::Number(vec![x])
+                }
+                ArgValue::Var(name) => {
+                    let mut xs = Vec::with_capacity(self.models);
+                    for i in 0..self.models {
+                        let Some(v) = (self.lookup)(name, i) else {
+                            return Err(ErrorKind::UndefinedVariable {
+                                name: name.clone(),
+                                model: (self.label)(i),
+                                tensor: self.tensor.to_string(),
+                                expression: self.expression.to_string(),
+                            }
+                            .into());
+                        };
+                        let x = match v {
+                            ParamValue::Number(n) => n.at(self.t),
+                            other => {
+                                return Err(ErrorKind::VariableKind {
+                                    name: name.clone(),
+                                    op: call.op.clone(),
+                                    param: arg.param.name.to_string(),
+                                    found: describe_param_value(&other),
+                                    expected: arg.param.kind.describe(),
+                                }
+                                .into())
+                            }
+                        };
+                        if !arg.param.kind.admits(x) {
+                            return Err(out_of_range(
+                                x,
+                                format!(" (from ${name} of {})", (self.label)(i)),
+                            )
+                            .into());
+                        }
+                        xs.push(x);
+                    }
+                    if xs.iter().all(|&x| x == xs[0]) {
+                        xs.truncate(1);
+                    } else if call.signature.input == Ty::Delta {
+                        return Err(ErrorKind::PerModelOnDelta {
+                            op: call.op.clone(),
+                            name: name.clone(),
+                            tensor: self.tensor.to_string(),
+                        }
+                        .into());
+                    }
+                    Value::Number(xs)
+                }
+                ArgValue::Choice(c) => Value::Choice(c),
+                ArgValue::Bool(b) => Value::Bool(*b),
+                ArgValue::Text(t) => Value::Text(t.clone()),
+            };
+            if let (Value::Number(xs), ParamKind::Number { .. }) = (&value, &arg.param.kind) {
+                if let Some(&x) = xs.iter().find(|&&x| !arg.param.kind.admits(x)) {
+                    return Err(out_of_range(x, String::new()).into());
+                }
+            }
+            values.push((arg.param.name, value));
+        }
+        Ok(Args::new(values))
+    }
+}
+
+/// Binds a checked pipeline outside a recipe (tests, tools): literal arguments as
+/// written, and `$variables` from `vars` (one value for every model, or one per model).
+pub fn bind_pipeline(
+    pipeline: &Pipeline,
+    registry: &Registry,
+    vars: &BTreeMap<String, Vec<f64>>,
+    models: usize,
+    tensor: &str,
+) -> Result<Vec<crate::Stage>, Error> {
+    let operators = operators_of(pipeline, registry);
+    let lookup = |name: &str, i: usize| {
+        vars.get(name).map(|v| {
+            let x = if v.len() == 1 { v[0] } else { v[i] };
+            ParamValue::Number(reefknot_recipe::Number::Scalar(x))
+        })
+    };
+    let label = |i: usize| format!("model {}", i + 1);
+    let resolver = Resolver {
+        lookup: &lookup,
+        label: &label,
+        models,
+        tensor,
+        expression: &pipeline.to_string(),
+        t: 0.0,
+    };
+    pipeline
+        .stages
+        .iter()
+        .zip(operators)
+        .map(|(call, operator)| {
+            Ok(crate::Stage {
+                op: call.op.clone(),
+                operator,
+                signature: call.signature,
+                args: resolver.args(call)?,
+            })
+        })
+        .collect()
+}
+
+fn describe_param_value(v: &ParamValue) -> String {
+    match v {
+        ParamValue::Number(_) => "a number".into(),
+        ParamValue::Text(t) => format!("the string {t:?}"),
+        ParamValue::Bool(b) => format!("the boolean {b}"),
+    }
+}

@@ -1,0 +1,467 @@
+//! The merge plan as plain data.
+//!
+//! A [`MergePlan`] fully determines a merge: which files it reads (each with a
+//! [fingerprint](FileFingerprint), so that a plan never runs against files that changed
+//! since it was made), the seed, the output layout — every output tensor's name, dtype,
+//! shape, layer and shard — and, for every output tensor, its [`Producer`]: a copy of a
+//! tensor of some input, or a pipeline of operator stages with their resolved arguments,
+//! weights and Fisher sources.
+//!
+//! Front-ends make plans (a reefknot recipe today); executors run them (the streaming CPU
+//! executor of `reefknot-engine`, into a model folder or any other sink). Between the two
+//! a plan can be saved as JSON ([`MergePlan::to_json`]), inspected, edited, split or
+//! shipped to another machine, and read back ([`MergePlan::from_json`]), which checks
+//! that it is well-formed: every index in range, every pipeline over the same models.
+//! Whether its operators exist and its inputs are still the files it was made from is
+//! the executor's to check, since only it knows the operators and opens the files.
+//!
+//! This crate depends on serde and nothing of reefknot: it is the contract between the
+//! parts, and it names operators, dtypes and types by their names.
+//!
+//! ```
+//! use reefknot_plan::*;
+//! let plan = MergePlan {
+//!     format: FORMAT,
+//!     made_by: "reefknot 0.1.0".into(),
+//!     seed: 0,
+//!     inputs: vec![Input {
+//!         role: Role::Base,
+//!         path: "base".into(),
+//!         files: vec![],
+//!     }],
+//!     expressions: vec![],
+//!     output: OutputLayout {
+//!         dtype: None,
+//!         shard_size: 5_000_000_000,
+//!         shards: vec!["model.safetensors".into()],
+//!         files_from: Some(0),
+//!         metadata: Default::default(),
+//!     },
+//!     tensors: vec![OutputTensor {
+//!         name: "lm_head.weight".into(),
+//!         dtype: "F32".into(),
+//!         shape: vec![4, 2],
+//!         layer: None,
+//!         shard: 0,
+//!         producer: Producer::Copy {
+//!             from: TensorRef { input: 0, tensor: "lm_head.weight".into() },
+//!         },
+//!     }],
+//! };
+//! let json = plan.to_json();
+//! assert_eq!(MergePlan::from_json(&json)?, plan);
+//! # Ok::<(), reefknot_plan::PlanError>(())
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The version of the plan format this crate reads and writes. A plan of another
+/// version is refused rather than guessed at.
+pub const FORMAT: u32 = 1;
+
+/// A merge, fully resolved: everything an executor needs, nothing it must look up.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergePlan {
+    /// The plan format ([`FORMAT`]).
+    pub format: u32,
+    /// The program that made the plan, e.g. `reefknot 0.1.0` (informational).
+    pub made_by: String,
+    /// The seed of the random operators (a pipeline's draws are keyed by it, the
+    /// tensor's name and the element).
+    pub seed: u64,
+    /// Every file set the merge reads. Indices into this list are what
+    /// [`TensorRef::input`] holds.
+    pub inputs: Vec<Input>,
+    /// The expressions the plan's pipelines came from (for messages and summaries).
+    pub expressions: Vec<Expression>,
+    /// How the output is written.
+    pub output: OutputLayout,
+    /// Every output tensor, in output order (the order of the shards and of the
+    /// tensors inside them).
+    pub tensors: Vec<OutputTensor>,
+}
+
+/// One input of a merge: a checkpoint (a model folder, a `.safetensors` file or an
+/// index) and what it is to the merge.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    /// What the input is.
+    pub role: Role,
+    /// Where it is: a folder or a file, as the front-end resolved it.
+    pub path: String,
+    /// Every weight file read from it, fingerprinted when the plan was made.
+    pub files: Vec<FileFingerprint>,
+}
+
+/// What an input is to the merge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Role {
+    /// The base model, whose parameters the task vectors are taken against.
+    Base,
+    /// A fine-tuned model, the `model`-th of the merge (from 0).
+    Model {
+        /// Its position among the models.
+        model: usize,
+    },
+    /// The diagonal Fisher information of model `model`.
+    Fisher {
+        /// The model it belongs to.
+        model: usize,
+    },
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Role::Base => f.write_str("base model"),
+            Role::Model { model } => write!(f, "model {}", model + 1),
+            Role::Fisher { model } => write!(f, "Fisher file of model {}", model + 1),
+        }
+    }
+}
+
+/// How a plan recognises a file it was made from.
+///
+/// The header (every tensor's name, dtype, shape and byte range) is hashed, and the
+/// size and modification time recorded. Hashing the tensor data itself would make
+/// planning as slow as a merge (it would read every byte); the header hash catches a
+/// file replaced by another checkpoint, the size a truncated or extended one, and the
+/// modification time a file rewritten in place with the same layout — the rule `make`
+/// and `rsync` use. A file that was only touched is reported as changed too: make a
+/// new plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileFingerprint {
+    /// The file, relative to the input's folder (its file name when the input is a
+    /// single file).
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its modification time, in nanoseconds since the Unix epoch (`None` where the
+    /// file system does not keep one).
+    pub modified_ns: Option<u64>,
+    /// The SHA-256 of its header (the 8-byte length and the JSON), in lowercase hex.
+    pub header_sha256: String,
+}
+
+/// A merge expression a plan's pipelines came from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expression {
+    /// Where it was written, e.g. `merge` or `overrides[0] (group: embed)`.
+    pub label: String,
+    /// The checked expression, with the sugar expanded and the defaults written out.
+    pub text: String,
+}
+
+/// How the output is written.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputLayout {
+    /// The dtype requested for the merged tensors (`bfloat16`, `float16`, `float32`),
+    /// written into `config.json`; `None` when every tensor keeps its input's dtype.
+    pub dtype: Option<String>,
+    /// The most bytes of tensor data in one shard.
+    pub shard_size: u64,
+    /// The weight files, in order: `model.safetensors`, or
+    /// `model-00001-of-0000N.safetensors`... . [`OutputTensor::shard`] indexes this.
+    pub shards: Vec<String>,
+    /// The input whose non-weight files (config, tokenizer) the output gets.
+    pub files_from: Option<usize>,
+    /// Metadata written into every shard's header, besides `format: pt`.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// One output tensor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputTensor {
+    /// Its name.
+    pub name: String,
+    /// Its dtype, as safetensors names it (`BF16`, `F16`, `F32`, ...).
+    pub dtype: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// The transformer layer it belongs to, if any (what depth gradients were
+    /// evaluated at, and what layer-aware operators are told).
+    pub layer: Option<usize>,
+    /// The shard it is written to (an index into [`OutputLayout::shards`]).
+    pub shard: usize,
+    /// How it is made.
+    pub producer: Producer,
+}
+
+impl OutputTensor {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A tensor of one of the plan's inputs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorRef {
+    /// The input (an index into [`MergePlan::inputs`]).
+    pub input: usize,
+    /// The tensor's name in that input.
+    pub tensor: String,
+}
+
+/// How an output tensor is made. Later producers (slices of layers, stacked experts)
+/// are further variants.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Producer {
+    /// A tensor of an input, as it is (converted when the output's dtype differs).
+    Copy {
+        /// The tensor copied.
+        from: TensorRef,
+    },
+    /// The base tensor plus the delta a pipeline makes of the task vectors.
+    Pipeline(Pipeline),
+}
+
+/// A pipeline over one tensor: `θ_base + Δ`, where `Δ` is what the stages make of the
+/// task vectors `δ_i = θ_i − θ_base`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    /// The expression it came from (an index into [`MergePlan::expressions`]).
+    pub expression: usize,
+    /// The base tensor.
+    pub base: TensorRef,
+    /// Each model's tensor, in model order.
+    pub models: Vec<TensorRef>,
+    /// Each model's Fisher tensor, when a stage reads Fisher values.
+    pub fisher: Option<Vec<TensorRef>>,
+    /// Each model's weight for this tensor.
+    pub weights: Vec<f32>,
+    /// The stages, in order.
+    pub stages: Vec<Stage>,
+}
+
+/// One stage of a pipeline with its arguments resolved for one tensor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    /// The operator's canonical name (`trim`, `tall::consensus`).
+    pub op: String,
+    /// The type it receives.
+    pub input: Flow,
+    /// The type it hands on.
+    pub output: Flow,
+    /// Every parameter's value, in the operator's parameter order.
+    pub args: Vec<Arg>,
+}
+
+/// The kinds of value that flow through a pipeline (the language's types).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Flow {
+    /// The stack of task vectors.
+    Stack,
+    /// The stack and one elected sign per element.
+    Voted,
+    /// One merged delta.
+    Delta,
+}
+
+/// One argument of a stage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Arg {
+    /// The parameter.
+    pub name: String,
+    /// Its value for this tensor.
+    pub value: Value,
+}
+
+/// A resolved argument value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Value {
+    /// A number: one for every model, or one per model.
+    Number(Vec<f64>),
+    /// One of a choice parameter's identifiers.
+    Choice(String),
+    /// A boolean.
+    Bool(bool),
+    /// A string.
+    Text(String),
+}
+
+/// A plan that cannot be read, or does not hold together.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// Not JSON of a plan.
+    #[error("not a reefknot plan: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A plan of another format version.
+    #[error("a plan of format {found}, but this reefknot reads format {FORMAT}: make the plan again with this version")]
+    Format {
+        /// The version found.
+        found: u32,
+    },
+    /// An index, count or name that does not fit the rest of the plan.
+    #[error("inconsistent plan: {0}")]
+    Inconsistent(String),
+}
+
+impl MergePlan {
+    /// The plan as pretty-printed JSON (with a final newline).
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).expect("a plan is plain data");
+        s.push('\n');
+        s
+    }
+
+    /// Reads a plan from JSON and checks that it holds together ([`MergePlan::validate`]).
+    pub fn from_json(text: &str) -> Result<MergePlan, PlanError> {
+        // Look at the format first, so that a plan of another version gets that message
+        // rather than one about a field this version does not know.
+        #[derive(Deserialize)]
+        struct Version {
+            format: u32,
+        }
+        let version: Version = serde_json::from_str(text)?;
+        if version.format != FORMAT {
+            return Err(PlanError::Format {
+                found: version.format,
+            });
+        }
+        let plan: MergePlan = serde_json::from_str(text)?;
+        plan.validate()?;
+        Ok(plan)
+    }
+
+    /// Checks what the plan alone can tell: the format, every input, expression and
+    /// shard index in range, shards in output order, unique output names, and every
+    /// pipeline over the same number of models with one weight (and one Fisher tensor,
+    /// if any) per model.
+    pub fn validate(&self) -> Result<(), PlanError> {
+        let bad = |m: String| Err(PlanError::Inconsistent(m));
+        if self.format != FORMAT {
+            return Err(PlanError::Format { found: self.format });
+        }
+        let input = |r: &TensorRef, what: &str, tensor: &str| {
+            if r.input >= self.inputs.len() {
+                Err(PlanError::Inconsistent(format!(
+                    "tensor `{tensor}`: its {what} names input {}, but the plan has {} inputs",
+                    r.input,
+                    self.inputs.len()
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(i) = self.output.files_from {
+            if i >= self.inputs.len() {
+                return bad(format!(
+                    "output.files_from names input {i}, but the plan has {} inputs",
+                    self.inputs.len()
+                ));
+            }
+        }
+        if self.output.shards.is_empty() && !self.tensors.is_empty() {
+            return bad("the output has tensors but no shard".into());
+        }
+        let mut names = std::collections::HashSet::with_capacity(self.tensors.len());
+        let mut models = None;
+        let mut last_shard = 0;
+        for t in &self.tensors {
+            if !names.insert(t.name.as_str()) {
+                return bad(format!("the output has two tensors called `{}`", t.name));
+            }
+            if t.shard >= self.output.shards.len() || t.shard < last_shard {
+                return bad(format!(
+                    "tensor `{}` is in shard {} of {}: shards must be in range and in output order",
+                    t.name,
+                    t.shard,
+                    self.output.shards.len()
+                ));
+            }
+            last_shard = t.shard;
+            match &t.producer {
+                Producer::Copy { from } => input(from, "source", &t.name)?,
+                Producer::Pipeline(p) => {
+                    if p.expression >= self.expressions.len() {
+                        return bad(format!(
+                            "tensor `{}` names expression {}, but the plan has {}",
+                            t.name,
+                            p.expression,
+                            self.expressions.len()
+                        ));
+                    }
+                    input(&p.base, "base", &t.name)?;
+                    for m in &p.models {
+                        input(m, "model", &t.name)?;
+                    }
+                    let n = p.models.len();
+                    if n == 0 {
+                        return bad(format!("tensor `{}`: a pipeline needs models", t.name));
+                    }
+                    if *models.get_or_insert(n) != n {
+                        return bad(format!(
+                            "tensor `{}` merges {n} models, other tensors {}",
+                            t.name,
+                            models.unwrap_or(0)
+                        ));
+                    }
+                    if p.weights.len() != n || p.weights.iter().any(|w| !w.is_finite()) {
+                        return bad(format!(
+                            "tensor `{}` needs {n} finite weights, one per model",
+                            t.name
+                        ));
+                    }
+                    if let Some(f) = &p.fisher {
+                        if f.len() != n {
+                            return bad(format!(
+                                "tensor `{}` needs {n} Fisher tensors, one per model",
+                                t.name
+                            ));
+                        }
+                        for r in f {
+                            input(r, "Fisher tensor", &t.name)?;
+                        }
+                    }
+                    if p.stages.is_empty() {
+                        return bad(format!("tensor `{}`: a pipeline needs stages", t.name));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The number of models the plan's pipelines merge (0 when it has none).
+    pub fn models(&self) -> usize {
+        self.tensors
+            .iter()
+            .find_map(|t| match &t.producer {
+                Producer::Pipeline(p) => Some(p.models.len()),
+                Producer::Copy { .. } => None,
+            })
+            .unwrap_or(0)
+    }
+
+    /// The indices of the output tensors that are written to the given shards.
+    pub fn tensors_in_shards(&self, shards: &[usize]) -> Vec<usize> {
+        (0..self.tensors.len())
+            .filter(|&i| shards.contains(&self.tensors[i].shard))
+            .collect()
+    }
+
+    /// Total number of elements of the output.
+    pub fn total_elements(&self) -> u64 {
+        self.tensors.iter().map(|t| t.numel() as u64).sum()
+    }
+}
