@@ -283,7 +283,22 @@ impl Args {
 ///
 /// A name the spec does not have, or a parameter of another kind, stops the build
 /// (the constant's evaluation panics), so an operator cannot ask for an argument it did
-/// not declare.
+/// not declare:
+///
+/// ```compile_fail
+/// # use reefknot_lang::{OpSpec, ParamKind, ParamSpec, Signature, Ty};
+/// # use reefknot_ops::{NumberParam, Param};
+/// # static SPEC: OpSpec = OpSpec {
+/// #     name: "shrink",
+/// #     aliases: &[],
+/// #     signatures: &[Signature::new(Ty::Delta, Ty::Delta)],
+/// #     params: &[ParamSpec { name: "by", kind: ParamKind::closed(0.0, 1.0), default: None, doc: "" }],
+/// #     summary: "",
+/// #     doc: "",
+/// # };
+/// const TYPO: Param<NumberParam> = Param::number(&SPEC, "bye");
+/// # let _ = TYPO;
+/// ```
 pub struct Param<K> {
     index: usize,
     name: &'static str,
@@ -332,10 +347,34 @@ const fn same(a: &str, b: &str) -> bool {
     true
 }
 
-const fn position(spec: &OpSpec, name: &str) -> usize {
+/// The kinds of parameter, as a `const fn` can compare them.
+#[derive(Clone, Copy)]
+enum Kind {
+    Number,
+    Choice,
+    Bool,
+    Text,
+}
+
+const fn kind_of(kind: &ParamKind) -> Kind {
+    match kind {
+        ParamKind::Number { .. } => Kind::Number,
+        ParamKind::Choice(_) => Kind::Choice,
+        ParamKind::Bool => Kind::Bool,
+        ParamKind::Text => Kind::Text,
+    }
+}
+
+/// The position of parameter `name` of kind `kind` in `spec`; panics (at compile time,
+/// in a `const`) when there is none.
+const fn position(spec: &OpSpec, name: &str, kind: Kind) -> usize {
     let mut i = 0;
     while i < spec.params.len() {
         if same(spec.params[i].name, name) {
+            assert!(
+                kind_of(&spec.params[i].kind) as u8 == kind as u8,
+                "the parameter is of another kind"
+            );
             return i;
         }
         i += 1;
@@ -354,7 +393,8 @@ impl<K> Param<K> {
         self.index
     }
 
-    const fn at(spec: &OpSpec, index: usize) -> Self {
+    const fn find(spec: &OpSpec, name: &str, kind: Kind) -> Self {
+        let index = position(spec, name, kind);
         Param {
             index,
             name: spec.params[index].name,
@@ -366,48 +406,28 @@ impl<K> Param<K> {
 impl Param<NumberParam> {
     /// Number parameter `name` of `spec` (the build fails if there is none).
     pub const fn number(spec: &OpSpec, name: &str) -> Self {
-        let i = position(spec, name);
-        assert!(
-            matches!(spec.params[i].kind, ParamKind::Number { .. }),
-            "the parameter is not a number"
-        );
-        Param::at(spec, i)
+        Param::find(spec, name, Kind::Number)
     }
 }
 
 impl Param<ChoiceParam> {
     /// Choice parameter `name` of `spec` (the build fails if there is none).
     pub const fn choice(spec: &OpSpec, name: &str) -> Self {
-        let i = position(spec, name);
-        assert!(
-            matches!(spec.params[i].kind, ParamKind::Choice(_)),
-            "the parameter is not a choice"
-        );
-        Param::at(spec, i)
+        Param::find(spec, name, Kind::Choice)
     }
 }
 
 impl Param<BoolParam> {
     /// Boolean parameter `name` of `spec` (the build fails if there is none).
     pub const fn flag(spec: &OpSpec, name: &str) -> Self {
-        let i = position(spec, name);
-        assert!(
-            matches!(spec.params[i].kind, ParamKind::Bool),
-            "the parameter is not a boolean"
-        );
-        Param::at(spec, i)
+        Param::find(spec, name, Kind::Bool)
     }
 }
 
 impl Param<TextParam> {
     /// Text parameter `name` of `spec` (the build fails if there is none).
     pub const fn text(spec: &OpSpec, name: &str) -> Self {
-        let i = position(spec, name);
-        assert!(
-            matches!(spec.params[i].kind, ParamKind::Text),
-            "the parameter is not text"
-        );
-        Param::at(spec, i)
+        Param::find(spec, name, Kind::Text)
     }
 }
 
