@@ -558,41 +558,45 @@ impl Source for InMemory<'_> {
     }
 }
 
-/// A tensor of the plan's checkpoints as a [`Source`].
+/// A tensor of the plan's checkpoints as a [`Source`]: each input's tensor resolved
+/// once, when the tensor starts, so that a read is one look-up.
 struct Mapped<'a> {
-    plan: &'a Plan,
-    job: &'a MergeJob,
+    base: (&'a Checkpoint, &'a reefknot_io::TensorInfo),
+    models: Vec<(&'a Checkpoint, &'a reefknot_io::TensorInfo)>,
+    fisher: Vec<(&'a Checkpoint, &'a reefknot_io::TensorInfo)>,
 }
 
-impl Mapped<'_> {
-    fn at(&self, l: Located) -> (&Checkpoint, &reefknot_io::TensorInfo) {
-        let c = &self.plan.inputs()[l.0];
-        (c, &c.tensors()[l.1])
+impl<'a> Mapped<'a> {
+    fn new(plan: &'a Plan, job: &MergeJob) -> Self {
+        let at = |l: Located| {
+            let c = &plan.inputs()[l.0];
+            (c, &c.tensors()[l.1])
+        };
+        Mapped {
+            base: at(job.base),
+            models: job.models.iter().map(|&l| at(l)).collect(),
+            fisher: job.fisher.iter().flatten().map(|&l| at(l)).collect(),
+        }
     }
 }
 
 impl Source for Mapped<'_> {
     fn base(&self, start: usize, out: &mut [f32]) {
-        let (c, info) = self.at(self.job.base);
+        let (c, info) = self.base;
         read_f32(c, info, start, out);
     }
     fn model(&self, i: usize, start: usize, out: &mut [f32]) {
-        let (c, info) = self.at(self.job.models[i]);
+        let (c, info) = self.models[i];
         read_f32(c, info, start, out);
     }
     fn delta(&self, i: usize, start: usize, base: &[f32], out: &mut [f32]) {
-        let (c, info) = self.at(self.job.models[i]);
+        let (c, info) = self.models[i];
         let size = info.dtype.size();
         let bytes = &c.data(info)[start * size..(start + out.len()) * size];
         to_f32_minus(info.dtype, bytes, base, out);
     }
     fn fisher(&self, i: usize, start: usize, out: &mut [f32]) {
-        let fisher = self
-            .job
-            .fisher
-            .as_ref()
-            .expect("planned with Fisher tensors");
-        let (c, info) = self.at(fisher[i]);
+        let (c, info) = self.fisher[i];
         read_f32(c, info, start, out);
     }
 }
@@ -718,7 +722,7 @@ pub fn execute(
                     copy_tensor(plan, *from, *convert, dtype, &sink, chunk, progress)
                 }
                 Job::Merge(job) => {
-                    let source = Mapped { plan, job };
+                    let source = Mapped::new(plan, job);
                     let job = TensorJob {
                         name: &tensor.name,
                         shape: &tensor.shape,
