@@ -137,7 +137,7 @@ pub trait OutputSink: Sync {
 
 /// Every tensor of a plan in memory (for tests and tools): one buffer per output
 /// tensor, in the plan's order, each `numel · dtype size` bytes.
-pub struct MemoryOutput(Vec<Mutex<Vec<u8>>>);
+pub struct MemoryOutput(Vec<MemorySink>);
 
 impl MemoryOutput {
     /// Zeroed buffers for every tensor of `plan`.
@@ -147,25 +147,20 @@ impl MemoryOutput {
                 .tensors
                 .iter()
                 .zip(plan.dtypes())
-                .map(|(t, d)| Mutex::new(vec![0; t.numel() * d.size()]))
+                .map(|(t, d)| MemorySink::new(t.numel() * d.size()))
                 .collect(),
         )
     }
 
     /// The buffers.
     pub fn into_tensors(self) -> Vec<Vec<u8>> {
-        self.0
-            .into_iter()
-            .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
-            .collect()
+        self.0.into_iter().map(MemorySink::into_inner).collect()
     }
 }
 
 impl OutputSink for MemoryOutput {
     fn write_at(&self, tensor: usize, offset: usize, bytes: &[u8]) -> Result<(), Error> {
-        let mut v = self.0[tensor].lock().unwrap_or_else(|e| e.into_inner());
-        v[offset..offset + bytes.len()].copy_from_slice(bytes);
-        Ok(())
+        self.0[tensor].write_at(offset, bytes)
     }
 }
 
@@ -703,13 +698,12 @@ pub fn execute(
             &all
         }
     };
-    let selected_merges = || {
+    let merges_some = || {
         selection
             .iter()
-            .filter(|&&i| matches!(plan.jobs()[i], Job::Merge(_)))
+            .any(|&i| matches!(plan.jobs()[i], Job::Merge(_)))
     };
-    let fisher_means = (plan.needs_fisher_means() && selected_merges().next().is_some())
-        .then(|| fisher_means(plan));
+    let fisher_means = (plan.needs_fisher_means() && merges_some()).then(|| fisher_means(plan));
     let models = plan.data().models();
     selection
         .par_iter()

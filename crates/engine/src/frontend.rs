@@ -1,11 +1,13 @@
 //! The recipe front-end: a reefknot recipe becomes a [`MergePlan`].
 //!
 //! Every expression of the recipe is compiled, every checkpoint opened (headers only)
-//! and fingerprinted, every base tensor found in every model with the same shape, and
-//! for every tensor the first matching override picked and each stage's arguments
-//! resolved — a `$variable` through [`Recipe::param`] (the one place that knows the
-//! order: the model's `params`, the override's, the recipe's), a gradient at the
-//! tensor's depth — and checked by the operator. Nothing reads tensor data.
+//! and fingerprinted, and for every tensor the first matching override picked and each
+//! stage's arguments resolved — a `$variable` through [`Recipe::param`] (the one place
+//! that knows the order: the model's `params`, the override's, the recipe's), a
+//! gradient at the tensor's depth. What the plan alone shows (every referenced tensor
+//! there with the base's shape and a fitting dtype, every argument accepted by its
+//! operator for this tensor, every Fisher tensor usable) is checked once, when the plan
+//! is readied ([`crate::Plan::build`] does both). Nothing reads tensor data.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +15,7 @@ use std::sync::Arc;
 
 use reefknot_io::{Checkpoint, Dtype};
 use reefknot_lang::{ArgValue, Call, ParamKind, Pipeline, Ty};
-use reefknot_ops::{Args, BindCtx, Operator, Registry, Value};
+use reefknot_ops::{Args, Operator, Registry, Value};
 use reefknot_plan as plan;
 use reefknot_recipe::{OutputDtype, ParamValue, Recipe};
 
@@ -48,7 +50,9 @@ pub(crate) fn model_label(i: usize, path: &Path) -> String {
 }
 
 /// Makes the plan of `recipe`, returning it with the checkpoints it opened (in the
-/// plan's input order), so that a merge that follows does not open them again.
+/// plan's input order), so that a merge that follows does not open them again. The
+/// plan is checked against the checkpoints and the operators when it is readied
+/// ([`crate::Plan::with_inputs`]).
 pub fn plan_recipe(
     recipe: &Recipe,
     registry: &Registry,
@@ -112,22 +116,24 @@ pub fn plan_recipe(
 
     let mut tensors = Vec::with_capacity(base.tensors().len());
     for info in base.tensors() {
-        for (i, m) in models.iter().enumerate() {
-            let Some(mt) = m.get(&info.name) else {
-                return Err(ErrorKind::MissingTensor {
-                    tensor: info.name.clone(),
-                    model: label(i),
-                }
-                .into());
-            };
-            check_compatible(info, mt, &label(i))?;
-        }
         let layer = reefknot_recipe::layer_index(&info.name);
         let base_ref = plan::TensorRef {
             input: 0,
             tensor: info.name.clone(),
         };
         if !info.dtype.is_computable() {
+            // Copied from the base, but the models must have it too (a readied plan
+            // checks only what its producers read).
+            for (i, m) in models.iter().enumerate() {
+                let Some(mt) = m.get(&info.name) else {
+                    return Err(ErrorKind::MissingTensor {
+                        tensor: info.name.clone(),
+                        model: label(i),
+                    }
+                    .into());
+                };
+                check_compatible(info, mt, &label(i))?;
+            }
             tensors.push(plan::OutputTensor {
                 name: info.name.clone(),
                 dtype: info.dtype.safetensors_name().to_string(),
@@ -157,20 +163,6 @@ pub fn plan_recipe(
         let mut needs_fisher = false;
         for (call, op) in rule.pipeline.stages.iter().zip(&rule.operators) {
             let args = resolver.args(call)?;
-            let ctx = BindCtx {
-                tensor: &info.name,
-                shape: &info.shape,
-                numel: info.numel(),
-                layer,
-                models: models.len(),
-                seed,
-                signature: call.signature,
-                fisher_means: None,
-            };
-            op.check(&args, &ctx).map_err(|error| ErrorKind::Operator {
-                tensor: info.name.clone(),
-                error,
-            })?;
             if op.needs_fisher(&args) {
                 needs_fisher = true;
                 if let Some(i) = fisher_input.iter().position(Option::is_none) {
@@ -194,20 +186,15 @@ pub fn plan_recipe(
                     .collect(),
             });
         }
-        let fisher = if needs_fisher {
-            let mut refs = Vec::with_capacity(models.len());
-            for (i, f) in fisher_input.iter().enumerate() {
-                let input = f.expect("checked above");
-                check_fisher(&opened[input], info, &label(i))?;
-                refs.push(plan::TensorRef {
-                    input,
+        let fisher = needs_fisher.then(|| {
+            fisher_input
+                .iter()
+                .map(|f| plan::TensorRef {
+                    input: f.expect("checked above"),
                     tensor: info.name.clone(),
-                });
-            }
-            Some(refs)
-        } else {
-            None
-        };
+                })
+                .collect()
+        });
         tensors.push(plan::OutputTensor {
             name: info.name.clone(),
             dtype: dtype.unwrap_or(info.dtype).safetensors_name().to_string(),
@@ -351,25 +338,27 @@ pub(crate) fn check_compatible(
     Ok(())
 }
 
-/// Whether a Fisher file has a usable entry for the base tensor `info`.
+/// The position of `tensor` in a Fisher file, when it is a float entry of `shape`.
 pub(crate) fn check_fisher(
     fisher: &Checkpoint,
-    info: &reefknot_io::TensorInfo,
+    tensor: &str,
+    shape: &[usize],
     model: &str,
-) -> Result<(), Error> {
-    let problem = match fisher.get(&info.name) {
+) -> Result<usize, Error> {
+    let found = fisher.position(tensor);
+    let problem = match found.map(|i| &fisher.tensors()[i]) {
         None => "has no entry".to_string(),
-        Some(ft) if ft.shape != info.shape => {
-            format!("has shape {:?} instead of {:?}", ft.shape, info.shape)
+        Some(ft) if ft.shape != shape => {
+            format!("has shape {:?} instead of {shape:?}", ft.shape)
         }
         Some(ft) if !ft.dtype.is_computable() => {
             format!("is {}, not a float", ft.dtype.safetensors_name())
         }
-        Some(_) => return Ok(()),
+        Some(_) => return Ok(found.expect("matched Some")),
     };
     Err(ErrorKind::FisherTensor {
         model: model.to_string(),
-        tensor: info.name.clone(),
+        tensor: tensor.to_string(),
         problem,
     }
     .into())

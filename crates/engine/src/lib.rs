@@ -100,22 +100,44 @@ pub struct MergeReport {
 /// ([`reefknot_io::shard_layout`]) and names the shard files: what a front-end (or a
 /// tool that edited a plan's tensors) does last.
 pub fn lay_out(plan: &mut MergePlan) -> Result<(), Error> {
-    let mut sizes = Vec::with_capacity(plan.tensors.len());
-    for t in &plan.tensors {
-        let dtype = reefknot_io::Dtype::from_safetensors_name(&t.dtype).ok_or_else(|| {
-            Error::from(ErrorKind::PlanTensor {
-                tensor: t.name.clone(),
-                message: format!("`{}` is not a safetensors dtype", t.dtype),
-            })
-        })?;
-        sizes.push(t.numel() * dtype.size());
+    let (shards, names) = shards_of(plan, &dtypes_of(plan)?);
+    for (t, s) in plan.tensors.iter_mut().zip(shards) {
+        t.shard = s;
     }
-    let shards = reefknot_io::shard_layout(&sizes, plan.output.shard_size);
-    for (t, s) in plan.tensors.iter_mut().zip(&shards) {
-        t.shard = *s;
-    }
-    plan.output.shards = reefknot_io::shard_names(shards.last().map_or(1, |&s| s + 1));
+    plan.output.shards = names;
     Ok(())
+}
+
+/// Every output tensor's dtype, parsed from the plan.
+pub(crate) fn dtypes_of(plan: &MergePlan) -> Result<Vec<reefknot_io::Dtype>, Error> {
+    plan.tensors
+        .iter()
+        .map(|t| {
+            reefknot_io::Dtype::from_safetensors_name(&t.dtype).ok_or_else(|| {
+                ErrorKind::PlanTensor {
+                    tensor: t.name.clone(),
+                    message: format!("`{}` is not a safetensors dtype", t.dtype),
+                }
+                .into()
+            })
+        })
+        .collect()
+}
+
+/// The shard of every output tensor and the shard files, by the one layout rule.
+pub(crate) fn shards_of(
+    plan: &MergePlan,
+    dtypes: &[reefknot_io::Dtype],
+) -> (Vec<usize>, Vec<String>) {
+    let sizes: Vec<usize> = plan
+        .tensors
+        .iter()
+        .zip(dtypes)
+        .map(|(t, d)| t.numel() * d.size())
+        .collect();
+    let shards = reefknot_io::shard_layout(&sizes, plan.output.shard_size);
+    let names = reefknot_io::shard_names(shards.last().map_or(1, |&s| s + 1));
+    (shards, names)
 }
 
 /// Runs a thread pool of `threads` workers (`None`: one per core).

@@ -87,6 +87,7 @@ impl Plan {
     /// are not those the plan was made from, binds every operator by name from
     /// `registry` and checks every argument and tensor.
     pub fn load(data: MergePlan, registry: &Registry) -> Result<Plan, Error> {
+        // Before any file is opened: the inputs' indices are trusted below.
         data.validate().map_err(ErrorKind::Plan)?;
         let mut inputs = Vec::with_capacity(data.inputs.len());
         for input in &data.inputs {
@@ -98,7 +99,7 @@ impl Plan {
             verify(input, &c)?;
             inputs.push(c);
         }
-        Plan::with_inputs(data, inputs, registry)
+        Plan::ready(data, inputs, registry)
     }
 
     /// Readies `data` over checkpoints already opened, parallel to `data.inputs` (as
@@ -110,7 +111,24 @@ impl Plan {
     ) -> Result<Plan, Error> {
         data.validate().map_err(ErrorKind::Plan)?;
         assert_eq!(inputs.len(), data.inputs.len(), "one checkpoint per input");
-        check_layout(&data)?;
+        Plan::ready(data, inputs, registry)
+    }
+
+    /// Readies a validated plan over its opened inputs.
+    fn ready(data: MergePlan, inputs: Vec<Checkpoint>, registry: &Registry) -> Result<Plan, Error> {
+        let dtypes = crate::dtypes_of(&data)?;
+        let (shards, names) = crate::shards_of(&data, &dtypes);
+        if data.tensors.iter().zip(&shards).any(|(t, &s)| t.shard != s)
+            || names != data.output.shards
+        {
+            return Err(
+                ErrorKind::Plan(reefknot_plan::PlanError::Inconsistent(format!(
+                    "the shards do not follow from the shard size {} (lay the output out again)",
+                    data.output.shard_size
+                )))
+                .into(),
+            );
+        }
         let mut binder = Binder {
             registry,
             inputs: &inputs,
@@ -118,12 +136,8 @@ impl Plan {
             specs: BTreeMap::new(),
         };
         let mut jobs = Vec::with_capacity(data.tensors.len());
-        let mut dtypes = Vec::with_capacity(data.tensors.len());
         let mut needs_fisher_means = false;
-        for t in &data.tensors {
-            let dtype = Dtype::from_safetensors_name(&t.dtype).ok_or_else(|| {
-                plan_err(&t.name, format!("`{}` is not a safetensors dtype", t.dtype))
-            })?;
+        for (t, &dtype) in data.tensors.iter().zip(&dtypes) {
             let job = binder.job(t, dtype)?;
             if let Job::Merge(m) = &job {
                 needs_fisher_means |= m
@@ -132,7 +146,6 @@ impl Plan {
                     .any(|s| s.operator.needs_fisher_means(&s.args));
             }
             jobs.push(job);
-            dtypes.push(dtype);
         }
         Ok(Plan {
             data,
@@ -336,31 +349,6 @@ fn verify(input: &data::Input, c: &Checkpoint) -> Result<(), Error> {
     Ok(())
 }
 
-/// Refuses a plan whose shards are not those its shard size gives (the writer lays
-/// the files out by the one rule of `reefknot_io::shard_layout`).
-fn check_layout(d: &MergePlan) -> Result<(), Error> {
-    let mut sizes = Vec::with_capacity(d.tensors.len());
-    for t in &d.tensors {
-        let dtype = Dtype::from_safetensors_name(&t.dtype).ok_or_else(|| {
-            plan_err(&t.name, format!("`{}` is not a safetensors dtype", t.dtype))
-        })?;
-        sizes.push(t.numel() * dtype.size());
-    }
-    let shards = reefknot_io::shard_layout(&sizes, d.output.shard_size);
-    let names = reefknot_io::shard_names(shards.last().map_or(1, |&s| s + 1));
-    let same = d.tensors.iter().zip(&shards).all(|(t, &s)| t.shard == s);
-    if !same || names != d.output.shards {
-        return Err(
-            ErrorKind::Plan(reefknot_plan::PlanError::Inconsistent(format!(
-                "the shards do not follow from the shard size {} (lay the output out again)",
-                d.output.shard_size
-            )))
-            .into(),
-        );
-    }
-    Ok(())
-}
-
 /// Binds a plan's producers to opened inputs and registered operators.
 struct Binder<'a> {
     registry: &'a Registry,
@@ -377,7 +365,7 @@ impl Binder<'_> {
             if r.tensor == out {
                 ErrorKind::MissingTensor {
                     tensor: r.tensor.clone(),
-                    model: format!("{role} ({})", c.path().display()),
+                    model: self.who(r.input),
                 }
                 .into()
             } else {
@@ -485,12 +473,10 @@ impl Binder<'_> {
             None => None,
             Some(refs) => {
                 let mut v = Vec::with_capacity(refs.len());
-                for (i, r) in refs.iter().enumerate() {
-                    let model = format!("model {}", i + 1);
-                    let mut info = base_info.clone();
-                    info.name.clone_from(&r.tensor);
-                    check_fisher(&self.inputs[r.input], &info, &model)?;
-                    v.push(self.locate(r, "Fisher tensor", &t.name)?);
+                for (r, m) in refs.iter().zip(&p.models) {
+                    let fisher = &self.inputs[r.input];
+                    let at = check_fisher(fisher, &r.tensor, &t.shape, &self.who(m.input))?;
+                    v.push((r.input, at));
                 }
                 Some(v)
             }

@@ -328,17 +328,15 @@ impl MergePlan {
     pub fn from_json(text: &str) -> Result<MergePlan, PlanError> {
         // Look at the format first, so that a plan of another version gets that message
         // rather than one about a field this version does not know.
-        #[derive(Deserialize)]
-        struct Version {
-            format: u32,
+        let value: serde_json::Value = serde_json::from_str(text)?;
+        if let Some(found) = value.get("format").and_then(serde_json::Value::as_u64) {
+            if found != u64::from(FORMAT) {
+                return Err(PlanError::Format {
+                    found: u32::try_from(found).unwrap_or(u32::MAX),
+                });
+            }
         }
-        let version: Version = serde_json::from_str(text)?;
-        if version.format != FORMAT {
-            return Err(PlanError::Format {
-                found: version.format,
-            });
-        }
-        let plan: MergePlan = serde_json::from_str(text)?;
+        let plan = MergePlan::deserialize(value)?;
         plan.validate()?;
         Ok(plan)
     }
