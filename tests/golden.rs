@@ -50,6 +50,14 @@ const CASES: &[&str] = &[
     "ties_bf16",
     "dare_ties_d1",
     "breadcrumbs",
+    "breadcrumbs_ties",
+    "ties_rescale",
+    "slerp",
+    "slerp_bf16",
+    "nearswap",
+    "model_stock",
+    "model_stock_rows_bf16",
+    "della_d1_bf16",
 ];
 
 fn golden_root() -> PathBuf {
@@ -626,8 +634,15 @@ golden_cases!(
     ties_gradient_all,
     ties_bf16,
     dare_ties_d1,
-    #[ignore = "breadcrumbs is not a built-in operator yet"]
     breadcrumbs,
+    breadcrumbs_ties,
+    ties_rescale,
+    slerp,
+    slerp_bf16,
+    nearswap,
+    model_stock,
+    model_stock_rows_bf16,
+    della_d1_bf16,
 );
 
 /// The fixture folder and the list of tested cases stay in step.

@@ -53,6 +53,9 @@ pub(crate) fn reference(registry: &Registry) -> String {
             let aliases: Vec<String> = spec.aliases.iter().map(|a| format!("`{a}`")).collect();
             let _ = write!(s, "; alias {}", aliases.join(", "));
         }
+        if !spec.models.is_any() {
+            let _ = write!(s, "; takes {}", spec.models);
+        }
         s.push_str("\n\n");
         if !spec.params.is_empty() {
             s.push_str("| parameter | accepts | default | meaning |\n|---|---|---|---|\n");
@@ -151,6 +154,7 @@ fn details(registry: &Registry, name: &str) -> Result<String, Failure> {
     let _ = writeln!(s, "{usage}  ({})", entry.origin);
     let _ = writeln!(s, "  {}", spec.summary);
     let _ = writeln!(s, "\ntypes: {}", spec.signature_list());
+    let _ = writeln!(s, "models: {}", spec.models);
     if !spec.aliases.is_empty() {
         let _ = writeln!(s, "aliases: {}", spec.aliases.join(", "));
     }

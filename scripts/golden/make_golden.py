@@ -374,6 +374,9 @@ class Case:
     density_override: Optional[Tuple[str, object]] = None  # (substring, value)
     scale: float = 1.0
     out_dtype: Optional[str] = None  # None = family dtype
+    n_models: int = N_TASKS  # the case merges task_0 .. task_{n_models-1}
+    t: object = None  # slerp / nearswap: number or gradient list
+    rescale: bool = False  # L1 rescale after the sparsifier
 
 
 def paths_for(fam: str) -> Dict[str, str]:
@@ -733,6 +736,254 @@ dtype: float32
         density=(0.3, 0.3, 0.3),
         gamma=0.01,
     ),
+    Case(
+        name="breadcrumbs_ties",
+        family="llama_f32",
+        description=("breadcrumbs_ties: density 0.3, gamma 0.05 (one outlier in the "
+                     "32-element norms), weights 1.0/0.5/0.8, elected sign, normalize "
+                     "false (mergekit's default)"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+    weight: 1.0
+  - path: {m1}
+    weight: 0.5
+  - path: {m2}
+    weight: 0.8
+merge: breadcrumbs(0.3, gamma=0.05) |> elect |> disjoint(sum)
+""",
+        mergekit="""\
+merge_method: breadcrumbs_ties
+base_model: {base}
+models:
+  - model: {m0}
+    parameters: {{ weight: 1.0 }}
+  - model: {m1}
+    parameters: {{ weight: 0.5 }}
+  - model: {m2}
+    parameters: {{ weight: 0.8 }}
+parameters:
+  density: 0.3
+  gamma: 0.05
+dtype: float32
+""",
+        sparsify="breadcrumbs",
+        combine="disjoint_sum",
+        weights=(1.0, 0.5, 0.8),
+        density=(0.3, 0.3, 0.3),
+        gamma=0.05,
+    ),
+    Case(
+        name="ties_rescale",
+        family="llama_f32",
+        description=("TIES with rescale true: each trimmed task vector scaled back to "
+                     "its L1 norm, densities 0.1/0.3/0.5"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+    params: {{ density: 0.1 }}
+  - path: {m1}
+    params: {{ density: 0.3 }}
+  - path: {m2}
+    params: {{ density: 0.5 }}
+merge: trim($density, rescale=l1) |> elect |> disjoint
+""",
+        mergekit="""\
+merge_method: ties
+base_model: {base}
+models:
+  - model: {m0}
+    parameters: {{ weight: 1.0, density: 0.1 }}
+  - model: {m1}
+    parameters: {{ weight: 1.0, density: 0.3 }}
+  - model: {m2}
+    parameters: {{ weight: 1.0, density: 0.5 }}
+parameters:
+  normalize: true
+  rescale: true
+dtype: float32
+""",
+        sparsify="trim",
+        combine="disjoint",
+        density=(0.1, 0.3, 0.5),
+        rescale=True,
+    ),
+    Case(
+        name="slerp",
+        family="llama_f32",
+        description="SLERP between the base and task_0, t = 0.4",
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+merge: slerp(0.4)
+""",
+        mergekit="""\
+merge_method: slerp
+base_model: {base}
+models:
+  - model: {base}
+  - model: {m0}
+parameters:
+  t: 0.4
+dtype: float32
+""",
+        sparsify=None,
+        combine="slerp",
+        n_models=1,
+        t=0.4,
+    ),
+    Case(
+        name="slerp_bf16",
+        family="llama_bf16",
+        description=("SLERP on bfloat16 sharded inputs with a t gradient [0.2, 0.8] "
+                     "(embeddings, final norm and lm_head take t = 0.2), written as "
+                     "bfloat16"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+params: {{ t: [0.2, 0.8] }}
+merge: slerp($t)
+dtype: bfloat16
+""",
+        mergekit="""\
+merge_method: slerp
+base_model: {base}
+models:
+  - model: {base}
+  - model: {m0}
+parameters:
+  t: [0.2, 0.8]
+dtype: float32
+out_dtype: bfloat16
+""",
+        sparsify=None,
+        combine="slerp",
+        n_models=1,
+        t=[0.2, 0.8],
+        out_dtype="BF16",
+    ),
+    Case(
+        name="nearswap",
+        family="llama_f32",
+        description="NearSwap between the base and task_0, t = 0.004",
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+merge: nearswap(0.004)
+""",
+        mergekit="""\
+merge_method: nearswap
+base_model: {base}
+models:
+  - model: {base}
+  - model: {m0}
+parameters:
+  t: 0.004
+dtype: float32
+""",
+        sparsify=None,
+        combine="nearswap",
+        n_models=1,
+        t=0.004,
+    ),
+    Case(
+        name="model_stock",
+        family="llama_f32",
+        description="Model Stock over the three fine-tunes, one ratio per tensor",
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+  - path: {m1}
+  - path: {m2}
+merge: model_stock
+""",
+        mergekit="""\
+merge_method: model_stock
+base_model: {base}
+models:
+  - model: {m0}
+  - model: {m1}
+  - model: {m2}
+dtype: float32
+""",
+        sparsify=None,
+        combine="model_stock",
+    ),
+    Case(
+        name="model_stock_rows_bf16",
+        family="llama_bf16",
+        description=("Model Stock with filter_wise (one ratio per row) on bfloat16 "
+                     "sharded inputs, written as bfloat16"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+  - path: {m1}
+  - path: {m2}
+merge: model_stock(filter_wise=true)
+dtype: bfloat16
+""",
+        mergekit="""\
+merge_method: model_stock
+base_model: {base}
+models:
+  - model: {m0}
+  - model: {m1}
+  - model: {m2}
+parameters:
+  filter_wise: true
+dtype: float32
+out_dtype: bfloat16
+""",
+        sparsify=None,
+        combine="model_stock_rows",
+        out_dtype="BF16",
+    ),
+    Case(
+        name="della_d1_bf16",
+        family="llama_bf16",
+        description=("DELLA at density 1 (mergekit's deterministic path: no drop, no "
+                     "rescale), elected sign, normalize true (della's default), bfloat16"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+    weight: 1.0
+  - path: {m1}
+    weight: 0.5
+  - path: {m2}
+    weight: 0.8
+merge: della(1, eps=0.1) |> elect |> disjoint
+dtype: bfloat16
+seed: 0
+""",
+        mergekit="""\
+merge_method: della
+base_model: {base}
+models:
+  - model: {m0}
+    parameters: {{ weight: 1.0 }}
+  - model: {m1}
+    parameters: {{ weight: 0.5 }}
+  - model: {m2}
+    parameters: {{ weight: 0.8 }}
+parameters:
+  density: 1.0
+  epsilon: 0.1
+dtype: float32
+out_dtype: bfloat16
+""",
+        sparsify=None,
+        combine="disjoint",
+        weights=(1.0, 0.5, 0.8),
+        out_dtype="BF16",
+    ),
 ]
 
 
@@ -791,8 +1042,9 @@ def kept_ranks(case: Case, density: float, n: int) -> Tuple[int, int]:
         if density >= 1:
             return 0, n
         top = int(math.floor(case.gamma * n))
-        keep = int(math.floor(density * n))
-        return min(top, n), min(n, top + keep)
+        keep = min(n, int(math.floor(density * n)))
+        lo = min(top, n - keep)  # fewer outliers when top + keep > n (mergekit)
+        return lo, lo + keep
     raise ValueError(case.sparsify)
 
 
@@ -823,28 +1075,70 @@ def ambiguous_ties(delta: np.ndarray, cut_ranks: Sequence[int]) -> np.ndarray:
     return mask
 
 
+def l1_rescaled(original: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """mergekit's L1 rescale: kept * |original|_1 / |kept|_1 unless a norm < 1e-7."""
+    before = float(np.abs(original.astype(np.float64)).sum())
+    after = float(np.abs(kept.astype(np.float64)).sum())
+    if before < 1e-7 or after < 1e-7:
+        return kept
+    return (kept * np.float32(before / after)).astype(np.float32)
+
+
+def slerp_reference(t: float, v0: np.ndarray, v1: np.ndarray) -> np.ndarray:
+    a = v0.astype(np.float64).reshape(-1)
+    b = v1.astype(np.float64).reshape(-1)
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    na = na if na > 1e-8 else 1.0
+    nb = nb if nb > 1e-8 else 1.0
+    d = float(np.clip(np.dot(a, b) / (na * nb), -1.0, 1.0))
+    if abs(d) > 0.9995:
+        ca, cb = 1.0 - t, t
+    else:
+        om = math.acos(d)
+        ca, cb = math.sin((1 - t) * om) / math.sin(om), math.sin(t * om) / math.sin(om)
+    return (np.float32(ca) * v0 + np.float32(cb) * v1).astype(np.float32)
+
+
+def model_stock_ratio(deltas: List[np.ndarray]) -> float:
+    n = len(deltas)
+    cos = []
+    for i in range(n):
+        for j in range(i + 1, n):
+            a, b = deltas[i].astype(np.float64), deltas[j].astype(np.float64)
+            norms = max(np.linalg.norm(a) * np.linalg.norm(b), 1e-6)
+            cos.append(float(np.clip(np.dot(a, b) / norms, -1.0, 1.0)))
+    c = sum(cos) / len(cos)
+    den = 1 + (n - 1) * c
+    return 0.0 if abs(den) < 1e-6 else n * c / den
+
+
 def reference_merge(case: Case, fam: Family, models: List[Dict[str, np.ndarray]]):
     out = {}
     ties_mask = {}
     f32 = np.float32
+    n_models = case.n_models
     for name, shape in fam.tensor_specs():
         base = models[0][name].astype(f32)
-        deltas = [models[i + 1][name].astype(f32) - base for i in range(N_TASKS)]
+        deltas = [models[i + 1][name].astype(f32) - base for i in range(n_models)]
         t = depth_t(name, fam.layers)
-        w = [f32(gradient_value(x, t)) for x in case.weights]
+        w = [f32(gradient_value(x, t)) for x in case.weights[:n_models]]
         dens = case_density(case, name, fam.layers)
         amb = np.zeros(base.size, dtype=bool)
         if case.sparsify:
-            for i in range(N_TASKS):
+            for i in range(n_models):
                 amb |= ambiguous_ties(deltas[i], cuts(case, dens[i], base.size))
-            deltas = [sparsify_stable(case, d, dens[i]) for i, d in enumerate(deltas)]
-        u = [f32(w[i]) * deltas[i] for i in range(N_TASKS)]
+            cut = [sparsify_stable(case, d, dens[i]) for i, d in enumerate(deltas)]
+            if case.rescale:
+                cut = [l1_rescaled(d, c) if dens[i] < 1 else d
+                       for i, (d, c) in enumerate(zip(deltas, cut))]
+            deltas = cut
+        u = [f32(w[i]) * deltas[i] for i in range(n_models)]
         if case.combine in ("disjoint", "disjoint_sum"):
             s = u[0] + u[1] + u[2]
             gamma = np.where(s >= 0, f32(1), f32(-1))
             num = np.zeros_like(base)
             den = np.zeros_like(base)
-            for i in range(N_TASKS):
+            for i in range(n_models):
                 agree = (u[i] != 0) & (np.sign(u[i]) == gamma)
                 num = num + np.where(agree, u[i], f32(0))
                 den = den + np.where(agree, w[i], f32(0)).astype(f32)
@@ -860,6 +1154,23 @@ def reference_merge(case: Case, fam: Family, models: List[Dict[str, np.ndarray]]
             if abs(sw) < 1e-8:
                 sw = f32(1)
             delta = (u[0] + u[1] + u[2]) / sw
+        elif case.combine == "slerp":
+            tv = gradient_value(case.t, t)
+            delta = slerp_reference(tv, base, base + deltas[0]) - base
+        elif case.combine == "nearswap":
+            d = deltas[0]
+            omega = np.clip(f32(case.t) / np.maximum(np.abs(d), f32(1e-6)), 0, 1).astype(f32)
+            delta = omega * d
+        elif case.combine in ("model_stock", "model_stock_rows"):
+            mean = (deltas[0] + deltas[1] + deltas[2]) / f32(3)
+            if case.combine == "model_stock":
+                ratio = f32(model_stock_ratio([d.reshape(-1) for d in deltas]))
+            else:
+                rows = [d.reshape(-1, shape[-1]) for d in deltas]
+                ratio = np.array([[model_stock_ratio([r[k] for r in rows])]
+                                  for k in range(rows[0].shape[0])], dtype=f32)
+                mean = mean.reshape(-1, shape[-1])
+            delta = (ratio * mean).reshape(shape)
         else:
             raise ValueError(case.combine)
         if case.scale != 1.0:
@@ -953,7 +1264,7 @@ def write_golden_json(path: Path, case: Case, version: str, p: Dict[str, str],
         "description": case.description,
         "mergekit_version": version,
         "base": p["base"],
-        "models": [p[f"m{t}"] for t in range(N_TASKS)],
+        "models": [p[f"m{t}"] for t in range(case.n_models)],
         "sparsifier": case.sparsify,
     }
     lines = ["{"]
@@ -1054,7 +1365,7 @@ def generate(out_root: Path, work: Path, verbose: bool = True) -> bool:
         # self-check against the independent model of operators.md
         ref, ties = reference_merge(case, fam, fam_models[case.family])
         ok, lines = compare(merged, ref, ties,
-                            operand_scale(fam, fam_models[case.family]))
+                            operand_scale(fam, fam_models[case.family][:case.n_models + 1]))
         n_tied = sum(int(m.sum()) for m in ties.values())
         size = (cdir / "expected.safetensors").stat().st_size
         summary.append((case.name, ok, n_tied, size, lines[-1]))

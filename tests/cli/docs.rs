@@ -104,7 +104,20 @@ fn the_operator_reference_is_generated_from_the_definitions() {
     // Every built-in of operators.md is registered (inventory entries vanish silently
     // when a crate is not linked).
     for op in [
-        "trim", "dare", "elect", "disjoint", "sum", "mean", "fisher", "scale", "ties",
+        "trim",
+        "dare",
+        "elect",
+        "disjoint",
+        "sum",
+        "mean",
+        "fisher",
+        "scale",
+        "ties",
+        "breadcrumbs",
+        "della",
+        "slerp",
+        "nearswap",
+        "model_stock",
     ] {
         assert!(
             generated.contains(&format!("\n## {op}\n")),

@@ -199,6 +199,37 @@ fn type_error_in_the_pipeline() {
 }
 
 #[test]
+fn a_method_given_the_wrong_number_of_models() {
+    let ws = Workspace::new(Dtype::F32, None);
+    // slerp and nearswap take one fine-tune; the recipe has three.
+    ws.recipe("r.yaml", &recipe_with("trim(0.5) |> slerp(0.3)"));
+    let stderr = merge_fails(
+        &ws,
+        2,
+        &[
+            "reefknot::model_count",
+            "r.yaml:6:21",
+            "`slerp` takes exactly 1 fine-tuned model, but the recipe merges 3",
+            "list one model under `models:`",
+        ],
+    );
+    assert!(
+        stderr.contains("merge: trim(0.5) |> slerp(0.3)"),
+        "{stderr}"
+    );
+    ws.recipe("r.yaml", &recipe_with("nearswap(0.01)"));
+    merge_fails(&ws, 2, &["`nearswap` takes exactly 1 fine-tuned model"]);
+    // model_stock needs two at least.
+    let one = "base: models/base\nmodels:\n  - path: models/code\nmerge: model_stock\n";
+    ws.recipe("r.yaml", one);
+    merge_fails(
+        &ws,
+        2,
+        &["`model_stock` takes at least 2 fine-tuned models, but the recipe merges 1 fine-tuned model"],
+    );
+}
+
+#[test]
 fn unknown_recipe_key() {
     let ws = Workspace::new(Dtype::F32, None);
     ws.recipe("r.yaml", &recipe_with("ties").replace("models:", "modles:"));

@@ -182,12 +182,12 @@ fn check_prints_the_plan_without_writing() {
     );
     let stdout = ok(&run_in(ws.path(), &["check", "r.yaml"]));
     assert!(
-        stdout.contains("trim(k=0.2) |> elect(by=mass) |> disjoint(by=mean)"),
+        stdout.contains("trim(k=0.2, rescale=none) |> elect(by=mass) |> disjoint(by=mean)"),
         "{stdout}"
     );
     // The MLP density follows the gradient over the two layers: 0.1, then 0.5.
     assert!(
-        stdout.contains("trim(k=0.1)") && stdout.contains("trim(k=0.5)"),
+        stdout.contains("trim(k=0.1,") && stdout.contains("trim(k=0.5,"),
         "{stdout}"
     );
     assert!(
@@ -203,7 +203,20 @@ fn check_prints_the_plan_without_writing() {
 fn ops_lists_every_operator_and_documents_each() {
     let stdout = ok(&reefknot().arg("ops").output().unwrap());
     for op in [
-        "trim", "dare", "elect", "disjoint", "sum", "mean", "fisher", "scale", "ties",
+        "trim",
+        "dare",
+        "elect",
+        "disjoint",
+        "sum",
+        "mean",
+        "fisher",
+        "scale",
+        "ties",
+        "breadcrumbs",
+        "della",
+        "slerp",
+        "nearswap",
+        "model_stock",
     ] {
         assert!(
             stdout.lines().any(|l| l.starts_with(op)),
@@ -212,7 +225,7 @@ fn ops_lists_every_operator_and_documents_each() {
     }
     let stdout = ok(&reefknot().args(["ops", "topk"]).output().unwrap());
     assert!(
-        stdout.starts_with("trim(k=0.2)") && stdout.contains("radix"),
+        stdout.starts_with("trim(k=0.2, rescale=none)") && stdout.contains("radix"),
         "{stdout}"
     );
     let stderr = fails(&reefknot().args(["ops", "dsjoint"]).output().unwrap(), 2);

@@ -20,7 +20,10 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 use reefknot_io::{from_f32, to_f32, to_f32_minus, Checkpoint, Dtype, ModelWriter};
-use reefknot_ops::{BindCtx, Chunk, Kernel, OrderFreeSum, Partial, Span, TaskVectors, BLOCK};
+use reefknot_ops::{
+    row_chunk, row_len, BindCtx, Chunk, Kernel, OpError, OrderFreeSum, Partial, Span, TaskVectors,
+    BLOCK,
+};
 use reefknot_plan::Role;
 
 use crate::plan::{Job, Located, MergeJob, Plan, Stage};
@@ -526,6 +529,23 @@ pub fn merge_tensor(
         chunk > 0 && chunk.is_multiple_of(BLOCK),
         "chunks are whole blocks"
     );
+    // Row-wise stages see whole rows in every chunk (operators refuse, when the plan is
+    // readied, tensors whose rows cannot be chunked so).
+    let rows = job.stages.iter().find(|s| s.operator.whole_rows(&s.args));
+    let chunk = if let Some(stage) = rows {
+        row_chunk(job.numel, row_len(job.shape), chunk).ok_or_else(|| ErrorKind::Operator {
+            tensor: job.name.to_string(),
+            error: OpError::InvalidArguments {
+                op: stage.op.clone(),
+                message: format!(
+                    "rows of {} elements cannot be chunked in whole rows",
+                    row_len(job.shape)
+                ),
+            },
+        })?
+    } else {
+        chunk
+    };
     let run = TensorRun { job, chunk };
     let kernels = run.prepare()?;
     run.write(&kernels, dtype, out, progress)

@@ -173,17 +173,22 @@ pub fn execute_into(
 
 /// Compiles one of the recipe's expressions, pointing errors into the recipe file.
 pub fn compile_expr(recipe: &Recipe, expr: &Expr, registry: &Registry) -> Result<Pipeline, Error> {
-    reefknot_lang::compile(&expr.text, registry).map_err(|e| {
-        let name = recipe
-            .path
-            .as_ref()
-            .map_or_else(|| "recipe".to_string(), |p| p.display().to_string());
-        let located = match expr.offset_in_source {
-            Some(offset) => e.offset(offset, recipe.source.clone(), &name),
-            None => e.with_source_name(format!("{name}: merge expression")),
-        };
-        Error::from(located)
-    })
+    reefknot_lang::compile(&expr.text, registry)
+        .and_then(|p| {
+            reefknot_lang::check_models(&expr.text, &p, recipe.models.len())?;
+            Ok(p)
+        })
+        .map_err(|e| {
+            let name = recipe
+                .path
+                .as_ref()
+                .map_or_else(|| "recipe".to_string(), |p| p.display().to_string());
+            let located = match expr.offset_in_source {
+                Some(offset) => e.offset(offset, recipe.source.clone(), &name),
+                None => e.with_source_name(format!("{name}: merge expression")),
+            };
+            Error::from(located)
+        })
 }
 
 /// Runs `plan`, writing the merged model to the folder `out`.

@@ -507,6 +507,13 @@ impl Binder<'_> {
                     spec.signature_list()
                 )));
             }
+            if !spec.models.admits(p.models.len()) {
+                return Err(stage_err(format!(
+                    "it takes {}, and the pipeline has {}",
+                    spec.models,
+                    p.models.len()
+                )));
+            }
             flowing = signature.output;
             let args = bind_args(spec, s, p.models.len()).map_err(stage_err)?;
             let ctx = BindCtx {

@@ -18,6 +18,8 @@ struct Case<'a> {
     vars: BTreeMap<String, Vec<f64>>,
     seed: u64,
     chunk: usize,
+    /// The tensor's shape (default: a vector).
+    shape: Option<Vec<usize>>,
 }
 
 impl<'a> Case<'a> {
@@ -32,6 +34,7 @@ impl<'a> Case<'a> {
             vars: BTreeMap::new(),
             seed: 0,
             chunk: BLOCK,
+            shape: None,
         }
     }
 
@@ -65,6 +68,12 @@ impl<'a> Case<'a> {
         self
     }
 
+    fn shape(mut self, shape: &[usize]) -> Self {
+        assert_eq!(shape.iter().product::<usize>(), self.base.len());
+        self.shape = Some(shape.to_vec());
+        self
+    }
+
     fn run(&self) -> Vec<f32> {
         let bytes = self.run_bytes(None);
         bytes
@@ -86,7 +95,7 @@ impl<'a> Case<'a> {
             models: self.models.iter().map(Vec::as_slice).collect(),
             fisher: self.fisher.iter().map(Vec::as_slice).collect(),
         };
-        let shape = [self.base.len()];
+        let shape = self.shape.clone().unwrap_or_else(|| vec![self.base.len()]);
         let job = TensorJob {
             name: "test.weight",
             shape: &shape,
@@ -409,6 +418,11 @@ fn results_do_not_depend_on_threads_or_chunks() {
         "sum |> dare(0.5, rescale=l1)",
         "trim(0.3) |> dare(0.5) |> elect(count) |> disjoint(sum) |> trim(0.5) |> scale(0.7)",
         "mean",
+        "breadcrumbs(0.3, gamma=0.05, rescale=l1) |> elect |> disjoint",
+        "trim(0.2, rescale=l1) |> sum",
+        "della(0.4, eps=0.2) |> elect |> disjoint",
+        "model_stock",
+        "model_stock(filter_wise=true)",
     ] {
         let case = Case::new(expr, base.clone(), models.clone());
         let one = case.run_bytes(Some(1));
@@ -416,6 +430,19 @@ fn results_do_not_depend_on_threads_or_chunks() {
         assert_eq!(one, four, "{expr}: 1 vs 4 threads");
         let big = Case::new(expr, base.clone(), models.clone()).chunk(4 * BLOCK);
         assert_eq!(one, big.run_bytes(Some(3)), "{expr}: chunk size");
+    }
+    // Row-wise operators on a matrix, whose rows fit several to a chunk.
+    let (base, models) = family(4, 3, 37 * 512);
+    for expr in [
+        "della(0.4, eps=0.2) |> elect |> disjoint",
+        "model_stock(filter_wise=true)",
+        "trim(0.3) |> della(0.5) |> dare(0.5, rescale=l1) |> sum",
+    ] {
+        let case = || Case::new(expr, base.clone(), models.clone()).shape(&[37, 512]);
+        let one = case().run_bytes(Some(1));
+        assert_eq!(one, case().run_bytes(Some(4)), "{expr}: 1 vs 4 threads");
+        let big = case().chunk(4 * BLOCK).run_bytes(Some(3));
+        assert_eq!(one, big, "{expr}: chunk size");
     }
 }
 
@@ -560,5 +587,202 @@ fn trim_on_a_tensor_with_more_candidates_than_fit() {
             .chunk(8 * BLOCK)
             .run();
         assert!(got == trim_reference(&v, k), "k = {k}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// mergekit's other methods: breadcrumbs, rescaled trim, slerp, nearswap,
+// model_stock, della
+// ---------------------------------------------------------------------------
+
+fn l1(x: &[f32]) -> f64 {
+    x.iter().map(|&a| f64::from(a.abs())).sum()
+}
+
+#[test]
+fn breadcrumbs_drops_the_outliers_and_keeps_the_next() {
+    // n = 10: γ = 0.2 drops the 2 largest, k = 0.3 keeps the next 3.
+    let d = [5.0f32, -9.0, 1.0, 7.0, -2.0, 0.5, 8.0, 3.0, -4.0, 6.0];
+    let out = Case::deltas("breadcrumbs(0.3, gamma=0.2) |> sum", &[&d]).run();
+    assert_eq!(
+        out,
+        [0.0, 0.0, 0.0, 7.0, 0.0, 0.0, 0.0, 0.0, 0.0, 6.0]
+            .iter()
+            .zip(&d)
+            .map(|(&keep, &x)| if keep != 0.0 || x == 5.0 { x } else { 0.0 })
+            .collect::<Vec<f32>>()
+    );
+    // γ + k > 1: fewer outliers are dropped so that ⌊k·n⌋ are kept (as mergekit).
+    let out = Case::deltas("breadcrumbs(0.9, gamma=0.2) |> sum", &[&d]).run();
+    assert_eq!(out.iter().filter(|x| **x != 0.0).count(), 9);
+    assert_eq!(out[1], 0.0, "the largest is dropped");
+    // k ≥ 1 keeps everything, outliers included.
+    let out = Case::deltas("breadcrumbs(1, gamma=0.2) |> sum", &[&d]).run();
+    assert_eq!(out, d);
+}
+
+#[test]
+fn rescaled_sparsifiers_restore_the_l1_norm() {
+    let (_, models) = family(8, 1, 6 * BLOCK + 5);
+    let v = &models[0];
+    for expr in [
+        "trim(0.2, rescale=l1) |> sum",
+        "breadcrumbs(0.3, gamma=0.02, rescale=l1) |> sum",
+        "della(0.5, rescale=l1) |> sum",
+    ] {
+        let out = Case::deltas(expr, &[v]).run();
+        let ratio = l1(&out) / l1(v);
+        assert!((ratio - 1.0).abs() < 1e-5, "{expr}: L1 ratio {ratio}");
+        assert!(
+            out.iter().filter(|x| **x == 0.0).count() > v.len() / 3,
+            "{expr}"
+        );
+    }
+    // Nothing cut, nothing scaled.
+    assert_eq!(Case::deltas("trim(1, rescale=l1) |> sum", &[v]).run(), *v);
+}
+
+#[test]
+fn slerp_at_zero_is_the_base_and_at_one_the_fine_tune() {
+    let (base, models) = family(9, 1, 3 * BLOCK + 17);
+    let at = |t: f64| {
+        Case::new("slerp($t)", base.clone(), models.clone())
+            .var("t", &[t])
+            .run()
+    };
+    assert_eq!(at(0.0), base);
+    assert!(close(&at(1.0), &models[0], 1e-6));
+    // Halfway, on a big angle: the norm is between the ends' and above the lerp's.
+    let (a, b): (Vec<f32>, Vec<f32>) = ((0..1000).map(|j| (j % 7) as f32 - 3.0).collect(), {
+        (0..1000).map(|j| (j % 5) as f32 - 2.0).collect()
+    });
+    let mid = Case::new("slerp(0.5)", a.clone(), vec![b.clone()]).run();
+    let norm = |x: &[f32]| x.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
+    let lerp: Vec<f32> = a.iter().zip(&b).map(|(x, y)| 0.5 * (x + y)).collect();
+    assert!(
+        norm(&mid) > norm(&lerp) * 1.05,
+        "{} vs {}",
+        norm(&mid),
+        norm(&lerp)
+    );
+}
+
+#[test]
+fn nearswap_takes_near_values_and_shrinks_far_ones() {
+    let d = [0.001f32, -0.002, 0.5, -0.1, 0.0];
+    let out = Case::deltas("nearswap(0.01)", &[&d]).run();
+    let want = [0.001f32, -0.002, 0.01, -0.01, 0.0];
+    assert!(close(&out, &want, 1e-7), "{out:?}");
+}
+
+#[test]
+fn model_stock_of_orthogonal_task_vectors_is_the_base() {
+    let n = 3 * BLOCK;
+    // Disjoint supports: pairwise orthogonal, cos θ = 0, t = 0.
+    let models: Vec<Vec<f32>> = (0..3)
+        .map(|i| (0..n).map(|j| if j % 3 == i { 0.1 } else { 0.0 }).collect())
+        .collect();
+    let base: Vec<f32> = (0..n).map(|j| j as f32 * 1e-4).collect();
+    let out = Case::new(
+        "model_stock",
+        base.clone(),
+        models
+            .iter()
+            .map(|m| m.iter().zip(&base).map(|(d, b)| b + d).collect())
+            .collect(),
+    )
+    .run();
+    assert_eq!(out, base);
+    // Identical task vectors: cos θ = 1, t = 1, the average itself.
+    let d: Vec<f32> = (0..n).map(|j| ((j % 13) as f32 - 6.0) * 0.01).collect();
+    let out = Case::deltas("model_stock", &[&d, &d, &d]).run();
+    assert!(close(&out, &d, 1e-6));
+}
+
+#[test]
+fn model_stock_filter_wise_takes_a_ratio_per_row() {
+    // Row 0: the models agree (t = 1); row 1: orthogonal (t = 0).
+    let (rows, cols) = (2, 3000);
+    let mut models = vec![vec![0f32; rows * cols]; 2];
+    for j in 0..cols {
+        models[0][j] = 0.5;
+        models[1][j] = 0.5;
+        models[0][cols + j] = if j % 2 == 0 { 1.0 } else { 0.0 };
+        models[1][cols + j] = if j % 2 == 1 { 1.0 } else { 0.0 };
+    }
+    let out = Case::deltas("model_stock(filter_wise=true)", &[&models[0], &models[1]])
+        .shape(&[rows, cols])
+        .run();
+    assert!(out[..cols].iter().all(|&x| (x - 0.5).abs() < 1e-6));
+    assert!(out[cols..].iter().all(|&x| x == 0.0));
+    // Over the whole tensor the two rows mix into one ratio strictly between.
+    let whole = Case::deltas("model_stock", &[&models[0], &models[1]]).run();
+    assert!(whole[0] > 0.0 && whole[0] < 0.5, "{}", whole[0]);
+}
+
+#[test]
+fn della_keeps_about_k_and_prefers_large_entries() {
+    let (rows, cols) = (64, 1000);
+    // Every row holds the magnitudes 1..=cols once, shuffled by a stride.
+    let v: Vec<f32> = (0..rows * cols)
+        .map(|j| (((j % cols) * 7 + j / cols) % cols + 1) as f32)
+        .collect();
+    let (k, eps) = (0.4, 0.2);
+    let out = Case::deltas(
+        &format!("della({k}, eps={eps}, rescale=none) |> sum"),
+        &[&v],
+    )
+    .shape(&[rows, cols])
+    .run();
+    let kept = out.iter().filter(|x| **x != 0.0).count() as f64 / v.len() as f64;
+    assert!((kept - k).abs() < 0.01, "kept {kept}");
+    // Keep rates by magnitude decile follow p = (k − ε) + 2ε·r̂.
+    for decile in [0usize, 9] {
+        let (lo, hi) = (decile * cols / 10 + 1, (decile + 1) * cols / 10);
+        let (mut n, mut kept) = (0, 0);
+        for (x, o) in v.iter().zip(&out) {
+            let m = *x as usize;
+            if m >= lo && m <= hi {
+                n += 1;
+                kept += usize::from(*o != 0.0);
+            }
+        }
+        let rate = kept as f64 / n as f64;
+        let expected = (k - eps) + 2.0 * eps * (decile as f64 + 0.5) / 10.0;
+        assert!(
+            (rate - expected).abs() < 0.03,
+            "decile {decile}: {rate} vs {expected}"
+        );
+    }
+    // Survivors are untouched without rescaling; k = 1 is the identity, k = 0 zero.
+    assert!(out.iter().zip(&v).all(|(o, x)| *o == 0.0 || o == x));
+    let all = Case::deltas("della(1) |> sum", &[&v])
+        .shape(&[rows, cols])
+        .run();
+    assert_eq!(all, v);
+    let none = Case::deltas("della(0) |> sum", &[&v])
+        .shape(&[rows, cols])
+        .run();
+    assert!(none.iter().all(|x| *x == 0.0));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// With no outliers (γ = 0) breadcrumbs is trim.
+    #[test]
+    fn breadcrumbs_without_outliers_is_trim(seed in 0u64..1000, n in 10usize..5000, k in 0.1f64..1.0) {
+        let (base, models) = family(seed, 2, n);
+        let a = Case::new(&format!("breadcrumbs({k}, gamma=0) |> sum"), base.clone(), models.clone()).run();
+        let b = Case::new(&format!("trim({k}) |> sum"), base, models).run();
+        prop_assert_eq!(a, b);
+    }
+
+    /// slerp between a tensor and itself is that tensor, for any t.
+    #[test]
+    fn slerp_of_equal_tensors_is_the_tensor(seed in 0u64..1000, n in 1usize..3000, t in 0.0f64..1.0) {
+        let (base, _) = family(seed, 1, n);
+        let out = Case::new("slerp($t)", base.clone(), vec![base.clone()]).var("t", &[t]).run();
+        prop_assert!(close(&out, &base, 1e-6));
     }
 }

@@ -43,6 +43,8 @@ pub enum ErrorKind {
     UnfinishedPipeline,
     /// A part of `ties(...)` that is not the stage that position needs.
     TiesPart,
+    /// A stage given another number of fine-tuned models than its operator takes.
+    ModelCount,
 }
 
 impl ErrorKind {
@@ -65,6 +67,7 @@ impl ErrorKind {
             ErrorKind::StageMismatch => "reefknot::stage_mismatch",
             ErrorKind::UnfinishedPipeline => "reefknot::unfinished_pipeline",
             ErrorKind::TiesPart => "reefknot::ties_part",
+            ErrorKind::ModelCount => "reefknot::model_count",
         }
     }
 }

@@ -15,7 +15,7 @@
 //!
 //! ```
 //! use reefknot_lang::{
-//!     compile, parse, Catalog, DefaultValue, Lookup, OpSpec, ParamKind, ParamSpec,
+//!     compile, parse, Catalog, DefaultValue, Lookup, Models, OpSpec, ParamKind, ParamSpec,
 //!     Signature, Ty, TIES,
 //! };
 //!
@@ -35,6 +35,7 @@
 //!         default: Some(DefaultValue::Number(0.2)),
 //!         doc: "fraction of entries kept",
 //!     }],
+//!     models: Models::ANY,
 //!     summary: "keep the largest entries",
 //!     doc: "",
 //! };
@@ -48,6 +49,7 @@
 //!         default: Some(DefaultValue::Choice("mass")),
 //!         doc: "how the sign is elected",
 //!     }],
+//!     models: Models::ANY,
 //!     summary: "elect a sign per element",
 //!     doc: "",
 //! };
@@ -56,6 +58,7 @@
 //!     aliases: &[],
 //!     signatures: &[Signature::new(Ty::Voted, Ty::Delta)],
 //!     params: &[],
+//!     models: Models::ANY,
 //!     summary: "mean of the entries that agree with the elected sign",
 //!     doc: "",
 //! };
@@ -141,7 +144,9 @@ mod suggest;
 
 pub use error::{ErrorKind, LangError};
 pub use pipeline::{Arg, ArgValue, Call, Pipeline, Span};
-pub use spec::{Bound, Catalog, DefaultValue, Lookup, OpSpec, ParamKind, ParamSpec, Signature, Ty};
+pub use spec::{
+    Bound, Catalog, DefaultValue, Lookup, Models, OpSpec, ParamKind, ParamSpec, Signature, Ty,
+};
 pub use sugar::TIES;
 
 /// Parses an expression into its syntax tree, without resolving names or checking
@@ -165,4 +170,39 @@ pub fn parse(source: &str) -> Result<ast::Pipeline, LangError> {
 pub fn compile(source: &str, catalog: &dyn Catalog) -> Result<Pipeline, LangError> {
     let ast = parser::parse(source)?;
     check::Checker { source, catalog }.pipeline(&ast)
+}
+
+/// Checks that every stage of `pipeline` (compiled from `source`) takes `models`
+/// fine-tuned models, as its operator's [`OpSpec::models`] says; the error points at
+/// the first stage that does not.
+pub fn check_models(source: &str, pipeline: &Pipeline, models: usize) -> Result<(), LangError> {
+    let Some(stage) = pipeline
+        .stages
+        .iter()
+        .find(|s| !s.spec.models.admits(models))
+    else {
+        return Ok(());
+    };
+    let noun = if models == 1 { "model" } else { "models" };
+    Err(LangError::new(
+        ErrorKind::ModelCount,
+        source,
+        stage.span,
+        format!(
+            "`{}` takes {}, but the recipe merges {models} fine-tuned {noun}",
+            stage.op, stage.spec.models
+        ),
+    )
+    .with_label(format!("takes {}", stage.spec.models))
+    .with_help(match stage.spec.models.max {
+        Some(1) => format!(
+            "`{}` merges the base with one fine-tune: list one model under `models:` (the \
+             base is `base:`), or merge several with `mean`, `sum` or `ties`",
+            stage.op
+        ),
+        _ => format!(
+            "list {} under `models:`, besides the base",
+            stage.spec.models
+        ),
+    }))
 }

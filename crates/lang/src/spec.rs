@@ -210,6 +210,56 @@ pub struct ParamSpec {
     pub doc: &'static str,
 }
 
+/// How many fine-tuned models (besides the base) a stage of an operator takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Models {
+    /// The fewest.
+    pub min: usize,
+    /// The most, if bounded.
+    pub max: Option<usize>,
+}
+
+impl Models {
+    /// Any number of fine-tunes (at least one).
+    pub const ANY: Models = Models { min: 1, max: None };
+
+    /// Exactly `n` fine-tunes.
+    pub const fn exactly(n: usize) -> Models {
+        Models {
+            min: n,
+            max: Some(n),
+        }
+    }
+
+    /// At least `n` fine-tunes.
+    pub const fn at_least(n: usize) -> Models {
+        Models { min: n, max: None }
+    }
+
+    /// Whether `n` fine-tunes will do.
+    pub fn admits(&self, n: usize) -> bool {
+        n >= self.min && self.max.is_none_or(|m| n <= m)
+    }
+
+    /// Whether the operator takes any number of fine-tunes.
+    pub fn is_any(&self) -> bool {
+        *self == Models::ANY
+    }
+}
+
+impl fmt::Display for Models {
+    /// `exactly 1 fine-tuned model`, `at least 2 fine-tuned models`, `1 to 3 …`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let noun = |n: usize| if n == 1 { "model" } else { "models" };
+        match self.max {
+            Some(m) if m == self.min => write!(f, "exactly {m} fine-tuned {}", noun(m)),
+            Some(m) => write!(f, "{} to {m} fine-tuned models", self.min),
+            None if self.min <= 1 => f.write_str("any number of fine-tuned models"),
+            None => write!(f, "at least {} fine-tuned models", self.min),
+        }
+    }
+}
+
 /// The single definition of an operator.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct OpSpec {
@@ -221,6 +271,9 @@ pub struct OpSpec {
     pub signatures: &'static [Signature],
     /// Its parameters, in positional order.
     pub params: &'static [ParamSpec],
+    /// How many fine-tunes a stage takes (`slerp`: exactly one); a recipe that gives
+    /// another number is refused before any tensor is read.
+    pub models: Models,
     /// One line for `reefknot ops`.
     pub summary: &'static str,
     /// Full documentation (Markdown), for `reefknot ops NAME` and the reference.

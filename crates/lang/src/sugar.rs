@@ -27,6 +27,7 @@ pub static TIES: OpSpec = OpSpec {
         default: Some(DefaultValue::Number(0.2)),
         doc: "the density of `trim`, the fraction of each task vector's entries kept",
     }],
+    models: crate::spec::Models::ANY,
     summary: "TIES merging: sugar for trim(k) |> elect |> disjoint",
     doc: "\
 TIES merging (trim, elect sign, disjoint merge) as one stage. It is sugar: the

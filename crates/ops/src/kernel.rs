@@ -274,6 +274,7 @@ impl Args {
 ///         default: Some(DefaultValue::Number(0.5)),
 ///         doc: "factor",
 ///     }],
+///     models: reefknot_lang::Models::ANY,
 ///     summary: "",
 ///     doc: "",
 /// };
@@ -293,6 +294,7 @@ impl Args {
 /// #     aliases: &[],
 /// #     signatures: &[Signature::new(Ty::Delta, Ty::Delta)],
 /// #     params: &[ParamSpec { name: "by", kind: ParamKind::closed(0.0, 1.0), default: None, doc: "" }],
+/// #     models: reefknot_lang::Models::ANY,
 /// #     summary: "",
 /// #     doc: "",
 /// # };
@@ -454,20 +456,50 @@ pub struct BindCtx<'a> {
 }
 
 impl BindCtx<'_> {
-    /// Number of rows when the tensor is seen as a matrix: the first dimension (1 for
-    /// a scalar or a vector).
-    pub fn rows(&self) -> usize {
-        if self.shape.len() >= 2 {
-            self.shape[0]
-        } else {
-            1
-        }
+    /// Elements per row: the last dimension (a matrix's rows; a vector is one row, a
+    /// scalar a row of one).
+    pub fn row_len(&self) -> usize {
+        row_len(self.shape)
     }
 
-    /// Elements per row (`numel / rows`).
-    pub fn row_len(&self) -> usize {
-        self.numel / self.rows().max(1)
+    /// Number of rows (`numel / row_len`).
+    pub fn rows(&self) -> usize {
+        self.numel / self.row_len().max(1)
     }
+}
+
+/// Elements per row of a tensor of `shape`: its last dimension (1 for a scalar).
+pub fn row_len(shape: &[usize]) -> usize {
+    shape.last().copied().unwrap_or(1)
+}
+
+/// Chunks of an operator that needs whole rows ([`Operator::whole_rows`]) hold at most
+/// this many elements, unless the tensor is smaller (then it is one chunk).
+pub const MAX_ROW_CHUNK: usize = 1 << 20;
+
+/// The chunk length for a tensor of `numel` elements in rows of `row_len` whose stages
+/// need whole rows in every chunk: a multiple of both `row_len` and [`BLOCK`] (so that
+/// chunks still start at block boundaries), at least `requested` where that fits in
+/// [`MAX_ROW_CHUNK`]; or the whole tensor as one chunk when it is no larger than that.
+/// `None` when neither fits: rows whose length shares few factors of two with
+/// [`BLOCK`] and a tensor too large to hold at once.
+///
+/// [`BLOCK`]: crate::BLOCK
+pub fn row_chunk(numel: usize, row_len: usize, requested: usize) -> Option<usize> {
+    let row_len = row_len.max(1);
+    let gcd = |mut a: usize, mut b: usize| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let lcm = row_len / gcd(row_len, crate::BLOCK) * crate::BLOCK;
+    if lcm <= MAX_ROW_CHUNK {
+        let times = (requested / lcm).clamp(1, (MAX_ROW_CHUNK / lcm).max(1));
+        return Some(lcm * times);
+    }
+    // One chunk of the whole tensor, rounded up to whole blocks.
+    (numel <= MAX_ROW_CHUNK).then(|| numel.div_ceil(crate::BLOCK).max(1) * crate::BLOCK)
 }
 
 impl BindCtx<'_> {
@@ -496,6 +528,14 @@ pub trait Operator: Send + Sync {
         false
     }
 
+    /// Whether a stage with these arguments needs every chunk to hold whole rows (see
+    /// [`BindCtx::row_len`]): a row-wise statistic or ranking. The engine then chunks
+    /// the tensor by [`row_chunk`], so a chunk's `offset` and `len` are multiples of the
+    /// row length (the last chunk ends with the tensor).
+    fn whole_rows(&self, _args: &Args) -> bool {
+        false
+    }
+
     /// Checks arguments that are valid one by one but maybe not together, or not for
     /// this tensor (its shape, its layer). Called for every tensor when the plan is
     /// made, before any tensor data is read; `ctx.fisher_means` is `None` then.
@@ -506,4 +546,28 @@ pub trait Operator: Send + Sync {
     /// Binds the operator to one tensor. The arguments passed [`Operator::check`] for
     /// this tensor when the plan was made, so binding does not fail on them.
     fn bind(&self, args: &Args, ctx: &BindCtx<'_>) -> Result<Box<dyn Kernel>, OpError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BLOCK;
+
+    #[test]
+    fn row_chunks_hold_whole_rows_and_whole_blocks() {
+        // Rows dividing a block: the requested chunk.
+        assert_eq!(row_chunk(1 << 20, 512, 4 * BLOCK), Some(4 * BLOCK));
+        // Rows of 14336 = 2¹¹·7: chunks of lcm(4096, 14336) = 28672.
+        assert_eq!(row_chunk(4096 * 14336, 14336, 4 * BLOCK), Some(28672));
+        assert_eq!(row_chunk(4096 * 14336, 14336, 8 * 28672), Some(8 * 28672));
+        // Odd rows: the whole tensor as one chunk when it is small enough ...
+        assert_eq!(row_chunk(20603, 20603, BLOCK), Some(6 * BLOCK));
+        assert_eq!(row_chunk(20603, 20603, 4 * BLOCK), Some(6 * BLOCK));
+        // ... or no chunking at all.
+        assert_eq!(row_chunk(3 * MAX_ROW_CHUNK, 3 * 4097, BLOCK), None);
+        for (numel, row) in [(37 * 512, 512), (5 * 896, 896), (9, 3), (1, 1)] {
+            let c = row_chunk(numel, row, BLOCK).unwrap();
+            assert!(c.is_multiple_of(BLOCK) && (c.is_multiple_of(row) || c >= numel));
+        }
+    }
 }

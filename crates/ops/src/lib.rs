@@ -23,8 +23,8 @@ mod sum;
 
 pub use error::OpError;
 pub use kernel::{
-    Args, BindCtx, BoolParam, ChoiceParam, Chunk, Kernel, NumberParam, Operator, Param, Partial,
-    Span, TaskVectors, TextParam, Value,
+    row_chunk, row_len, Args, BindCtx, BoolParam, ChoiceParam, Chunk, Kernel, NumberParam,
+    Operator, Param, Partial, Span, TaskVectors, TextParam, Value, MAX_ROW_CHUNK,
 };
 pub use registry::{Builtin, Clash, Entry, Origin, Registry};
 pub use sum::OrderFreeSum;

@@ -102,6 +102,12 @@ impl Operator for StaticOp {
     fn needs_fisher_means(&self, args: &crate::Args) -> bool {
         self.0.needs_fisher_means(args)
     }
+    fn whole_rows(&self, args: &crate::Args) -> bool {
+        self.0.whole_rows(args)
+    }
+    fn check(&self, args: &crate::Args, ctx: &crate::BindCtx<'_>) -> Result<(), crate::OpError> {
+        self.0.check(args, ctx)
+    }
     fn bind(
         &self,
         args: &crate::Args,

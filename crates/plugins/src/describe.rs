@@ -167,6 +167,8 @@ fn operator(name: &'static str, op: RawOperator) -> Result<DescribedOp, String> 
         aliases: &[],
         signatures: Box::leak(signatures.into_boxed_slice()),
         params: Box::leak(params.into_boxed_slice()),
+        // ABI 1 has no way to declare a model count: a plugin operator takes any.
+        models: reefknot_lang::Models::ANY,
         summary,
         doc: if doc.trim().is_empty() { summary } else { doc },
     };

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use reefknot_lang::{
-    Bound, Catalog, DefaultValue, Lookup, OpSpec, ParamKind, ParamSpec, Signature, Ty, TIES,
+    Bound, Catalog, DefaultValue, Lookup, Models, OpSpec, ParamKind, ParamSpec, Signature, Ty, TIES,
 };
 
 const SS: Signature = Signature::new(Ty::Stack, Ty::Stack);
@@ -30,6 +30,7 @@ pub static TRIM: OpSpec = OpSpec {
         default: Some(DefaultValue::Number(0.2)),
         doc: "the fraction of entries kept",
     }],
+    models: Models::ANY,
     summary: "keep the largest entries of each task vector",
     doc: "",
 };
@@ -55,6 +56,7 @@ pub static DARE: OpSpec = OpSpec {
             doc: "how survivors are rescaled",
         },
     ],
+    models: Models::ANY,
     summary: "drop entries at random and rescale the survivors",
     doc: "",
 };
@@ -69,6 +71,7 @@ pub static ELECT: OpSpec = OpSpec {
         default: Some(DefaultValue::Choice("mass")),
         doc: "what elects the sign",
     }],
+    models: Models::ANY,
     summary: "elect a sign per element",
     doc: "",
 };
@@ -83,6 +86,7 @@ pub static DISJOINT: OpSpec = OpSpec {
         default: Some(DefaultValue::Choice("mean")),
         doc: "how the agreeing entries are combined",
     }],
+    models: Models::ANY,
     summary: "combine the entries that agree with the elected sign",
     doc: "",
 };
@@ -92,6 +96,7 @@ pub static SUM: OpSpec = OpSpec {
     aliases: &["task_arithmetic"],
     signatures: &[SD],
     params: &[],
+    models: Models::ANY,
     summary: "add the task vectors",
     doc: "",
 };
@@ -101,6 +106,7 @@ pub static MEAN: OpSpec = OpSpec {
     aliases: &[],
     signatures: &[SD],
     params: &[],
+    models: Models::ANY,
     summary: "weighted mean of the task vectors",
     doc: "",
 };
@@ -123,6 +129,7 @@ pub static FISHER: OpSpec = OpSpec {
             doc: "divide each model's Fisher by its mean",
         },
     ],
+    models: Models::ANY,
     summary: "Fisher-weighted mean of the task vectors",
     doc: "",
 };
@@ -137,6 +144,7 @@ pub static SCALE: OpSpec = OpSpec {
         default: None,
         doc: "the factor",
     }],
+    models: Models::ANY,
     summary: "multiply the merged delta",
     doc: "",
 };
@@ -159,6 +167,7 @@ pub static TALL_CONSENSUS: OpSpec = OpSpec {
             doc: "a label",
         },
     ],
+    models: Models::ANY,
     summary: "keep entries most models agree on",
     doc: "",
 };
@@ -168,6 +177,7 @@ pub static TALL_VOTE: OpSpec = OpSpec {
     aliases: &[],
     signatures: &[SV],
     params: &[],
+    models: Models::ANY,
     summary: "elect a sign by plurality",
     doc: "",
 };
@@ -177,6 +187,7 @@ pub static WIDE_CONSENSUS: OpSpec = OpSpec {
     aliases: &[],
     signatures: &[SD],
     params: &[],
+    models: Models::ANY,
     summary: "merge by consensus",
     doc: "",
 };
@@ -191,6 +202,7 @@ pub static WIDE_TAG: OpSpec = OpSpec {
         default: None,
         doc: "the tag",
     }],
+    models: Models::ANY,
     summary: "tag the merged delta",
     doc: "",
 };

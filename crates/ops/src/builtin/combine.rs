@@ -15,6 +15,7 @@ static SUM: OpSpec = OpSpec {
     aliases: &["task_arithmetic"],
     signatures: &[Signature::new(Ty::Stack, Ty::Delta)],
     params: &[],
+    models: reefknot_lang::Models::ANY,
     summary: "task arithmetic: add the weighted task vectors",
     doc: "Task arithmetic (Ilharco et al. 2023): `Δ = Σ_i u_i` with `u_i = w_i·δ̃_i`. \
 Equals mergekit's `task_arithmetic`; follow it with `scale(λ)` for its `lambda`.",
@@ -38,6 +39,7 @@ static MEAN: OpSpec = OpSpec {
     aliases: &[],
     signatures: &[Signature::new(Ty::Stack, Ty::Delta)],
     params: &[],
+    models: reefknot_lang::Models::ANY,
     summary: "weighted average of the task vectors (zeros count)",
     doc: "The weighted average of the task vectors: `Δ = Σ_i u_i / Σ_i w_i` (when \
 `|Σ_i w_i| < 1e-8` the divisor is 1). Entries that are zero count, unlike `disjoint`. \
@@ -97,6 +99,7 @@ static FISHER: OpSpec = OpSpec {
             doc: "divide each model's Fisher by its mean over the whole model first",
         },
     ],
+    models: reefknot_lang::Models::ANY,
     summary: "Fisher merging: per-element average weighted by each model's Fisher",
     doc: "Fisher merging (Matena & Raffel 2021) in task-vector space: \
 `Δ_j = Σ_i w_i·F'_ij·δ_ij / Σ_i w_i·F'_ij` with `F' = F + eps`, `F_i` the diagonal Fisher \
@@ -191,6 +194,7 @@ static SCALE: OpSpec = OpSpec {
         default: None,
         doc: "the factor",
     }],
+    models: reefknot_lang::Models::ANY,
     summary: "multiply the merged delta by λ",
     doc: "`Δ ← λ·Δ`. mergekit's `lambda` parameter of TIES and task arithmetic.",
 };

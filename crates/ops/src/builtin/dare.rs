@@ -39,6 +39,7 @@ static SPEC: OpSpec = OpSpec {
             doc: "how survivors are rescaled: by 1/(1-p), to restore the L1 norm, or not",
         },
     ],
+    models: reefknot_lang::Models::ANY,
     summary: "drop each entry with probability p and rescale the survivors",
     doc: "Drops each entry independently with probability `p` (`0 ≤ p < 1`) and rescales the \
 survivors: by `1/(1-p)` with `rescale=inverse` (the DARE paper), by `‖δ‖₁/‖kept‖₁` with \

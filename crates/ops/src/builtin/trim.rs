@@ -1,4 +1,8 @@
-//! `trim(k)`: keep the `⌊k·n⌋` entries of largest magnitude of each vector.
+//! `trim(k)`: keep the `⌊k·n⌋` entries of largest magnitude of each vector, and
+//! `breadcrumbs(k, γ)`: drop the `⌊γ·n⌋` largest and keep the next `⌊k·n⌋`.
+//!
+//! Both are bands of ranks `[lo, hi)` by decreasing magnitude: a selection of the `hi`
+//! largest entries, less (for breadcrumbs) a selection of the `lo` largest.
 //!
 //! The threshold is found by selection on the bit pattern of `|x|` (for non-negative
 //! floats the `u32` bit pattern is monotone in the value), never by sorting the tensor:
@@ -33,8 +37,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use reefknot_lang::{DefaultValue, OpSpec, ParamKind, ParamSpec, Signature, Ty};
 
-use crate::kernel::{Args, BindCtx, Chunk, Kernel, NumberParam, Operator, Param, Partial};
-use crate::{OpError, BLOCK};
+use crate::kernel::{
+    Args, BindCtx, ChoiceParam, Chunk, Kernel, NumberParam, Operator, Param, Partial,
+};
+use crate::{OpError, OrderFreeSum, BLOCK};
 
 /// `trim` (alias `topk`).
 pub struct Trim;
@@ -46,28 +52,43 @@ static SPEC: OpSpec = OpSpec {
         Signature::new(Ty::Stack, Ty::Stack),
         Signature::new(Ty::Delta, Ty::Delta),
     ],
-    params: &[ParamSpec {
-        name: "k",
-        kind: ParamKind::Number {
-            min: reefknot_lang::Bound::Inclusive(0.0),
-            max: reefknot_lang::Bound::Unbounded,
+    params: &[
+        ParamSpec {
+            name: "k",
+            kind: ParamKind::Number {
+                min: reefknot_lang::Bound::Inclusive(0.0),
+                max: reefknot_lang::Bound::Unbounded,
+            },
+            default: Some(DefaultValue::Number(0.2)),
+            doc: "fraction of entries to keep (density); 0 keeps none, 1 or more keeps all",
         },
-        default: Some(DefaultValue::Number(0.2)),
-        doc: "fraction of entries to keep (density); 0 keeps none, 1 or more keeps all",
-    }],
+        RESCALE_SPEC,
+    ],
+    models: reefknot_lang::Models::ANY,
     summary: "keep the fraction k of entries with the largest |δ| in each vector, zero the rest",
     doc: "Keeps, in each task vector (or in the merged delta), the `max(1, ⌊k·n⌋)` entries of \
 largest magnitude and sets the others to zero; `k = 0` keeps none and `k ≥ 1` keeps all. \
 Entries whose magnitude equals the threshold are kept in flat-index order, lowest first. \
 Equals mergekit's `magnitude` sparsification (used by `ties`), whose unstable sort may pick \
 other entries among equal magnitudes at the cut.\n\n\
+`rescale=l1` multiplies the kept entries by `‖δ‖₁/‖kept‖₁` (skipped where either norm is \
+below 1e-7, and when nothing is cut), mergekit's `rescale: true`.\n\n\
 `k` may differ per model (`trim($density)` with a `density` in each model's `params`).\n\n\
 The threshold is found by radix selection on the float bit pattern (a histogram of a \
 sample, then one pass collecting the few candidates near the cut): O(n), streaming, no \
 sorting, no copy of the tensor.",
 };
 
+/// The `rescale` parameter `trim` and `breadcrumbs` share.
+const RESCALE_SPEC: ParamSpec = ParamSpec {
+    name: "rescale",
+    kind: ParamKind::Choice(&["none", "l1"]),
+    default: Some(DefaultValue::Choice("none")),
+    doc: "`l1` scales the kept entries to restore the vector's L1 norm (mergekit's `rescale`)",
+};
+
 const K: Param<NumberParam> = Param::number(&SPEC, "k");
+const RESCALE: Param<ChoiceParam> = Param::choice(&SPEC, "rescale");
 
 impl Operator for Trim {
     fn spec(&self) -> &'static OpSpec {
@@ -75,28 +96,111 @@ impl Operator for Trim {
     }
 
     fn bind(&self, args: &Args, ctx: &BindCtx<'_>) -> Result<Box<dyn Kernel>, OpError> {
-        let on_delta = ctx.input() == Ty::Delta;
-        let ks = if on_delta {
-            vec![args.number(K)]
-        } else {
-            args.per_model(K, ctx.models)
-        };
-        // Sample large tensors; histogram small ones exactly.
-        let stride = if ctx.numel >= SAMPLE_FROM {
-            SAMPLE_STRIDE
-        } else {
-            1
-        };
-        let lanes = ks
-            .iter()
-            .map(|&k| Lane::new(k, ctx.numel, stride))
+        let n = ctx.numel as u64;
+        let bands = vector_values(args, K, ctx)
+            .into_iter()
+            .map(|k| {
+                let keep = if k >= 1.0 {
+                    n
+                } else if k <= 0.0 {
+                    0
+                } else {
+                    // As mergekit: max(1, int(k * n)), computed in double precision.
+                    ((k * n as f64).floor() as u64).max(1)
+                };
+                (0, keep)
+            })
             .collect();
-        let stored = ks.iter().map(|_| AtomicU64::new(0)).collect();
-        Ok(Box::new(TrimKernel {
-            on_delta,
-            lanes,
-            stored,
-        }))
+        Ok(Box::new(TrimKernel::new(
+            ctx,
+            bands,
+            args.choice(RESCALE) == "l1",
+        )))
+    }
+}
+
+/// A number argument per vector the kernel cuts: one per model on a stack, one for
+/// the delta.
+fn vector_values(args: &Args, p: Param<NumberParam>, ctx: &BindCtx<'_>) -> Vec<f64> {
+    if ctx.input() == Ty::Delta {
+        vec![args.number(p)]
+    } else {
+        args.per_model(p, ctx.models)
+    }
+}
+
+/// `breadcrumbs`.
+pub struct Breadcrumbs;
+
+static BREADCRUMBS: OpSpec = OpSpec {
+    name: "breadcrumbs",
+    aliases: &[],
+    signatures: &[
+        Signature::new(Ty::Stack, Ty::Stack),
+        Signature::new(Ty::Delta, Ty::Delta),
+    ],
+    params: &[
+        ParamSpec {
+            name: "k",
+            kind: ParamKind::Number {
+                min: reefknot_lang::Bound::Inclusive(0.0),
+                max: reefknot_lang::Bound::Unbounded,
+            },
+            default: None,
+            doc: "fraction of entries to keep (density), after the outliers; 1 or more keeps all",
+        },
+        ParamSpec {
+            name: "gamma",
+            kind: ParamKind::closed(0.0, 1.0),
+            default: Some(DefaultValue::Number(0.01)),
+            doc: "fraction of the largest entries to drop as outliers",
+        },
+        RESCALE_SPEC,
+    ],
+    models: reefknot_lang::Models::ANY,
+    summary: "drop the largest fraction γ of |δ| as outliers, keep the next fraction k",
+    doc: "Model Breadcrumbs (Davari & Belilovsky 2024): in each task vector of `n` entries, \
+drops the `⌊γ·n⌋` entries of largest magnitude (outliers) and keeps the next `⌊k·n⌋` \
+(fewer outliers are dropped when `⌊γ·n⌋ + ⌊k·n⌋ > n`, so that `⌊k·n⌋` are kept); the rest \
+is zero. `k ≥ 1` keeps everything, outliers included. Equals mergekit's \
+`magnitude_outliers` sparsification (`breadcrumbs`, `breadcrumbs_ties`); where `⌊γ·n⌋ = 0` \
+no outlier is dropped. Ties among equal magnitudes are broken as `trim` breaks them.\n\n\
+`rescale=l1` restores each vector's L1 norm, mergekit's `rescale: true`. `k` and `gamma` \
+may differ per model. Streaming radix selection, as `trim`.",
+};
+
+const BK: Param<NumberParam> = Param::number(&BREADCRUMBS, "k");
+const GAMMA: Param<NumberParam> = Param::number(&BREADCRUMBS, "gamma");
+const BRESCALE: Param<ChoiceParam> = Param::choice(&BREADCRUMBS, "rescale");
+
+impl Operator for Breadcrumbs {
+    fn spec(&self) -> &'static OpSpec {
+        &BREADCRUMBS
+    }
+
+    fn bind(&self, args: &Args, ctx: &BindCtx<'_>) -> Result<Box<dyn Kernel>, OpError> {
+        let n = ctx.numel as u64;
+        let ks = vector_values(args, BK, ctx);
+        let gammas = vector_values(args, GAMMA, ctx);
+        let bands = ks
+            .iter()
+            .zip(&gammas)
+            .map(|(&k, &g)| {
+                if k >= 1.0 {
+                    return (0, n);
+                }
+                // As mergekit: keep ranks [lo, lo + target) by decreasing magnitude.
+                let target = ((k * n as f64).floor() as u64).min(n);
+                let top = ((g * n as f64).floor() as u64).min(n);
+                let lo = top.min(n - target);
+                (lo, lo + target)
+            })
+            .collect();
+        Ok(Box::new(TrimKernel::new(
+            ctx,
+            bands,
+            args.choice(BRESCALE) == "l1",
+        )))
     }
 }
 
@@ -160,15 +264,55 @@ enum Lane {
 }
 
 impl Lane {
-    fn new(k: f64, n: usize, stride: usize) -> Lane {
-        if k >= 1.0 {
+    /// The lane that keeps the `keep` largest of `n` entries.
+    fn keep(keep: u64, n: u64, stride: usize) -> Lane {
+        if keep >= n {
             Lane::All
-        } else if k <= 0.0 || n == 0 {
+        } else if keep == 0 {
             Lane::None
         } else {
-            // As mergekit: max(1, int(k * n)), computed in double precision.
-            let keep = ((k * n as f64).floor() as u64).max(1);
             Lane::Histogram { keep, stride }
+        }
+    }
+
+    fn pending(&self) -> bool {
+        matches!(
+            self,
+            Lane::Histogram { .. }
+                | Lane::Collect { .. }
+                | Lane::Low { .. }
+                | Lane::CountTies { .. }
+        )
+    }
+
+    /// Zeroes the entries of `values` (chunk `index` of the vector) the lane drops.
+    fn select(&self, index: usize, values: &mut [f32]) {
+        match self {
+            Lane::All => {}
+            Lane::None => values.fill(0.0),
+            Lane::AtLeast { bits } => keep_above(values, *bits, true),
+            Lane::Ties { bits, quota } => {
+                let (keep, count) = quota[index];
+                if keep == count {
+                    keep_above(values, *bits, true);
+                } else if keep == 0 {
+                    keep_above(values, *bits, false);
+                } else {
+                    // The chunk where the cut falls among equal magnitudes.
+                    let mut seen = 0u64;
+                    for x in values.iter_mut() {
+                        let b = abs_bits(*x);
+                        if b < *bits || (b == *bits && seen >= keep) {
+                            *x = 0.0;
+                        }
+                        seen += u64::from(b == *bits);
+                    }
+                }
+            }
+            Lane::Histogram { .. }
+            | Lane::Collect { .. }
+            | Lane::Low { .. }
+            | Lane::CountTies { .. } => unreachable!("selection before its passes"),
         }
     }
 }
@@ -186,38 +330,127 @@ enum Part {
     Idle,
 }
 
+/// What one vector keeps: the entries of ranks `[lo, hi)` in order of decreasing
+/// magnitude, as the selection lanes `keep` (the `hi` largest) and `outliers` (the `lo`
+/// largest, dropped again) find them.
+struct Band {
+    keep: usize,
+    outliers: Option<usize>,
+}
+
 struct TrimKernel {
     on_delta: bool,
+    /// The selections: the `hi` largest entries of a vector, and for breadcrumbs the
+    /// `lo` largest.
     lanes: Vec<Lane>,
+    /// Per lane, the vector it selects in (a model of the stack, or 0 for the delta).
+    vector: Vec<usize>,
+    /// Per vector.
+    bands: Vec<Band>,
     /// Per lane, candidate pairs stored in the collect pass under way; past
     /// [`MAX_CANDIDATES`] the lane stops storing and takes the constant-memory road.
     stored: Vec<AtomicU64>,
+    /// With `rescale=l1`: per vector, `‖δ‖₁/‖kept‖₁` once the norms pass has run.
+    rescale: Option<Option<Vec<f32>>>,
 }
 
+/// The L1 norms of every vector, all and kept, summed per block of [`BLOCK`] elements.
+struct Norms(Vec<(OrderFreeSum, OrderFreeSum)>);
+
 impl TrimKernel {
+    /// A kernel keeping ranks `[lo, hi)` of each vector (`bands`, one per vector).
+    fn new(ctx: &BindCtx<'_>, bands: Vec<(u64, u64)>, rescale: bool) -> TrimKernel {
+        let n = ctx.numel as u64;
+        // Sample large tensors; histogram small ones exactly.
+        let stride = if ctx.numel >= SAMPLE_FROM {
+            SAMPLE_STRIDE
+        } else {
+            1
+        };
+        let mut lanes = Vec::new();
+        let mut vector = Vec::new();
+        let mut out = Vec::new();
+        for (v, &(lo, hi)) in bands.iter().enumerate() {
+            let mut lane = |keep| {
+                lanes.push(Lane::keep(keep, n, stride));
+                vector.push(v);
+                lanes.len() - 1
+            };
+            let keep = lane(hi);
+            let outliers = (lo > 0 && hi > lo).then(|| lane(lo));
+            out.push(Band { keep, outliers });
+        }
+        let stored = lanes.iter().map(|_| AtomicU64::new(0)).collect();
+        TrimKernel {
+            on_delta: ctx.input() == Ty::Delta,
+            lanes,
+            vector,
+            bands: out,
+            stored,
+            rescale: rescale.then_some(None),
+        }
+    }
+
     fn values<'c>(&self, chunk: &'c Chunk<'_>, lane: usize) -> &'c [f32] {
+        self.vector_values(chunk, self.vector[lane])
+    }
+
+    fn vector_values<'c>(&self, chunk: &'c Chunk<'_>, v: usize) -> &'c [f32] {
         if self.on_delta {
             chunk.delta
         } else {
-            chunk.model(lane)
+            chunk.model(v)
+        }
+    }
+
+    fn selecting(&self) -> bool {
+        self.lanes.iter().any(Lane::pending)
+    }
+
+    /// Keeps the band of vector `v` in `values` (chunk `index`), using `spare` (as long
+    /// as `values`) for the outliers.
+    fn keep_band(&self, v: usize, index: usize, values: &mut [f32], spare: &mut [f32]) {
+        let band = &self.bands[v];
+        if let Some(o) = band.outliers {
+            spare.copy_from_slice(values);
+            self.lanes[o].select(index, spare);
+        }
+        self.lanes[band.keep].select(index, values);
+        if band.outliers.is_some() {
+            for (x, &top) in values.iter_mut().zip(spare.iter()) {
+                if top != 0.0 {
+                    *x = 0.0;
+                }
+            }
+        }
+    }
+
+    /// The norms pass: each vector's L1 norm before and after the cut.
+    fn observe_norms(&self, chunk: &Chunk<'_>, norms: &mut Norms) {
+        let mut kept = vec![0f32; chunk.len];
+        let mut spare = vec![0f32; chunk.len];
+        for v in 0..self.bands.len() {
+            let values = self.vector_values(chunk, v);
+            kept.copy_from_slice(values);
+            self.keep_band(v, chunk.index, &mut kept, &mut spare);
+            let l1 = |x: &[f32]| x.iter().map(|&a| f64::from(a.abs())).sum::<f64>();
+            for (all, cut) in values.chunks(BLOCK).zip(kept.chunks(BLOCK)) {
+                norms.0[v].0.add(l1(all));
+                norms.0[v].1.add(l1(cut));
+            }
         }
     }
 }
 
 impl Kernel for TrimKernel {
     fn wants_pass(&self, _pass: usize) -> bool {
-        self.lanes.iter().any(|l| {
-            matches!(
-                l,
-                Lane::Histogram { .. }
-                    | Lane::Collect { .. }
-                    | Lane::Low { .. }
-                    | Lane::CountTies { .. }
-            )
-        })
+        self.selecting() || matches!(self.rescale, Some(None))
     }
 
     fn pass_stride(&self, _pass: usize) -> usize {
+        if !self.selecting() {
+            return 1;
+        }
         // Every lane in this pass is either sampling with the same stride or needs the
         // whole tensor; a lane that samples skips the chunks outside its sample.
         self.lanes
@@ -232,6 +465,9 @@ impl Kernel for TrimKernel {
     }
 
     fn partial(&self, _pass: usize) -> Partial {
+        if !self.selecting() {
+            return Box::new(Norms(vec![Default::default(); self.bands.len()]));
+        }
         let parts: Vec<Part> = self
             .lanes
             .iter()
@@ -247,6 +483,9 @@ impl Kernel for TrimKernel {
     }
 
     fn observe(&self, _pass: usize, chunk: &Chunk<'_>, partial: &mut Partial) {
+        if let Some(norms) = partial.downcast_mut::<Norms>() {
+            return self.observe_norms(chunk, norms);
+        }
         let parts = partial.downcast_mut::<Vec<Part>>().expect("trim partial");
         for (l, (lane, part)) in self.lanes.iter().zip(parts.iter_mut()).enumerate() {
             match (lane, part) {
@@ -292,6 +531,14 @@ impl Kernel for TrimKernel {
     }
 
     fn combine(&self, _pass: usize, mut a: Partial, b: Partial) -> Partial {
+        if let Some(norms) = a.downcast_mut::<Norms>() {
+            let more = b.downcast::<Norms>().expect("norms partial");
+            for (x, y) in norms.0.iter_mut().zip(more.0) {
+                x.0.merge(y.0);
+                x.1.merge(y.1);
+            }
+            return a;
+        }
         let av = a.downcast_mut::<Vec<Part>>().expect("trim partial");
         let bv = b.downcast::<Vec<Part>>().expect("trim partial");
         for (x, y) in av.iter_mut().zip(*bv) {
@@ -311,6 +558,26 @@ impl Kernel for TrimKernel {
     }
 
     fn conclude(&mut self, _pass: usize, total: Partial) -> Result<(), OpError> {
+        let total = match total.downcast::<Norms>() {
+            Ok(norms) => {
+                const EPS: f64 = 1e-7;
+                let factors = norms
+                    .0
+                    .iter()
+                    .map(|(all, kept)| {
+                        let (all, kept) = (all.value(), kept.value());
+                        if all < EPS || kept < EPS {
+                            1.0
+                        } else {
+                            (all / kept) as f32
+                        }
+                    })
+                    .collect();
+                self.rescale = Some(Some(factors));
+                return Ok(());
+            }
+            Err(total) => total,
+        };
         let parts = total.downcast::<Vec<Part>>().expect("trim partial");
         for (l, (lane, part)) in self.lanes.iter_mut().zip(*parts).enumerate() {
             *lane = match (&*lane, part) {
@@ -345,39 +612,18 @@ impl Kernel for TrimKernel {
     }
 
     fn apply(&self, chunk: &mut Chunk<'_>) -> Result<(), OpError> {
-        for (l, lane) in self.lanes.iter().enumerate() {
-            let index = chunk.index;
+        let index = chunk.index;
+        let len = chunk.len;
+        let factors = self.rescale.as_ref().and_then(Option::as_deref);
+        for v in 0..self.bands.len() {
             let values = if self.on_delta {
                 &mut *chunk.delta
             } else {
-                chunk.model_mut(l)
+                &mut chunk.stack[v * len..(v + 1) * len]
             };
-            match lane {
-                Lane::All => {}
-                Lane::None => values.fill(0.0),
-                Lane::AtLeast { bits } => keep_above(values, *bits, true),
-                Lane::Ties { bits, quota } => {
-                    let (keep, count) = quota[index];
-                    if keep == count {
-                        keep_above(values, *bits, true);
-                    } else if keep == 0 {
-                        keep_above(values, *bits, false);
-                    } else {
-                        // The chunk where the cut falls among equal magnitudes.
-                        let mut seen = 0u64;
-                        for x in values.iter_mut() {
-                            let b = abs_bits(*x);
-                            if b < *bits || (b == *bits && seen >= keep) {
-                                *x = 0.0;
-                            }
-                            seen += u64::from(b == *bits);
-                        }
-                    }
-                }
-                Lane::Histogram { .. }
-                | Lane::Collect { .. }
-                | Lane::Low { .. }
-                | Lane::CountTies { .. } => unreachable!("apply before the selection passes"),
+            self.keep_band(v, index, values, chunk.scratch);
+            if let Some(&f) = factors.and_then(|f| f.get(v)).filter(|&&f| f != 1.0) {
+                values.iter_mut().for_each(|x| *x *= f);
             }
         }
         Ok(())
