@@ -40,6 +40,23 @@ pub(crate) fn reference(registry: &Registry) -> String {
             cell(e.spec.summary)
         );
     }
+    s.push_str(
+        "\n## mergekit's methods\n\n\
+         Every `merge_method` of mergekit 0.1.5 and a reefknot `merge:` expression that \
+         computes it (the golden tests hold each to mergekit's output). Numbers are \
+         examples where mergekit has no default.\n\n\
+         | mergekit | reefknot | models | notes |\n|---|---|---|---|\n",
+    );
+    for m in reefknot_ops::MERGEKIT_METHODS {
+        let _ = writeln!(
+            s,
+            "| `{}` | `{}` | {} | {} |",
+            m.name,
+            cell(m.expression),
+            m.models,
+            cell(m.note)
+        );
+    }
     for e in registry.entries() {
         let spec = e.spec;
         let _ = write!(

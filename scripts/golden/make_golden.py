@@ -377,6 +377,13 @@ class Case:
     n_models: int = N_TASKS  # the case merges task_0 .. task_{n_models-1}
     t: object = None  # slerp / nearswap: number or gradient list
     rescale: bool = False  # L1 rescale after the sparsifier
+    params: Optional[Dict[str, float]] = None  # method parameters the reference reads
+    # arcee_fusion: positions whose importance lies within this relative distance of the
+    # threshold are borderline (mergekit's float32 KL is that noisy); see golden.json
+    band: Optional[float] = None
+    # a random method at density < 1: compared by statistics (kept fraction, L1 ratio,
+    # keep rate by magnitude), not element by element
+    statistics: Optional[Dict[str, float]] = None
 
 
 def paths_for(fam: str) -> Dict[str, str]:
@@ -984,6 +991,437 @@ out_dtype: bfloat16
         weights=(1.0, 0.5, 0.8),
         out_dtype="BF16",
     ),
+    Case(
+        name="linear_base_sum",
+        family="llama_f32",
+        description=("linear with normalize false and the base listed among the models "
+                     "with weight 0.3 (a weighted sum of whole models)"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+    weight: 0.4
+  - path: {m1}
+    weight: 0.2
+  - path: {m2}
+    weight: 0.3
+merge: linear(normalize=false, base_weight=0.3)
+""",
+        mergekit="""\
+merge_method: linear
+models:
+  - model: {base}
+    parameters: {{ weight: 0.3 }}
+  - model: {m0}
+    parameters: {{ weight: 0.4 }}
+  - model: {m1}
+    parameters: {{ weight: 0.2 }}
+  - model: {m2}
+    parameters: {{ weight: 0.3 }}
+parameters:
+  normalize: false
+dtype: float32
+""",
+        sparsify=None,
+        combine="linear",
+        weights=(0.4, 0.2, 0.3),
+        params={"base_weight": 0.3, "normalize": False},
+    ),
+    Case(
+        name="passthrough",
+        family="llama_f32",
+        description="passthrough of task_0 scaled by 0.5 (mergekit's per-model scale)",
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+merge: passthrough(0.5)
+""",
+        mergekit="""\
+merge_method: passthrough
+models:
+  - model: {m0}
+    parameters: {{ scale: 0.5 }}
+dtype: float32
+""",
+        sparsify=None,
+        combine="passthrough",
+        n_models=1,
+        params={"scale": 0.5},
+    ),
+    Case(
+        name="ram",
+        family="llama_f32",
+        description=("RAM: entries one model changed are kept, entries several changed "
+                     "are averaged (epsilon 1e-5; ~8% of each task vector is exactly 0)"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+  - path: {m1}
+  - path: {m2}
+merge: ram
+""",
+        mergekit="""\
+merge_method: ram
+base_model: {base}
+models:
+  - model: {m0}
+  - model: {m1}
+  - model: {m2}
+dtype: float32
+""",
+        sparsify=None,
+        combine="ram",
+        params={"epsilon": 1e-5},
+    ),
+    Case(
+        name="ramplus_tl_bf16",
+        family="llama_bf16",
+        description=("RAM+ tensor-local, r 0.3, alpha 0.5, epsilon 1e-3 (so that many "
+                     "entries count as unchanged), bfloat16 sharded inputs and output"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+  - path: {m1}
+  - path: {m2}
+merge: ramplus_tl(r=0.3, alpha=0.5, epsilon=0.001)
+dtype: bfloat16
+""",
+        mergekit="""\
+merge_method: ramplus_tl
+base_model: {base}
+models:
+  - model: {m0}
+  - model: {m1}
+  - model: {m2}
+parameters:
+  r: 0.3
+  alpha: 0.5
+  epsilon: 0.001
+dtype: float32
+out_dtype: bfloat16
+""",
+        sparsify=None,
+        combine="ramplus",
+        out_dtype="BF16",
+        params={"r": 0.3, "alpha": 0.5, "epsilon": 1e-3},
+    ),
+    Case(
+        name="nuslerp",
+        family="llama_f32",
+        description=("NuSLERP of task_0 and task_1 about the base, weights 0.3/0.7 "
+                     "(t = 0.7), one angle per tensor"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+    weight: 0.3
+  - path: {m1}
+    weight: 0.7
+merge: nuslerp
+""",
+        mergekit="""\
+merge_method: nuslerp
+base_model: {base}
+models:
+  - model: {m0}
+    parameters: {{ weight: 0.3 }}
+  - model: {m1}
+    parameters: {{ weight: 0.7 }}
+dtype: float32
+""",
+        sparsify=None,
+        combine="nuslerp",
+        n_models=2,
+        weights=(0.3, 0.7, 1.0),
+        params={"centered": True},
+    ),
+    Case(
+        name="nuslerp_rows",
+        family="llama_f32",
+        description=("NuSLERP of task_0 and task_1 themselves (mergekit without a "
+                     "base_model), weights 1.0/0.5, one angle per row"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+    weight: 1.0
+  - path: {m1}
+    weight: 0.5
+merge: nuslerp(flatten=false, centered=false)
+""",
+        mergekit="""\
+merge_method: nuslerp
+models:
+  - model: {m0}
+    parameters: {{ weight: 1.0 }}
+  - model: {m1}
+    parameters: {{ weight: 0.5 }}
+parameters:
+  nuslerp_flatten: false
+dtype: float32
+""",
+        sparsify=None,
+        combine="nuslerp_rows",
+        n_models=2,
+        weights=(1.0, 0.5, 1.0),
+        params={"centered": False},
+    ),
+    Case(
+        name="nuslerp_columns_bf16",
+        family="llama_bf16",
+        description=("NuSLERP about the base with nuslerp_row_wise (one angle per "
+                     "vector along the first dimension), weights 0.6/0.4, bfloat16"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+    weight: 0.6
+  - path: {m1}
+    weight: 0.4
+merge: nuslerp(flatten=false, row_wise=true)
+dtype: bfloat16
+""",
+        mergekit="""\
+merge_method: nuslerp
+base_model: {base}
+models:
+  - model: {m0}
+    parameters: {{ weight: 0.6 }}
+  - model: {m1}
+    parameters: {{ weight: 0.4 }}
+parameters:
+  nuslerp_flatten: false
+  nuslerp_row_wise: true
+dtype: float32
+out_dtype: bfloat16
+""",
+        sparsify=None,
+        combine="nuslerp_columns",
+        n_models=2,
+        weights=(0.6, 0.4, 1.0),
+        out_dtype="BF16",
+        params={"centered": True},
+    ),
+    Case(
+        name="multislerp",
+        family="llama_f32",
+        description="Multi-SLERP of the three task vectors about the base, weights 1.0/0.5/0.8",
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+    weight: 1.0
+  - path: {m1}
+    weight: 0.5
+  - path: {m2}
+    weight: 0.8
+merge: multislerp
+""",
+        mergekit="""\
+merge_method: multislerp
+base_model: {base}
+models:
+  - model: {m0}
+    parameters: {{ weight: 1.0 }}
+  - model: {m1}
+    parameters: {{ weight: 0.5 }}
+  - model: {m2}
+    parameters: {{ weight: 0.8 }}
+dtype: float32
+""",
+        sparsify=None,
+        combine="multislerp",
+        weights=(1.0, 0.5, 0.8),
+    ),
+    Case(
+        name="karcher",
+        family="llama_f32",
+        description="Karcher mean of the three fine-tunes (mergekit without a base_model)",
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+  - path: {m1}
+  - path: {m2}
+merge: karcher
+""",
+        mergekit="""\
+merge_method: karcher
+models:
+  - model: {m0}
+  - model: {m1}
+  - model: {m2}
+dtype: float32
+""",
+        sparsify=None,
+        combine="karcher",
+        params={"with_base": False},
+    ),
+    Case(
+        name="karcher_with_base_bf16",
+        family="llama_bf16",
+        description=("Karcher mean with a base_model, which mergekit averages too, "
+                     "max_iter 20, bfloat16"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+  - path: {m1}
+  - path: {m2}
+merge: karcher(max_iter=20, with_base=true)
+dtype: bfloat16
+""",
+        mergekit="""\
+merge_method: karcher
+base_model: {base}
+models:
+  - model: {m0}
+  - model: {m1}
+  - model: {m2}
+parameters:
+  max_iter: 20
+dtype: float32
+out_dtype: bfloat16
+""",
+        sparsify=None,
+        combine="karcher",
+        out_dtype="BF16",
+        params={"with_base": True},
+    ),
+    Case(
+        name="sce",
+        family="llama_f32",
+        description=("SCE with select_topk 0.5: the half of the elements of largest "
+                     "variance across the task vectors, energy weights, sign erase"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+  - path: {m1}
+  - path: {m2}
+merge: sce(0.5)
+""",
+        mergekit="""\
+merge_method: sce
+base_model: {base}
+models:
+  - model: {m0}
+  - model: {m1}
+  - model: {m2}
+parameters:
+  select_topk: 0.5
+dtype: float32
+""",
+        sparsify=None,
+        combine="sce",
+        params={"select_topk": 0.5},
+    ),
+    Case(
+        name="sce_all_bf16",
+        family="llama_bf16",
+        description="SCE with select_topk 1 (no selection), bfloat16 sharded inputs and output",
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+  - path: {m1}
+  - path: {m2}
+merge: sce
+dtype: bfloat16
+""",
+        mergekit="""\
+merge_method: sce
+base_model: {base}
+models:
+  - model: {m0}
+  - model: {m1}
+  - model: {m2}
+dtype: float32
+out_dtype: bfloat16
+""",
+        sparsify=None,
+        combine="sce",
+        out_dtype="BF16",
+        params={"select_topk": 1.0},
+    ),
+    Case(
+        name="arcee_fusion",
+        family="llama_f32",
+        description=("Arcee Fusion of the base and task_0: changes whose importance "
+                     "(|delta| times the row's KL divergence) is an outlier"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+merge: arcee_fusion
+""",
+        mergekit="""\
+merge_method: arcee_fusion
+base_model: {base}
+models:
+  - model: {base}
+  - model: {m0}
+dtype: float32
+""",
+        sparsify=None,
+        combine="arcee_fusion",
+        n_models=1,
+        band=2e-3,
+    ),
+    Case(
+        name="dare_linear_stats",
+        family="llama_f32",
+        description=("dare_linear of task_0 alone at density 0.3 with rescale: random, so "
+                     "compared by statistics (kept fraction, L1 norm restored)"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+merge: dare(0.7, rescale=l1) |> sum
+seed: 0
+""",
+        mergekit="""\
+merge_method: dare_linear
+base_model: {base}
+models:
+  - model: {m0}
+    parameters: {{ weight: 1.0, density: 0.3 }}
+dtype: float32
+""",
+        sparsify=None,
+        combine="sum",
+        n_models=1,
+        statistics={"density": 0.3, "epsilon": 0.0},
+    ),
+    Case(
+        name="della_linear_stats",
+        family="llama_f32",
+        description=("della_linear of task_0 alone at density 0.4, epsilon 0.2: random, "
+                     "compared by statistics (kept fraction, keep rate of the smaller and "
+                     "the larger half of each row, L1 norm restored)"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+merge: della(0.4, eps=0.2) |> sum
+seed: 0
+""",
+        mergekit="""\
+merge_method: della_linear
+base_model: {base}
+models:
+  - model: {m0}
+    parameters: {{ weight: 1.0, density: 0.4, epsilon: 0.2 }}
+dtype: float32
+""",
+        sparsify=None,
+        combine="sum",
+        n_models=1,
+        statistics={"density": 0.4, "epsilon": 0.2},
+    ),
 ]
 
 
@@ -1099,6 +1537,78 @@ def slerp_reference(t: float, v0: np.ndarray, v1: np.ndarray) -> np.ndarray:
     return (np.float32(ca) * v0 + np.float32(cb) * v1).astype(np.float32)
 
 
+def nuslerp_reference(t: float, v0: np.ndarray, v1: np.ndarray, layout: str) -> np.ndarray:
+    """mergekit's nuslerp on float64 copies; layout: whole | rows | columns."""
+    shape = v0.shape
+    a = v0.astype(np.float64)
+    b = v1.astype(np.float64)
+    if layout == "whole":
+        a, b = a.reshape(1, -1), b.reshape(1, -1)
+    elif layout == "rows":
+        a, b = a.reshape(-1, shape[-1]), b.reshape(-1, shape[-1])
+    else:  # vectors along the first dimension
+        a, b = a.reshape(shape[0], -1).T, b.reshape(shape[0], -1).T
+    na = np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-7)
+    nb = np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-7)
+    cos = np.clip(((a / na) * (b / nb)).sum(axis=1, keepdims=True), -1, 1)
+    colinear = (1 - cos ** 2) <= 1e-16
+    theta = np.arccos(np.where(colinear, 0, cos))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        res = (np.sin((1 - t) * theta) * a + np.sin(t * theta) * b) / np.sin(theta)
+    res = np.where(colinear, (1 - t) * a + t * b, res)
+    if layout == "columns":
+        res = res.T
+    return res.reshape(shape).astype(np.float32)
+
+
+def multislerp_reference(vs: List[np.ndarray], w: Sequence[float], eps: float = 1e-8):
+    x = np.stack([v.astype(np.float64).reshape(-1) for v in vs])
+    w = np.asarray(w, dtype=np.float64)
+    w = w / w.sum()
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    u = x / (norms + eps)
+    mean = (u * w[:, None]).sum(0)
+    mean = mean / np.linalg.norm(mean)
+    dots = (u * mean).sum(-1, keepdims=True)
+    tangent = ((u - dots * mean) * w[:, None]).sum(0)
+    tn = np.linalg.norm(tangent) + eps
+    res = mean * np.cos(tn) + tangent * (np.sin(tn) / tn)
+    res = res * (norms[:, 0] * w).sum()
+    return res.reshape(vs[0].shape).astype(np.float32)
+
+
+def karcher_reference(vs: List[np.ndarray], max_iter: int = 10, tol: float = 1e-5):
+    x = [v.astype(np.float64).reshape(-1) for v in vs]
+    n = len(x)
+    alphas = [1.0 / n] * n
+    norms = [float(np.linalg.norm(v)) for v in x]
+    units = [v / nv if nv > 0 else np.zeros_like(v) for v, nv in zip(x, norms)]
+    valid = [i for i in range(n) if norms[i] > tol]
+    va = [alphas[i] for i in valid]
+    va = [a / sum(va) for a in va]
+    vu = [units[i] for i in valid]
+    mean = sum(a * u for a, u in zip(va, vu))
+    mn = np.linalg.norm(mean)
+    mean = vu[0].copy() if mn < tol else mean / mn
+    for _ in range(max_iter):
+        tangent = np.zeros_like(mean)
+        for a, u in zip(va, vu):
+            dot = float(np.clip(np.dot(mean, u), -1, 1))
+            theta = math.acos(dot)
+            if theta < tol:
+                continue
+            tangent += a * (theta / math.sin(theta)) * (u - dot * mean)
+        tn = np.linalg.norm(tangent)
+        if tn < tol:
+            break
+        mean = math.cos(tn) * mean + math.sin(tn) * (tangent / tn)
+        un = np.linalg.norm(mean)
+        if un > tol:
+            mean = mean / un
+    scale = sum(a * nv for a, nv in zip(alphas, norms))
+    return (scale * mean).reshape(vs[0].shape).astype(np.float32)
+
+
 def model_stock_ratio(deltas: List[np.ndarray]) -> float:
     n = len(deltas)
     cos = []
@@ -1161,6 +1671,84 @@ def reference_merge(case: Case, fam: Family, models: List[Dict[str, np.ndarray]]
             d = deltas[0]
             omega = np.clip(f32(case.t) / np.maximum(np.abs(d), f32(1e-6)), 0, 1).astype(f32)
             delta = omega * d
+        elif case.combine == "linear":
+            wb = f32(case.params["base_weight"])
+            total = wb + f32(w[0]) + f32(w[1]) + f32(w[2])
+            acc = wb * base + f32(w[0]) * (base + deltas[0]) + f32(w[1]) * (base + deltas[1])
+            acc = acc + f32(w[2]) * (base + deltas[2])
+            if case.params["normalize"]:
+                acc = acc / total
+            delta = acc - base
+        elif case.combine in ("nuslerp", "nuslerp_rows", "nuslerp_columns"):
+            layout = {"nuslerp": "whole", "nuslerp_rows": "rows",
+                      "nuslerp_columns": "columns"}[case.combine]
+            tv = float(w[1]) / (float(w[0]) + float(w[1]))
+            if case.params.get("centered", True):
+                delta = nuslerp_reference(tv, deltas[0], deltas[1], layout)
+            else:
+                delta = nuslerp_reference(tv, base + deltas[0], base + deltas[1], layout) - base
+        elif case.combine == "multislerp":
+            delta = multislerp_reference(deltas, [float(x) for x in w])
+        elif case.combine == "karcher":
+            inputs = [base + d for d in deltas]
+            if case.params.get("with_base"):
+                inputs = [base] + inputs
+            delta = karcher_reference(inputs) - base
+        elif case.combine == "sce":
+            tv = np.stack(deltas)
+            topk = case.params["select_topk"]
+            if topk < 1:
+                var = tv.astype(np.float64).var(axis=0).astype(np.float32).reshape(-1)
+                k = int(np.count_nonzero(var) * topk)
+                mask = np.zeros(var.size, dtype=np.float32)
+                if k > 0:
+                    order = np.argsort(-var, kind="stable")[:k]
+                    mask[order] = 1
+                tv = tv * mask.reshape(base.shape)[None]
+            s_ = tv.sum(axis=0)
+            elected = np.where(s_ >= 0, f32(1), f32(-1))
+            agree = (np.sign(tv) == elected[None]).astype(np.float32)
+            e = (tv.astype(np.float64) ** 2).reshape(n_models, -1).mean(axis=1)
+            c = (np.ones(n_models) / n_models if abs(e.sum()) < 1e-6 else e / e.sum())
+            c = c.astype(np.float32).reshape((n_models,) + (1,) * base.ndim)
+            ew = c * agree
+            delta = (tv * ew).sum(axis=0) / np.maximum(ew.sum(axis=0), f32(1e-6))
+        elif case.combine == "arcee_fusion":
+            x = (base + deltas[0]).astype(np.float64)
+            b64 = base.astype(np.float64)
+            def softmax(v):
+                e = np.exp(v - v.max(axis=-1, keepdims=True))
+                return e / e.sum(axis=-1, keepdims=True) + 1e-8
+            p_, q_ = softmax(x), softmax(b64)
+            kl = (p_ * np.log(p_ / q_)).sum(axis=-1, keepdims=True)
+            imp = (np.abs(deltas[0]).astype(np.float64) * kl).astype(np.float32)
+            srt = np.sort(imp.reshape(-1))
+            qs = [srt[int(np.float32(q) * np.float32(srt.size - 1))] for q in (0.25, 0.5, 0.75)]
+            thr = np.float32(qs[1] + np.float32(1.5) * (qs[2] - qs[0]))
+            delta = np.where(imp >= thr, deltas[0], f32(0))
+            if case.band:
+                margin = np.abs(imp.astype(np.float64) - float(thr)) / float(thr)
+                amb |= (margin < case.band).reshape(-1)
+        elif case.combine == "passthrough":
+            delta = f32(case.params["scale"]) * (base + deltas[0]) - base
+        elif case.combine in ("ram", "ramplus"):
+            eps = f32(case.params["epsilon"])
+            active = [np.abs(d) > eps for d in deltas]
+            c = sum(a.astype(np.int64) for a in active)
+            lam = [f32(1)] * n_models
+            if case.combine == "ramplus":
+                r, alpha = case.params["r"], case.params["alpha"]
+                lam = []
+                for a in active:
+                    shared = int((a & (c > 1)).sum())
+                    unique = int((a & (c == 1)).sum())
+                    rho = shared / max(unique, case.params["epsilon"])
+                    lam.append(f32(1 + r * min(max(rho, 0.0), alpha)))
+            delta = np.zeros_like(base)
+            for i in range(n_models):
+                z = np.where(active[i], deltas[i], f32(0))
+                delta = delta + np.where(c == 1, lam[i] * z,
+                                         z / np.maximum(c, 1).astype(f32))
         elif case.combine in ("model_stock", "model_stock_rows"):
             mean = (deltas[0] + deltas[1] + deltas[2]) / f32(3)
             if case.combine == "model_stock":
@@ -1179,6 +1767,58 @@ def reference_merge(case: Case, fam: Family, models: List[Dict[str, np.ndarray]]
         out[name] = Tensor.from_f32(merged, case.out_dtype or fam.dtype)
         ties_mask[name] = amb.reshape(-1)
     return out, ties_mask
+
+
+def merge_statistics(fam: Family, models: List[Dict[str, np.ndarray]],
+                     merged: Dict[str, "Tensor"], density: float,
+                     epsilon: float) -> Dict[str, Tuple[float, float, float]]:
+    """For a one-model random merge, over the entries the fine-tune changed: the
+    fraction the merge kept, and the keep rates among the smaller and the larger half
+    of each row by |delta|, each as (observed, expected, standard error), where an
+    entry of rank q (0 = smallest) in a row of r is kept with probability
+    (density - epsilon) + 2 epsilon q / (r - 1) (epsilon 0: dare); and the worst
+    per-tensor |1 - |out - base|_1 / |delta|_1| (0 when rescaled)."""
+    acc = {k: [0, 0.0, 0.0, 0] for k in ("kept", "smaller", "larger")}
+    worst_l1 = 0.0
+    for name, shape in fam.tensor_specs():
+        base = models[0][name].astype(np.float32)
+        delta = (models[1][name].astype(np.float32) - base).reshape(-1, shape[-1])
+        out = (merged[name].f32().astype(np.float32) - base).reshape(-1, shape[-1])
+        r = shape[-1]
+        ranks = np.argsort(np.argsort(np.abs(delta), axis=1, kind="stable"), axis=1)
+        prob = (density - epsilon) + 2 * epsilon * ranks / max(r - 1, 1)
+        moved = delta != 0
+        kept = (out != 0) & moved
+        upper = ranks >= r / 2
+        for key, sel in (("kept", moved), ("smaller", moved & ~upper),
+                         ("larger", moved & upper)):
+            a = acc[key]
+            a[0] += int((kept & sel).sum())
+            a[1] += float(prob[sel].sum())
+            a[2] += float((prob * (1 - prob))[sel].sum())
+            a[3] += int(sel.sum())
+        l1 = np.abs(out.astype(np.float64)).sum() / np.abs(delta.astype(np.float64)).sum()
+        worst_l1 = max(worst_l1, abs(l1 - 1.0))
+    out = {k: (a[0] / a[3], a[1] / a[3], math.sqrt(a[2]) / a[3]) for k, a in acc.items()}
+    out["l1_error"] = (worst_l1, 0.0, 0.0)
+    return out
+
+
+def check_statistics(case: Case, fam: Family, models, merged) -> Tuple[bool, List[str]]:
+    """mergekit's random merge against the expectations (5 standard errors)."""
+    st = merge_statistics(fam, models, merged, case.statistics["density"],
+                          case.statistics.get("epsilon", 0.0))
+    ok = True
+    lines = []
+    for key in ("kept", "smaller", "larger"):
+        seen, expected, se = st[key]
+        if abs(seen - expected) > 5 * se:
+            ok = False
+        lines.append(f"{key} {seen:.4f} (expected {expected:.4f} +- {5 * se:.4f})")
+    if st["l1_error"][0] > 1e-4:
+        ok = False
+    lines.append(f"L1 ratio error {st['l1_error'][0]:.1e}")
+    return ok, ["; ".join(lines)]
 
 
 def operand_scale(fam: Family, models: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
@@ -1249,7 +1889,8 @@ def compare(expected: Dict[str, Tensor], actual: Dict[str, Tensor],
 
 def write_golden_json(path: Path, case: Case, version: str, p: Dict[str, str],
                       densities: Dict[str, List[float]],
-                      cut_table: Dict[str, List[List[int]]]) -> None:
+                      cut_table: Dict[str, List[List[int]]],
+                      borderline: Dict[str, List[int]]) -> None:
     """golden.json, one tensor per line.
 
     ``cuts[tensor][i]``: the ranks, in order of decreasing |delta_i|, at which the
@@ -1257,7 +1898,9 @@ def write_golden_json(path: Path, case: Case, version: str, p: Dict[str, str],
     (trim(k): [max(1, floor(k*n))]; breadcrumbs(k, gamma): [floor(gamma*n),
     floor(gamma*n) + floor(k*n)]; ranks 0 and n omitted).  ``density`` is the
     resolved density behind them, for the reader.  Both are empty objects for
-    cases without a sparsifier.
+    cases without a sparsifier.  ``borderline[tensor]`` (arcee_fusion only): flat
+    indices whose importance lies within ``case.band`` (relative) of the threshold,
+    where mergekit's float32 KL divergence may decide either way.
     """
     head = {
         "case": case.name,
@@ -1285,6 +1928,12 @@ def write_golden_json(path: Path, case: Case, version: str, p: Dict[str, str],
     lines += table("density", densities)
     lines[-1] += ","
     lines += table("cuts", cut_table)
+    if borderline:
+        lines[-1] += ","
+        lines += table("borderline", borderline)
+    if case.statistics:
+        lines[-1] += ","
+        lines.append(f'  "statistics": {json.dumps(case.statistics)}')
     lines.append("}")
     text = "\n".join(lines) + "\n"
     json.loads(text)  # well-formed
@@ -1302,7 +1951,9 @@ def run_mergekit(case_dir: Path, work: Path) -> Dict[str, Tensor]:
         shutil.rmtree(out)
     exe = shutil.which("mergekit-yaml")
     cmd = [exe] if exe else [sys.executable, "-m", "mergekit.scripts.run_yaml"]
-    cmd += ["mergekit.yml", str(out), "--quiet", "--no-cuda"]
+    # The seed makes the random methods (the statistics cases) reproducible; the
+    # deterministic methods ignore it.
+    cmd += ["mergekit.yml", str(out), "--quiet", "--no-cuda", "--random-seed", "0"]
     res = subprocess.run(cmd, cwd=case_dir, capture_output=True, text=True)
     if res.returncode != 0:
         sys.stderr.write(res.stdout + res.stderr)
@@ -1310,7 +1961,8 @@ def run_mergekit(case_dir: Path, work: Path) -> Dict[str, Tensor]:
     return read_model_dir(out)
 
 
-def generate(out_root: Path, work: Path, verbose: bool = True) -> bool:
+def generate(out_root: Path, work: Path, verbose: bool = True,
+             only: Optional[Sequence[str]] = None) -> bool:
     out_root.mkdir(parents=True, exist_ok=True)
     version = mergekit_version()
     fam_models = {}
@@ -1325,7 +1977,12 @@ def generate(out_root: Path, work: Path, verbose: bool = True) -> bool:
             write_model(fdir / label, fam, tensors)
     all_ok = True
     summary = []
+    unknown = set(only or ()) - {c.name for c in CASES}
+    if unknown:
+        raise SystemExit(f"no such case: {', '.join(sorted(unknown))}")
     for case in CASES:
+        if only and case.name not in only:
+            continue
         fam = FAMILIES[case.family]
         cdir = out_root / case.name
         if cdir.exists():
@@ -1353,7 +2010,17 @@ def generate(out_root: Path, work: Path, verbose: bool = True) -> bool:
                 densities[name] = d
                 n = int(np.prod(shape))
                 cut_table[name] = [cuts(case, x, n) for x in d]
-        write_golden_json(cdir / "golden.json", case, version, p, densities, cut_table)
+        if case.statistics:  # random: no element-wise reference
+            ref, ties = {}, {name: np.zeros(int(np.prod(shape)), dtype=bool)
+                             for name, shape in fam.tensor_specs()}
+        else:
+            ref, ties = reference_merge(case, fam, fam_models[case.family])
+        borderline = {}
+        if case.band:
+            borderline = {name: [int(j) for j in np.flatnonzero(ties[name])]
+                          for name, _ in fam.tensor_specs() if ties[name].any()}
+        write_golden_json(cdir / "golden.json", case, version, p, densities, cut_table,
+                          borderline)
         # borderline floor(density * n)? report it
         for name, d in densities.items():
             n = int(np.prod(dict(fam.tensor_specs())[name]))
@@ -1363,9 +2030,11 @@ def generate(out_root: Path, work: Path, verbose: bool = True) -> bool:
                     print(f"  note: {case.name} {name}: density*n = {prod!r} is "
                           f"borderline for floor()")
         # self-check against the independent model of operators.md
-        ref, ties = reference_merge(case, fam, fam_models[case.family])
-        ok, lines = compare(merged, ref, ties,
-                            operand_scale(fam, fam_models[case.family][:case.n_models + 1]))
+        if case.statistics:
+            ok, lines = check_statistics(case, fam, fam_models[case.family], merged)
+        else:
+            ok, lines = compare(merged, ref, ties,
+                                operand_scale(fam, fam_models[case.family][:case.n_models + 1]))
         n_tied = sum(int(m.sum()) for m in ties.values())
         size = (cdir / "expected.safetensors").stat().st_size
         summary.append((case.name, ok, n_tied, size, lines[-1]))
@@ -1404,12 +2073,14 @@ def main() -> int:
                     help="fixture folder (default: tests/fixtures/golden of this repo)")
     ap.add_argument("--check", action="store_true",
                     help="regenerate into a temporary folder and compare with the committed files")
+    ap.add_argument("--only", nargs="+", metavar="CASE",
+                    help="(re)make only these cases (the input families are always written)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="reefknot-golden-") as tmp:
         work = Path(tmp)
         if args.check:
             return 0 if check_committed(work) else 1
-        ok = generate(args.out, work)
+        ok = generate(args.out, work, only=args.only)
     if not ok:
         print("FAIL: mergekit and the independent model of operators.md disagree")
         return 1

@@ -431,13 +431,27 @@ fn results_do_not_depend_on_threads_or_chunks() {
         let big = Case::new(expr, base.clone(), models.clone()).chunk(4 * BLOCK);
         assert_eq!(one, big.run_bytes(Some(3)), "{expr}: chunk size");
     }
-    // Row-wise operators on a matrix, whose rows fit several to a chunk.
-    let (base, models) = family(4, 3, 37 * 512);
-    for expr in [
-        "della(0.4, eps=0.2) |> elect |> disjoint",
-        "model_stock(filter_wise=true)",
-        "trim(0.3) |> della(0.5) |> dare(0.5, rescale=l1) |> sum",
+    // On a matrix, whose rows fit several to a chunk (row-wise operators), with the
+    // number of models each method takes.
+    for (t, expr) in [
+        (3, "della(0.4, eps=0.2) |> elect |> disjoint"),
+        (3, "model_stock(filter_wise=true)"),
+        (3, "trim(0.3) |> della(0.5) |> dare(0.5, rescale=l1) |> sum"),
+        (3, "multislerp"),
+        (3, "karcher(with_base=true)"),
+        (3, "sce(0.3)"),
+        (3, "ram"),
+        (3, "ramplus_tl"),
+        (3, "linear(normalize=false, base_weight=0.2)"),
+        (2, "nuslerp"),
+        (2, "nuslerp(flatten=false)"),
+        (2, "nuslerp(flatten=false, row_wise=true)"),
+        (1, "slerp(0.3)"),
+        (1, "nearswap(0.001)"),
+        (1, "arcee_fusion"),
+        (1, "passthrough(0.5)"),
     ] {
+        let (base, models) = family(4, t, 37 * 512);
         let case = || Case::new(expr, base.clone(), models.clone()).shape(&[37, 512]);
         let one = case().run_bytes(Some(1));
         assert_eq!(one, case().run_bytes(Some(4)), "{expr}: 1 vs 4 threads");
@@ -785,4 +799,106 @@ proptest! {
         let out = Case::new("slerp($t)", base.clone(), vec![base.clone()]).var("t", &[t]).run();
         prop_assert!(close(&out, &base, 1e-6));
     }
+}
+
+/// Two vectors at a moderate angle (well away from slerp's linear fallback).
+fn two_directions(seed: u64, n: usize) -> (Vec<f32>, Vec<f32>) {
+    let (_, m) = family(seed, 2, n);
+    let a: Vec<f32> = m[0].iter().map(|x| x * 10.0).collect();
+    let b: Vec<f32> = m[1]
+        .iter()
+        .zip(&a)
+        .map(|(x, y)| 0.6 * y + 10.0 * x)
+        .collect();
+    (a, b)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// nuslerp of two models about the origin is slerp from the first to the second,
+    /// with t = w₂/(w₁ + w₂).
+    #[test]
+    fn nuslerp_of_two_models_is_slerp(seed in 0u64..1000, n in 64usize..3000, t in 0.05f64..0.95) {
+        let (a, b) = two_directions(seed, n);
+        let slerp = Case::new("slerp($t)", a.clone(), vec![b.clone()]).var("t", &[t]).run();
+        let zero = vec![0f32; n];
+        let nu = Case::new("nuslerp(centered=false)", zero, vec![a, b])
+            .weights(&[(1.0 - t) as f32, t as f32])
+            .run();
+        prop_assert!(close(&slerp, &nu, 1e-5));
+    }
+
+    /// The Karcher mean of identical models is that model, with or without the base.
+    #[test]
+    fn karcher_of_identical_models_is_the_model(seed in 0u64..1000, n in 1usize..3000, t in 1usize..5) {
+        let (base, models) = family(seed, 1, n);
+        let same = vec![models[0].clone(); t];
+        let out = Case::new("karcher", base.clone(), same.clone()).run();
+        prop_assert!(close(&out, &models[0], 1e-6));
+        let with_base = Case::new("karcher(with_base=true)", models[0].clone(), same).run();
+        prop_assert!(close(&with_base, &models[0], 1e-6));
+    }
+}
+
+#[test]
+fn multislerp_and_nuslerp_of_one_direction_keep_it() {
+    // Parallel task vectors: the spherical means are the weighted mean along the line.
+    let d: Vec<f32> = (0..5000).map(|j| ((j % 17) as f32 - 8.0) * 0.01).collect();
+    let twice: Vec<f32> = d.iter().map(|x| 2.0 * x).collect();
+    let multi = Case::deltas("multislerp", &[&d, &twice]).run();
+    let want: Vec<f32> = d.iter().map(|x| 1.5 * x).collect();
+    assert!(close(&multi, &want, 1e-5));
+    let nu = Case::deltas("nuslerp", &[&d, &twice]).run();
+    assert!(close(&nu, &want, 1e-5));
+}
+
+#[test]
+fn ram_keeps_unique_changes_and_averages_shared_ones() {
+    let a = [0.5f32, 0.0, 0.2, 1e-7];
+    let b = [0.0f32, -0.3, 0.4, 0.0];
+    let out = Case::deltas("ram", &[&a, &b]).run();
+    assert!(close(&out, &[0.5, -0.3, 0.3, 0.0], 1e-7), "{out:?}");
+    // ramplus_tl: each model changed one entry alone and shares one: ρ = 1, capped at
+    // α = 0.2, so unique entries are scaled by 1 + 0.1·0.2.
+    let out = Case::deltas("ramplus_tl", &[&a, &b]).run();
+    assert!(
+        close(&out, &[0.5 * 1.02, -0.3 * 1.02, 0.3, 0.0], 1e-6),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn sce_selects_by_variance_and_weights_by_energy() {
+    // Element 0 varies most, element 1 not at all.
+    let a = [1.0f32, 0.5, 0.1, -0.2];
+    let b = [-1.0f32, 0.5, 0.3, -0.1];
+    let all = Case::deltas("sce", &[&a, &b]).run();
+    let half = Case::deltas("sce(0.5)", &[&a, &b]).run();
+    // Three elements vary (element 1 does not): ⌊3·0.5⌋ = 1 is kept, the largest.
+    assert_eq!(half.iter().filter(|x| **x != 0.0).count(), 1);
+    assert!(half[0] != 0.0);
+    // Without selection, element 1 (both 0.5) is 0.5 whatever the weights.
+    assert!((all[1] - 0.5).abs() < 1e-6);
+}
+
+#[test]
+fn linear_weights_whole_models() {
+    // Models θ_i = base + δ_i; linear without normalising is Σ w_i θ_i (+ w_b θ_b).
+    let base = vec![1.0f32, 2.0];
+    let m = vec![vec![2.0f32, 2.0], vec![0.0, 4.0]];
+    let out = Case::new(
+        "linear(normalize=false, base_weight=0.5)",
+        base.clone(),
+        m.clone(),
+    )
+    .weights(&[0.25, 0.25])
+    .run();
+    assert!(
+        close(&out, &[0.5 + 0.5 + 0.0, 1.0 + 0.5 + 1.0], 1e-6),
+        "{out:?}"
+    );
+    let mean = Case::new("mean", base.clone(), m.clone()).run();
+    let linear = Case::new("linear", base, m).run();
+    assert_eq!(mean, linear);
 }

@@ -17,6 +17,7 @@
 pub mod builtin;
 mod error;
 mod kernel;
+mod mergekit;
 mod registry;
 pub mod rng;
 mod sum;
@@ -26,6 +27,7 @@ pub use kernel::{
     row_chunk, row_len, Args, BindCtx, BoolParam, ChoiceParam, Chunk, Kernel, NumberParam,
     Operator, Param, Partial, Span, TaskVectors, TextParam, Value, MAX_ROW_CHUNK,
 };
+pub use mergekit::{MergekitMethod, MERGEKIT_METHODS};
 pub use registry::{Builtin, Clash, Entry, Origin, Registry};
 pub use sum::OrderFreeSum;
 

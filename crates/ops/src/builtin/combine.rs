@@ -224,3 +224,134 @@ impl Kernel for ScaleKernel {
         Ok(())
     }
 }
+
+/// `linear`.
+pub struct Linear;
+
+static LINEAR: OpSpec = OpSpec {
+    name: "linear",
+    aliases: &[],
+    signatures: &[Signature::new(Ty::Stack, Ty::Delta)],
+    params: &[
+        ParamSpec {
+            name: "normalize",
+            kind: ParamKind::Bool,
+            default: Some(DefaultValue::Bool(true)),
+            doc: "divide by the sum of the weights (the base's included)",
+        },
+        ParamSpec {
+            name: "base_weight",
+            kind: ParamKind::any_number(),
+            default: Some(DefaultValue::Number(0.0)),
+            doc: "the weight of the base model itself among the averaged models",
+        },
+    ],
+    models: reefknot_lang::Models::ANY,
+    summary: "mergekit's linear: a weighted sum of whole models, optionally normalised",
+    doc: "mergekit's `linear` (Wortsman et al. 2022, model soups): the merged tensor is \
+`(w_b·θ_b + Σ_i w_i·θ_i) / W` with `W = w_b + Σ_i w_i` (`normalize=true`; when \
+`|W| < 1e-8` the divisor is 1, where mergekit divides by zero), or \
+`w_b·θ_b + Σ_i w_i·θ_i` (`normalize=false`). `w_i` are the models' weights and `w_b` is \
+`base_weight`: a mergekit config that lists the base among its models with a weight \
+gives that weight here; one that does not list it has `base_weight=0`. Computed on task \
+vectors: `Δ = Σ_i w_i·δ_i / W`, or `Δ = Σ_i w_i·δ_i + (W − 1)·θ_b` without normalising, \
+so the last bit may differ from mergekit's. With the default arguments it is `mean`.",
+};
+
+const LINEAR_NORMALIZE: Param<BoolParam> = Param::flag(&LINEAR, "normalize");
+const BASE_WEIGHT: Param<NumberParam> = Param::number(&LINEAR, "base_weight");
+
+impl Operator for Linear {
+    fn spec(&self) -> &'static OpSpec {
+        &LINEAR
+    }
+
+    fn bind(&self, args: &Args, _ctx: &BindCtx<'_>) -> Result<Box<dyn Kernel>, OpError> {
+        Ok(Box::new(LinearKernel {
+            normalize: args.flag(LINEAR_NORMALIZE),
+            base_weight: args.number(BASE_WEIGHT) as f32,
+        }))
+    }
+}
+
+struct LinearKernel {
+    normalize: bool,
+    base_weight: f32,
+}
+
+impl Kernel for LinearKernel {
+    fn apply(&self, chunk: &mut Chunk<'_>) -> Result<(), OpError> {
+        let tiles = Tiles::new(chunk.stack, &chunk.weights[..chunk.models], chunk.len);
+        let total = self.base_weight + chunk.weights.iter().sum::<f32>();
+        let out = &mut *chunk.delta;
+        if self.normalize {
+            let total = if total.abs() < 1e-8 { 1.0 } else { total };
+            tiles.fold(out, None, |w, x, _| w * x, |s| s / total);
+        } else {
+            tiles.fold(out, None, |w, x, _| w * x, |s| s);
+            let own = total - 1.0;
+            if own != 0.0 {
+                for (o, &b) in out.iter_mut().zip(chunk.base) {
+                    *o += own * b;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `passthrough`.
+pub struct Passthrough;
+
+static PASSTHROUGH: OpSpec = OpSpec {
+    name: "passthrough",
+    aliases: &[],
+    signatures: &[Signature::new(Ty::Stack, Ty::Delta)],
+    params: &[ParamSpec {
+        name: "scale",
+        kind: ParamKind::any_number(),
+        default: Some(DefaultValue::Number(1.0)),
+        doc: "factor applied to the fine-tune's tensor",
+    }],
+    models: reefknot_lang::Models::exactly(1),
+    summary: "take the one fine-tune's tensor as it is (or scaled)",
+    doc: "mergekit's `passthrough` for one model: the merged tensor is `scale·θ_1`, the \
+fine-tune's own values (`Δ = scale·θ_1 − θ_b`). Use it in an override to take some \
+tensors from one model, e.g. `overrides: [{match: \"lm_head*\", merge: passthrough}]` \
+with that model alone in a recipe, or a layer's tensors scaled down. Model weights are \
+ignored.",
+};
+
+const PASS_SCALE: Param<NumberParam> = Param::number(&PASSTHROUGH, "scale");
+
+impl Operator for Passthrough {
+    fn spec(&self) -> &'static OpSpec {
+        &PASSTHROUGH
+    }
+
+    fn bind(&self, args: &Args, _ctx: &BindCtx<'_>) -> Result<Box<dyn Kernel>, OpError> {
+        Ok(Box::new(PassthroughKernel {
+            scale: args.number(PASS_SCALE) as f32,
+        }))
+    }
+}
+
+struct PassthroughKernel {
+    scale: f32,
+}
+
+impl Kernel for PassthroughKernel {
+    fn apply(&self, chunk: &mut Chunk<'_>) -> Result<(), OpError> {
+        let len = chunk.len;
+        let s = self.scale;
+        for ((o, &b), &d) in chunk
+            .delta
+            .iter_mut()
+            .zip(chunk.base)
+            .zip(&chunk.stack[..len])
+        {
+            *o = if s == 1.0 { d } else { s * (b + d) - b };
+        }
+        Ok(())
+    }
+}
