@@ -71,7 +71,8 @@ struct Cli {
     /// memory cgroup (e.g. a group delegated to a non-root user).
     #[arg(long)]
     cgroup_parent: Option<PathBuf>,
-    /// Run only these merges (comma-separated: ties, dare_ties, task_arithmetic).
+    /// Run only these merges (comma-separated: ties, dare_ties, task_arithmetic, slerp,
+    /// della, model_stock).
     #[arg(long, value_delimiter = ',', value_parser = parse_method)]
     only: Option<Vec<Method>>,
     /// Keep the merged outputs (by default each is deleted after it is measured).

@@ -5,6 +5,9 @@
 //! | TIES | `ties(trim(0.2), elect, disjoint)` | `ties`, `density: 0.2`, `weight: 1.0`, `normalize: true` (its default) |
 //! | DARE-TIES | `dare(p=0.8, rescale=l1) \|> elect \|> disjoint` | `dare_ties`, `density: 0.2`, `weight: 1.0`, `rescale: true` (default), `normalize: true` |
 //! | task arithmetic | `sum` | `task_arithmetic`, `weight: 1.0`, `lambda: 1.0` (default) |
+//! | SLERP | `slerp(0.5)`, the base and `task_0` | `slerp`, models the base and `task_0`, `t: 0.5` |
+//! | DELLA | `della(0.3, eps=0.15) \|> elect \|> disjoint` | `della`, `density: 0.3`, `epsilon: 0.15`, `weight: 1.0` (normalize and rescale: its defaults) |
+//! | Model Stock | `model_stock` | `model_stock` |
 //!
 //! mergekit's `dare_ties` keeps each entry with probability `density` and rescales the
 //! survivors to the task vector's L1 norm (`rescale: true`, `RescaleNorm.l1`): that is
@@ -31,11 +34,24 @@ pub enum Method {
     DareTies,
     /// The sum of the task vectors.
     TaskArithmetic,
+    /// Spherical interpolation between the base and the first fine-tune, t = 0.5.
+    Slerp,
+    /// DELLA (k = 0.3, ε = 0.15, L1 rescaling) then TIES's election and disjoint mean.
+    Della,
+    /// Model Stock over every fine-tune.
+    ModelStock,
 }
 
 impl Method {
     /// Every method, in report order.
-    pub const ALL: [Method; 3] = [Method::Ties, Method::DareTies, Method::TaskArithmetic];
+    pub const ALL: [Method; 6] = [
+        Method::Ties,
+        Method::DareTies,
+        Method::TaskArithmetic,
+        Method::Slerp,
+        Method::Della,
+        Method::ModelStock,
+    ];
 
     /// The identifier used in file names, `--only` and JSON.
     pub fn id(self) -> &'static str {
@@ -43,6 +59,9 @@ impl Method {
             Method::Ties => "ties",
             Method::DareTies => "dare_ties",
             Method::TaskArithmetic => "task_arithmetic",
+            Method::Slerp => "slerp",
+            Method::Della => "della",
+            Method::ModelStock => "model_stock",
         }
     }
 
@@ -52,6 +71,9 @@ impl Method {
             Method::Ties => "TIES",
             Method::DareTies => "DARE-TIES",
             Method::TaskArithmetic => "task arithmetic",
+            Method::Slerp => "SLERP",
+            Method::Della => "DELLA",
+            Method::ModelStock => "Model Stock",
         }
     }
 
@@ -61,6 +83,9 @@ impl Method {
             "ties" => Some(Method::Ties),
             "dare_ties" | "dare" => Some(Method::DareTies),
             "task_arithmetic" | "ta" | "sum" => Some(Method::TaskArithmetic),
+            "slerp" => Some(Method::Slerp),
+            "della" => Some(Method::Della),
+            "model_stock" | "stock" => Some(Method::ModelStock),
             _ => None,
         }
     }
@@ -71,14 +96,26 @@ impl Method {
             Method::Ties => "ties(trim(0.2), elect, disjoint)",
             Method::DareTies => "dare(p=0.8, rescale=l1) |> elect |> disjoint",
             Method::TaskArithmetic => "sum",
+            Method::Slerp => "slerp(0.5)",
+            Method::Della => "della(0.3, eps=0.15) |> elect |> disjoint",
+            Method::ModelStock => "model_stock",
         }
     }
 
-    /// The speed-up over mergekit the issue asks for.
-    pub fn target_speedup(self) -> f64 {
+    /// The speed-up over mergekit an issue asks for, if one does.
+    pub fn target_speedup(self) -> Option<f64> {
         match self {
-            Method::Ties | Method::DareTies => 50.0,
-            Method::TaskArithmetic => 15.0,
+            Method::Ties | Method::DareTies => Some(50.0),
+            Method::TaskArithmetic => Some(15.0),
+            Method::Slerp | Method::Della | Method::ModelStock => None,
+        }
+    }
+
+    /// The fine-tunes the merge takes of those the family has (SLERP: the first).
+    fn tasks(self, tasks: &[String]) -> &[String] {
+        match self {
+            Method::Slerp => &tasks[..tasks.len().min(1)],
+            _ => tasks,
         }
     }
 
@@ -88,7 +125,7 @@ impl Method {
             "# written by reefknot-bench: {} (equivalent mergekit config in ../mergekit/)\nbase: {base}\nmodels:\n",
             self.label()
         );
-        for t in tasks {
+        for t in self.tasks(tasks) {
             let _ = writeln!(s, "  - path: {t}");
         }
         let _ = writeln!(s, "merge: {}", self.expression());
@@ -106,13 +143,24 @@ impl Method {
                 "normalize: true\n  rescale: true",
             ),
             Method::TaskArithmetic => ("task_arithmetic", "{ weight: 1.0 }", "lambda: 1.0"),
+            Method::Slerp => ("slerp", "{}", "t: 0.5"),
+            Method::Della => (
+                "della",
+                "{ weight: 1.0, density: 0.3, epsilon: 0.15 }",
+                "normalize: true\n  rescale: true",
+            ),
+            Method::ModelStock => ("model_stock", "{}", "filter_wise: false"),
         };
         let mut s = format!(
             "# written by reefknot-bench: {} (reefknot: `{}`)\nmerge_method: {name}\nbase_model: {base}\nmodels:\n",
             self.label(),
             self.expression()
         );
-        for t in tasks {
+        if self == Method::Slerp {
+            // mergekit's slerp interpolates between two listed models, the base one of them.
+            let _ = writeln!(s, "  - model: {base}");
+        }
+        for t in self.tasks(tasks) {
             let _ = writeln!(s, "  - model: {t}\n    parameters: {model_params}");
         }
         let _ = writeln!(s, "parameters:\n  {shared}\ndtype: {dtype}");
@@ -137,7 +185,8 @@ mod tests {
             Method::parse("task-arithmetic"),
             Some(Method::TaskArithmetic)
         );
-        assert_eq!(Method::parse("slerp"), None);
+        assert_eq!(Method::parse("slerp"), Some(Method::Slerp));
+        assert_eq!(Method::parse("karcher"), None);
     }
 
     #[test]
@@ -154,5 +203,14 @@ mod tests {
         assert!(c.ends_with("dtype: bfloat16\n"));
         let c = Method::Ties.mergekit_config("../f/base", &tasks, "float32");
         assert!(c.ends_with("dtype: float32\nout_dtype: bfloat16\n"));
+        // SLERP takes the base and one fine-tune.
+        let r = Method::Slerp.recipe("../f/base", &tasks);
+        assert!(r.contains("task_0") && !r.contains("task_1"), "{r}");
+        let c = Method::Slerp.mergekit_config("../f/base", &tasks, "float32");
+        assert!(
+            c.contains("  - model: ../f/base\n  - model: ../f/task_0\n"),
+            "{c}"
+        );
+        assert!(!c.contains("task_1") && c.contains("t: 0.5"), "{c}");
     }
 }

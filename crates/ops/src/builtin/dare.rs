@@ -1,10 +1,8 @@
 //! `dare(p, rescale)`: drop entries at random and rescale the survivors (Yu et al. 2023).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
-
 use reefknot_lang::{Bound, DefaultValue, OpSpec, ParamKind, ParamSpec, Signature, Ty};
 
+use super::masks::{Budget, ChunkMask, MaskWords, MASK_BUDGET};
 use crate::kernel::{
     Args, BindCtx, ChoiceParam, Chunk, Kernel, NumberParam, Operator, Param, Partial, Span,
     TaskVectors,
@@ -235,113 +233,6 @@ impl L1Block {
     }
 }
 
-/// How many bytes of keep-masks all bound `dare` kernels may hold together (see
-/// [`Masks`]).
-static MASK_BUDGET: Budget = Budget::new(32 << 20);
-
-/// Buffers for keep-masks, shared by every tensor in flight: at most `limit` bytes of
-/// them exist at any time, in use or spare. A buffer given back is kept for the next
-/// chunk rather than freed, so the memory stays at the limit instead of growing with
-/// what the allocator keeps of freed blocks (which doubled it with two threads).
-struct Budget {
-    limit: usize,
-    /// Bytes of all buffers, in use or spare.
-    used: AtomicUsize,
-    spare: Mutex<Vec<Vec<u64>>>,
-}
-
-impl Budget {
-    const fn new(limit: usize) -> Budget {
-        Budget {
-            limit,
-            used: AtomicUsize::new(0),
-            spare: Mutex::new(Vec::new()),
-        }
-    }
-
-    fn spare(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u64>>> {
-        self.spare.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// `n` zeroed words: a spare buffer, grown if need be, or a new one; none if the
-    /// budget has no room for them.
-    fn take(&'static self, n: usize) -> Option<MaskWords> {
-        const WORD: usize = std::mem::size_of::<u64>();
-        let mut words = self.spare().pop().unwrap_or_default();
-        let have = words.capacity();
-        words.clear();
-        if have < n {
-            let fits = self
-                .used
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                    used.checked_add((n - have) * WORD)
-                        .filter(|&total| total <= self.limit)
-                })
-                .is_ok();
-            if !fits {
-                if have > 0 {
-                    self.spare().push(words);
-                }
-                return None;
-            }
-            words.reserve_exact(n);
-            // The allocator may give more than asked: count what the buffer holds, so
-            // that `release` takes back exactly what was counted.
-            let extra = words.capacity() - n;
-            if extra > 0 {
-                self.used.fetch_add(extra * WORD, Ordering::AcqRel);
-            }
-        }
-        words.resize(n, 0);
-        Some(MaskWords {
-            budget: self,
-            words,
-        })
-    }
-
-    /// Frees the spare buffers (those in use stay counted).
-    fn release(&self) {
-        let freed: usize = self
-            .spare()
-            .drain(..)
-            .map(|w| w.capacity() * std::mem::size_of::<u64>())
-            .sum();
-        self.used.fetch_sub(freed, Ordering::AcqRel);
-    }
-}
-
-/// Frees the keep-mask buffers kept for reuse from tensor to tensor (see
-/// [`crate::release_spare_memory`]).
-pub(crate) fn release_spare_masks() {
-    MASK_BUDGET.release();
-}
-
-/// Keep-mask words from a [`Budget`], given back to it when dropped.
-struct MaskWords {
-    budget: &'static Budget,
-    words: Vec<u64>,
-}
-
-impl std::ops::Deref for MaskWords {
-    type Target = [u64];
-    fn deref(&self) -> &[u64] {
-        &self.words
-    }
-}
-
-impl std::ops::DerefMut for MaskWords {
-    fn deref_mut(&mut self) -> &mut [u64] {
-        &mut self.words
-    }
-}
-
-impl Drop for MaskWords {
-    fn drop(&mut self) {
-        let words = std::mem::take(&mut self.words);
-        self.budget.spare().push(words);
-    }
-}
-
 /// The keep-masks the statistics pass drew, kept for `apply` so that the draws are made
 /// once: one bit per element and active lane (an eighth of a byte, against a 64-bit
 /// mix per two elements). Each chunk's masks are kept when they fit the shared
@@ -351,16 +242,6 @@ struct Masks {
     budget: &'static Budget,
     /// Per chunk index, the chunk's masks, when they were kept.
     chunks: Vec<Option<ChunkMask>>,
-}
-
-/// The keep-masks of one chunk.
-struct ChunkMask {
-    /// The chunk's first element and length.
-    offset: usize,
-    len: usize,
-    /// For each active lane in order, `len.div_ceil(64)` words (bit `k % 64` of word
-    /// `k / 64` set when element `k` is kept).
-    words: MaskWords,
 }
 
 struct DareKernel {
@@ -604,6 +485,7 @@ mod tests {
     use super::super::tiles::tests::bits;
     use super::*;
     use crate::kernel::Value;
+    use std::sync::atomic::Ordering;
 
     const LEN: usize = 3 * BLOCK + 4096 + 77; // chunks of 2 blocks, the last one ragged
     const CHUNK: usize = 2 * BLOCK;

@@ -5,12 +5,13 @@
 //! `r̂ ∈ [0, 1]` (0 the smallest) is kept with probability `p = (k − ε) + 2ε·r̂`, so large
 //! entries survive more often, and the survivors are rescaled to restore the vector's
 //! L1 norm. The engine hands the kernel whole rows ([`Operator::whole_rows`]); a row is
-//! ranked by sorting `(magnitude bits, position)` keys, once in the norms pass and once
-//! when applying (no copy of the tensor is kept).
+//! ranked by a stable radix sort of its magnitudes' bit patterns, once in the norms pass
+//! and once when applying (no copy of the tensor is kept).
 
 use reefknot_lang::{Bound, DefaultValue, OpSpec, ParamKind, ParamSpec, Signature, Ty};
 
-use super::geometry::rows_fit;
+use super::geometry::{l1, rows_fit};
+use super::masks::{ChunkMask, MASK_BUDGET};
 use crate::kernel::{
     Args, BindCtx, ChoiceParam, Chunk, Kernel, NumberParam, Operator, Param, Partial,
 };
@@ -130,6 +131,7 @@ impl Operator for Della {
             lanes,
             rescale: args.choice(RESCALE) == "l1",
             concluded: false,
+            masks: Vec::new(),
         }))
     }
 }
@@ -154,32 +156,128 @@ struct Lane {
 
 impl Lane {
     /// Zeroes the dropped entries of `values`, whole rows of `row` elements whose first
-    /// element is element `offset` of the tensor; `keys` is scratch for the ranking.
-    fn drop_entries(&self, row: usize, offset: usize, values: &mut [f32], keys: &mut Vec<u64>) {
+    /// element is element `offset` of the tensor; `scratch` holds the ranking.
+    /// With `bits` (`values.len().div_ceil(64)` zeroed words), records each keep
+    /// decision: bit `k % 64` of word `k / 64` set when entry `k` is kept.
+    fn drop_entries(
+        &self,
+        row: usize,
+        offset: usize,
+        values: &mut [f32],
+        scratch: &mut Ranks,
+        mut bits: Option<&mut [u64]>,
+    ) {
         let (low, span) = match self.action {
-            Action::Keep => return,
+            Action::Keep => {
+                if let Some(bits) = bits {
+                    bits.fill(u64::MAX);
+                }
+                return;
+            }
             Action::Zero => return values.fill(0.0),
             Action::Draw { low, span } => (low, span),
         };
         for (r, run) in values.chunks_mut(row).enumerate() {
             let start = offset + r * row;
-            keys.clear();
-            keys.extend(
-                run.iter()
-                    .enumerate()
-                    .map(|(q, x)| (u64::from(x.to_bits() & 0x7fff_ffff) << 32) | q as u64),
-            );
-            keys.sort_unstable();
-            let last = (run.len() - 1) as f64;
-            for (rank, &key) in keys.iter().enumerate() {
-                let q = (key & 0xffff_ffff) as usize;
-                let normalised = if last > 0.0 { rank as f64 / last } else { 0.5 };
-                let p = low + span * normalised;
-                let draw = f64::from(self.stream.draw((start + q) as u64));
-                if draw >= p * 4_294_967_296.0 {
-                    run[q] = 0.0;
+            scratch.rank(run);
+            scratch.draws.resize(run.len(), 0);
+            if start.is_multiple_of(2) {
+                self.stream.fill(start as u64, &mut scratch.draws);
+            } else {
+                for (k, d) in scratch.draws.iter_mut().enumerate() {
+                    *d = self.stream.draw((start + k) as u64);
                 }
             }
+            // Each entry's rank, then a branch-free pass in element order (the keep
+            // decisions are coin flips: a branch on them would mispredict half the time).
+            scratch.rank_of.resize(run.len(), 0);
+            for (rank, &q) in scratch.order.iter().enumerate() {
+                scratch.rank_of[q as usize] = rank as u32;
+            }
+            let last = (run.len() - 1) as f64;
+            let first = r * row;
+            for (k, ((x, &rank), &d)) in run
+                .iter_mut()
+                .zip(&scratch.rank_of)
+                .zip(&scratch.draws)
+                .enumerate()
+            {
+                let normalised = if last > 0.0 {
+                    f64::from(rank) / last
+                } else {
+                    0.5
+                };
+                let p = low + span * normalised;
+                let keep = f64::from(d) < p * 4_294_967_296.0;
+                *x = f32::from_bits(x.to_bits() & (u32::from(keep).wrapping_neg()));
+                if let Some(bits) = bits.as_deref_mut() {
+                    let at = first + k;
+                    bits[at / 64] |= u64::from(keep) << (at % 64);
+                }
+            }
+        }
+    }
+}
+
+/// Scratch for ranking a row: its positions in order of increasing magnitude (equal
+/// magnitudes by position), found by a stable LSD radix sort of the magnitudes' bit
+/// patterns (only the bits that vary, in digits of at most 11 bits); each position's
+/// rank; and the row's draws.
+#[derive(Default)]
+struct Ranks {
+    order: Vec<u32>,
+    keys: Vec<u32>,
+    spare_order: Vec<u32>,
+    spare_keys: Vec<u32>,
+    rank_of: Vec<u32>,
+    draws: Vec<u32>,
+}
+
+impl Ranks {
+    fn rank(&mut self, run: &[f32]) {
+        let n = run.len();
+        self.keys.clear();
+        self.keys
+            .extend(run.iter().map(|x| x.to_bits() & 0x7fff_ffff));
+        self.order.clear();
+        self.order.extend(0..n as u32);
+        // Only the bits that differ between entries need sorting: weights that went
+        // through bf16 leave the low half of the mantissa zero. They are sorted in as
+        // few digits of at most 11 bits as cover them.
+        let first = self.keys.first().copied().unwrap_or(0);
+        let varying = self.keys.iter().fold(0u32, |acc, &k| acc | (k ^ first));
+        if varying == 0 {
+            return;
+        }
+        let low = varying.trailing_zeros();
+        let width = 32 - varying.leading_zeros() - low;
+        let passes = width.div_ceil(11);
+        let digit = width.div_ceil(passes);
+        let buckets = 1usize << digit;
+        let mask = (buckets - 1) as u32;
+        self.spare_keys.resize(n, 0);
+        self.spare_order.resize(n, 0);
+        let mut count = vec![0usize; buckets];
+        for pass in 0..passes {
+            let shift = low + pass * digit;
+            count.fill(0);
+            for &k in &self.keys {
+                count[((k >> shift) & mask) as usize] += 1;
+            }
+            let mut at = 0;
+            for c in count.iter_mut() {
+                let here = *c;
+                *c = at;
+                at += here;
+            }
+            for (&k, &q) in self.keys.iter().zip(&self.order) {
+                let b = ((k >> shift) & mask) as usize;
+                self.spare_keys[count[b]] = k;
+                self.spare_order[count[b]] = q;
+                count[b] += 1;
+            }
+            std::mem::swap(&mut self.keys, &mut self.spare_keys);
+            std::mem::swap(&mut self.order, &mut self.spare_order);
         }
     }
 }
@@ -189,10 +287,16 @@ struct DellaKernel {
     lanes: Vec<Lane>,
     rescale: bool,
     concluded: bool,
+    /// Per chunk index, the keep decisions of the norms pass, when they fitted the
+    /// shared budget (a chunk without draws again in `apply`, to the same bits).
+    masks: Vec<Option<ChunkMask>>,
 }
 
-/// Per model, `(Σ|δ|, Σ|kept|)`, block by block.
-struct Norms(Vec<(OrderFreeSum, OrderFreeSum)>);
+/// Per model, `(Σ|δ|, Σ|kept|)`, block by block; and the chunks' keep decisions.
+struct Norms {
+    sums: Vec<(OrderFreeSum, OrderFreeSum)>,
+    masks: Vec<(usize, ChunkMask)>,
+}
 
 impl Kernel for DellaKernel {
     fn wants_pass(&self, pass: usize) -> bool {
@@ -206,41 +310,60 @@ impl Kernel for DellaKernel {
     }
 
     fn partial(&self, _pass: usize) -> Partial {
-        Box::new(Norms(vec![Default::default(); self.lanes.len()]))
+        Box::new(Norms {
+            sums: vec![Default::default(); self.lanes.len()],
+            masks: Vec::new(),
+        })
     }
 
     fn observe(&self, _pass: usize, chunk: &Chunk<'_>, partial: &mut Partial) {
         let norms = partial.downcast_mut::<Norms>().expect("della partial");
         let mut kept = vec![0f32; chunk.len];
-        let mut keys = Vec::with_capacity(self.row);
+        let mut ranks = Ranks::default();
+        let per_lane = chunk.len.div_ceil(64);
+        let mut words = MASK_BUDGET.take(per_lane * self.lanes.len());
         for (i, lane) in self.lanes.iter().enumerate() {
             let values = chunk.model(i);
             kept.copy_from_slice(values);
-            lane.drop_entries(self.row, chunk.offset, &mut kept, &mut keys);
-            let l1 = |x: &[f32]| x.iter().map(|&a| f64::from(a.abs())).sum::<f64>();
+            let bits = words
+                .as_deref_mut()
+                .map(|w| &mut w[i * per_lane..(i + 1) * per_lane]);
+            lane.drop_entries(self.row, chunk.offset, &mut kept, &mut ranks, bits);
             for (all, cut) in values.chunks(BLOCK).zip(kept.chunks(BLOCK)) {
-                norms.0[i].0.add(l1(all));
-                norms.0[i].1.add(l1(cut));
+                norms.sums[i].0.add(l1(all));
+                norms.sums[i].1.add(l1(cut));
             }
+        }
+        if let Some(words) = words {
+            let mask = ChunkMask {
+                offset: chunk.offset,
+                len: chunk.len,
+                words,
+            };
+            norms.masks.push((chunk.index, mask));
         }
     }
 
     fn combine(&self, _pass: usize, mut a: Partial, b: Partial) -> Partial {
         let norms = a.downcast_mut::<Norms>().expect("della partial");
-        for (x, y) in norms
-            .0
-            .iter_mut()
-            .zip(b.downcast::<Norms>().expect("della partial").0)
-        {
+        let more = *b.downcast::<Norms>().expect("della partial");
+        for (x, y) in norms.sums.iter_mut().zip(more.sums) {
             x.0.merge(y.0);
             x.1.merge(y.1);
         }
+        norms.masks.extend(more.masks);
         a
     }
 
     fn conclude(&mut self, _pass: usize, total: Partial) -> Result<(), OpError> {
-        let norms = total.downcast::<Norms>().expect("della partial");
-        for (lane, (all, kept)) in self.lanes.iter_mut().zip(norms.0) {
+        let norms = *total.downcast::<Norms>().expect("della partial");
+        for (index, mask) in norms.masks {
+            if self.masks.len() <= index {
+                self.masks.resize_with(index + 1, || None);
+            }
+            self.masks[index] = Some(mask);
+        }
+        for (lane, (all, kept)) in self.lanes.iter_mut().zip(norms.sums) {
             let (all, kept) = (all.value(), kept.value());
             const NORM_EPS: f64 = 1e-7;
             if matches!(lane.action, Action::Draw { .. }) && all >= NORM_EPS && kept >= NORM_EPS {
@@ -252,11 +375,26 @@ impl Kernel for DellaKernel {
     }
 
     fn apply(&self, chunk: &mut Chunk<'_>) -> Result<(), OpError> {
-        let mut keys = Vec::with_capacity(self.row);
+        let mut ranks = Ranks::default();
         let (offset, len) = (chunk.offset, chunk.len);
+        let mask = self
+            .masks
+            .get(chunk.index)
+            .and_then(Option::as_ref)
+            .filter(|m| m.offset == offset && m.len == len);
+        let per_lane = len.div_ceil(64);
         for (i, lane) in self.lanes.iter().enumerate() {
             let values = &mut chunk.stack[i * len..(i + 1) * len];
-            lane.drop_entries(self.row, offset, values, &mut keys);
+            match mask {
+                Some(m) => {
+                    let words = &m.words[i * per_lane..(i + 1) * per_lane];
+                    for (k, x) in values.iter_mut().enumerate() {
+                        let keep = (words[k / 64] >> (k % 64)) & 1;
+                        *x = f32::from_bits(x.to_bits() & (keep as u32).wrapping_neg());
+                    }
+                }
+                None => lane.drop_entries(self.row, offset, values, &mut ranks, None),
+            }
             if lane.factor != 1.0 {
                 values.iter_mut().for_each(|x| *x *= lane.factor);
             }

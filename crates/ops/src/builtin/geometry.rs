@@ -44,12 +44,40 @@ impl Sums {
     }
 }
 
-/// `Σ a_j·b_j` over one block, in `f64`, in order.
-fn dot(a: &[f32], b: &[f32]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| f64::from(x) * f64::from(y))
-        .sum()
+/// `Σ a_j·b_j` in `f64`: eight interleaved partial sums (element `j` into lane `j % 8`)
+/// added in lane order at the end, a fixed order that does not depend on the caller's
+/// chunking and lets the loop vectorise (one running sum would wait on every add).
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f64 {
+    const LANES: usize = 8;
+    let mut acc = [0f64; LANES];
+    let (ra, rb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ta, tb) = (ra.remainder(), rb.remainder());
+    for (x, y) in ra.zip(rb) {
+        for l in 0..LANES {
+            acc[l] += f64::from(x[l]) * f64::from(y[l]);
+        }
+    }
+    for (l, (&x, &y)) in ta.iter().zip(tb).enumerate() {
+        acc[l] += f64::from(x) * f64::from(y);
+    }
+    acc.iter().sum()
+}
+
+/// `Σ |a_j|` in `f64`, in the fixed order of [`dot`].
+pub(crate) fn l1(a: &[f32]) -> f64 {
+    const LANES: usize = 8;
+    let mut acc = [0f64; LANES];
+    let rows = a.chunks_exact(LANES);
+    let tail = rows.remainder();
+    for x in rows {
+        for l in 0..LANES {
+            acc[l] += f64::from(x[l].abs());
+        }
+    }
+    for (l, &x) in tail.iter().enumerate() {
+        acc[l] += f64::from(x.abs());
+    }
+    acc.iter().sum()
 }
 
 // ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@
 
 use reefknot_lang::{Bound, DefaultValue, Models, OpSpec, ParamKind, ParamSpec, Signature, Ty};
 
+use super::geometry::dot;
 use crate::kernel::{
     Args, BindCtx, BoolParam, Chunk, Kernel, NumberParam, Operator, Param, Partial,
 };
@@ -62,12 +63,7 @@ impl Vectors {
             let mut k = 0;
             for i in 0..n {
                 for j in i..n {
-                    let dot: f64 = v[i][..len]
-                        .iter()
-                        .zip(&v[j][..len])
-                        .map(|(&a, &b)| f64::from(a) * f64::from(b))
-                        .sum();
-                    sums[k].add(dot);
+                    sums[k].add(dot(&v[i][..len], &v[j][..len]));
                     k += 1;
                 }
             }
@@ -379,12 +375,6 @@ impl Kernel for NuslerpKernel {
                 for start in (0..len).step_by(row) {
                     let r = start..(start + row).min(len);
                     let (x, y) = (&a[r.clone()], &b[r.clone()]);
-                    let dot = |p: &[f32], q: &[f32]| -> f64 {
-                        p.iter()
-                            .zip(q)
-                            .map(|(&u, &v)| f64::from(u) * f64::from(v))
-                            .sum()
-                    };
                     let (c1, c2) = nuslerp_coefficients(t, dot(x, x), dot(y, y), dot(x, y));
                     let (c1, c2) = (c1 as f32, c2 as f32);
                     for ((o, &u), &v) in chunk.delta[r].iter_mut().zip(x).zip(y) {

@@ -7,6 +7,7 @@
 
 use reefknot_lang::{DefaultValue, OpSpec, ParamKind, ParamSpec, Signature, Ty};
 
+use super::geometry::l1;
 use super::select::{Lane, Selection};
 use crate::kernel::{
     Args, BindCtx, ChoiceParam, Chunk, Kernel, NumberParam, Operator, Param, Partial,
@@ -264,7 +265,6 @@ impl TrimKernel {
             let values = self.vector_values(chunk, v);
             kept.copy_from_slice(values);
             self.keep_band(v, chunk.index, &mut kept, &mut spare);
-            let l1 = |x: &[f32]| x.iter().map(|&a| f64::from(a.abs())).sum::<f64>();
             for (all, cut) in values.chunks(BLOCK).zip(kept.chunks(BLOCK)) {
                 norms.0[v].0.add(l1(all));
                 norms.0[v].1.add(l1(cut));
