@@ -73,6 +73,9 @@ pub(crate) fn reference(registry: &Registry) -> String {
         if !spec.models.is_any() {
             let _ = write!(s, "; takes {}", spec.models);
         }
+        if ignores_weights(spec) {
+            s.push_str("; ignores the models' weights");
+        }
         s.push_str("\n\n");
         if !spec.params.is_empty() {
             s.push_str("| parameter | accepts | default | meaning |\n|---|---|---|---|\n");
@@ -93,6 +96,16 @@ pub(crate) fn reference(registry: &Registry) -> String {
         let _ = writeln!(s, "{}", spec.doc);
     }
     s
+}
+
+/// Whether the operator combines models without reading their weights.
+fn ignores_weights(spec: &reefknot_lang::OpSpec) -> bool {
+    use reefknot_lang::Ty;
+    !spec.weighted
+        && spec
+            .signatures
+            .iter()
+            .any(|s| s.input == Ty::Stack && s.output != Ty::Stack)
 }
 
 /// Text for a Markdown table cell (a `|` would end the cell).
@@ -172,6 +185,9 @@ fn details(registry: &Registry, name: &str) -> Result<String, Failure> {
     let _ = writeln!(s, "  {}", spec.summary);
     let _ = writeln!(s, "\ntypes: {}", spec.signature_list());
     let _ = writeln!(s, "models: {}", spec.models);
+    if ignores_weights(spec) {
+        let _ = writeln!(s, "weights: ignored (a recipe whose weights no stage reads is refused)");
+    }
     if !spec.aliases.is_empty() {
         let _ = writeln!(s, "aliases: {}", spec.aliases.join(", "));
     }

@@ -230,6 +230,41 @@ fn a_method_given_the_wrong_number_of_models() {
 }
 
 #[test]
+fn weights_no_stage_reads_are_refused() {
+    let ws = Workspace::new(Dtype::F32, None);
+    let weighted = recipe_with("karcher").replace(
+        "  - path: models/math\n",
+        "  - path: models/math\n    weight: 0.5\n",
+    );
+    ws.recipe("r.yaml", &weighted);
+    let stderr = merge_fails(
+        &ws,
+        2,
+        &[
+            "reefknot::ignored_weights",
+            "`karcher` ignores the models' weights, but model 2",
+            "has `weight: 0.5`",
+            "r.yaml:7:8",
+        ],
+    );
+    assert!(stderr.contains("merge: karcher"), "{stderr}");
+    // With a sparsifier first, the caret is on the stage that combines the models.
+    ws.recipe(
+        "r.yaml",
+        &weighted.replace("merge: karcher", "merge: trim(0.5) |> sce"),
+    );
+    merge_fails(
+        &ws,
+        2,
+        &["`sce` ignores the models' weights", "r.yaml:7:21"],
+    );
+    // An override that reads them makes them count.
+    let with_override = format!("{weighted}overrides:\n  - group: mlp\n    merge: ties(0.3)\n");
+    ws.recipe("r.yaml", &with_override);
+    ok(&run_in(ws.path(), &["check", "r.yaml"]));
+}
+
+#[test]
 fn unknown_recipe_key() {
     let ws = Workspace::new(Dtype::F32, None);
     ws.recipe("r.yaml", &recipe_with("ties").replace("models:", "modles:"));

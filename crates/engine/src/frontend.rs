@@ -407,6 +407,29 @@ fn compile_rules(recipe: &Recipe, registry: &Registry) -> Result<Vec<Rule>, Erro
             compile(format!("overrides[{i}] ({})", o.selector), expr)?;
         }
     }
+    // Weights that no expression reads would silently change nothing.
+    let weighted = recipe
+        .models
+        .iter()
+        .position(|m| m.weight != reefknot_recipe::Number::Scalar(1.0));
+    if let Some(i) = weighted {
+        if !rules
+            .iter()
+            .any(|r| reefknot_lang::reads_weights(&r.pipeline))
+        {
+            let given = format!(
+                "model {} ({}) has `weight: {}`",
+                i + 1,
+                recipe.models[i].path.display(),
+                match &recipe.models[i].weight {
+                    reefknot_recipe::Number::Scalar(x) => reefknot_lang::spec::format_number(*x),
+                    reefknot_recipe::Number::Gradient(v) => format!("{v:?}"),
+                }
+            );
+            reefknot_lang::check_weights(&recipe.merge.text, &rules[0].pipeline, &given)
+                .map_err(|e| crate::locate(recipe, &recipe.merge, e))?;
+        }
+    }
     Ok(rules)
 }
 

@@ -178,17 +178,21 @@ pub fn compile_expr(recipe: &Recipe, expr: &Expr, registry: &Registry) -> Result
             reefknot_lang::check_models(&expr.text, &p, recipe.models.len())?;
             Ok(p)
         })
-        .map_err(|e| {
-            let name = recipe
-                .path
-                .as_ref()
-                .map_or_else(|| "recipe".to_string(), |p| p.display().to_string());
-            let located = match expr.offset_in_source {
-                Some(offset) => e.offset(offset, recipe.source.clone(), &name),
-                None => e.with_source_name(format!("{name}: merge expression")),
-            };
-            Error::from(located)
-        })
+        .map_err(|e| locate(recipe, expr, e))
+}
+
+/// An error in expression `expr`, relocated into the recipe's file when the expression
+/// came from one.
+pub(crate) fn locate(recipe: &Recipe, expr: &Expr, e: reefknot_lang::LangError) -> Error {
+    let name = recipe
+        .path
+        .as_ref()
+        .map_or_else(|| "recipe".to_string(), |p| p.display().to_string());
+    let located = match expr.offset_in_source {
+        Some(offset) => e.offset(offset, recipe.source.clone(), &name),
+        None => e.with_source_name(format!("{name}: merge expression")),
+    };
+    Error::from(located)
 }
 
 /// Runs `plan`, writing the merged model to the folder `out`.

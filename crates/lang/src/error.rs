@@ -45,6 +45,8 @@ pub enum ErrorKind {
     TiesPart,
     /// A stage given another number of fine-tuned models than its operator takes.
     ModelCount,
+    /// Model weights given to a pipeline no stage of which reads them.
+    IgnoredWeights,
 }
 
 impl ErrorKind {
@@ -68,6 +70,7 @@ impl ErrorKind {
             ErrorKind::UnfinishedPipeline => "reefknot::unfinished_pipeline",
             ErrorKind::TiesPart => "reefknot::ties_part",
             ErrorKind::ModelCount => "reefknot::model_count",
+            ErrorKind::IgnoredWeights => "reefknot::ignored_weights",
         }
     }
 }

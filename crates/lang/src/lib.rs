@@ -36,6 +36,7 @@
 //!         doc: "fraction of entries kept",
 //!     }],
 //!     models: Models::ANY,
+//!     weighted: true,
 //!     summary: "keep the largest entries",
 //!     doc: "",
 //! };
@@ -50,6 +51,7 @@
 //!         doc: "how the sign is elected",
 //!     }],
 //!     models: Models::ANY,
+//!     weighted: true,
 //!     summary: "elect a sign per element",
 //!     doc: "",
 //! };
@@ -59,6 +61,7 @@
 //!     signatures: &[Signature::new(Ty::Voted, Ty::Delta)],
 //!     params: &[],
 //!     models: Models::ANY,
+//!     weighted: true,
 //!     summary: "mean of the entries that agree with the elected sign",
 //!     doc: "",
 //! };
@@ -170,6 +173,38 @@ pub fn parse(source: &str) -> Result<ast::Pipeline, LangError> {
 pub fn compile(source: &str, catalog: &dyn Catalog) -> Result<Pipeline, LangError> {
     let ast = parser::parse(source)?;
     check::Checker { source, catalog }.pipeline(&ast)
+}
+
+/// Whether some stage of `pipeline` reads the models' weights ([`OpSpec::weighted`]).
+pub fn reads_weights(pipeline: &Pipeline) -> bool {
+    pipeline.stages.iter().any(|s| s.spec.weighted)
+}
+
+/// Refuses `pipeline` (compiled from `source`) when no stage reads the models' weights,
+/// which the recipe sets (`given` says how, e.g. "model 2 has weight 0.5"); the error
+/// points at the stage that combines the models.
+pub fn check_weights(source: &str, pipeline: &Pipeline, given: &str) -> Result<(), LangError> {
+    if reads_weights(pipeline) {
+        return Ok(());
+    }
+    let stage = pipeline
+        .stages
+        .iter()
+        .find(|s| s.signature.input == Ty::Stack && s.signature.output != Ty::Stack)
+        .or(pipeline.stages.last())
+        .expect("a checked pipeline has a stage");
+    Err(LangError::new(
+        ErrorKind::IgnoredWeights,
+        source,
+        stage.span,
+        format!("`{}` ignores the models' weights, but {given}", stage.op),
+    )
+    .with_label("weighs the models its own way")
+    .with_help(format!(
+        "remove the `weight:`s (they would change nothing), or combine with an operator that \
+         weighs models by them, such as `mean`, `sum` or `multislerp` (see `reefknot ops {}`)",
+        stage.op
+    )))
 }
 
 /// Checks that every stage of `pipeline` (compiled from `source`) takes `models`

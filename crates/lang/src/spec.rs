@@ -274,6 +274,10 @@ pub struct OpSpec {
     /// How many fine-tunes a stage takes (`slerp`: exactly one); a recipe that gives
     /// another number is refused before any tensor is read.
     pub models: Models,
+    /// Whether a stage reads the models' weights `w_i` (`sum`, `elect`, `disjoint`,
+    /// …; not the sparsifiers, nor methods that weigh models their own way, such as
+    /// `karcher`). A recipe that sets weights no stage reads is refused.
+    pub weighted: bool,
     /// One line for `reefknot ops`.
     pub summary: &'static str,
     /// Full documentation (Markdown), for `reefknot ops NAME` and the reference.

@@ -28,6 +28,7 @@ pub static TIES: OpSpec = OpSpec {
         doc: "the density of `trim`, the fraction of each task vector's entries kept",
     }],
     models: crate::spec::Models::ANY,
+    weighted: true,
     summary: "TIES merging: sugar for trim(k) |> elect |> disjoint",
     doc: "\
 TIES merging (trim, elect sign, disjoint merge) as one stage. It is sugar: the

@@ -275,6 +275,7 @@ impl Args {
 ///         doc: "factor",
 ///     }],
 ///     models: reefknot_lang::Models::ANY,
+///     weighted: true,
 ///     summary: "",
 ///     doc: "",
 /// };
@@ -295,6 +296,7 @@ impl Args {
 /// #     signatures: &[Signature::new(Ty::Delta, Ty::Delta)],
 /// #     params: &[ParamSpec { name: "by", kind: ParamKind::closed(0.0, 1.0), default: None, doc: "" }],
 /// #     models: reefknot_lang::Models::ANY,
+/// #     weighted: true,
 /// #     summary: "",
 /// #     doc: "",
 /// # };

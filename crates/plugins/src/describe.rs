@@ -169,6 +169,7 @@ fn operator(name: &'static str, op: RawOperator) -> Result<DescribedOp, String> 
         params: Box::leak(params.into_boxed_slice()),
         // ABI 1 has no way to declare a model count: a plugin operator takes any.
         models: reefknot_lang::Models::ANY,
+        weighted: true,
         summary,
         doc: if doc.trim().is_empty() { summary } else { doc },
     };

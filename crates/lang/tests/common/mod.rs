@@ -31,6 +31,7 @@ pub static TRIM: OpSpec = OpSpec {
         doc: "the fraction of entries kept",
     }],
     models: Models::ANY,
+    weighted: true,
     summary: "keep the largest entries of each task vector",
     doc: "",
 };
@@ -57,6 +58,7 @@ pub static DARE: OpSpec = OpSpec {
         },
     ],
     models: Models::ANY,
+    weighted: true,
     summary: "drop entries at random and rescale the survivors",
     doc: "",
 };
@@ -72,6 +74,7 @@ pub static ELECT: OpSpec = OpSpec {
         doc: "what elects the sign",
     }],
     models: Models::ANY,
+    weighted: true,
     summary: "elect a sign per element",
     doc: "",
 };
@@ -87,6 +90,7 @@ pub static DISJOINT: OpSpec = OpSpec {
         doc: "how the agreeing entries are combined",
     }],
     models: Models::ANY,
+    weighted: true,
     summary: "combine the entries that agree with the elected sign",
     doc: "",
 };
@@ -97,6 +101,7 @@ pub static SUM: OpSpec = OpSpec {
     signatures: &[SD],
     params: &[],
     models: Models::ANY,
+    weighted: true,
     summary: "add the task vectors",
     doc: "",
 };
@@ -107,6 +112,7 @@ pub static MEAN: OpSpec = OpSpec {
     signatures: &[SD],
     params: &[],
     models: Models::ANY,
+    weighted: true,
     summary: "weighted mean of the task vectors",
     doc: "",
 };
@@ -130,6 +136,7 @@ pub static FISHER: OpSpec = OpSpec {
         },
     ],
     models: Models::ANY,
+    weighted: true,
     summary: "Fisher-weighted mean of the task vectors",
     doc: "",
 };
@@ -145,6 +152,7 @@ pub static SCALE: OpSpec = OpSpec {
         doc: "the factor",
     }],
     models: Models::ANY,
+    weighted: true,
     summary: "multiply the merged delta",
     doc: "",
 };
@@ -168,6 +176,7 @@ pub static TALL_CONSENSUS: OpSpec = OpSpec {
         },
     ],
     models: Models::ANY,
+    weighted: true,
     summary: "keep entries most models agree on",
     doc: "",
 };
@@ -178,6 +187,7 @@ pub static TALL_VOTE: OpSpec = OpSpec {
     signatures: &[SV],
     params: &[],
     models: Models::ANY,
+    weighted: true,
     summary: "elect a sign by plurality",
     doc: "",
 };
@@ -188,6 +198,7 @@ pub static WIDE_CONSENSUS: OpSpec = OpSpec {
     signatures: &[SD],
     params: &[],
     models: Models::ANY,
+    weighted: true,
     summary: "merge by consensus",
     doc: "",
 };
@@ -203,6 +214,7 @@ pub static WIDE_TAG: OpSpec = OpSpec {
         doc: "the tag",
     }],
     models: Models::ANY,
+    weighted: true,
     summary: "tag the merged delta",
     doc: "",
 };

@@ -16,6 +16,7 @@ static SUM: OpSpec = OpSpec {
     signatures: &[Signature::new(Ty::Stack, Ty::Delta)],
     params: &[],
     models: reefknot_lang::Models::ANY,
+    weighted: true,
     summary: "task arithmetic: add the weighted task vectors",
     doc: "Task arithmetic (Ilharco et al. 2023): `Δ = Σ_i u_i` with `u_i = w_i·δ̃_i`. \
 Equals mergekit's `task_arithmetic`; follow it with `scale(λ)` for its `lambda`.",
@@ -40,6 +41,7 @@ static MEAN: OpSpec = OpSpec {
     signatures: &[Signature::new(Ty::Stack, Ty::Delta)],
     params: &[],
     models: reefknot_lang::Models::ANY,
+    weighted: true,
     summary: "weighted average of the task vectors (zeros count)",
     doc: "The weighted average of the task vectors: `Δ = Σ_i u_i / Σ_i w_i` (when \
 `|Σ_i w_i| < 1e-8` the divisor is 1). Entries that are zero count, unlike `disjoint`. \
@@ -100,6 +102,7 @@ static FISHER: OpSpec = OpSpec {
         },
     ],
     models: reefknot_lang::Models::ANY,
+    weighted: true,
     summary: "Fisher merging: per-element average weighted by each model's Fisher",
     doc: "Fisher merging (Matena & Raffel 2021) in task-vector space: \
 `Δ_j = Σ_i w_i·F'_ij·δ_ij / Σ_i w_i·F'_ij` with `F' = F + eps`, `F_i` the diagonal Fisher \
@@ -195,6 +198,7 @@ static SCALE: OpSpec = OpSpec {
         doc: "the factor",
     }],
     models: reefknot_lang::Models::ANY,
+    weighted: false,
     summary: "multiply the merged delta by λ",
     doc: "`Δ ← λ·Δ`. mergekit's `lambda` parameter of TIES and task arithmetic.",
 };
@@ -247,6 +251,7 @@ static LINEAR: OpSpec = OpSpec {
         },
     ],
     models: reefknot_lang::Models::ANY,
+    weighted: true,
     summary: "mergekit's linear: a weighted sum of whole models, optionally normalised",
     doc: "mergekit's `linear` (Wortsman et al. 2022, model soups): the merged tensor is \
 `(w_b·θ_b + Σ_i w_i·θ_i) / W` with `W = w_b + Σ_i w_i` (`normalize=true`; when \
@@ -314,6 +319,7 @@ static PASSTHROUGH: OpSpec = OpSpec {
         doc: "factor applied to the fine-tune's tensor",
     }],
     models: reefknot_lang::Models::exactly(1),
+    weighted: false,
     summary: "take the one fine-tune's tensor as it is (or scaled)",
     doc: "mergekit's `passthrough` for one model: the merged tensor is `scale·θ_1`, the \
 fine-tune's own values (`Δ = scale·θ_1 − θ_b`). Use it in an override to take some \

@@ -38,6 +38,7 @@ static SPEC: OpSpec = OpSpec {
         },
     ],
     models: reefknot_lang::Models::ANY,
+    weighted: false,
     summary: "drop each entry with probability p and rescale the survivors",
     doc: "Drops each entry independently with probability `p` (`0 ≤ p < 1`) and rescales the \
 survivors: by `1/(1-p)` with `rescale=inverse` (the DARE paper), by `‖δ‖₁/‖kept‖₁` with \

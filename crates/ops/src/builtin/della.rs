@@ -53,6 +53,7 @@ static SPEC: OpSpec = OpSpec {
         },
     ],
     models: reefknot_lang::Models::ANY,
+    weighted: false,
     summary: "drop entries at random, keeping large ones more often (DELLA, per row)",
     doc: "DELLA's MagPrune (Deep et al. 2024), as mergekit's `della_magprune` (`della`, \
 `della_linear`): in each row (the last dimension; a vector is one row) of each task \

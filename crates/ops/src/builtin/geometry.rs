@@ -98,6 +98,7 @@ static SLERP: OpSpec = OpSpec {
         doc: "where between the base (0) and the fine-tune (1)",
     }],
     models: Models::exactly(1),
+    weighted: false,
     summary: "spherical interpolation between the base and one fine-tune",
     doc: "Spherical linear interpolation between the base `θ_b` and exactly one fine-tune \
 `θ_1`, over the whole tensor, as mergekit's `slerp`: with `d = ⟨θ_b, θ_1⟩/(‖θ_b‖·‖θ_1‖)` \
@@ -224,6 +225,7 @@ static NEARSWAP: OpSpec = OpSpec {
         doc: "distance below which the fine-tune's value is taken outright",
     }],
     models: Models::exactly(1),
+    weighted: false,
     summary: "take the fine-tune's value where it is near the base, interpolate elsewhere",
     doc: "NearSwap, as mergekit's `nearswap`, for exactly one fine-tune: per element, \
 `ω = clamp(t / max(|δ|, 1e-6), 0, 1)` and `Δ = ω·δ`, so entries that moved less than `t` \
@@ -278,6 +280,7 @@ static MODEL_STOCK: OpSpec = OpSpec {
         doc: "one interpolation ratio per row instead of per tensor",
     }],
     models: Models::at_least(2),
+    weighted: false,
     summary: "Model Stock: move the base towards the average by the task vectors' angle",
     doc: "Model Stock (Jang et al. 2024), as mergekit's `model_stock`: with `c` the mean of the \
 pairwise cosines `⟨δ_i, δ_j⟩ / max(‖δ_i‖·‖δ_j‖, 1e-6)` (each clamped to [−1, 1]) of the `T ≥ 2` \

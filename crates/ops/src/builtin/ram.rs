@@ -28,6 +28,7 @@ static RAM: OpSpec = OpSpec {
     signatures: &[Signature::new(Ty::Stack, Ty::Delta)],
     params: &[EPSILON_SPEC],
     models: reefknot_lang::Models::ANY,
+    weighted: false,
     summary: "keep entries one model changed, average those several changed",
     doc: "Reinforced Agent Merging, as mergekit's `ram`: with `a_ij = |δ_ij| > ε` and \
 `c_j = Σ_i a_ij`, `Δ_j = Σ_i a_ij·δ_ij / max(c_j, 1)`: an entry changed by one model \
@@ -77,6 +78,7 @@ static RAMPLUS: OpSpec = OpSpec {
         EPSILON_SPEC,
     ],
     models: reefknot_lang::Models::ANY,
+    weighted: false,
     summary: "ram, with each model's unique entries boosted by how much it shares",
     doc: "RAM+ (tensor-local), as mergekit's `ramplus_tl`: as `ram`, but model `i`'s unique \
 entries (`c_j = 1`) are multiplied by `λ_i = 1 + r·clamp(ρ_i, 0, α)`, where \

@@ -27,6 +27,7 @@ static SCE: OpSpec = OpSpec {
         doc: "fraction of the elements, by variance across models, that are merged",
     }],
     models: Models::ANY,
+    weighted: false,
     summary: "SCE: keep high-variance elements, weight models by energy, TIES-style erase",
     doc: "SCE (Wan et al. 2024, FuseChat), as mergekit's `sce`: **select** — with \
 `select_topk < 1`, only the `⌊m·select_topk⌋` elements of largest variance across the \
@@ -260,6 +261,7 @@ static FUSION: OpSpec = OpSpec {
     signatures: &[Signature::new(Ty::Stack, Ty::Delta)],
     params: &[],
     models: Models::exactly(1),
+    weighted: false,
     summary: "keep the fine-tune's changes whose importance is an outlier",
     doc: "Arcee Fusion, as mergekit's `arcee_fusion`, for exactly one fine-tune: each \
 element's importance is `I_j = |δ_j| · KL(softmax(θ_1) ‖ softmax(θ_b))`, the divergence \

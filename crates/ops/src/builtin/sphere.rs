@@ -194,6 +194,7 @@ static NUSLERP: OpSpec = OpSpec {
         CENTERED,
     ],
     models: Models::exactly(2),
+    weighted: true,
     summary: "slerp between two fine-tunes, t from their weights",
     doc: "mergekit's `nuslerp` for exactly two fine-tunes with weights `w_1`, `w_2`: \
 `t = w_2/(w_1 + w_2)` (0.5 when `|w_1 + w_2| < 1e-6`), and the spherical interpolation \
@@ -446,6 +447,7 @@ static MULTISLERP: OpSpec = OpSpec {
         CENTERED,
     ],
     models: Models::ANY,
+    weighted: true,
     summary: "weighted spherical mean of several fine-tunes (tangent-space barycentre)",
     doc: "mergekit's `multislerp`: the vectors `v_i` (task vectors with `centered=true`, as \
 mergekit with a `base_model`; the models' tensors otherwise) are put on the unit sphere, \
@@ -600,6 +602,7 @@ static KARCHER: OpSpec = OpSpec {
         },
     ],
     models: Models::ANY,
+    weighted: false,
     summary: "Karcher (Riemannian) mean of the models' tensors on the sphere",
     doc: "mergekit's `karcher`: the weighted Karcher mean of the models' own tensors \
 `θ_i` (not task vectors), every model weighted `1/N` (recipe weights are ignored, as in \

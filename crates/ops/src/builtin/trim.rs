@@ -37,6 +37,7 @@ static SPEC: OpSpec = OpSpec {
         RESCALE_SPEC,
     ],
     models: reefknot_lang::Models::ANY,
+    weighted: false,
     summary: "keep the fraction k of entries with the largest |δ| in each vector, zero the rest",
     doc: "Keeps, in each task vector (or in the merged delta), the `max(1, ⌊k·n⌋)` entries of \
 largest magnitude and sets the others to zero; `k = 0` keeps none and `k ≥ 1` keeps all. \
@@ -130,6 +131,7 @@ static BREADCRUMBS: OpSpec = OpSpec {
         RESCALE_SPEC,
     ],
     models: reefknot_lang::Models::ANY,
+    weighted: false,
     summary: "drop the largest fraction γ of |δ| as outliers, keep the next fraction k",
     doc: "Model Breadcrumbs (Davari & Belilovsky 2024): in each task vector of `n` entries, \
 drops the `⌊γ·n⌋` entries of largest magnitude (outliers) and keeps the next `⌊k·n⌋` \

@@ -27,6 +27,7 @@ static ELECT: OpSpec = OpSpec {
         doc: "what decides the sign: the summed mass, the majority of models, or Fisher-weighted mass",
     }],
     models: reefknot_lang::Models::ANY,
+    weighted: true,
     summary: "elect a sign per element from the weighted task vectors",
     doc: "Elects one sign `γ_j` per element from the weighted task vectors `u_i = w_i·δ̃_i`:\n\n\
 * `elect(mass)` (the default, TIES and mergekit's `consensus_method: sum`): `γ_j = +1` if \
@@ -122,6 +123,7 @@ static DISJOINT: OpSpec = OpSpec {
         doc: "how agreeing entries combine: weighted mean, sum, or Fisher-weighted mean",
     }],
     models: reefknot_lang::Models::ANY,
+    weighted: true,
     summary: "combine only the entries whose sign agrees with the elected one",
     doc: "Combines, per element, only the entries that agree with the elected sign: \
 `A_j = {i : u_ij ≠ 0 and sign(u_ij) = γ_j}`.\n\n\
