@@ -186,7 +186,10 @@ fn details(registry: &Registry, name: &str) -> Result<String, Failure> {
     let _ = writeln!(s, "\ntypes: {}", spec.signature_list());
     let _ = writeln!(s, "models: {}", spec.models);
     if ignores_weights(spec) {
-        let _ = writeln!(s, "weights: ignored (a recipe whose weights no stage reads is refused)");
+        let _ = writeln!(
+            s,
+            "weights: ignored (a recipe whose weights no stage reads is refused)"
+        );
     }
     if !spec.aliases.is_empty() {
         let _ = writeln!(s, "aliases: {}", spec.aliases.join(", "));

@@ -103,22 +103,7 @@ fn the_operator_reference_is_generated_from_the_definitions() {
     );
     // Every built-in of operators.md is registered (inventory entries vanish silently
     // when a crate is not linked).
-    for op in [
-        "trim",
-        "dare",
-        "elect",
-        "disjoint",
-        "sum",
-        "mean",
-        "fisher",
-        "scale",
-        "ties",
-        "breadcrumbs",
-        "della",
-        "slerp",
-        "nearswap",
-        "model_stock",
-    ] {
+    for op in BUILTIN_OPERATORS {
         assert!(
             generated.contains(&format!("\n## {op}\n")),
             "{op} is not registered"

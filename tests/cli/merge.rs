@@ -202,22 +202,7 @@ fn check_prints_the_plan_without_writing() {
 #[test]
 fn ops_lists_every_operator_and_documents_each() {
     let stdout = ok(&reefknot().arg("ops").output().unwrap());
-    for op in [
-        "trim",
-        "dare",
-        "elect",
-        "disjoint",
-        "sum",
-        "mean",
-        "fisher",
-        "scale",
-        "ties",
-        "breadcrumbs",
-        "della",
-        "slerp",
-        "nearswap",
-        "model_stock",
-    ] {
+    for op in BUILTIN_OPERATORS {
         assert!(
             stdout.lines().any(|l| l.starts_with(op)),
             "{op} missing:\n{stdout}"

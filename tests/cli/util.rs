@@ -177,3 +177,31 @@ pub fn values(c: &Checkpoint, name: &str) -> Vec<f32> {
     reefknot_io::to_f32(t.dtype, c.data(t), &mut out);
     out
 }
+
+/// Every built-in operator (inventory entries vanish silently when a crate is not
+/// linked, so the tests name them).
+pub const BUILTIN_OPERATORS: &[&str] = &[
+    "trim",
+    "breadcrumbs",
+    "dare",
+    "della",
+    "elect",
+    "disjoint",
+    "sum",
+    "mean",
+    "linear",
+    "fisher",
+    "passthrough",
+    "scale",
+    "ties",
+    "slerp",
+    "nearswap",
+    "model_stock",
+    "nuslerp",
+    "multislerp",
+    "karcher",
+    "ram",
+    "ramplus_tl",
+    "sce",
+    "arcee_fusion",
+];

@@ -11,6 +11,8 @@
 //! without flattening works per row (whole rows in each chunk, nothing gathered) or per
 //! column (one pass of per-column sums).
 
+use std::sync::OnceLock;
+
 use reefknot_lang::{Bound, DefaultValue, Models, OpSpec, ParamKind, ParamSpec, Signature, Ty};
 
 use super::geometry::dot;
@@ -70,6 +72,25 @@ impl Vectors {
         }
     }
 
+    /// The first two vectors over the whole chunk.
+    fn read_two(&self, chunk: &Chunk<'_>) -> (Vec<f32>, Vec<f32>) {
+        let mut a = vec![0f32; chunk.len];
+        let mut b = vec![0f32; chunk.len];
+        self.read(chunk, 0, 0..chunk.len, &mut a);
+        self.read(chunk, 1, 0..chunk.len, &mut b);
+        (a, b)
+    }
+
+    /// Turns a combination written to `chunk.delta` into the delta: minus the base when
+    /// the vectors are the models' tensors.
+    fn finish_delta(&self, chunk: &mut Chunk<'_>) {
+        if !self.centered {
+            for (o, &b) in chunk.delta.iter_mut().zip(chunk.base) {
+                *o -= b;
+            }
+        }
+    }
+
     /// `Δ = Σ_i c_i·v_i` (minus the base when the vectors are not centered).
     fn combine(&self, chunk: &mut Chunk<'_>, c: &[f64]) {
         let len = chunk.len;
@@ -82,11 +103,7 @@ impl Vectors {
                 *o += ci * x;
             }
         }
-        if !self.centered {
-            for (o, &b) in chunk.delta.iter_mut().zip(chunk.base) {
-                *o -= b;
-            }
-        }
+        self.finish_delta(chunk);
     }
 }
 
@@ -256,6 +273,7 @@ impl Operator for Nuslerp {
             vectors,
             whole: GramPass::new(vectors),
             columns: None,
+            column_coefficients: OnceLock::new(),
         }))
     }
 }
@@ -266,6 +284,8 @@ struct NuslerpKernel {
     whole: GramPass,
     /// Per column: `(‖v_1‖², ‖v_2‖², ⟨v_1, v_2⟩)`, once the pass has run.
     columns: Option<Vec<[f64; 3]>>,
+    /// Per column, the two coefficients, from the first chunk on.
+    column_coefficients: OnceLock<Vec<(f32, f32)>>,
 }
 
 /// Per column, the three sums, order-free.
@@ -369,10 +389,7 @@ impl Kernel for NuslerpKernel {
             }
             Layout::Rows(row) => {
                 let len = chunk.len;
-                let mut a = vec![0f32; len];
-                let mut b = vec![0f32; len];
-                self.vectors.read(chunk, 0, 0..len, &mut a);
-                self.vectors.read(chunk, 1, 0..len, &mut b);
+                let (a, b) = self.vectors.read_two(chunk);
                 for start in (0..len).step_by(row) {
                     let r = start..(start + row).min(len);
                     let (x, y) = (&a[r.clone()], &b[r.clone()]);
@@ -382,35 +399,26 @@ impl Kernel for NuslerpKernel {
                         *o = c1 * u + c2 * v;
                     }
                 }
-                if !self.vectors.centered {
-                    for (o, &b) in chunk.delta.iter_mut().zip(chunk.base) {
-                        *o -= b;
-                    }
-                }
+                self.vectors.finish_delta(chunk);
             }
             Layout::Columns(n) => {
-                let stats = self.columns.as_deref().expect("nuslerp's pass has run");
-                let coef: Vec<(f32, f32)> = stats
-                    .iter()
-                    .map(|s| {
-                        let (a, b) = nuslerp_coefficients(t, s[0], s[1], s[2]);
-                        (a as f32, b as f32)
-                    })
-                    .collect();
-                let len = chunk.len;
-                let mut a = vec![0f32; len];
-                let mut b = vec![0f32; len];
-                self.vectors.read(chunk, 0, 0..len, &mut a);
-                self.vectors.read(chunk, 1, 0..len, &mut b);
+                // Once per tensor (the weights, hence t, are the tensor's).
+                let coef = self.column_coefficients.get_or_init(|| {
+                    let stats = self.columns.as_deref().expect("nuslerp's pass has run");
+                    stats
+                        .iter()
+                        .map(|s| {
+                            let (a, b) = nuslerp_coefficients(t, s[0], s[1], s[2]);
+                            (a as f32, b as f32)
+                        })
+                        .collect()
+                });
+                let (a, b) = self.vectors.read_two(chunk);
                 for (j, o) in chunk.delta.iter_mut().enumerate() {
                     let (c1, c2) = coef[(chunk.offset + j) % n];
                     *o = c1 * a[j] + c2 * b[j];
                 }
-                if !self.vectors.centered {
-                    for (o, &b) in chunk.delta.iter_mut().zip(chunk.base) {
-                        *o -= b;
-                    }
-                }
+                self.vectors.finish_delta(chunk);
             }
         }
         Ok(())
@@ -474,18 +482,12 @@ impl Operator for Multislerp {
             centered: args.flag(MS_CENTERED),
             with_base: false,
         };
-        Ok(Box::new(MultislerpKernel {
+        let mean = Mean::Multislerp {
             normalize: args.flag(MS_NORMALIZE),
             eps: args.number(MS_EPS),
-            gram: GramPass::new(vectors),
-        }))
+        };
+        Ok(Box::new(GramKernel::new(mean, vectors)))
     }
-}
-
-struct MultislerpKernel {
-    normalize: bool,
-    eps: f64,
-    gram: GramPass,
 }
 
 /// multislerp's coefficients of the vectors, or why there are none.
@@ -530,38 +532,6 @@ fn multislerp_coefficients(
     Ok((0..n)
         .map(|k| avg * (m[k] * tn.cos() + tau[k] * tn.sin() / tn))
         .collect())
-}
-
-impl Kernel for MultislerpKernel {
-    fn wants_pass(&self, pass: usize) -> bool {
-        self.gram.vectors.count() > 1 && self.gram.wants(pass)
-    }
-    fn partial(&self, _pass: usize) -> Partial {
-        self.gram.partial()
-    }
-    fn observe(&self, _pass: usize, chunk: &Chunk<'_>, partial: &mut Partial) {
-        self.gram.observe(chunk, partial);
-    }
-    fn combine(&self, _pass: usize, a: Partial, b: Partial) -> Partial {
-        GramPass::combine(a, b)
-    }
-    fn conclude(&mut self, _pass: usize, total: Partial) -> Result<(), OpError> {
-        self.gram.conclude(total);
-        Ok(())
-    }
-    fn apply(&self, chunk: &mut Chunk<'_>) -> Result<(), OpError> {
-        let c = if self.gram.vectors.count() == 1 {
-            vec![1.0]
-        } else {
-            multislerp_coefficients(self.gram.g(), chunk.weights, self.normalize, self.eps)
-                .map_err(|message| OpError::Failed {
-                    op: "multislerp".into(),
-                    message,
-                })?
-        };
-        self.gram.vectors.combine(chunk, &c);
-        Ok(())
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -630,20 +600,12 @@ impl Operator for Karcher {
             centered: false,
             with_base: args.flag(WITH_BASE),
         };
-        Ok(Box::new(KarcherKernel {
+        let mean = Mean::Karcher {
             max_iter: args.number(MAX_ITER) as usize,
             tol: args.number(TOL),
-            gram: GramPass::new(vectors),
-            coefficients: None,
-        }))
+        };
+        Ok(Box::new(GramKernel::new(mean, vectors)))
     }
-}
-
-struct KarcherKernel {
-    max_iter: usize,
-    tol: f64,
-    gram: GramPass,
-    coefficients: Option<Vec<f64>>,
 }
 
 /// The Karcher mean's coefficients of the inputs, from their Gram matrix, as mergekit's
@@ -704,9 +666,34 @@ fn karcher_coefficients(g: &[Vec<f64>], max_iter: usize, tol: f64) -> Vec<f64> {
     beta.iter().map(|b| scale * b).collect()
 }
 
-impl Kernel for KarcherKernel {
+/// Which mean a [`GramKernel`] takes.
+enum Mean {
+    Multislerp { normalize: bool, eps: f64 },
+    Karcher { max_iter: usize, tol: f64 },
+}
+
+/// `multislerp` and `karcher`: a Gram pass, then `Σ_i c_i·v_i` with the coefficients of
+/// the mean, worked out once per tensor (on the first chunk: they need the tensor's
+/// weights, which every chunk carries).
+struct GramKernel {
+    mean: Mean,
+    gram: GramPass,
+    coefficients: OnceLock<Result<Vec<f64>, String>>,
+}
+
+impl GramKernel {
+    fn new(mean: Mean, vectors: Vectors) -> Self {
+        GramKernel {
+            mean,
+            gram: GramPass::new(vectors),
+            coefficients: OnceLock::new(),
+        }
+    }
+}
+
+impl Kernel for GramKernel {
     fn wants_pass(&self, pass: usize) -> bool {
-        self.coefficients.is_none() && self.gram.wants(pass)
+        self.gram.vectors.count() > 1 && self.gram.wants(pass)
     }
     fn partial(&self, _pass: usize) -> Partial {
         self.gram.partial()
@@ -719,14 +706,25 @@ impl Kernel for KarcherKernel {
     }
     fn conclude(&mut self, _pass: usize, total: Partial) -> Result<(), OpError> {
         self.gram.conclude(total);
-        self.coefficients = Some(karcher_coefficients(self.gram.g(), self.max_iter, self.tol));
         Ok(())
     }
     fn apply(&self, chunk: &mut Chunk<'_>) -> Result<(), OpError> {
-        let c = self
-            .coefficients
-            .as_deref()
-            .expect("karcher's pass has run");
+        let c = self.coefficients.get_or_init(|| {
+            if self.gram.vectors.count() == 1 {
+                return Ok(vec![1.0]);
+            }
+            let g = self.gram.g();
+            match self.mean {
+                Mean::Multislerp { normalize, eps } => {
+                    multislerp_coefficients(g, chunk.weights, normalize, eps)
+                }
+                Mean::Karcher { max_iter, tol } => Ok(karcher_coefficients(g, max_iter, tol)),
+            }
+        });
+        let c = c.as_ref().map_err(|message| OpError::Failed {
+            op: "multislerp".into(),
+            message: message.clone(),
+        })?;
         self.gram.vectors.combine(chunk, c);
         Ok(())
     }
