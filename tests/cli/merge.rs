@@ -297,3 +297,17 @@ fn fisher_normalize_makes_each_models_fisher_scale_free() {
         "plain Fisher merging ignored a Fisher's scale"
     );
 }
+
+#[test]
+fn passthrough_copies_the_fine_tune_bit_for_bit() {
+    let ws = Workspace::new(Dtype::F32, None);
+    ws.recipe(
+        "r.yaml",
+        "base: models/base\nmodels:\n  - path: models/code\nmerge: passthrough\n",
+    );
+    ok(&run_in(ws.path(), &["merge", "r.yaml", "-o", "out", "--quiet"]));
+    assert_eq!(tensors(&ws.path().join("out")), tensors(&ws.model("code")));
+    // The plan says so: every tensor is copied from the model.
+    let json = ok(&run_in(ws.path(), &["check", "r.yaml", "--json"]));
+    assert!(json.contains("\"kind\": \"copy\"") && !json.contains("\"kind\": \"pipeline\""));
+}

@@ -195,6 +195,32 @@ pub fn plan_recipe(
                 })
                 .collect()
         });
+        // `passthrough` unscaled is the fine-tune's tensor itself: copied, so that it is
+        // its exact bits (θ_b + (θ_1 − θ_b) need not be θ_1 in float32).
+        let unscaled = |s: &plan::Stage| {
+            s.op == "passthrough"
+                && s.args
+                    .iter()
+                    .all(|a| a.value == plan::Value::Number(vec![1.0]))
+        };
+        if let [only] = stages.as_slice() {
+            if unscaled(only) {
+                tensors.push(plan::OutputTensor {
+                    name: info.name.clone(),
+                    dtype: dtype.unwrap_or(info.dtype).safetensors_name().to_string(),
+                    shape: info.shape.clone(),
+                    layer,
+                    shard: 0,
+                    producer: plan::Producer::Copy {
+                        from: plan::TensorRef {
+                            input: 1,
+                            tensor: info.name.clone(),
+                        },
+                    },
+                });
+                continue;
+            }
+        }
         tensors.push(plan::OutputTensor {
             name: info.name.clone(),
             dtype: dtype.unwrap_or(info.dtype).safetensors_name().to_string(),

@@ -902,3 +902,24 @@ fn linear_weights_whole_models() {
     let linear = Case::new("linear", base, m).run();
     assert_eq!(mean, linear);
 }
+
+#[test]
+fn breadcrumbs_with_nothing_to_keep_keeps_nothing() {
+    // ⌊k·n⌋ = 0 while ⌊γ·n⌋ = 1: no outlier survives (mergekit keeps an empty slice).
+    let d = [5.0f32, -9.0, 1.0, 7.0, -2.0, 0.5, 8.0, 3.0, -4.0, 6.0];
+    let out = Case::deltas("breadcrumbs(0.05, gamma=0.1) |> sum", &[&d]).run();
+    assert!(out.iter().all(|x| *x == 0.0), "{out:?}");
+    let out = Case::deltas("breadcrumbs(0, gamma=0.2) |> sum", &[&d]).run();
+    assert!(out.iter().all(|x| *x == 0.0), "{out:?}");
+}
+
+#[test]
+fn linear_with_weights_summing_to_zero_is_their_weighted_sum() {
+    let base = vec![1.0f32, 2.0];
+    let m = vec![vec![2.0f32, 2.0], vec![0.0, 4.0]];
+    let out = Case::new("linear", base, m)
+        .weights(&[1.0, -1.0])
+        .run();
+    // 1·θ_1 − 1·θ_2, as `normalize=false` (mergekit divides by zero here).
+    assert!(close(&out, &[2.0, -2.0], 1e-6), "{out:?}");
+}

@@ -289,10 +289,11 @@ impl Kernel for LinearKernel {
         let tiles = Tiles::new(chunk.stack, &chunk.weights[..chunk.models], chunk.len);
         let total = self.base_weight + chunk.weights.iter().sum::<f32>();
         let out = &mut *chunk.delta;
-        if self.normalize {
-            let total = if total.abs() < 1e-8 { 1.0 } else { total };
+        if self.normalize && total.abs() >= 1e-8 {
             tiles.fold(out, None, |w, x, _| w * x, |s| s / total);
         } else {
+            // Not normalised, or weights summing to (nearly) zero, which mergekit divides
+            // by: the weighted sum of the models.
             tiles.fold(out, None, |w, x, _| w * x, |s| s);
             let own = total - 1.0;
             if own != 0.0 {
@@ -322,10 +323,9 @@ static PASSTHROUGH: OpSpec = OpSpec {
     weighted: false,
     summary: "take the one fine-tune's tensor as it is (or scaled)",
     doc: "mergekit's `passthrough` for one model: the merged tensor is `scale·θ_1`, the \
-fine-tune's own values (`Δ = scale·θ_1 − θ_b`). Use it in an override to take some \
-tensors from one model, e.g. `overrides: [{match: \"lm_head*\", merge: passthrough}]` \
-with that model alone in a recipe, or a layer's tensors scaled down. Model weights are \
-ignored.",
+fine-tune's own values (`Δ = scale·θ_1 − θ_b`). With `scale=1` and nothing else in the \
+pipeline, the tensor is copied, bit for bit. A recipe with `passthrough` has one model; \
+taking layers from several models (mergekit's `slices:`) is not a recipe yet.",
 };
 
 const PASS_SCALE: Param<NumberParam> = Param::number(&PASSTHROUGH, "scale");

@@ -63,7 +63,10 @@ vector, the entries are ranked by magnitude, smallest first, and the entry of ra
 over the whole tensor (skipped where either norm is below 1e-7), as mergekit does — not \
 the paper's `1/p`. `k ≥ 1` keeps everything and `k = 0` nothing; otherwise \
 `0 < k − ε` and `k + ε < 1` are required, as mergekit requires. Equal magnitudes are \
-ranked by position.\n\n\
+ranked by position. (mergekit ranks along the second dimension, the same for the 1-D and \
+2-D tensors of language models.) A tensor whose rows cannot be streamed whole (rows \
+sharing few factors of two with 4096 in a tensor of more than 2²⁰ elements) is refused \
+when the recipe is checked.\n\n\
 The draws are counter-based, as `dare`'s, on stream `2³² + i` for model `i`: entry `j` \
 is kept when its 32-bit draw is below `p·2³²`, so a merge gives the same bytes on any \
 machine, thread count or chunk size. `k` and `eps` may differ per model.",

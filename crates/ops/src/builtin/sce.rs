@@ -53,7 +53,7 @@ impl Operator for Sce {
         let phase = if topk >= 1.0 {
             Phase::Energy
         } else if topk <= 0.0 {
-            Phase::Select(Selection::new(vec![Lane::None]))
+            Phase::Select(Selection::new(vec![Lane::None], ctx.numel as u64))
         } else {
             Phase::Count
         };
@@ -197,9 +197,10 @@ impl Kernel for SceKernel {
         self.phase = match std::mem::replace(&mut self.phase, Phase::Done) {
             Phase::Count => {
                 let nonzero = total.downcast::<NonZero>().expect("sce partial").0;
-                let k = (nonzero as f64 * self.topk).floor() as u64;
+                // As mergekit: the product is a float32 tensor.
+                let k = (nonzero as f32 * self.topk as f32) as u64;
                 let lane = Lane::keep(k, self.numel as u64, Selection::stride_for(self.numel));
-                Phase::Select(Selection::new(vec![lane]))
+                Phase::Select(Selection::new(vec![lane], self.numel as u64))
             }
             Phase::Select(mut s) => {
                 s.conclude(total);
@@ -300,7 +301,7 @@ impl Operator for ArceeFusion {
             .collect();
         Ok(Box::new(FusionKernel {
             row: ctx.row_len().max(1),
-            quantiles: Selection::new(lanes),
+            quantiles: Selection::new(lanes, n),
             threshold: None,
         }))
     }

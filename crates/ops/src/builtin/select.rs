@@ -191,15 +191,18 @@ enum Part {
 /// Lanes of selection run over the same passes (see the module documentation).
 pub(crate) struct Selection {
     pub(crate) lanes: Vec<Lane>,
+    /// Entries in each lane's vector (the tensor's size).
+    n: u64,
     /// Per lane, candidate pairs stored in the collect pass under way; past
     /// [`MAX_CANDIDATES`] the lane stops storing and takes the constant-memory road.
     stored: Vec<AtomicU64>,
 }
 
 impl Selection {
-    pub(crate) fn new(lanes: Vec<Lane>) -> Selection {
+    /// Lanes over vectors of `n` entries.
+    pub(crate) fn new(lanes: Vec<Lane>, n: u64) -> Selection {
         let stored = lanes.iter().map(|_| AtomicU64::new(0)).collect();
-        Selection { lanes, stored }
+        Selection { lanes, n, stored }
     }
 
     /// The sample stride for a vector of `n` entries: large ones are histogrammed on a
@@ -324,7 +327,9 @@ impl Selection {
         let parts = total.downcast::<Vec<Part>>().expect("selection partial");
         for (l, (lane, part)) in self.lanes.iter_mut().zip(*parts).enumerate() {
             *lane = match (&*lane, part) {
-                (&Lane::Histogram { keep, stride }, Part::Histogram(h)) => window(&h, keep, stride),
+                (&Lane::Histogram { keep, stride }, Part::Histogram(h)) => {
+                    window(&h, keep, stride, self.n)
+                }
                 (&Lane::Collect { keep, .. }, Part::Collect(above, mut lists)) => {
                     if self.stored[l].swap(0, Ordering::Relaxed) > MAX_CANDIDATES {
                         Lane::Histogram { keep, stride: 1 }
@@ -404,9 +409,9 @@ fn collect(values: &[f32], lo: usize, hi: usize) -> (u64, Vec<(u32, u32)>) {
     (above, pairs)
 }
 
-/// From a histogram (of everything when `stride == 1`, else of a sample), the window of
-/// buckets to collect.
-fn window(hist: &[u64], keep: u64, stride: usize) -> Lane {
+/// From a histogram (of everything when `stride == 1`, else of a sample of the `n`
+/// entries), the window of buckets to collect.
+fn window(hist: &[u64], keep: u64, stride: usize, n: u64) -> Lane {
     let sampled: u64 = hist.iter().sum();
     if stride == 1 {
         // Exact: the bucket holding the keep-th largest, and what lies above it.
@@ -421,10 +426,10 @@ fn window(hist: &[u64], keep: u64, stride: usize) -> Lane {
             above,
         };
     }
-    // The keep-th largest of n sits near rank keep·m/n of the m sampled entries; allow
-    // MARGIN_SIGMAS binomial standard deviations on each side.
-    let n_est = sampled as f64 * stride as f64;
-    let frac = (keep as f64 / n_est.max(1.0)).min(1.0);
+    // The keep-th largest of n sits near rank keep·m/n of the m sampled entries (the
+    // sample is every stride-th chunk: m is near n/stride only when the chunks are many);
+    // allow MARGIN_SIGMAS binomial standard deviations on each side.
+    let frac = (keep as f64 / (n as f64).max(1.0)).min(1.0);
     let rank = frac * sampled as f64;
     let sigma = (rank * (1.0 - frac)).sqrt() + 1.0;
     let top = (rank - MARGIN_SIGMAS * sigma - 2.0).max(1.0) as u64;
@@ -617,7 +622,7 @@ mod tests {
         hist[600] = 10;
         hist[500] = MAX_CANDIDATES + 1; // the exact histogram: go to the low bits
         assert_eq!(
-            window(&hist, 100, 1),
+            window(&hist, 100, 1, 1 << 40),
             Lane::Low {
                 keep: 100,
                 bucket: 500,
@@ -632,12 +637,23 @@ mod tests {
         for (b, h) in hist.iter_mut().enumerate().skip(100).take(1000) {
             *h = (b % 7) as u64 + 1;
         }
-        let Lane::Collect { lo, hi, .. } = window(&hist, 8 * 400, 8) else {
-            panic!()
-        };
-        assert!(lo <= hi);
-        let above_hi: u64 = hist[hi + 1..].iter().sum();
-        let from_lo: u64 = hist[lo..].iter().sum();
-        assert!(above_hi < 400 && from_lo >= 400);
+        let sampled: u64 = hist.iter().sum();
+        // A sample of an eighth, and one of 3 chunks in 19: the window holds the rank
+        // the keep-th largest has in the sample either way.
+        for (n, keep, rank) in [
+            (8 * sampled, 8 * 400, 400),
+            (sampled * 19 / 3, sampled * 19 / 3 / 4, sampled / 4),
+        ] {
+            let Lane::Collect { lo, hi, .. } = window(&hist, keep, 8, n) else {
+                panic!()
+            };
+            assert!(lo <= hi);
+            let above_hi: u64 = hist[hi + 1..].iter().sum();
+            let from_lo: u64 = hist[lo..].iter().sum();
+            assert!(
+                above_hi < rank && from_lo >= rank,
+                "{n}: {above_hi} {from_lo} {rank}"
+            );
+        }
     }
 }

@@ -11,7 +11,7 @@
 //! without flattening works per row (whole rows in each chunk, nothing gathered) or per
 //! column (one pass of per-column sums).
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use reefknot_lang::{Bound, DefaultValue, Models, OpSpec, ParamKind, ParamSpec, Signature, Ty};
 
@@ -221,7 +221,8 @@ the linear `(1−t)·v_1 + t·v_2` where `1 − cos²Ω ≤ 1e-16`. The `v_i` ar
 models' tensors (`centered=false`, mergekit without one: the base is then only the \
 template of the output). With `flatten=true` there is one angle per tensor; otherwise \
 one per vector along the last dimension (rows; whole rows are streamed together), or \
-with `row_wise=true` along the first (columns; one pass gathers per-column sums).",
+with `row_wise=true` along the first (columns; one pass gathers per-column sums, 48 \
+bytes per column).",
 };
 
 const FLATTEN: Param<BoolParam> = Param::flag(&NUSLERP, "flatten");
@@ -272,6 +273,10 @@ impl Operator for Nuslerp {
             layout,
             vectors,
             whole: GramPass::new(vectors),
+            totals: Mutex::new(match layout {
+                Layout::Columns(n) => vec![Default::default(); n],
+                _ => Vec::new(),
+            }),
             columns: None,
             column_coefficients: OnceLock::new(),
         }))
@@ -282,14 +287,18 @@ struct NuslerpKernel {
     layout: Layout,
     vectors: Vectors,
     whole: GramPass,
-    /// Per column: `(‖v_1‖², ‖v_2‖², ⟨v_1, v_2⟩)`, once the pass has run.
+    /// `row_wise`: per column, `‖v_1‖²`, `‖v_2‖²`, `⟨v_1, v_2⟩` as the pass adds them up,
+    /// one accumulator for every worker (the sums are exact integers on a grid, so the
+    /// order of the additions does not matter), 48 bytes per column.
+    totals: Mutex<Vec<[OrderFreeSum; 3]>>,
+    /// Per column: the three sums, once the pass has run.
     columns: Option<Vec<[f64; 3]>>,
     /// Per column, the two coefficients, from the first chunk on.
     column_coefficients: OnceLock<Vec<(f32, f32)>>,
 }
 
-/// Per column, the three sums, order-free.
-struct ColumnSums(Vec<[OrderFreeSum; 3]>);
+/// The column pass's partial: the sums go straight into [`NuslerpKernel::totals`].
+struct ColumnPass;
 
 /// The coefficients of `v_1` and `v_2`, from `‖v_1‖²`, `‖v_2‖²` and `⟨v_1, v_2⟩`.
 fn nuslerp_coefficients(t: f64, aa: f64, bb: f64, ab: f64) -> (f64, f64) {
@@ -326,7 +335,7 @@ impl Kernel for NuslerpKernel {
 
     fn partial(&self, _pass: usize) -> Partial {
         match self.layout {
-            Layout::Columns(n) => Box::new(ColumnSums(vec![Default::default(); n])),
+            Layout::Columns(_) => Box::new(ColumnPass),
             _ => self.whole.partial(),
         }
     }
@@ -335,15 +344,10 @@ impl Kernel for NuslerpKernel {
         let Layout::Columns(n) = self.layout else {
             return self.whole.observe(chunk, partial);
         };
-        let sums = partial
-            .downcast_mut::<ColumnSums>()
-            .expect("nuslerp partial");
-        let mut a = vec![0f32; chunk.len];
-        let mut b = vec![0f32; chunk.len];
-        self.vectors.read(chunk, 0, 0..chunk.len, &mut a);
-        self.vectors.read(chunk, 1, 0..chunk.len, &mut b);
+        let (a, b) = self.vectors.read_two(chunk);
+        let mut totals = self.totals.lock().unwrap_or_else(|e| e.into_inner());
         for (j, (&x, &y)) in a.iter().zip(&b).enumerate() {
-            let s = &mut sums.0[(chunk.offset + j) % n];
+            let s = &mut totals[(chunk.offset + j) % n];
             let (x, y) = (f64::from(x), f64::from(y));
             s[0].add(x * x);
             s[1].add(y * y);
@@ -351,30 +355,24 @@ impl Kernel for NuslerpKernel {
         }
     }
 
-    fn combine(&self, _pass: usize, mut a: Partial, b: Partial) -> Partial {
-        if let Some(sums) = a.downcast_mut::<ColumnSums>() {
-            let more = b.downcast::<ColumnSums>().expect("nuslerp partial");
-            for (x, y) in sums.0.iter_mut().zip(more.0) {
-                for (p, q) in x.iter_mut().zip(y) {
-                    p.merge(q);
-                }
-            }
+    fn combine(&self, _pass: usize, a: Partial, b: Partial) -> Partial {
+        if a.is::<ColumnPass>() {
             return a;
         }
         GramPass::combine(a, b)
     }
 
     fn conclude(&mut self, _pass: usize, total: Partial) -> Result<(), OpError> {
-        match total.downcast::<ColumnSums>() {
-            Ok(sums) => {
-                self.columns = Some(
-                    sums.0
-                        .iter()
-                        .map(|s| [s[0].value(), s[1].value(), s[2].value()])
-                        .collect(),
-                );
-            }
-            Err(total) => self.whole.conclude(total),
+        if total.is::<ColumnPass>() {
+            let totals = std::mem::take(self.totals.get_mut().unwrap_or_else(|e| e.into_inner()));
+            self.columns = Some(
+                totals
+                    .iter()
+                    .map(|s| [s[0].value(), s[1].value(), s[2].value()])
+                    .collect(),
+            );
+        } else {
+            self.whole.conclude(total);
         }
         Ok(())
     }

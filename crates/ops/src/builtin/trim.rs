@@ -165,6 +165,9 @@ impl Operator for Breadcrumbs {
                 }
                 // As mergekit: keep ranks [lo, lo + target) by decreasing magnitude.
                 let target = ((k * n as f64).floor() as u64).min(n);
+                if target == 0 {
+                    return (0, 0); // keeps nothing (mergekit's empty slice)
+                }
                 let top = ((g * n as f64).floor() as u64).min(n);
                 let lo = top.min(n - target);
                 (lo, lo + target)
@@ -222,7 +225,7 @@ impl TrimKernel {
         }
         TrimKernel {
             on_delta: ctx.input() == Ty::Delta,
-            selection: Selection::new(lanes),
+            selection: Selection::new(lanes, n),
             vector,
             bands: out,
             rescale: rescale.then_some(None),
