@@ -305,7 +305,10 @@ fn passthrough_copies_the_fine_tune_bit_for_bit() {
         "r.yaml",
         "base: models/base\nmodels:\n  - path: models/code\nmerge: passthrough\n",
     );
-    ok(&run_in(ws.path(), &["merge", "r.yaml", "-o", "out", "--quiet"]));
+    ok(&run_in(
+        ws.path(),
+        &["merge", "r.yaml", "-o", "out", "--quiet"],
+    ));
     assert_eq!(tensors(&ws.path().join("out")), tensors(&ws.model("code")));
     // The plan says so: every tensor is copied from the model.
     let json = ok(&run_in(ws.path(), &["check", "r.yaml", "--json"]));

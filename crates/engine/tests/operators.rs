@@ -917,9 +917,7 @@ fn breadcrumbs_with_nothing_to_keep_keeps_nothing() {
 fn linear_with_weights_summing_to_zero_is_their_weighted_sum() {
     let base = vec![1.0f32, 2.0];
     let m = vec![vec![2.0f32, 2.0], vec![0.0, 4.0]];
-    let out = Case::new("linear", base, m)
-        .weights(&[1.0, -1.0])
-        .run();
+    let out = Case::new("linear", base, m).weights(&[1.0, -1.0]).run();
     // 1·θ_1 − 1·θ_2, as `normalize=false` (mergekit divides by zero here).
     assert!(close(&out, &[2.0, -2.0], 1e-6), "{out:?}");
 }
