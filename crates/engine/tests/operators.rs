@@ -921,3 +921,31 @@ fn linear_with_weights_summing_to_zero_is_their_weighted_sum() {
     // 1·θ_1 − 1·θ_2, as `normalize=false` (mergekit divides by zero here).
     assert!(close(&out, &[2.0, -2.0], 1e-6), "{out:?}");
 }
+
+#[test]
+fn every_vector_level_gives_the_same_bytes() {
+    use reefknot_simd::{force, Level};
+    // Odd lengths and a ragged last chunk, so that the vector loops' tails run too.
+    let (base, models) = family(12, 3, 3 * BLOCK + 4099);
+    let exprs = [
+        "dare(0.9, rescale=l1) |> elect |> disjoint",
+        "dare(0.5) |> sum",
+        "ties(0.2)",
+        "sum |> dare(0.5, rescale=l1)",
+        "della(0.4) |> mean",
+    ];
+    let run = || -> Vec<Vec<u8>> {
+        exprs
+            .iter()
+            .map(|e| Case::new(e, base.clone(), models.clone()).run_bytes(Some(2)))
+            .collect()
+    };
+    force(Some(Level::Portable));
+    let want = run();
+    for level in Level::ALL {
+        if force(Some(level)) == level {
+            assert!(run() == want, "{level:?} differs from the portable code");
+        }
+    }
+    force(None);
+}

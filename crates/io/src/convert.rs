@@ -1,7 +1,8 @@
 //! Conversion between stored tensor bytes and `f32` working values.
 //!
 //! These are the hot loops of a merge (billions of elements), written as plain loops
-//! over `chunks_exact` that the compiler vectorises. Sources and destinations are
+//! over `chunks_exact` that the compiler vectorises, each compiled for the portable
+//! baseline, AVX2 and AVX-512 and picked at run time (`reefknot_simd::multiversion!`). Sources and destinations are
 //! byte slices borrowed from memory maps, so they may be unaligned; every element is
 //! read and written little-endian.
 
@@ -18,144 +19,153 @@ const BLOCK: usize = 16;
 /// `half` use the CPU's hardware conversion (F16C on x86-64, FP16 on aarch64).
 const F16_STEP: usize = 1024;
 
-/// Decodes `dst.len()` elements of `dtype` from the little-endian bytes `src` into `dst`.
-///
-/// `dtype` must be computable (`F32`, `F16` or `BF16`) and `src.len()` must equal
-/// `dst.len() * dtype.size()`; `src` need not be aligned.
-///
-/// # Panics
-/// If `dtype` is not computable or the lengths do not match (a caller bug).
-pub fn to_f32(dtype: Dtype, src: &[u8], dst: &mut [f32]) {
-    check(dtype, src.len(), dst.len());
-    match dtype {
-        Dtype::BF16 => {
-            let mut dst_blocks = dst.chunks_exact_mut(BLOCK);
-            let mut src_blocks = src.chunks_exact(2 * BLOCK);
-            for (d, s) in (&mut dst_blocks).zip(&mut src_blocks) {
-                let d: &mut [f32; BLOCK] = d.try_into().expect("block");
-                let s: &[u8; 2 * BLOCK] = s.try_into().expect("block");
-                for i in 0..BLOCK {
-                    d[i] = bf16_bits_to_f32(u16::from_le_bytes([s[2 * i], s[2 * i + 1]]));
+reefknot_simd::multiversion! {
+    max_avx2:
+    /// Decodes `dst.len()` elements of `dtype` from the little-endian bytes `src` into `dst`.
+    ///
+    /// `dtype` must be computable (`F32`, `F16` or `BF16`) and `src.len()` must equal
+    /// `dst.len() * dtype.size()`; `src` need not be aligned.
+    ///
+    /// # Panics
+    /// If `dtype` is not computable or the lengths do not match (a caller bug).
+    pub fn to_f32(dtype: Dtype, src: &[u8], dst: &mut [f32]) {
+        check(dtype, src.len(), dst.len());
+        match dtype {
+            Dtype::BF16 => {
+                let mut dst_blocks = dst.chunks_exact_mut(BLOCK);
+                let mut src_blocks = src.chunks_exact(2 * BLOCK);
+                for (d, s) in (&mut dst_blocks).zip(&mut src_blocks) {
+                    let d: &mut [f32; BLOCK] = d.try_into().expect("block");
+                    let s: &[u8; 2 * BLOCK] = s.try_into().expect("block");
+                    for i in 0..BLOCK {
+                        d[i] = bf16_bits_to_f32(u16::from_le_bytes([s[2 * i], s[2 * i + 1]]));
+                    }
+                }
+                let tail = dst_blocks.into_remainder();
+                for (d, s) in tail.iter_mut().zip(src_blocks.remainder().chunks_exact(2)) {
+                    *d = bf16_bits_to_f32(u16::from_le_bytes([s[0], s[1]]));
                 }
             }
-            let tail = dst_blocks.into_remainder();
-            for (d, s) in tail.iter_mut().zip(src_blocks.remainder().chunks_exact(2)) {
-                *d = bf16_bits_to_f32(u16::from_le_bytes([s[0], s[1]]));
-            }
-        }
-        Dtype::F32 => {
-            for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
-                *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
-            }
-        }
-        Dtype::F16 => {
-            let mut buf = [f16::ZERO; F16_STEP];
-            for (d, s) in dst.chunks_mut(F16_STEP).zip(src.chunks(2 * F16_STEP)) {
-                let buf = &mut buf[..d.len()];
-                for (b, s) in buf.iter_mut().zip(s.chunks_exact(2)) {
-                    *b = f16::from_bits(u16::from_le_bytes([s[0], s[1]]));
-                }
-                buf.convert_to_f32_slice(d);
-            }
-        }
-        _ => unreachable!("checked above"),
-    }
-}
-
-/// Decodes like [`to_f32`] and subtracts `sub` in the same loop:
-/// `dst[i] = value(src, i) - sub[i]`. This is how a chunk of a task vector
-/// `δ = θ_model − θ_base` is formed without a second pass over `dst`.
-///
-/// # Panics
-/// As [`to_f32`], and if `sub.len() != dst.len()`.
-pub fn to_f32_minus(dtype: Dtype, src: &[u8], sub: &[f32], dst: &mut [f32]) {
-    check(dtype, src.len(), dst.len());
-    assert_eq!(
-        sub.len(),
-        dst.len(),
-        "the subtrahend has one value per element"
-    );
-    match dtype {
-        Dtype::BF16 => {
-            let mut dst_blocks = dst.chunks_exact_mut(BLOCK);
-            let mut src_blocks = src.chunks_exact(2 * BLOCK);
-            let mut sub_blocks = sub.chunks_exact(BLOCK);
-            for ((d, s), b) in (&mut dst_blocks).zip(&mut src_blocks).zip(&mut sub_blocks) {
-                let d: &mut [f32; BLOCK] = d.try_into().expect("block");
-                let s: &[u8; 2 * BLOCK] = s.try_into().expect("block");
-                let b: &[f32; BLOCK] = b.try_into().expect("block");
-                for i in 0..BLOCK {
-                    d[i] = bf16_bits_to_f32(u16::from_le_bytes([s[2 * i], s[2 * i + 1]])) - b[i];
+            Dtype::F32 => {
+                for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                    *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
                 }
             }
-            let tail = dst_blocks.into_remainder();
-            for ((d, s), b) in tail
-                .iter_mut()
-                .zip(src_blocks.remainder().chunks_exact(2))
-                .zip(sub_blocks.remainder())
-            {
-                *d = bf16_bits_to_f32(u16::from_le_bytes([s[0], s[1]])) - b;
+            Dtype::F16 => {
+                let mut buf = [f16::ZERO; F16_STEP];
+                for (d, s) in dst.chunks_mut(F16_STEP).zip(src.chunks(2 * F16_STEP)) {
+                    let buf = &mut buf[..d.len()];
+                    for (b, s) in buf.iter_mut().zip(s.chunks_exact(2)) {
+                        *b = f16::from_bits(u16::from_le_bytes([s[0], s[1]]));
+                    }
+                    buf.convert_to_f32_slice(d);
+                }
             }
-        }
-        _ => {
-            to_f32(dtype, src, dst);
-            dst.iter_mut().zip(sub).for_each(|(d, b)| *d -= b);
+            _ => unreachable!("checked above"),
         }
     }
 }
 
-/// Encodes the `f32` values `src` as `dtype` into the little-endian bytes `dst`.
-///
-/// Rounds to nearest, ties to even; NaN stays NaN (quieted), infinities stay infinite
-/// and values beyond the target's range become infinities, as IEEE 754 prescribes.
-/// `dtype` must be computable (`F32`, `F16` or `BF16`) and `dst.len()` must equal
-/// `src.len() * dtype.size()`; `dst` need not be aligned.
-///
-/// # Panics
-/// If `dtype` is not computable or the lengths do not match (a caller bug).
-pub fn from_f32(dtype: Dtype, src: &[f32], dst: &mut [u8]) {
-    check(dtype, dst.len(), src.len());
-    match dtype {
-        Dtype::BF16 => {
-            const WIDE: usize = 4 * BLOCK;
-            let mut dst_blocks = dst.chunks_exact_mut(2 * WIDE);
-            let mut src_blocks = src.chunks_exact(WIDE);
-            for (d, s) in (&mut dst_blocks).zip(&mut src_blocks) {
-                let d: &mut [u8; 2 * WIDE] = d.try_into().expect("block");
-                let s: &[f32; WIDE] = s.try_into().expect("block");
-                // Round into 16-bit lanes first, then lay them out as bytes: two simple
-                // loops vectorise better than one storing bytes.
-                let mut h = [0u16; WIDE];
-                for i in 0..WIDE {
-                    h[i] = f32_to_bf16_bits(s[i]);
+reefknot_simd::multiversion! {
+    max_avx2:
+    /// Decodes like [`to_f32`] and subtracts `sub` in the same loop:
+    /// `dst[i] = value(src, i) - sub[i]`. This is how a chunk of a task vector
+    /// `δ = θ_model − θ_base` is formed without a second pass over `dst`.
+    ///
+    /// # Panics
+    /// As [`to_f32`], and if `sub.len() != dst.len()`.
+    pub fn to_f32_minus(dtype: Dtype, src: &[u8], sub: &[f32], dst: &mut [f32]) {
+        check(dtype, src.len(), dst.len());
+        assert_eq!(
+            sub.len(),
+            dst.len(),
+            "the subtrahend has one value per element"
+        );
+        match dtype {
+            Dtype::BF16 => {
+                let mut dst_blocks = dst.chunks_exact_mut(BLOCK);
+                let mut src_blocks = src.chunks_exact(2 * BLOCK);
+                let mut sub_blocks = sub.chunks_exact(BLOCK);
+                for ((d, s), b) in (&mut dst_blocks).zip(&mut src_blocks).zip(&mut sub_blocks) {
+                    let d: &mut [f32; BLOCK] = d.try_into().expect("block");
+                    let s: &[u8; 2 * BLOCK] = s.try_into().expect("block");
+                    let b: &[f32; BLOCK] = b.try_into().expect("block");
+                    for i in 0..BLOCK {
+                        d[i] = bf16_bits_to_f32(u16::from_le_bytes([s[2 * i], s[2 * i + 1]])) - b[i];
+                    }
                 }
-                for (d, h) in d.chunks_exact_mut(2).zip(h) {
-                    d.copy_from_slice(&h.to_le_bytes());
-                }
-            }
-            let tail = dst_blocks.into_remainder();
-            for (d, &x) in tail.chunks_exact_mut(2).zip(src_blocks.remainder()) {
-                d.copy_from_slice(&f32_to_bf16_bits(x).to_le_bytes());
-            }
-        }
-        Dtype::F32 => {
-            for (d, &x) in dst.chunks_exact_mut(4).zip(src) {
-                d.copy_from_slice(&x.to_le_bytes());
-            }
-        }
-        Dtype::F16 => {
-            let mut buf = [f16::ZERO; F16_STEP];
-            for (s, d) in src.chunks(F16_STEP).zip(dst.chunks_mut(2 * F16_STEP)) {
-                let buf = &mut buf[..s.len()];
-                buf.convert_from_f32_slice(s);
-                for (d, b) in d.chunks_exact_mut(2).zip(buf.iter()) {
-                    let h = b.to_bits();
-                    d[0] = h as u8;
-                    d[1] = (h >> 8) as u8;
+                let tail = dst_blocks.into_remainder();
+                for ((d, s), b) in tail
+                    .iter_mut()
+                    .zip(src_blocks.remainder().chunks_exact(2))
+                    .zip(sub_blocks.remainder())
+                {
+                    *d = bf16_bits_to_f32(u16::from_le_bytes([s[0], s[1]])) - b;
                 }
             }
+            _ => {
+                to_f32(dtype, src, dst);
+                dst.iter_mut().zip(sub).for_each(|(d, b)| *d -= b);
+            }
         }
-        _ => unreachable!("checked above"),
+    }
+}
+
+reefknot_simd::multiversion! {
+    max_avx2:
+    /// Encodes the `f32` values `src` as `dtype` into the little-endian bytes `dst`.
+    ///
+    /// Rounds to nearest, ties to even; NaN stays NaN (quieted), infinities stay infinite
+    /// and values beyond the target's range become infinities, as IEEE 754 prescribes.
+    /// `dtype` must be computable (`F32`, `F16` or `BF16`) and `dst.len()` must equal
+    /// `src.len() * dtype.size()`; `dst` need not be aligned.
+    ///
+    /// # Panics
+    /// If `dtype` is not computable or the lengths do not match (a caller bug).
+    pub fn from_f32(dtype: Dtype, src: &[f32], dst: &mut [u8]) {
+        check(dtype, dst.len(), src.len());
+        match dtype {
+            Dtype::BF16 => {
+                const WIDE: usize = 4 * BLOCK;
+                let mut dst_blocks = dst.chunks_exact_mut(2 * WIDE);
+                let mut src_blocks = src.chunks_exact(WIDE);
+                for (d, s) in (&mut dst_blocks).zip(&mut src_blocks) {
+                    let d: &mut [u8; 2 * WIDE] = d.try_into().expect("block");
+                    let s: &[f32; WIDE] = s.try_into().expect("block");
+                    // Round into 16-bit lanes first, then lay them out as bytes: two simple
+                    // loops vectorise better than one storing bytes.
+                    let mut h = [0u16; WIDE];
+                    for i in 0..WIDE {
+                        h[i] = f32_to_bf16_bits(s[i]);
+                    }
+                    for (d, h) in d.chunks_exact_mut(2).zip(h) {
+                        d.copy_from_slice(&h.to_le_bytes());
+                    }
+                }
+                let tail = dst_blocks.into_remainder();
+                for (d, &x) in tail.chunks_exact_mut(2).zip(src_blocks.remainder()) {
+                    d.copy_from_slice(&f32_to_bf16_bits(x).to_le_bytes());
+                }
+            }
+            Dtype::F32 => {
+                for (d, &x) in dst.chunks_exact_mut(4).zip(src) {
+                    d.copy_from_slice(&x.to_le_bytes());
+                }
+            }
+            Dtype::F16 => {
+                let mut buf = [f16::ZERO; F16_STEP];
+                for (s, d) in src.chunks(F16_STEP).zip(dst.chunks_mut(2 * F16_STEP)) {
+                    let buf = &mut buf[..s.len()];
+                    buf.convert_from_f32_slice(s);
+                    for (d, b) in d.chunks_exact_mut(2).zip(buf.iter()) {
+                        let h = b.to_bits();
+                        d[0] = h as u8;
+                        d[1] = (h >> 8) as u8;
+                    }
+                }
+            }
+            _ => unreachable!("checked above"),
+        }
     }
 }
 
@@ -186,6 +196,7 @@ pub fn f32_to_bf16_bits(x: f32) -> u16 {
     (wide >> 16) as u16
 }
 
+#[inline]
 fn check(dtype: Dtype, bytes: usize, elements: usize) {
     assert!(
         dtype.is_computable(),

@@ -77,7 +77,9 @@ impl Stream {
 
     /// The draws of elements `start, start + 1, …` into `out`. `start` must be even
     /// (chunks and blocks start at even elements); computed a block of pairs at a time so
-    /// that the mixing vectorises.
+    /// that the mixing vectorises. Always inlined, so that a caller compiled for wider
+    /// vectors (reefknot's dispatched kernels) mixes with them.
+    #[inline(always)]
     pub fn fill(&self, start: u64, out: &mut [u32]) {
         debug_assert_eq!(start % 2, 0, "draws are filled from an even element");
         const PAIRS: usize = 32;

@@ -264,3 +264,58 @@ fn decode_minus_equals_decode_then_subtract() {
         }
     }
 }
+
+/// Every conversion, run at each vector level this CPU supports, against the portable
+/// level, bit for bit (NaN payloads included): random bit patterns, lengths around the
+/// loops' block sizes, sources and destinations at every alignment.
+fn at_every_level(f: impl Fn() -> Vec<u32>) {
+    use reefknot_simd::{force, Level};
+    force(Some(Level::Portable));
+    let want = f();
+    for level in Level::ALL {
+        if force(Some(level)) == level {
+            assert_eq!(f(), want, "{level:?}");
+        }
+    }
+    force(None);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn every_vector_level_gives_the_same_bits(
+        seed in any::<u64>(),
+        len in 0usize..3000,
+        src_at in 0usize..4,
+        dst_at in 0usize..4,
+    ) {
+        let mut state = seed | 1;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let raw: Vec<u8> = (0..4 * len + 8).map(|_| next() as u8).collect();
+        let floats: Vec<f32> = (0..len).map(|_| f32::from_bits(next() as u32)).collect();
+        let sub: Vec<f32> = (0..len).map(|_| f32::from_bits(next() as u32 & 0xbfff_ffff)).collect();
+        for dtype in [Dtype::BF16, Dtype::F16, Dtype::F32] {
+            let size = dtype.size();
+            let src = &raw[src_at..src_at + len * size];
+            at_every_level(|| {
+                let mut out = vec![0f32; len];
+                to_f32(dtype, src, &mut out);
+                let mut minus = vec![0f32; len];
+                to_f32_minus(dtype, src, &sub, &mut minus);
+                let mut bytes = vec![0u8; len * size + dst_at];
+                from_f32(dtype, &floats, &mut bytes[dst_at..]);
+                out.iter()
+                    .chain(&minus)
+                    .map(|x| x.to_bits())
+                    .chain(bytes.iter().map(|&b| u32::from(b)))
+                    .collect()
+            });
+        }
+    }
+}

@@ -131,7 +131,7 @@ impl DareLane {
     }
 
     /// The keep-mask of up to 64 draws: bit `k` set when element `k` is kept.
-    #[inline]
+    #[inline(always)]
     fn keep_word(&self, draws: &[u32]) -> u64 {
         draws
             .iter()
@@ -142,28 +142,13 @@ impl DareLane {
     /// Drops and rescales `values`, whose first element is element `start` of the
     /// tensor, drawing as it goes.
     fn apply_drawn(&self, start: usize, values: &mut [f32]) {
-        let mut draws = [0u32; DRAWS];
-        for (r, run) in values.chunks_mut(DRAWS).enumerate() {
-            let draws = &mut draws[..run.len()];
-            self.stream.fill((start + r * DRAWS) as u64, draws);
-            for (x, &d) in run.iter_mut().zip(draws.iter()) {
-                *x = if d >= self.cut { *x * self.factor } else { 0.0 };
-            }
-        }
+        apply_drawn(self, start, values);
     }
 
     /// Drops and rescales `values` by the keep-mask `words` (as the statistics pass
     /// records it).
     fn apply_masked(&self, words: &[u64], values: &mut [f32]) {
-        for (run, &w) in values.chunks_mut(DRAWS).zip(words) {
-            for (k, x) in run.iter_mut().enumerate() {
-                *x = if (w >> k) & 1 != 0 {
-                    *x * self.factor
-                } else {
-                    0.0
-                };
-            }
-        }
+        apply_masked(self, words, values);
     }
 }
 
@@ -194,24 +179,7 @@ impl L1Block {
     /// keep-mask.
     #[inline(always)]
     fn run(&mut self, lane: &DareLane, at: usize, run: &[f32; DRAWS]) -> u64 {
-        const LANES: usize = L1Block::LANES;
-        let mut draws = [0u32; DRAWS];
-        lane.stream.fill(at as u64, &mut draws);
-        // Magnitudes and kept magnitudes of the run, then eight-lane partial sums:
-        // simple loops over fixed arrays, which vectorise.
-        let mut abs = [0f32; DRAWS];
-        let mut kept_abs = [0f32; DRAWS];
-        for k in 0..DRAWS {
-            abs[k] = run[k].abs();
-            kept_abs[k] = if draws[k] >= lane.cut { abs[k] } else { 0.0 };
-        }
-        for g in 0..DRAWS / LANES {
-            for l in 0..LANES {
-                self.all[l] += abs[g * LANES + l];
-                self.kept[l] += kept_abs[g * LANES + l];
-            }
-        }
-        lane.keep_word(&draws)
+        l1_run(self, lane, at, run)
     }
 
     /// Adds the last, partial run of a block (fewer than [`DRAWS`] elements).
@@ -231,6 +199,61 @@ impl L1Block {
     fn total(&self) -> (f64, f64) {
         let total = |v: &[f32; Self::LANES]| v.iter().map(|&x| f64::from(x)).sum::<f64>();
         (total(&self.all), total(&self.kept))
+    }
+}
+
+reefknot_simd::multiversion! {
+    /// [`L1Block::run`]: the draws of the run, its magnitudes and kept magnitudes into
+    /// eight-lane partial sums, and its keep-mask; compiled per vector level (the 64-bit
+    /// mixing of the draws gains most from AVX-512).
+    fn l1_run(acc: &mut L1Block, lane: &DareLane, at: usize, run: &[f32; DRAWS]) -> u64 {
+        const LANES: usize = L1Block::LANES;
+        let mut draws = [0u32; DRAWS];
+        lane.stream.fill(at as u64, &mut draws);
+        // Magnitudes and kept magnitudes of the run, then eight-lane partial sums:
+        // simple loops over fixed arrays, which vectorise.
+        let mut abs = [0f32; DRAWS];
+        let mut kept_abs = [0f32; DRAWS];
+        for k in 0..DRAWS {
+            abs[k] = run[k].abs();
+            kept_abs[k] = if draws[k] >= lane.cut { abs[k] } else { 0.0 };
+        }
+        for g in 0..DRAWS / LANES {
+            for l in 0..LANES {
+                acc.all[l] += abs[g * LANES + l];
+                acc.kept[l] += kept_abs[g * LANES + l];
+            }
+        }
+        lane.keep_word(&draws)
+    }
+}
+
+reefknot_simd::multiversion! {
+    /// [`DareLane::apply_masked`], compiled per vector level.
+    fn apply_masked(lane: &DareLane, words: &[u64], values: &mut [f32]) {
+        for (run, &w) in values.chunks_mut(DRAWS).zip(words) {
+            for (k, x) in run.iter_mut().enumerate() {
+                *x = if (w >> k) & 1 != 0 {
+                    *x * lane.factor
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+}
+
+reefknot_simd::multiversion! {
+    /// [`DareLane::apply_drawn`], compiled per vector level.
+    fn apply_drawn(lane: &DareLane, start: usize, values: &mut [f32]) {
+        let mut draws = [0u32; DRAWS];
+        for (r, run) in values.chunks_mut(DRAWS).enumerate() {
+            let draws = &mut draws[..run.len()];
+            lane.stream.fill((start + r * DRAWS) as u64, draws);
+            for (x, &d) in run.iter_mut().zip(draws.iter()) {
+                *x = if d >= lane.cut { *x * lane.factor } else { 0.0 };
+            }
+        }
     }
 }
 

@@ -169,6 +169,18 @@ impl Lane {
         offset: usize,
         values: &mut [f32],
         scratch: &mut Ranks,
+        bits: Option<&mut [u64]>,
+    ) {
+        drop_entries(self, row, offset, values, scratch, bits);
+    }
+
+    #[inline(always)]
+    fn drop_entries_here(
+        &self,
+        row: usize,
+        offset: usize,
+        values: &mut [f32],
+        scratch: &mut Ranks,
         mut bits: Option<&mut [u64]>,
     ) {
         let (low, span) = match self.action {
@@ -223,6 +235,21 @@ impl Lane {
     }
 }
 
+reefknot_simd::multiversion! {
+    /// [`Lane::drop_entries`], the ranking and the keep decisions, compiled per vector
+    /// level.
+    fn drop_entries(
+        lane: &Lane,
+        row: usize,
+        offset: usize,
+        values: &mut [f32],
+        scratch: &mut Ranks,
+        bits: Option<&mut [u64]>,
+    ) {
+        lane.drop_entries_here(row, offset, values, scratch, bits)
+    }
+}
+
 /// Scratch for ranking a row: its positions in order of increasing magnitude (equal
 /// magnitudes by position), found by a stable LSD radix sort of the magnitudes' bit
 /// patterns (only the bits that vary, in digits of at most 11 bits); each position's
@@ -238,6 +265,7 @@ struct Ranks {
 }
 
 impl Ranks {
+    #[inline(always)]
     fn rank(&mut self, run: &[f32]) {
         let n = run.len();
         self.keys.clear();
