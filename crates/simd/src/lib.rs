@@ -148,6 +148,19 @@ macro_rules! multiversion {
         $(#[$meta:meta])*
         $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block
     ) => {
+        $crate::multiversion!(@levels [] $(#[$meta])* $vis fn $name($($arg: $ty),*) $(-> $ret)? $body);
+    };
+    (
+        $(#[$meta:meta])*
+        $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block
+    ) => {
+        $crate::multiversion!(@levels [avx512] $(#[$meta])* $vis fn $name($($arg: $ty),*) $(-> $ret)? $body);
+    };
+    (
+        @levels [$($wide:ident)?]
+        $(#[$meta:meta])*
+        $vis:vis fn $name:ident($($arg:ident : $ty:ty),*) $(-> $ret:ty)? $body:block
+    ) => {
         $(#[$meta])*
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
@@ -155,6 +168,7 @@ macro_rules! multiversion {
 
             #[cfg(target_arch = "x86_64")]
             {
+                $crate::multiversion!(@version [$($wide)?] [$($arg: $ty),*] [$(-> $ret)?]);
                 #[target_feature(enable = "avx2,fma,bmi1,bmi2,lzcnt,popcnt,f16c")]
                 fn avx2($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
@@ -169,44 +183,19 @@ macro_rules! multiversion {
             body($($arg),*)
         }
     };
-    (
-        $(#[$meta:meta])*
-        $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block
-    ) => {
-        $(#[$meta])*
-        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[inline(always)]
-            fn body($($arg: $ty),*) $(-> $ret)? $body
-
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2,fma,bmi1,bmi2,lzcnt,popcnt,f16c")]
-                fn avx2($($arg: $ty),*) $(-> $ret)? {
-                    body($($arg),*)
-                }
-                #[target_feature(
-                    enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,bmi1,bmi2,lzcnt,popcnt,f16c"
-                )]
-                fn avx512($($arg: $ty),*) $(-> $ret)? {
-                    body($($arg),*)
-                }
-                match $crate::level() {
-                    $crate::Level::Avx512 => {
-                        #[allow(unsafe_code)]
-                        // SAFETY: `level()` is Avx512 only when the CPU has every
-                        // feature `avx512` is compiled with (`Level::supported`).
-                        return unsafe { avx512($($arg),*) };
-                    }
-                    $crate::Level::Avx2 => {
-                        #[allow(unsafe_code)]
-                        // SAFETY: `level()` is Avx2 only when the CPU has every feature
-                        // `avx2` is compiled with (`Level::supported`).
-                        return unsafe { avx2($($arg),*) };
-                    }
-                    $crate::Level::Portable => {}
-                }
-            }
+    (@version [] [$($arg:ident : $ty:ty),*] [$($ret:tt)*]) => {};
+    (@version [avx512] [$($arg:ident : $ty:ty),*] [$($ret:tt)*]) => {
+        #[target_feature(
+            enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,bmi1,bmi2,lzcnt,popcnt,f16c"
+        )]
+        fn avx512($($arg: $ty),*) $($ret)* {
             body($($arg),*)
+        }
+        if $crate::level() == $crate::Level::Avx512 {
+            #[allow(unsafe_code)]
+            // SAFETY: `level()` is Avx512 only when the CPU has every feature `avx512`
+            // is compiled with (`Level::supported`).
+            return unsafe { avx512($($arg),*) };
         }
     };
 }
