@@ -161,8 +161,10 @@ pub fn plan_recipe(
         };
         let mut stages = Vec::with_capacity(rule.pipeline.stages.len());
         let mut needs_fisher = false;
+        let mut copies_model = rule.operators.len() == 1;
         for (call, op) in rule.pipeline.stages.iter().zip(&rule.operators) {
             let args = resolver.args(call)?;
+            copies_model &= op.copies_model(&args);
             if op.needs_fisher(&args) {
                 needs_fisher = true;
                 if let Some(i) = fisher_input.iter().position(Option::is_none) {
@@ -195,39 +197,17 @@ pub fn plan_recipe(
                 })
                 .collect()
         });
-        // `passthrough` unscaled is the fine-tune's tensor itself: copied, so that it is
-        // its exact bits (θ_b + (θ_1 − θ_b) need not be θ_1 in float32).
-        let unscaled = |s: &plan::Stage| {
-            s.op == "passthrough"
-                && s.args
-                    .iter()
-                    .all(|a| a.value == plan::Value::Number(vec![1.0]))
-        };
-        if let [only] = stages.as_slice() {
-            if unscaled(only) {
-                tensors.push(plan::OutputTensor {
-                    name: info.name.clone(),
-                    dtype: dtype.unwrap_or(info.dtype).safetensors_name().to_string(),
-                    shape: info.shape.clone(),
-                    layer,
-                    shard: 0,
-                    producer: plan::Producer::Copy {
-                        from: plan::TensorRef {
-                            input: 1,
-                            tensor: info.name.clone(),
-                        },
-                    },
-                });
-                continue;
+        // A pipeline that gives the fine-tune's tensor unchanged copies it, so that it
+        // is its exact bits (θ_b + (θ_1 − θ_b) need not be θ_1 in float32).
+        let producer = if copies_model {
+            plan::Producer::Copy {
+                from: plan::TensorRef {
+                    input: 1,
+                    tensor: info.name.clone(),
+                },
             }
-        }
-        tensors.push(plan::OutputTensor {
-            name: info.name.clone(),
-            dtype: dtype.unwrap_or(info.dtype).safetensors_name().to_string(),
-            shape: info.shape.clone(),
-            layer,
-            shard: 0,
-            producer: plan::Producer::Pipeline(plan::Pipeline {
+        } else {
+            plan::Producer::Pipeline(plan::Pipeline {
                 expression: rule_index,
                 base: base_ref,
                 models: (0..models.len())
@@ -243,7 +223,15 @@ pub fn plan_recipe(
                     .map(|m| m.weight.at(t) as f32)
                     .collect(),
                 stages,
-            }),
+            })
+        };
+        tensors.push(plan::OutputTensor {
+            name: info.name.clone(),
+            dtype: dtype.unwrap_or(info.dtype).safetensors_name().to_string(),
+            shape: info.shape.clone(),
+            layer,
+            shard: 0,
+            producer,
         });
     }
 

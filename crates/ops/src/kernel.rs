@@ -538,6 +538,13 @@ pub trait Operator: Send + Sync {
         false
     }
 
+    /// Whether a stage with these arguments, alone in a pipeline, gives the one
+    /// fine-tune's tensor unchanged (`passthrough` unscaled): the front-end then copies
+    /// that tensor, bit for bit, instead of computing `θ_b + (θ_1 − θ_b)`.
+    fn copies_model(&self, _args: &Args) -> bool {
+        false
+    }
+
     /// Checks arguments that are valid one by one but maybe not together, or not for
     /// this tensor (its shape, its layer). Called for every tensor when the plan is
     /// made, before any tensor data is read; `ctx.fisher_means` is `None` then.

@@ -105,6 +105,9 @@ impl Operator for StaticOp {
     fn whole_rows(&self, args: &crate::Args) -> bool {
         self.0.whole_rows(args)
     }
+    fn copies_model(&self, args: &crate::Args) -> bool {
+        self.0.copies_model(args)
+    }
     fn check(&self, args: &crate::Args, ctx: &crate::BindCtx<'_>) -> Result<(), crate::OpError> {
         self.0.check(args, ctx)
     }

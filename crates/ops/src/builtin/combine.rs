@@ -335,6 +335,10 @@ impl Operator for Passthrough {
         &PASSTHROUGH
     }
 
+    fn copies_model(&self, args: &Args) -> bool {
+        args.number(PASS_SCALE) == 1.0
+    }
+
     fn bind(&self, args: &Args, _ctx: &BindCtx<'_>) -> Result<Box<dyn Kernel>, OpError> {
         Ok(Box::new(PassthroughKernel {
             scale: args.number(PASS_SCALE) as f32,

@@ -66,11 +66,7 @@ impl Operator for Dare {
 impl DareKernel {
     fn new(args: &Args, ctx: &BindCtx<'_>) -> DareKernel {
         let on_delta = ctx.input() == Ty::Delta;
-        let ps = if on_delta {
-            vec![args.number(P)]
-        } else {
-            args.per_model(P, ctx.models)
-        };
+        let ps = super::per_vector(args, P, ctx);
         let rescale = match args.choice(RESCALE) {
             "inverse" => Rescale::Inverse,
             "l1" => Rescale::L1,
@@ -138,18 +134,6 @@ impl DareLane {
             .enumerate()
             .fold(0u64, |w, (k, &d)| w | (u64::from(d >= self.cut) << k))
     }
-
-    /// Drops and rescales `values`, whose first element is element `start` of the
-    /// tensor, drawing as it goes.
-    fn apply_drawn(&self, start: usize, values: &mut [f32]) {
-        apply_drawn(self, start, values);
-    }
-
-    /// Drops and rescales `values` by the keep-mask `words` (as the statistics pass
-    /// records it).
-    fn apply_masked(&self, words: &[u64], values: &mut [f32]) {
-        apply_masked(self, words, values);
-    }
 }
 
 /// The L1 sums of one block of one lane, over runs of [`DRAWS`] elements in order:
@@ -170,16 +154,9 @@ impl L1Block {
     #[inline(always)]
     fn add(&mut self, lane: &DareLane, at: usize, values: &[f32]) -> u64 {
         match <&[f32; DRAWS]>::try_from(values) {
-            Ok(run) => self.run(lane, at, run),
+            Ok(run) => l1_run(self, lane, at, run),
             Err(_) => self.rest(lane, at, values),
         }
-    }
-
-    /// Adds a whole run whose first element is element `at` of the tensor; returns its
-    /// keep-mask.
-    #[inline(always)]
-    fn run(&mut self, lane: &DareLane, at: usize, run: &[f32; DRAWS]) -> u64 {
-        l1_run(self, lane, at, run)
     }
 
     /// Adds the last, partial run of a block (fewer than [`DRAWS`] elements).
@@ -203,9 +180,10 @@ impl L1Block {
 }
 
 reefknot_simd::multiversion! {
-    /// [`L1Block::run`]: the draws of the run, its magnitudes and kept magnitudes into
-    /// eight-lane partial sums, and its keep-mask; compiled per vector level (the 64-bit
-    /// mixing of the draws gains most from AVX-512).
+    /// Adds a whole run whose first element is element `at` of the tensor to `acc`: its
+    /// draws, its magnitudes and kept magnitudes into eight-lane partial sums; returns
+    /// its keep-mask. Compiled per vector level (the 64-bit mixing of the draws gains
+    /// most from AVX-512).
     fn l1_run(acc: &mut L1Block, lane: &DareLane, at: usize, run: &[f32; DRAWS]) -> u64 {
         const LANES: usize = L1Block::LANES;
         let mut draws = [0u32; DRAWS];
@@ -229,7 +207,8 @@ reefknot_simd::multiversion! {
 }
 
 reefknot_simd::multiversion! {
-    /// [`DareLane::apply_masked`], compiled per vector level.
+    /// Drops and rescales `values` by `lane`'s keep-mask `words` (as the statistics pass
+    /// records it). Compiled per vector level.
     fn apply_masked(lane: &DareLane, words: &[u64], values: &mut [f32]) {
         for (run, &w) in values.chunks_mut(DRAWS).zip(words) {
             for (k, x) in run.iter_mut().enumerate() {
@@ -244,7 +223,8 @@ reefknot_simd::multiversion! {
 }
 
 reefknot_simd::multiversion! {
-    /// [`DareLane::apply_drawn`], compiled per vector level.
+    /// Drops and rescales `values`, whose first element is element `start` of the
+    /// tensor, drawing `lane`'s draws as it goes. Compiled per vector level.
     fn apply_drawn(lane: &DareLane, start: usize, values: &mut [f32]) {
         let mut draws = [0u32; DRAWS];
         for (r, run) in values.chunks_mut(DRAWS).enumerate() {
@@ -496,8 +476,8 @@ impl Kernel for DareKernel {
                 chunk.model_mut(l)
             };
             match mask {
-                Some(m) => lane.apply_masked(&m.words[active * per_lane..][..per_lane], values),
-                None => lane.apply_drawn(offset, values),
+                Some(m) => apply_masked(lane, &m.words[active * per_lane..][..per_lane], values),
+                None => apply_drawn(lane, offset, values),
             }
         }
         Ok(())

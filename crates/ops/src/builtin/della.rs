@@ -158,32 +158,22 @@ struct Lane {
     factor: f32,
 }
 
-impl Lane {
-    /// Zeroes the dropped entries of `values`, whole rows of `row` elements whose first
-    /// element is element `offset` of the tensor; `scratch` holds the ranking.
-    /// With `bits` (`values.len().div_ceil(64)` zeroed words), records each keep
-    /// decision: bit `k % 64` of word `k / 64` set when entry `k` is kept.
+reefknot_simd::multiversion! {
+    /// Zeroes the entries of `values` that `lane` drops, whole rows of `row` elements
+    /// whose first element is element `offset` of the tensor; `scratch` holds the
+    /// ranking. With `bits` (`values.len().div_ceil(64)` zeroed words), records each keep
+    /// decision: bit `k % 64` of word `k / 64` set when entry `k` is kept. Compiled per
+    /// vector level.
     fn drop_entries(
-        &self,
+        lane: &Lane,
         row: usize,
         offset: usize,
         values: &mut [f32],
         scratch: &mut Ranks,
         bits: Option<&mut [u64]>,
     ) {
-        drop_entries(self, row, offset, values, scratch, bits);
-    }
-
-    #[inline(always)]
-    fn drop_entries_here(
-        &self,
-        row: usize,
-        offset: usize,
-        values: &mut [f32],
-        scratch: &mut Ranks,
-        mut bits: Option<&mut [u64]>,
-    ) {
-        let (low, span) = match self.action {
+        let mut bits = bits;
+        let (low, span) = match lane.action {
             Action::Keep => {
                 if let Some(bits) = bits {
                     bits.fill(u64::MAX);
@@ -198,10 +188,10 @@ impl Lane {
             scratch.rank(run);
             scratch.draws.resize(run.len(), 0);
             if start.is_multiple_of(2) {
-                self.stream.fill(start as u64, &mut scratch.draws);
+                lane.stream.fill(start as u64, &mut scratch.draws);
             } else {
                 for (k, d) in scratch.draws.iter_mut().enumerate() {
-                    *d = self.stream.draw((start + k) as u64);
+                    *d = lane.stream.draw((start + k) as u64);
                 }
             }
             // Each entry's rank, then a branch-free pass in element order (the keep
@@ -232,21 +222,6 @@ impl Lane {
                 }
             }
         }
-    }
-}
-
-reefknot_simd::multiversion! {
-    /// [`Lane::drop_entries`], the ranking and the keep decisions, compiled per vector
-    /// level.
-    fn drop_entries(
-        lane: &Lane,
-        row: usize,
-        offset: usize,
-        values: &mut [f32],
-        scratch: &mut Ranks,
-        bits: Option<&mut [u64]>,
-    ) {
-        lane.drop_entries_here(row, offset, values, scratch, bits)
     }
 }
 
@@ -360,7 +335,7 @@ impl Kernel for DellaKernel {
             let bits = words
                 .as_deref_mut()
                 .map(|w| &mut w[i * per_lane..(i + 1) * per_lane]);
-            lane.drop_entries(self.row, chunk.offset, &mut kept, &mut ranks, bits);
+            drop_entries(lane, self.row, chunk.offset, &mut kept, &mut ranks, bits);
             for (all, cut) in values.chunks(BLOCK).zip(kept.chunks(BLOCK)) {
                 norms.sums[i].0.add(l1(all));
                 norms.sums[i].1.add(l1(cut));
@@ -425,7 +400,7 @@ impl Kernel for DellaKernel {
                         *x = f32::from_bits(x.to_bits() & (keep as u32).wrapping_neg());
                     }
                 }
-                None => lane.drop_entries(self.row, offset, values, &mut ranks, None),
+                None => drop_entries(lane, self.row, offset, values, &mut ranks, None),
             }
             if lane.factor != 1.0 {
                 values.iter_mut().for_each(|x| *x *= lane.factor);

@@ -14,6 +14,10 @@ mod tiles;
 mod trim;
 mod vote;
 
+use reefknot_lang::Ty;
+
+use crate::kernel::{Args, BindCtx, NumberParam, Param};
+
 pub use combine::{Fisher, Linear, Mean, Passthrough, Scale, Sum};
 pub use dare::Dare;
 pub use della::Della;
@@ -48,3 +52,13 @@ crate::builtin!(Multislerp);
 crate::builtin!(Karcher);
 crate::builtin!(Sce);
 crate::builtin!(ArceeFusion);
+
+/// A number argument per vector a Stack→Stack / Delta→Delta stage transforms: one per
+/// model on a stack, one for the merged delta.
+pub(crate) fn per_vector(args: &Args, p: Param<NumberParam>, ctx: &BindCtx<'_>) -> Vec<f64> {
+    if ctx.input() == Ty::Delta {
+        vec![args.number(p)]
+    } else {
+        args.per_model(p, ctx.models)
+    }
+}

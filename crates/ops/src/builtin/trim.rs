@@ -8,6 +8,7 @@
 use reefknot_lang::{DefaultValue, OpSpec, ParamKind, ParamSpec, Signature, Ty};
 
 use super::geometry::l1;
+use super::per_vector;
 use super::select::{Lane, Selection};
 use crate::kernel::{
     Args, BindCtx, ChoiceParam, Chunk, Kernel, NumberParam, Operator, Param, Partial,
@@ -70,7 +71,7 @@ impl Operator for Trim {
 
     fn bind(&self, args: &Args, ctx: &BindCtx<'_>) -> Result<Box<dyn Kernel>, OpError> {
         let n = ctx.numel as u64;
-        let bands = vector_values(args, K, ctx)
+        let bands = per_vector(args, K, ctx)
             .into_iter()
             .map(|k| {
                 let keep = if k >= 1.0 {
@@ -89,16 +90,6 @@ impl Operator for Trim {
             bands,
             args.choice(RESCALE) == "l1",
         )))
-    }
-}
-
-/// A number argument per vector the kernel cuts: one per model on a stack, one for
-/// the delta.
-fn vector_values(args: &Args, p: Param<NumberParam>, ctx: &BindCtx<'_>) -> Vec<f64> {
-    if ctx.input() == Ty::Delta {
-        vec![args.number(p)]
-    } else {
-        args.per_model(p, ctx.models)
     }
 }
 
@@ -154,8 +145,8 @@ impl Operator for Breadcrumbs {
 
     fn bind(&self, args: &Args, ctx: &BindCtx<'_>) -> Result<Box<dyn Kernel>, OpError> {
         let n = ctx.numel as u64;
-        let ks = vector_values(args, BK, ctx);
-        let gammas = vector_values(args, GAMMA, ctx);
+        let ks = per_vector(args, BK, ctx);
+        let gammas = per_vector(args, GAMMA, ctx);
         let bands = ks
             .iter()
             .zip(&gammas)
