@@ -276,7 +276,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Engine(e)) => {
             let code = e.exit_code();
-            eprintln!("{:?}", miette::Report::new(e));
+            // Long source lines are cut around the caret (the renderer would print
+            // them whole, and panic past column 65 535).
+            eprintln!("{:?}", miette::Report::new(reefknot_lang::Clipped::new(&e)));
             ExitCode::from(code as u8)
         }
         Err(Failure::Other { code, error }) => {

@@ -84,14 +84,15 @@ pub enum IoError {
 
     /// A header length beyond any sane header size.
     #[error(
-        "{}: the header length prefix says {header_len} bytes, more than the limit of \
-         {limit} bytes: this is not a safetensors file, or its first 8 bytes are corrupt",
+        "{}: its first 8 bytes, read as a safetensors header length, give more than the \
+         limit of {limit} bytes: this is not a safetensors file, or its start is corrupt",
         .path.display()
     )]
     HeaderTooLarge {
         /// The file.
         path: PathBuf,
-        /// The header length read from the first 8 bytes.
+        /// The header length read from the first 8 bytes (never shown in the message:
+        /// the bytes of a file that is not a safetensors file are its own business).
         header_len: u64,
         /// The largest header accepted.
         limit: u64,
@@ -99,15 +100,14 @@ pub enum IoError {
 
     /// A header length that runs past the end of the file.
     #[error(
-        "{}: the header length prefix says {header_len} bytes of header after the first 8, \
-         but the file is only {file_len} bytes long: the file is truncated or not a \
-         safetensors file",
+        "{}: its first 8 bytes, read as a safetensors header length, run past the end of \
+         the file ({file_len} bytes): the file is truncated or not a safetensors file",
         .path.display()
     )]
     HeaderPastEnd {
         /// The file.
         path: PathBuf,
-        /// The header length read from the first 8 bytes.
+        /// The header length read from the first 8 bytes (not shown in the message).
         header_len: u64,
         /// The file's length.
         file_len: u64,

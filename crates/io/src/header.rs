@@ -60,6 +60,13 @@ impl<'de> Deserialize<'de> for RawHeader {
     }
 }
 
+/// Validates the bytes of a whole safetensors file as [`crate::Checkpoint::open`] does
+/// each file it opens (errors name the file `path`), and returns how many tensors it
+/// holds. For tools that have the bytes already, and for the fuzzing targets.
+pub fn check_header(path: &Path, bytes: &[u8]) -> Result<usize, IoError> {
+    parse(path, bytes).map(|h| h.entries.len())
+}
+
 /// Parses and validates the header of the safetensors file whose bytes are `bytes`.
 pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<Header, IoError> {
     let file_len = bytes.len() as u64;

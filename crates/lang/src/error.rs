@@ -47,6 +47,9 @@ pub enum ErrorKind {
     ModelCount,
     /// Model weights given to a pipeline no stage of which reads them.
     IgnoredWeights,
+    /// An expression longer, or of more stages, than the language allows
+    /// ([`crate::MAX_SOURCE_LEN`], [`crate::MAX_STAGES`]).
+    TooLarge,
 }
 
 impl ErrorKind {
@@ -71,6 +74,7 @@ impl ErrorKind {
             ErrorKind::TiesPart => "reefknot::ties_part",
             ErrorKind::ModelCount => "reefknot::model_count",
             ErrorKind::IgnoredWeights => "reefknot::ignored_weights",
+            ErrorKind::TooLarge => "reefknot::too_large",
         }
     }
 }

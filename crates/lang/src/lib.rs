@@ -138,6 +138,7 @@
 
 pub mod ast;
 mod check;
+mod clip;
 mod error;
 mod parser;
 pub mod pipeline;
@@ -145,7 +146,9 @@ pub mod spec;
 mod sugar;
 mod suggest;
 
+pub use clip::Clipped;
 pub use error::{ErrorKind, LangError};
+pub use parser::{MAX_SOURCE_LEN, MAX_STAGES};
 pub use pipeline::{Arg, ArgValue, Call, Pipeline, Span};
 pub use spec::{
     Bound, Catalog, DefaultValue, Lookup, Models, OpSpec, ParamKind, ParamSpec, Signature, Ty,

@@ -157,8 +157,8 @@ fn absurd_header_length() {
     assert_eq!(
         e.to_string(),
         format!(
-            "{}: the header length prefix says 1099511627776 bytes, more than the limit of \
-             100000000 bytes: this is not a safetensors file, or its first 8 bytes are corrupt",
+            "{}: its first 8 bytes, read as a safetensors header length, give more than the \
+             limit of 100000000 bytes: this is not a safetensors file, or its start is corrupt",
             path.display()
         )
     );
@@ -186,8 +186,8 @@ fn header_length_past_end_of_file() {
     assert_eq!(
         e.to_string(),
         format!(
-            "{}: the header length prefix says 1000 bytes of header after the first 8, but the \
-             file is only 22 bytes long: the file is truncated or not a safetensors file",
+            "{}: its first 8 bytes, read as a safetensors header length, run past the end of \
+             the file (22 bytes): the file is truncated or not a safetensors file",
             path.display()
         )
     );

@@ -1,0 +1,4 @@
+//! cargo fuzz run recipe — see docs/fuzzing.md.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| reefknot_fuzz::recipe(data));
