@@ -147,7 +147,20 @@ fn load_plan(
     shard_size: Option<u64>,
 ) -> Result<Plan, Failure> {
     let recipe = Recipe::load(recipe).map_err(reefknot_engine::Error::from)?;
-    let registry = plugins::registry(&overrides.plugins, &recipe.plugins)?;
+    // Loading a plugin runs its code: not before the recipe's expressions parse.
+    reefknot_engine::parse_exprs(&recipe)?;
+    let dir = recipe
+        .path
+        .as_deref()
+        .and_then(std::path::Path::parent)
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                d
+            }
+        });
+    let registry = plugins::registry(&overrides.plugins, &recipe.plugins, dir)?;
     let opts = PlanOptions {
         seed: overrides.seed,
         dtype: overrides.dtype.clone(),
@@ -164,7 +177,7 @@ fn read_plan(path: &std::path::Path, overrides: &Overrides) -> Result<Plan, Fail
     let data = reefknot_engine::MergePlan::from_json(&text).map_err(|e| {
         usage(anyhow::Error::new(e).context(format!("reading the plan {}", path.display())))
     })?;
-    let registry = plugins::registry(&overrides.plugins, &[])?;
+    let registry = plugins::registry(&overrides.plugins, &[], None)?;
     Ok(Plan::load(data, &registry)?)
 }
 
@@ -242,6 +255,30 @@ fn check(args: &CheckArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// On SIGINT, SIGTERM or SIGHUP, removes the partial output of a merge in progress
+/// (and its lock) and exits with 128 + the signal's number, as a shell reports it.
+fn clean_up_on_signals() {
+    #[cfg(unix)]
+    {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+            Ok(mut signals) => {
+                std::thread::spawn(move || {
+                    if let Some(signal) = signals.forever().next() {
+                        if reefknot_engine::abandon_outputs() > 0 {
+                            eprintln!("interrupted: the partial output was removed");
+                        } else {
+                            eprintln!("interrupted");
+                        }
+                        std::process::exit(128 + signal);
+                    }
+                });
+            }
+            Err(e) => tracing::warn!("cannot watch for interrupts: {e}"),
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Diagnostics wrap to the terminal; piped into a file or a test, lines stay whole.
@@ -261,6 +298,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .without_time()
         .init();
+    clean_up_on_signals();
     let result = match &cli.command {
         Command::Merge(args) => merge(args),
         Command::Check(args) => check(args),
@@ -268,7 +306,7 @@ fn main() -> ExitCode {
             name,
             markdown,
             plugins,
-        } => plugins::registry(plugins, &[])
+        } => plugins::registry(plugins, &[], None)
             .and_then(|registry| ops::run(&registry, name.as_deref(), *markdown)),
         Command::Demo(args) => demo::run(args),
     };

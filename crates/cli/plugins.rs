@@ -1,7 +1,7 @@
 //! Plugin discovery: the libraries of `REEFKNOT_PLUGIN_PATH`'s folders, `--plugin`
 //! flags and the recipe's `plugins:` list, loaded once each into the registry.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args as ClapArgs;
 use reefknot_ops::Registry;
@@ -21,9 +21,20 @@ pub(crate) struct PluginArgs {
 /// The built-in operators plus every plugin's: first the libraries in the folders of
 /// `REEFKNOT_PLUGIN_PATH`, then `--plugin` flags, then the recipe's `plugins:`.
 /// A library named twice is loaded once; any problem is a usage error (exit code 2).
-pub(crate) fn registry(args: &PluginArgs, recipe: &[PathBuf]) -> Result<Registry, Failure> {
+///
+/// A recipe is data a user may have downloaded, and loading a library runs its code:
+/// the recipe's `plugins:` may name libraries inside the recipe's folder (`recipe_dir`)
+/// or inside a `REEFKNOT_PLUGIN_PATH` folder, and any other only when the same library
+/// is also given with `--plugin`.
+pub(crate) fn registry(
+    args: &PluginArgs,
+    recipe: &[PathBuf],
+    recipe_dir: Option<&Path>,
+) -> Result<Registry, Failure> {
     let mut loader = Loader::new();
+    let mut trusted_dirs: Vec<PathBuf> = recipe_dir.into_iter().filter_map(canonical).collect();
     if let Some(value) = std::env::var_os(PLUGIN_PATH_VAR) {
+        trusted_dirs.extend(std::env::split_paths(&value).filter_map(|d| canonical(&d)));
         for path in reefknot_plugins::search_path(&value).map_err(|e| usage(e.into()))? {
             loader.load(&path).map_err(|e| {
                 usage(anyhow::Error::new(e).context(format!(
@@ -33,13 +44,29 @@ pub(crate) fn registry(args: &PluginArgs, recipe: &[PathBuf]) -> Result<Registry
             })?;
         }
     }
+    let given: Vec<PathBuf> = args.plugins.iter().filter_map(|p| canonical(p)).collect();
     for path in &args.plugins {
         loader.load(path).map_err(|e| usage(e.into()))?;
     }
     for path in recipe {
+        let trusted = canonical(path)
+            .is_none_or(|c| given.contains(&c) || trusted_dirs.iter().any(|d| c.starts_with(d)));
+        if !trusted {
+            return Err(usage(anyhow::anyhow!(
+                "the recipe's plugin {} lies outside the recipe's folder and {PLUGIN_PATH_VAR}; \
+                 a recipe loads plugins only from there, since loading a library runs its \
+                 code. If you trust it, pass it as well: --plugin {}",
+                path.display(),
+                path.display()
+            )));
+        }
         loader.load(path).map_err(|e| {
             usage(anyhow::Error::new(e).context("loading a plugin of the recipe's `plugins:`"))
         })?;
     }
     loader.registry().map_err(|e| usage(e.into()))
+}
+
+fn canonical(path: &Path) -> Option<PathBuf> {
+    path.canonicalize().ok()
 }

@@ -3,6 +3,7 @@
 
 mod docs;
 mod errors;
+mod hostile;
 mod merge;
 mod plans;
 mod recipes;

@@ -7,6 +7,7 @@ mod build;
 mod discovery;
 mod examples;
 mod guide;
+mod interrupted;
 mod misbehaving;
 #[allow(dead_code)]
 #[path = "../cli/util.rs"]

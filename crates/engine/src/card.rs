@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use reefknot_plan::Role;
 
@@ -18,28 +18,11 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ErrorKind + '_ {
     }
 }
 
-/// Copies every regular file of the base folder except weights and its model card
-/// (tokenizer files, `generation_config.json`, ...); `config.json` gets the output dtype.
+/// Copies the base folder's non-weight files ([`base_files`]: no weights, no model card;
+/// tokenizer files, `generation_config.json`, ...); `config.json` gets the output dtype.
 pub(crate) fn copy_base_files(plan: &Plan, out: &Path) -> Result<(), Error> {
-    let Some(folder) = plan
-        .data()
-        .output
-        .files_from
-        .and_then(|i| plan.inputs()[i].folder())
-    else {
-        return Ok(());
-    };
     let dtype = plan.data().output.dtype.as_deref();
-    let entries = fs::read_dir(folder).map_err(io_err(folder))?;
-    for entry in entries {
-        let entry = entry.map_err(io_err(folder))?;
-        let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        // `metadata` follows symlinks, as the Hugging Face cache uses them.
-        let is_file = fs::metadata(&path).map(|m| m.is_file()).unwrap_or(false);
-        if !is_file || reefknot_io::is_weight_file(&name) || name == "README.md" {
-            continue;
-        }
+    for (path, name) in base_files(plan)? {
         let dest = out.join(&name);
         if name == "config.json" {
             let text = fs::read_to_string(&path).map_err(io_err(&path))?;
@@ -67,6 +50,53 @@ pub(crate) fn copy_base_files(plan: &Plan, out: &Path) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The non-weight files of the plan's `files_from` input that the output gets (config,
+/// tokenizer, generation config...), with their names: regular files only, and only
+/// those inside the model's folder once symlinks are resolved (a Hugging Face cache
+/// snapshot's links into its repository's blobs are inside). Anything else is left
+/// out with a warning: a link to a file elsewhere is not the model's to hand on.
+pub(crate) fn base_files(plan: &Plan) -> Result<Vec<(PathBuf, String)>, Error> {
+    let Some(folder) = plan
+        .data()
+        .output
+        .files_from
+        .and_then(|i| plan.inputs()[i].folder())
+    else {
+        return Ok(Vec::new());
+    };
+    let root = reefknot_io::model_root(folder);
+    let mut files = Vec::new();
+    let entries = fs::read_dir(folder).map_err(io_err(folder))?;
+    for entry in entries {
+        let entry = entry.map_err(io_err(folder))?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if reefknot_io::is_weight_file(&name) || name == "README.md" {
+            continue;
+        }
+        // `metadata` follows symlinks, as the Hugging Face cache uses them.
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(meta) if meta.is_dir() => continue,
+            _ => {
+                tracing::warn!("{}: not a regular file; not copied", path.display());
+                continue;
+            }
+        }
+        if !reefknot_io::within(&root, &path) {
+            tracing::warn!(
+                "{}: links outside the model's folder {}; not copied",
+                path.display(),
+                root.display()
+            );
+            continue;
+        }
+        files.push((path, name));
+    }
+    files.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(files)
 }
 
 /// Writes `README.md`: a Hugging Face model card naming the inputs and the recipe.

@@ -208,6 +208,27 @@ pub enum ErrorKind {
         input: PathBuf,
     },
 
+    /// Another merge holds the output's lock.
+    #[error("another merge is writing {}{}", .output.display(), .pid.map(|p| format!(" (process {p})")).unwrap_or_default())]
+    #[diagnostic(help(
+        "wait for it to finish, or choose another folder; the lock is {}, held only while that merge runs",
+        .lock.display()
+    ))]
+    OutputBusy {
+        /// The output folder.
+        output: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+        /// The process holding it, as it wrote in the lock file.
+        pid: Option<u32>,
+    },
+
+    /// Something appeared at the output while the merge ran, and `--force` was not
+    /// given: it is left as it is, and the merged model is discarded.
+    #[error("{0} appeared while the merge ran; it was left untouched and the merge discarded")]
+    #[diagnostic(help("merge again into another folder, or pass --force to replace it"))]
+    OutputAppeared(PathBuf),
+
     /// Writing the output failed.
     #[error("cannot write the output in {path}")]
     Output {
@@ -310,6 +331,8 @@ impl ErrorKind {
             | ErrorKind::Operator { .. }
             | ErrorKind::InputChanged { .. }
             | ErrorKind::Output { .. }
+            | ErrorKind::OutputBusy { .. }
+            | ErrorKind::OutputAppeared(_)
             | ErrorKind::Writer(_) => 1,
         }
     }

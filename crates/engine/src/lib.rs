@@ -46,7 +46,7 @@ pub use exec::{
     Sink, Source, TensorJob,
 };
 pub use frontend::{bind_pipeline, plan_recipe, PlanOptions, RECIPE_METADATA};
-pub use output::Staging;
+pub use output::{abandon_outputs, Staging};
 pub use plan::{describe_stages, Job, Located, MergeJob, Plan, Stage};
 pub use reefknot_plan::MergePlan;
 
@@ -171,6 +171,17 @@ pub fn execute_into(
     ran
 }
 
+/// Parses every expression of the recipe (its `merge` and each override's) without
+/// resolving operators, pointing errors into the recipe file: the syntax is checked
+/// before any plugin is loaded.
+pub fn parse_exprs(recipe: &Recipe) -> Result<(), Error> {
+    let overrides = recipe.overrides.iter().filter_map(|o| o.merge.as_ref());
+    for expr in std::iter::once(&recipe.merge).chain(overrides) {
+        reefknot_lang::parse(&expr.text).map_err(|e| locate(recipe, expr, e))?;
+    }
+    Ok(())
+}
+
 /// Compiles one of the recipe's expressions, pointing errors into the recipe file.
 pub fn compile_expr(recipe: &Recipe, expr: &Expr, registry: &Registry) -> Result<Pipeline, Error> {
     reefknot_lang::compile(&expr.text, registry)
@@ -204,7 +215,9 @@ pub fn merge(
 ) -> Result<MergeReport, Error> {
     let started = Instant::now();
     let data = plan.data();
-    let staging = Staging::begin(out, opts.force, &plan.input_paths())?;
+    let mut inputs = plan.input_paths();
+    inputs.extend(card::base_files(plan)?.into_iter().map(|(path, _)| path));
+    let staging = Staging::begin(out, opts.force, &inputs)?;
     let tensors: Vec<OutputTensor> = data
         .tensors
         .iter()

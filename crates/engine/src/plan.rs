@@ -193,6 +193,7 @@ impl Plan {
         for c in &self.inputs {
             v.push(c.path().to_path_buf());
             v.extend(c.folder().map(|f| f.to_path_buf()));
+            v.extend(c.index().map(|f| f.to_path_buf()));
             v.extend(c.files().iter().cloned());
         }
         v

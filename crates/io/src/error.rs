@@ -336,6 +336,34 @@ pub enum IoError {
         count: usize,
     },
 
+    /// A weight path that is not a regular file: a FIFO, a device or a socket, which
+    /// could block the merge forever or never end.
+    #[error("{}: not a regular file ({kind}); weights are read from regular files only", .path.display())]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead: `a FIFO`, `a device`, `a socket`.
+        kind: &'static str,
+    },
+
+    /// An index entry naming a file outside the model's folder.
+    #[error(
+        "{}: the index maps tensor `{tensor}` to `{shard}`, which lies outside the model's \
+         folder {}",
+        .index.display(), .folder.display()
+    )]
+    OutsideFolder {
+        /// The index file.
+        index: PathBuf,
+        /// The shard name in the index.
+        shard: String,
+        /// One tensor the index maps to it.
+        tensor: String,
+        /// The folder shards must lie in (for a Hugging Face cache snapshot, the
+        /// repository's folder, whose blobs the snapshot links to).
+        folder: PathBuf,
+    },
+
     /// An index entry whose shard's header does not hold the tensor.
     #[error(
         "{}: the index maps tensor `{tensor}` to {}, but that shard's header has no such \
@@ -429,7 +457,9 @@ impl IoError {
             | IoError::OutOfSpace { path, .. }
             | IoError::BadOutput { path, .. } => path,
             IoError::DuplicateTensor { second, .. } => second,
+            IoError::NotAFile { path, .. } => path,
             IoError::MissingShard { index, .. }
+            | IoError::OutsideFolder { index, .. }
             | IoError::NotInShard { index, .. }
             | IoError::NotInIndex { index, .. } => index,
         }

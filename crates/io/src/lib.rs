@@ -46,7 +46,7 @@ pub use convert::{bf16_bits_to_f32, f32_to_bf16_bits, from_f32, to_f32, to_f32_m
 pub use dtype::Dtype;
 pub use error::IoError;
 pub use header::{check_header, MAX_HEADER_LEN};
-pub use read::{Checkpoint, FileStamp, TensorInfo, INDEX_NAME, SINGLE_NAME};
+pub use read::{model_root, within, Checkpoint, FileStamp, TensorInfo, INDEX_NAME, SINGLE_NAME};
 pub use write::{
     shard_layout, shard_names, ModelWriter, OutputTensor, WriterOptions, DEFAULT_SHARD_SIZE,
 };

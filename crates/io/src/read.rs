@@ -117,6 +117,7 @@ impl Checkpoint {
         let layout = if meta.is_dir() {
             resolve_folder(path)?
         } else {
+            regular(path, &meta)?;
             resolve_file(path)?
         };
 
@@ -241,10 +242,15 @@ impl Checkpoint {
 /// Maps `path`, returning the map and the file's modification time (nanoseconds since
 /// the Unix epoch, where the file system keeps one), both of the one opened file.
 fn map_file(path: &Path) -> Result<(Mmap, Option<u64>), IoError> {
-    let file = File::open(path).map_err(|e| IoError::io(path, "open the file", e))?;
+    // Checked before opening (opening a FIFO for reading blocks until a writer comes)
+    // and again on the opened file, which is opened without blocking in any case.
+    let meta = fs::metadata(path).map_err(|e| IoError::io(path, "open the file", e))?;
+    regular(path, &meta)?;
+    let file = open_nonblocking(path).map_err(|e| IoError::io(path, "open the file", e))?;
     let meta = file
         .metadata()
         .map_err(|e| IoError::io(path, "read the file's size", e))?;
+    regular(path, &meta)?;
     let len = meta.len();
     let modified = meta
         .modified()
@@ -259,6 +265,89 @@ fn map_file(path: &Path) -> Result<(Mmap, Option<u64>), IoError> {
     }
     let map = mmap::map_read(&file).map_err(|e| IoError::io(path, "memory-map the file", e))?;
     Ok((map, modified))
+}
+
+/// Refuses what is not a regular file (after following symlinks).
+fn regular(path: &Path, meta: &fs::Metadata) -> Result<(), IoError> {
+    if meta.is_file() {
+        return Ok(());
+    }
+    #[cfg(unix)]
+    let kind = {
+        use std::os::unix::fs::FileTypeExt as _;
+        let t = meta.file_type();
+        if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_socket() {
+            "a socket"
+        } else if t.is_block_device() || t.is_char_device() {
+            "a device"
+        } else if t.is_dir() {
+            "a folder"
+        } else {
+            "not a file"
+        }
+    };
+    #[cfg(not(unix))]
+    let kind = if meta.is_dir() {
+        "a folder"
+    } else {
+        "not a file"
+    };
+    Err(IoError::NotAFile {
+        path: path.to_path_buf(),
+        kind,
+    })
+}
+
+/// Opens `path` for reading without ever blocking in `open` (a FIFO swapped in after
+/// the check would otherwise wait for a writer).
+fn open_nonblocking(path: &Path) -> std::io::Result<File> {
+    let mut options = fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+    }
+    options.open(path)
+}
+
+/// The folder a model's files must lie in, once symlinks are resolved: the model's
+/// folder itself, or — for a snapshot of the Hugging Face cache
+/// (`models--ORG--NAME/snapshots/REVISION`, whose files link to `../../blobs/`) — the
+/// repository's folder. Canonical where the folder exists.
+pub fn model_root(folder: &Path) -> PathBuf {
+    let folder = folder
+        .canonicalize()
+        .unwrap_or_else(|_| folder.to_path_buf());
+    let repo = folder
+        .parent()
+        .filter(|p| p.file_name().is_some_and(|n| n == "snapshots"))
+        .and_then(Path::parent)
+        .filter(|r| {
+            r.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("models--") || n.starts_with("datasets--"))
+        });
+    repo.map(Path::to_path_buf).unwrap_or(folder)
+}
+
+/// Whether `path`, symlinks resolved, lies inside `root` (a [`model_root`]).
+pub fn within(root: &Path, path: &Path) -> bool {
+    path.canonicalize().is_ok_and(|p| p.starts_with(root))
+}
+
+/// Whether a name written in an index is a plain relative path: no root, no `..`.
+fn plain_relative(name: &str) -> bool {
+    let path = Path::new(name);
+    !name.is_empty()
+        && path.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        })
 }
 
 /// The SHA-256 of a validated file's header: its 8-byte length and the JSON.
@@ -311,6 +400,9 @@ fn resolve_file(path: &Path) -> Result<Layout, IoError> {
 
 fn resolve_folder(dir: &Path) -> Result<Layout, IoError> {
     let single = dir.join(SINGLE_NAME);
+    if let Ok(meta) = fs::metadata(&single) {
+        regular(&single, &meta)?;
+    }
     if single.is_file() {
         return Ok(Layout {
             folder: Some(dir.to_path_buf()),
@@ -416,8 +508,21 @@ fn read_index(index: &Path, dir: &Path) -> Result<(Index, Vec<PathBuf>), IoError
     }
     let mut files = Vec::with_capacity(per_shard.len());
     let mut shards = Vec::with_capacity(per_shard.len());
+    let root = model_root(dir);
     for (shard, (count, tensor)) in per_shard {
         let shard_path = dir.join(&shard);
+        let outside = || IoError::OutsideFolder {
+            index: index.to_path_buf(),
+            shard: shard.clone(),
+            tensor: tensor.clone(),
+            folder: root.clone(),
+        };
+        if !plain_relative(&shard) {
+            return Err(outside());
+        }
+        if shard_path.exists() && !within(&root, &shard_path) {
+            return Err(outside());
+        }
         if !shard_path.is_file() {
             return Err(IoError::MissingShard {
                 index: index.to_path_buf(),

@@ -84,6 +84,12 @@ pub fn load(path: &Path) -> Result<Plugin, PluginError> {
         }
         Err(e) => return Err(not_found(&e.to_string())),
         Ok(m) if m.is_dir() => return Err(not_found("it is a folder, not a library")),
+        // dlopen of a FIFO would wait for a writer forever.
+        Ok(m) if !m.is_file() => {
+            return Err(not_found(
+                "it is not a regular file (a FIFO, a device or a socket)",
+            ))
+        }
         Ok(_) => {}
     }
     // A bare file name would make the loader search its own path list; make it a path.
