@@ -67,6 +67,14 @@ struct CheckArgs {
     /// tensor with its producer and resolved arguments); `reefknot merge --plan` runs it.
     #[arg(long)]
     json: bool,
+    /// Also read every floating-point tensor the merge reads and report NaN and
+    /// infinite values (exit 1 if a merged tensor holds any, as the merge would).
+    #[arg(long)]
+    scan: bool,
+    /// With --scan: report NaN and infinite values without failing (as
+    /// `merge --allow-nonfinite` writes them).
+    #[arg(long, requires = "scan")]
+    allow_nonfinite: bool,
     /// Maximum size of an output shard in the plan, e.g. 5GB (default: the recipe's, else 5GB).
     #[arg(long, value_parser = parse_size)]
     shard_size: Option<u64>,
@@ -105,6 +113,10 @@ struct MergeArgs {
     /// Elements per chunk of work (advanced; results do not depend on it).
     #[arg(long, default_value_t = reefknot_engine::DEFAULT_CHUNK, hide = true)]
     chunk: usize,
+    /// Write NaN and infinite values instead of failing on them: in the inputs, made
+    /// by a stage, or a merged value the output dtype cannot hold.
+    #[arg(long)]
+    allow_nonfinite: bool,
     /// Print nothing but errors.
     #[arg(short, long)]
     quiet: bool,
@@ -224,6 +236,7 @@ fn merge(args: &MergeArgs) -> Result<(), Failure> {
         chunk: args.chunk,
         force: args.force,
         sync: args.sync,
+        allow_nonfinite: args.allow_nonfinite,
     };
     let report = reefknot_engine::merge(&plan, &args.output, &opts, &bar(args.quiet))?;
     if !args.quiet {
@@ -250,6 +263,56 @@ fn check(args: &CheckArgs) -> Result<(), Failure> {
         print!("{}", plan.data().to_json());
     } else {
         print!("{}", plan.describe());
+    }
+    if args.scan {
+        let found = reefknot_engine::scan_nonfinite(&plan);
+        let merged = found.iter().filter(|f| f.merged).count();
+        if !found.is_empty() {
+            // On stderr: with --json, stdout is the plan alone.
+            eprintln!("\nNaN and infinite values in the inputs:");
+            for f in &found {
+                let mut kinds = Vec::new();
+                if f.nan > 0 {
+                    kinds.push(format!("{} NaN", f.nan));
+                }
+                if f.inf > 0 {
+                    kinds.push(format!("{} infinite", f.inf));
+                }
+                eprintln!(
+                    "  {}: `{}`: {}, the first at element {}{}",
+                    f.input,
+                    f.tensor,
+                    kinds.join(", "),
+                    f.first,
+                    if f.merged { "" } else { " (copied as it is)" }
+                );
+            }
+        }
+        if merged > 0 && !args.allow_nonfinite {
+            return Err(Failure::Other {
+                code: 1,
+                error: anyhow::anyhow!(
+                    "{merged} {} that the merge reads {} NaN or infinite values: the merge \
+                     would refuse them (repair the inputs, or merge with --allow-nonfinite \
+                     to write them)",
+                    if merged == 1 { "tensor" } else { "tensors" },
+                    if merged == 1 { "holds" } else { "hold" }
+                ),
+            });
+        }
+        if !args.json {
+            println!(
+                "\nscanned: {}",
+                match (found.is_empty(), merged) {
+                    (true, _) => "no NaN or infinite values",
+                    (false, 0) =>
+                        "only copied tensors hold NaN or infinite values (copied as they are)",
+                    _ => "merge with --allow-nonfinite to write them",
+                }
+            );
+        }
+    }
+    if !args.json {
         println!("\nok: the recipe is valid");
     }
     Ok(())

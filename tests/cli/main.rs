@@ -5,6 +5,7 @@ mod docs;
 mod errors;
 mod hostile;
 mod merge;
+mod nonfinite;
 mod plans;
 mod recipes;
 mod util;

@@ -10,16 +10,27 @@ use crate::build;
 use crate::util::*;
 
 /// A float32 recipe over the workspace's family with `merge`, loading `plugins`.
-fn recipe(merge: &str, plugins: &[&Path], extra: &str) -> String {
+fn recipe(ws: &Workspace, merge: &str, plugins: &[&Path], extra: &str) -> String {
     let list: Vec<String> = plugins
         .iter()
-        .map(|p| format!("{:?}", p.display().to_string()))
+        .map(|p| format!("{:?}", ship(ws, p)))
         .collect();
     format!(
         "{}dtype: float32\nplugins: [{}]\n{extra}",
         recipe_with(merge),
         list.join(", ")
     )
+}
+
+/// Copies a built plugin into the workspace's `plugins/` folder, as a recipe's plugins
+/// are shipped beside it (a recipe loads plugins only from its own folder or the plugin
+/// path), and returns the path the recipe names it by.
+fn ship(ws: &Workspace, lib: &Path) -> String {
+    let dir = ws.path().join("plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    let name = lib.file_name().unwrap();
+    std::fs::copy(lib, dir.join(name)).unwrap();
+    format!("plugins/{}", name.to_string_lossy())
 }
 
 /// For every tensor: the base, the task vectors `δ_i = θ_i − θ_base` (f32) and the
@@ -74,7 +85,7 @@ fn tall_consensus_then_sum_is_consensus_task_arithmetic() {
     let tall = build::tall();
     ws.recipe(
         "r.yaml",
-        &recipe("tall::consensus(k=2, lambda=0.6) |> sum", &[tall], ""),
+        &recipe(&ws, "tall::consensus(k=2, lambda=0.6) |> sum", &[tall], ""),
     );
     ok(&run_in(
         ws.path(),
@@ -106,7 +117,7 @@ fn tall_lambda_per_model_comes_from_the_models_params() {
          - path: models/math\n    params: {{ lambda: 0.6 }}\n  - path: models/chat\n    \
          params: {{ lambda: 0.9 }}\nmerge: tall::consensus(k=1, lambda=$lambda) |> sum\n\
          dtype: float32\nplugins: [{:?}]\n",
-        tall.display().to_string()
+        ship(&ws, tall)
     );
     ws.recipe("r.yaml", &text);
     let plan = ok(&run_in(ws.path(), &["check", "r.yaml"]));
@@ -198,6 +209,7 @@ fn random_plugin_operators_are_deterministic_under_chunking_and_threads() {
     ws.recipe(
         "r.yaml",
         &recipe(
+            &ws,
             "fixture::jitter(amount=0.001) |> sum",
             &[fixture],
             "seed: 5\n",
@@ -251,7 +263,10 @@ fn random_plugin_operators_are_deterministic_under_chunking_and_threads() {
 fn whole_tensor_operators_see_the_whole_tensor() {
     let ws = Workspace::new(Dtype::F32, None);
     let fixture = build::fixture();
-    ws.recipe("r.yaml", &recipe("sum |> fixture::center", &[fixture], ""));
+    ws.recipe(
+        "r.yaml",
+        &recipe(&ws, "sum |> fixture::center", &[fixture], ""),
+    );
     // Chunks of 4096 elements: every tensor but the norms spans several chunks, and
     // `center` refuses to run on less than a whole tensor.
     ok(&run_in(
@@ -292,7 +307,7 @@ fn operators_may_read_the_base_and_the_fisher() {
         &format!(
             "base: models/base\nmodels:\n{models}merge: fixture::anchor(decay=0.01)\n\
              dtype: float32\nplugins: [{:?}]\n",
-            fixture.display().to_string()
+            ship(&ws, fixture)
         ),
     );
     ok(&run_in(
@@ -318,7 +333,7 @@ fn operators_may_read_the_base_and_the_fisher() {
     });
 
     // Without Fisher files the recipe is refused before anything is read.
-    ws.recipe("r2.yaml", &recipe("fixture::anchor", &[fixture], ""));
+    ws.recipe("r2.yaml", &recipe(&ws, "fixture::anchor", &[fixture], ""));
     let stderr = fails(&run_in(ws.path(), &["check", "r2.yaml"]), 2);
     assert!(
         stderr.contains("`fixture::anchor` needs each model's Fisher information"),

@@ -20,6 +20,10 @@ impl Error {
         &self.0
     }
 
+    pub(crate) fn kind_mut(&mut self) -> &mut ErrorKind {
+        &mut self.0
+    }
+
     /// The CLI exit code: 2 for recipe and usage errors, 1 for failed merges.
     pub fn exit_code(&self) -> i32 {
         self.0.exit_code()
@@ -294,6 +298,31 @@ pub enum ErrorKind {
         what: String,
     },
 
+    /// A NaN or an infinity in an input or a merged value (and `--allow-nonfinite` was
+    /// not given).
+    #[error("{}", nonfinite_message(tensor, *element, *value, at, input.as_deref()))]
+    #[diagnostic(help(
+        "reefknot does not merge NaN or infinite values: repair the input, or change the \
+         arguments that overflow; pass --allow-nonfinite to write them anyway"
+    ))]
+    NonFinite {
+        /// The tensor.
+        tensor: String,
+        /// The element (flat index into the tensor).
+        element: usize,
+        /// The value found there (NaN, an infinity, or the finite value that overflows).
+        value: f32,
+        /// Where it was found.
+        at: NonFiniteAt,
+        /// The input it came from, when it came from one (its role and path).
+        input: Option<String>,
+    },
+
+    /// The chunk size is out of range.
+    #[error("a chunk of {0} elements is out of range: chunks are 1 to {max} elements", max = crate::MAX_CHUNK)]
+    #[diagnostic(help("leave --chunk out: results do not depend on it"))]
+    Chunk(usize),
+
     /// The thread pool could not be built.
     #[error("cannot start {threads} worker threads: {message}")]
     Threads {
@@ -302,6 +331,69 @@ pub enum ErrorKind {
         /// The reason.
         message: String,
     },
+}
+
+/// Where a NaN or an infinity was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NonFiniteAt {
+    /// In the base's values.
+    Base,
+    /// In model `i`'s values (from 0).
+    Model(usize),
+    /// In model `i`'s task vector only: its value minus the base's is beyond `f32`.
+    TaskVector(usize),
+    /// In model `i`'s Fisher values.
+    Fisher(usize),
+    /// Made by stage `number` (from 1), `stage` as resolved, from finite values.
+    Stage {
+        /// Its position in the pipeline, from 1.
+        number: usize,
+        /// The stage with its arguments, e.g. `scale(factor=1e30)`.
+        stage: String,
+    },
+    /// In the sum `θ_base + Δ`.
+    Sum,
+    /// A finite value that the output dtype cannot hold (it would be written as an
+    /// infinity).
+    Overflow {
+        /// The output dtype.
+        dtype: reefknot_io::Dtype,
+    },
+}
+
+fn nonfinite_message(
+    tensor: &str,
+    element: usize,
+    value: f32,
+    at: &NonFiniteAt,
+    input: Option<&str>,
+) -> String {
+    let from = |what: String| match input {
+        Some(input) => format!("{what} ({input})"),
+        None => what,
+    };
+    let place = format!("element {element} of `{tensor}`");
+    match at {
+        NonFiniteAt::Base => format!("{} holds {value} at {place}", from("the base".into())),
+        NonFiniteAt::Model(i) => format!("{} holds {value} at {place}", from(format!("model {}", i + 1))),
+        NonFiniteAt::TaskVector(i) => format!(
+            "the task vector of {} is {value} at {place}: its value minus the base's is beyond f32",
+            from(format!("model {}", i + 1))
+        ),
+        NonFiniteAt::Fisher(i) => format!(
+            "the Fisher values of {} hold {value} at {place}",
+            from(format!("model {}", i + 1))
+        ),
+        NonFiniteAt::Stage { number, stage } => format!(
+            "stage {number} of the pipeline (`{stage}`) made {value} at {place} from finite values"
+        ),
+        NonFiniteAt::Sum => format!(
+            "adding the merged task vector to the base gives {value} at {place}"
+        ),
+        NonFiniteAt::Overflow { dtype } => format!(
+            "the merged value {value} at {place} is beyond {dtype}: it would be written as an infinity"
+        ),
+    }
 }
 
 impl ErrorKind {
@@ -319,6 +411,7 @@ impl ErrorKind {
             | ErrorKind::OutputExists(_)
             | ErrorKind::OutputIsInput { .. }
             | ErrorKind::Threads { .. }
+            | ErrorKind::Chunk(_)
             | ErrorKind::Plan(_)
             | ErrorKind::PlanTensor { .. }
             | ErrorKind::PlanStage { .. }
@@ -333,6 +426,7 @@ impl ErrorKind {
             | ErrorKind::Output { .. }
             | ErrorKind::OutputBusy { .. }
             | ErrorKind::OutputAppeared(_)
+            | ErrorKind::NonFinite { .. }
             | ErrorKind::Writer(_) => 1,
         }
     }

@@ -19,15 +19,18 @@ use std::cell::RefCell;
 use std::sync::Mutex;
 
 use rayon::prelude::*;
-use reefknot_io::{from_f32, to_f32, to_f32_minus, Checkpoint, Dtype, ModelWriter};
+use reefknot_io::{
+    first_nonfinite, first_overflow, from_f32, to_f32, to_f32_minus, Checkpoint, Dtype, ModelWriter,
+};
+use reefknot_lang::Ty;
 use reefknot_ops::{
     row_chunk, row_len, BindCtx, Chunk, Kernel, OpError, OrderFreeSum, Partial, Span, TaskVectors,
     BLOCK,
 };
 use reefknot_plan::Role;
 
-use crate::plan::{Job, Located, MergeJob, Plan, Stage};
-use crate::{Error, ErrorKind};
+use crate::plan::{describe_stages, Job, Located, MergeJob, Plan, Stage};
+use crate::{Error, ErrorKind, NonFiniteAt};
 
 /// Receives progress reports (in elements of output written).
 pub trait Progress: Sync {
@@ -317,15 +320,56 @@ pub trait Source: Sync {
     fn fisher(&self, i: usize, start: usize, out: &mut [f32]);
 }
 
-/// A [`Source`] seen as the task vectors a first stage may read itself.
-struct Vectors<'a>(&'a dyn Source);
+/// A [`Source`] seen as the task vectors a first stage may read itself, checking what
+/// it reads for NaN and infinities when `check` (the first found is kept, to be
+/// reported once the stage has looked).
+struct Vectors<'a> {
+    source: &'a dyn Source,
+    check: bool,
+    found: Mutex<Option<(NonFiniteAt, usize, f32)>>,
+}
+
+impl Vectors<'_> {
+    fn note(&self, at: NonFiniteAt, start: usize, values: &[f32]) {
+        if let Some(k) = first_nonfinite(values) {
+            let mut found = self.found.lock().unwrap_or_else(|e| e.into_inner());
+            // The lowest element wins, whatever the order the workers looked in.
+            if found.as_ref().is_none_or(|f| start + k < f.1) {
+                *found = Some((at, start + k, values[k]));
+            }
+        }
+    }
+}
 
 impl TaskVectors for Vectors<'_> {
     fn base(&self, start: usize, out: &mut [f32]) {
-        self.0.base(start, out);
+        self.source.base(start, out);
+        if self.check {
+            self.note(NonFiniteAt::Base, start, out);
+        }
     }
     fn delta(&self, i: usize, start: usize, base: &[f32], out: &mut [f32]) {
-        self.0.delta(i, start, base, out);
+        self.source.delta(i, start, base, out);
+        if self.check {
+            if let Some(k) = first_nonfinite(out) {
+                let at = input_or_overflow(self.source, i, start + k, base[k]);
+                self.note(at, start + k, &out[k..=k]);
+            }
+        }
+    }
+}
+
+/// Whether a non-finite task-vector value at `element` comes from model `i`'s own value
+/// (or the base's) or from the subtraction overflowing.
+fn input_or_overflow(source: &dyn Source, i: usize, element: usize, base: f32) -> NonFiniteAt {
+    let mut value = [0f32];
+    source.model(i, element, &mut value);
+    if !base.is_finite() {
+        NonFiniteAt::Base
+    } else if !value[0].is_finite() {
+        NonFiniteAt::Model(i)
+    } else {
+        NonFiniteAt::TaskVector(i)
     }
 }
 
@@ -353,6 +397,24 @@ pub struct TensorJob<'a> {
     pub seed: u64,
     /// Each model's mean Fisher value, when a stage asked for it.
     pub fisher_means: Option<&'a [f64]>,
+    /// Refuse NaN and infinities: in the values read, in what the stages make and in
+    /// what is written (a finite value the output dtype cannot hold included). When
+    /// false they pass through as IEEE arithmetic makes them.
+    pub check_finite: bool,
+}
+
+impl TensorJob<'_> {
+    /// The error for a non-finite `value` found at `element`.
+    fn nonfinite(&self, at: NonFiniteAt, element: usize, value: f32) -> Error {
+        ErrorKind::NonFinite {
+            tensor: self.name.to_string(),
+            element,
+            value,
+            at,
+            input: None,
+        }
+        .into()
+    }
 }
 
 /// Everything a worker needs to produce chunks of one tensor.
@@ -372,11 +434,24 @@ impl TensorRun<'_> {
     }
 
     /// Fills the worker's scratch with chunk `index` of the task vectors, runs `stages`
-    /// over it, then hands the chunk to `f`.
+    /// over it, then hands the chunk to `f`. With [`TensorJob::check_finite`], a NaN or
+    /// infinity in the values read is an error.
     fn with_chunk<R>(
         &self,
         index: usize,
         stages: &[Box<dyn Kernel>],
+        f: impl FnOnce(&mut Chunk<'_>) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        self.run_chunk(index, stages, false, f)
+    }
+
+    /// As [`TensorRun::with_chunk`]; when `each_stage`, also checks what every stage
+    /// hands on and names the first that made a NaN or an infinity.
+    fn run_chunk<R>(
+        &self,
+        index: usize,
+        stages: &[Box<dyn Kernel>],
+        each_stage: bool,
         f: impl FnOnce(&mut Chunk<'_>) -> Result<R, Error>,
     ) -> Result<R, Error> {
         let (start, end) = self.range(index);
@@ -397,6 +472,30 @@ impl TensorRun<'_> {
                         .fisher(i, start, &mut s.fisher[i * len..(i + 1) * len]);
                 }
             }
+            if job.check_finite {
+                if let Some(k) = first_nonfinite(base) {
+                    return Err(job.nonfinite(NonFiniteAt::Base, start + k, base[k]));
+                }
+                for i in 0..models {
+                    let delta = &s.stack[i * len..(i + 1) * len];
+                    if let Some(k) = first_nonfinite(delta) {
+                        let at = input_or_overflow(job.source, i, start + k, base[k]);
+                        return Err(job.nonfinite(at, start + k, delta[k]));
+                    }
+                }
+                if job.fisher {
+                    for i in 0..models {
+                        let fisher = &s.fisher[i * len..(i + 1) * len];
+                        if let Some(k) = first_nonfinite(fisher) {
+                            return Err(job.nonfinite(
+                                NonFiniteAt::Fisher(i),
+                                start + k,
+                                fisher[k],
+                            ));
+                        }
+                    }
+                }
+            }
             let mut chunk = Chunk {
                 index,
                 offset: start,
@@ -410,11 +509,24 @@ impl TensorRun<'_> {
                 fisher: job.fisher.then(|| &s.fisher[..len * models]),
                 weights: job.weights,
             };
-            for k in stages {
+            for (number, (k, stage)) in stages.iter().zip(job.stages).enumerate() {
                 k.apply(&mut chunk).map_err(|error| ErrorKind::Operator {
                     tensor: job.name.to_string(),
                     error,
                 })?;
+                if each_stage {
+                    let made = match stage.signature.output {
+                        Ty::Delta => &*chunk.delta,
+                        Ty::Stack | Ty::Voted => &*chunk.stack,
+                    };
+                    if let Some(k) = first_nonfinite(made) {
+                        let at = NonFiniteAt::Stage {
+                            number: number + 1,
+                            stage: describe_stages(std::slice::from_ref(stage)),
+                        };
+                        return Err(job.nonfinite(at, start + k % len, made[k]));
+                    }
+                }
             }
             f(&mut chunk)
         })
@@ -464,7 +576,18 @@ impl TensorRun<'_> {
                                     offset,
                                     len: end - offset,
                                 };
-                                k.observe_task_vectors(pass, span, &Vectors(job.source), &mut acc);
+                                let vectors = Vectors {
+                                    source: job.source,
+                                    check: job.check_finite,
+                                    found: Mutex::new(None),
+                                };
+                                k.observe_task_vectors(pass, span, &vectors, &mut acc);
+                                let found = vectors.found.into_inner();
+                                if let Some((at, element, value)) =
+                                    found.unwrap_or_else(|e| e.into_inner())
+                                {
+                                    return Err(job.nonfinite(at, element, value));
+                                }
                                 continue;
                             }
                             self.with_chunk(index, &kernels, |chunk| {
@@ -485,6 +608,10 @@ impl TensorRun<'_> {
     }
 
     /// Runs the final pass: `θ_base + Δ` converted to `dtype`, written to `out`.
+    ///
+    /// With [`TensorJob::check_finite`], a NaN or an infinity in the sum, or a value
+    /// `dtype` cannot hold, is an error; for a NaN or an infinity the chunk is run again,
+    /// checking stage by stage, to name the stage that made it.
     fn write(
         &self,
         kernels: &[Box<dyn Kernel>],
@@ -493,6 +620,7 @@ impl TensorRun<'_> {
         progress: &dyn Progress,
     ) -> Result<(), Error> {
         let size = dtype.size();
+        let job = self.job;
         (0..self.chunks()).into_par_iter().try_for_each(|index| {
             let mut bytes = BYTES.take();
             let result = self.with_chunk(index, kernels, |chunk| {
@@ -504,13 +632,33 @@ impl TensorRun<'_> {
                 {
                     *o = b + d;
                 }
+                if job.check_finite {
+                    if let Some(k) = first_nonfinite(chunk.scratch) {
+                        return Ok(Err((chunk.offset + k, chunk.scratch[k])));
+                    }
+                    if let Some(k) = first_overflow(dtype, chunk.scratch) {
+                        let at = NonFiniteAt::Overflow { dtype };
+                        return Err(job.nonfinite(at, chunk.offset + k, chunk.scratch[k]));
+                    }
+                }
                 bytes.resize(chunk.len * size, 0);
                 from_f32(dtype, chunk.scratch, &mut bytes);
                 progress.advance(chunk.len as u64);
                 out.write_owned(chunk.offset * size, std::mem::take(&mut bytes))
-            });
-            BYTES.set(result?);
-            Ok(())
+                    .map(Ok)
+            })?;
+            match result {
+                Ok(spare) => {
+                    BYTES.set(spare);
+                    Ok(())
+                }
+                Err((element, value)) => {
+                    // The inputs were finite (checked as they were read): a stage made
+                    // it, or the sum overflowed.
+                    self.run_chunk(index, kernels, true, |_| Ok(()))?;
+                    Err(job.nonfinite(NonFiniteAt::Sum, element, value))
+                }
+            }
         })
     }
 }
@@ -669,15 +817,39 @@ pub(crate) fn fisher_means(plan: &Plan) -> Vec<f64> {
         .collect()
 }
 
+/// Adds the input's role and path to a non-finite error that came from an input.
+fn name_input(plan: &Plan, mut e: Error) -> Error {
+    if let ErrorKind::NonFinite { at, input, .. } = e.kind_mut() {
+        let role = match *at {
+            NonFiniteAt::Base => Some(Role::Base),
+            NonFiniteAt::Model(model) | NonFiniteAt::TaskVector(model) => {
+                Some(Role::Model { model })
+            }
+            NonFiniteAt::Fisher(model) => Some(Role::Fisher { model }),
+            _ => None,
+        };
+        if let Some(i) = role.and_then(|r| plan.input_of(r)) {
+            *input = Some(plan.data().inputs[i].path.clone());
+        }
+    }
+    e
+}
+
 /// Copies input tensor `from` into output tensor `index`, converting it to `dtype`
 /// in chunks when `convert`.
+///
+/// With `check_finite`, a finite value that `dtype` cannot hold is an error (NaN and
+/// infinities already in the input are copied as they are: nothing merges them).
+#[allow(clippy::too_many_arguments)]
 fn copy_tensor(
     plan: &Plan,
+    index: usize,
     from: Located,
     convert: bool,
     dtype: Dtype,
     out: &dyn Sink,
     chunk: usize,
+    check_finite: bool,
     progress: &dyn Progress,
 ) -> Result<(), Error> {
     let c = &plan.inputs()[from.0];
@@ -692,6 +864,16 @@ fn copy_tensor(
         let (start, end) = (k * chunk, ((k + 1) * chunk).min(n));
         let mut values = vec![0f32; end - start];
         read_f32(c, info, start, &mut values);
+        if let Some(k) = first_overflow(dtype, &values).filter(|_| check_finite) {
+            return Err(ErrorKind::NonFinite {
+                tensor: plan.data().tensors[index].name.clone(),
+                element: start + k,
+                value: values[k],
+                at: NonFiniteAt::Overflow { dtype },
+                input: None,
+            }
+            .into());
+        }
         let mut bytes = vec![0u8; values.len() * dtype.size()];
         from_f32(dtype, &values, &mut bytes);
         out.write_at(start * dtype.size(), &bytes)?;
@@ -702,12 +884,15 @@ fn copy_tensor(
 
 /// Produces the output tensors `selection` (indices into the plan's tensors; `None`:
 /// all of them) into `out`, in chunks of `chunk` elements (a multiple of [`BLOCK`]) on
-/// the current rayon pool, then flushes `out`.
+/// the current rayon pool, then flushes `out`. With `check_finite`, a NaN or an
+/// infinity read or made is an error ([`ErrorKind::NonFinite`], naming the input it
+/// came from).
 pub fn execute(
     plan: &Plan,
     selection: Option<&[usize]>,
     out: &dyn OutputSink,
     chunk: usize,
+    check_finite: bool,
     progress: &dyn Progress,
 ) -> Result<(), Error> {
     let all: Vec<usize>;
@@ -732,9 +917,17 @@ pub fn execute(
             let dtype = plan.dtypes()[index];
             let sink = TensorOf { out, index };
             match &plan.jobs()[index] {
-                Job::Copy { from, convert } => {
-                    copy_tensor(plan, *from, *convert, dtype, &sink, chunk, progress)
-                }
+                Job::Copy { from, convert } => copy_tensor(
+                    plan,
+                    index,
+                    *from,
+                    *convert,
+                    dtype,
+                    &sink,
+                    chunk,
+                    check_finite,
+                    progress,
+                ),
                 Job::Merge(job) => {
                     let source = Mapped::new(plan, job);
                     let job = TensorJob {
@@ -749,8 +942,10 @@ pub fn execute(
                         weights: &job.weights,
                         seed: plan.data().seed,
                         fisher_means: fisher_means.as_deref(),
+                        check_finite,
                     };
                     merge_tensor(&job, chunk, dtype, &sink, progress)
+                        .map_err(|e| name_input(plan, e))
                 }
             }
         })?;

@@ -31,6 +31,7 @@ mod exec;
 mod frontend;
 mod output;
 mod plan;
+mod scan;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -40,7 +41,7 @@ use reefknot_lang::Pipeline;
 use reefknot_ops::{Registry, BLOCK};
 use reefknot_recipe::{Expr, Recipe};
 
-pub use error::{Error, ErrorKind};
+pub use error::{Error, ErrorKind, NonFiniteAt};
 pub use exec::{
     execute, merge_tensor, InMemory, MemoryOutput, MemorySink, NoProgress, OutputSink, Progress,
     Sink, Source, TensorJob,
@@ -49,6 +50,7 @@ pub use frontend::{bind_pipeline, plan_recipe, PlanOptions, RECIPE_METADATA};
 pub use output::{abandon_outputs, Staging};
 pub use plan::{describe_stages, Job, Located, MergeJob, Plan, Stage};
 pub use reefknot_plan::MergePlan;
+pub use scan::{scan_nonfinite, NonFiniteInput};
 
 /// The default chunk: 16 Ki elements (64 KiB per `f32` vector), so a worker's scratch
 /// for a few models stays in its core's L2 cache.
@@ -59,13 +61,16 @@ pub const DEFAULT_CHUNK: usize = 4 * BLOCK;
 pub struct MergeOptions {
     /// Worker threads (`None`: one per core).
     pub threads: Option<usize>,
-    /// Elements per chunk; rounded up to a multiple of [`BLOCK`].
+    /// Elements per chunk, 1 to [`MAX_CHUNK`]; rounded up to a multiple of [`BLOCK`].
     pub chunk: usize,
     /// Replace an existing output folder.
     pub force: bool,
     /// Sync the output to disk before renaming it into place (and the folder after),
     /// so that it survives a power loss; see [`WriterOptions::durable`].
     pub sync: bool,
+    /// Write NaN and infinities instead of failing on them (see
+    /// [`ErrorKind::NonFinite`]).
+    pub allow_nonfinite: bool,
 }
 
 impl Default for MergeOptions {
@@ -75,6 +80,7 @@ impl Default for MergeOptions {
             chunk: DEFAULT_CHUNK,
             force: false,
             sync: false,
+            allow_nonfinite: false,
         }
     }
 }
@@ -140,10 +146,30 @@ pub(crate) fn shards_of(
     (shards, names)
 }
 
+/// The largest chunk: 16 Mi elements (64 MiB per `f32` vector).
+pub const MAX_CHUNK: usize = 1 << 24;
+
+/// The most worker threads a merge starts: eight per core. More only contend (a merge
+/// is bound by memory bandwidth long before), and without a bound a typo starts
+/// threads until the machine stops responding.
+pub fn max_threads() -> usize {
+    8 * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Runs a thread pool of `threads` workers (`None`: one per core).
 fn pool(threads: Option<usize>) -> Result<rayon::ThreadPool, Error> {
     let mut b = rayon::ThreadPoolBuilder::new();
     if let Some(n) = threads {
+        let max = max_threads();
+        if n == 0 || n > max {
+            return Err(ErrorKind::Threads {
+                threads: n,
+                message: format!(
+                    "a merge runs 1 to {max} worker threads on this machine (8 per core)"
+                ),
+            }
+            .into());
+        }
         b = b.num_threads(n);
     }
     b.build().map_err(|e| {
@@ -165,8 +191,12 @@ pub fn execute_into(
     opts: &MergeOptions,
     progress: &dyn Progress,
 ) -> Result<(), Error> {
-    let chunk = opts.chunk.max(1).div_ceil(BLOCK) * BLOCK;
-    let ran = pool(opts.threads)?.install(|| execute(plan, selection, out, chunk, progress));
+    if !(1..=MAX_CHUNK).contains(&opts.chunk) {
+        return Err(ErrorKind::Chunk(opts.chunk).into());
+    }
+    let chunk = opts.chunk.div_ceil(BLOCK) * BLOCK;
+    let check = !opts.allow_nonfinite;
+    let ran = pool(opts.threads)?.install(|| execute(plan, selection, out, chunk, check, progress));
     reefknot_ops::release_spare_memory();
     ran
 }

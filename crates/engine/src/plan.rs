@@ -281,6 +281,22 @@ impl Plan {
             let _ = writeln!(out, "  {key}");
             let _ = writeln!(out, "    {}", list_names(names));
         }
+        let f64_merged = self
+            .jobs
+            .iter()
+            .filter(|j| match j {
+                Job::Merge(m) => self.inputs[m.base.0].tensors()[m.base.1].dtype == Dtype::F64,
+                Job::Copy { .. } => false,
+            })
+            .count();
+        if f64_merged > 0 {
+            let _ = writeln!(
+                out,
+                "\n{f64_merged} F64 tensor{} merged at f32 precision: values are rounded to f32 \
+                 when read (the merge computes in f32)",
+                if f64_merged == 1 { " is" } else { "s are" }
+            );
+        }
         if !copied.is_empty() {
             let _ = writeln!(out, "\ncopied from the base (not floating point):");
             let _ = writeln!(out, "    {}", list_names(&copied));

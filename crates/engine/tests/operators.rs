@@ -108,6 +108,7 @@ impl<'a> Case<'a> {
             weights: &self.weights,
             seed: self.seed,
             fisher_means: None,
+            check_finite: true,
         };
         let out = MemorySink::new(self.base.len() * 4);
         let work = || {

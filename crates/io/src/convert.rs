@@ -23,7 +23,8 @@ reefknot_simd::multiversion! {
     max_avx2:
     /// Decodes `dst.len()` elements of `dtype` from the little-endian bytes `src` into `dst`.
     ///
-    /// `dtype` must be computable (`F32`, `F16` or `BF16`) and `src.len()` must equal
+    /// `dtype` must be computable (`F32`, `F16`, `BF16` or `F64`, rounded to nearest)
+    /// and `src.len()` must equal
     /// `dst.len() * dtype.size()`; `src` need not be aligned.
     ///
     /// # Panics
@@ -49,6 +50,11 @@ reefknot_simd::multiversion! {
             Dtype::F32 => {
                 for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
                     *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+                }
+            }
+            Dtype::F64 => {
+                for (d, s) in dst.iter_mut().zip(src.chunks_exact(8)) {
+                    *d = f64::from_le_bytes(s.try_into().expect("eight bytes")) as f32;
                 }
             }
             Dtype::F16 => {
@@ -117,7 +123,8 @@ reefknot_simd::multiversion! {
     ///
     /// Rounds to nearest, ties to even; NaN stays NaN (quieted), infinities stay infinite
     /// and values beyond the target's range become infinities, as IEEE 754 prescribes.
-    /// `dtype` must be computable (`F32`, `F16` or `BF16`) and `dst.len()` must equal
+    /// `dtype` must be computable (`F32`, `F16`, `BF16` or `F64`, exact) and `dst.len()`
+    /// must equal
     /// `src.len() * dtype.size()`; `dst` need not be aligned.
     ///
     /// # Panics
@@ -152,6 +159,11 @@ reefknot_simd::multiversion! {
                     d.copy_from_slice(&x.to_le_bytes());
                 }
             }
+            Dtype::F64 => {
+                for (d, &x) in dst.chunks_exact_mut(8).zip(src) {
+                    d.copy_from_slice(&f64::from(x).to_le_bytes());
+                }
+            }
             Dtype::F16 => {
                 let mut buf = [f16::ZERO; F16_STEP];
                 for (s, d) in src.chunks(F16_STEP).zip(dst.chunks_mut(2 * F16_STEP)) {
@@ -167,6 +179,50 @@ reefknot_simd::multiversion! {
             _ => unreachable!("checked above"),
         }
     }
+}
+
+reefknot_simd::multiversion! {
+    max_avx2:
+    /// Whether every value is finite: no NaN and no infinity.
+    ///
+    /// One branch-free pass (an exponent of all ones is a NaN or an infinity), cheap
+    /// next to the decoding that filled `values`.
+    pub fn all_finite(values: &[f32]) -> bool {
+        const EXPONENT: u32 = 0x7f80_0000;
+        let mut blocks = values.chunks_exact(BLOCK);
+        let mut bad = [0u32; BLOCK];
+        for b in &mut blocks {
+            let b: &[f32; BLOCK] = b.try_into().expect("block");
+            for i in 0..BLOCK {
+                bad[i] |= u32::from(b[i].to_bits() & EXPONENT == EXPONENT);
+            }
+        }
+        let tail = blocks.remainder().iter().any(|x| !x.is_finite());
+        !tail && bad.iter().all(|&b| b == 0)
+    }
+}
+
+/// The position of the first NaN or infinity in `values`, if any.
+pub fn first_nonfinite(values: &[f32]) -> Option<usize> {
+    if all_finite(values) {
+        return None;
+    }
+    values.iter().position(|x| !x.is_finite())
+}
+
+/// The position of the first finite value in `values` that `dtype` cannot hold: one
+/// that [`from_f32`] would round to an infinity (beyond 65 504 for `F16`, beyond
+/// about 3.39e38 for `BF16`; `F32` and `F64` hold every finite `f32`).
+pub fn first_overflow(dtype: Dtype, values: &[f32]) -> Option<usize> {
+    // The smallest magnitude that rounds to infinity (ties go to the even infinity).
+    let limit = match dtype {
+        Dtype::F16 => 65_520.0f32,
+        Dtype::BF16 => f32::from_bits(0x7f7f_8000),
+        _ => return None,
+    };
+    values
+        .iter()
+        .position(|x| x.is_finite() && x.abs() >= limit)
 }
 
 /// Widens one `bf16` bit pattern to `f32` (exact: bf16 is the upper half of an f32).
@@ -200,7 +256,7 @@ pub fn f32_to_bf16_bits(x: f32) -> u16 {
 fn check(dtype: Dtype, bytes: usize, elements: usize) {
     assert!(
         dtype.is_computable(),
-        "reefknot-io: cannot convert {dtype} to or from f32 (only F32, F16 and BF16 are computable)"
+        "reefknot-io: cannot convert {dtype} to or from f32 (only F32, F16, BF16 and F64 are computable)"
     );
     assert_eq!(
         Some(bytes),
@@ -232,7 +288,61 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "only F32, F16 and BF16")]
+    fn finds_every_kind_of_nonfinite_anywhere() {
+        for len in [0, 1, 15, 16, 17, 100] {
+            let mut v: Vec<f32> = (0..len).map(|i| i as f32 - 50.0).collect();
+            v.iter_mut().for_each(|x| *x *= f32::MAX / 64.0);
+            assert_eq!(first_nonfinite(&v), None, "len {len}");
+            for at in 0..len {
+                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -f32::NAN] {
+                    let mut w = v.clone();
+                    w[at] = bad;
+                    assert_eq!(first_nonfinite(&w), Some(at), "len {len}, {bad} at {at}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn overflow_is_what_rounds_to_infinity() {
+        for dtype in [Dtype::F16, Dtype::BF16, Dtype::F32, Dtype::F64] {
+            let mut probes = vec![0.0f32, 1.0, 65_504.0, 65_519.996, 65_520.0, 1e38, f32::MAX];
+            probes.extend(probes.clone().iter().map(|x| -x));
+            probes.push(f32::from_bits(0x7f7f_7fff));
+            probes.push(f32::from_bits(0x7f7f_8000));
+            for x in probes {
+                let mut bytes = vec![0u8; dtype.size()];
+                from_f32(dtype, &[x], &mut bytes);
+                let mut back = [0f32];
+                to_f32(dtype, &bytes, &mut back);
+                let overflows = first_overflow(dtype, &[x]).is_some();
+                assert_eq!(overflows, back[0].is_infinite(), "{dtype} {x}");
+            }
+        }
+    }
+
+    #[test]
+    fn f64_rounds_to_f32_and_back_exactly() {
+        let values = [1.0f64 / 3.0, -2.5e-40, 1e300, f64::NAN, 0.0];
+        let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let mut out = [0f32; 5];
+        to_f32(Dtype::F64, &bytes, &mut out);
+        assert_eq!(out[0], (1.0f64 / 3.0) as f32);
+        assert_eq!(out[1], -2.5e-40f64 as f32);
+        assert_eq!(out[2], f32::INFINITY);
+        assert!(out[3].is_nan());
+        let mut back = vec![0u8; 40];
+        from_f32(Dtype::F64, &out, &mut back);
+        let again: Vec<f64> = back
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(again[0], f64::from(out[0]));
+        assert_eq!(again[2], f64::INFINITY);
+    }
+
+    #[test]
+    #[should_panic(expected = "only F32, F16, BF16 and F64")]
     fn not_computable_panics() {
         to_f32(Dtype::I8, &[0], &mut [0.0]);
     }

@@ -90,11 +90,15 @@ impl Dtype {
         }
     }
 
-    /// Whether tensors of this dtype are merged (in f32): `F32`, `F16` and `BF16`.
+    /// Whether tensors of this dtype are merged (in f32): `F32`, `F16`, `BF16` and
+    /// `F64`. `F64` values are rounded to the nearest `f32` when read (values beyond
+    /// its range become infinities, which the merge then refuses) and written back
+    /// exactly, so an `F64` tensor is merged at `f32` precision.
     ///
-    /// Tensors of any other dtype are copied from the base model unchanged.
+    /// Tensors of any other dtype (integers, booleans, 8-bit floats, complex) are
+    /// copied from the base model unchanged.
     pub fn is_computable(self) -> bool {
-        matches!(self, Dtype::F32 | Dtype::F16 | Dtype::BF16)
+        matches!(self, Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64)
     }
 
     /// The name used in safetensors headers, e.g. `"BF16"`.
@@ -247,6 +251,9 @@ mod tests {
             .into_iter()
             .filter(|d| d.is_computable())
             .collect();
-        assert_eq!(computable, [Dtype::F32, Dtype::F16, Dtype::BF16]);
+        assert_eq!(
+            computable,
+            [Dtype::F64, Dtype::F32, Dtype::F16, Dtype::BF16]
+        );
     }
 }

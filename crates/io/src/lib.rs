@@ -42,7 +42,10 @@ mod mmap;
 mod read;
 mod write;
 
-pub use convert::{bf16_bits_to_f32, f32_to_bf16_bits, from_f32, to_f32, to_f32_minus};
+pub use convert::{
+    all_finite, bf16_bits_to_f32, f32_to_bf16_bits, first_nonfinite, first_overflow, from_f32,
+    to_f32, to_f32_minus,
+};
 pub use dtype::Dtype;
 pub use error::IoError;
 pub use header::{check_header, MAX_HEADER_LEN};

@@ -210,8 +210,9 @@ impl Builder<'_> {
     fn number(&self, pair: Pair<'_, Rule>) -> Result<Number, LangError> {
         let span = self.span(&pair);
         let text = pair.as_str();
+        // Merges compute in f32: a number beyond its range would be applied as infinity.
         match text.parse::<f64>() {
-            Ok(value) if value.is_finite() => Ok(Number { value, span }),
+            Ok(value) if (value as f32).is_finite() => Ok(Number { value, span }),
             _ => Err(LangError::new(
                 ErrorKind::Syntax,
                 self.source,
@@ -219,7 +220,9 @@ impl Builder<'_> {
                 format!("`{text}` is too large to be a number"),
             )
             .with_label("too large")
-            .with_help("numbers must be finite 64-bit floats (at most about 1.8e308 in size)")),
+            .with_help(
+                "merges compute in 32-bit floats: numbers are at most about 3.4e38 in size",
+            )),
         }
     }
 

@@ -124,10 +124,11 @@ impl ParamKind {
     }
 
     /// Whether `x` lies in the range of a `Number` parameter (false for other kinds).
+    /// Merges compute in f32, so `x` must be finite as an f32 too.
     pub fn admits(&self, x: f64) -> bool {
         match *self {
             ParamKind::Number { min, max } => {
-                x.is_finite() && min.admits_above(x) && max.admits_below(x)
+                (x as f32).is_finite() && min.admits_above(x) && max.admits_below(x)
             }
             _ => false,
         }

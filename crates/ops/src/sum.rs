@@ -6,30 +6,70 @@
 //! partial sums can be formed and merged in any order and give the same bits. Values
 //! are meant to be block sums (at most 2⁴⁷ in magnitude each); what falls below 2⁻⁸⁰ is
 //! lost, far below any tolerance these sums feed.
+//!
+//! Nothing is absorbed silently: a NaN or infinite term, a term beyond the grid's range
+//! or a sum that leaves it makes the value NaN or infinite (as IEEE addition would),
+//! so that a statistic over a tensor holding one bad value is visibly bad instead of
+//! quietly wrong.
 
 /// An order-independent sum of `f64` values.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct OrderFreeSum(i128);
+pub struct OrderFreeSum {
+    units: i128,
+    /// [`POSITIVE`], [`NEGATIVE`] and [`NAN`] as seen so far.
+    special: u8,
+}
 
 /// The grid: 2⁸⁰ units per 1.
 const SCALE: f64 = (1u128 << 80) as f64;
 
+/// Some term was `+∞`, or the sum grew past the grid's range upwards.
+const POSITIVE: u8 = 1;
+/// Some term was `−∞`, or the sum grew past the grid's range downwards.
+const NEGATIVE: u8 = 2;
+/// Some term was NaN.
+const NAN: u8 = 4;
+
+/// Terms at or beyond this magnitude do not fit the grid (2⁴⁷ · 2⁸⁰ = 2¹²⁷).
+const LIMIT: f64 = (1u64 << 47) as f64;
+
 impl OrderFreeSum {
-    /// Adds `x` (truncated onto the grid; float-to-integer conversion saturates).
+    /// Adds `x` (truncated onto the grid).
     #[inline]
     pub fn add(&mut self, x: f64) {
-        self.0 = self.0.saturating_add((x * SCALE) as i128);
+        if x.abs() < LIMIT {
+            self.add_units((x * SCALE) as i128);
+        } else if x.is_nan() {
+            self.special |= NAN;
+        } else {
+            self.special |= if x > 0.0 { POSITIVE } else { NEGATIVE };
+        }
+    }
+
+    #[inline]
+    fn add_units(&mut self, units: i128) {
+        match self.units.checked_add(units) {
+            Some(sum) => self.units = sum,
+            None => self.special |= if units > 0 { POSITIVE } else { NEGATIVE },
+        }
     }
 
     /// Adds another partial sum.
     #[inline]
     pub fn merge(&mut self, other: OrderFreeSum) {
-        self.0 = self.0.saturating_add(other.0);
+        self.special |= other.special;
+        self.add_units(other.units);
     }
 
-    /// The sum.
+    /// The sum: NaN when a term was NaN (or infinities of both signs met), an infinity
+    /// when a term was infinite or the sum left the grid's range.
     pub fn value(self) -> f64 {
-        self.0 as f64 / SCALE
+        match self.special {
+            0 => self.units as f64 / SCALE,
+            POSITIVE => f64::INFINITY,
+            NEGATIVE => f64::NEG_INFINITY,
+            _ => f64::NAN,
+        }
     }
 }
 
@@ -54,5 +94,28 @@ mod tests {
         assert_eq!(forward, b);
         let exact: f64 = xs.iter().sum();
         assert!((forward.value() - exact).abs() <= 1e-12 * exact);
+    }
+
+    #[test]
+    fn nothing_is_absorbed() {
+        let sum = |xs: &[f64]| {
+            let mut s = OrderFreeSum::default();
+            xs.iter().for_each(|&x| s.add(x));
+            s.value()
+        };
+        assert_eq!(sum(&[1.0, f64::INFINITY, 2.0]), f64::INFINITY);
+        assert_eq!(sum(&[1.0, f64::NEG_INFINITY]), f64::NEG_INFINITY);
+        assert!(sum(&[1.0, f64::NAN, 2.0]).is_nan());
+        assert!(sum(&[f64::INFINITY, f64::NEG_INFINITY]).is_nan());
+        // Beyond the grid: a huge term, and a sum of in-range terms that outgrows it.
+        assert_eq!(sum(&[1e30]), f64::INFINITY);
+        assert_eq!(sum(&[-1e15]), f64::NEG_INFINITY);
+        assert_eq!(sum(&[1.4e14; 2]), f64::INFINITY);
+        // Merging keeps what either side saw.
+        let (mut a, mut b) = (OrderFreeSum::default(), OrderFreeSum::default());
+        a.add(1.0);
+        b.add(f64::NAN);
+        a.merge(b);
+        assert!(a.value().is_nan());
     }
 }

@@ -498,6 +498,17 @@ impl<'a> Checker<'a> {
             );
             return None;
         }
+        // Merges compute in f32: a value beyond its range would be applied as infinity.
+        if !(v as f32).is_finite() {
+            self.push(
+                RecipeError::new(
+                    ErrorKind::InvalidValue,
+                    format!("{what} is too large: merges compute in 32-bit floats"),
+                )
+                .label(node.loc, "beyond ±3.4e38, the largest 32-bit float"),
+            );
+            return None;
+        }
         Some(v)
     }
 

@@ -27,7 +27,7 @@ pub struct FamilySpec {
     pub kv_heads: usize,
     /// How many fine-tunes (`task_0 ..`) to write beside the base.
     pub tasks: usize,
-    /// The storage dtype of every model: bf16, f16 or f32.
+    /// The storage dtype of every model: bf16, f16, f32 or f64.
     pub dtype: Dtype,
     /// The largest shard in bytes, or `None` for one `model.safetensors` per model.
     pub shard_size: Option<u64>,
@@ -163,9 +163,9 @@ impl FamilySpec {
                 self.heads, self.kv_heads
             ));
         }
-        if !matches!(self.dtype, Dtype::BF16 | Dtype::F16 | Dtype::F32) {
+        if !self.dtype.is_computable() {
             return bad(format!(
-                "dtype must be bf16, f16 or f32, got {:?}",
+                "dtype must be bf16, f16, f32 or f64, got {:?}",
                 self.dtype
             ));
         }

@@ -2,6 +2,7 @@
 
 use reefknot_lang::{Bound, DefaultValue, OpSpec, ParamKind, ParamSpec, Signature, Ty};
 
+use super::geometry::l1_factor;
 use super::masks::{Budget, ChunkMask, MaskWords, MASK_BUDGET};
 use crate::kernel::{
     Args, BindCtx, ChoiceParam, Chunk, Kernel, NumberParam, Operator, Param, Partial, Span,
@@ -42,8 +43,8 @@ static SPEC: OpSpec = OpSpec {
     summary: "drop each entry with probability p and rescale the survivors",
     doc: "Drops each entry independently with probability `p` (`0 ≤ p < 1`) and rescales the \
 survivors: by `1/(1-p)` with `rescale=inverse` (the DARE paper), by `‖δ‖₁/‖kept‖₁` with \
-`rescale=l1` (mergekit's choice; skipped where either norm is below 1e-7), or not at all \
-with `rescale=none`. `p = 0` is the identity.\n\n\
+`rescale=l1` (mergekit's choice; skipped where either norm is below 1e-7; a norm that is \
+NaN or infinite is an error), or not at all with `rescale=none`. `p = 0` is the identity.\n\n\
 The draws are deterministic: element `j` of vector `i` of tensor `name` is dropped when its \
 counter-based 32-bit draw `r(seed, name, i, j) < ⌊p·2³²⌋` (see the language reference), so \
 the same recipe gives the same bytes on any machine, thread count or chunk size. `p` may \
@@ -441,14 +442,9 @@ impl Kernel for DareKernel {
 
     fn conclude(&mut self, _pass: usize, total: Partial) -> Result<(), OpError> {
         let parts = *total.downcast::<NormParts>().expect("norm partial");
-        for (lane, (all, kept)) in self.lanes.iter_mut().zip(parts.sums) {
-            let (all, kept) = (all.value(), kept.value());
-            const EPS: f64 = 1e-7;
-            lane.factor = if all < EPS || kept < EPS {
-                1.0
-            } else {
-                (all / kept) as f32
-            };
+        for (i, (lane, (all, kept))) in self.lanes.iter_mut().zip(parts.sums).enumerate() {
+            let vector = (!self.on_delta).then_some(i);
+            lane.factor = l1_factor("dare", vector, all.value(), kept.value())?;
         }
         if let Some(masks) = &mut self.masks {
             for (index, mask) in parts.masks {

@@ -10,7 +10,7 @@
 
 use reefknot_lang::{Bound, DefaultValue, OpSpec, ParamKind, ParamSpec, Signature, Ty};
 
-use super::geometry::{l1, rows_fit};
+use super::geometry::{l1, l1_factor, rows_fit};
 use super::masks::{ChunkMask, MASK_BUDGET};
 use crate::kernel::{
     Args, BindCtx, ChoiceParam, Chunk, Kernel, NumberParam, Operator, Param, Partial,
@@ -60,7 +60,8 @@ static SPEC: OpSpec = OpSpec {
 vector, the entries are ranked by magnitude, smallest first, and the entry of rank \
 `q ∈ {0, …, r−1}` of a row of `r` is kept with probability `p = (k − ε) + 2ε·q/(r−1)` \
 (`p = k` in a row of one); `rescale=l1` then multiplies the survivors by `‖δ‖₁/‖kept‖₁` \
-over the whole tensor (skipped where either norm is below 1e-7), as mergekit does — not \
+over the whole tensor (skipped where either norm is below 1e-7; a norm that is NaN or \
+infinite is an error), as mergekit does — not \
 the paper's `1/p`. `k ≥ 1` keeps everything and `k = 0` nothing; otherwise \
 `0 < k − ε` and `k + ε < 1` are required, as mergekit requires. Equal magnitudes are \
 ranked by position. (mergekit ranks along the second dimension, the same for the 1-D and \
@@ -370,11 +371,9 @@ impl Kernel for DellaKernel {
             }
             self.masks[index] = Some(mask);
         }
-        for (lane, (all, kept)) in self.lanes.iter_mut().zip(norms.sums) {
-            let (all, kept) = (all.value(), kept.value());
-            const NORM_EPS: f64 = 1e-7;
-            if matches!(lane.action, Action::Draw { .. }) && all >= NORM_EPS && kept >= NORM_EPS {
-                lane.factor = (all / kept) as f32;
+        for (i, (lane, (all, kept))) in self.lanes.iter_mut().zip(norms.sums).enumerate() {
+            if matches!(lane.action, Action::Draw { .. }) {
+                lane.factor = l1_factor("della", Some(i), all.value(), kept.value())?;
             }
         }
         self.concluded = true;

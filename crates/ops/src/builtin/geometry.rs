@@ -63,6 +63,45 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f64 {
     acc.iter().sum()
 }
 
+/// The factor `‖δ‖₁/‖kept‖₁` that restores a vector's L1 norm after a cut, from the
+/// norms before (`all`) and after (`kept`): 1 where either is below 1e-7 (mergekit's
+/// rule). A norm that is not finite, or a factor beyond `f32`, is an error: one NaN or
+/// infinity in the vector would otherwise rescale every entry of it. `vector` is the
+/// model whose task vector it is, `None` for the merged task vector.
+pub(crate) fn l1_factor(
+    op: &str,
+    vector: Option<usize>,
+    all: f64,
+    kept: f64,
+) -> Result<f32, OpError> {
+    const EPS: f64 = 1e-7;
+    let what = || match vector {
+        Some(i) => format!("task vector {}", i + 1),
+        None => "the merged task vector".to_string(),
+    };
+    for (norm, value) in [("the L1 norm of", all), ("the kept L1 norm of", kept)] {
+        if !value.is_finite() {
+            return Err(OpError::NonFinite {
+                op: op.to_string(),
+                what: format!("{norm} {}", what()),
+                value,
+            });
+        }
+    }
+    if all < EPS || kept < EPS {
+        return Ok(1.0);
+    }
+    let factor = (all / kept) as f32;
+    if !factor.is_finite() {
+        return Err(OpError::NonFinite {
+            op: op.to_string(),
+            what: format!("the L1 rescale factor of {}", what()),
+            value: f64::from(factor),
+        });
+    }
+    Ok(factor)
+}
+
 /// `Σ |a_j|` in `f64`, in the fixed order of [`dot`].
 pub(crate) fn l1(a: &[f32]) -> f64 {
     const LANES: usize = 8;

@@ -7,7 +7,7 @@
 
 use reefknot_lang::{DefaultValue, OpSpec, ParamKind, ParamSpec, Signature, Ty};
 
-use super::geometry::l1;
+use super::geometry::{l1, l1_factor};
 use super::per_vector;
 use super::select::{Lane, Selection};
 use crate::kernel::{
@@ -46,7 +46,8 @@ Entries whose magnitude equals the threshold are kept in flat-index order, lowes
 Equals mergekit's `magnitude` sparsification (used by `ties`), whose unstable sort may pick \
 other entries among equal magnitudes at the cut.\n\n\
 `rescale=l1` multiplies the kept entries by `‖δ‖₁/‖kept‖₁` (skipped where either norm is \
-below 1e-7, and when nothing is cut), mergekit's `rescale: true`.\n\n\
+below 1e-7, and when nothing is cut; a norm that is NaN or infinite is an error), \
+mergekit's `rescale: true`.\n\n\
 `k` may differ per model (`trim($density)` with a `density` in each model's `params`).\n\n\
 The threshold is found by radix selection on the float bit pattern (a histogram of a \
 sample, then one pass collecting the few candidates near the cut): O(n), streaming, no \
@@ -86,6 +87,7 @@ impl Operator for Trim {
             })
             .collect();
         Ok(Box::new(TrimKernel::new(
+            "trim",
             ctx,
             bands,
             args.choice(RESCALE) == "l1",
@@ -165,6 +167,7 @@ impl Operator for Breadcrumbs {
             })
             .collect();
         Ok(Box::new(TrimKernel::new(
+            "breadcrumbs",
             ctx,
             bands,
             args.choice(BRESCALE) == "l1",
@@ -181,6 +184,8 @@ struct Band {
 }
 
 struct TrimKernel {
+    /// `trim` or `breadcrumbs`, for messages.
+    op: &'static str,
     on_delta: bool,
     /// The selections: the `hi` largest entries of a vector, and for breadcrumbs the
     /// `lo` largest.
@@ -198,7 +203,12 @@ struct Norms(Vec<(OrderFreeSum, OrderFreeSum)>);
 
 impl TrimKernel {
     /// A kernel keeping ranks `[lo, hi)` of each vector (`bands`, one per vector).
-    fn new(ctx: &BindCtx<'_>, bands: Vec<(u64, u64)>, rescale: bool) -> TrimKernel {
+    fn new(
+        op: &'static str,
+        ctx: &BindCtx<'_>,
+        bands: Vec<(u64, u64)>,
+        rescale: bool,
+    ) -> TrimKernel {
         let n = ctx.numel as u64;
         let stride = Selection::stride_for(ctx.numel);
         let mut lanes = Vec::new();
@@ -215,6 +225,7 @@ impl TrimKernel {
             out.push(Band { keep, outliers });
         }
         TrimKernel {
+            op,
             on_delta: ctx.input() == Ty::Delta,
             selection: Selection::new(lanes, n),
             vector,
@@ -317,19 +328,15 @@ impl Kernel for TrimKernel {
             return Ok(());
         }
         let norms = total.downcast::<Norms>().expect("norms partial");
-        const EPS: f64 = 1e-7;
         let factors = norms
             .0
             .iter()
-            .map(|(all, kept)| {
-                let (all, kept) = (all.value(), kept.value());
-                if all < EPS || kept < EPS {
-                    1.0
-                } else {
-                    (all / kept) as f32
-                }
+            .enumerate()
+            .map(|(v, (all, kept))| {
+                let vector = (!self.on_delta).then_some(v);
+                l1_factor(self.op, vector, all.value(), kept.value())
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         self.rescale = Some(Some(factors));
         Ok(())
     }

@@ -1,0 +1,102 @@
+//! Finding NaN and infinities in a plan's inputs before merging (`reefknot check
+//! --scan`): every floating-point tensor the plan reads, read once, in parallel.
+
+use std::collections::BTreeMap;
+
+use rayon::prelude::*;
+use reefknot_io::to_f32;
+
+use crate::plan::{Job, Located, Plan};
+
+/// Elements decoded per step of a scan.
+const STEP: usize = 1 << 16;
+
+/// A tensor of an input holding NaN or infinities.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NonFiniteInput {
+    /// The input: its role and path, e.g. `model 2 (models/math)`.
+    pub input: String,
+    /// The tensor.
+    pub tensor: String,
+    /// How many of its values are NaN.
+    pub nan: u64,
+    /// How many are infinite.
+    pub inf: u64,
+    /// The first element that is either.
+    pub first: usize,
+    /// Whether a merge reads it (otherwise it is only copied into the output as it
+    /// is, which a merge allows).
+    pub merged: bool,
+}
+
+/// Every floating-point tensor the plan reads that holds NaN or infinities, in the
+/// plan's input order and each input's tensor order. Reads all of their data (on the
+/// current rayon pool).
+pub fn scan_nonfinite(plan: &Plan) -> Vec<NonFiniteInput> {
+    // Each tensor read, once, and whether a pipeline reads it.
+    let mut read: BTreeMap<Located, bool> = BTreeMap::new();
+    for job in plan.jobs() {
+        match job {
+            Job::Copy { from, .. } => {
+                read.entry(*from).or_insert(false);
+            }
+            Job::Merge(m) => {
+                let fisher = m.fisher.iter().flatten();
+                for &l in std::iter::once(&m.base).chain(&m.models).chain(fisher) {
+                    read.insert(l, true);
+                }
+            }
+        }
+    }
+    let read: Vec<(Located, bool)> = read.into_iter().collect();
+    read.par_iter()
+        .filter_map(|&((input, tensor), merged)| {
+            let ckpt = &plan.inputs()[input];
+            let info = &ckpt.tensors()[tensor];
+            if !info.dtype.is_computable() {
+                return None;
+            }
+            let data = ckpt.data(info);
+            let size = info.dtype.size();
+            let n = info.numel();
+            // (NaN count, infinity count, first element), per step, combined in order.
+            let (nan, inf, first) = (0..n.div_ceil(STEP))
+                .into_par_iter()
+                .map(|s| {
+                    let (start, end) = (s * STEP, ((s + 1) * STEP).min(n));
+                    let mut values = vec![0f32; end - start];
+                    to_f32(info.dtype, &data[start * size..end * size], &mut values);
+                    if reefknot_io::all_finite(&values) {
+                        return (0, 0, None);
+                    }
+                    let nan = values.iter().filter(|x| x.is_nan()).count() as u64;
+                    let inf = values.iter().filter(|x| x.is_infinite()).count() as u64;
+                    let first = values
+                        .iter()
+                        .position(|x| !x.is_finite())
+                        .map(|k| start + k);
+                    (nan, inf, first)
+                })
+                .reduce(
+                    || (0, 0, None),
+                    |a, b| {
+                        let first = match (a.2, b.2) {
+                            (Some(x), Some(y)) => Some(x.min(y)),
+                            (x, y) => x.or(y),
+                        };
+                        (a.0 + b.0, a.1 + b.1, first)
+                    },
+                );
+            let first = first?;
+            let role = &plan.data().inputs[input];
+            Some(NonFiniteInput {
+                input: format!("{} ({})", role.role, role.path),
+                tensor: info.name.clone(),
+                nan,
+                inf,
+                first,
+                merged,
+            })
+        })
+        .collect()
+}
