@@ -114,7 +114,8 @@ struct MergeArgs {
     #[arg(long, default_value_t = reefknot_engine::DEFAULT_CHUNK, hide = true)]
     chunk: usize,
     /// Write NaN and infinite values instead of failing on them: in the inputs, made
-    /// by a stage, or a merged value the output dtype cannot hold.
+    /// by a stage, or a merged value the output dtype cannot hold. A statistic one would
+    /// spread over a whole tensor (an L1 rescale, a Fisher mean) still refuses it.
     #[arg(long)]
     allow_nonfinite: bool,
     /// Print nothing but errors.
@@ -307,7 +308,7 @@ fn check(args: &CheckArgs) -> Result<(), Failure> {
                     (true, _) => "no NaN or infinite values",
                     (false, 0) =>
                         "only copied tensors hold NaN or infinite values (copied as they are)",
-                    _ => "merge with --allow-nonfinite to write them",
+                    _ => "tensors the merge reads hold NaN or infinite values; merge --allow-nonfinite writes them",
                 }
             );
         }

@@ -121,6 +121,60 @@ fn allow_nonfinite_writes_them_through() {
 }
 
 #[test]
+fn a_nan_in_a_fisher_file_is_named_whether_summed_or_merged() {
+    let ws = Workspace::new(Dtype::F32, None);
+    let tensor = poke(
+        &ws.path().join("fisher/math.safetensors"),
+        TENSOR,
+        4,
+        f32::NAN,
+    );
+    let models: String = TASKS
+        .iter()
+        .map(|t| format!("  - path: models/{t}\n    fisher: fisher/{t}.safetensors\n"))
+        .collect();
+    for merge in ["fisher", "fisher(normalize=true)"] {
+        ws.recipe(
+            "r.yaml",
+            &format!("base: models/base\nmodels:\n{models}merge: {merge}\n"),
+        );
+        let stderr = fails(&run_in(ws.path(), &["merge", "r.yaml", "-o", "out"]), 1);
+        assert!(
+            stderr.contains("the Fisher values of model 2")
+                && stderr.contains("fisher/math.safetensors")
+                && stderr.contains(&format!("NaN at element 4 of `{tensor}`")),
+            "{merge}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn an_f64_value_beyond_f32_is_named_as_such() {
+    let ws = Workspace::new(Dtype::F64, None);
+    let c = Checkpoint::open(&ws.model("chat")).unwrap();
+    let info = c
+        .tensors()
+        .iter()
+        .find(|t| t.name.contains(TENSOR))
+        .unwrap()
+        .clone();
+    let file = c.files()[info.file].clone();
+    drop(c);
+    let mut f = fs::OpenOptions::new().write(true).open(file).unwrap();
+    f.seek(SeekFrom::Start((info.start + 8 * 9) as u64))
+        .unwrap();
+    f.write_all(&1e300f64.to_le_bytes()).unwrap();
+    ws.recipe("r.yaml", &recipe_with("sum"));
+    let stderr = fails(&run_in(ws.path(), &["merge", "r.yaml", "-o", "out"]), 1);
+    assert!(
+        stderr.contains("model 3")
+            && stderr.contains("holds 1e300 at element 9")
+            && stderr.contains("beyond the range of f32"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_stage_that_overflows_is_named() {
     let ws = Workspace::new(Dtype::F32, None);
     ws.recipe("r.yaml", &recipe_with("sum |> scale(3e38) |> scale(1000)"));
@@ -161,7 +215,7 @@ fn a_merged_value_the_output_dtype_cannot_hold_is_refused() {
         1,
     );
     assert!(
-        stderr.contains("is beyond F16: it would be written as an infinity"),
+        stderr.contains("is beyond the range of F16: it would be written as an infinity"),
         "{stderr}"
     );
     // In float32 the same merge is fine.
@@ -176,7 +230,7 @@ fn weights_and_numbers_beyond_f32_are_refused_where_they_are_written() {
     let ws = Workspace::new(Dtype::F32, None);
     ws.recipe(
         "w.yaml",
-        "base: models/base\nmodels:\n  - path: models/code\n    weight: 1e39\n  - path: models/math\nmerge: weighted\n",
+        "base: models/base\nmodels:\n  - path: models/code\n    weight: 1e39\n  - path: models/math\nmerge: linear\n",
     );
     let stderr = fails(&run_in(ws.path(), &["check", "w.yaml"]), 2);
     assert!(
@@ -258,7 +312,10 @@ fn check_scan_finds_them_before_a_merge() {
         &["check", "r.yaml", "--scan", "--allow-nonfinite"],
     );
     let stdout = ok(&out);
-    assert!(stdout.contains("merge with --allow-nonfinite"), "{stdout}");
+    assert!(
+        stdout.contains("merge --allow-nonfinite writes them"),
+        "{stdout}"
+    );
     // Without --scan, check reads no tensor data and says nothing about them.
     ok(&run_in(ws.path(), &["check", "r.yaml"]));
 }
@@ -275,7 +332,7 @@ fn threads_and_chunks_out_of_range_are_refused() {
             ),
             2,
         );
-        assert!(stderr.contains("8 per core"), "{threads}: {stderr}");
+        assert!(stderr.contains("8 per CPU"), "{threads}: {stderr}");
     }
     for chunk in ["18446744073709551615", "18446744073709551600", "0"] {
         let stderr = fails(

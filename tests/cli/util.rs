@@ -7,9 +7,13 @@ use std::process::{Command, Output};
 use reefknot_io::{Checkpoint, Dtype, ModelWriter, OutputTensor, WriterOptions};
 use reefknot_synth::FamilySpec;
 
-/// The binary under test.
+/// The binary under test: this build's, or the one `REEFKNOT_TEST_BIN` names (to run
+/// the suite against an older build, e.g. to show that a new test fails before its fix).
 pub fn reefknot() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_reefknot"))
+    match std::env::var_os("REEFKNOT_TEST_BIN") {
+        Some(bin) => Command::new(bin),
+        None => Command::new(env!("CARGO_BIN_EXE_reefknot")),
+    }
 }
 
 /// Runs `reefknot ARGS` in `dir`.

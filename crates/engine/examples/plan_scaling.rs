@@ -9,7 +9,9 @@
 //! ```
 //!
 //! Prints, per `N`, the seconds of each step and the microseconds per tensor: linear
-//! scaling keeps the latter flat. A benchmark to run and read, not a timed test.
+//! scaling keeps the latter flat. A benchmark to run and read, not a timed test. With
+//! `REEFKNOT_KEEP=DIR` the families and recipes are kept in `DIR/N/`, to time the
+//! command line on them (`reefknot check DIR/40000/r.yaml`).
 
 use std::path::Path;
 use std::time::Instant;
@@ -81,6 +83,17 @@ fn main() {
     );
     for n in counts {
         let dir = tempfile::tempdir().expect("a temporary folder");
+        let kept = std::env::var_os("REEFKNOT_KEEP").map(|k| Path::new(&k).join(n.to_string()));
+        let dir = match &kept {
+            Some(k) => {
+                std::fs::create_dir_all(k).expect("REEFKNOT_KEEP folder");
+                tempfile::Builder::new()
+                    .prefix("family-")
+                    .tempdir_in(k)
+                    .expect("a folder in REEFKNOT_KEEP")
+            }
+            None => dir,
+        };
         let names = names(n);
         for (i, m) in ["base", "a", "b"].iter().enumerate() {
             write_model(&dir.path().join(m), &names, i as u32);
@@ -122,6 +135,10 @@ fn main() {
         .expect("merge");
         let merged = t.elapsed().as_secs_f64();
 
+        std::fs::remove_dir_all(dir.path().join("out")).expect("remove the output");
+        if kept.is_some() {
+            let _ = dir.keep();
+        }
         let total = planned + checked + reload + merged;
         println!(
             "{n:>8}  {planned:>8.3}  {checked:>8.3}  {reload:>9.3}  {merged:>8.3}  {total:>8.3}  {:>12.1}  {:>12.1}",

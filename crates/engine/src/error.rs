@@ -87,7 +87,7 @@ pub enum ErrorKind {
 
     /// A tensor is a float in the base but not in a model (or the reverse).
     #[error("tensor `{tensor}` is {found} in {model} but {expected} in the base")]
-    #[diagnostic(help("floating-point tensors (F32, F16, BF16) are merged; others are copied from the base and must have the same dtype everywhere"))]
+    #[diagnostic(help("floating-point tensors (F32, F16, BF16, F64) are merged; others are copied from the base and must have the same dtype everywhere"))]
     DtypeMismatch {
         /// The tensor.
         tensor: String,
@@ -302,8 +302,8 @@ pub enum ErrorKind {
     /// not given).
     #[error("{}", nonfinite_message(tensor, *element, *value, at, input.as_deref()))]
     #[diagnostic(help(
-        "reefknot does not merge NaN or infinite values: repair the input, or change the \
-         arguments that overflow; pass --allow-nonfinite to write them anyway"
+        "reefknot does not merge NaN or infinite values: repair the input, change the \
+         arguments that overflow or choose a wider --dtype; --allow-nonfinite writes them anyway"
     ))]
     NonFinite {
         /// The tensor.
@@ -311,7 +311,7 @@ pub enum ErrorKind {
         /// The element (flat index into the tensor).
         element: usize,
         /// The value found there (NaN, an infinity, or the finite value that overflows).
-        value: f32,
+        value: f64,
         /// Where it was found.
         at: NonFiniteAt,
         /// The input it came from, when it came from one (its role and path).
@@ -353,21 +353,42 @@ pub enum NonFiniteAt {
     },
     /// In the sum `θ_base + Δ`.
     Sum,
-    /// A finite value that the output dtype cannot hold (it would be written as an
-    /// infinity).
+    /// A finite merged value that the output dtype cannot hold (it would be written as
+    /// an infinity).
     Overflow {
         /// The output dtype.
         dtype: reefknot_io::Dtype,
     },
+    /// A finite value of a copied tensor that the output dtype cannot hold.
+    Convert {
+        /// The tensor's dtype.
+        from: reefknot_io::Dtype,
+        /// The output dtype.
+        to: reefknot_io::Dtype,
+    },
+    /// A finite `F64` input value beyond the range of `f32`, which merges compute in
+    /// (read as an infinity), at the input `0` says.
+    BeyondF32(Box<NonFiniteAt>),
+}
+
+/// `value` as a message shows it: plainly, or in scientific notation when very large
+/// or very small.
+fn show(value: f64) -> String {
+    if value.is_finite() && value != 0.0 && !(1e-6..1e16).contains(&value.abs()) {
+        format!("{value:e}")
+    } else {
+        format!("{value}")
+    }
 }
 
 fn nonfinite_message(
     tensor: &str,
     element: usize,
-    value: f32,
+    value: f64,
     at: &NonFiniteAt,
     input: Option<&str>,
 ) -> String {
+    let value = show(value);
     let from = |what: String| match input {
         Some(input) => format!("{what} ({input})"),
         None => what,
@@ -375,7 +396,10 @@ fn nonfinite_message(
     let place = format!("element {element} of `{tensor}`");
     match at {
         NonFiniteAt::Base => format!("{} holds {value} at {place}", from("the base".into())),
-        NonFiniteAt::Model(i) => format!("{} holds {value} at {place}", from(format!("model {}", i + 1))),
+        NonFiniteAt::Model(i) => format!(
+            "{} holds {value} at {place}",
+            from(format!("model {}", i + 1))
+        ),
         NonFiniteAt::TaskVector(i) => format!(
             "the task vector of {} is {value} at {place}: its value minus the base's is beyond f32",
             from(format!("model {}", i + 1))
@@ -387,12 +411,29 @@ fn nonfinite_message(
         NonFiniteAt::Stage { number, stage } => format!(
             "stage {number} of the pipeline (`{stage}`) made {value} at {place} from finite values"
         ),
-        NonFiniteAt::Sum => format!(
-            "adding the merged task vector to the base gives {value} at {place}"
-        ),
+        NonFiniteAt::Sum => {
+            format!("adding the merged task vector to the base gives {value} at {place}")
+        }
         NonFiniteAt::Overflow { dtype } => format!(
-            "the merged value {value} at {place} is beyond {dtype}: it would be written as an infinity"
+            "the merged value {value} at {place} is beyond the range of {dtype}: it would be \
+             written as an infinity"
         ),
+        NonFiniteAt::Convert { from, to } => format!(
+            "the value {value} at {place} (copied, {from}) is beyond the range of {to}: it \
+             would be written as an infinity"
+        ),
+        NonFiniteAt::BeyondF32(of) => {
+            let who = match **of {
+                NonFiniteAt::Base => "the base".to_string(),
+                NonFiniteAt::Model(i) => format!("model {}", i + 1),
+                NonFiniteAt::Fisher(i) => format!("the Fisher values of model {}", i + 1),
+                _ => "an input".to_string(),
+            };
+            format!(
+                "{} holds {value} at {place}, beyond the range of f32, which merges compute in",
+                from(who)
+            )
+        }
     }
 }
 

@@ -320,42 +320,15 @@ pub trait Source: Sync {
     fn fisher(&self, i: usize, start: usize, out: &mut [f32]);
 }
 
-/// A [`Source`] seen as the task vectors a first stage may read itself, checking what
-/// it reads for NaN and infinities when `check` (the first found is kept, to be
-/// reported once the stage has looked).
-struct Vectors<'a> {
-    source: &'a dyn Source,
-    check: bool,
-    found: Mutex<Option<(NonFiniteAt, usize, f32)>>,
-}
-
-impl Vectors<'_> {
-    fn note(&self, at: NonFiniteAt, start: usize, values: &[f32]) {
-        if let Some(k) = first_nonfinite(values) {
-            let mut found = self.found.lock().unwrap_or_else(|e| e.into_inner());
-            // The lowest element wins, whatever the order the workers looked in.
-            if found.as_ref().is_none_or(|f| start + k < f.1) {
-                *found = Some((at, start + k, values[k]));
-            }
-        }
-    }
-}
+/// A [`Source`] seen as the task vectors a first stage may read itself.
+struct Vectors<'a>(&'a dyn Source);
 
 impl TaskVectors for Vectors<'_> {
     fn base(&self, start: usize, out: &mut [f32]) {
-        self.source.base(start, out);
-        if self.check {
-            self.note(NonFiniteAt::Base, start, out);
-        }
+        self.0.base(start, out);
     }
     fn delta(&self, i: usize, start: usize, base: &[f32], out: &mut [f32]) {
-        self.source.delta(i, start, base, out);
-        if self.check {
-            if let Some(k) = first_nonfinite(out) {
-                let at = input_or_overflow(self.source, i, start + k, base[k]);
-                self.note(at, start + k, &out[k..=k]);
-            }
-        }
+        self.0.delta(i, start, base, out);
     }
 }
 
@@ -409,7 +382,7 @@ impl TensorJob<'_> {
         ErrorKind::NonFinite {
             tensor: self.name.to_string(),
             element,
-            value,
+            value: f64::from(value),
             at,
             input: None,
         }
@@ -434,23 +407,24 @@ impl TensorRun<'_> {
     }
 
     /// Fills the worker's scratch with chunk `index` of the task vectors, runs `stages`
-    /// over it, then hands the chunk to `f`. With [`TensorJob::check_finite`], a NaN or
-    /// infinity in the values read is an error.
+    /// over it, then hands the chunk to `f`.
     fn with_chunk<R>(
         &self,
         index: usize,
         stages: &[Box<dyn Kernel>],
         f: impl FnOnce(&mut Chunk<'_>) -> Result<R, Error>,
     ) -> Result<R, Error> {
-        self.run_chunk(index, stages, false, f)
+        self.run_chunk(index, stages, false, false, f)
     }
 
-    /// As [`TensorRun::with_chunk`]; when `each_stage`, also checks what every stage
-    /// hands on and names the first that made a NaN or an infinity.
+    /// As [`TensorRun::with_chunk`]: when `inputs`, a NaN or infinity in the values
+    /// read is an error; when `each_stage`, so is one in what a stage hands on, naming
+    /// the stage.
     fn run_chunk<R>(
         &self,
         index: usize,
         stages: &[Box<dyn Kernel>],
+        inputs: bool,
         each_stage: bool,
         f: impl FnOnce(&mut Chunk<'_>) -> Result<R, Error>,
     ) -> Result<R, Error> {
@@ -472,7 +446,7 @@ impl TensorRun<'_> {
                         .fisher(i, start, &mut s.fisher[i * len..(i + 1) * len]);
                 }
             }
-            if job.check_finite {
+            if inputs {
                 if let Some(k) = first_nonfinite(base) {
                     return Err(job.nonfinite(NonFiniteAt::Base, start + k, base[k]));
                 }
@@ -515,16 +489,21 @@ impl TensorRun<'_> {
                     error,
                 })?;
                 if each_stage {
-                    let made = match stage.signature.output {
-                        Ty::Delta => &*chunk.delta,
-                        Ty::Stack | Ty::Voted => &*chunk.stack,
+                    // A voting stage hands on its signs with the stack it voted on.
+                    let made: &[&[f32]] = match stage.signature.output {
+                        Ty::Delta => &[&*chunk.delta],
+                        Ty::Voted => &[&*chunk.sign, &*chunk.stack],
+                        Ty::Stack => &[&*chunk.stack],
                     };
-                    if let Some(k) = first_nonfinite(made) {
+                    let bad = made
+                        .iter()
+                        .find_map(|m| first_nonfinite(m).map(|k| (k, m[k])));
+                    if let Some((k, value)) = bad {
                         let at = NonFiniteAt::Stage {
                             number: number + 1,
                             stage: describe_stages(std::slice::from_ref(stage)),
                         };
-                        return Err(job.nonfinite(at, start + k % len, made[k]));
+                        return Err(job.nonfinite(at, start + k % len, value));
                     }
                 }
             }
@@ -533,7 +512,28 @@ impl TensorRun<'_> {
     }
 
     /// Binds the stages and runs the statistics passes they ask for.
+    ///
+    /// The passes do not check their input for NaN and infinities (the final pass
+    /// checks every value once); when one fails and [`TensorJob::check_finite`] is on,
+    /// the inputs are searched, and a NaN or infinity there is the error reported, for
+    /// it is the cause (a statistic it made infinite, an operator it upset).
     fn prepare(&self) -> Result<Vec<Box<dyn Kernel>>, Error> {
+        self.bind_and_observe().map_err(|e| {
+            if self.job.check_finite {
+                self.first_bad_input().unwrap_or(e)
+            } else {
+                e
+            }
+        })
+    }
+
+    /// The first NaN or infinity in the tensor's inputs, in element order, if any.
+    fn first_bad_input(&self) -> Option<Error> {
+        (0..self.chunks())
+            .find_map(|index| self.run_chunk(index, &[], true, false, |_| Ok(())).err())
+    }
+
+    fn bind_and_observe(&self) -> Result<Vec<Box<dyn Kernel>>, Error> {
         let job = self.job;
         let op_err = |error| ErrorKind::Operator {
             tensor: job.name.to_string(),
@@ -576,18 +576,7 @@ impl TensorRun<'_> {
                                     offset,
                                     len: end - offset,
                                 };
-                                let vectors = Vectors {
-                                    source: job.source,
-                                    check: job.check_finite,
-                                    found: Mutex::new(None),
-                                };
-                                k.observe_task_vectors(pass, span, &vectors, &mut acc);
-                                let found = vectors.found.into_inner();
-                                if let Some((at, element, value)) =
-                                    found.unwrap_or_else(|e| e.into_inner())
-                                {
-                                    return Err(job.nonfinite(at, element, value));
-                                }
+                                k.observe_task_vectors(pass, span, &Vectors(job.source), &mut acc);
                                 continue;
                             }
                             self.with_chunk(index, &kernels, |chunk| {
@@ -623,7 +612,7 @@ impl TensorRun<'_> {
         let job = self.job;
         (0..self.chunks()).into_par_iter().try_for_each(|index| {
             let mut bytes = BYTES.take();
-            let result = self.with_chunk(index, kernels, |chunk| {
+            let result = self.run_chunk(index, kernels, job.check_finite, false, |chunk| {
                 for ((o, &b), &d) in chunk
                     .scratch
                     .iter_mut()
@@ -634,7 +623,12 @@ impl TensorRun<'_> {
                 }
                 if job.check_finite {
                     if let Some(k) = first_nonfinite(chunk.scratch) {
-                        return Ok(Err((chunk.offset + k, chunk.scratch[k])));
+                        let (element, value) = (chunk.offset + k, chunk.scratch[k]);
+                        if chunk.delta[k].is_finite() {
+                            // Finite inputs, a finite merged task vector: the sum overflowed.
+                            return Err(job.nonfinite(NonFiniteAt::Sum, element, value));
+                        }
+                        return Ok(Err((element, value)));
                     }
                     if let Some(k) = first_overflow(dtype, chunk.scratch) {
                         let at = NonFiniteAt::Overflow { dtype };
@@ -654,9 +648,13 @@ impl TensorRun<'_> {
                 }
                 Err((element, value)) => {
                     // The inputs were finite (checked as they were read): a stage made
-                    // it, or the sum overflowed.
-                    self.run_chunk(index, kernels, true, |_| Ok(()))?;
-                    Err(job.nonfinite(NonFiniteAt::Sum, element, value))
+                    // the non-finite merged task vector. Run the chunk again to name it.
+                    self.run_chunk(index, kernels, false, true, |_| Ok(()))?;
+                    let stage = NonFiniteAt::Stage {
+                        number: job.stages.len(),
+                        stage: describe_stages(&job.stages[job.stages.len().saturating_sub(1)..]),
+                    };
+                    Err(job.nonfinite(stage, element, value))
                 }
             }
         })
@@ -775,12 +773,15 @@ fn read_f32(ckpt: &Checkpoint, info: &reefknot_io::TensorInfo, start: usize, out
 /// that the base also has (for `fisher(normalize=true)`). Blocks of [`BLOCK`] elements
 /// are summed in order and the block sums added order-free, so the result does not
 /// depend on the threads.
-pub(crate) fn fisher_means(plan: &Plan) -> Vec<f64> {
+///
+/// With `check_finite`, a NaN or an infinity among the values summed is an error (it
+/// would make the mean, and so every Fisher weight of the model, meaningless).
+pub(crate) fn fisher_means(plan: &Plan, check_finite: bool) -> Result<Vec<f64>, Error> {
     let base = plan.input_of(Role::Base).map(|i| &plan.inputs()[i]);
     (0..plan.data().models())
         .map(|model| {
             let Some(f) = plan.input_of(Role::Fisher { model }) else {
-                return 1.0;
+                return Ok(1.0);
             };
             let f = &plan.inputs()[f];
             let mut sum = 0f64;
@@ -805,21 +806,59 @@ pub(crate) fn fisher_means(plan: &Plan) -> Vec<f64> {
                         a.merge(b);
                         a
                     });
+                if check_finite && !total.value().is_finite() {
+                    return Err(first_nonfinite_of(f, info, model)
+                        .unwrap_or_else(|| ErrorKind::Operator {
+                            tensor: info.name.clone(),
+                            error: OpError::NonFinite {
+                                op: "fisher".into(),
+                                what: format!("the sum of model {}'s Fisher values", model + 1),
+                                value: total.value(),
+                            },
+                        })
+                        .into());
+                }
                 sum += total.value();
                 count += n as u64;
             }
-            if count == 0 {
-                1.0
-            } else {
-                sum / count as f64
-            }
+            Ok(if count == 0 { 1.0 } else { sum / count as f64 })
         })
         .collect()
 }
 
-/// Adds the input's role and path to a non-finite error that came from an input.
+/// The first NaN or infinity of Fisher tensor `info` of model `model`, as an error.
+fn first_nonfinite_of(
+    f: &Checkpoint,
+    info: &reefknot_io::TensorInfo,
+    model: usize,
+) -> Option<ErrorKind> {
+    const STEP: usize = 1 << 14;
+    let n = info.numel();
+    let mut buf = vec![0f32; STEP];
+    (0..n).step_by(STEP).find_map(|start| {
+        let buf = &mut buf[..(n - start).min(STEP)];
+        read_f32(f, info, start, buf);
+        first_nonfinite(buf).map(|k| ErrorKind::NonFinite {
+            tensor: info.name.clone(),
+            element: start + k,
+            value: f64::from(buf[k]),
+            at: NonFiniteAt::Fisher(model),
+            input: None,
+        })
+    })
+}
+
+/// Adds the input's role and path to a non-finite error that came from an input, and
+/// tells a finite F64 value beyond f32 from a stored infinity.
 fn name_input(plan: &Plan, mut e: Error) -> Error {
-    if let ErrorKind::NonFinite { at, input, .. } = e.kind_mut() {
+    if let ErrorKind::NonFinite {
+        tensor,
+        element,
+        value,
+        at,
+        input,
+    } = e.kind_mut()
+    {
         let role = match *at {
             NonFiniteAt::Base => Some(Role::Base),
             NonFiniteAt::Model(model) | NonFiniteAt::TaskVector(model) => {
@@ -830,9 +869,36 @@ fn name_input(plan: &Plan, mut e: Error) -> Error {
         };
         if let Some(i) = role.and_then(|r| plan.input_of(r)) {
             *input = Some(plan.data().inputs[i].path.clone());
+            let c = &plan.inputs()[i];
+            let stored = c
+                .get(tensor)
+                .and_then(|info| raw_f64_beyond_f32(c, info, *element));
+            if let (
+                Some((_, v)),
+                NonFiniteAt::Base | NonFiniteAt::Model(_) | NonFiniteAt::Fisher(_),
+            ) = (stored, &*at)
+            {
+                *value = v;
+                *at = NonFiniteAt::BeyondF32(Box::new(at.clone()));
+            }
         }
     }
     e
+}
+
+/// Element `k` of an F64 tensor, when it is finite but beyond the range of f32 (read
+/// as an infinity); `(k, value)`.
+fn raw_f64_beyond_f32(
+    c: &Checkpoint,
+    info: &reefknot_io::TensorInfo,
+    k: usize,
+) -> Option<(usize, f64)> {
+    if info.dtype != Dtype::F64 || k >= info.numel() {
+        return None;
+    }
+    let bytes = &c.data(info)[8 * k..8 * k + 8];
+    let v = f64::from_le_bytes(bytes.try_into().expect("eight bytes"));
+    (v.is_finite() && (v as f32).is_infinite()).then_some((k, v))
 }
 
 /// Copies input tensor `from` into output tensor `index`, converting it to `dtype`
@@ -864,15 +930,33 @@ fn copy_tensor(
         let (start, end) = (k * chunk, ((k + 1) * chunk).min(n));
         let mut values = vec![0f32; end - start];
         read_f32(c, info, start, &mut values);
-        if let Some(k) = first_overflow(dtype, &values).filter(|_| check_finite) {
-            return Err(ErrorKind::NonFinite {
-                tensor: plan.data().tensors[index].name.clone(),
-                element: start + k,
-                value: values[k],
-                at: NonFiniteAt::Overflow { dtype },
-                input: None,
+        if check_finite {
+            // A finite value that becomes an infinity: in the output dtype, or already
+            // when an F64 value beyond f32 was read.
+            let overflow = first_overflow(dtype, &values).map(|k| (k, f64::from(values[k])));
+            let beyond = || {
+                (info.dtype == Dtype::F64)
+                    .then(|| {
+                        (0..values.len())
+                            .filter(|&k| values[k].is_infinite())
+                            .find_map(|k| raw_f64_beyond_f32(c, info, start + k))
+                    })
+                    .flatten()
+                    .map(|(k, v)| (k - start, v))
+            };
+            if let Some((k, value)) = overflow.or_else(beyond) {
+                return Err(ErrorKind::NonFinite {
+                    tensor: plan.data().tensors[index].name.clone(),
+                    element: start + k,
+                    value,
+                    at: NonFiniteAt::Convert {
+                        from: info.dtype,
+                        to: dtype,
+                    },
+                    input: None,
+                }
+                .into());
             }
-            .into());
         }
         let mut bytes = vec![0u8; values.len() * dtype.size()];
         from_f32(dtype, &values, &mut bytes);
@@ -908,7 +992,10 @@ pub fn execute(
             .iter()
             .any(|&i| matches!(plan.jobs()[i], Job::Merge(_)))
     };
-    let fisher_means = (plan.needs_fisher_means() && merges_some()).then(|| fisher_means(plan));
+    let fisher_means = (plan.needs_fisher_means() && merges_some())
+        .then(|| fisher_means(plan, check_finite))
+        .transpose()
+        .map_err(|e| name_input(plan, e))?;
     let models = plan.data().models();
     selection
         .par_iter()

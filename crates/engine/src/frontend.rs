@@ -397,7 +397,8 @@ fn plan_value(v: &Value) -> plan::Value {
 
 fn parse_output_dtype(name: &str) -> Result<Dtype, Error> {
     match Dtype::parse_user(name) {
-        Some(d) if d.is_computable() => Ok(d),
+        // Merges compute in f32: an F64 output would only widen f32 values.
+        Some(d) if d.is_computable() && d != Dtype::F64 => Ok(d),
         _ => Err(ErrorKind::OutputDtype(name.to_string()).into()),
     }
 }

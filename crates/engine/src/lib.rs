@@ -149,7 +149,7 @@ pub(crate) fn shards_of(
 /// The largest chunk: 16 Mi elements (64 MiB per `f32` vector).
 pub const MAX_CHUNK: usize = 1 << 24;
 
-/// The most worker threads a merge starts: eight per core. More only contend (a merge
+/// The most worker threads a merge starts: eight per CPU the process may use. More only contend (a merge
 /// is bound by memory bandwidth long before), and without a bound a typo starts
 /// threads until the machine stops responding.
 pub fn max_threads() -> usize {
@@ -165,7 +165,7 @@ fn pool(threads: Option<usize>) -> Result<rayon::ThreadPool, Error> {
             return Err(ErrorKind::Threads {
                 threads: n,
                 message: format!(
-                    "a merge runs 1 to {max} worker threads on this machine (8 per core)"
+                    "a merge runs 1 to {max} worker threads on this machine (8 per CPU)"
                 ),
             }
             .into());

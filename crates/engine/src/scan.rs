@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use rayon::prelude::*;
 use reefknot_io::to_f32;
 
+use reefknot_plan::Role;
+
 use crate::plan::{Job, Located, Plan};
 
 /// Elements decoded per step of a scan.
@@ -44,6 +46,20 @@ pub fn scan_nonfinite(plan: &Plan) -> Vec<NonFiniteInput> {
                 let fisher = m.fisher.iter().flatten();
                 for &l in std::iter::once(&m.base).chain(&m.models).chain(fisher) {
                     read.insert(l, true);
+                }
+            }
+        }
+    }
+    // `fisher(normalize=true)` averages every Fisher tensor the base also has.
+    if plan.needs_fisher_means() {
+        let base = plan.input_of(Role::Base).map(|i| &plan.inputs()[i]);
+        for model in 0..plan.data().models() {
+            let Some(f) = plan.input_of(Role::Fisher { model }) else {
+                continue;
+            };
+            for (t, info) in plan.inputs()[f].tensors().iter().enumerate() {
+                if base.is_none_or(|b| b.get(&info.name).is_some()) {
+                    read.insert((f, t), true);
                 }
             }
         }

@@ -185,20 +185,22 @@ reefknot_simd::multiversion! {
     max_avx2:
     /// Whether every value is finite: no NaN and no infinity.
     ///
-    /// One branch-free pass (an exponent of all ones is a NaN or an infinity), cheap
-    /// next to the decoding that filled `values`.
+    /// One branch-free pass, cheap next to the decoding that filled `values`.
     pub fn all_finite(values: &[f32]) -> bool {
-        const EXPONENT: u32 = 0x7f80_0000;
-        let mut blocks = values.chunks_exact(BLOCK);
-        let mut bad = [0u32; BLOCK];
-        for b in &mut blocks {
-            let b: &[f32; BLOCK] = b.try_into().expect("block");
-            for i in 0..BLOCK {
-                bad[i] |= u32::from(b[i].to_bits() & EXPONENT == EXPONENT);
-            }
-        }
-        let tail = blocks.remainder().iter().any(|x| !x.is_finite());
-        !tail && bad.iter().all(|&b| b == 0)
+        // NaN and the infinities are the magnitudes at or above the infinity's bits.
+        largest_magnitude_bits(values) < 0x7f80_0000
+    }
+}
+
+reefknot_simd::multiversion! {
+    max_avx2:
+    /// The largest `|x|` of `values` as bits (0 when empty): an integer max, which
+    /// vectorises as a reduction. For non-negative floats the order of the bits is the
+    /// order of the values, and NaN and the infinities lie above every finite value.
+    fn largest_magnitude_bits(values: &[f32]) -> u32 {
+        values
+            .iter()
+            .fold(0u32, |m, x| m.max(x.to_bits() & 0x7fff_ffff))
     }
 }
 
@@ -211,8 +213,8 @@ pub fn first_nonfinite(values: &[f32]) -> Option<usize> {
 }
 
 /// The position of the first finite value in `values` that `dtype` cannot hold: one
-/// that [`from_f32`] would round to an infinity (beyond 65 504 for `F16`, beyond
-/// about 3.39e38 for `BF16`; `F32` and `F64` hold every finite `f32`).
+/// that [`from_f32`] would round to an infinity (65 520 or more in magnitude for `F16`,
+/// about 3.3961e38 or more for `BF16`; `F32` and `F64` hold every finite `f32`).
 pub fn first_overflow(dtype: Dtype, values: &[f32]) -> Option<usize> {
     // The smallest magnitude that rounds to infinity (ties go to the even infinity).
     let limit = match dtype {
@@ -220,6 +222,10 @@ pub fn first_overflow(dtype: Dtype, values: &[f32]) -> Option<usize> {
         Dtype::BF16 => f32::from_bits(0x7f7f_8000),
         _ => return None,
     };
+    // One vectorised pass finds that nothing overflows, the usual answer.
+    if largest_magnitude_bits(values) < limit.to_bits() {
+        return None;
+    }
     values
         .iter()
         .position(|x| x.is_finite() && x.abs() >= limit)

@@ -15,8 +15,8 @@ pub enum OpError {
     /// infinities (or values too large to sum), and using it would spread them over
     /// the whole tensor.
     #[error(
-        "{op}: {what} is {value}, so rescaling by it would spread that over the whole \
-         tensor; its values hold NaN or infinities (or are too large to sum)"
+        "{op}: {what} is {value}, and scaling by it would spread that over the whole \
+         tensor: the values it sums hold NaN or infinities, or are too large to sum"
     )]
     NonFinite {
         /// The operator.

@@ -15,7 +15,11 @@
 /// An order-independent sum of `f64` values.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OrderFreeSum {
+    /// The sum on the grid, modulo 2¹²⁸ (two's complement).
     units: i128,
+    /// How many times the sum wrapped past `i128::MAX` (positive) or `i128::MIN`
+    /// (negative): with `units`, the exact sum, so any order of additions agrees.
+    wraps: i64,
     /// [`POSITIVE`], [`NEGATIVE`] and [`NAN`] as seen so far.
     special: u8,
 }
@@ -23,9 +27,9 @@ pub struct OrderFreeSum {
 /// The grid: 2⁸⁰ units per 1.
 const SCALE: f64 = (1u128 << 80) as f64;
 
-/// Some term was `+∞`, or the sum grew past the grid's range upwards.
+/// Some term was `+∞` or beyond the grid's range upwards.
 const POSITIVE: u8 = 1;
-/// Some term was `−∞`, or the sum grew past the grid's range downwards.
+/// Some term was `−∞` or beyond the grid's range downwards.
 const NEGATIVE: u8 = 2;
 /// Some term was NaN.
 const NAN: u8 = 4;
@@ -48,9 +52,10 @@ impl OrderFreeSum {
 
     #[inline]
     fn add_units(&mut self, units: i128) {
-        match self.units.checked_add(units) {
-            Some(sum) => self.units = sum,
-            None => self.special |= if units > 0 { POSITIVE } else { NEGATIVE },
+        let (sum, wrapped) = self.units.overflowing_add(units);
+        self.units = sum;
+        if wrapped {
+            self.wraps += if units > 0 { 1 } else { -1 };
         }
     }
 
@@ -58,16 +63,20 @@ impl OrderFreeSum {
     #[inline]
     pub fn merge(&mut self, other: OrderFreeSum) {
         self.special |= other.special;
+        self.wraps += other.wraps;
         self.add_units(other.units);
     }
 
     /// The sum: NaN when a term was NaN (or infinities of both signs met), an infinity
-    /// when a term was infinite or the sum left the grid's range.
+    /// when a term was infinite or beyond the grid, or the sum is beyond it (≥ 2⁴⁷ in
+    /// magnitude). Exact wrap counting makes all of this independent of the order.
     pub fn value(self) -> f64 {
-        match self.special {
-            0 => self.units as f64 / SCALE,
-            POSITIVE => f64::INFINITY,
-            NEGATIVE => f64::NEG_INFINITY,
+        match (self.special, self.wraps) {
+            (0, 0) => self.units as f64 / SCALE,
+            (0, w) if w > 0 => f64::INFINITY,
+            (0, _) => f64::NEG_INFINITY,
+            (POSITIVE, _) => f64::INFINITY,
+            (NEGATIVE, _) => f64::NEG_INFINITY,
             _ => f64::NAN,
         }
     }
@@ -111,6 +120,10 @@ mod tests {
         assert_eq!(sum(&[1e30]), f64::INFINITY);
         assert_eq!(sum(&[-1e15]), f64::NEG_INFINITY);
         assert_eq!(sum(&[1.4e14; 2]), f64::INFINITY);
+        // ...and comes back into range, in any order: the sum is exact.
+        for xs in [[1.4e14, 1.4e14, -1.4e14], [1.4e14, -1.4e14, 1.4e14]] {
+            assert_eq!(sum(&xs), sum(&[1.4e14]), "{xs:?}");
+        }
         // Merging keeps what either side saw.
         let (mut a, mut b) = (OrderFreeSum::default(), OrderFreeSum::default());
         a.add(1.0);

@@ -136,10 +136,18 @@ impl Operator for Fisher {
                 op: "fisher".into(),
                 message: "normalize=true needs each model's Fisher mean".into(),
             })?;
-            means
-                .iter()
-                .map(|&m| if m > 0.0 { (1.0 / m) as f32 } else { 1.0 })
-                .collect()
+            let mut scale = Vec::with_capacity(means.len());
+            for (i, &m) in means.iter().enumerate() {
+                if !m.is_finite() {
+                    return Err(OpError::NonFinite {
+                        op: "fisher".into(),
+                        what: format!("the Fisher mean of model {}", i + 1),
+                        value: m,
+                    });
+                }
+                scale.push(if m > 0.0 { (1.0 / m) as f32 } else { 1.0 });
+            }
+            scale
         } else {
             vec![1.0; ctx.models]
         };

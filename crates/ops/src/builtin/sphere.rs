@@ -289,7 +289,7 @@ struct NuslerpKernel {
     whole: GramPass,
     /// `row_wise`: per column, `‖v_1‖²`, `‖v_2‖²`, `⟨v_1, v_2⟩` as the pass adds them up,
     /// one accumulator for every worker (the sums are exact integers on a grid, so the
-    /// order of the additions does not matter), 48 bytes per column.
+    /// order of the additions does not matter), 96 bytes per column.
     totals: Mutex<Vec<[OrderFreeSum; 3]>>,
     /// Per column: the three sums, once the pass has run.
     columns: Option<Vec<[f64; 3]>>,
