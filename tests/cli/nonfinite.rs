@@ -349,3 +349,44 @@ fn threads_and_chunks_out_of_range_are_refused() {
     }
     assert!(!ws.path().join("out").exists());
 }
+
+/// Chunks run in parallel, but the value reported is the input's first bad one.
+#[test]
+fn the_first_bad_value_is_reported_whatever_the_threads() {
+    let ws = Workspace::new(Dtype::F32, None);
+    let c = Checkpoint::open(&ws.model("math")).unwrap();
+    let info = c
+        .tensors()
+        .iter()
+        .find(|t| t.name.contains(TENSOR))
+        .unwrap()
+        .clone();
+    drop(c);
+    let n = info.numel();
+    for k in [n - 1, n / 2, 40] {
+        poke(&ws.model("math"), TENSOR, k, f32::NAN);
+    }
+    ws.recipe("r.yaml", &recipe_with("sum"));
+    for threads in ["1", "2", "4"] {
+        let stderr = fails(
+            &run_in(
+                ws.path(),
+                &[
+                    "merge",
+                    "r.yaml",
+                    "-o",
+                    "out",
+                    "--threads",
+                    threads,
+                    "--chunk",
+                    "16",
+                ],
+            ),
+            1,
+        );
+        assert!(
+            stderr.contains("NaN at element 40 of"),
+            "{threads}: {stderr}"
+        );
+    }
+}

@@ -694,7 +694,25 @@ pub fn merge_tensor(
     };
     let run = TensorRun { job, chunk };
     let kernels = run.prepare()?;
-    run.write(&kernels, dtype, out, progress)
+    run.write(&kernels, dtype, out, progress).map_err(|e| {
+        // Chunks run in parallel: report the input's first bad value, not the first
+        // one a worker happened to meet.
+        let from_input = matches!(
+            e.kind(),
+            ErrorKind::NonFinite {
+                at: NonFiniteAt::Base
+                    | NonFiniteAt::Model(_)
+                    | NonFiniteAt::TaskVector(_)
+                    | NonFiniteAt::Fisher(_),
+                ..
+            }
+        );
+        if from_input {
+            run.first_bad_input().unwrap_or(e)
+        } else {
+            e
+        }
+    })
 }
 
 /// Slices in memory as a [`Source`] (every slice as long as the tensor).

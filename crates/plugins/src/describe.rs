@@ -228,6 +228,12 @@ fn param(name: &'static str, p: RawParam) -> Result<ParamSpec, String> {
             let kind = ParamKind::Number { min, max };
             let default = if has_default {
                 let x = p.default_number;
+                if x.is_finite() && (x as f32).is_infinite() {
+                    return Err(format!(
+                        "its default {x:e} is beyond the range of 32-bit floats, which merges \
+                         compute in"
+                    ));
+                }
                 if !kind.admits(x) {
                     return Err(format!(
                         "its default {x} is outside its range: {}",
