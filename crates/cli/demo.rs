@@ -59,7 +59,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), Failure> {
         .context("generating the synthetic family")?;
     let stats = reefknot_synth::family_stats(&family.base, &family.tasks)
         .context("measuring the synthetic family")?;
-    println!(
+    outln!(
         "A synthetic Llama-shaped family: a base and {} fine-tunes, {} layers, hidden {}, {:.1} M parameters each, {} (made in {:.2} s).",
         family.tasks.len(),
         spec.layers,
@@ -71,7 +71,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), Failure> {
     let top = stats.tasks.iter().map(|t| t.top_energy).sum::<f64>() / stats.tasks.len() as f64;
     let conflict =
         stats.pairs.iter().map(|p| p.conflict).sum::<f64>() / stats.pairs.len().max(1) as f64;
-    println!(
+    outln!(
         "Each task vector keeps {:.0}% of its energy in its top 20% entries; where two tasks' top entries meet, {:.0}% have opposite signs.\n",
         100.0 * top,
         100.0 * conflict
@@ -103,8 +103,8 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), Failure> {
             .with_context(|| format!("scoring {}", out.display()))?;
         rows.push((*name, *expression, scores, report.seconds));
     }
-    print!("{}", table(&rows));
-    println!(
+    out!("{}", table(&rows));
+    outln!(
         "\ncos δi: cosine between the merged delta Δ and task vector δi. retained: ⟨Δ, δi⟩ / ‖δi‖², how much of each\n\
          task vector the merge carries (1 = all of it). signs kept: share of each task's top-20% entries whose sign\n\
          survives in Δ. Means over the tasks.\n\n\
@@ -114,7 +114,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), Failure> {
          vectors (unlike real fine-tunes) cannot afford."
     );
     if let Some(dir) = &args.keep {
-        println!(
+        outln!(
             "The family, recipes and merged models are in {}.",
             dir.display()
         );

@@ -2,6 +2,17 @@
 //!
 //! Exit codes: 0 success, 1 the merge failed, 2 a usage or recipe error.
 
+/// `print!` for the program's output: a closed pipe (`reefknot ops | head -1`) ends
+/// the program quietly with success, as it ends `cat`, instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::emit(format_args!($($arg)*)) };
+}
+
+/// `println!` for the program's output, as [`out!`].
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::emit(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 mod demo;
 mod ops;
 mod plugins;
@@ -22,6 +33,10 @@ use reefknot_recipe::Recipe;
     after_help = "Run `reefknot demo` to see merges compared on a synthetic family, `reefknot ops` for the operators."
 )]
 struct Cli {
+    /// More log lines on stderr: -v info, -vv debug, -vvv trace (REEFKNOT_LOG or
+    /// RUST_LOG, e.g. `reefknot_engine=debug`, choose finely).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -246,7 +261,7 @@ fn merge(args: &MergeArgs) -> Result<(), Failure> {
             .iter()
             .map(|f| f.display().to_string())
             .collect();
-        println!(
+        outln!(
             "merged {} tensors ({} parameters) into {} in {:.2} s ({})",
             report.tensors,
             report.elements,
@@ -261,9 +276,9 @@ fn merge(args: &MergeArgs) -> Result<(), Failure> {
 fn check(args: &CheckArgs) -> Result<(), Failure> {
     let plan = load_plan(&args.recipe, &args.overrides, args.shard_size)?;
     if args.json {
-        print!("{}", plan.data().to_json());
+        out!("{}", plan.data().to_json());
     } else {
-        print!("{}", plan.describe());
+        out!("{}", plan.describe());
     }
     if args.scan {
         let found = reefknot_engine::scan_nonfinite(&plan);
@@ -302,7 +317,7 @@ fn check(args: &CheckArgs) -> Result<(), Failure> {
             });
         }
         if !args.json {
-            println!(
+            outln!(
                 "\nscanned: {}",
                 match (found.is_empty(), merged) {
                     (true, _) => "no NaN or infinite values",
@@ -314,9 +329,23 @@ fn check(args: &CheckArgs) -> Result<(), Failure> {
         }
     }
     if !args.json {
-        println!("\nok: the recipe is valid");
+        outln!("\nok: the recipe is valid");
     }
     Ok(())
+}
+
+/// Writes program output to stdout (see [`out!`]). A reader that went away ends the
+/// program with success; any other write error with exit 1.
+pub(crate) fn emit(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("Error: cannot write the output: {e}");
+        std::process::exit(1);
+    }
 }
 
 /// On SIGINT, SIGTERM or SIGHUP, removes the partial output of a merge in progress
@@ -354,12 +383,15 @@ fn main() -> ExitCode {
                 .build(),
         )
     }));
+    // REEFKNOT_LOG, else RUST_LOG, else -v's level; colour only on a terminal.
+    let level = ["warn", "info", "debug", "trace"][usize::from(cli.verbose.min(3))];
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REEFKNOT_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("REEFKNOT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(terminal)
         .without_time()
         .init();
     clean_up_on_signals();

@@ -11,9 +11,9 @@ use crate::{usage, Failure};
 /// `registry` holds the built-ins and the plugins loaded for this run.
 pub(crate) fn run(registry: &Registry, name: Option<&str>, markdown: bool) -> Result<(), Failure> {
     match name {
-        None if markdown => print!("{}", reference(registry)),
-        None => print!("{}", table(registry)),
-        Some(name) => print!("{}", details(registry, name)?),
+        None if markdown => out!("{}", reference(registry)),
+        None => out!("{}", table(registry)),
+        Some(name) => out!("{}", details(registry, name)?),
     }
     Ok(())
 }

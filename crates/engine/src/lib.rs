@@ -248,6 +248,12 @@ pub fn merge(
     let mut inputs = plan.input_paths();
     inputs.extend(card::base_files(plan)?.into_iter().map(|(path, _)| path));
     let staging = Staging::begin(out, opts.force, &inputs)?;
+    tracing::info!(
+        staging = %staging.path().display(),
+        tensors = data.tensors.len(),
+        inputs = inputs.len(),
+        "writing the merge"
+    );
     let tensors: Vec<OutputTensor> = data
         .tensors
         .iter()
@@ -274,6 +280,11 @@ pub fn merge(
     card::copy_base_files(plan, staging.path())?;
     card::write_card(plan, staging.path())?;
     let output = staging.commit(opts.sync)?;
+    tracing::info!(
+        output = %output.display(),
+        seconds = started.elapsed().as_secs_f64(),
+        "merged and renamed into place"
+    );
 
     let input_bytes = plan
         .data()

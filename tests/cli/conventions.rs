@@ -1,0 +1,60 @@
+//! What a command-line tool is expected to do: end quietly when its reader goes away,
+//! keep escape codes out of piped logs, take the usual verbosity flags.
+
+use std::process::Stdio;
+
+use reefknot_io::Dtype;
+
+use crate::util::*;
+
+/// `reefknot ops | head -1`, `reefknot check r.yaml --json | head`: the reader closes
+/// the pipe before the output is written; reefknot ends with success, no panic.
+#[test]
+fn a_closed_pipe_ends_the_output_quietly() {
+    let ws = Workspace::new(Dtype::BF16, None);
+    ws.recipe("r.yaml", &recipe_with("ties"));
+    for args in [
+        &["ops"][..],
+        &["ops", "--markdown"],
+        &["check", "r.yaml"],
+        &["check", "r.yaml", "--json"],
+    ] {
+        let mut child = reefknot()
+            .args(args)
+            .current_dir(ws.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the reading end before reefknot writes.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+/// Logs on stderr are plain text when stderr is not a terminal; `-v` turns on info
+/// lines, as `RUST_LOG` does.
+#[test]
+fn piped_logs_carry_no_escape_codes_and_verbose_flags_work() {
+    let ws = Workspace::new(Dtype::BF16, None);
+    ws.recipe("r.yaml", &recipe_with("ties"));
+    let quiet = run_in(ws.path(), &["merge", "r.yaml", "-o", "a", "--quiet"]);
+    assert!(text(&quiet).1.is_empty(), "{}", text(&quiet).1);
+    let verbose = run_in(ws.path(), &["-v", "merge", "r.yaml", "-o", "b", "--quiet"]);
+    let from_env = reefknot()
+        .args(["merge", "r.yaml", "-o", "c", "--quiet"])
+        .env("RUST_LOG", "info")
+        .env_remove("REEFKNOT_LOG")
+        .current_dir(ws.path())
+        .output()
+        .unwrap();
+    for out in [&verbose, &from_env] {
+        ok(out);
+        let stderr = text(out).1;
+        assert!(stderr.contains("INFO"), "{stderr}");
+        assert!(!stderr.contains('\u{1b}'), "escape codes in {stderr:?}");
+    }
+}
