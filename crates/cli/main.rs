@@ -60,6 +60,12 @@ enum Command {
     },
     /// Merge a synthetic family with several methods and compare how each keeps the tasks.
     Demo(demo::DemoArgs),
+    /// Print a shell completion script, e.g. `reefknot completions bash >
+    /// ~/.local/share/bash-completion/completions/reefknot`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(ClapArgs)]
@@ -136,6 +142,10 @@ struct MergeArgs {
     /// Print nothing but errors.
     #[arg(short, long)]
     quiet: bool,
+    /// Print a summary of the merge as JSON on stdout (no progress bar): the output,
+    /// its files, tensor and parameter counts, bytes read and seconds.
+    #[arg(long)]
+    json: bool,
 }
 
 /// A failure with its exit code; rendered with miette when it is a diagnostic.
@@ -254,8 +264,18 @@ fn merge(args: &MergeArgs) -> Result<(), Failure> {
         sync: args.sync,
         allow_nonfinite: args.allow_nonfinite,
     };
-    let report = reefknot_engine::merge(&plan, &args.output, &opts, &bar(args.quiet))?;
-    if !args.quiet {
+    let report = reefknot_engine::merge(&plan, &args.output, &opts, &bar(args.quiet || args.json))?;
+    if args.json {
+        let summary = serde_json::json!({
+            "output": report.output.display().to_string(),
+            "files": report.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+            "tensors": report.tensors,
+            "parameters": report.elements,
+            "input_bytes": report.input_bytes,
+            "seconds": report.seconds,
+        });
+        outln!("{summary:#}");
+    } else if !args.quiet {
         let files: Vec<String> = report
             .files
             .iter()
@@ -405,6 +425,13 @@ fn main() -> ExitCode {
         } => plugins::registry(plugins, &[], None)
             .and_then(|registry| ops::run(&registry, name.as_deref(), *markdown)),
         Command::Demo(args) => demo::run(args),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "reefknot", &mut script);
+            out!("{}", String::from_utf8_lossy(&script));
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

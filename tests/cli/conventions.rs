@@ -58,3 +58,49 @@ fn piped_logs_carry_no_escape_codes_and_verbose_flags_work() {
         assert!(!stderr.contains('\u{1b}'), "escape codes in {stderr:?}");
     }
 }
+
+/// `reefknot completions SHELL` prints a script that knows the commands and flags; the
+/// bash one is valid bash.
+#[test]
+fn completions_know_the_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let script = ok(&run_in(dir.path(), &["completions", shell]));
+        for word in ["merge", "check", "--allow-nonfinite", "--scan"] {
+            assert!(script.contains(word), "{shell}: no {word}");
+        }
+    }
+    let script = dir.path().join("reefknot.bash");
+    std::fs::write(&script, ok(&run_in(dir.path(), &["completions", "bash"]))).unwrap();
+    if let Ok(out) = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+    {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// `merge --json` prints a summary a script can read, and nothing else on stdout.
+#[test]
+fn merge_json_is_a_summary() {
+    let ws = Workspace::new(Dtype::BF16, None);
+    ws.recipe("r.yaml", &recipe_with("ties"));
+    let stdout = ok(&run_in(
+        ws.path(),
+        &["merge", "r.yaml", "-o", "out", "--json"],
+    ));
+    let summary: serde_json::Value = serde_json::from_str(&stdout).expect(&stdout);
+    assert!(
+        summary["output"].as_str().unwrap().ends_with("out"),
+        "{summary}"
+    );
+    assert_eq!(summary["files"], serde_json::json!(["model.safetensors"]));
+    assert_eq!(summary["tensors"], 21);
+    assert!(summary["parameters"].as_u64().unwrap() > 100_000);
+    assert!(summary["seconds"].as_f64().unwrap() >= 0.0);
+}
