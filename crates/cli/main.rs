@@ -76,6 +76,10 @@ struct Overrides {
     /// Output dtype: bfloat16, float16 or float32 (overrides the recipe's `dtype`).
     #[arg(long)]
     dtype: Option<String>,
+    /// Fail (exit 2) on a warning: a part of the recipe that has no effect on these
+    /// models (an override that selects nothing, a `params` entry no expression reads).
+    #[arg(long)]
+    strict: bool,
     #[command(flatten)]
     plugins: plugins::PluginArgs,
 }
@@ -204,7 +208,18 @@ fn load_plan(
         dtype: overrides.dtype.clone(),
         shard_size,
     };
-    Ok(Plan::build(&recipe, &registry, &opts)?)
+    let plan = Plan::build(&recipe, &registry, &opts)?;
+    for w in plan.warnings() {
+        eprintln!("{:?}", miette::Report::new(reefknot_lang::Clipped::new(w)));
+    }
+    if overrides.strict && !plan.warnings().is_empty() {
+        let n = plan.warnings().len();
+        return Err(usage(anyhow::anyhow!(
+            "{n} warning{} about the recipe, and --strict makes them errors",
+            if n == 1 { "" } else { "s" }
+        )));
+    }
+    Ok(plan)
 }
 
 /// Reads a saved plan and readies it against the operators of `--plugin` and

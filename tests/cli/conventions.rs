@@ -104,3 +104,37 @@ fn merge_json_is_a_summary() {
     assert!(summary["parameters"].as_u64().unwrap() > 100_000);
     assert!(summary["seconds"].as_f64().unwrap() >= 0.0);
 }
+
+/// What has no effect is a warning pointing into the recipe; `--strict` makes it an
+/// error (exit 2), and a recipe where everything counts stays quiet.
+#[test]
+fn check_warns_about_what_has_no_effect() {
+    let ws = Workspace::new(Dtype::BF16, None);
+    ws.recipe(
+        "w.yaml",
+        "base: models/base\nmodels:\n  - path: models/code\n    params: { densty: 0.3 }\n  \
+         - path: models/math\nparams: { density: 0.2, unused: 1 }\n\
+         merge: ties(trim($density), elect, disjoint)\noverrides:\n  \
+         - match: \"model.layers.*.mlpp.*\"\n    merge: sum\n  - layers: 1..40\n    \
+         params: { density: 0.4 }\n  - layers: 1\n    merge: mean\n",
+    );
+    let out = run_in(ws.path(), &["check", "w.yaml"]);
+    ok(&out);
+    insta::assert_snapshot!("no_effect_warnings", text(&out).1);
+    let stderr = fails(&run_in(ws.path(), &["check", "w.yaml", "--strict"]), 2);
+    assert!(
+        stderr.contains("5 warnings about the recipe, and --strict makes them errors"),
+        "{stderr}"
+    );
+    // Merging warns too, and --strict refuses before anything is written.
+    fails(
+        &run_in(ws.path(), &["merge", "w.yaml", "-o", "out", "--strict"]),
+        2,
+    );
+    assert!(!ws.path().join("out").exists());
+
+    ws.recipe("r.yaml", &recipe_with("ties(trim(0.2), elect, disjoint)"));
+    let clean = run_in(ws.path(), &["check", "r.yaml", "--strict"]);
+    ok(&clean);
+    assert!(text(&clean).1.is_empty(), "{}", text(&clean).1);
+}

@@ -9,7 +9,8 @@
 //! operator for this tensor, every Fisher tensor usable) is checked once, when the plan
 //! is readied ([`crate::Plan::build`] does both). Nothing reads tensor data.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,7 +18,7 @@ use reefknot_io::{Checkpoint, Dtype};
 use reefknot_lang::{ArgValue, Call, ParamKind, Pipeline, Ty};
 use reefknot_ops::{Args, Operator, Registry, Value};
 use reefknot_plan as plan;
-use reefknot_recipe::{OutputDtype, ParamValue, Recipe};
+use reefknot_recipe::{OutputDtype, ParamValue, Recipe, RecipeWarning, Selector};
 
 use crate::{Error, ErrorKind};
 
@@ -58,7 +59,22 @@ pub fn plan_recipe(
     registry: &Registry,
     opts: &PlanOptions,
 ) -> Result<(plan::MergePlan, Vec<Checkpoint>), Error> {
+    plan_and_warn(recipe, registry, opts).map(|(plan, inputs, _)| (plan, inputs))
+}
+
+/// As [`plan_recipe`], with the recipe's parts that have no effect on this model
+/// (overrides that select nothing, layer ranges beyond it, `params` no expression reads).
+pub(crate) fn plan_and_warn(
+    recipe: &Recipe,
+    registry: &Registry,
+    opts: &PlanOptions,
+) -> Result<(plan::MergePlan, Vec<Checkpoint>, Vec<RecipeWarning>), Error> {
     let rules = compile_rules(recipe, registry)?;
+    // What had an effect: overrides that selected a tensor, and were chosen for one;
+    // variables read, with the override they were read under.
+    let mut selected = vec![false; recipe.overrides.len()];
+    let mut chosen = vec![false; recipe.overrides.len()];
+    let read: RefCell<HashSet<(String, Option<usize>)>> = RefCell::default();
     let mut next = 1;
     let rule_of_override: Vec<Option<usize>> = recipe
         .overrides
@@ -116,6 +132,9 @@ pub fn plan_recipe(
 
     let mut tensors = Vec::with_capacity(base.tensors().len());
     for info in base.tensors() {
+        for (o, over) in recipe.overrides.iter().enumerate() {
+            selected[o] |= recipe.selects(&over.selector, &info.name);
+        }
         let layer = reefknot_recipe::layer_index(&info.name);
         let base_ref = plan::TensorRef {
             input: 0,
@@ -147,10 +166,15 @@ pub fn plan_recipe(
 
         let t = reefknot_recipe::depth_t(layer, layers);
         let over = recipe.override_for(&info.name);
+        if let Some(o) = over {
+            chosen[o] = true;
+        }
         let rule_index = over.and_then(|o| rule_of_override[o]).unwrap_or(0);
         let rule = &rules[rule_index];
-        let lookup =
-            |name: &str, i: usize| recipe.param(name, Some(i), over).map(|p| p.value.clone());
+        let lookup = |name: &str, i: usize| {
+            read.borrow_mut().insert((name.to_string(), over));
+            recipe.param(name, Some(i), over).map(|p| p.value.clone())
+        };
         let resolver = Resolver {
             lookup: &lookup,
             label: &label,
@@ -285,7 +309,104 @@ pub fn plan_recipe(
         tensors,
     };
     crate::lay_out(&mut merge_plan)?;
-    Ok((merge_plan, opened))
+    let warnings = no_effect(recipe, layers, &selected, &chosen, &read.into_inner());
+    Ok((merge_plan, opened, warnings))
+}
+
+/// The warnings about what had no effect (see [`plan_and_warn`]).
+fn no_effect(
+    recipe: &Recipe,
+    layers: usize,
+    selected: &[bool],
+    chosen: &[bool],
+    read: &HashSet<(String, Option<usize>)>,
+) -> Vec<RecipeWarning> {
+    let mut warnings = Vec::new();
+    for (o, over) in recipe.overrides.iter().enumerate() {
+        let beyond = match over.selector {
+            Selector::Layers { start, end } if end > layers => Some((start.max(layers), end)),
+            _ => None,
+        };
+        if !selected[o] {
+            let mut w = RecipeWarning::new(
+                recipe,
+                over.loc,
+                format!("override {} selects no tensor of the base", o + 1),
+                "matches nothing",
+            );
+            if beyond.is_some() {
+                w = w.help(format!("the model has {layers} layers, 0..{layers}"));
+            }
+            warnings.push(w);
+        } else if !chosen[o] {
+            warnings.push(
+                RecipeWarning::new(
+                    recipe,
+                    over.loc,
+                    format!("override {} applies to no merged tensor", o + 1),
+                    "no effect",
+                )
+                .help(
+                    "the first matching override wins: earlier ones take every tensor this \
+                     one selects (or it selects only tensors copied from the base)",
+                ),
+            );
+        } else if let Some((from, end)) = beyond {
+            warnings.push(
+                RecipeWarning::new(
+                    recipe,
+                    over.loc,
+                    format!(
+                        "layers {from}..{end} of override {} are beyond the model's {layers} layers",
+                        o + 1
+                    ),
+                    "partly beyond the model",
+                )
+                .help(format!("the model has {layers} layers, 0..{layers}")),
+            );
+        }
+    }
+    let unread = |name: &str, under: Option<Option<usize>>| {
+        !read
+            .iter()
+            .any(|(n, o)| n == name && under.is_none_or(|u| u == *o))
+    };
+    let names: Vec<&str> = read.iter().map(|(n, _)| n.as_str()).collect();
+    let mut param = |p: &reefknot_recipe::Param, name: &str, whose: String| {
+        let help = match reefknot_recipe::closest(name, names.iter().copied()) {
+            Some(c) if c != name => format!("did you mean `{c}`? The expressions read `${c}`"),
+            _ => format!("remove it, or read it in an expression as `${name}`"),
+        };
+        warnings.push(
+            RecipeWarning::new(
+                recipe,
+                p.key_loc,
+                format!("no expression reads `${name}` ({whose})"),
+                "never read",
+            )
+            .help(help),
+        );
+    };
+    for (name, p) in &recipe.params {
+        if unread(name, None) {
+            param(p, name, "the recipe's params".into());
+        }
+    }
+    for (i, m) in recipe.models.iter().enumerate() {
+        for (name, p) in &m.params {
+            if unread(name, None) {
+                param(p, name, format!("params of model {}", i + 1));
+            }
+        }
+    }
+    for (o, over) in recipe.overrides.iter().enumerate() {
+        for (name, p) in &over.params {
+            if chosen[o] && unread(name, Some(Some(o))) {
+                param(p, name, format!("params of override {}", o + 1));
+            }
+        }
+    }
+    warnings
 }
 
 /// The plan's description of an opened checkpoint: its path and every file's

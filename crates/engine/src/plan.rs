@@ -16,7 +16,7 @@ use reefknot_lang::spec::format_number;
 use reefknot_lang::{OpSpec, ParamKind, Signature, Ty};
 use reefknot_ops::{Args, BindCtx, Operator, Registry, Value};
 use reefknot_plan::{self as data, MergePlan, Producer, Role};
-use reefknot_recipe::Recipe;
+use reefknot_recipe::{Recipe, RecipeWarning};
 
 use crate::frontend::{self, check_compatible, check_fisher, PlanOptions};
 use crate::{Error, ErrorKind};
@@ -73,14 +73,17 @@ pub struct Plan {
     jobs: Vec<Job>,
     dtypes: Vec<Dtype>,
     needs_fisher_means: bool,
+    warnings: Vec<RecipeWarning>,
 }
 
 impl Plan {
     /// Makes the plan of `recipe` (compiling, opening and resolving everything without
     /// reading tensor data) and readies it.
     pub fn build(recipe: &Recipe, registry: &Registry, opts: &PlanOptions) -> Result<Plan, Error> {
-        let (data, inputs) = frontend::plan_recipe(recipe, registry, opts)?;
-        Plan::with_inputs(data, inputs, registry)
+        let (data, inputs, warnings) = frontend::plan_and_warn(recipe, registry, opts)?;
+        let mut plan = Plan::with_inputs(data, inputs, registry)?;
+        plan.warnings = warnings;
+        Ok(plan)
     }
 
     /// Readies a plan read back from JSON: opens every input, refuses one whose files
@@ -153,7 +156,15 @@ impl Plan {
             jobs,
             dtypes,
             needs_fisher_means,
+            warnings: Vec::new(),
         })
+    }
+
+    /// What in the recipe had no effect on this model (an override that selects no
+    /// tensor, a layer range beyond the model, a `params` entry no expression reads),
+    /// when the plan was made from a recipe ([`Plan::build`]).
+    pub fn warnings(&self) -> &[RecipeWarning] {
+        &self.warnings
     }
 
     /// The plan as data.

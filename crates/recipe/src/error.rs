@@ -292,10 +292,7 @@ impl Diagnostic for RecipeError {
 }
 
 /// The closest of `candidates` to `word`, if one is close enough to be a likely typo.
-pub(crate) fn closest<'a>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let lower = word.to_lowercase();
     let candidates: Vec<&str> = candidates.into_iter().collect();
     // A cut-off name (`bfloat` for `bfloat16`) beats a closer edit that drops letters.
@@ -326,5 +323,88 @@ pub(crate) fn list(items: &[&str]) -> String {
         0 => String::new(),
         1 => quoted[0].clone(),
         n => format!("{} and {}", quoted[..n - 1].join(", "), quoted[n - 1]),
+    }
+}
+
+/// Something in a recipe that has no effect: an override that selects no tensor, a
+/// layer range beyond the model, a `params` entry no expression reads. Rendered as a
+/// miette warning pointing into the recipe; `reefknot check --strict` fails on one.
+#[derive(Debug, Clone)]
+pub struct RecipeWarning {
+    message: String,
+    label: Label,
+    help: Option<String>,
+    source: NamedSource<Arc<str>>,
+}
+
+impl RecipeWarning {
+    /// A warning about `loc` of `recipe`'s source.
+    pub fn new(
+        recipe: &crate::Recipe,
+        loc: Loc,
+        message: impl Into<String>,
+        label: impl Into<String>,
+    ) -> RecipeWarning {
+        let name = recipe
+            .path
+            .as_ref()
+            .map_or_else(|| "recipe".to_string(), |p| p.display().to_string());
+        let source: Arc<str> = Arc::from(recipe.source.as_str());
+        RecipeWarning {
+            message: message.into(),
+            label: Label {
+                loc,
+                text: label.into(),
+            },
+            help: None,
+            source: NamedSource::new(name, source).with_language("yaml"),
+        }
+    }
+
+    /// Adds advice.
+    pub fn help(mut self, help: impl Into<String>) -> RecipeWarning {
+        self.help = Some(help.into());
+        self
+    }
+
+    /// What it says.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for RecipeWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for RecipeWarning {}
+
+impl Diagnostic for RecipeWarning {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new("reefknot::no_effect"))
+    }
+
+    fn severity(&self) -> Option<miette::Severity> {
+        Some(miette::Severity::Warning)
+    }
+
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
+    }
+
+    fn source_code(&self) -> Option<&dyn SourceCode> {
+        Some(&self.source)
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        let text = (!self.label.text.is_empty()).then(|| self.label.text.clone());
+        let span = (self.label.loc.offset, self.label.loc.len);
+        Some(Box::new(std::iter::once(
+            LabeledSpan::new_primary_with_span(text, span),
+        )))
     }
 }

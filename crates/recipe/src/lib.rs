@@ -55,7 +55,7 @@ mod validate;
 mod value;
 mod yaml;
 
-pub use error::{ErrorKind, Label, RecipeError};
+pub use error::{closest, ErrorKind, Label, RecipeError, RecipeWarning};
 pub use expr::Expr;
 pub use groups::{depth_t, layer_index, Groups, BUILTIN_GROUPS};
 pub use validate::parse_size;
