@@ -174,7 +174,10 @@ fn trim_keeps_the_largest_magnitudes() {
     );
     assert_eq!(Case::deltas("trim(0) |> sum", &[v]).run(), [0.0; 5]);
     assert_eq!(Case::deltas("trim(1) |> sum", &[v]).run(), v);
-    assert_eq!(Case::deltas("trim(7.5) |> sum", &[v]).run(), v);
+    // A density beyond 1 is refused where it is written (it would keep everything).
+    let registry = reefknot_ops::Registry::builtin();
+    let e = reefknot_lang::compile("trim(7.5) |> sum", &registry).unwrap_err();
+    assert!(e.to_string().contains("`k`"), "{e}");
     // ⌊0.1·5⌋ = 0, but a positive density keeps at least one entry.
     assert_eq!(
         Case::deltas("trim(0.1) |> sum", &[v]).run(),

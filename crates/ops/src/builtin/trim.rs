@@ -28,12 +28,9 @@ static SPEC: OpSpec = OpSpec {
     params: &[
         ParamSpec {
             name: "k",
-            kind: ParamKind::Number {
-                min: reefknot_lang::Bound::Inclusive(0.0),
-                max: reefknot_lang::Bound::Unbounded,
-            },
+            kind: ParamKind::closed(0.0, 1.0),
             default: Some(DefaultValue::Number(0.2)),
-            doc: "fraction of entries to keep (density); 0 keeps none, 1 or more keeps all",
+            doc: "fraction of entries to keep (density); 0 keeps none, 1 keeps all",
         },
         RESCALE_SPEC,
     ],
@@ -41,7 +38,8 @@ static SPEC: OpSpec = OpSpec {
     weighted: false,
     summary: "keep the fraction k of entries with the largest |δ| in each vector, zero the rest",
     doc: "Keeps, in each task vector (or in the merged delta), the `max(1, ⌊k·n⌋)` entries of \
-largest magnitude and sets the others to zero; `k = 0` keeps none and `k ≥ 1` keeps all. \
+largest magnitude and sets the others to zero; `k = 0` keeps none and `k = 1` keeps all
+(`k` lies in `[0, 1]`: a density). \
 Entries whose magnitude equals the threshold are kept in flat-index order, lowest first. \
 Equals mergekit's `magnitude` sparsification (used by `ties`), whose unstable sort may pick \
 other entries among equal magnitudes at the cut.\n\n\
@@ -108,12 +106,9 @@ static BREADCRUMBS: OpSpec = OpSpec {
     params: &[
         ParamSpec {
             name: "k",
-            kind: ParamKind::Number {
-                min: reefknot_lang::Bound::Inclusive(0.0),
-                max: reefknot_lang::Bound::Unbounded,
-            },
+            kind: ParamKind::closed(0.0, 1.0),
             default: None,
-            doc: "fraction of entries to keep (density), after the outliers; 1 or more keeps all",
+            doc: "fraction of entries to keep (density), after the outliers; 1 keeps all",
         },
         ParamSpec {
             name: "gamma",
@@ -129,7 +124,7 @@ static BREADCRUMBS: OpSpec = OpSpec {
     doc: "Model Breadcrumbs (Davari & Belilovsky 2024): in each task vector of `n` entries, \
 drops the `⌊γ·n⌋` entries of largest magnitude (outliers) and keeps the next `⌊k·n⌋` \
 (fewer outliers are dropped when `⌊γ·n⌋ + ⌊k·n⌋ > n`, so that `⌊k·n⌋` are kept); the rest \
-is zero. `k ≥ 1` keeps everything, outliers included. Equals mergekit's \
+is zero. `k = 1` keeps everything, outliers included. Equals mergekit's \
 `magnitude_outliers` sparsification (`breadcrumbs`, `breadcrumbs_ties`); where `⌊γ·n⌋ = 0` \
 no outlier is dropped. Ties among equal magnitudes are broken as `trim` breaks them.\n\n\
 `rescale=l1` restores each vector's L1 norm, mergekit's `rescale: true`. `k` and `gamma` \
