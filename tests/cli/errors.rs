@@ -326,3 +326,50 @@ fn output_folder_that_is_an_input() {
     }
     assert_eq!(tensors(&ws.model("math")), before);
 }
+
+/// An error about an input points at the recipe line that names it: a path that does
+/// not exist, a fine-tune that lacks a tensor of the base.
+#[test]
+fn errors_about_models_point_into_the_recipe() {
+    let ws = Workspace::new(Dtype::BF16, None);
+    ws.recipe(
+        "r.yaml",
+        "base: models/base\nmodels:\n  - path: models/code\n  - path: models/maths\nmerge: sum\n",
+    );
+    let stderr = fails(&run_in(ws.path(), &["check", "r.yaml"]), 1);
+    insta::assert_snapshot!("model_path_in_recipe", stderr);
+
+    // A fine-tune without one of the base's tensors.
+    let base = Checkpoint::open(&ws.model("base")).unwrap();
+    let code = Checkpoint::open(&ws.model("code")).unwrap();
+    let kept: Vec<OutputTensor> = code
+        .tensors()
+        .iter()
+        .filter(|t| !t.name.contains("layers.1.mlp.up_proj"))
+        .map(|t| OutputTensor {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+        })
+        .collect();
+    let dir = ws.path().join("models/partial");
+    fs::create_dir(&dir).unwrap();
+    let mut w = ModelWriter::create(&dir, kept.clone(), &WriterOptions::default()).unwrap();
+    for (i, t) in kept.iter().enumerate() {
+        w.data_mut(i)
+            .copy_from_slice(code.data(code.get(&t.name).unwrap()));
+    }
+    w.finish().unwrap();
+    drop(base);
+    ws.recipe(
+        "p.yaml",
+        "base: models/base\nmodels:\n  - path: models/code\n  - path: models/partial\nmerge: sum\n",
+    );
+    let stderr = fails(&run_in(ws.path(), &["check", "p.yaml"]), 1);
+    assert!(
+        stderr.contains("is missing from model 2")
+            && stderr.contains("p.yaml:4:11")
+            && stderr.contains("╰── model 2"),
+        "{stderr}"
+    );
+}

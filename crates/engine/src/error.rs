@@ -24,6 +24,10 @@ impl Error {
         &mut self.0
     }
 
+    pub(crate) fn into_kind(self) -> Box<ErrorKind> {
+        self.0
+    }
+
     /// The CLI exit code: 2 for recipe and usage errors, 1 for failed merges.
     pub fn exit_code(&self) -> i32 {
         self.0.exit_code()
@@ -48,6 +52,11 @@ pub enum ErrorKind {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Lang(#[from] reefknot_lang::LangError),
+
+    /// An error caused by a line of the recipe (a model's path, say), shown there.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    InRecipe(InRecipe),
 
     /// A checkpoint could not be read.
     #[error("cannot read the {role}")]
@@ -333,6 +342,75 @@ pub enum ErrorKind {
     },
 }
 
+/// An error with the place in the recipe that caused it: the error's message, help
+/// and causes, and the recipe's line with a caret under `span`.
+#[derive(Debug)]
+pub struct InRecipe {
+    error: Box<ErrorKind>,
+    recipe: miette::NamedSource<std::sync::Arc<str>>,
+    span: miette::SourceSpan,
+    label: String,
+}
+
+impl InRecipe {
+    /// `error`, pointed at `loc` of `recipe` with `label` under the caret.
+    pub fn new(
+        error: ErrorKind,
+        recipe: &reefknot_recipe::Recipe,
+        loc: reefknot_recipe::Loc,
+        label: impl Into<String>,
+    ) -> InRecipe {
+        let name = recipe
+            .path
+            .as_ref()
+            .map_or_else(|| "recipe".to_string(), |p| p.display().to_string());
+        let source: std::sync::Arc<str> = std::sync::Arc::from(recipe.source.as_str());
+        InRecipe {
+            error: Box::new(error),
+            recipe: miette::NamedSource::new(name, source).with_language("yaml"),
+            span: (loc.offset, loc.len).into(),
+            label: label.into(),
+        }
+    }
+
+    /// The error itself.
+    pub fn error(&self) -> &ErrorKind {
+        &self.error
+    }
+}
+
+impl std::fmt::Display for InRecipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for InRecipe {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
+}
+
+impl Diagnostic for InRecipe {
+    fn code<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        self.error.code()
+    }
+
+    fn help<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        self.error.help()
+    }
+
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        Some(&self.recipe)
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = miette::LabeledSpan> + '_>> {
+        Some(Box::new(std::iter::once(
+            miette::LabeledSpan::new_primary_with_span(Some(self.label.clone()), self.span),
+        )))
+    }
+}
+
 /// Where a NaN or an infinity was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NonFiniteAt {
@@ -457,6 +535,7 @@ impl ErrorKind {
             | ErrorKind::PlanTensor { .. }
             | ErrorKind::PlanStage { .. }
             | ErrorKind::UnknownPlanOperator { .. } => 2,
+            ErrorKind::InRecipe(e) => e.error.exit_code(),
             ErrorKind::Checkpoint { .. }
             | ErrorKind::MissingTensor { .. }
             | ErrorKind::ShapeMismatch { .. }

@@ -20,6 +20,7 @@ use reefknot_ops::{Args, Operator, Registry, Value};
 use reefknot_plan as plan;
 use reefknot_recipe::{OutputDtype, ParamValue, Recipe, RecipeWarning, Selector};
 
+use crate::error::InRecipe;
 use crate::{Error, ErrorKind};
 
 /// Settings that override the recipe (from the command line).
@@ -98,16 +99,22 @@ pub(crate) fn plan_and_warn(
     let seed = opts.seed.unwrap_or(recipe.seed);
 
     // Inputs: the base, the models in recipe order, then the Fisher files.
-    let open = |path: &Path, role: String| {
-        Checkpoint::open(path).map_err(|source| Error::from(ErrorKind::Checkpoint { role, source }))
+    // Errors about an input point at the recipe line that names it.
+    let open = |path: &Path, role: String, loc| {
+        Checkpoint::open(path).map_err(|source| {
+            let label = role.split(" (").next().unwrap_or_default().to_string();
+            let e = ErrorKind::Checkpoint { role, source };
+            Error::from(ErrorKind::InRecipe(InRecipe::new(e, recipe, loc, label)))
+        })
     };
     let mut opened = vec![open(
         &recipe.base,
         format!("base model ({})", recipe.base.display()),
+        recipe.base_location,
     )?];
     let mut roles = vec![plan::Role::Base];
     for (i, m) in recipe.models.iter().enumerate() {
-        opened.push(open(&m.path, model_label(i, &m.path))?);
+        opened.push(open(&m.path, model_label(i, &m.path), m.location)?);
         roles.push(plan::Role::Model { model: i });
     }
     let mut fisher_input = vec![None; recipe.models.len()];
@@ -115,7 +122,7 @@ pub(crate) fn plan_and_warn(
         if let Some(f) = &m.fisher {
             let role = format!("Fisher file of {}", model_label(i, &m.path));
             fisher_input[i] = Some(opened.len());
-            opened.push(open(f, role)?);
+            opened.push(open(f, role, m.fisher_location.unwrap_or(m.location))?);
             roles.push(plan::Role::Fisher { model: i });
         }
     }
@@ -311,6 +318,33 @@ pub(crate) fn plan_and_warn(
     crate::lay_out(&mut merge_plan)?;
     let warnings = no_effect(recipe, layers, &selected, &chosen, &read.into_inner());
     Ok((merge_plan, opened, warnings))
+}
+
+/// Points an error about one model's tensors (missing, of another shape or dtype, a
+/// Fisher entry that does not fit) at the recipe line that names the model.
+pub(crate) fn point_into_recipe(recipe: &Recipe, e: Error) -> Error {
+    let (model, fisher) = match e.kind() {
+        ErrorKind::MissingTensor { model, .. }
+        | ErrorKind::ShapeMismatch { model, .. }
+        | ErrorKind::DtypeMismatch { model, .. } => (model, false),
+        ErrorKind::FisherTensor { model, .. } => (model, true),
+        _ => return e,
+    };
+    // Messages name model `i` as `model_label(i, path)`.
+    let Some((i, m)) = recipe
+        .models
+        .iter()
+        .enumerate()
+        .find(|(i, m)| *model == model_label(*i, &m.path))
+    else {
+        return e;
+    };
+    let (loc, label) = match (fisher, m.fisher_location) {
+        (true, Some(loc)) => (loc, format!("the Fisher file of model {}", i + 1)),
+        _ => (m.location, format!("model {}", i + 1)),
+    };
+    let kind = *e.into_kind();
+    ErrorKind::InRecipe(InRecipe::new(kind, recipe, loc, label)).into()
 }
 
 /// The warnings about what had no effect (see [`plan_and_warn`]).

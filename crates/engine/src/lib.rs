@@ -41,7 +41,7 @@ use reefknot_lang::Pipeline;
 use reefknot_ops::{Registry, BLOCK};
 use reefknot_recipe::{Expr, Recipe};
 
-pub use error::{Error, ErrorKind, NonFiniteAt};
+pub use error::{Error, ErrorKind, InRecipe, NonFiniteAt};
 pub use exec::{
     execute, merge_tensor, InMemory, MemoryOutput, MemorySink, NoProgress, OutputSink, Progress,
     Sink, Source, TensorJob,

@@ -80,8 +80,10 @@ impl Plan {
     /// Makes the plan of `recipe` (compiling, opening and resolving everything without
     /// reading tensor data) and readies it.
     pub fn build(recipe: &Recipe, registry: &Registry, opts: &PlanOptions) -> Result<Plan, Error> {
-        let (data, inputs, warnings) = frontend::plan_and_warn(recipe, registry, opts)?;
-        let mut plan = Plan::with_inputs(data, inputs, registry)?;
+        let point = |e| frontend::point_into_recipe(recipe, e);
+        let (data, inputs, warnings) =
+            frontend::plan_and_warn(recipe, registry, opts).map_err(point)?;
+        let mut plan = Plan::with_inputs(data, inputs, registry).map_err(point)?;
         plan.warnings = warnings;
         Ok(plan)
     }

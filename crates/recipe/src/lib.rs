@@ -107,6 +107,8 @@ pub struct ModelEntry {
     /// Where the entry's `path` value is written: the place to point at for an error
     /// about this model.
     pub location: Loc,
+    /// Where its `fisher` value is written, when it has one.
+    pub fisher_location: Option<Loc>,
 }
 
 /// Which tensors an [`Override`] is for.
@@ -191,6 +193,8 @@ pub struct Recipe {
     pub source: String,
     /// The base model (`base:`), resolved against the recipe's folder.
     pub base: PathBuf,
+    /// Where the `base` value is written: the place to point at for an error about it.
+    pub base_location: Loc,
     /// The fine-tunes (`models:`), at least one, in the order written.
     pub models: Vec<ModelEntry>,
     /// The recipe-wide values for `$variables` (`params:`).
@@ -256,6 +260,7 @@ impl Recipe {
             path: None,
             source,
             base: parts.base,
+            base_location: parts.base_location,
             models: parts.models,
             params: parts.params,
             merge: parts.merge,

@@ -15,6 +15,7 @@ use crate::{Loc, ModelEntry, OutputDtype, Override, Selector};
 /// Everything of a recipe but its file and text.
 pub(crate) struct Parts {
     pub(crate) base: PathBuf,
+    pub(crate) base_location: Loc,
     pub(crate) models: Vec<ModelEntry>,
     pub(crate) params: Params,
     pub(crate) merge: Expr,
@@ -231,6 +232,7 @@ impl<'a> Checker<'a> {
         // `groups` before `overrides`, which refer to them.
         let groups = self.groups(&f);
 
+        let base_location = f.get("base").map(|n| n.loc);
         let base = match f.get("base") {
             Some(node) => self.path(node, "base"),
             None => {
@@ -282,6 +284,7 @@ impl<'a> Checker<'a> {
 
         Some(Parts {
             base: base?,
+            base_location: base_location?,
             models: models?,
             params: params?,
             merge: merge?,
@@ -760,6 +763,7 @@ impl<'a> Checker<'a> {
             Some(n) => self.number(n, "`weight`"),
             None => Some(Number::Scalar(1.0)),
         };
+        let fisher_location = f.get("fisher").map(|n| n.loc);
         let fisher = match f.get("fisher") {
             Some(n) => self.path(n, "fisher").map(Some),
             None => Some(None),
@@ -772,6 +776,7 @@ impl<'a> Checker<'a> {
             path: path?,
             weight: weight?,
             fisher: fisher?,
+            fisher_location,
             params: params?,
             location: path_node?.loc,
         })
