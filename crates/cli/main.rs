@@ -25,12 +25,36 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use reefknot_engine::{MergeOptions, Plan, PlanOptions, Progress};
 use reefknot_recipe::Recipe;
 
+/// The examples and exit codes `reefknot --help` ends with.
+const HELP_EXAMPLES: &str = "\
+Examples:
+  reefknot demo                                  compare merges on a synthetic family
+  reefknot check recipe.yaml                     validate everything, print the plan
+  reefknot check recipe.yaml --scan --strict     also read the tensors; warnings fail
+  reefknot merge recipe.yaml -o merged           run the merge
+  reefknot check recipe.yaml --json > plan.json  the plan as data...
+  reefknot merge --plan plan.json -o merged      ...run as it is
+  reefknot ops dare                              an operator's documentation
+
+Exit codes:
+  0  success
+  1  the inputs or the output failed: an unreadable or inconsistent checkpoint, NaN
+     or infinite values, an operator's error, an output that cannot be written
+  2  a usage or recipe error: no tensor data was read and nothing was written
+  128+N  interrupted by signal N (the partial output is removed)
+
+Environment:
+  REEFKNOT_LOG, RUST_LOG   log filter, e.g. `info` or `reefknot_engine=debug`
+  REEFKNOT_PLUGIN_PATH     folders of plugin libraries, `:`-separated
+  REEFKNOT_SIMD            cap the vector instructions: portable, avx2 or avx512";
+
 #[derive(Parser)]
 #[command(
     name = "reefknot",
     version,
     about = "Merge fine-tuned model checkpoints: TIES, DARE and Fisher merging as a typed, composable language",
-    after_help = "Run `reefknot demo` to see merges compared on a synthetic family, `reefknot ops` for the operators."
+    after_help = "Run `reefknot demo` to see merges compared on a synthetic family, `reefknot ops` for the operators.",
+    after_long_help = HELP_EXAMPLES
 )]
 struct Cli {
     /// More log lines on stderr: -v info, -vv debug, -vvv trace (REEFKNOT_LOG or

@@ -138,3 +138,21 @@ fn check_warns_about_what_has_no_effect() {
     ok(&clean);
     assert!(text(&clean).1.is_empty(), "{}", text(&clean).1);
 }
+
+/// `--help` ends with examples, the exit codes and the environment it reads.
+#[test]
+fn long_help_shows_examples_and_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = ok(&run_in(dir.path(), &["--help"]));
+    for part in [
+        "Examples:",
+        "reefknot merge recipe.yaml -o merged",
+        "Exit codes:",
+        "REEFKNOT_LOG",
+    ] {
+        assert!(help.contains(part), "no {part:?} in\n{help}");
+    }
+    // -h stays short.
+    let short = ok(&run_in(dir.path(), &["-h"]));
+    assert!(!short.contains("Exit codes:"), "{short}");
+}
