@@ -390,3 +390,30 @@ fn the_first_bad_value_is_reported_whatever_the_threads() {
         );
     }
 }
+
+/// Tensors run in parallel, but the tensor reported is the first failing one in the
+/// output's order.
+#[test]
+fn the_first_bad_tensor_is_reported_whatever_the_threads() {
+    let ws = Workspace::new(Dtype::F32, None);
+    let c = Checkpoint::open(&ws.model("code")).unwrap();
+    let names: Vec<String> = c.tensors().iter().map(|t| t.name.clone()).collect();
+    drop(c);
+    let (first, last) = (&names[1], &names[names.len() - 1]);
+    poke(&ws.model("code"), last, 0, f32::NAN);
+    poke(&ws.model("code"), first, 0, f32::NAN);
+    ws.recipe("r.yaml", &recipe_with("sum"));
+    for threads in ["1", "2", "4"] {
+        let stderr = fails(
+            &run_in(
+                ws.path(),
+                &["merge", "r.yaml", "-o", "out", "--threads", threads],
+            ),
+            1,
+        );
+        assert!(
+            stderr.contains(&format!("element 0 of `{first}`")),
+            "{threads}: {stderr}"
+        );
+    }
+}

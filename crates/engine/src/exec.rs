@@ -16,6 +16,8 @@
 //! chunk size.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use rayon::prelude::*;
@@ -1015,45 +1017,64 @@ pub fn execute(
         .transpose()
         .map_err(|e| name_input(plan, e))?;
     let models = plan.data().models();
+    // The error reported is that of the first failing tensor in the selection's order,
+    // whatever the scheduling: once one fails, only the tensors before it still run.
+    let first_failed = AtomicUsize::new(usize::MAX);
+    let failures: Mutex<BTreeMap<usize, Error>> = Mutex::default();
     selection
         .par_iter()
-        .try_for_each(|&index| -> Result<(), Error> {
-            let tensor = &plan.data().tensors[index];
-            let dtype = plan.dtypes()[index];
-            let sink = TensorOf { out, index };
-            match &plan.jobs()[index] {
-                Job::Copy { from, convert } => copy_tensor(
-                    plan,
-                    index,
-                    *from,
-                    *convert,
-                    dtype,
-                    &sink,
-                    chunk,
-                    check_finite,
-                    progress,
-                ),
-                Job::Merge(job) => {
-                    let source = Mapped::new(plan, job);
-                    let job = TensorJob {
-                        name: &tensor.name,
-                        shape: &tensor.shape,
-                        numel: tensor.numel(),
-                        layer: tensor.layer,
-                        models,
-                        source: &source,
-                        fisher: job.fisher.is_some(),
-                        stages: &job.stages,
-                        weights: &job.weights,
-                        seed: plan.data().seed,
-                        fisher_means: fisher_means.as_deref(),
-                        check_finite,
-                    };
-                    merge_tensor(&job, chunk, dtype, &sink, progress)
-                        .map_err(|e| name_input(plan, e))
-                }
+        .enumerate()
+        .for_each(|(position, &index)| {
+            if position > first_failed.load(Ordering::Relaxed) {
+                return;
             }
-        })?;
+            let produce = || -> Result<(), Error> {
+                let tensor = &plan.data().tensors[index];
+                let dtype = plan.dtypes()[index];
+                let sink = TensorOf { out, index };
+                match &plan.jobs()[index] {
+                    Job::Copy { from, convert } => copy_tensor(
+                        plan,
+                        index,
+                        *from,
+                        *convert,
+                        dtype,
+                        &sink,
+                        chunk,
+                        check_finite,
+                        progress,
+                    ),
+                    Job::Merge(job) => {
+                        let source = Mapped::new(plan, job);
+                        let job = TensorJob {
+                            name: &tensor.name,
+                            shape: &tensor.shape,
+                            numel: tensor.numel(),
+                            layer: tensor.layer,
+                            models,
+                            source: &source,
+                            fisher: job.fisher.is_some(),
+                            stages: &job.stages,
+                            weights: &job.weights,
+                            seed: plan.data().seed,
+                            fisher_means: fisher_means.as_deref(),
+                            check_finite,
+                        };
+                        merge_tensor(&job, chunk, dtype, &sink, progress)
+                            .map_err(|e| name_input(plan, e))
+                    }
+                }
+            };
+            if let Err(e) = produce() {
+                first_failed.fetch_min(position, Ordering::Relaxed);
+                let mut failures = failures.lock().unwrap_or_else(|e| e.into_inner());
+                failures.insert(position, e);
+            }
+        });
+    let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, e)) = failures.into_iter().next() {
+        return Err(e);
+    }
     out.flush()
 }
 
