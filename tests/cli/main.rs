@@ -5,6 +5,7 @@ mod conventions;
 mod docs;
 mod errors;
 mod hostile;
+mod hub;
 mod merge;
 mod nonfinite;
 mod plans;

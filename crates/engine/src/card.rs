@@ -152,9 +152,10 @@ pub(crate) fn write_card(plan: &Plan, out: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// The last path component (what identifies a model to a reader), or the whole path.
+/// The repo id of a Hugging Face cache snapshot, else the last path component (what
+/// identifies a model to a reader), or the whole path.
 fn display_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
+    crate::hub::repo_of_snapshot(p)
+        .or_else(|| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| p.display().to_string())
 }

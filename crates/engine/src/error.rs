@@ -58,6 +58,26 @@ pub enum ErrorKind {
     #[diagnostic(transparent)]
     InRecipe(InRecipe),
 
+    /// A model named by Hugging Face repo id is neither a local folder nor in the cache.
+    #[error(
+        "`{repo}` is not a folder here ({}) and revision `{revision}` is not in the Hugging Face cache ({})",
+        .local.display(), .looked.display()
+    )]
+    #[diagnostic(help(
+        "download it first (`huggingface-cli download {repo}`), or set HF_HUB_CACHE or HF_HOME \
+         to the cache that holds it; reefknot reads the cache offline"
+    ))]
+    NotInCache {
+        /// `org/name`.
+        repo: String,
+        /// The revision asked for (`main` by default).
+        revision: String,
+        /// The local path it was also taken as.
+        local: PathBuf,
+        /// The repo's folder in the cache.
+        looked: PathBuf,
+    },
+
     /// A checkpoint could not be read.
     #[error("cannot read the {role}")]
     Checkpoint {
@@ -536,7 +556,8 @@ impl ErrorKind {
             | ErrorKind::PlanStage { .. }
             | ErrorKind::UnknownPlanOperator { .. } => 2,
             ErrorKind::InRecipe(e) => e.error.exit_code(),
-            ErrorKind::Checkpoint { .. }
+            ErrorKind::NotInCache { .. }
+            | ErrorKind::Checkpoint { .. }
             | ErrorKind::MissingTensor { .. }
             | ErrorKind::ShapeMismatch { .. }
             | ErrorKind::DtypeMismatch { .. }

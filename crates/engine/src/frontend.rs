@@ -99,12 +99,19 @@ pub(crate) fn plan_and_warn(
     let seed = opts.seed.unwrap_or(recipe.seed);
 
     // Inputs: the base, the models in recipe order, then the Fisher files.
-    // Errors about an input point at the recipe line that names it.
-    let open = |path: &Path, role: String, loc| {
-        Checkpoint::open(path).map_err(|source| {
-            let label = role.split(" (").next().unwrap_or_default().to_string();
-            let e = ErrorKind::Checkpoint { role, source };
+    // Errors about an input point at the recipe line that names it. A path that does
+    // not exist but reads as a Hugging Face repo id is looked up in the local cache.
+    let open = |path: &Path, role: String, loc: reefknot_recipe::Loc| {
+        let in_recipe = |e, label: String| {
             Error::from(ErrorKind::InRecipe(InRecipe::new(e, recipe, loc, label)))
+        };
+        let path = match hub_model(recipe, path, loc) {
+            Ok(p) => p,
+            Err(e) => return Err(in_recipe(*e, "not found".into())),
+        };
+        Checkpoint::open(&path).map_err(|source| {
+            let label = role.split(" (").next().unwrap_or_default().to_string();
+            in_recipe(ErrorKind::Checkpoint { role, source }, label)
         })
     };
     let mut opened = vec![open(
@@ -318,6 +325,36 @@ pub(crate) fn plan_and_warn(
     crate::lay_out(&mut merge_plan)?;
     let warnings = no_effect(recipe, layers, &selected, &chosen, &read.into_inner());
     Ok((merge_plan, opened, warnings))
+}
+
+/// `path` itself, or, when it does not exist and the recipe wrote it as a Hugging Face
+/// repo id (`org/name`, `org/name@revision`), the snapshot of that revision in the local
+/// cache.
+fn hub_model(
+    recipe: &Recipe,
+    path: &Path,
+    loc: reefknot_recipe::Loc,
+) -> Result<PathBuf, Box<ErrorKind>> {
+    if path.exists() {
+        return Ok(path.to_path_buf());
+    }
+    let written = recipe
+        .source
+        .get(loc.offset..loc.offset + loc.len)
+        .unwrap_or_default()
+        .trim_matches(|c| c == '"' || c == '\'');
+    let (Some(id), Some(hub)) = (crate::hub::RepoId::parse(written), crate::hub::cache_dir())
+    else {
+        return Ok(path.to_path_buf());
+    };
+    crate::hub::snapshot(&hub, &id).map_err(|looked| {
+        Box::new(ErrorKind::NotInCache {
+            repo: id.repo.to_string(),
+            revision: id.revision.to_string(),
+            local: path.to_path_buf(),
+            looked,
+        })
+    })
 }
 
 /// Points an error about one model's tensors (missing, of another shape or dtype, a

@@ -29,6 +29,7 @@ mod card;
 mod error;
 mod exec;
 mod frontend;
+mod hub;
 mod output;
 mod plan;
 mod scan;
