@@ -68,4 +68,15 @@ fn repo_ids_resolve_in_the_local_cache() {
             && stderr.contains("missing.yaml:3:11"),
         "{stderr}"
     );
+
+    // A repo the cache never held is a local path that does not exist.
+    ws.recipe(
+        "absent.yaml",
+        "base: org/base\nmodels:\n  - path: org/nope\nmerge: sum\n",
+    );
+    let stderr = fails(&run(&["check", "absent.yaml"]), 1);
+    assert!(
+        stderr.contains("org/nope: no such file or folder"),
+        "{stderr}"
+    );
 }

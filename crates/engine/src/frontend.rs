@@ -328,8 +328,8 @@ pub(crate) fn plan_and_warn(
 }
 
 /// `path` itself, or, when it does not exist and the recipe wrote it as a Hugging Face
-/// repo id (`org/name`, `org/name@revision`), the snapshot of that revision in the local
-/// cache.
+/// repo id (`org/name`, `org/name@revision`) of a repo the local cache holds, the
+/// snapshot of that revision.
 fn hub_model(
     recipe: &Recipe,
     path: &Path,
@@ -347,14 +347,18 @@ fn hub_model(
     else {
         return Ok(path.to_path_buf());
     };
-    crate::hub::snapshot(&hub, &id).map_err(|looked| {
-        Box::new(ErrorKind::NotInCache {
-            repo: id.repo.to_string(),
-            revision: id.revision.to_string(),
-            local: path.to_path_buf(),
-            looked,
-        })
-    })
+    match crate::hub::snapshot(&hub, &id) {
+        // Not a repo the cache knows: a local path after all, reported as such.
+        None => Ok(path.to_path_buf()),
+        Some(found) => found.map_err(|looked| {
+            Box::new(ErrorKind::NotInCache {
+                repo: id.repo.to_string(),
+                revision: id.revision.to_string(),
+                local: path.to_path_buf(),
+                looked,
+            })
+        }),
+    }
 }
 
 /// Points an error about one model's tensors (missing, of another shape or dtype, a

@@ -55,19 +55,23 @@ pub(crate) fn cache_dir() -> Option<PathBuf> {
         .or_else(|| var("HOME").map(|h| h.join(".cache/huggingface/hub")))
 }
 
-/// Where `id` is in the cache `hub`: the snapshot folder of its revision. `Err` holds
-/// the folder looked in, for the message.
-pub(crate) fn snapshot(hub: &Path, id: &RepoId<'_>) -> Result<PathBuf, PathBuf> {
+/// Where `id` is in the cache `hub`: the snapshot folder of its revision; `None` when
+/// the cache has no such repo (then the name was likely a local path), `Some(Err)` with
+/// the repo's folder when it lacks the revision.
+pub(crate) fn snapshot(hub: &Path, id: &RepoId<'_>) -> Option<Result<PathBuf, PathBuf>> {
     let repo = hub.join(format!("models--{}", id.repo.replace('/', "--")));
+    if !repo.is_dir() {
+        return None;
+    }
     let commit = std::fs::read_to_string(repo.join("refs").join(id.revision))
         .map(|c| c.trim().to_string())
         .unwrap_or_else(|_| id.revision.to_string());
     let snapshot = repo.join("snapshots").join(commit);
-    if snapshot.is_dir() {
+    Some(if snapshot.is_dir() {
         Ok(snapshot)
     } else {
         Err(repo)
-    }
+    })
 }
 
 /// The repo id of a cache snapshot folder (`…/models--org--name/snapshots/COMMIT` →
@@ -129,16 +133,13 @@ mod tests {
         std::fs::create_dir_all(repo.join("snapshots/abc123")).unwrap();
         std::fs::write(repo.join("refs/main"), "abc123\n").unwrap();
         let main = RepoId::parse("org/m").unwrap();
-        assert_eq!(
-            snapshot(hub.path(), &main),
-            Ok(repo.join("snapshots/abc123"))
-        );
+        let found = Some(Ok(repo.join("snapshots/abc123")));
+        assert_eq!(snapshot(hub.path(), &main), found);
         let commit = RepoId::parse("org/m@abc123").unwrap();
-        assert_eq!(
-            snapshot(hub.path(), &commit),
-            Ok(repo.join("snapshots/abc123"))
-        );
+        assert_eq!(snapshot(hub.path(), &commit), found);
         let missing = RepoId::parse("org/m@v2").unwrap();
-        assert_eq!(snapshot(hub.path(), &missing), Err(repo));
+        assert_eq!(snapshot(hub.path(), &missing), Some(Err(repo)));
+        let absent = RepoId::parse("org/other").unwrap();
+        assert_eq!(snapshot(hub.path(), &absent), None);
     }
 }
