@@ -297,9 +297,13 @@ impl Plan {
         let f64_merged = self
             .jobs
             .iter()
-            .filter(|j| match j {
-                Job::Merge(m) => self.inputs[m.base.0].tensors()[m.base.1].dtype == Dtype::F64,
-                Job::Copy { .. } => false,
+            .filter(|j| {
+                let f64 = |l: &Located| self.inputs[l.0].tensors()[l.1].dtype == Dtype::F64;
+                match j {
+                    // Any F64 input of a merged tensor is read at f32 precision.
+                    Job::Merge(m) => f64(&m.base) || m.models.iter().any(f64),
+                    Job::Copy { .. } => false,
+                }
             })
             .count();
         if f64_merged > 0 {
