@@ -380,14 +380,9 @@ impl InRecipe {
         loc: reefknot_recipe::Loc,
         label: impl Into<String>,
     ) -> InRecipe {
-        let name = recipe
-            .path
-            .as_ref()
-            .map_or_else(|| "recipe".to_string(), |p| p.display().to_string());
-        let source: std::sync::Arc<str> = std::sync::Arc::from(recipe.source.as_str());
         InRecipe {
             error: Box::new(error),
-            recipe: miette::NamedSource::new(name, source).with_language("yaml"),
+            recipe: recipe.named_source(),
             span: (loc.offset, loc.len).into(),
             label: label.into(),
         }

@@ -345,11 +345,6 @@ impl RecipeWarning {
         message: impl Into<String>,
         label: impl Into<String>,
     ) -> RecipeWarning {
-        let name = recipe
-            .path
-            .as_ref()
-            .map_or_else(|| "recipe".to_string(), |p| p.display().to_string());
-        let source: Arc<str> = Arc::from(recipe.source.as_str());
         RecipeWarning {
             message: message.into(),
             label: Label {
@@ -357,7 +352,7 @@ impl RecipeWarning {
                 text: label.into(),
             },
             help: None,
-            source: NamedSource::new(name, source).with_language("yaml"),
+            source: recipe.named_source(),
         }
     }
 

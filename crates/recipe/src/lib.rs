@@ -217,6 +217,16 @@ pub struct Recipe {
 }
 
 impl Recipe {
+    /// The recipe's text as a miette source, named by its file (or `recipe`), for
+    /// diagnostics that point into it.
+    pub fn named_source(&self) -> miette::NamedSource<Arc<str>> {
+        let name = self
+            .path
+            .as_ref()
+            .map_or_else(|| "recipe".to_string(), |p| p.display().to_string());
+        miette::NamedSource::new(name, Arc::from(self.source.as_str())).with_language("yaml")
+    }
+
     /// Reads and validates the recipe file at `path`; relative paths in it resolve
     /// against the file's folder, and errors name the file as `path` is written.
     pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
