@@ -277,3 +277,48 @@ fn hugging_face_cache_snapshots_link_into_their_blobs() {
     );
     assert!(!stderr.contains("not copied"), "{stderr}");
 }
+
+/// An expression of 100 000 stages took 2.9 GB and 19 s to check: now one past the
+/// length or stage limit is refused at once, with a short message.
+#[test]
+fn expressions_past_the_limits_are_refused() {
+    let ws = Workspace::new(Dtype::F32, None);
+    let huge = format!("sum{}", " |> scale(1)".repeat(100_000));
+    ws.recipe("huge.yaml", &recipe_with(&huge));
+    let stderr = fails(&run_in(ws.path(), &["check", "huge.yaml"]), 2);
+    assert!(
+        stderr.contains("reefknot::too_large")
+            && stderr.contains(&format!("the expression is {} bytes long", huge.len()))
+            && stderr.len() < 4_000,
+        "{}",
+        &stderr[..stderr.len().min(4_000)]
+    );
+    let long = format!("sum{}", " |> scale(1)".repeat(64));
+    ws.recipe("long.yaml", &recipe_with(&long));
+    let stderr = fails(&run_in(ws.path(), &["check", "long.yaml"]), 2);
+    assert!(
+        stderr.contains("the pipeline has more than 64 stages"),
+        "{stderr}"
+    );
+}
+
+/// A mistake past column 65 535 of a recipe line made the diagnostic renderer panic
+/// (exit 101): the line is cut around the caret, and the header gives the true column.
+#[test]
+fn an_error_past_column_65535_renders_without_a_panic() {
+    let ws = Workspace::new(Dtype::F32, None);
+    let pad = " ".repeat(100_000);
+    ws.recipe(
+        "r.yaml",
+        &format!("{}dtype:{pad}bogus\n", recipe_with("sum")),
+    );
+    let stderr = fails(&run_in(ws.path(), &["check", "r.yaml"]), 2);
+    assert!(
+        !stderr.contains("panicked")
+            && stderr.contains(&format!("r.yaml:7:{}", 100_000 + 7))
+            && stderr.contains("bogus")
+            && stderr.len() < 4_000,
+        "{}",
+        &stderr[..stderr.len().min(4_000)]
+    );
+}

@@ -124,7 +124,8 @@
 //! - `NUMBER`: an optional sign, digits with an optional fraction, or a fraction
 //!   alone, and an optional exponent: `1`, `-0.5`, `+2`, `.5`, `1e-12`, `2.5E3`.
 //!   `5.` (a point without digits after it), `inf`, `nan`, `0x10` and `1_000` are
-//!   not numbers. A literal too large for an `f64` is an error.
+//!   not numbers. A literal beyond the range of `f32` (about 3.4e38), which merges
+//!   compute in, is an error.
 //! - `STRING`: double quotes, on one line, with the escapes `\\ \" \' \n \r \t \0`
 //!   and `\u{hex}`.
 //! - A trailing comma is accepted in argument lists and gradients
