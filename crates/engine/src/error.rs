@@ -487,20 +487,22 @@ fn nonfinite_message(
         None => what,
     };
     let place = format!("element {element} of `{tensor}`");
+    // The input a value was read from, as the messages name it.
+    let who = |at: &NonFiniteAt| match *at {
+        NonFiniteAt::Base => "the base".to_string(),
+        NonFiniteAt::Model(i) | NonFiniteAt::TaskVector(i) => format!("model {}", i + 1),
+        NonFiniteAt::Fisher(i) => format!("the Fisher values of model {}", i + 1),
+        _ => "an input".to_string(),
+    };
     match at {
-        NonFiniteAt::Base => format!("{} holds {value} at {place}", from("the base".into())),
-        NonFiniteAt::Model(i) => format!(
-            "{} holds {value} at {place}",
-            from(format!("model {}", i + 1))
-        ),
-        NonFiniteAt::TaskVector(i) => format!(
+        NonFiniteAt::Base | NonFiniteAt::Model(_) => {
+            format!("{} holds {value} at {place}", from(who(at)))
+        }
+        NonFiniteAt::TaskVector(_) => format!(
             "the task vector of {} is {value} at {place}: its value minus the base's is beyond f32",
-            from(format!("model {}", i + 1))
+            from(who(at))
         ),
-        NonFiniteAt::Fisher(i) => format!(
-            "the Fisher values of {} hold {value} at {place}",
-            from(format!("model {}", i + 1))
-        ),
+        NonFiniteAt::Fisher(_) => format!("{} hold {value} at {place}", from(who(at))),
         NonFiniteAt::Stage { number, stage } => format!(
             "stage {number} of the pipeline (`{stage}`) made {value} at {place} from finite values"
         ),
@@ -515,18 +517,10 @@ fn nonfinite_message(
             "the value {value} at {place} (copied, {from}) is beyond the range of {to}: it \
              would be written as an infinity"
         ),
-        NonFiniteAt::BeyondF32(of) => {
-            let who = match **of {
-                NonFiniteAt::Base => "the base".to_string(),
-                NonFiniteAt::Model(i) => format!("model {}", i + 1),
-                NonFiniteAt::Fisher(i) => format!("the Fisher values of model {}", i + 1),
-                _ => "an input".to_string(),
-            };
-            format!(
-                "{} holds {value} at {place}, beyond the range of f32, which merges compute in",
-                from(who)
-            )
-        }
+        NonFiniteAt::BeyondF32(of) => format!(
+            "{} holds {value} at {place}, beyond the range of f32, which merges compute in",
+            from(who(of))
+        ),
     }
 }
 

@@ -852,19 +852,15 @@ fn first_nonfinite_of(
     info: &reefknot_io::TensorInfo,
     model: usize,
 ) -> Option<ErrorKind> {
-    const STEP: usize = 1 << 14;
-    let n = info.numel();
-    let mut buf = vec![0f32; STEP];
-    (0..n).step_by(STEP).find_map(|start| {
-        let buf = &mut buf[..(n - start).min(STEP)];
-        read_f32(f, info, start, buf);
-        first_nonfinite(buf).map(|k| ErrorKind::NonFinite {
-            tensor: info.name.clone(),
-            element: start + k,
-            value: f64::from(buf[k]),
-            at: NonFiniteAt::Fisher(model),
-            input: None,
-        })
+    let found = crate::scan::nonfinite_in(f, info)?;
+    let mut value = [0f32];
+    read_f32(f, info, found.first, &mut value);
+    Some(ErrorKind::NonFinite {
+        tensor: info.name.clone(),
+        element: found.first,
+        value: f64::from(value[0]),
+        at: NonFiniteAt::Fisher(model),
+        input: None,
     })
 }
 

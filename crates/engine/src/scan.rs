@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use rayon::prelude::*;
-use reefknot_io::to_f32;
+use reefknot_io::{to_f32, Checkpoint, TensorInfo};
 
 use reefknot_plan::Role;
 
@@ -72,47 +72,67 @@ pub fn scan_nonfinite(plan: &Plan) -> Vec<NonFiniteInput> {
             if !info.dtype.is_computable() {
                 return None;
             }
-            let data = ckpt.data(info);
-            let size = info.dtype.size();
-            let n = info.numel();
-            // (NaN count, infinity count, first element), per step, combined in order.
-            let (nan, inf, first) = (0..n.div_ceil(STEP))
-                .into_par_iter()
-                .map(|s| {
-                    let (start, end) = (s * STEP, ((s + 1) * STEP).min(n));
-                    let mut values = vec![0f32; end - start];
-                    to_f32(info.dtype, &data[start * size..end * size], &mut values);
-                    if reefknot_io::all_finite(&values) {
-                        return (0, 0, None);
-                    }
-                    let nan = values.iter().filter(|x| x.is_nan()).count() as u64;
-                    let inf = values.iter().filter(|x| x.is_infinite()).count() as u64;
-                    let first = values
-                        .iter()
-                        .position(|x| !x.is_finite())
-                        .map(|k| start + k);
-                    (nan, inf, first)
-                })
-                .reduce(
-                    || (0, 0, None),
-                    |a, b| {
-                        let first = match (a.2, b.2) {
-                            (Some(x), Some(y)) => Some(x.min(y)),
-                            (x, y) => x.or(y),
-                        };
-                        (a.0 + b.0, a.1 + b.1, first)
-                    },
-                );
-            let first = first?;
+            let found = nonfinite_in(ckpt, info)?;
             let role = &plan.data().inputs[input];
             Some(NonFiniteInput {
                 input: format!("{} ({})", role.role, role.path),
                 tensor: info.name.clone(),
-                nan,
-                inf,
-                first,
+                nan: found.nan,
+                inf: found.inf,
+                first: found.first,
                 merged,
             })
         })
         .collect()
+}
+
+/// The NaN and infinities of one floating-point tensor.
+pub(crate) struct Found {
+    /// How many values are NaN.
+    pub(crate) nan: u64,
+    /// How many are infinite.
+    pub(crate) inf: u64,
+    /// The first element that is either.
+    pub(crate) first: usize,
+}
+
+/// Counts the NaN and infinities of tensor `info` of `ckpt` (a computable dtype),
+/// reading it in parallel steps; `None` when every value is finite.
+pub(crate) fn nonfinite_in(ckpt: &Checkpoint, info: &TensorInfo) -> Option<Found> {
+    let data = ckpt.data(info);
+    let size = info.dtype.size();
+    let n = info.numel();
+    // (NaN count, infinity count, first element), per step, combined in order.
+    let (nan, inf, first) = (0..n.div_ceil(STEP))
+        .into_par_iter()
+        .map(|s| {
+            let (start, end) = (s * STEP, ((s + 1) * STEP).min(n));
+            let mut values = vec![0f32; end - start];
+            to_f32(info.dtype, &data[start * size..end * size], &mut values);
+            if reefknot_io::all_finite(&values) {
+                return (0, 0, None);
+            }
+            let nan = values.iter().filter(|x| x.is_nan()).count() as u64;
+            let inf = values.iter().filter(|x| x.is_infinite()).count() as u64;
+            let first = values
+                .iter()
+                .position(|x| !x.is_finite())
+                .map(|k| start + k);
+            (nan, inf, first)
+        })
+        .reduce(
+            || (0, 0, None),
+            |a, b| {
+                let first = match (a.2, b.2) {
+                    (Some(x), Some(y)) => Some(x.min(y)),
+                    (x, y) => x.or(y),
+                };
+                (a.0 + b.0, a.1 + b.1, first)
+            },
+        );
+    Some(Found {
+        nan,
+        inf,
+        first: first?,
+    })
 }
