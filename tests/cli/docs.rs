@@ -1,9 +1,11 @@
-//! The documentation is executed: every expression in a `merge` block compiles, every
-//! full recipe in a `yaml` block passes `reefknot check` on a synthetic family, and the
-//! operator reference is what the operators' definitions generate.
+//! The documentation is executed: every command of a shell block runs on a fresh copy
+//! of the repository, every expression in a `merge` block compiles, every full recipe
+//! in a `yaml` block passes `reefknot check` on a synthetic family, and the operator
+//! reference is what the operators' definitions generate.
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use reefknot_io::Dtype;
 
@@ -26,7 +28,8 @@ fn documents() -> Vec<PathBuf> {
     v
 }
 
-/// The fenced blocks of `lang` in a Markdown file, with their line numbers.
+/// The fenced blocks of `lang` in a Markdown file, with their line numbers (a block's
+/// info string may go on after the language: ```` ```sh title=build ````).
 fn blocks(path: &Path, lang: &str) -> Vec<(usize, String)> {
     let text = fs::read_to_string(path).unwrap();
     let mut out = Vec::new();
@@ -34,10 +37,17 @@ fn blocks(path: &Path, lang: &str) -> Vec<(usize, String)> {
     for (i, line) in text.lines().enumerate() {
         let trimmed = line.trim_start();
         match &mut current {
-            None if trimmed.strip_prefix("```") == Some(lang) => {
+            None if trimmed
+                .strip_prefix("```")
+                .and_then(|info| info.split_whitespace().next())
+                == Some(lang) =>
+            {
                 current = Some((i + 1, String::new()))
             }
+            None if trimmed.starts_with("```") => current = Some((0, String::new())),
+            Some((0, _)) if trimmed.starts_with("```") => current = None,
             Some(_) if trimmed.starts_with("```") => out.push(current.take().unwrap()),
+            Some((0, _)) => {}
             Some((_, body)) => {
                 body.push_str(line);
                 body.push('\n');
@@ -68,6 +78,9 @@ fn every_documented_recipe_checks() {
     let ws = Workspace::new(Dtype::BF16, None);
     let mut n = 0;
     for doc in documents() {
+        if run_elsewhere(&doc).is_some() {
+            continue;
+        }
         for (line, yaml) in blocks(&doc, "yaml") {
             // Fragments (a few keys to illustrate one point) are not whole recipes.
             if !yaml.lines().any(|l| l.starts_with("base:")) {
@@ -109,4 +122,227 @@ fn the_operator_reference_is_generated_from_the_definitions() {
             "{op} is not registered"
         );
     }
+}
+
+/// Documented commands the suite does not run (matched by how the line starts), and
+/// why. Everything else in a shell block runs.
+const NOT_RUN: &[(&str, &str)] = &[
+    ("cargo test --workspace", "the test suite: this is it"),
+    (
+        "cargo install --path . --locked",
+        "a release build of the code under test (minutes); the suite checks it is --locked",
+    ),
+    (
+        "cargo build --release --workspace",
+        "a release build of the code under test (minutes)",
+    ),
+    (
+        "target/release/reefknot-bench",
+        "the benchmark: 6 GB of scratch space and minutes per merge",
+    ),
+    (
+        "cargo run --release -p reefknot-engine --example plan_scaling",
+        "a benchmark of minutes",
+    ),
+    ("rustup toolchain install", "installs a toolchain"),
+    ("cargo install cargo-fuzz", "installs a tool"),
+    (
+        "cargo +nightly fuzz",
+        "fuzzing: nightly Rust and 30 minutes a target",
+    ),
+    (
+        "fuzz/target/",
+        "fuzzing: nightly Rust and 30 minutes a target",
+    ),
+];
+
+/// Documented commands that run only where python3 has what they import (matched by
+/// how the line starts): the import line, and what the note says otherwise.
+const NEEDS_PYTHON: &[(&str, &str)] = &[(
+    "python3 scripts/fisher.py",
+    "import torch, transformers, safetensors",
+)];
+
+/// Documented commands run as the equivalent command of the suite's own build.
+const STAND_INS: &[(&str, &str)] = &[("cargo run -- ", "reefknot ")];
+
+/// The documents whose blocks another test runs: the plugin guide's commands need its
+/// plugin written out and built first (tests/plugins/guide.rs runs its shell blocks by
+/// these titles, and checks its recipe).
+const RUN_ELSEWHERE: &[(&str, &[&str])] = &[(
+    "docs/plugins.md",
+    &["build", "run", "run-more", "build-c", "debug"],
+)];
+
+/// The titles of the shell blocks another test runs, for a document of RUN_ELSEWHERE.
+fn run_elsewhere(doc: &Path) -> Option<&'static [&'static str]> {
+    let relative = doc.strip_prefix(root()).ok()?.to_str()?;
+    RUN_ELSEWHERE
+        .iter()
+        .find(|(d, _)| *d == relative)
+        .map(|(_, titles)| *titles)
+}
+
+/// A fresh copy of the repository, as a clone would have it: the files git tracks or
+/// would track (nothing it ignores, so no build output, no models a developer kept).
+fn fresh_copy(to: &Path) {
+    let listed = Command::new("git")
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
+        .current_dir(root())
+        .output()
+        .expect("git lists the repository's files");
+    assert!(listed.status.success(), "git ls-files failed");
+    for name in listed.stdout.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name = std::str::from_utf8(name).unwrap();
+        let from = root().join(name);
+        if !from.is_file() {
+            continue; // deleted in the work tree, not yet committed
+        }
+        let dest = to.join(name);
+        fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        fs::copy(&from, &dest).unwrap();
+    }
+}
+
+/// A document's shell commands, one per line (continuation lines joined), with the
+/// lines the suite does not run replaced by a note.
+fn script(block: &str, skipped: &mut Vec<String>, has_python: &dyn Fn(&str) -> bool) -> String {
+    let mut lines = Vec::new();
+    let mut pending = String::new();
+    for line in block.lines() {
+        match line.strip_suffix('\\') {
+            Some(head) => pending.push_str(head),
+            None => {
+                pending.push_str(line);
+                lines.push(std::mem::take(&mut pending));
+            }
+        }
+    }
+    let mut out = String::new();
+    for line in lines {
+        let command = line.trim();
+        if command.starts_with("cargo install") {
+            assert!(
+                command.contains("--locked"),
+                "`{command}`: install --locked"
+            );
+        }
+        if let Some((_, why)) = NOT_RUN.iter().find(|(p, _)| command.starts_with(p)) {
+            skipped.push(format!("`{command}`: {why}"));
+            out.push_str(": not run\n");
+            continue;
+        }
+        if let Some((_, imports)) = NEEDS_PYTHON.iter().find(|(p, _)| command.starts_with(p)) {
+            if !has_python(imports) {
+                skipped.push(format!("`{command}`: python3 cannot `{imports}` here"));
+                out.push_str(": not run\n");
+                continue;
+            }
+        }
+        let mut command = command.to_string();
+        for (from, to) in STAND_INS {
+            if let Some(rest) = command.strip_prefix(from) {
+                command = format!("{to}{rest}");
+            }
+        }
+        assert!(
+            !command.starts_with("cargo ") && !command.starts_with("target/"),
+            "`{command}` is neither run nor listed in NOT_RUN"
+        );
+        out.push_str(&command);
+        out.push('\n');
+    }
+    out
+}
+
+/// Runs a shell block with bash (`-e -u -o pipefail`) in `dir`, the `reefknot` under
+/// test first on the PATH and `HOME` a fresh folder.
+fn run_script(dir: &Path, home: &Path, script: &str) -> std::process::Output {
+    let bin = tempfile::tempdir().unwrap();
+    let exe = std::env::var_os("REEFKNOT_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_reefknot")));
+    std::os::unix::fs::symlink(exe, bin.path().join("reefknot")).unwrap();
+    let mut path = vec![bin.path().to_path_buf()];
+    path.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    Command::new("bash")
+        .args(["-e", "-u", "-o", "pipefail", "-c", script])
+        .current_dir(dir)
+        .env("PATH", std::env::join_paths(&path).unwrap())
+        .env("HOME", home)
+        .env_remove("REEFKNOT_LOG")
+        .env_remove("RUST_LOG")
+        .env_remove("REEFKNOT_PLUGIN_PATH")
+        .output()
+        .unwrap()
+}
+
+#[test]
+#[cfg(unix)]
+fn every_documented_command_runs_on_a_fresh_copy() {
+    let mut skipped = Vec::new();
+    let mut ran = 0;
+    let has_python = |imports: &str| {
+        let scratch = tempfile::tempdir().unwrap();
+        run_script(
+            scratch.path(),
+            scratch.path(),
+            &format!("python3 -c '{imports}'"),
+        )
+        .status
+        .success()
+    };
+    for doc in documents() {
+        let relative = doc
+            .strip_prefix(root())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let sh = blocks(&doc, "sh");
+        if let Some(titles) = run_elsewhere(&doc) {
+            // Every shell block there has a title that test runs.
+            let text = fs::read_to_string(&doc).unwrap();
+            let found: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("```sh title="))
+                .collect();
+            assert_eq!(found.len(), sh.len(), "{relative}: untitled shell blocks");
+            assert_eq!(found, *titles, "{relative}: shell blocks");
+            continue;
+        }
+        if sh.is_empty() {
+            continue;
+        }
+        // Each document starts from a fresh copy. The README sets up its own family;
+        // the other documents read as if its steps were followed, so the family the
+        // example recipes expect is laid out first.
+        let copy = tempfile::tempdir().unwrap();
+        let home = tempfile::tempdir().unwrap();
+        fresh_copy(copy.path());
+        if relative != "README.md" {
+            let out = run_script(copy.path(), home.path(), "reefknot demo --keep recipes");
+            ok(&out);
+        }
+        for (line, block) in sh {
+            let script = script(&block, &mut skipped, &has_python);
+            let out = run_script(copy.path(), home.path(), &script);
+            let (stdout, stderr) = text(&out);
+            assert!(
+                out.status.success(),
+                "{relative}:{line} fails ({:?}):\n{script}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+                out.status.code()
+            );
+            ran += 1;
+        }
+    }
+    eprintln!("not run:\n  {}", skipped.join("\n  "));
+    assert!(ran >= 5, "only {ran} blocks ran");
 }

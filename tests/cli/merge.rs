@@ -1,6 +1,7 @@
 //! Merges that succeed: the output folder, its files and its numbers.
 
 use std::fs;
+use std::path::Path;
 
 use reefknot_io::{Checkpoint, Dtype};
 
@@ -218,17 +219,126 @@ fn ops_lists_every_operator_and_documents_each() {
 }
 
 #[test]
-fn demo_compares_the_methods() {
+fn the_demo_measures_each_tasks_loss_and_keeps_the_family_the_recipes_expect() {
     let dir = tempfile::tempdir().unwrap();
     let stdout = ok(&reefknot()
         .args(["demo", "--keep"])
         .arg(dir.path())
         .output()
         .unwrap());
-    for method in ["averaging", "task arithmetic", "TIES", "DARE-TIES"] {
-        assert!(stdout.contains(method), "{stdout}");
+    // The table: each row's relative loss on code, math, chat, and their mean.
+    let row = |name: &str| -> Vec<f64> {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}  ")))
+            .unwrap_or_else(|| panic!("no row {name}:\n{stdout}"));
+        let numbers: Vec<f64> = line[name.len()..]
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        numbers[..4].to_vec()
+    };
+    let mean = |name: &str| row(name)[3];
+    assert_eq!(row("the base"), [1.0; 4]);
+    assert_eq!(row("the code model")[0], 0.0);
+    // What the demo argues, on its own numbers: TIES beats averaging and task
+    // arithmetic on every task; DARE at the same density loses to TIES; Fisher merging,
+    // the exact optimum of these losses, beats everything.
+    for other in ["averaging", "task arithmetic"] {
+        for t in 0..3 {
+            assert!(row("TIES")[t] < row(other)[t], "TIES vs {other}:\n{stdout}");
+        }
     }
-    assert!(dir.path().join("merged/ties/model.safetensors").exists());
+    assert!(mean("DARE-TIES") > mean("TIES"), "{stdout}");
+    for other in [
+        "averaging",
+        "task arithmetic",
+        "TIES",
+        "DARE-TIES",
+        "Fisher-TIES",
+    ] {
+        assert!(mean("Fisher merging") < mean(other), "{other}:\n{stdout}");
+    }
+    assert!(
+        stdout.contains("Without data, TIES keeps the tasks best"),
+        "{stdout}"
+    );
+    // The numbers are the same on any machine: everything but the timings is pinned.
+    let pinned: String = stdout
+        .lines()
+        .map(|l| {
+            let l = match l.find(" (made in ") {
+                Some(i) => &l[..i],
+                None => l,
+            };
+            l.strip_suffix(" ms")
+                .and_then(|l| l.rsplit_once(' '))
+                .map_or(l, |(rest, _)| rest.trim_end())
+                .to_string()
+        })
+        .filter(|l| !l.starts_with("The family is in"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    insta::assert_snapshot!("demo", pinned);
+    // The README shows the same table.
+    let readme =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let table: Vec<&str> = pinned
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("expression"))
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert_eq!(table.len(), 9, "{pinned}");
+    for line in table {
+        assert!(
+            readme.contains(&format!("\n{line}\n")),
+            "README.md lacks:\n{line}"
+        );
+    }
+
+    // Kept as the example recipes expect it: every recipe of recipes/ checks against it
+    // with nothing left without effect.
+    for model in ["base", "code", "math", "chat"] {
+        assert!(dir
+            .path()
+            .join("models")
+            .join(model)
+            .join("config.json")
+            .exists());
+    }
+    for task in TASKS {
+        assert!(dir
+            .path()
+            .join(format!("fisher/{task}.safetensors"))
+            .exists());
+    }
+    assert!(dir
+        .path()
+        .join("demo/merged/ties/model.safetensors")
+        .exists());
+    assert!(dir.path().join("demo/fisher-merging.yaml").exists());
+    let recipes = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
+    for entry in fs::read_dir(&recipes).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let copy = dir.path().join(path.file_name().unwrap());
+            fs::copy(&path, &copy).unwrap();
+            ok(&reefknot()
+                .arg("check")
+                .arg(&copy)
+                .arg("--strict")
+                .output()
+                .unwrap());
+        }
+    }
+    // A second demo into the same folder replaces nothing.
+    let again = reefknot()
+        .args(["demo", "--keep"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = fails(&again, 1);
+    assert!(stderr.contains("already exists"), "{stderr}");
 }
 
 #[test]

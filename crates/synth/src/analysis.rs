@@ -253,7 +253,7 @@ fn analyze(base: &Path, tasks: &[PathBuf], merged: Option<&Path>) -> Result<Sums
 
 /// The bytes of the tensor `like` of the base in the checkpoint `ck` (opened from
 /// `path`), checking that it exists with the same shape and a float dtype.
-fn fetch<'a>(
+pub(crate) fn fetch<'a>(
     ck: &'a Checkpoint,
     path: &Path,
     like: &TensorInfo,

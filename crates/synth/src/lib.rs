@@ -3,7 +3,9 @@
 //! [`generate`] writes a base model and `T` fine-tunes of it as Hugging Face folders
 //! that `transformers` loads as `LlamaForCausalLM` (`config.json`,
 //! `generation_config.json`, `model.safetensors` or shards plus an index), and
-//! [`score`] measures how well a merge of them keeps each fine-tune.
+//! [`score`] measures how well a merge of them keeps each fine-tune; [`write_fishers`]
+//! and [`quadratic_losses`] give each task an exact loss (a quadratic bowl around its
+//! fine-tune with a known curvature, see [`curvature`]) to measure a merge by.
 //!
 //! ```no_run
 //! use reefknot_synth::{generate, FamilySpec};
@@ -60,6 +62,7 @@
 #![forbid(unsafe_code)]
 
 pub mod analysis;
+pub mod curvature;
 mod generate;
 pub mod rng;
 mod sample;
@@ -68,6 +71,7 @@ mod spec;
 pub use analysis::{
     family_stats, family_stats_f32, score, FamilyStats, PairStats, TaskScore, TaskStats,
 };
+pub use curvature::{quadratic_losses, write_fishers, NOISE_CURVATURE};
 pub use generate::{family_json, generate, Family};
 pub use sample::{sample_tensor, TensorSampler};
 pub use spec::{
