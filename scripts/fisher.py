@@ -8,10 +8,12 @@ that reefknot reads (a recipe model's ``fisher:``).
 MODEL is a Hugging Face model folder (a causal LM that ``transformers`` loads).
 DATA holds one sample per line: a ``.jsonl`` file of ``{"text": "..."}`` (tokenized
 with the model folder's tokenizer) or ``{"input_ids": [...]}`` objects, or any other
-file of plain text lines. For each sample the script computes the gradient of the
-sample's mean next-token negative log-likelihood and adds its square to a running sum;
-the file holds the mean over the samples, ``F_j = (1/N)·Σ_n (∂ℓ_n/∂θ_j)²``, per
-parameter, in float32, under the checkpoint's tensor names and shapes.
+file of plain text lines. For each sample of T predicted tokens the script computes
+the gradient of the sample's summed next-token negative log-likelihood ``ℓ_n``, and
+the file holds ``F_j = (1/N)·Σ_n (∂ℓ_n/∂θ_j)² / T_n``, per parameter, in float32,
+under every checkpoint tensor name of the parameter (tied embeddings get both): the
+Fisher per predicted token, so that neither the samples' lengths nor --max-length
+change its scale.
 
 ``--labels data`` (the default) scores the data's own next tokens: the empirical
 Fisher. ``--labels sampled`` draws each next token from the model's own prediction
@@ -64,7 +66,7 @@ def read_samples(path: Path, limit: int | None) -> list[dict]:
 
 
 def checkpoint_names(model_dir: Path) -> set[str]:
-    """The tensor names the model folder's safetensors files hold."""
+    """The tensor names the model folder's safetensors files hold (empty if none)."""
     from safetensors import safe_open
 
     index = model_dir / "model.safetensors.index.json"
@@ -75,6 +77,19 @@ def checkpoint_names(model_dir: Path) -> set[str]:
         with safe_open(str(file), framework="pt") as f:
             names.update(f.keys())
     return names
+
+
+def parameter_names(model, known: set[str]) -> list[tuple[str, object, list[str]]]:
+    """Each trainable parameter once, with every name the checkpoint stores it under
+    (a tied embedding is one parameter under two names)."""
+    aliases: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        aliases.setdefault(id(tensor), []).append(name)
+    out = []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            out.append((name, p, [n for n in aliases.get(id(p), [name]) if n in known]))
+    return out
 
 
 def main() -> int:
@@ -122,17 +137,19 @@ def main() -> int:
         except Exception as e:
             return fail(f"the samples are text but {args.model} has no tokenizer: {e}")
 
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     known = checkpoint_names(args.model)
-    foreign = [n for n, _ in params if n not in known]
+    if not known:
+        return fail(f"{args.model} holds no .safetensors weights (reefknot reads only those)")
+    params = parameter_names(model, known)
+    foreign = [n for n, _, names in params if not names]
     if foreign:
         return fail(
-            f"{len(foreign)} parameter names are not tensors of {args.model} "
+            f"{len(foreign)} parameters are stored under no tensor name of {args.model} "
             f"(first: {foreign[0]}): this model's names need mapping"
         )
-    sums = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params}
+    sums = {n: torch.zeros_like(p, dtype=torch.float32) for n, p, _ in params}
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    vocab = model.get_output_embeddings().weight.shape[0]
+    vocab = model.get_input_embeddings().weight.shape[0]
     used = 0
     progress = sys.stderr.isatty()
     for number, sample in enumerate(samples, 1):
@@ -155,10 +172,13 @@ def main() -> int:
             with torch.no_grad():
                 probs = torch.softmax(logits, dim=-1)
                 target = torch.multinomial(probs, 1, generator=generator)[:, 0]
-        loss = torch.nn.functional.cross_entropy(logits, target)
-        loss.backward()
+        # The summed log-likelihood's gradient, squared and divided by the T tokens:
+        # the per-token Fisher (the square of the gradient of sum/√T).
+        tokens = target.shape[0]
+        loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+        (loss / tokens**0.5).backward()
         with torch.no_grad():
-            for n, p in params:
+            for n, p, _ in params:
                 if p.grad is not None:
                     sums[n].add_(p.grad.float().square())
         used += 1
@@ -168,7 +188,11 @@ def main() -> int:
         print(file=sys.stderr)
     if used == 0:
         return fail("no sample has two tokens or more")
-    fisher = {n: (s / used).cpu().contiguous() for n, s in sums.items()}
+    fisher = {}
+    for n, _, names in params:
+        value = (sums[n] / used).cpu().contiguous()
+        for i, alias in enumerate(names):
+            fisher[alias] = value if i == 0 else value.clone()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_name(args.out.name + ".partial")
     save_file(

@@ -93,19 +93,15 @@ fn recipe_text(method: &Method) -> String {
     s
 }
 
-/// One row of the table: a model and its loss on each task relative to the base's.
+/// One row of the table: a model, its loss on each task relative to the base's, and
+/// its summed loss over the tasks relative to the base's sum (`all`).
 struct Row {
     name: String,
     expression: &'static str,
     relative: Vec<f64>,
+    all: f64,
     seconds: Option<f64>,
     uses_fisher: bool,
-}
-
-impl Row {
-    fn mean(&self) -> f64 {
-        self.relative.iter().sum::<f64>() / self.relative.len().max(1) as f64
-    }
 }
 
 pub(crate) fn run(args: &DemoArgs) -> Result<(), Failure> {
@@ -166,23 +162,24 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), Failure> {
             .with_context(|| format!("computing the task losses of {}", model.display()))
     };
     let base_loss = losses(&base)?;
-    let relative =
-        |l: Vec<f64>| -> Vec<f64> { l.iter().zip(&base_loss).map(|(l, b)| l / b).collect() };
+    let base_sum: f64 = base_loss.iter().sum();
+    let row = |name: String, expression, loss: Vec<f64>, seconds, uses_fisher| Row {
+        name,
+        expression,
+        relative: loss.iter().zip(&base_loss).map(|(l, b)| l / b).collect(),
+        all: loss.iter().sum::<f64>() / base_sum,
+        seconds,
+        uses_fisher,
+    };
     let mut rows = vec![
-        Row {
-            name: "the base".into(),
-            expression: "",
-            relative: relative(base_loss.clone()),
-            seconds: None,
-            uses_fisher: false,
-        },
-        Row {
-            name: format!("the {} model", TASKS[0]),
-            expression: "",
-            relative: relative(losses(&tasks[0])?),
-            seconds: None,
-            uses_fisher: false,
-        },
+        row("the base".into(), "", base_loss.clone(), None, false),
+        row(
+            format!("the {} model", TASKS[0]),
+            "",
+            losses(&tasks[0])?,
+            None,
+            false,
+        ),
     ];
     let demo = root.join("demo");
     std::fs::create_dir_all(&demo).with_context(|| format!("creating {}", demo.display()))?;
@@ -200,15 +197,18 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), Failure> {
             ..MergeOptions::default()
         };
         let report = reefknot_engine::merge(&plan, &out, &opts, &NoProgress)?;
-        rows.push(Row {
-            name: method.name.into(),
-            expression: method.expression,
-            relative: relative(losses(&out)?),
-            seconds: Some(report.seconds),
-            uses_fisher: method.uses_fisher,
-        });
+        rows.push(row(
+            method.name.into(),
+            method.expression,
+            losses(&out)?,
+            Some(report.seconds),
+            method.uses_fisher,
+        ));
     }
-    outln!("Loss on each task relative to the base's (0: as good as that task's fine-tune, 1: no better than the base):\n");
+    outln!(
+        "Loss on each task relative to the base's (0: as good as that task's fine-tune, 1: no better than the\n\
+         base); all: the tasks' losses summed, relative to the base's sum:\n"
+    );
     out!("{}", table(&rows));
     outln!("");
     for line in verdict(&rows[2..]) {
@@ -259,13 +259,13 @@ fn table(rows: &[Row]) -> String {
     for t in TASKS {
         let _ = write!(s, " {t:>6}");
     }
-    let _ = writeln!(s, " {:>6} {:>7}", "mean", "time");
+    let _ = writeln!(s, " {:>6} {:>7}", "all", "time");
     for row in rows {
         let _ = write!(s, "{:<16} {:<46}", row.name, row.expression);
         for r in &row.relative {
             let _ = write!(s, " {r:>6.3}");
         }
-        let _ = write!(s, " {:>6.3}", row.mean());
+        let _ = write!(s, " {:>6.3}", row.all);
         if let Some(seconds) = row.seconds {
             let _ = write!(s, " {:>4.0} ms", seconds * 1000.0);
         }
@@ -279,48 +279,56 @@ fn verdict(rows: &[Row]) -> Vec<String> {
     let by_name = |name: &str| rows.iter().find(|r| r.name == name);
     let mut lines = Vec::new();
     let mut free: Vec<&Row> = rows.iter().filter(|r| !r.uses_fisher).collect();
-    free.sort_by(|a, b| a.mean().total_cmp(&b.mean()));
+    free.sort_by(|a, b| a.all.total_cmp(&b.all));
     if let Some((best, rest)) = free.split_first() {
         let others: Vec<String> = rest
             .iter()
-            .map(|r| format!("{:.2} for {}", r.mean(), r.name))
+            .map(|r| format!("{:.2} for {}", r.all, r.name))
             .collect();
         lines.push(format!(
-            "Without data, {} keeps the tasks best: a mean loss of {:.2} of the base's,\nagainst {}.",
+            "Without data, {} keeps the tasks best: a summed loss of {:.2} of the base's,\nagainst {}.",
             best.name,
-            best.mean(),
+            best.all,
             join(&others)
         ));
     }
     if let (Some(avg), Some(ta)) = (by_name("averaging"), by_name("task arithmetic")) {
         lines.push(format!(
-            "Averaging keeps 1/{} of each task ({:.2}); task arithmetic keeps each task whole but piles the others'\n\
+            "Averaging keeps a 1/{} share of each task vector ({:.2}); task arithmetic keeps each task whole but piles the others'\n\
              changes onto its important entries ({:.2}). TIES trims each task to its largest entries, which are mostly\n\
              its important ones, and lets one sign win where tasks conflict.",
             TASKS.len(),
-            avg.mean(),
-            ta.mean()
+            avg.all,
+            ta.all
         ));
     }
     if let (Some(dare), Some(ties)) = (by_name("DARE-TIES"), by_name("TIES")) {
-        if dare.mean() > ties.mean() {
+        if dare.all > ties.all {
             lines.push(format!(
                 "DARE-TIES ({:.2}) loses to TIES at the same density: a random 20% of each task vector, scaled by 5, is right\n\
                  on average but adds a variance of 4·δ² to every entry, which a loss that feels each important entry pays\n\
                  in full. DARE relies on fine-tunes whose loss barely notices such noise, as Yu et al. (2024) measured on\n\
                  LLM fine-tunes; this family's tasks do not.",
-                dare.mean()
+                dare.all
             ));
         }
     }
     if let (Some(fisher), Some(best)) = (by_name("Fisher merging"), free.first()) {
-        lines.push(format!(
-            "Fisher merging is given each task's curvature and reaches the lowest summed loss any merge of these\n\
-             tasks can ({:.2}); {} gets to {:.2} without it.",
-            fisher.mean(),
-            best.name,
-            best.mean()
-        ));
+        // Each element's summed loss is a parabola with its minimum at the Fisher-weighted
+        // mean, and the nearest value of the output dtype is the best one stored.
+        let lowest = rows.iter().all(|r| fisher.all <= r.all);
+        lines.push(if lowest {
+            format!(
+                "Fisher merging is given each task's curvature and so reaches the lowest summed loss any merge of\n\
+                 these tasks can ({:.2}); {} gets to {:.2} without it.",
+                fisher.all, best.name, best.all
+            )
+        } else {
+            format!(
+                "Fisher merging should reach the lowest summed loss of all, yet measures {:.2}: a bug, please report it.",
+                fisher.all
+            )
+        });
     }
     lines
 }

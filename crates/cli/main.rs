@@ -61,6 +61,12 @@ struct Cli {
     /// RUST_LOG, e.g. `reefknot_engine=debug`, choose finely).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Print nothing but errors and warnings: no progress bar, no summary of a merge, no
+    /// plan from `check` (its exit code says whether the recipe is valid), log lines
+    /// of errors only (unless -v asks for more). Output asked for (`--json`, `ops`,
+    /// `demo`, `completions`) is still printed.
+    #[arg(short, long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -167,9 +173,6 @@ struct MergeArgs {
     /// spread over a whole tensor (an L1 rescale, a Fisher mean) still refuses it.
     #[arg(long)]
     allow_nonfinite: bool,
-    /// Print nothing but errors.
-    #[arg(short, long)]
-    quiet: bool,
     /// Print a summary of the merge as JSON on stdout (no progress bar): the output,
     /// its files, tensor and parameter counts, bytes read and seconds.
     #[arg(long)]
@@ -290,7 +293,7 @@ fn bar(quiet: bool) -> Bar {
     Bar(pb)
 }
 
-fn merge(args: &MergeArgs) -> Result<(), Failure> {
+fn merge(args: &MergeArgs, quiet: bool) -> Result<(), Failure> {
     let plan = match (&args.plan, &args.recipe) {
         (Some(plan), _) => read_plan(plan, &args.overrides)?,
         (None, Some(recipe)) => load_plan(recipe, &args.overrides, args.shard_size)?,
@@ -303,7 +306,7 @@ fn merge(args: &MergeArgs) -> Result<(), Failure> {
         sync: args.sync,
         allow_nonfinite: args.allow_nonfinite,
     };
-    let report = reefknot_engine::merge(&plan, &args.output, &opts, &bar(args.quiet || args.json))?;
+    let report = reefknot_engine::merge(&plan, &args.output, &opts, &bar(quiet || args.json))?;
     if args.json {
         let summary = serde_json::json!({
             "output": report.output.display().to_string(),
@@ -314,7 +317,7 @@ fn merge(args: &MergeArgs) -> Result<(), Failure> {
             "seconds": report.seconds,
         });
         outln!("{summary:#}");
-    } else if !args.quiet {
+    } else if !quiet {
         let files: Vec<String> = report
             .files
             .iter()
@@ -332,11 +335,11 @@ fn merge(args: &MergeArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn check(args: &CheckArgs) -> Result<(), Failure> {
+fn check(args: &CheckArgs, quiet: bool) -> Result<(), Failure> {
     let plan = load_plan(&args.recipe, &args.overrides, args.shard_size)?;
     if args.json {
         out!("{}", plan.data().to_json());
-    } else {
+    } else if !quiet {
         out!("{}", plan.describe());
     }
     if args.scan {
@@ -375,7 +378,7 @@ fn check(args: &CheckArgs) -> Result<(), Failure> {
                 ),
             });
         }
-        if !args.json {
+        if !args.json && !quiet {
             outln!(
                 "\nscanned: {}",
                 match (found.is_empty(), merged) {
@@ -387,7 +390,7 @@ fn check(args: &CheckArgs) -> Result<(), Failure> {
             );
         }
     }
-    if !args.json {
+    if !args.json && !quiet {
         outln!("\nok: the recipe is valid");
     }
     Ok(())
@@ -443,7 +446,10 @@ fn main() -> ExitCode {
         )
     }));
     // REEFKNOT_LOG, else RUST_LOG, else -v's level; colour only on a terminal.
-    let level = ["warn", "info", "debug", "trace"][usize::from(cli.verbose.min(3))];
+    let level = match (cli.quiet, cli.verbose) {
+        (true, 0) => "error",
+        (_, v) => ["warn", "info", "debug", "trace"][usize::from(v.min(3))],
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("REEFKNOT_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
@@ -455,8 +461,8 @@ fn main() -> ExitCode {
         .init();
     clean_up_on_signals();
     let result = match &cli.command {
-        Command::Merge(args) => merge(args),
-        Command::Check(args) => check(args),
+        Command::Merge(args) => merge(args, cli.quiet),
+        Command::Check(args) => check(args, cli.quiet),
         Command::Ops {
             name,
             markdown,

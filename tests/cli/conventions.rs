@@ -156,3 +156,34 @@ fn long_help_shows_examples_and_exit_codes() {
     let short = ok(&run_in(dir.path(), &["-h"]));
     assert!(!short.contains("Exit codes:"), "{short}");
 }
+
+/// `-q` (any command, before or after it) leaves errors and warnings only: `check -q`
+/// answers by its exit code, as `grep -q` does.
+#[test]
+fn quiet_leaves_only_errors_and_warnings() {
+    let ws = Workspace::new(Dtype::BF16, None);
+    ws.recipe("r.yaml", &recipe_with("ties"));
+    for args in [&["check", "r.yaml", "-q"][..], &["-q", "check", "r.yaml"]] {
+        let out = run_in(ws.path(), args);
+        ok(&out);
+        assert_eq!(text(&out), (String::new(), String::new()), "{args:?}");
+    }
+    let out = run_in(ws.path(), &["merge", "r.yaml", "-o", "m", "-q"]);
+    ok(&out);
+    assert_eq!(text(&out), (String::new(), String::new()));
+    // A warning still shows; an error still fails.
+    ws.recipe(
+        "w.yaml",
+        &format!("{}params: {{ unused: 1 }}\n", recipe_with("ties")),
+    );
+    let out = run_in(ws.path(), &["check", "w.yaml", "-q"]);
+    let stdout = ok(&out);
+    let stderr = text(&out).1;
+    assert!(
+        stdout.is_empty() && stderr.contains("unused"),
+        "{stdout}{stderr}"
+    );
+    ws.recipe("e.yaml", &recipe_with("trim(0.2) |> disjoint"));
+    let stderr = fails(&run_in(ws.path(), &["check", "e.yaml", "-q"]), 2);
+    assert!(stderr.contains("disjoint"), "{stderr}");
+}

@@ -28,31 +28,44 @@ fn documents() -> Vec<PathBuf> {
     v
 }
 
-/// The fenced blocks of `lang` in a Markdown file, with their line numbers (a block's
-/// info string may go on after the language: ```` ```sh title=build ````).
+/// The fenced blocks of `lang` in a Markdown file, with their line numbers. As
+/// CommonMark reads fences: ```` ``` ```` or `~~~`, three or more; the info string's
+/// first word is the language (```` ```sh title=build ````); a block ends at a fence
+/// of the same character at least as long, with nothing after it; the opening fence's
+/// indentation is taken off the block's lines (blocks inside list items).
 fn blocks(path: &Path, lang: &str) -> Vec<(usize, String)> {
     let text = fs::read_to_string(path).unwrap();
     let mut out = Vec::new();
-    let mut current: Option<(usize, String)> = None;
+    // The open block: its fence character and length, indent, language, start, body.
+    let mut open: Option<(char, usize, usize, bool, usize, String)> = None;
     for (i, line) in text.lines().enumerate() {
         let trimmed = line.trim_start();
-        match &mut current {
-            None if trimmed
-                .strip_prefix("```")
-                .and_then(|info| info.split_whitespace().next())
-                == Some(lang) =>
-            {
-                current = Some((i + 1, String::new()))
+        let indent = line.len() - trimmed.len();
+        let fence = trimmed
+            .chars()
+            .next()
+            .filter(|c| *c == '`' || *c == '~')
+            .map(|c| (c, trimmed.chars().take_while(|x| *x == c).count()))
+            .filter(|(_, n)| *n >= 3);
+        match (&mut open, fence) {
+            (None, Some((c, n))) => {
+                let info = trimmed[n..].split_whitespace().next().unwrap_or("");
+                open = Some((c, n, indent, info == lang, i + 1, String::new()));
             }
-            None if trimmed.starts_with("```") => current = Some((0, String::new())),
-            Some((0, _)) if trimmed.starts_with("```") => current = None,
-            Some(_) if trimmed.starts_with("```") => out.push(current.take().unwrap()),
-            Some((0, _)) => {}
-            Some((_, body)) => {
-                body.push_str(line);
+            (None, None) => {}
+            (Some((c, n, ..)), Some((c2, n2)))
+                if c2 == *c && n2 >= *n && trimmed[n2..].trim().is_empty() =>
+            {
+                let (_, _, _, wanted, start, body) = open.take().unwrap();
+                if wanted {
+                    out.push((start, body));
+                }
+            }
+            (Some((_, _, strip, _, _, body)), _) => {
+                let keep = line.len() - line.trim_start().len();
+                body.push_str(&line[keep.min(*strip)..]);
                 body.push('\n');
             }
-            None => {}
         }
     }
     out
@@ -158,10 +171,13 @@ const NOT_RUN: &[(&str, &str)] = &[
 
 /// Documented commands that run only where python3 has what they import (matched by
 /// how the line starts): the import line, and what the note says otherwise.
-const NEEDS_PYTHON: &[(&str, &str)] = &[(
-    "python3 scripts/fisher.py",
-    "import torch, transformers, safetensors",
-)];
+const NEEDS_PYTHON: &[(&str, &str)] = &[
+    (
+        "python3 scripts/fisher.py",
+        "import torch, transformers, safetensors",
+    ),
+    ("python3 ", "import json"),
+];
 
 /// Documented commands run as the equivalent command of the suite's own build.
 const STAND_INS: &[(&str, &str)] = &[("cargo run -- ", "reefknot ")];
@@ -183,21 +199,21 @@ fn run_elsewhere(doc: &Path) -> Option<&'static [&'static str]> {
         .map(|(_, titles)| *titles)
 }
 
-/// A fresh copy of the repository, as a clone would have it: the files git tracks or
-/// would track (nothing it ignores, so no build output, no models a developer kept).
+/// A fresh copy of the repository, as a clone would have it: the files in git's index
+/// (nothing ignored or untracked, so no build output, no models a developer kept, no
+/// leftovers of following the docs by hand).
 fn fresh_copy(to: &Path) {
     let listed = Command::new("git")
-        .args([
-            "ls-files",
-            "-z",
-            "--cached",
-            "--others",
-            "--exclude-standard",
-        ])
+        .args(["ls-files", "-z", "--cached"])
         .current_dir(root())
         .output()
-        .expect("git lists the repository's files");
-    assert!(listed.status.success(), "git ls-files failed");
+        .expect(
+            "this test copies the repository's files as git lists them: run it in a git checkout",
+        );
+    assert!(
+        listed.status.success(),
+        "git ls-files failed: run the test in a git checkout"
+    );
     for name in listed.stdout.split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let name = std::str::from_utf8(name).unwrap();
         let from = root().join(name);
@@ -213,17 +229,22 @@ fn fresh_copy(to: &Path) {
 /// A document's shell commands, one per line (continuation lines joined), with the
 /// lines the suite does not run replaced by a note.
 fn script(block: &str, skipped: &mut Vec<String>, has_python: &dyn Fn(&str) -> bool) -> String {
+    // Lines ending in `\` go on on the next line, as bash reads them (not in comments).
     let mut lines = Vec::new();
     let mut pending = String::new();
     for line in block.lines() {
         match line.strip_suffix('\\') {
-            Some(head) => pending.push_str(head),
-            None => {
+            Some(head) if !line.trim_start().starts_with('#') => pending.push_str(head),
+            _ => {
                 pending.push_str(line);
                 lines.push(std::mem::take(&mut pending));
             }
         }
     }
+    assert!(
+        pending.is_empty(),
+        "a block ends in a continuation:\n{block}"
+    );
     let mut out = String::new();
     for line in lines {
         let command = line.trim();
@@ -251,8 +272,12 @@ fn script(block: &str, skipped: &mut Vec<String>, has_python: &dyn Fn(&str) -> b
                 command = format!("{to}{rest}");
             }
         }
+        // A build or a benchmark anywhere in a line (`cd x && cargo …`, `VAR=1 cargo …`)
+        // is either a stand-in or listed, never run unawares.
         assert!(
-            !command.starts_with("cargo ") && !command.starts_with("target/"),
+            !command
+                .split_whitespace()
+                .any(|w| w == "cargo" || w.starts_with("target/")),
             "`{command}` is neither run nor listed in NOT_RUN"
         );
         out.push_str(&command);
@@ -273,7 +298,12 @@ fn run_script(dir: &Path, home: &Path, script: &str) -> std::process::Output {
     path.extend(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),
     ));
-    Command::new("bash")
+    let mut command = Command::new("bash");
+    // Python packages installed for the user stay visible under the fresh HOME.
+    if let (None, Some(real)) = (std::env::var_os("PYTHONUSERBASE"), std::env::var_os("HOME")) {
+        command.env("PYTHONUSERBASE", Path::new(&real).join(".local"));
+    }
+    command
         .args(["-e", "-u", "-o", "pipefail", "-c", script])
         .current_dir(dir)
         .env("PATH", std::env::join_paths(&path).unwrap())

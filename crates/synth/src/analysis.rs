@@ -234,10 +234,10 @@ fn analyze(base: &Path, tasks: &[PathBuf], merged: Option<&Path>) -> Result<Sums
             tasks: task_cks
                 .iter()
                 .zip(tasks)
-                .map(|(ck, p)| fetch(ck, p, info))
+                .map(|(ck, p)| fetch(ck, p, info, "the base"))
                 .collect::<Result<_, _>>()?,
             merged: match (&merged_ck, merged) {
-                (Some(ck), Some(p)) => Some(fetch(ck, p, info)?),
+                (Some(ck), Some(p)) => Some(fetch(ck, p, info, "the base")?),
                 _ => None,
             },
         };
@@ -251,23 +251,25 @@ fn analyze(base: &Path, tasks: &[PathBuf], merged: Option<&Path>) -> Result<Sums
     Ok(total)
 }
 
-/// The bytes of the tensor `like` of the base in the checkpoint `ck` (opened from
-/// `path`), checking that it exists with the same shape and a float dtype.
+/// The bytes of the tensor `like` of `reference` (a model, named in errors) in the
+/// checkpoint `ck` (opened from `path`), checking that it exists with the same shape
+/// and a float dtype.
 pub(crate) fn fetch<'a>(
     ck: &'a Checkpoint,
     path: &Path,
     like: &TensorInfo,
+    reference: &str,
 ) -> Result<(Dtype, &'a [u8]), SynthError> {
     let name = &like.name;
     let t = ck.get(name).ok_or_else(|| {
         SynthError::Mismatch(format!(
-            "{}: tensor {name} is missing (the base has it)",
+            "{}: tensor {name} is missing ({reference} has it)",
             path.display()
         ))
     })?;
     if t.shape != like.shape {
         return Err(SynthError::Mismatch(format!(
-            "{}: tensor {name} has shape {:?}, the base has {:?}",
+            "{}: tensor {name} has shape {:?}, {reference} has {:?}",
             path.display(),
             t.shape,
             like.shape

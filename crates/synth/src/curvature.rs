@@ -115,8 +115,8 @@ pub fn write_fishers(spec: &FamilySpec, paths: &[PathBuf]) -> Result<(), SynthEr
 }
 
 /// `L_t(model)` for every task `t`: `½·Σ_j F_tj·(model_j − task_tj)²` over every float
-/// tensor of the model, with `F_t` read from `fishers[t]` (see the module
-/// documentation). The tasks and Fishers must have each of the model's float tensors,
+/// tensor of the first task, with `F_t` read from `fishers[t]` (see the module
+/// documentation). The model, the other tasks and the Fishers must have each of them,
 /// with its shape. Tensors are summed in parallel and combined in order, so the result
 /// does not depend on the thread count.
 pub fn quadratic_losses(
@@ -140,20 +140,25 @@ pub fn quadratic_losses(
         .iter()
         .map(|p| Checkpoint::open(p))
         .collect::<Result<Vec<_>, _>>()?;
-    // One job per tensor: the model's bytes, then each task's and Fisher's.
+    // One job per float tensor of the first task (a model that lacks one of them is an
+    // error, not a smaller loss): the model's bytes, then each task's and Fisher's.
+    let Some(first) = task_cks.first() else {
+        return Ok(Vec::new());
+    };
     let mut jobs = Vec::new();
-    for info in model_ck.tensors() {
+    for info in first.tensors() {
         if !info.dtype.is_computable() {
             continue;
         }
+        let reference = "the first task";
         let mut pairs = Vec::with_capacity(tasks.len());
         for t in 0..tasks.len() {
             pairs.push((
-                fetch(&task_cks[t], &tasks[t], info)?,
-                fetch(&fisher_cks[t], &fishers[t], info)?,
+                fetch(&task_cks[t], &tasks[t], info, reference)?,
+                fetch(&fisher_cks[t], &fishers[t], info, reference)?,
             ));
         }
-        jobs.push(((info.dtype, model_ck.data(info)), pairs));
+        jobs.push((fetch(&model_ck, model, info, reference)?, pairs));
     }
     let per_tensor: Vec<Vec<f64>> = jobs
         .par_iter()

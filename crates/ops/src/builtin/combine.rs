@@ -104,7 +104,7 @@ static FISHER: OpSpec = OpSpec {
     models: reefknot_lang::Models::ANY,
     weighted: true,
     summary: "Fisher merging: per-element average weighted by each model's Fisher",
-    doc: "Fisher merging (Matena & Raffel 2021) in task-vector space: \
+    doc: "Fisher merging (Matena & Raffel 2022) in task-vector space: \
 `Δ_j = Σ_i w_i·F'_ij·δ_ij / Σ_i w_i·F'_ij` with `F' = F + eps`, `F_i` the diagonal Fisher \
 information of model `i` (recipe `fisher:`, a safetensors file with the model's tensor \
 names). Where every Fisher is zero it is the weighted mean.\n\n\
