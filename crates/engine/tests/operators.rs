@@ -427,6 +427,8 @@ fn results_do_not_depend_on_threads_or_chunks() {
         "della(0.4, eps=0.2) |> elect |> disjoint",
         "model_stock",
         "model_stock(filter_wise=true)",
+        "tsv",
+        "iso",
     ] {
         let case = Case::new(expr, base.clone(), models.clone());
         let one = case.run_bytes(Some(1));
@@ -454,6 +456,9 @@ fn results_do_not_depend_on_threads_or_chunks() {
         (1, "nearswap(0.001)"),
         (1, "arcee_fusion"),
         (1, "passthrough(0.5)"),
+        (3, "tsv"),
+        (3, "trim(0.5) |> iso |> scale(0.8)"),
+        (3, "iso_cts(common=0.6)"),
     ] {
         let (base, models) = family(4, t, 37 * 512);
         let case = || Case::new(expr, base.clone(), models.clone()).shape(&[37, 512]);

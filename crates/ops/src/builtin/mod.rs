@@ -10,6 +10,7 @@ mod ram;
 mod sce;
 mod select;
 mod sphere;
+mod subspace;
 mod tiles;
 mod trim;
 mod vote;
@@ -27,6 +28,7 @@ pub use ram::{Ram, RamPlus};
 pub use sce::{ArceeFusion, Sce};
 pub use select::MAX_CANDIDATES;
 pub use sphere::{Karcher, Multislerp, Nuslerp};
+pub use subspace::{Iso, IsoCts, Tsv};
 pub use trim::{Breadcrumbs, Trim};
 pub use vote::{Disjoint, Elect, FISHER_EPS};
 
@@ -52,6 +54,9 @@ crate::builtin!(Multislerp);
 crate::builtin!(Karcher);
 crate::builtin!(Sce);
 crate::builtin!(ArceeFusion);
+crate::builtin!(Tsv);
+crate::builtin!(Iso);
+crate::builtin!(IsoCts);
 
 /// A number argument per vector a Stack→Stack / Delta→Delta stage transforms: one per
 /// model on a stack, one for the merged delta.

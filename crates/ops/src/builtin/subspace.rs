@@ -1,0 +1,534 @@
+//! Subspace merges: operators that work on each weight matrix's singular vectors
+//! rather than on its entries — `tsv` (TSV-M), `iso` (Iso-C) and `iso_cts` (Iso-CTS).
+//!
+//! A matrix (a tensor of two dimensions) needs all of its task vectors at once, so the
+//! kernel gathers them in one statistics pass (`T·numel` floats, the stage's whole
+//! input: the one tensor being merged, never the model), computes the merged matrix in
+//! `conclude` with faer's SVD, and `apply` copies each chunk's part. Every other tensor
+//! (norms, biases, anything not two-dimensional) takes the mean of the task vectors,
+//! chunk by chunk, as the papers do; an override can give those tensors another
+//! expression.
+//!
+//! faer is the Rust linear-algebra crate built for speed: pure Rust (no BLAS or LAPACK
+//! to install), SIMD kernels chosen at run time, rayon parallelism, and a thin SVD in
+//! f32 and f64. The matrices are gathered in f32 and decomposed in f64: a chain of
+//! SVDs and polar factors in f32 loses up to 1e-4 of the result where singular values
+//! crowd (measured against float64 on the golden family: FusionBench's float32 runs
+//! are 6e-5 off it), while f64 keeps it to rounding. faer runs sequentially here: tensors are merged in parallel already,
+//! and one thread gives the same bytes at any thread count (another CPU's vector
+//! instructions may change the last bits).
+
+use faer::diag::Diag;
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::matmul::matmul;
+use faer::linalg::svd::{self, ComputeSvdVectors, SvdParams};
+use faer::{Accum, Mat, MatRef, Par, Spec};
+use reefknot_lang::{DefaultValue, OpSpec, ParamKind, ParamSpec, Signature, Ty};
+
+use crate::kernel::{Args, BindCtx, Chunk, Kernel, NumberParam, Operator, Param, Partial};
+use crate::OpError;
+
+/// `tsv` (alias `tsv_m`).
+pub struct Tsv;
+
+static TSV: OpSpec = OpSpec {
+    name: "tsv",
+    aliases: &["tsv_m"],
+    signatures: &[Signature::new(Ty::Stack, Ty::Delta)],
+    params: &[ParamSpec {
+        name: "k",
+        kind: ParamKind::Number {
+            min: reefknot_lang::Bound::Exclusive(0.0),
+            max: reefknot_lang::Bound::Inclusive(1.0),
+        },
+        default: Some(DefaultValue::Number(1.0)),
+        doc: "share of each matrix's rank the tasks fill together, split equally",
+    }],
+    models: reefknot_lang::Models::ANY,
+    weighted: true,
+    summary:
+        "Task Singular Vectors merging (TSV-M): each task's top singular vectors, decorrelated",
+    doc: "TSV-M (Gargiulo et al., CVPR 2025). For a matrix of rank `r = min(rows, cols)`, \
+each weighted task vector `u_i = w_i·δ̃_i = U_i S_i V_iᵀ` keeps its top `k_t = ⌊r·k/T⌋` \
+singular triplets; they are set side by side, `Û = [U_1[:, :k_t] … U_T[:, :k_t]]`, \
+`Ŝ`, `V̂` likewise, `Û` and `V̂` are replaced by their nearest orthonormal matrices \
+(the polar factors `P Qᵀ` of their SVDs `P Σ Qᵀ`), and `Δ = Û Ŝ V̂ᵀ`. Tensors that are \
+not matrices take the mean `Σ_i u_i / T`. `k = 1` is the paper's and FusionBench's \
+choice; follow with `scale(λ)` for their α.",
+};
+
+/// `iso` (alias `iso_c`).
+pub struct Iso;
+
+static ISO: OpSpec = OpSpec {
+    name: "iso",
+    aliases: &["iso_c"],
+    signatures: &[Signature::new(Ty::Stack, Ty::Delta)],
+    params: &[],
+    models: reefknot_lang::Models::ANY,
+    weighted: true,
+    summary: "isotropic merging in the common subspace (Iso-C): the sum's spectrum flattened",
+    doc: "Iso-C (Marczak et al., ICML 2025). For a matrix, the sum of the weighted task \
+vectors `Σ_i u_i = U S Vᵀ` keeps its singular vectors and has every singular value \
+replaced by their mean: `Δ = mean(S)·U Vᵀ`. Tensors that are not matrices take the \
+mean `Σ_i u_i / T`. Follow with `scale(λ)` for the paper's α.",
+};
+
+/// `iso_cts`.
+pub struct IsoCts;
+
+static ISO_CTS: OpSpec = OpSpec {
+    name: "iso_cts",
+    aliases: &[],
+    signatures: &[Signature::new(Ty::Stack, Ty::Delta)],
+    params: &[ParamSpec {
+        name: "common",
+        kind: ParamKind::closed(0.0, 1.0),
+        default: Some(DefaultValue::Number(0.8)),
+        doc: "share of each matrix's rank given to the common subspace",
+    }],
+    models: reefknot_lang::Models::ANY,
+    weighted: true,
+    summary: "isotropic merging in common and task-specific subspaces (Iso-CTS)",
+    doc: "Iso-CTS (Marczak et al., ICML 2025). For a matrix of rank `r`, the common \
+subspace is the top `c` singular vectors of `Σ_i u_i` (`c = r − T·round((r − ⌊r·common⌋)/T)`, \
+so that the rest splits equally); each task adds the top `(r − c)/T` singular vectors \
+of its `u_i` with the common subspace projected out, `u_i − U_c U_cᵀ u_i`. The `r` \
+directions are orthonormalized (polar factors, as in `tsv`), and every singular value \
+is set to their mean. Tensors that are not matrices take the mean `Σ_i u_i / T`. \
+FusionBench's default `common` is 0.8; follow with `scale(λ)` for the paper's α.",
+};
+
+const TSV_K: Param<NumberParam> = Param::number(&TSV, "k");
+const ISO_CTS_COMMON: Param<NumberParam> = Param::number(&ISO_CTS, "common");
+
+/// Which subspace merge a kernel computes.
+#[derive(Clone, Copy, Debug)]
+enum Method {
+    Tsv { k: f64 },
+    Iso,
+    IsoCts { common: f64 },
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::Tsv { .. } => "tsv",
+            Method::Iso => "iso",
+            Method::IsoCts { .. } => "iso_cts",
+        }
+    }
+}
+
+impl Operator for Tsv {
+    fn spec(&self) -> &'static OpSpec {
+        &TSV
+    }
+
+    fn bind(&self, args: &Args, ctx: &BindCtx<'_>) -> Result<Box<dyn Kernel>, OpError> {
+        Ok(Box::new(SubspaceKernel::new(
+            Method::Tsv {
+                k: args.number(TSV_K),
+            },
+            ctx,
+        )))
+    }
+}
+
+impl Operator for Iso {
+    fn spec(&self) -> &'static OpSpec {
+        &ISO
+    }
+
+    fn bind(&self, _args: &Args, ctx: &BindCtx<'_>) -> Result<Box<dyn Kernel>, OpError> {
+        Ok(Box::new(SubspaceKernel::new(Method::Iso, ctx)))
+    }
+}
+
+impl Operator for IsoCts {
+    fn spec(&self) -> &'static OpSpec {
+        &ISO_CTS
+    }
+
+    fn bind(&self, args: &Args, ctx: &BindCtx<'_>) -> Result<Box<dyn Kernel>, OpError> {
+        Ok(Box::new(SubspaceKernel::new(
+            Method::IsoCts {
+                common: args.number(ISO_CTS_COMMON),
+            },
+            ctx,
+        )))
+    }
+}
+
+/// A subspace merge bound to one tensor.
+struct SubspaceKernel {
+    method: Method,
+    /// `(rows, cols)` for a matrix; `None` for every other tensor (the mean).
+    matrix: Option<(usize, usize)>,
+    models: usize,
+    /// The merged matrix, row-major, once computed.
+    merged: Option<Vec<f32>>,
+}
+
+/// A gathered piece of the stage's input: `T × len` weighted task vector values (or,
+/// for `iso`, their sum: `1 × len`), starting at element `offset`.
+struct Piece {
+    offset: usize,
+    len: usize,
+    values: Vec<f32>,
+}
+
+impl SubspaceKernel {
+    fn new(method: Method, ctx: &BindCtx<'_>) -> Self {
+        SubspaceKernel {
+            method,
+            matrix: match ctx.shape {
+                [rows, cols] if *rows > 0 && *cols > 0 => Some((*rows, *cols)),
+                _ => None,
+            },
+            models: ctx.models,
+            merged: None,
+        }
+    }
+
+    /// How many gathered vectors a piece holds: only the sum, for `iso`.
+    fn gathered(&self) -> usize {
+        match self.method {
+            Method::Iso => 1,
+            _ => self.models,
+        }
+    }
+
+    fn failure(&self, message: String) -> OpError {
+        OpError::Failed {
+            op: format!("`{}`", self.method.name()),
+            message,
+        }
+    }
+}
+
+impl Kernel for SubspaceKernel {
+    fn wants_pass(&self, pass: usize) -> bool {
+        pass == 0 && self.matrix.is_some() && self.merged.is_none()
+    }
+
+    fn partial(&self, _pass: usize) -> Partial {
+        Box::new(Vec::<Piece>::new())
+    }
+
+    fn observe(&self, _pass: usize, chunk: &Chunk<'_>, partial: &mut Partial) {
+        let pieces = partial
+            .downcast_mut::<Vec<Piece>>()
+            .expect("a subspace partial");
+        let (l, t) = (chunk.len, chunk.models);
+        let mut values = vec![0f32; self.gathered() * l];
+        for i in 0..t {
+            let w = chunk.weights[i];
+            let x = chunk.model(i);
+            let out = match self.method {
+                Method::Iso => &mut values[..],
+                _ => &mut values[i * l..(i + 1) * l],
+            };
+            for (o, &x) in out.iter_mut().zip(x) {
+                *o += w * x;
+            }
+        }
+        pieces.push(Piece {
+            offset: chunk.offset,
+            len: l,
+            values,
+        });
+    }
+
+    fn combine(&self, _pass: usize, mut a: Partial, b: Partial) -> Partial {
+        let more = *b.downcast::<Vec<Piece>>().expect("a subspace partial");
+        a.downcast_mut::<Vec<Piece>>()
+            .expect("a subspace partial")
+            .extend(more);
+        a
+    }
+
+    fn conclude(&mut self, _pass: usize, total: Partial) -> Result<(), OpError> {
+        let pieces = *total.downcast::<Vec<Piece>>().expect("a subspace partial");
+        let (rows, cols) = self.matrix.expect("only matrices gather");
+        let covered: usize = pieces.iter().map(|p| p.len).sum();
+        assert_eq!(covered, rows * cols, "the pass covers the tensor once");
+        // The gathered vectors as matrices, each piece freed once copied.
+        let mut mats: Vec<Mat<f64>> = (0..self.gathered())
+            .map(|_| Mat::zeros(rows, cols))
+            .collect();
+        for p in pieces {
+            for (v, m) in mats.iter_mut().enumerate() {
+                for (j, &x) in p.values[v * p.len..(v + 1) * p.len].iter().enumerate() {
+                    let e = p.offset + j;
+                    m[(e / cols, e % cols)] = f64::from(x);
+                }
+            }
+        }
+        let merged = match self.method {
+            Method::Iso => iso(mats[0].as_ref()),
+            Method::Tsv { k } => tsv(&mats, k),
+            Method::IsoCts { common } => iso_cts(&mats, common),
+        }
+        .map_err(|e| self.failure(e))?;
+        let mut out = vec![0f32; rows * cols];
+        for (r, row) in out.chunks_exact_mut(cols).enumerate() {
+            for (c, o) in row.iter_mut().enumerate() {
+                *o = merged[(r, c)] as f32;
+            }
+        }
+        self.merged = Some(out);
+        Ok(())
+    }
+
+    fn apply(&self, chunk: &mut Chunk<'_>) -> Result<(), OpError> {
+        let (o, l) = (chunk.offset, chunk.len);
+        match &self.merged {
+            Some(m) => chunk.delta.copy_from_slice(&m[o..o + l]),
+            None => {
+                // Not a matrix: the mean of the weighted task vectors.
+                let t = chunk.models as f32;
+                chunk.delta.fill(0.0);
+                for i in 0..chunk.models {
+                    let w = chunk.weights[i];
+                    for (d, &x) in chunk.delta.iter_mut().zip(&chunk.stack[i * l..(i + 1) * l]) {
+                        *d += w * x;
+                    }
+                }
+                for d in chunk.delta.iter_mut() {
+                    *d /= t;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A thin SVD's `(U, S, V)`, `S` descending.
+type Svd = (Mat<f64>, Vec<f64>, Mat<f64>);
+
+/// A thin SVD `a = U·diag(S)·Vᵀ`: `(U, S, V)` with `S` descending. Sequential: the
+/// executor already runs one tensor per core, and one thread gives the same bytes at
+/// any thread count.
+fn svd(a: MatRef<'_, f64>) -> Result<Svd, String> {
+    let (m, n) = a.shape();
+    let r = m.min(n);
+    let (mut u, mut v) = (Mat::<f64>::zeros(m, r), Mat::<f64>::zeros(n, r));
+    let mut s = Diag::<f64>::zeros(r);
+    let params: Spec<SvdParams, f64> = Default::default();
+    let thin = ComputeSvdVectors::Thin;
+    let mut scratch = MemBuffer::new(svd::svd_scratch::<f64>(m, n, thin, thin, Par::Seq, params));
+    svd::svd(
+        a,
+        s.as_mut(),
+        Some(u.as_mut()),
+        Some(v.as_mut()),
+        Par::Seq,
+        MemStack::new(&mut scratch),
+        params,
+    )
+    .map_err(|e| format!("the SVD of a {m}×{n} matrix did not converge ({e:?})"))?;
+    let values = (0..r).map(|i| s[i]).collect();
+    Ok((u, values, v))
+}
+
+/// `a·b`, sequentially.
+fn mul(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> Mat<f64> {
+    let mut out = Mat::<f64>::zeros(a.nrows(), b.ncols());
+    matmul(&mut out, Accum::Replace, a, b, 1.0, Par::Seq);
+    out
+}
+
+/// The nearest matrix with orthonormal columns to `a` (its polar factor `P·Qᵀ`, where
+/// `a = P·Σ·Qᵀ`).
+fn polar(a: MatRef<'_, f64>) -> Result<Mat<f64>, String> {
+    let (p, _, q) = svd(a)?;
+    Ok(mul(p.as_ref(), q.transpose()))
+}
+
+/// `U·diag(s)·Vᵀ`.
+fn compose(u: MatRef<'_, f64>, s: &[f64], v: MatRef<'_, f64>) -> Mat<f64> {
+    let scaled = Mat::from_fn(u.nrows(), u.ncols(), |i, j| u[(i, j)] * s[j]);
+    mul(scaled.as_ref(), v.transpose())
+}
+
+/// The mean of `s`.
+fn mean(s: &[f64]) -> f64 {
+    s.iter().sum::<f64>() / s.len().max(1) as f64
+}
+
+/// Iso-C of the summed task vectors `sum`.
+fn iso(sum: MatRef<'_, f64>) -> Result<Mat<f64>, String> {
+    let (u, s, v) = svd(sum)?;
+    let flat = vec![mean(&s); s.len()];
+    Ok(compose(u.as_ref(), &flat, v.as_ref()))
+}
+
+/// TSV-M of the weighted task vectors `u`, each task keeping `⌊r·k/T⌋` triplets.
+fn tsv(u: &[Mat<f64>], k: f64) -> Result<Mat<f64>, String> {
+    let (rows, cols) = (u[0].nrows(), u[0].ncols());
+    let t = u.len();
+    let r = rows.min(cols);
+    let kt = (r as f64 * (k / t as f64)).floor() as usize;
+    if kt == 0 {
+        return Ok(Mat::zeros(rows, cols));
+    }
+    let mut uu = Mat::<f64>::zeros(rows, t * kt);
+    let mut vv = Mat::<f64>::zeros(cols, t * kt);
+    let mut ss = vec![0f64; t * kt];
+    for (i, ui) in u.iter().enumerate() {
+        let (a, s, b) = svd(ui.as_ref())?;
+        for j in 0..kt {
+            uu.col_mut(i * kt + j).copy_from(a.col(j));
+            vv.col_mut(i * kt + j).copy_from(b.col(j));
+            ss[i * kt + j] = s[j];
+        }
+    }
+    let (pu, pv) = (polar(uu.as_ref())?, polar(vv.as_ref())?);
+    Ok(compose(pu.as_ref(), &ss, pv.as_ref()))
+}
+
+/// Iso-CTS of the weighted task vectors `u` with the share `common` of the rank for
+/// the common subspace.
+fn iso_cts(u: &[Mat<f64>], common: f64) -> Result<Mat<f64>, String> {
+    let (rows, cols) = (u[0].nrows(), u[0].ncols());
+    let t = u.len();
+    let r = rows.min(cols);
+    // FusionBench's sizes: the task-specific total is rounded (half to even, as
+    // Python's round) to a multiple of T; a negative common size (tiny `common`, few
+    // dimensions) is clamped to zero.
+    let c0 = (r as f64 * common) as usize;
+    let specific = ((r - c0) as f64 / t as f64).round_ties_even() as usize * t;
+    let c = r.saturating_sub(specific);
+    let per_task = (r - c) / t;
+    let mut sum = Mat::<f64>::zeros(rows, cols);
+    for ui in u {
+        sum += ui;
+    }
+    let (us, ss, vs) = svd(sum.as_ref())?;
+    let uc = us.subcols(0, c);
+    let mut uu = Mat::<f64>::zeros(rows, t * per_task + c);
+    let mut vv = Mat::<f64>::zeros(cols, t * per_task + c);
+    let mut all = vec![0f64; t * per_task + c];
+    for (i, ui) in u.iter().enumerate() {
+        // The task's own directions, with the common subspace projected out.
+        let specific = ui - mul(uc, mul(uc.transpose(), ui.as_ref()).as_ref());
+        let (a, s, b) = svd(specific.as_ref())?;
+        for j in 0..per_task {
+            uu.col_mut(i * per_task + j).copy_from(a.col(j));
+            vv.col_mut(i * per_task + j).copy_from(b.col(j));
+            all[i * per_task + j] = s[j];
+        }
+    }
+    for j in 0..c {
+        uu.col_mut(t * per_task + j).copy_from(us.col(j));
+        vv.col_mut(t * per_task + j).copy_from(vs.col(j));
+        all[t * per_task + j] = ss[j];
+    }
+    let flat = vec![mean(&all); all.len()];
+    let (pu, pv) = (polar(uu.as_ref())?, polar(vv.as_ref())?);
+    Ok(compose(pu.as_ref(), &flat, pv.as_ref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic pseudo-random matrix with entries in [-1, 1).
+    fn random(rows: usize, cols: usize, seed: u64) -> Mat<f64> {
+        Mat::from_fn(rows, cols, |i, j| {
+            let mut h = (seed ^ ((i * cols + j) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            h ^= h >> 31;
+            (h >> 40) as f64 / (1u64 << 23) as f64 - 1.0
+        })
+    }
+
+    /// A random `n × n` orthogonal matrix (the polar factor of a random matrix).
+    fn orthogonal(n: usize, seed: u64) -> Mat<f64> {
+        polar(random(n, n, seed).as_ref()).unwrap()
+    }
+
+    fn max_diff(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> f64 {
+        let mut d = 0f64;
+        for j in 0..a.ncols() {
+            for i in 0..a.nrows() {
+                d = d.max((a[(i, j)] - b[(i, j)]).abs());
+            }
+        }
+        d
+    }
+
+    #[test]
+    fn iso_of_one_matrix_keeps_its_singular_vectors_and_flattens_its_spectrum() {
+        let a = random(24, 16, 1);
+        let (u, s, v) = svd(a.as_ref()).unwrap();
+        let merged = iso(a.as_ref()).unwrap();
+        let (mu, ms, mv) = svd(merged.as_ref()).unwrap();
+        let m = mean(&s);
+        assert!(
+            ms.iter().all(|x| (x - m).abs() < 1e-10 * m),
+            "{ms:?} vs {m}"
+        );
+        // Same subspaces: Δ·V = mean·U.
+        let dv = mul(merged.as_ref(), v.as_ref());
+        let mut mean_u = u.clone();
+        mean_u *= faer::Scale(m);
+        assert!(max_diff(dv.as_ref(), mean_u.as_ref()) < 1e-10 * m);
+        // The flat spectrum spans the whole rank.
+        assert_eq!((mu.ncols(), mv.ncols()), (16, 16));
+    }
+
+    #[test]
+    fn tsv_of_task_vectors_in_orthogonal_subspaces_is_their_sum() {
+        // Three rank-4 task vectors on disjoint columns of two orthogonal bases: each
+        // keeps ⌊12/3⌋ = 4 triplets, all of them, and they are orthogonal already.
+        let (p, q) = (orthogonal(12, 7), orthogonal(12, 8));
+        let mut tasks = Vec::new();
+        let mut sum = Mat::<f64>::zeros(12, 12);
+        for t in 0..3 {
+            let s: Vec<f64> = (0..4).map(|j| 3.0 - j as f64 * 0.5 + t as f64).collect();
+            let tv = compose(p.subcols(4 * t, 4), &s, q.subcols(4 * t, 4));
+            sum += &tv;
+            tasks.push(tv);
+        }
+        let merged = tsv(&tasks, 1.0).unwrap();
+        assert!(
+            max_diff(merged.as_ref(), sum.as_ref()) < 1e-10,
+            "{}",
+            max_diff(merged.as_ref(), sum.as_ref())
+        );
+    }
+
+    #[test]
+    fn tsv_of_one_task_vector_is_its_best_rank_k_approximation() {
+        let a = random(20, 30, 3);
+        let (u, s, v) = svd(a.as_ref()).unwrap();
+        // k = 0.5 of rank 20: the top 10 triplets.
+        let merged = tsv(std::slice::from_ref(&a), 0.5).unwrap();
+        let top = compose(u.subcols(0, 10), &s[..10], v.subcols(0, 10));
+        assert!(max_diff(merged.as_ref(), top.as_ref()) < 1e-10);
+        // Below one triplet per task: nothing.
+        let none = tsv(&[a.clone(), a.clone(), a.clone()], 0.1).unwrap();
+        assert_eq!(
+            max_diff(none.as_ref(), Mat::<f64>::zeros(20, 30).as_ref()),
+            0.0
+        );
+    }
+
+    #[test]
+    fn iso_cts_with_the_whole_rank_common_is_iso() {
+        let tasks: Vec<Mat<f64>> = (0..3).map(|t| random(18, 12, 10 + t)).collect();
+        let mut sum = Mat::<f64>::zeros(18, 12);
+        for t in &tasks {
+            sum += t;
+        }
+        let cts = iso_cts(&tasks, 1.0).unwrap();
+        let c = iso(sum.as_ref()).unwrap();
+        assert!(max_diff(cts.as_ref(), c.as_ref()) < 1e-10);
+        // Its spectrum is flat over the whole rank at any share.
+        let (_, s, _) = svd(iso_cts(&tasks, 0.5).unwrap().as_ref()).unwrap();
+        let m = mean(&s);
+        assert!(s.iter().all(|x| (x - m).abs() < 1e-9 * m), "{s:?}");
+    }
+}
