@@ -7,9 +7,12 @@
 //! merged task vector rounded to float32) and the equivalent reefknot `recipe.yaml`.
 //! Each case is merged by the reefknot binary and compared tensor by tensor. SVDs
 //! from two libraries agree to rounding, not bit for bit: a matrix passes when
-//! `max_j |a_j − b_j| ≤ 1e-5 · max_j |b_j − base_j|` (relative to the size of its
+//! `max_j |a_j − b_j| ≤ 2e-6 · max_j |b_j − base_j|` (relative to the size of its
 //! merged task vector; measured: at most 1e-6, the float32 rounding of the output),
 //! a tensor that is not a matrix (a norm: the plain mean in both tools) at `1e-6`.
+//! The family's task vectors are full rank: where a matrix has no rank in some
+//! directions, reefknot leaves them out and FusionBench's SVD completes them
+//! arbitrarily, so the two are not compared there.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +30,10 @@ const CASES: &[&str] = &[
     "iso_exclude_embeddings",
     "iso_cts",
     "iso_cts_half",
+    "iso_weighted",
+    "iso_cts_weighted",
+    "iso_cts_two",
+    "tsv_two",
 ];
 
 fn fixtures() -> PathBuf {
@@ -96,7 +103,7 @@ fn subspace_operators_give_fusionbenchs_numbers() {
                 .map(|(a, b)| f64::from((a - b).abs()))
                 .fold(0f64, f64::max);
             let rel = diff / scale;
-            let tolerance = if shape.len() == 2 { 1e-5 } else { 1e-6 };
+            let tolerance = if shape.len() == 2 { 2e-6 } else { 1e-6 };
             assert!(
                 rel <= tolerance,
                 "{case}: {name} differs from FusionBench by {rel:.2e} of its merged task vector"

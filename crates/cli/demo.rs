@@ -294,9 +294,9 @@ fn verdict(rows: &[Row]) -> Vec<String> {
     }
     if let (Some(avg), Some(ta)) = (by_name("averaging"), by_name("task arithmetic")) {
         lines.push(format!(
-            "Averaging keeps a 1/{} share of each task vector ({:.2}); task arithmetic keeps each task whole but piles the others'\n\
-             changes onto its important entries ({:.2}). TIES trims each task to its largest entries, which are mostly\n\
-             its important ones, and lets one sign win where tasks conflict.",
+            "Averaging keeps a 1/{} share of each task vector ({:.2}); task arithmetic keeps each task whole but\n\
+             piles the others' changes onto its important entries ({:.2}). TIES trims each task to its largest\n\
+             entries, which are mostly its important ones, and lets one sign win where tasks conflict.",
             TASKS.len(),
             avg.all,
             ta.all

@@ -14,7 +14,8 @@ calls FusionBench's functions on them —
 
   * TSV-M: `fusion_bench.method.task_singular_vector.utils.TSVM_utils.
     compute_and_sum_svd_mem_reduction` (what `TaskSingularVectorMerging` runs; a list
-    `alpha` scales the task vectors first, a number `alpha` the result),
+    `alpha` scales the task vectors first, as reefknot's model weights do in every
+    case here, and a number `alpha` the result),
   * Iso-C: `fusion_bench.method.isotropic_merging.iso_utils.iso_c`,
   * Iso-CTS: `fusion_bench.method.isotropic_merging.iso_utils.iso_cts`
     (`scaling_factor` scales the result),
@@ -40,10 +41,11 @@ FAMILY = ROOT / "tests/fixtures/golden/llama_f32"
 OUT = ROOT / "tests/fixtures/subspace"
 TASKS = ["task_0", "task_1", "task_2"]
 
-# case: (reefknot merge expression, FusionBench call, model weights, overrides)
+# case: (reefknot merge expression, FusionBench call, model weights, overrides[, models])
 CASES = {
     "tsv": ("tsv", ("tsv", None, None), None, None),
-    "tsv_weighted": ("tsv", ("tsv", [0.5, 1.0, 1.5], None), [0.5, 1.0, 1.5], None),
+    # TaskSingularVectorMerging's list alpha scales each task vector first: the weights.
+    "tsv_weighted": ("tsv", ("tsv", None, None), [0.5, 1.0, 1.5], None),
     "tsv_alpha": ("tsv |> scale(0.7)", ("tsv", 0.7, None), None, None),
     "iso": ("iso", ("iso", 1.0, None), None, None),
     "iso_scaled": ("iso |> scale(0.6)", ("iso", 0.6, None), None, None),
@@ -55,6 +57,13 @@ CASES = {
     ),
     "iso_cts": ("iso_cts", ("iso_cts", 1.0, None, 0.8), None, None),
     "iso_cts_half": ("iso_cts(common=0.5)", ("iso_cts", 1.0, None, 0.5), None, None),
+    # Weights scale the task vectors before the decomposition, as TSV-M's list alpha.
+    "iso_weighted": ("iso", ("iso", 1.0, None), [0.5, 1.0, 1.5], None),
+    "iso_cts_weighted": ("iso_cts", ("iso_cts", 1.0, None, 0.8), [1.5, 0.5, 1.0], None),
+    # Two models, common 0.85: rank 32 gives (32 − 27)/2 = 2.5, which Python's round
+    # takes to 2 (half to even; half up would give 3), rank 16 gives 1.5 → 2.
+    "iso_cts_two": ("iso_cts(common=0.85)", ("iso_cts", 1.0, None, 0.85), None, None, 2),
+    "tsv_two": ("tsv", ("tsv", None, None), None, None, 2),
 }
 
 
@@ -64,7 +73,7 @@ def load(path: Path):
     return load_file(str(path / "model.safetensors"))
 
 
-def merged_delta(call, tvs):
+def merged_delta(call, tvs, weights=None):
     """FusionBench's merged task vector for `call` on the task vectors `tvs`."""
     import torch
     from fusion_bench.method.isotropic_merging.iso_utils import iso_c, iso_cts
@@ -74,9 +83,9 @@ def merged_delta(call, tvs):
 
     kind, alpha, exclude = call[0], call[1], call[2]
     with torch.no_grad():
+        if weights is not None:  # the recipe's model weights: u_i = w_i·δ_i
+            tvs = [{k: v * w for k, v in tv.items()} for tv, w in zip(tvs, weights)]
         if kind == "tsv":
-            if isinstance(alpha, list):  # TaskSingularVectorMerging scales each first
-                tvs = [{k: v * a for k, v in tv.items()} for tv, a in zip(tvs, alpha)]
             delta = compute_and_sum_svd_mem_reduction(
                 tvs, exclude_keys=exclude, accelerator="cpu"
             )
@@ -92,13 +101,13 @@ def merged_delta(call, tvs):
     return {k: v * scale for k, v in delta.items()}
 
 
-def recipe_text(case: str, expression: str, weights, overrides) -> str:
+def recipe_text(case: str, expression: str, weights, overrides, tasks) -> str:
     lines = [
         f"# golden case {case}: made by FusionBench (scripts/golden/make_subspace_golden.py)",
         "base: ../../golden/llama_f32/base",
         "models:",
     ]
-    for i, t in enumerate(TASKS):
+    for i, t in enumerate(tasks):
         lines.append(f"  - path: ../../golden/llama_f32/{t}")
         if weights is not None:
             lines.append(f"    weight: {weights[i]}")
@@ -116,18 +125,22 @@ def generate(out: Path) -> None:
 
     base = load(FAMILY / "base")
     models = [load(FAMILY / t) for t in TASKS]
-    for case, (expression, call, weights, overrides) in CASES.items():
+    for case, (expression, call, weights, overrides, *count) in CASES.items():
+        used = models[: count[0]] if count else models
         # In float64: a chain of float32 SVDs and polar factors is off the exact result
         # by up to 1e-4 where singular values crowd (FusionBench's own float32 runs by
         # 6e-5 here), which would hide an error of that size. The merged task vector is
         # rounded to float32 and added to the float32 base, as reefknot writes it.
-        tvs = [{k: (m[k].double() - base[k].double()) for k in base} for m in models]
-        delta = merged_delta(call, tvs)
+        tvs = [{k: (m[k].double() - base[k].double()) for k in base} for m in used]
+        delta = merged_delta(call, tvs, weights)
         merged = {k: (base[k].float() + delta[k].float()).contiguous() for k in base}
         folder = out / case
         folder.mkdir(parents=True, exist_ok=True)
         save_file(merged, str(folder / "expected.safetensors"), metadata={"case": case})
-        (folder / "recipe.yaml").write_text(recipe_text(case, expression, weights, overrides))
+        tasks = TASKS[: len(used)]
+        (folder / "recipe.yaml").write_text(
+            recipe_text(case, expression, weights, overrides, tasks)
+        )
     from importlib.metadata import version
 
     about = {
