@@ -157,6 +157,10 @@ const NOT_RUN: &[(&str, &str)] = &[
         "cargo run --release -p reefknot-engine --example plan_scaling",
         "a benchmark of minutes",
     ),
+    (
+        "python3 scripts/quality/run.py",
+        "trains four models with torch: about 10 minutes",
+    ),
     ("rustup toolchain install", "installs a toolchain"),
     ("cargo install cargo-fuzz", "installs a tool"),
     (
