@@ -333,12 +333,30 @@ fn null_floor(sigma_max: f64, n: usize) -> f64 {
 /// where an SVD would complete the basis arbitrarily. Sequential: the executor runs
 /// one tensor per core already, and one thread gives the same bytes at any count.
 fn svd(a: MatRef<'_, f64>) -> Result<Svd, String> {
-    let (m, n) = a.shape();
     // Work on the side with the smaller Gram matrix: a = U S Vᵀ ⇔ aᵀ = V S Uᵀ.
-    if m < n {
+    if a.nrows() < a.ncols() {
         let (v, s, u) = svd(a.transpose())?;
         return Ok((u, s, v));
     }
+    let (s, v) = right_singular(a)?;
+    // U = a·V·S⁻¹ (zero where V's column is).
+    let av = mul(a, v.as_ref());
+    let u = Mat::from_fn(a.nrows(), s.len(), |row, col| {
+        if s[col] > 0.0 && v.col(col).norm_l2() > 0.0 {
+            av[(row, col)] / s[col]
+        } else {
+            0.0
+        }
+    });
+    Ok((u, s, v))
+}
+
+/// The singular values (descending) and right singular vectors of a matrix with at
+/// least as many rows as columns, from the eigendecomposition of `aᵀa`; the vectors of
+/// singular values under [`null_floor`] are zero.
+fn right_singular(a: MatRef<'_, f64>) -> Result<(Vec<f64>, Mat<f64>), String> {
+    let (m, n) = a.shape();
+    debug_assert!(m >= n);
     let gram = mul(a.transpose(), a);
     let mut vectors = Mat::<f64>::zeros(n, n);
     let mut values = Diag::<f64>::zeros(n);
@@ -358,26 +376,31 @@ fn svd(a: MatRef<'_, f64>) -> Result<Svd, String> {
         params,
     )
     .map_err(|e| format!("the decomposition of a {m}×{n} matrix did not converge ({e:?})"))?;
-    // Descending singular values, their right vectors, and U = a·V·S⁻¹.
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&i, &j| values[j].total_cmp(&values[i]));
     let s: Vec<f64> = order.iter().map(|&i| values[i].max(0.0).sqrt()).collect();
-    let v = Mat::from_fn(n, n, |row, col| vectors[(row, order[col])]);
     let floor = null_floor(s.first().copied().unwrap_or(0.0), n);
-    let av = mul(a, v.as_ref());
-    let u = Mat::from_fn(m, n, |row, col| {
+    let v = Mat::from_fn(n, n, |row, col| {
         if s[col] > floor {
-            av[(row, col)] / s[col]
+            vectors[(row, order[col])]
         } else {
             0.0
         }
     });
-    let v = Mat::from_fn(
-        n,
-        n,
-        |row, col| if s[col] > floor { v[(row, col)] } else { 0.0 },
-    );
-    Ok((u, s, v))
+    Ok((s, v))
+}
+
+/// `a·(V·S⁻¹·Vᵀ)` for `a`'s singular values `s` and right vectors `v`: the polar
+/// factor `U·Vᵀ` in one product with `a` instead of two.
+fn polar_from(a: MatRef<'_, f64>, s: &[f64], v: MatRef<'_, f64>) -> Mat<f64> {
+    let scaled = Mat::from_fn(v.nrows(), v.ncols(), |i, j| {
+        if s[j] > 0.0 {
+            v[(i, j)] / s[j]
+        } else {
+            0.0
+        }
+    });
+    mul(a, mul(scaled.as_ref(), v.transpose()).as_ref())
 }
 
 /// `a·b`, sequentially.
@@ -390,8 +413,11 @@ fn mul(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> Mat<f64> {
 /// The nearest matrix with orthonormal columns to `a` (its polar factor `P·Qᵀ`, where
 /// `a = P·Σ·Qᵀ`; directions where `a` has no rank are left out).
 fn polar(a: MatRef<'_, f64>) -> Result<Mat<f64>, String> {
-    let (p, _, q) = svd(a)?;
-    Ok(mul(p.as_ref(), q.transpose()))
+    if a.nrows() < a.ncols() {
+        return Ok(polar(a.transpose())?.transpose().to_owned());
+    }
+    let (s, v) = right_singular(a)?;
+    Ok(polar_from(a, &s, v.as_ref()))
 }
 
 /// `U·diag(s)·Vᵀ`.
@@ -407,9 +433,14 @@ fn mean(s: &[f64]) -> f64 {
 
 /// Iso-C of the summed task vectors `sum`.
 fn iso(sum: MatRef<'_, f64>) -> Result<Mat<f64>, String> {
-    let (u, s, v) = svd(sum)?;
-    let flat = vec![mean(&s); s.len()];
-    Ok(compose(u.as_ref(), &flat, v.as_ref()))
+    if sum.nrows() < sum.ncols() {
+        return Ok(iso(sum.transpose())?.transpose().to_owned());
+    }
+    // mean(S)·U·Vᵀ: the polar factor scaled, without forming U.
+    let (s, v) = right_singular(sum)?;
+    let mut out = polar_from(sum, &s, v.as_ref());
+    out *= faer::Scale(mean(&s));
+    Ok(out)
 }
 
 /// TSV-M of the weighted task vectors `u`, each task keeping `⌊r·k/T⌋` triplets.
