@@ -71,7 +71,7 @@ pub(crate) const METHODS: &[Method] = &[
 /// The fine-tunes' names: the folders the example recipes read.
 const TASKS: [&str; 3] = ["code", "math", "chat"];
 
-/// What the demo keeps under its folder, besides `demo/`.
+/// What the demo writes under its folder (and refuses to replace).
 const FAMILY_DIRS: [&str; 3] = ["models", "fisher", "demo"];
 
 fn slug(name: &str) -> String {

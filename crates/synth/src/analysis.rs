@@ -285,6 +285,12 @@ pub(crate) fn fetch<'a>(
     Ok((t.dtype, ck.data(t)))
 }
 
+/// Decodes elements `start..start + out.len()` of a tensor's stored bytes.
+pub(crate) fn decode((dtype, bytes): (Dtype, &[u8]), start: usize, out: &mut [f32]) {
+    let s = dtype.size();
+    to_f32(dtype, &bytes[start * s..(start + out.len()) * s], out);
+}
+
 /// One tensor of every model, as stored bytes.
 struct TensorBytes<B> {
     base: (Dtype, B),
@@ -313,12 +319,7 @@ impl<B: AsRef<[u8]>> TensorBytes<B> {
 
     /// Decodes elements `start..start + out.len()` of `(dtype, bytes)`.
     fn decode(src: &(Dtype, B), start: usize, out: &mut [f32]) {
-        let s = src.0.size();
-        to_f32(
-            src.0,
-            &src.1.as_ref()[start * s..(start + out.len()) * s],
-            out,
-        );
+        decode((src.0, src.1.as_ref()), start, out);
     }
 
     /// Calls `f(start, base, model)` for every chunk of task `task`'s tensor (or the

@@ -28,9 +28,9 @@
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use reefknot_io::{to_f32, Checkpoint, Dtype, ModelWriter, OutputTensor, WriterOptions};
+use reefknot_io::{Checkpoint, Dtype, ModelWriter, OutputTensor, WriterOptions};
 
-use crate::analysis::fetch;
+use crate::analysis::{decode, fetch};
 use crate::sample::TensorSampler;
 use crate::spec::{tensor_layout, FamilySpec};
 use crate::SynthError;
@@ -57,14 +57,7 @@ pub fn write_fishers(spec: &FamilySpec, paths: &[PathBuf]) -> Result<(), SynthEr
     }
     let layout = tensor_layout(spec);
     let samplers: Vec<TensorSampler> = layout.iter().map(|t| TensorSampler::new(spec, t)).collect();
-    let outputs: Vec<OutputTensor> = layout
-        .iter()
-        .map(|t| OutputTensor {
-            name: t.name.clone(),
-            dtype: Dtype::F32,
-            shape: t.shape.clone(),
-        })
-        .collect();
+    let outputs: Vec<OutputTensor> = layout.iter().map(|t| t.output(Dtype::F32)).collect();
     for (task, path) in paths.iter().enumerate() {
         // The writer makes a model folder; its one shard becomes the Fisher file.
         let staging = path.with_extension("partial");
@@ -197,16 +190,11 @@ pub fn quadratic_losses(
     Ok(total.into_iter().map(|s| 0.5 * s).collect())
 }
 
-/// Decodes elements `start..start + out.len()` of a tensor's bytes.
-fn decode((dtype, bytes): (Dtype, &[u8]), start: usize, out: &mut [f32]) {
-    let s = dtype.size();
-    to_f32(dtype, &bytes[start * s..(start + out.len()) * s], out);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::generate;
+    use reefknot_io::to_f32;
 
     #[test]
     fn a_fine_tune_has_no_loss_on_its_task_and_the_curvature_marks_its_important_entries() {

@@ -74,14 +74,7 @@ pub fn generate(spec: &FamilySpec, out: &Path) -> Result<Family, SynthError> {
     }
 
     let layout = tensor_layout(spec);
-    let outputs: Vec<OutputTensor> = layout
-        .iter()
-        .map(|t| OutputTensor {
-            name: t.name.clone(),
-            dtype: spec.dtype,
-            shape: t.shape.clone(),
-        })
-        .collect();
+    let outputs: Vec<OutputTensor> = layout.iter().map(|t| t.output(spec.dtype)).collect();
     let options = WriterOptions {
         // No limit: one `model.safetensors`.
         shard_size: spec.shard_size.unwrap_or(u64::MAX),

@@ -1,7 +1,7 @@
 //! What a family looks like: sizes, the Llama tensor layout and the JSON files
 //! that `transformers` reads.
 
-use reefknot_io::Dtype;
+use reefknot_io::{Dtype, OutputTensor};
 use serde_json::{json, Value};
 
 use crate::SynthError;
@@ -228,6 +228,15 @@ impl TensorSpec {
     /// The number of elements.
     pub fn numel(&self) -> u64 {
         self.shape.iter().map(|&d| d as u64).product()
+    }
+
+    /// This tensor as a checkpoint writer's output in `dtype`.
+    pub fn output(&self, dtype: Dtype) -> OutputTensor {
+        OutputTensor {
+            name: self.name.clone(),
+            dtype,
+            shape: self.shape.clone(),
+        }
     }
 }
 
