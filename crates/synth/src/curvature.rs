@@ -160,25 +160,23 @@ pub fn quadratic_losses(
             let mut m = vec![0.0f32; CHUNK];
             let mut x = vec![0.0f32; CHUNK];
             let mut f = vec![0.0f32; CHUNK];
-            pairs
-                .iter()
-                .map(|(task, fisher)| {
-                    let mut sum = 0.0f64;
-                    let mut start = 0;
-                    while start < n {
-                        let len = CHUNK.min(n - start);
-                        decode(*model, start, &mut m[..len]);
-                        decode(*task, start, &mut x[..len]);
-                        decode(*fisher, start, &mut f[..len]);
-                        for ((m, x), f) in m[..len].iter().zip(&x[..len]).zip(&f[..len]) {
-                            let d = f64::from(*m) - f64::from(*x);
-                            sum += f64::from(*f) * d * d;
-                        }
-                        start += len;
+            // Chunk by chunk, the model decoded once for every task.
+            let mut sums = vec![0.0f64; pairs.len()];
+            let mut start = 0;
+            while start < n {
+                let len = CHUNK.min(n - start);
+                decode(*model, start, &mut m[..len]);
+                for ((task, fisher), sum) in pairs.iter().zip(&mut sums) {
+                    decode(*task, start, &mut x[..len]);
+                    decode(*fisher, start, &mut f[..len]);
+                    for ((m, x), f) in m[..len].iter().zip(&x[..len]).zip(&f[..len]) {
+                        let d = f64::from(*m) - f64::from(*x);
+                        *sum += f64::from(*f) * d * d;
                     }
-                    sum
-                })
-                .collect()
+                }
+                start += len;
+            }
+            sums
         })
         .collect();
     let mut total = vec![0.0f64; tasks.len()];
