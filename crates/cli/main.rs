@@ -78,6 +78,17 @@ enum Command {
     /// Validate a recipe without reading tensor data and print the plan (as JSON with
     /// --json, for `merge --plan`).
     Check(CheckArgs),
+    /// Print the reefknot recipe that a mergekit configuration (a YAML file with
+    /// `merge_method:`) runs as; `merge` and `check` take the configuration itself too.
+    /// Its paths are the configuration's: save it next to the configuration.
+    Convert {
+        /// The mergekit configuration.
+        config: PathBuf,
+        /// Fail (exit 2) on a warning: something in the configuration mergekit ignores
+        /// (an unknown key, a parameter the method does not read).
+        #[arg(long)]
+        strict: bool,
+    },
     /// List the operators, or show one operator's documentation.
     Ops {
         /// An operator name (or alias).
@@ -335,6 +346,29 @@ fn merge(args: &MergeArgs, quiet: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+fn convert(config: &std::path::Path, strict: bool) -> Result<(), Failure> {
+    let recipe = Recipe::load(config).map_err(reefknot_engine::Error::from)?;
+    if !recipe.from_mergekit {
+        return Err(usage(anyhow::anyhow!(
+            "{} is not a mergekit configuration (it has no `merge_method:`); a reefknot \
+             recipe needs no conversion",
+            config.display()
+        )));
+    }
+    for w in &recipe.warnings {
+        eprintln!("{:?}", miette::Report::new(reefknot_lang::Clipped::new(w)));
+    }
+    if strict && !recipe.warnings.is_empty() {
+        let n = recipe.warnings.len();
+        return Err(usage(anyhow::anyhow!(
+            "{n} warning{} about the configuration, and --strict makes them errors",
+            if n == 1 { "" } else { "s" }
+        )));
+    }
+    out!("{}", recipe.source);
+    Ok(())
+}
+
 fn check(args: &CheckArgs, quiet: bool) -> Result<(), Failure> {
     let plan = load_plan(&args.recipe, &args.overrides, args.shard_size)?;
     if args.json {
@@ -463,6 +497,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Merge(args) => merge(args, cli.quiet),
         Command::Check(args) => check(args, cli.quiet),
+        Command::Convert { config, strict } => convert(config, *strict),
         Command::Ops {
             name,
             markdown,

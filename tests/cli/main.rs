@@ -7,6 +7,7 @@ mod errors;
 mod hostile;
 mod hub;
 mod merge;
+mod mergekit;
 mod nonfinite;
 mod plans;
 mod recipes;

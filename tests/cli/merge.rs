@@ -424,3 +424,70 @@ fn passthrough_copies_the_fine_tune_bit_for_bit() {
     let json = ok(&run_in(ws.path(), &["check", "r.yaml", "--json"]));
     assert!(json.contains("\"kind\": \"copy\"") && !json.contains("\"kind\": \"pipeline\""));
 }
+
+#[test]
+fn conditions_give_each_tensor_its_own_weight_and_value() {
+    let ws = Workspace::new(Dtype::F32, None);
+    ws.recipe(
+        "r.yaml",
+        r#"base: models/base
+models:
+  - path: models/code
+    weight:
+      - { match: "*.mlp.*", value: 0.5 }
+  - path: models/math
+    weight: [{ match: "*.self_attn.*", value: 0.0 }, { value: 2.0 }]
+  - path: models/chat
+params:
+  s: [{ match: "lm_head.*", value: 0.0 }, { value: 1.0 }]
+merge: sum |> scale($s)
+"#,
+    );
+    ok(&run_in(
+        ws.path(),
+        &["merge", "r.yaml", "-o", "out", "--quiet", "--strict"],
+    ));
+    let out = Checkpoint::open(&ws.path().join("out")).unwrap();
+    let base = Checkpoint::open(&ws.model("base")).unwrap();
+    let models: Vec<Checkpoint> = TASKS
+        .iter()
+        .map(|t| Checkpoint::open(&ws.model(t)).unwrap())
+        .collect();
+    let mut seen = [false; 3];
+    for t in base.tensors() {
+        let name = &t.name;
+        let w = [
+            if name.contains(".mlp.") { 0.5 } else { 1.0 },
+            if name.contains(".self_attn.") {
+                0.0
+            } else {
+                2.0
+            },
+            1.0,
+        ];
+        let s = if name.starts_with("lm_head.") {
+            0.0
+        } else {
+            1.0
+        };
+        seen[0] |= name.contains(".mlp.");
+        seen[1] |= name.contains(".self_attn.");
+        seen[2] |= name.starts_with("lm_head.");
+        let b = values(&base, name);
+        let ms: Vec<Vec<f32>> = models.iter().map(|m| values(m, name)).collect();
+        let got = values(&out, name);
+        for j in 0..b.len() {
+            let delta: f64 = (0..3).map(|i| w[i] * f64::from(ms[i][j] - b[j])).sum();
+            let want = f64::from(b[j]) + s * delta;
+            assert!(
+                (f64::from(got[j]) - want).abs() <= 1e-6 * want.abs().max(1e-3),
+                "{name} [{j}]: {} vs {want}",
+                got[j]
+            );
+        }
+    }
+    assert_eq!(
+        seen, [true; 3],
+        "the family has every part the test selects"
+    );
+}

@@ -1,4 +1,5 @@
-//! Every recipe in `recipes/` is checked and run on a synthetic family.
+//! Every recipe in `recipes/` (and every mergekit configuration, `.yml`) is checked
+//! and run on a synthetic family.
 
 use std::fs;
 use std::path::Path;
@@ -14,7 +15,7 @@ fn every_example_recipe_checks_and_merges() {
     let ws = Workspace::new(Dtype::BF16, Some(100_000));
     for entry in fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "yaml") {
+        if path.extension().is_none_or(|e| e != "yaml" && e != "yml") {
             continue;
         }
         let name = path.file_name().unwrap().to_string_lossy().into_owned();

@@ -187,7 +187,7 @@ pub(crate) fn plan_and_warn(
         let rule = &rules[rule_index];
         let lookup = |name: &str, i: usize| {
             read.borrow_mut().insert((name.to_string(), over));
-            recipe.param(name, Some(i), over).map(|p| p.value.clone())
+            recipe.param(name, Some(i), over, &info.name).cloned()
         };
         let resolver = Resolver {
             lookup: &lookup,
@@ -255,10 +255,8 @@ pub(crate) fn plan_and_warn(
                     })
                     .collect(),
                 fisher,
-                weights: recipe
-                    .models
-                    .iter()
-                    .map(|m| m.weight.at(t) as f32)
+                weights: (0..recipe.models.len())
+                    .map(|i| recipe.weight(i, &info.name).at(t) as f32)
                     .collect(),
                 stages,
             })
@@ -622,7 +620,7 @@ fn compile_rules(recipe: &Recipe, registry: &Registry) -> Result<Vec<Rule>, Erro
     let weighted = recipe
         .models
         .iter()
-        .position(|m| m.weight != reefknot_recipe::Number::Scalar(1.0));
+        .position(|m| m.weight != reefknot_recipe::Weight::ONE);
     if let Some(i) = weighted {
         if !rules
             .iter()
@@ -633,8 +631,11 @@ fn compile_rules(recipe: &Recipe, registry: &Registry) -> Result<Vec<Rule>, Erro
                 i + 1,
                 recipe.models[i].path.display(),
                 match &recipe.models[i].weight {
-                    reefknot_recipe::Number::Scalar(x) => reefknot_lang::spec::format_number(*x),
-                    reefknot_recipe::Number::Gradient(v) => format!("{v:?}"),
+                    reefknot_recipe::Weight::Number(reefknot_recipe::Number::Scalar(x)) =>
+                        reefknot_lang::spec::format_number(*x),
+                    reefknot_recipe::Weight::Number(reefknot_recipe::Number::Gradient(v)) =>
+                        format!("{v:?}"),
+                    reefknot_recipe::Weight::Conditions(_) => "conditions".to_string(),
                 }
             );
             reefknot_lang::check_weights(&recipe.merge.text, &rules[0].pipeline, &given)
@@ -800,5 +801,6 @@ fn describe_param_value(v: &ParamValue) -> String {
         ParamValue::Number(_) => "a number".into(),
         ParamValue::Text(t) => format!("the string {t:?}"),
         ParamValue::Bool(b) => format!("the boolean {b}"),
+        ParamValue::Conditions(_) => "conditions".into(),
     }
 }

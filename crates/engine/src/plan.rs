@@ -84,7 +84,7 @@ impl Plan {
         let (data, inputs, warnings) =
             frontend::plan_and_warn(recipe, registry, opts).map_err(point)?;
         let mut plan = Plan::with_inputs(data, inputs, registry).map_err(point)?;
-        plan.warnings = warnings;
+        plan.warnings = recipe.warnings.iter().cloned().chain(warnings).collect();
         Ok(plan)
     }
 

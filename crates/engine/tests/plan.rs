@@ -225,3 +225,19 @@ fn copy(input: usize, tensor: &str) -> Producer {
         },
     }
 }
+
+/// The operator reference's table of mergekit's methods (`reefknot_ops`) and the
+/// mergekit front-end's (`reefknot_recipe::mergekit`) name the same methods in the
+/// same order.
+#[test]
+fn the_mergekit_tables_agree() {
+    let reference: Vec<&str> = reefknot_ops::MERGEKIT_METHODS
+        .iter()
+        .map(|m| m.name)
+        .collect();
+    let front_end: Vec<&str> = reefknot_recipe::mergekit::METHODS
+        .iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(reference, front_end);
+}

@@ -1,6 +1,7 @@
-//! mergekit's merge methods, each with the reefknot expression that computes it: the
-//! table `reefknot ops --markdown` prints in the operator reference, and the one place
-//! that knows how a `merge_method:` maps onto operators.
+//! mergekit's merge methods, each with a reefknot expression that computes it: the
+//! table `reefknot ops --markdown` prints in the operator reference. The translation
+//! of a whole mergekit configuration, parameters and defaults included, is
+//! `reefknot_recipe::mergekit`; a test holds the two tables to the same methods.
 
 /// One method `mergekit.merge_methods.registry` registers (mergekit 0.1.5).
 #[derive(Clone, Copy, Debug)]

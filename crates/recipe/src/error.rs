@@ -54,6 +54,10 @@ pub enum ErrorKind {
     InvalidSeed,
     /// A `shard_size` that is not a positive size.
     InvalidShardSize,
+    /// A mergekit configuration uses something reefknot does not do yet (`slices:`,
+    /// LoRA inputs, a tokenizer other than the base's), or that reefknot cannot express
+    /// exactly.
+    Unsupported,
 }
 
 impl ErrorKind {
@@ -80,6 +84,7 @@ impl ErrorKind {
             ErrorKind::InvalidDtype => "reefknot::recipe::invalid_dtype",
             ErrorKind::InvalidSeed => "reefknot::recipe::invalid_seed",
             ErrorKind::InvalidShardSize => "reefknot::recipe::invalid_shard_size",
+            ErrorKind::Unsupported => "reefknot::recipe::unsupported",
         }
     }
 }
@@ -331,6 +336,7 @@ pub(crate) fn list(items: &[&str]) -> String {
 /// miette warning pointing into the recipe; `reefknot check --strict` fails on one.
 #[derive(Debug, Clone)]
 pub struct RecipeWarning {
+    code: &'static str,
     message: String,
     label: Label,
     help: Option<String>,
@@ -345,15 +351,37 @@ impl RecipeWarning {
         message: impl Into<String>,
         label: impl Into<String>,
     ) -> RecipeWarning {
+        RecipeWarning::in_source(recipe.named_source(), loc, message, label)
+    }
+
+    /// A warning about `loc` of `source`.
+    pub(crate) fn in_source(
+        source: NamedSource<Arc<str>>,
+        loc: Loc,
+        message: impl Into<String>,
+        label: impl Into<String>,
+    ) -> RecipeWarning {
         RecipeWarning {
+            code: "reefknot::no_effect",
             message: message.into(),
             label: Label {
                 loc,
                 text: label.into(),
             },
             help: None,
-            source: recipe.named_source(),
+            source,
         }
+    }
+
+    /// The same warning under another code (`reefknot::mergekit::ignored`).
+    pub(crate) fn code(mut self, code: &'static str) -> RecipeWarning {
+        self.code = code;
+        self
+    }
+
+    /// Where in the source it points.
+    pub fn loc(&self) -> Loc {
+        self.label.loc
     }
 
     /// Adds advice.
@@ -378,7 +406,7 @@ impl std::error::Error for RecipeWarning {}
 
 impl Diagnostic for RecipeWarning {
     fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        Some(Box::new("reefknot::no_effect"))
+        Some(Box::new(self.code))
     }
 
     fn severity(&self) -> Option<miette::Severity> {

@@ -11,7 +11,7 @@
 //!
 //! ```
 //! use std::path::Path;
-//! use reefknot_recipe::{Number, Recipe, Selector};
+//! use reefknot_recipe::{Number, Recipe, Selector, Weight};
 //!
 //! let yaml = r#"
 //! base: models/base
@@ -29,8 +29,8 @@
 //! "#;
 //! let recipe = Recipe::parse(yaml, Path::new("recipes"), "example.yaml")?;
 //! assert_eq!(recipe.base, Path::new("recipes/models/base"));
-//! assert_eq!(recipe.models[0].weight, Number::Gradient(vec![1.0, 0.5]));
-//! assert_eq!(recipe.models[1].weight, Number::Scalar(1.0));
+//! assert_eq!(recipe.models[0].weight, Weight::Number(Number::Gradient(vec![1.0, 0.5])));
+//! assert_eq!(recipe.models[1].weight, Weight::ONE);
 //! let off = recipe.merge.offset_in_source.unwrap();
 //! assert_eq!(&recipe.source[off..off + 5], "ties(");
 //! assert_eq!(recipe.override_for("lm_head.weight"), Some(0));
@@ -51,6 +51,7 @@ use std::sync::Arc;
 mod error;
 mod expr;
 mod groups;
+pub mod mergekit;
 mod validate;
 mod value;
 mod yaml;
@@ -59,7 +60,7 @@ pub use error::{closest, ErrorKind, Label, RecipeError, RecipeWarning};
 pub use expr::Expr;
 pub use groups::{depth_t, layer_index, Groups, BUILTIN_GROUPS};
 pub use validate::parse_size;
-pub use value::{Number, Param, ParamValue, Params};
+pub use value::{Condition, Number, Param, ParamValue, Params, Weight};
 
 /// A span of the recipe's source text ([`Recipe::source`]).
 ///
@@ -96,8 +97,9 @@ pub struct ModelEntry {
     /// The model: an HF folder or a `.safetensors` file, resolved against the recipe's
     /// folder.
     pub path: PathBuf,
-    /// Its weight `w_i` (default 1.0); a gradient varies it over depth.
-    pub weight: Number,
+    /// Its weight `w_i` (default 1.0); a gradient varies it over depth, conditions
+    /// over tensors ([`Recipe::weight`]).
+    pub weight: Weight,
     /// Its diagonal Fisher (same tensor names), resolved, for `elect(fisher)`,
     /// `disjoint(fisher)` and `fisher`.
     pub fisher: Option<PathBuf>,
@@ -214,16 +216,25 @@ pub struct Recipe {
     /// The output shard size in bytes (`shard_size:`); `None`: the writer's default,
     /// 5 GB (`reefknot_io::DEFAULT_SHARD_SIZE`).
     pub shard_size: Option<u64>,
+    /// Whether the file was a mergekit configuration, translated ([`mergekit`]):
+    /// [`Recipe::source`] is then the translated recipe.
+    pub from_mergekit: bool,
+    /// What the file holds that has no effect, found while reading it (a mergekit
+    /// configuration's ignored keys); the plan adds its own.
+    pub warnings: Vec<RecipeWarning>,
 }
 
 impl Recipe {
     /// The recipe's text as a miette source, named by its file (or `recipe`), for
     /// diagnostics that point into it.
     pub fn named_source(&self) -> miette::NamedSource<Arc<str>> {
-        let name = self
+        let mut name = self
             .path
             .as_ref()
             .map_or_else(|| "recipe".to_string(), |p| p.display().to_string());
+        if self.from_mergekit {
+            name.push_str(" (as a reefknot recipe)");
+        }
         miette::NamedSource::new(name, Arc::from(self.source.as_str())).with_language("yaml")
     }
 
@@ -255,15 +266,35 @@ impl Recipe {
         let shared: Arc<str> = Arc::from(source.as_str());
         let fail = |errors: Vec<RecipeError>| RecipeError::finish(errors, name, &shared, path);
         let root = yaml::parse_yaml(&source).map_err(|e| fail(vec![e]))?;
+        if mergekit::is_config_root(&root) {
+            let converted = mergekit::convert(&source, name, path)?;
+            let translated = format!("{name} (as a reefknot recipe)");
+            let mut recipe = Recipe::parse_inner(converted.recipe, dir, &translated, path)?;
+            recipe.from_mergekit = true;
+            recipe.warnings = converted.warnings;
+            return Ok(recipe);
+        }
         let parts = validate::Checker::new(&source, dir)
             .recipe(&root)
             .map_err(fail)?;
         let mut groups = parts.groups;
+        let mut globs: Vec<&str> = Vec::new();
         for o in &parts.overrides {
             if let Selector::Match(glob) = &o.selector {
-                if let Ok(g) = groups::compile_glob(glob) {
-                    groups.remember_glob(glob, &g);
-                }
+                globs.push(glob);
+            }
+            globs.extend(condition_globs(&o.params));
+        }
+        globs.extend(condition_globs(&parts.params));
+        for m in &parts.models {
+            globs.extend(condition_globs(&m.params));
+            if let Weight::Conditions(c) = &m.weight {
+                globs.extend(c.iter().filter_map(|c| c.glob.as_deref()));
+            }
+        }
+        for glob in globs {
+            if let Ok(g) = groups::compile_glob(glob) {
+                groups.remember_glob(glob, &g);
             }
         }
         Ok(Recipe {
@@ -280,6 +311,8 @@ impl Recipe {
             seed: parts.seed,
             plugins: parts.plugins,
             shard_size: parts.shard_size,
+            from_mergekit: false,
+            warnings: Vec::new(),
         })
     }
 
@@ -312,22 +345,59 @@ impl Recipe {
     }
 
     /// The value of `$name` for model `model` (an index into [`Recipe::models`]; `None`
-    /// for a value not tied to a model) under override `index`, in the order
-    /// operators.md gives: the model's `params`, then the override's, then the recipe's.
-    pub fn param(&self, name: &str, model: Option<usize>, index: Option<usize>) -> Option<&Param> {
+    /// for a value not tied to a model) and tensor `tensor` under override `index`, in
+    /// the order operators.md gives: the model's `params`, then the override's, then
+    /// the recipe's. A value given as conditions is the first entry that matches the
+    /// tensor; where none matches, the next map is looked at.
+    pub fn param(
+        &self,
+        name: &str,
+        model: Option<usize>,
+        index: Option<usize>,
+        tensor: &str,
+    ) -> Option<&ParamValue> {
         let from_model = model
             .and_then(|m| self.models.get(m))
             .and_then(|m| m.params.get(name));
         let from_override = index
             .and_then(|i| self.overrides.get(i))
             .and_then(|o| o.params.get(name));
-        from_model
-            .or(from_override)
-            .or_else(|| self.params.get(name))
+        [from_model, from_override, self.params.get(name)]
+            .into_iter()
+            .flatten()
+            .find_map(|p| self.on_tensor(&p.value, tensor))
+    }
+
+    /// `value` on `tensor`: itself, or the value of its first condition that matches.
+    fn on_tensor<'r>(&self, value: &'r ParamValue, tensor: &str) -> Option<&'r ParamValue> {
+        match value {
+            ParamValue::Conditions(entries) => entries
+                .iter()
+                .find(|c| self.condition_holds(c.glob.as_deref(), tensor))
+                .map(|c| &c.value),
+            other => Some(other),
+        }
+    }
+
+    fn condition_holds(&self, glob: Option<&str>, tensor: &str) -> bool {
+        glob.is_none_or(|g| self.groups.glob_matches(g, tensor))
+    }
+
+    /// The weight of model `model` on `tensor`: its `weight`, or the value of the first
+    /// of its conditions that matches the tensor (1.0 where none does).
+    pub fn weight(&self, model: usize, tensor: &str) -> &Number {
+        const ONE: Number = Number::Scalar(1.0);
+        match &self.models[model].weight {
+            Weight::Number(n) => n,
+            Weight::Conditions(entries) => entries
+                .iter()
+                .find(|c| self.condition_holds(c.glob.as_deref(), tensor))
+                .map_or(&ONE, |c| &c.value),
+        }
     }
 
     /// The recipe-wide values under override `index`: the recipe's `params` with the
-    /// override's on top.
+    /// override's on top (conditions unresolved).
     pub fn params_for(&self, index: Option<usize>) -> Params {
         let mut params = self.params.clone();
         if let Some(o) = index.and_then(|i| self.overrides.get(i)) {
@@ -335,4 +405,12 @@ impl Recipe {
         }
         params
     }
+}
+
+/// The globs of the conditions among `params`' values.
+fn condition_globs(params: &Params) -> impl Iterator<Item = &str> {
+    params.values().flat_map(|p| match &p.value {
+        ParamValue::Conditions(c) => c.iter().filter_map(|c| c.glob.as_deref()).collect(),
+        _ => Vec::new(),
+    })
 }

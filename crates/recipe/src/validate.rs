@@ -8,7 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use crate::error::{closest, list, ErrorKind, RecipeError};
 use crate::expr::Expr;
 use crate::groups::{compile_glob, Groups, BUILTIN_GROUPS};
-use crate::value::{Number, Param, ParamValue, Params};
+use crate::value::{Condition, Number, Param, ParamValue, Params, Weight};
 use crate::yaml::{Kind, Node};
 use crate::{Loc, ModelEntry, OutputDtype, Override, Selector};
 
@@ -125,6 +125,17 @@ const OVERRIDE: Schema = Schema {
     ],
 };
 
+const CONDITION: Schema = Schema {
+    what: "a condition",
+    keys: &["match", "value"],
+    hints: &[(
+        "filter",
+        Some("match"),
+        "a condition's tensors are a glob over the whole name, `match:` (mergekit's \
+         `filter: mlp` is `match: \"*mlp*\"`)",
+    )],
+};
+
 /// The accepted spellings of each output dtype (compared case-insensitively).
 const DTYPES: &[(&str, OutputDtype)] = &[
     ("bfloat16", OutputDtype::BFloat16),
@@ -179,8 +190,13 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn push(&mut self, e: RecipeError) {
+    pub(crate) fn push(&mut self, e: RecipeError) {
         self.errors.push(e);
+    }
+
+    /// The problems found so far, in the order found.
+    pub(crate) fn into_errors(self) -> Vec<RecipeError> {
+        self.errors
     }
 
     /// Checks the whole recipe; `Err` holds every problem found, in source order.
@@ -418,7 +434,7 @@ impl<'a> Checker<'a> {
         self.push(e);
     }
 
-    fn wrong_type(&mut self, node: &Node, expected: &str, what: &str) -> RecipeError {
+    pub(crate) fn wrong_type(&mut self, node: &Node, expected: &str, what: &str) -> RecipeError {
         RecipeError::new(
             ErrorKind::WrongType,
             format!(
@@ -432,7 +448,12 @@ impl<'a> Checker<'a> {
     // ---- scalars ----------------------------------------------------------------
 
     /// A string value, or an error naming what was expected.
-    fn string<'n>(&mut self, node: &'n Node, expected: &str, what: &str) -> Option<&'n str> {
+    pub(crate) fn string<'n>(
+        &mut self,
+        node: &'n Node,
+        expected: &str,
+        what: &str,
+    ) -> Option<&'n str> {
         match &node.kind {
             Kind::Str(s) => Some(s.as_str()),
             _ => {
@@ -444,7 +465,7 @@ impl<'a> Checker<'a> {
     }
 
     /// A path, resolved against the recipe's folder.
-    fn path(&mut self, node: &Node, what: &str) -> Option<PathBuf> {
+    pub(crate) fn path(&mut self, node: &Node, what: &str) -> Option<PathBuf> {
         let text = self.string(node, "a path (a string)", &format!("`{what}`"))?;
         if text.trim().is_empty() {
             self.push(
@@ -488,7 +509,7 @@ impl<'a> Checker<'a> {
     }
 
     /// A finite number, with `what` naming it in messages.
-    fn finite(&mut self, node: &Node, what: &str) -> Option<f64> {
+    pub(crate) fn finite(&mut self, node: &Node, what: &str) -> Option<f64> {
         let v = match node.kind {
             Kind::Int(i) => i as f64,
             Kind::Float(f) => f,
@@ -516,7 +537,7 @@ impl<'a> Checker<'a> {
     }
 
     /// A number or a gradient (a list of two or more numbers).
-    fn number(&mut self, node: &Node, what: &str) -> Option<Number> {
+    pub(crate) fn number(&mut self, node: &Node, what: &str) -> Option<Number> {
         match &node.kind {
             Kind::Int(_) | Kind::Float(_) => self.finite(node, what).map(Number::Scalar),
             Kind::Seq(items) => self.gradient(node, items, what).map(Number::Gradient),
@@ -655,11 +676,9 @@ impl<'a> Checker<'a> {
             }
             let what = format!("parameter `{name}`");
             let v = match &value.kind {
-                Kind::Int(_) | Kind::Float(_) | Kind::Seq(_) => {
-                    self.number(value, &what).map(ParamValue::Number)
-                }
-                Kind::Str(s) => Some(ParamValue::Text(s.clone())),
-                Kind::Bool(b) => Some(ParamValue::Bool(*b)),
+                Kind::Seq(items) if is_conditions(items) => self
+                    .conditions(items, &what, |c, n| c.param_value(n, &what))
+                    .map(ParamValue::Conditions),
                 Kind::Null => {
                     self.push(
                         RecipeError::new(
@@ -673,15 +692,7 @@ impl<'a> Checker<'a> {
                     );
                     None
                 }
-                Kind::Map(_) => {
-                    let e = self.wrong_type(
-                        value,
-                        "a number, a list of numbers, a string or a boolean",
-                        &what,
-                    );
-                    self.push(e);
-                    None
-                }
+                _ => self.param_value(value, &what),
             };
             match v {
                 Some(v) => {
@@ -693,6 +704,102 @@ impl<'a> Checker<'a> {
                             key_loc: key.loc,
                         },
                     );
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// A parameter's value that is not a list of conditions.
+    fn param_value(&mut self, value: &Node, what: &str) -> Option<ParamValue> {
+        match &value.kind {
+            Kind::Int(_) | Kind::Float(_) => self.number(value, what).map(ParamValue::Number),
+            Kind::Seq(items) if is_conditions(items) => {
+                self.push(
+                    RecipeError::new(
+                        ErrorKind::WrongType,
+                        format!("the value of a condition of {what} is itself conditions"),
+                    )
+                    .label(value.loc, "conditions inside a condition")
+                    .help("give each condition a number, a gradient, a string or a boolean"),
+                );
+                None
+            }
+            Kind::Seq(_) => self.number(value, what).map(ParamValue::Number),
+            Kind::Str(s) => Some(ParamValue::Text(s.clone())),
+            Kind::Bool(b) => Some(ParamValue::Bool(*b)),
+            Kind::Null | Kind::Map(_) => {
+                let e = self.wrong_type(
+                    value,
+                    "a number, a list of numbers, a string or a boolean",
+                    what,
+                );
+                self.push(e);
+                None
+            }
+        }
+    }
+
+    /// A list of conditions `[{match: GLOB, value: V}, ..., {value: V}]`, each value
+    /// read by `value`.
+    fn conditions<T>(
+        &mut self,
+        items: &[Node],
+        what: &str,
+        mut value: impl FnMut(&mut Self, &Node) -> Option<T>,
+    ) -> Option<Vec<Condition<T>>> {
+        let mut out = Vec::with_capacity(items.len());
+        let mut ok = true;
+        let mut catch_all: Option<Loc> = None;
+        for item in items {
+            let Some(f) = self.fields(item, &CONDITION) else {
+                ok = false;
+                continue;
+            };
+            if !f.suggested.is_empty() {
+                // A misspelt `match` (reported): not a catch-all.
+                ok = false;
+                continue;
+            }
+            let glob = match f.get("match") {
+                Some(n) => match self.glob(n, "a condition's `match`") {
+                    Some((text, _)) => Some(text),
+                    None => {
+                        ok = false;
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            if let Some(first) = catch_all {
+                self.push(
+                    RecipeError::new(
+                        ErrorKind::InvalidValue,
+                        format!("a condition of {what} follows one that matches every tensor"),
+                    )
+                    .label(map_loc(item), "never used")
+                    .label(first, "this entry has no `match`, so it takes every tensor")
+                    .help("put the entry without `match` last"),
+                );
+                ok = false;
+                continue;
+            }
+            let Some(v) = f.get("value") else {
+                self.missing(&f, "value", "this condition has no `value`", None);
+                ok = false;
+                continue;
+            };
+            match value(self, v) {
+                Some(v) => {
+                    if glob.is_none() {
+                        catch_all = Some(map_loc(item));
+                    }
+                    out.push(Condition {
+                        glob,
+                        value: v,
+                        loc: map_loc(item),
+                    });
                 }
                 None => ok = false,
             }
@@ -760,8 +867,14 @@ impl<'a> Checker<'a> {
             }
         };
         let weight = match f.get("weight") {
-            Some(n) => self.number(n, "`weight`"),
-            None => Some(Number::Scalar(1.0)),
+            Some(Node {
+                kind: Kind::Seq(items),
+                ..
+            }) if is_conditions(items) => self
+                .conditions(items, "`weight`", |c, n| c.number(n, "`weight`"))
+                .map(Weight::Conditions),
+            Some(n) => self.number(n, "`weight`").map(Weight::Number),
+            None => Some(Weight::ONE),
         };
         let fisher_location = f.get("fisher").map(|n| n.loc);
         let fisher = match f.get("fisher") {
@@ -1142,7 +1255,7 @@ impl<'a> Checker<'a> {
 
     // ---- output settings ----------------------------------------------------------
 
-    fn dtype(&mut self, node: &Node) -> Option<OutputDtype> {
+    pub(crate) fn dtype(&mut self, node: &Node) -> Option<OutputDtype> {
         let names: Vec<&str> = DTYPES.iter().map(|(n, _)| *n).collect();
         let text = match &node.kind {
             Kind::Str(s) => s,
@@ -1283,8 +1396,15 @@ fn resolve(dir: &Path, path: &Path) -> PathBuf {
     out
 }
 
+/// Whether a list is conditions (its entries mappings) rather than a gradient.
+fn is_conditions(items: &[Node]) -> bool {
+    items
+        .first()
+        .is_some_and(|n| matches!(n.kind, Kind::Map(_)))
+}
+
 /// Where a mapping is, for an error about it as a whole: its first key (or its `{`).
-fn map_loc(node: &Node) -> Loc {
+pub(crate) fn map_loc(node: &Node) -> Loc {
     match &node.kind {
         Kind::Map(entries) if node.loc.len == 0 => entries
             .first()

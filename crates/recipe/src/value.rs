@@ -1,4 +1,5 @@
-//! Values of the recipe: numbers and gradients, `$variable` values.
+//! Values of the recipe: numbers and gradients, `$variable` values, and values that
+//! depend on the tensor (conditions).
 
 use std::collections::BTreeMap;
 
@@ -51,6 +52,33 @@ impl From<f64> for Number {
     }
 }
 
+/// One entry of a list of conditions: the value of the tensors whose name `glob`
+/// matches, or of every tensor when it has none.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Condition<T> {
+    /// The `match:` glob over the whole tensor name ([`crate::Selector::Match`]'s
+    /// rules); `None` matches every tensor.
+    pub glob: Option<String>,
+    /// The value.
+    pub value: T,
+    /// Where the entry is written.
+    pub loc: Loc,
+}
+
+/// A model's `weight`: one number or gradient, or conditions on the tensor's name.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Weight {
+    /// The same number (or gradient) for every tensor.
+    Number(Number),
+    /// The value of the first entry whose glob matches; `1.0` where none does.
+    Conditions(Vec<Condition<Number>>),
+}
+
+impl Weight {
+    /// The default weight, 1.0.
+    pub const ONE: Weight = Weight::Number(Number::Scalar(1.0));
+}
+
 /// The value of a `$variable` in a `params:` map.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ParamValue {
@@ -60,6 +88,10 @@ pub enum ParamValue {
     Text(String),
     /// A boolean: `true` or `false` (YAML 1.2: `yes`/`no` are strings).
     Bool(bool),
+    /// Conditions on the tensor's name, first match wins: `[{match: "*mlp*", value:
+    /// 0.5}, {value: 0.2}]`. Where none matches, the variable is looked up at the next
+    /// level as if this map did not give it. The values are never conditions.
+    Conditions(Vec<Condition<ParamValue>>),
 }
 
 /// One entry of a `params:` map: the value and where the recipe writes it, so that an

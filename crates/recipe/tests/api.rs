@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use reefknot_recipe::{
-    ErrorKind, Groups, Number, OutputDtype, ParamValue, Recipe, RecipeError, Selector,
+    ErrorKind, Groups, Number, OutputDtype, ParamValue, Recipe, RecipeError, Selector, Weight,
 };
 
 fn parse(yaml: &str) -> Recipe {
@@ -85,7 +85,7 @@ fn defaults() {
     assert!(r.params.is_empty());
     assert!(r.overrides.is_empty());
     assert!(r.plugins.is_empty());
-    assert_eq!(r.models[0].weight, Number::Scalar(1.0));
+    assert_eq!(r.models[0].weight, Weight::ONE);
     assert_eq!(r.models[0].fisher, None);
     // Optional keys with no value are the same as absent.
     let r = parse(&format!(
@@ -154,7 +154,8 @@ fn parameter_lookup_order() {
          overrides:\n  - group: mlp\n    params: { density: 0.4, extra: on }\n",
     );
     let value = |name: &str, model: Option<usize>, ov: Option<usize>| {
-        r.param(name, model, ov).map(|p| p.value.clone())
+        r.param(name, model, ov, "model.layers.0.mlp.up_proj.weight")
+            .cloned()
     };
     let num = |v: f64| Some(ParamValue::Number(Number::Scalar(v)));
     assert_eq!(value("density", Some(0), Some(0)), num(0.1));
@@ -175,7 +176,7 @@ fn parameter_lookup_order() {
         ParamValue::Number(Number::Scalar(0.4))
     );
     // Each value keeps where it is written.
-    let p = r.param("density", Some(1), Some(0)).unwrap();
+    let p = &r.overrides[0].params["density"];
     assert_eq!(&r.source[p.loc.range()], "0.4");
     assert_eq!(&r.source[p.key_loc.range()], "density");
 }
@@ -234,9 +235,12 @@ fn seeds_and_shard_sizes() {
 #[test]
 fn gradients() {
     let r = parse("base: b\nmodels:\n  - path: m\n    weight: [1, 0.5]\n    params: { d: [0.1, 0.2, 0.3] }\nmerge: sum\n");
-    assert_eq!(r.models[0].weight, Number::Gradient(vec![1.0, 0.5]));
-    assert!(r.models[0].weight.is_gradient());
-    assert_eq!(r.models[0].weight.at(0.5), 0.75);
+    assert_eq!(
+        r.models[0].weight,
+        Weight::Number(Number::Gradient(vec![1.0, 0.5]))
+    );
+    assert!(r.weight(0, "x").is_gradient());
+    assert_eq!(r.weight(0, "x").at(0.5), 0.75);
     let ParamValue::Number(d) = &r.models[0].params["d"].value else {
         panic!("not a number")
     };
@@ -404,7 +408,7 @@ fn model_location_points_at_its_path() {
     let src = "base: b\nmodels:\n  - weight: 2\n    path: models/x\nmerge: sum\n";
     let r = parse(src);
     assert_eq!(&src[r.models[0].location.range()], "models/x");
-    assert_eq!(r.models[0].weight, Number::Scalar(2.0));
+    assert_eq!(r.models[0].weight, Weight::Number(Number::Scalar(2.0)));
 }
 
 #[test]
@@ -466,4 +470,32 @@ mod prop {
             }
         }
     }
+}
+
+#[test]
+fn conditions_pick_the_first_match_and_fall_through() {
+    let r = parse(
+        "base: b\nmodels:\n  - path: m1\n    weight: [{ match: \"*.mlp.*\", value: 0.5 }]\n    \
+         params: { d: [{ match: \"*.self_attn.*\", value: 0.9 }] }\n  - path: m2\n\
+         params:\n  d: [{ match: \"lm_head.*\", value: 0.1 }, { value: [0.2, 0.4] }]\n\
+         merge: trim($d) |> sum\n",
+    );
+    let mlp = "model.layers.0.mlp.up_proj.weight";
+    let attn = "model.layers.0.self_attn.q_proj.weight";
+    assert_eq!(r.weight(0, mlp), &Number::Scalar(0.5));
+    assert_eq!(r.weight(0, attn), &Number::Scalar(1.0), "no match: 1.0");
+    assert_eq!(r.weight(1, mlp), &Number::Scalar(1.0));
+    let d = |m: usize, t: &str| r.param("d", Some(m), None, t).cloned();
+    let num = |v: f64| Some(ParamValue::Number(Number::Scalar(v)));
+    assert_eq!(d(0, attn), num(0.9));
+    assert_eq!(
+        d(0, "lm_head.weight"),
+        num(0.1),
+        "falls through to the recipe's"
+    );
+    assert_eq!(
+        d(0, mlp),
+        Some(ParamValue::Number(Number::Gradient(vec![0.2, 0.4])))
+    );
+    assert_eq!(d(1, attn), d(0, mlp));
 }

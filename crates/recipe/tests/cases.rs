@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use miette::{GraphicalReportHandler, GraphicalTheme};
-use reefknot_recipe::{Expr, Number, ParamValue, Params, Recipe};
+use reefknot_recipe::{Condition, Expr, Number, ParamValue, Params, Recipe, Weight};
 
 fn render(err: &reefknot_recipe::RecipeError) -> String {
     let mut out = String::new();
@@ -84,7 +84,22 @@ fn dump(r: &Recipe) -> String {
     writeln!(s, "models:").unwrap();
     for m in &r.models {
         writeln!(s, "  - path: {}  @ {}", m.path.display(), at(m.location)).unwrap();
-        writeln!(s, "    weight: {}", number(&m.weight)).unwrap();
+        match &m.weight {
+            Weight::Number(n) => writeln!(s, "    weight: {}", number(n)).unwrap(),
+            Weight::Conditions(c) => {
+                writeln!(s, "    weight:").unwrap();
+                for c in c {
+                    writeln!(
+                        s,
+                        "      {}: {}  @ {}",
+                        glob(c),
+                        number(&c.value),
+                        at(c.loc)
+                    )
+                    .unwrap();
+                }
+            }
+        }
         if let Some(f) = &m.fisher {
             writeln!(s, "    fisher: {}", f.display()).unwrap();
         }
@@ -129,6 +144,21 @@ fn number(n: &Number) -> String {
     }
 }
 
+fn plain(v: &ParamValue) -> String {
+    match v {
+        ParamValue::Number(n) => number(n),
+        ParamValue::Text(t) => format!("text {t:?}"),
+        ParamValue::Bool(b) => format!("bool {b}"),
+        ParamValue::Conditions(_) => unreachable!("conditions never nest"),
+    }
+}
+
+fn glob<T>(c: &Condition<T>) -> String {
+    c.glob
+        .as_deref()
+        .map_or_else(|| "every tensor".to_string(), |g| format!("match {g:?}"))
+}
+
 fn params(s: &mut String, indent: &str, p: &Params, r: &Recipe) {
     if p.is_empty() {
         return;
@@ -136,9 +166,12 @@ fn params(s: &mut String, indent: &str, p: &Params, r: &Recipe) {
     writeln!(s, "{indent}params:").unwrap();
     for (name, param) in p {
         let value = match &param.value {
-            ParamValue::Number(n) => number(n),
-            ParamValue::Text(t) => format!("text {t:?}"),
-            ParamValue::Bool(b) => format!("bool {b}"),
+            ParamValue::Conditions(c) => c
+                .iter()
+                .map(|c| format!("{} => {}", glob(c), plain(&c.value)))
+                .collect::<Vec<_>>()
+                .join("; "),
+            other => plain(other),
         };
         let (k, v) = (param.key_loc, param.loc);
         writeln!(

@@ -1,0 +1,1844 @@
+//! mergekit's configuration files, read as reefknot recipes.
+//!
+//! A YAML file with a top-level `merge_method:` is a mergekit configuration
+//! (mergekit 0.1.5's schema). [`convert`] translates it into the text of the reefknot
+//! recipe that computes the same merge; [`crate::Recipe::load`] parses that text, so
+//! `reefknot merge config.yml` and `reefknot convert config.yml > recipe.yaml` followed
+//! by `reefknot merge recipe.yaml` run the same recipe, byte for byte.
+//!
+//! What mergekit accepts silently but does nothing with (an unknown key, a misspelt
+//! parameter, a global parameter under a model, a weight the method ignores) becomes a
+//! warning with a caret into the configuration; what reefknot cannot do yet (`slices:`,
+//! `modules:`, LoRA inputs, a tokenizer other than the base's) is an
+//! [`ErrorKind::Unsupported`] error. The rules, key by key, are in `docs/mergekit.md`.
+//!
+//! How the values map (mergekit's `ConfigReader.parameter` order): for a model, its own
+//! `parameters`, then the top-level `parameters`, then the method's default. A value
+//! given as `{filter, value}` conditions falls through to the next level where no
+//! filter matches, which a reefknot recipe expresses as [`crate::Condition`]s whose
+//! last entry is the next level's value; a `filter` (a substring of the tensor name)
+//! becomes the glob `*filter*`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use miette::NamedSource;
+
+use crate::error::{closest, list, ErrorKind, RecipeError, RecipeWarning};
+use crate::validate::{map_loc, Checker};
+use crate::yaml::{parse_yaml, Kind, Node};
+use crate::{Loc, Number};
+
+/// The code of the warnings about what mergekit would ignore.
+pub const IGNORED: &str = "reefknot::mergekit::ignored";
+
+/// A mergekit configuration translated into a reefknot recipe.
+#[derive(Clone, Debug)]
+pub struct Converted {
+    /// The recipe's YAML text. Its paths are the configuration's, so it resolves them
+    /// against the configuration's folder.
+    pub recipe: String,
+    /// What the configuration holds that mergekit would ignore.
+    pub warnings: Vec<RecipeWarning>,
+}
+
+/// Whether `source` is a mergekit configuration: a YAML mapping with a `merge_method`
+/// key. Text that does not parse is not (the recipe parser reports its syntax).
+pub fn is_config(source: &str) -> bool {
+    parse_yaml(source).is_ok_and(|root| is_config_root(&root))
+}
+
+pub(crate) fn is_config_root(root: &Node) -> bool {
+    match &root.kind {
+        Kind::Map(entries) => entries
+            .iter()
+            .any(|(k, _)| matches!(&k.kind, Kind::Str(s) if s == "merge_method")),
+        _ => false,
+    }
+}
+
+/// Translates the mergekit configuration `source` (shown as `name` in diagnostics, read
+/// from `path` when it came from a file).
+pub fn convert(source: &str, name: &str, path: Option<&Path>) -> Result<Converted, RecipeError> {
+    let shared: Arc<str> = Arc::from(source);
+    let fail = |errors: Vec<RecipeError>| RecipeError::finish(errors, name, &shared, path);
+    let root = parse_yaml(source).map_err(|e| fail(vec![e]))?;
+    let named = NamedSource::new(name, Arc::clone(&shared)).with_language("yaml");
+    let mut t = Translator {
+        check: Checker::new(source, Path::new("")),
+        warnings: Vec::new(),
+        named,
+    };
+    let file_name = path
+        .and_then(Path::file_name)
+        .map_or_else(|| name.to_string(), |f| f.to_string_lossy().into_owned());
+    let recipe = t.config(&root, &file_name);
+    let mut errors = t.check.into_errors();
+    match recipe {
+        Some(recipe) if errors.is_empty() => {
+            let mut warnings = t.warnings;
+            warnings.sort_by_key(|w| w.loc().offset);
+            Ok(Converted { recipe, warnings })
+        }
+        _ => {
+            if errors.is_empty() {
+                errors.push(RecipeError::new(
+                    ErrorKind::NotARecipe,
+                    "invalid mergekit configuration",
+                ));
+            }
+            errors.sort_by_key(|e| e.loc().map_or(usize::MAX, |l| l.offset));
+            Err(fail(errors))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// mergekit's methods and their parameters
+// ---------------------------------------------------------------------------
+
+/// A parameter's default; `Required` where mergekit errors without a value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Default {
+    Required,
+    /// Optional with no default (passthrough's `scale`).
+    Absent,
+    Number(f64),
+    Bool(bool),
+}
+
+/// One parameter a method declares.
+#[derive(Clone, Copy, Debug)]
+struct Declared {
+    name: &'static str,
+    default: Default,
+}
+
+const fn req(name: &'static str) -> Declared {
+    Declared {
+        name,
+        default: Default::Required,
+    }
+}
+
+const fn num(name: &'static str, v: f64) -> Declared {
+    Declared {
+        name,
+        default: Default::Number(v),
+    }
+}
+
+const fn flag(name: &'static str, v: bool) -> Declared {
+    Declared {
+        name,
+        default: Default::Bool(v),
+    }
+}
+
+/// The sparsification of a generalised-task-arithmetic method.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Sparsifier {
+    None,
+    Magnitude,
+    Random,
+    MagnitudeOutliers,
+    DellaMagprune,
+}
+
+/// How a method computes, as far as the translation cares.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Family {
+    /// mergekit's `GeneralizedTaskArithmeticMerge`: `consensus` is the TIES sign vote.
+    Gta {
+        consensus: bool,
+        sparsifier: Sparsifier,
+    },
+    Linear,
+    Slerp,
+    Nuslerp,
+    Multislerp,
+    Karcher,
+    ModelStock,
+    Sce,
+    Ram,
+    RamplusTl,
+    Nearswap,
+    ArceeFusion,
+    Passthrough,
+}
+
+/// Whether the method needs a `base_model`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Base {
+    Required,
+    Optional,
+    /// `passthrough`: one model and nothing else.
+    None,
+}
+
+/// One `merge_method` mergekit 0.1.5 registers.
+#[derive(Clone, Copy, Debug)]
+pub struct Method {
+    /// mergekit's name.
+    pub name: &'static str,
+    family: Family,
+    base: Base,
+    /// Parameters looked up without a model (`normalize`, `t`, `lambda`).
+    globals: &'static [Declared],
+    /// Parameters looked up per model (`weight`, `density`).
+    per_model: &'static [Declared],
+}
+
+impl Method {
+    /// The names of the method's parameters: global ones first, then per-model ones.
+    pub fn parameters(&self) -> impl Iterator<Item = &'static str> {
+        self.globals
+            .iter()
+            .chain(self.per_model.iter())
+            .map(|d| d.name)
+    }
+
+    fn uses_weight(&self) -> bool {
+        self.per_model.iter().any(|d| d.name == "weight")
+    }
+}
+
+const fn gta(
+    name: &'static str,
+    consensus: bool,
+    sparsifier: Sparsifier,
+    globals: &'static [Declared],
+    per_model: &'static [Declared],
+) -> Method {
+    Method {
+        name,
+        family: Family::Gta {
+            consensus,
+            sparsifier,
+        },
+        base: Base::Required,
+        globals,
+        per_model,
+    }
+}
+
+const fn other(
+    name: &'static str,
+    family: Family,
+    base: Base,
+    globals: &'static [Declared],
+    per_model: &'static [Declared],
+) -> Method {
+    Method {
+        name,
+        family,
+        base,
+        globals,
+        per_model,
+    }
+}
+
+const GTA_WD: &[Declared] = &[req("weight"), num("density", 1.0)];
+const GTA_WDG: &[Declared] = &[req("weight"), num("density", 1.0), num("gamma", 0.01)];
+const GTA_WDE: &[Declared] = &[req("weight"), num("density", 1.0), num("epsilon", 0.15)];
+
+/// `int8_mask`, `normalize`, `rescale`, `lambda` with a method's defaults.
+macro_rules! gta_globals {
+    ($normalize:expr, $rescale:expr) => {
+        &[
+            flag("int8_mask", false),
+            flag("normalize", $normalize),
+            flag("rescale", $rescale),
+            num("lambda", 1.0),
+        ]
+    };
+}
+
+/// Every method mergekit 0.1.5 registers, in its registry's order, with the
+/// parameters it declares and their defaults (`docs/mergekit.md`).
+pub const METHODS: &[Method] = &[
+    other(
+        "linear",
+        Family::Linear,
+        Base::Optional,
+        &[flag("normalize", true)],
+        &[req("weight")],
+    ),
+    other("slerp", Family::Slerp, Base::Required, &[req("t")], &[]),
+    other(
+        "nuslerp",
+        Family::Nuslerp,
+        Base::Optional,
+        &[
+            flag("nuslerp_row_wise", false),
+            flag("nuslerp_flatten", true),
+        ],
+        &[req("weight")],
+    ),
+    other(
+        "multislerp",
+        Family::Multislerp,
+        Base::Optional,
+        &[flag("normalize_weights", true), num("eps", 1e-8)],
+        &[req("weight")],
+    ),
+    other(
+        "karcher",
+        Family::Karcher,
+        Base::Optional,
+        &[num("max_iter", 10.0), num("tol", 1e-5)],
+        &[],
+    ),
+    gta(
+        "task_arithmetic",
+        false,
+        Sparsifier::None,
+        gta_globals!(false, false),
+        GTA_WD,
+    ),
+    gta(
+        "ties",
+        true,
+        Sparsifier::Magnitude,
+        gta_globals!(true, false),
+        GTA_WD,
+    ),
+    gta(
+        "dare_ties",
+        true,
+        Sparsifier::Random,
+        gta_globals!(false, true),
+        GTA_WD,
+    ),
+    gta(
+        "dare_linear",
+        false,
+        Sparsifier::Random,
+        gta_globals!(false, true),
+        GTA_WD,
+    ),
+    gta(
+        "breadcrumbs",
+        false,
+        Sparsifier::MagnitudeOutliers,
+        gta_globals!(false, false),
+        GTA_WDG,
+    ),
+    gta(
+        "breadcrumbs_ties",
+        true,
+        Sparsifier::MagnitudeOutliers,
+        gta_globals!(false, false),
+        GTA_WDG,
+    ),
+    gta(
+        "della",
+        true,
+        Sparsifier::DellaMagprune,
+        gta_globals!(true, true),
+        GTA_WDE,
+    ),
+    gta(
+        "della_linear",
+        false,
+        Sparsifier::DellaMagprune,
+        gta_globals!(false, true),
+        GTA_WDE,
+    ),
+    other(
+        "model_stock",
+        Family::ModelStock,
+        Base::Required,
+        &[flag("filter_wise", false)],
+        &[],
+    ),
+    other(
+        "sce",
+        Family::Sce,
+        Base::Required,
+        &[flag("int8_mask", false), num("select_topk", 1.0)],
+        &[],
+    ),
+    other(
+        "ram",
+        Family::Ram,
+        Base::Required,
+        &[num("epsilon", 1e-5)],
+        &[],
+    ),
+    other(
+        "ramplus_tl",
+        Family::RamplusTl,
+        Base::Required,
+        &[num("r", 0.1), num("alpha", 0.2), num("epsilon", 1e-5)],
+        &[],
+    ),
+    other(
+        "nearswap",
+        Family::Nearswap,
+        Base::Required,
+        &[req("t")],
+        &[],
+    ),
+    other(
+        "arcee_fusion",
+        Family::ArceeFusion,
+        Base::Required,
+        &[],
+        &[],
+    ),
+    other(
+        "passthrough",
+        Family::Passthrough,
+        Base::None,
+        &[],
+        &[Declared {
+            name: "scale",
+            default: Default::Absent,
+        }],
+    ),
+];
+
+/// The method mergekit registers as `name`.
+pub fn method(name: &str) -> Option<&'static Method> {
+    METHODS.iter().find(|m| m.name == name)
+}
+
+/// Every top-level key of mergekit 0.1.5's `MergeConfiguration`.
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "merge_method",
+    "base_model",
+    "models",
+    "slices",
+    "modules",
+    "parameters",
+    "dtype",
+    "out_dtype",
+    "tokenizer_source",
+    "tokenizer",
+    "chat_template",
+];
+
+/// The keys of an entry of `models:`.
+pub const MODEL_KEYS: &[&str] = &["model", "parameters"];
+
+// ---------------------------------------------------------------------------
+// values
+// ---------------------------------------------------------------------------
+
+/// A parameter value as mergekit reads it.
+#[derive(Clone, Debug, PartialEq)]
+enum Val {
+    Num(f64),
+    Grad(Vec<f64>),
+    Bool(bool),
+    Str(String),
+    /// `{filter, value}` entries, first match wins: `(glob, value)`, `None` for every
+    /// tensor. Never nested.
+    Cond(Vec<(Option<String>, Val)>),
+}
+
+impl Val {
+    /// Applies `f` to every number (gradient anchors and condition values included).
+    fn map_numbers(&self, f: &dyn Fn(f64) -> f64) -> Val {
+        match self {
+            Val::Num(x) => Val::Num(f(*x)),
+            Val::Grad(v) => Val::Grad(v.iter().map(|x| f(*x)).collect()),
+            Val::Cond(entries) => Val::Cond(
+                entries
+                    .iter()
+                    .map(|(g, v)| (g.clone(), v.map_numbers(f)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+
+    /// Every number in it.
+    fn numbers(&self) -> Vec<f64> {
+        match self {
+            Val::Num(x) => vec![*x],
+            Val::Grad(v) => v.clone(),
+            Val::Cond(entries) => entries.iter().flat_map(|(_, v)| v.numbers()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// As YAML (flow style).
+    fn yaml(&self) -> String {
+        match self {
+            Val::Num(x) => fmt_num(*x),
+            Val::Grad(v) => format!(
+                "[{}]",
+                v.iter().map(|x| fmt_num(*x)).collect::<Vec<_>>().join(", ")
+            ),
+            Val::Bool(b) => b.to_string(),
+            Val::Str(s) => quote(s),
+            Val::Cond(entries) => {
+                let items: Vec<String> = entries
+                    .iter()
+                    .map(|(g, v)| match g {
+                        Some(g) => format!("{{ match: {}, value: {} }}", quote(g), v.yaml()),
+                        None => format!("{{ value: {} }}", v.yaml()),
+                    })
+                    .collect();
+                format!("[{}]", items.join(", "))
+            }
+        }
+    }
+}
+
+impl From<Default> for Option<Val> {
+    fn from(d: Default) -> Option<Val> {
+        match d {
+            Default::Number(x) => Some(Val::Num(x)),
+            Default::Bool(b) => Some(Val::Bool(b)),
+            Default::Required | Default::Absent => None,
+        }
+    }
+}
+
+/// A number as the shortest text that reads back as the same `f64`.
+fn fmt_num(x: f64) -> String {
+    let s = format!("{x}");
+    // `1e-8` prints as `0.00000001`: fine for YAML and expressions alike.
+    if s == "-0" {
+        "0".into()
+    } else {
+        s
+    }
+}
+
+/// DARE's drop probability for a density: `1 − d`, rounded to 12 decimals so that
+/// `1 − 0.8` reads `0.2` (far below what a float32 merge can tell apart).
+fn drop_probability(d: f64) -> f64 {
+    ((1.0 - d) * 1e12).round() / 1e12
+}
+
+/// A YAML double-quoted string.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The glob that matches the tensor names containing `filter`, as mergekit's
+/// substring test does (`*` and an empty filter match every name).
+fn filter_glob(filter: &str) -> Option<String> {
+    if filter.is_empty() || filter == "*" {
+        return None;
+    }
+    let mut g = String::from("*");
+    for c in filter.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '\\') {
+            g.push('\\');
+        }
+        g.push(c);
+    }
+    g.push('*');
+    Some(g)
+}
+
+/// A value with where it is written.
+#[derive(Clone, Debug)]
+struct Given {
+    val: Val,
+    loc: Loc,
+}
+
+/// The value mergekit finds by looking at `levels` in order, then the default: the
+/// first plain value, with the conditions met on the way in front of it.
+fn resolve(levels: &[Option<&Given>], default: Option<Val>) -> Option<Val> {
+    let mut entries: Vec<(Option<String>, Val)> = Vec::new();
+    let finish = |mut entries: Vec<(Option<String>, Val)>, last: Val| {
+        if entries.is_empty() {
+            last
+        } else {
+            entries.push((None, last));
+            Val::Cond(entries)
+        }
+    };
+    for level in levels.iter().flatten() {
+        match &level.val {
+            Val::Cond(es) => {
+                for (glob, v) in es {
+                    if glob.is_none() {
+                        return Some(finish(entries, v.clone()));
+                    }
+                    entries.push((glob.clone(), v.clone()));
+                }
+            }
+            plain => return Some(finish(entries, plain.clone())),
+        }
+    }
+    match default {
+        Some(d) => Some(finish(entries, d)),
+        None if entries.is_empty() => None,
+        None => Some(Val::Cond(entries)),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// the translation
+// ---------------------------------------------------------------------------
+
+struct Translator<'a> {
+    check: Checker<'a>,
+    warnings: Vec<RecipeWarning>,
+    named: NamedSource<Arc<str>>,
+}
+
+/// One entry of `models:`.
+struct Entry<'n> {
+    model: String,
+    loc: Loc,
+    params: Vec<(&'n str, Loc, Given)>,
+}
+
+impl Entry<'_> {
+    fn param(&self, name: &str) -> Option<&Given> {
+        self.params
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, _, g)| g)
+    }
+}
+
+impl<'a> Translator<'a> {
+    fn error(&mut self, kind: ErrorKind, loc: Loc, message: String, label: &str) -> RecipeError {
+        RecipeError::new(kind, message).label(loc, label)
+    }
+
+    fn unsupported(&mut self, loc: Loc, message: String, label: &str, help: &str) {
+        let e = self
+            .error(ErrorKind::Unsupported, loc, message, label)
+            .help(help);
+        self.check.push(e);
+    }
+
+    fn warn(&mut self, loc: Loc, message: String, label: &str, help: Option<String>) {
+        let mut w = RecipeWarning::in_source(self.named.clone(), loc, message, label).code(IGNORED);
+        if let Some(h) = help {
+            w = w.help(h);
+        }
+        self.warnings.push(w);
+    }
+
+    /// The top-level mapping's entries, with duplicate keys reported.
+    fn entries<'n>(&mut self, node: &'n Node, what: &str) -> Option<Vec<(&'n str, &'n Node, Loc)>> {
+        let Kind::Map(map) = &node.kind else {
+            let e = self.check.wrong_type(node, "a mapping", what);
+            self.check.push(e);
+            return None;
+        };
+        let mut out: Vec<(&str, &Node, Loc)> = Vec::new();
+        for (k, v) in map {
+            let Kind::Str(key) = &k.kind else {
+                let e = self
+                    .check
+                    .wrong_type(k, "a string key", &format!("a key of {what}"));
+                self.check.push(e);
+                continue;
+            };
+            if let Some((_, _, first)) = out.iter().find(|(n, _, _)| n == key) {
+                let e = RecipeError::new(
+                    ErrorKind::DuplicateKey,
+                    format!("`{key}` is given twice in {what}"),
+                )
+                .label(k.loc, "given again here")
+                .label(*first, "first given here");
+                self.check.push(e);
+                continue;
+            }
+            out.push((key.as_str(), v, k.loc));
+        }
+        Some(out)
+    }
+
+    /// A model reference: a path or a Hugging Face repo id (`org/name`, `org/name@rev`,
+    /// resolved as recipe paths are), without a LoRA adapter.
+    fn model_ref(&mut self, node: &Node, what: &str) -> Option<String> {
+        if let Kind::Map(_) = node.kind {
+            self.unsupported(
+                node.loc,
+                format!("{what} is mergekit's dict form (`{{model, lora}}`): LoRA inputs are not supported yet"),
+                "a model with a LoRA adapter",
+                "merge the adapter into its model first (PEFT's `merge_and_unload`) and name that folder",
+            );
+            return None;
+        }
+        let text = self
+            .check
+            .string(node, "a model path or repo id (a string)", what)?;
+        let text = text.trim();
+        if text.is_empty() {
+            let e = self.error(
+                ErrorKind::InvalidValue,
+                node.loc,
+                format!("{what} is empty"),
+                "expected a path",
+            );
+            self.check.push(e);
+            return None;
+        }
+        if text.contains('+') {
+            self.unsupported(
+                node.loc,
+                format!("{what} applies a LoRA adapter (`model+lora`): LoRA inputs are not supported yet"),
+                "a model with a LoRA adapter",
+                "merge the adapter into its model first (PEFT's `merge_and_unload`) and name that folder",
+            );
+            return None;
+        }
+        Some(text.to_string())
+    }
+
+    /// A parameter value: a scalar, a gradient or `{filter, value}` conditions.
+    fn value(&mut self, node: &Node, what: &str, nested: bool) -> Option<Val> {
+        match &node.kind {
+            Kind::Bool(b) => Some(Val::Bool(*b)),
+            Kind::Str(s) => Some(Val::Str(s.clone())),
+            Kind::Int(_) | Kind::Float(_) => match self.check.number(node, what)? {
+                Number::Scalar(x) => Some(Val::Num(x)),
+                Number::Gradient(v) => Some(Val::Grad(v)),
+            },
+            Kind::Seq(items)
+                if items
+                    .first()
+                    .is_some_and(|n| matches!(n.kind, Kind::Map(_))) =>
+            {
+                if nested {
+                    let e = self.check.wrong_type(
+                        node,
+                        "a number, a gradient, a string or a boolean",
+                        &format!("the value of a condition of {what}"),
+                    );
+                    self.check.push(e);
+                    return None;
+                }
+                self.conditions(items, what)
+            }
+            Kind::Seq(items) if items.iter().all(|n| matches!(n.kind, Kind::Str(_))) => {
+                self.unsupported(
+                    node.loc,
+                    format!("{what} is a list of strings, mergekit's step function over depth"),
+                    "a step function",
+                    "reefknot's gradients are numbers; give one value, or overrides by `layers:` in a reefknot recipe",
+                );
+                None
+            }
+            Kind::Seq(_) => match self.check.number(node, what)? {
+                Number::Scalar(x) => Some(Val::Num(x)),
+                Number::Gradient(v) => Some(Val::Grad(v)),
+            },
+            _ => {
+                let e = self.check.wrong_type(
+                    node,
+                    "a number, a gradient, a string, a boolean or a list of {filter, value}",
+                    what,
+                );
+                self.check.push(e);
+                None
+            }
+        }
+    }
+
+    fn conditions(&mut self, items: &[Node], what: &str) -> Option<Val> {
+        let mut out = Vec::new();
+        let mut ok = true;
+        for item in items {
+            let Some(fields) = self.entries(item, &format!("a condition of {what}")) else {
+                ok = false;
+                continue;
+            };
+            let mut filter = None;
+            let mut value = None;
+            for (key, v, kloc) in fields {
+                match key {
+                    "filter" => match &v.kind {
+                        Kind::Str(s) => filter = Some(s.clone()),
+                        Kind::Null => {}
+                        _ => {
+                            let e = self.check.wrong_type(v, "a string", "`filter`");
+                            self.check.push(e);
+                            ok = false;
+                        }
+                    },
+                    "value" => value = Some(v),
+                    other => self.warn(
+                        kloc,
+                        format!("mergekit ignores the key `{other}` in a condition"),
+                        "ignored",
+                        Some(closest(other, ["filter", "value"]).map_or_else(
+                            || "a condition has `filter` and `value`".to_string(),
+                            |c| format!("did you mean `{c}`?"),
+                        )),
+                    ),
+                }
+            }
+            let Some(value) = value.filter(|v| !matches!(v.kind, Kind::Null)) else {
+                let e = self.error(
+                    ErrorKind::MissingKey,
+                    map_loc(item),
+                    format!("a condition of {what} has no `value`"),
+                    "this has no `value`",
+                );
+                self.check.push(e);
+                ok = false;
+                continue;
+            };
+            match self.value(value, what, true) {
+                Some(v) => out.push((filter.as_deref().and_then(filter_glob), v)),
+                None => ok = false,
+            }
+        }
+        ok.then_some(Val::Cond(out))
+    }
+
+    /// A `parameters:` mapping.
+    fn params<'n>(&mut self, node: &'n Node, what: &str) -> Vec<(&'n str, Loc, Given)> {
+        if matches!(node.kind, Kind::Null) {
+            return Vec::new();
+        }
+        let Some(fields) = self.entries(node, what) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (key, v, kloc) in fields {
+            if matches!(v.kind, Kind::Null) {
+                continue;
+            }
+            if let Some(val) = self.value(v, &format!("`{key}`"), false) {
+                out.push((key, kloc, Given { val, loc: v.loc }));
+            }
+        }
+        out
+    }
+
+    fn dtype(&mut self, node: &Node, key: &str) -> Option<&'static str> {
+        let text = self
+            .check
+            .string(node, "a dtype name", &format!("`{key}`"))?;
+        let bare = text.strip_prefix("torch.").unwrap_or(text);
+        match bare {
+            "bfloat16" => Some("bfloat16"),
+            "float16" => Some("float16"),
+            "float32" => Some("float32"),
+            "int64" => {
+                self.unsupported(
+                    node.loc,
+                    format!("`{key}: {text}`: reefknot writes floating-point outputs"),
+                    "an integer dtype",
+                    "use bfloat16, float16 or float32",
+                );
+                None
+            }
+            _ => {
+                let hint = closest(bare, ["bfloat16", "float16", "float32", "int64"]);
+                let e = self
+                    .error(
+                        ErrorKind::InvalidDtype,
+                        node.loc,
+                        format!("`{key}: {text}` is not a dtype mergekit accepts"),
+                        "unknown dtype",
+                    )
+                    .help(match hint {
+                        Some(h) => format!("did you mean `{h}`? mergekit accepts bfloat16, float16, float32 and int64, optionally as `torch.NAME`"),
+                        None => "mergekit accepts bfloat16, float16, float32 and int64, optionally as `torch.NAME`".into(),
+                    });
+                self.check.push(e);
+                None
+            }
+        }
+    }
+
+    /// The whole configuration; `None` when something was reported as an error.
+    fn config(&mut self, root: &Node, file_name: &str) -> Option<String> {
+        let fields = self.entries(root, "the mergekit configuration")?;
+        let get = |k: &str| {
+            fields
+                .iter()
+                .find(|(n, _, _)| *n == k)
+                .map(|(_, v, l)| (*v, *l))
+                .filter(|(v, _)| !matches!(v.kind, Kind::Null))
+        };
+
+        // Keys mergekit ignores, and keys reefknot does not do yet.
+        for (key, _, kloc) in &fields {
+            if !TOP_LEVEL_KEYS.contains(key) {
+                let help = closest(key, TOP_LEVEL_KEYS.iter().copied()).map_or_else(
+                    || format!("mergekit's keys are {}", list(TOP_LEVEL_KEYS)),
+                    |c| format!("did you mean `{c}`?"),
+                );
+                self.warn(
+                    *kloc,
+                    format!("mergekit ignores the key `{key}`"),
+                    "unknown key",
+                    Some(help),
+                );
+            }
+        }
+        if let Some((_, kloc)) = get("slices") {
+            self.unsupported(
+                kloc,
+                "`slices:` (layer ranges, frankenmerges) is not supported yet".into(),
+                "slices",
+                "a merge over every layer of each model can be written with `models:`",
+            );
+        }
+        if let Some((_, kloc)) = get("modules") {
+            self.unsupported(
+                kloc,
+                "`modules:` (multi-module architectures) is not supported yet".into(),
+                "modules",
+                "write the merge of a single-module model with `models:`",
+            );
+        }
+        if let Some((v, _)) = get("tokenizer_source") {
+            match &v.kind {
+                Kind::Str(s) if s == "base" => {}
+                Kind::Str(s) => self.unsupported(
+                    v.loc,
+                    format!("`tokenizer_source: {s}` is not supported yet: reefknot keeps the base model's tokenizer and vocabulary"),
+                    "another tokenizer",
+                    "use `tokenizer_source: base` (or leave it out)",
+                ),
+                _ => {
+                    let e = self.check.wrong_type(v, "a string", "`tokenizer_source`");
+                    self.check.push(e);
+                }
+            }
+        }
+        if let Some((v, _)) = get("tokenizer") {
+            self.tokenizer(v);
+        }
+        if let (Some(_), Some((_, kloc))) = (get("tokenizer_source"), get("tokenizer")) {
+            let e = self.error(
+                ErrorKind::InvalidValue,
+                kloc,
+                "`tokenizer_source` and `tokenizer` are both given".into(),
+                "choose one",
+            );
+            self.check.push(e);
+        }
+        if let Some((_, kloc)) = get("chat_template") {
+            self.warn(
+                kloc,
+                "`chat_template` is not applied: the output keeps the base model's tokenizer files and template".into(),
+                "not applied",
+                Some("set the template in the output's tokenizer_config.json".into()),
+            );
+        }
+
+        // The method.
+        let Some((method_node, _)) = get("merge_method") else {
+            let e = self.error(
+                ErrorKind::MissingKey,
+                root.loc,
+                "`merge_method` is empty".into(),
+                "no method",
+            );
+            self.check.push(e);
+            return None;
+        };
+        let method_name = self
+            .check
+            .string(method_node, "a method name", "`merge_method`")?;
+        let Some(method) = method(method_name) else {
+            let names = METHODS.iter().map(|m| m.name);
+            let help = closest(method_name, names.clone()).map_or_else(
+                || {
+                    format!(
+                        "mergekit 0.1.5's methods are {}",
+                        list(&names.collect::<Vec<_>>())
+                    )
+                },
+                |c| format!("did you mean `{c}`?"),
+            );
+            let e = self
+                .error(
+                    ErrorKind::InvalidValue,
+                    method_node.loc,
+                    format!("mergekit has no merge method `{method_name}`"),
+                    "unknown method",
+                )
+                .help(help);
+            self.check.push(e);
+            return None;
+        };
+
+        // dtypes: reefknot computes in float32 and writes `out_dtype or dtype`.
+        let dtype = get("dtype").and_then(|(v, _)| self.dtype(v, "dtype").map(|d| (d, v.loc)));
+        let out_dtype = get("out_dtype").and_then(|(v, _)| self.dtype(v, "out_dtype"));
+        if let Some((d @ ("bfloat16" | "float16"), loc)) = dtype {
+            self.warn(
+                loc,
+                format!("reefknot computes in float32 where mergekit computes in `{d}`"),
+                "computed in float32",
+                Some(format!(
+                    "the output is written in {d}, rounded once from float32; mergekit rounds \
+                     every step, so values can differ from its by a {d} rounding"
+                )),
+            );
+        }
+        let output_dtype = out_dtype.or(dtype.map(|(d, _)| d));
+
+        let top = match get("parameters") {
+            Some((v, _)) => self.params(v, "`parameters`"),
+            None => Vec::new(),
+        };
+        let base = match get("base_model") {
+            Some((v, _)) => self.model_ref(v, "`base_model`").map(|m| (m, v.loc)),
+            None => None,
+        };
+        let mut entries: Vec<Entry> = Vec::new();
+        match get("models") {
+            Some((v, _)) => {
+                let Kind::Seq(items) = &v.kind else {
+                    let e = self.check.wrong_type(v, "a list of models", "`models`");
+                    self.check.push(e);
+                    return None;
+                };
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(e) = self.entry(item, i) {
+                        entries.push(e);
+                    }
+                }
+                if entries.len() != items.len() {
+                    return None;
+                }
+            }
+            None if get("slices").is_some() || get("modules").is_some() => return None,
+            None => {
+                let e = self.error(
+                    ErrorKind::MissingKey,
+                    map_loc(root),
+                    "the configuration has no `models:`".into(),
+                    "no models",
+                );
+                self.check.push(e);
+                return None;
+            }
+        }
+        if entries.is_empty() {
+            let e = self.error(
+                ErrorKind::NoModels,
+                get("models").map_or(root.loc, |(v, _)| v.loc),
+                "`models:` is empty".into(),
+                "no models",
+            );
+            self.check.push(e);
+            return None;
+        }
+        if get("base_model").is_some() && base.is_none() {
+            return None;
+        }
+        self.check_names(method, &top, &entries);
+        self.translate(method, base, &entries, &top, output_dtype, file_name)
+    }
+
+    fn tokenizer(&mut self, v: &Node) {
+        let Some(fields) = self.entries(v, "`tokenizer`") else {
+            return;
+        };
+        let mut base = false;
+        for (key, val, kloc) in &fields {
+            match *key {
+                "source" => match &val.kind {
+                    Kind::Str(s) if s == "base" => base = true,
+                    _ => {}
+                },
+                "tokens" | "pad_to_multiple_of" => self.unsupported(
+                    *kloc,
+                    format!("`tokenizer.{key}` is not supported yet"),
+                    "not supported",
+                    "reefknot keeps the base model's tokenizer and vocabulary",
+                ),
+                other => self.warn(
+                    *kloc,
+                    format!("mergekit ignores the key `{other}` in `tokenizer`"),
+                    "unknown key",
+                    Some("`tokenizer` has `source`, `tokens` and `pad_to_multiple_of`".into()),
+                ),
+            }
+        }
+        if !base {
+            self.unsupported(
+                v.loc,
+                "a tokenizer other than the base model's (mergekit's `tokenizer:` defaults to `source: union`) is not supported yet".into(),
+                "another tokenizer",
+                "write `tokenizer_source: base`, or leave tokenizers out",
+            );
+        }
+    }
+
+    fn entry<'n>(&mut self, item: &'n Node, i: usize) -> Option<Entry<'n>> {
+        let what = format!("model {}", i + 1);
+        if let Kind::Str(_) = item.kind {
+            let e = self
+                .check
+                .wrong_type(
+                    item,
+                    "a mapping with `model:`",
+                    &format!("an entry of `models` ({what})"),
+                )
+                .help("write `- model: org/name`");
+            self.check.push(e);
+            return None;
+        }
+        let fields = self.entries(item, &format!("an entry of `models` ({what})"))?;
+        let mut model = None;
+        let mut params = Vec::new();
+        for (key, v, kloc) in fields {
+            match key {
+                "model" => {
+                    model = self
+                        .model_ref(v, &format!("the `model` of {what}"))
+                        .map(|m| (m, v.loc))
+                }
+                "parameters" => params = self.params(v, &format!("the `parameters` of {what}")),
+                other => {
+                    let help = closest(other, MODEL_KEYS.iter().copied()).map_or_else(
+                        || "an entry of `models` has `model` and `parameters`".to_string(),
+                        |c| format!("did you mean `{c}`?"),
+                    );
+                    self.warn(
+                        kloc,
+                        format!("mergekit ignores the key `{other}` in an entry of `models`"),
+                        "unknown key",
+                        Some(help),
+                    );
+                }
+            }
+        }
+        if !fields_have_model(item) {
+            let e = self.error(
+                ErrorKind::MissingKey,
+                map_loc(item),
+                format!("{what} has no `model`"),
+                "no `model`",
+            );
+            self.check.push(e);
+            return None;
+        }
+        let (model, loc) = model?;
+        Some(Entry { model, loc, params })
+    }
+
+    /// Warns about parameters mergekit would never read.
+    fn check_names(&mut self, method: &Method, top: &[(&str, Loc, Given)], entries: &[Entry]) {
+        let known: Vec<&str> = method.parameters().collect();
+        let describe = |method: &Method| {
+            if known.is_empty() {
+                format!("`{}` takes no parameters", method.name)
+            } else {
+                format!("`{}` reads {}", method.name, list(&known))
+            }
+        };
+        let unknown = |t: &mut Translator, name: &str, loc: Loc| {
+            if name == "weight" {
+                t.warn(
+                    loc,
+                    format!(
+                        "`{}` gives every model the same say: mergekit ignores `weight`",
+                        method.name
+                    ),
+                    "never read",
+                    Some(describe(method)),
+                );
+                return;
+            }
+            let help = closest(name, known.iter().copied()).map_or_else(
+                || describe(method),
+                |c| format!("did you mean `{c}`? {}", describe(method)),
+            );
+            t.warn(
+                loc,
+                format!(
+                    "`{}` does not read the parameter `{name}`: mergekit ignores it",
+                    method.name
+                ),
+                "never read",
+                Some(help),
+            );
+        };
+        for (name, loc, _) in top {
+            if !known.contains(name) {
+                unknown(self, name, *loc);
+            }
+        }
+        for e in entries {
+            for (name, loc, _) in &e.params {
+                if method.globals.iter().any(|d| d.name == *name) {
+                    self.warn(
+                        *loc,
+                        format!("`{name}` is a parameter of the whole merge: under a model, mergekit ignores it"),
+                        "a global parameter under a model",
+                        Some("move it to the top-level `parameters`".into()),
+                    );
+                } else if !known.contains(name) {
+                    unknown(self, name, *loc);
+                }
+            }
+        }
+        // `task_arithmetic` declares `density` but never sparsifies.
+        if method.family
+            == (Family::Gta {
+                consensus: false,
+                sparsifier: Sparsifier::None,
+            })
+        {
+            let given = top
+                .iter()
+                .chain(entries.iter().flat_map(|e| e.params.iter()))
+                .find(|(n, _, _)| *n == "density");
+            if let Some((_, loc, _)) = given {
+                self.warn(
+                    *loc,
+                    "`task_arithmetic` does not sparsify: mergekit ignores `density`".into(),
+                    "never used",
+                    Some("for a sparsified sum use `ties`, `dare_linear` or `breadcrumbs`".into()),
+                );
+            }
+        }
+    }
+
+    /// The recipe's text.
+    fn translate(
+        &mut self,
+        method: &Method,
+        base: Option<(String, Loc)>,
+        entries: &[Entry],
+        top: &[(&str, Loc, Given)],
+        dtype: Option<&str>,
+        file_name: &str,
+    ) -> Option<String> {
+        let top_get = |name: &str| top.iter().find(|(n, _, _)| *n == name).map(|(_, _, g)| g);
+        let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+        let base_index = base
+            .as_ref()
+            .and_then(|(b, _)| entries.iter().position(|e| same(&e.model, b)));
+
+        // The reefknot base, the fine-tunes, and the flags that depend on whether
+        // mergekit has a base.
+        let (reef_base, models): (String, Vec<&Entry>) = match (method.base, &base) {
+            (Base::Required, None) => {
+                let e = self
+                    .error(
+                        ErrorKind::MissingKey,
+                        entries[0].loc,
+                        format!("`{}` needs a `base_model`", method.name),
+                        "no base_model",
+                    )
+                    .help("add `base_model:` with the model the fine-tunes started from");
+                self.check.push(e);
+                return None;
+            }
+            (Base::None, _) => {
+                let inputs = entries.len() + usize::from(base.is_some() && base_index.is_none());
+                if inputs != 1 {
+                    let e = self.error(
+                        ErrorKind::InvalidValue,
+                        entries.get(1).map_or(entries[0].loc, |e| e.loc),
+                        format!("`passthrough` takes exactly one model, but this configuration gives it {inputs}"),
+                        "one model too many",
+                    )
+                    .help("stacking layers of several models (`slices:`) is not supported yet");
+                    self.check.push(e);
+                    return None;
+                }
+                (entries[0].model.clone(), vec![&entries[0]])
+            }
+            (_, Some((b, _))) => (
+                b.clone(),
+                entries
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| Some(*i) != base_index)
+                    .map(|(_, e)| e)
+                    .collect(),
+            ),
+            // No base: the first model lends its names and config files; every model
+            // is an input and the operator ignores the base.
+            (Base::Optional, None) => (entries[0].model.clone(), entries.iter().collect()),
+        };
+        let has_base = base.is_some();
+        let two = matches!(
+            method.family,
+            Family::Slerp | Family::Nearswap | Family::ArceeFusion
+        );
+        if two && models.len() != 1 {
+            let e = self.error(
+                ErrorKind::InvalidValue,
+                entries[0].loc,
+                format!(
+                    "`{}` merges the base_model with exactly one other model, but this configuration has {}",
+                    method.name,
+                    models.len()
+                ),
+                "the models",
+            );
+            self.check.push(e);
+            return None;
+        }
+        if method.family == Family::Nuslerp && models.len() != 2 {
+            let e = self.error(
+                ErrorKind::InvalidValue,
+                entries[0].loc,
+                format!(
+                    "`nuslerp` merges exactly two models besides the base_model, but this configuration has {}",
+                    models.len()
+                ),
+                "the models",
+            );
+            self.check.push(e);
+            return None;
+        }
+        if models.is_empty() {
+            let e = self.error(
+                ErrorKind::NoModels,
+                entries[0].loc,
+                "the only model is the base_model: there is nothing to merge".into(),
+                "the base model",
+            );
+            self.check.push(e);
+            return None;
+        }
+
+        // A per-model value for every model (model's own, top-level, default).
+        let ok = std::cell::Cell::new(true);
+        let per_model = |t: &mut Translator, name: &str| -> Option<Vec<Option<Val>>> {
+            let d = method
+                .per_model
+                .iter()
+                .find(|d| d.name == name)
+                .map(|d| d.default)?;
+            let vals: Vec<Option<Val>> = models
+                .iter()
+                .map(|e| resolve(&[e.param(name), top_get(name)], d.into()))
+                .collect();
+            if d == Default::Required {
+                for (e, v) in models.iter().zip(&vals) {
+                    if v.is_none() {
+                        let err = t
+                            .error(
+                                ErrorKind::MissingKey,
+                                e.loc,
+                                format!("`{}` needs a `{name}` for `{}`", method.name, e.model),
+                                "no value",
+                            )
+                            .help(format!(
+                                "give it under the model's `parameters`, or once in the top-level `parameters` for every model (mergekit fails with \"Missing required parameter {name}\")"
+                            ));
+                        t.check.push(err);
+                        ok.set(false);
+                    }
+                }
+            }
+            Some(vals)
+        };
+
+        let weights = if method.uses_weight() {
+            per_model(self, "weight")
+        } else {
+            None
+        };
+        let global = |name: &str| -> Option<Val> {
+            let d = method.globals.iter().find(|d| d.name == name)?.default;
+            resolve(&[top_get(name)], d.into())
+        };
+
+        let mut recipe = Builder::default();
+        let flag_of = |t: &mut Translator, name: &str| -> bool {
+            match global(name) {
+                Some(Val::Bool(b)) => b,
+                Some(other) => {
+                    let loc = top_get(name).map_or(entries[0].loc, |g| g.loc);
+                    t.unsupported(
+                        loc,
+                        format!(
+                            "`{name}` must be true or false here, but this is {}",
+                            describe(&other)
+                        ),
+                        "expected true or false",
+                        "mergekit reads it once for the whole merge",
+                    );
+                    false
+                }
+                None => false,
+            }
+        };
+        let number =
+            |t: &mut Translator, recipe: &mut Builder, name: &str, reef: &str| -> Option<String> {
+                let v = global(name)?;
+                recipe.global(t, name, reef, v, top_get(name).map(|g| g.loc))
+            };
+
+        let expr = match method.family {
+            Family::Gta {
+                consensus,
+                sparsifier,
+            } => {
+                let normalize = flag_of(self, "normalize");
+                let rescale = flag_of(self, "rescale");
+                let _ = flag_of(self, "int8_mask");
+                let mut stages = Vec::new();
+                let densities = per_model(self, "density").unwrap_or_default();
+                let densities: Vec<Val> = densities.into_iter().flatten().collect();
+                let all_one = densities
+                    .iter()
+                    .all(|v| v.numbers().iter().all(|x| *x >= 1.0));
+                let l1 = |on: bool| if on { ", rescale=l1" } else { "" };
+                match sparsifier {
+                    Sparsifier::None => {}
+                    _ if all_one && sparsifier != Sparsifier::MagnitudeOutliers => {}
+                    Sparsifier::Magnitude => {
+                        let k = self.clamped(&densities, models.as_slice(), "density", &ok);
+                        let k = recipe.per_model(self, "density", k)?;
+                        stages.push(format!("trim({k}{})", l1(rescale)));
+                    }
+                    Sparsifier::Random => {
+                        let p: Vec<Val> = self
+                            .clamped(&densities, models.as_slice(), "density", &ok)
+                            .iter()
+                            .map(|v| v.map_numbers(&drop_probability))
+                            .collect();
+                        let p = recipe.per_model(self, "p", p)?;
+                        let r = if rescale { "l1" } else { "none" };
+                        stages.push(format!("dare({p}, rescale={r})"));
+                    }
+                    Sparsifier::MagnitudeOutliers => {
+                        let k = self.clamped(&densities, models.as_slice(), "density", &ok);
+                        let k = recipe.per_model(self, "density", k)?;
+                        let g = per_model(self, "gamma").unwrap_or_default();
+                        let g =
+                            recipe.per_model(self, "gamma", g.into_iter().flatten().collect())?;
+                        let g = if g == "0.01" {
+                            String::new()
+                        } else {
+                            format!(", gamma={g}")
+                        };
+                        stages.push(format!("breadcrumbs({k}{g}{})", l1(rescale)));
+                    }
+                    Sparsifier::DellaMagprune => {
+                        let k = recipe.per_model(self, "density", densities.clone())?;
+                        let e = per_model(self, "epsilon").unwrap_or_default();
+                        let e =
+                            recipe.per_model(self, "epsilon", e.into_iter().flatten().collect())?;
+                        let e = if e == "0.15" {
+                            String::new()
+                        } else {
+                            format!(", eps={e}")
+                        };
+                        let r = if rescale { "" } else { ", rescale=none" };
+                        stages.push(format!("della({k}{e}{r})"));
+                    }
+                }
+                match (consensus, normalize) {
+                    (true, true) => stages.push("elect |> disjoint".into()),
+                    (true, false) => stages.push("elect |> disjoint(sum)".into()),
+                    (false, true) => stages.push("mean".into()),
+                    (false, false) => stages.push("sum".into()),
+                }
+                if let Some(l) = number(self, &mut recipe, "lambda", "lambda") {
+                    if l != "1" {
+                        stages.push(format!("scale({l})"));
+                    }
+                }
+                stages.join(" |> ")
+            }
+            Family::Linear => {
+                let normalize = flag_of(self, "normalize");
+                let mut args = Vec::new();
+                if !normalize {
+                    args.push("normalize=false".to_string());
+                }
+                if let Some(b) = base_index {
+                    // The base averaged in with its own weight.
+                    let w = resolve(&[entries[b].param("weight"), top_get("weight")], None);
+                    match w {
+                        Some(w) => {
+                            let w = recipe.global(
+                                self,
+                                "base_weight",
+                                "base_weight",
+                                w,
+                                entries[b].param("weight").map(|g| g.loc),
+                            )?;
+                            if w != "0" {
+                                args.push(format!("base_weight={w}"));
+                            }
+                        }
+                        None => ok.set(false),
+                    }
+                } else if has_base {
+                    let (_, loc) = base.as_ref().expect("has a base");
+                    let e = self
+                        .error(
+                            ErrorKind::MissingKey,
+                            *loc,
+                            "`linear` averages the base_model too, and it has no `weight`".into(),
+                            "no weight",
+                        )
+                        .help("list it under `models:` with a weight, or leave `base_model` out (mergekit fails with \"Missing required parameter weight\")");
+                    self.check.push(e);
+                    ok.set(false);
+                }
+                call("linear", &args)
+            }
+            Family::Slerp => {
+                let t = number(self, &mut recipe, "t", "t");
+                let t = self.required(t, "t", method, entries[0].loc, &ok);
+                format!("slerp({t})")
+            }
+            Family::Nearswap => {
+                let t = number(self, &mut recipe, "t", "t");
+                let t = self.required(t, "t", method, entries[0].loc, &ok);
+                format!("nearswap({t})")
+            }
+            Family::ArceeFusion => "arcee_fusion".into(),
+            Family::Nuslerp => {
+                let mut args = Vec::new();
+                if !flag_of(self, "nuslerp_flatten") {
+                    args.push("flatten=false".into());
+                }
+                if flag_of(self, "nuslerp_row_wise") {
+                    args.push("row_wise=true".into());
+                }
+                if !has_base {
+                    args.push("centered=false".into());
+                }
+                call("nuslerp", &args)
+            }
+            Family::Multislerp => {
+                let mut args = Vec::new();
+                if !flag_of(self, "normalize_weights") {
+                    args.push("normalize=false".into());
+                }
+                if let Some(e) = number(self, &mut recipe, "eps", "eps") {
+                    if e != "0.00000001" {
+                        args.push(format!("eps={e}"));
+                    }
+                }
+                if !has_base {
+                    args.push("centered=false".into());
+                }
+                call("multislerp", &args)
+            }
+            Family::Karcher => {
+                let mut args = Vec::new();
+                if let Some(n) = number(self, &mut recipe, "max_iter", "max_iter") {
+                    if n != "10" {
+                        args.push(format!("max_iter={n}"));
+                    }
+                }
+                if let Some(n) = number(self, &mut recipe, "tol", "tol") {
+                    if n != "0.00001" {
+                        args.push(format!("tol={n}"));
+                    }
+                }
+                if has_base {
+                    args.push("with_base=true".into());
+                }
+                call("karcher", &args)
+            }
+            Family::ModelStock => {
+                if flag_of(self, "filter_wise") {
+                    "model_stock(filter_wise=true)".into()
+                } else {
+                    "model_stock".into()
+                }
+            }
+            Family::Sce => {
+                let _ = flag_of(self, "int8_mask");
+                match number(self, &mut recipe, "select_topk", "select_topk") {
+                    Some(k) if k != "1" => format!("sce({k})"),
+                    _ => "sce".into(),
+                }
+            }
+            Family::Ram => match number(self, &mut recipe, "epsilon", "epsilon") {
+                Some(e) if e != "0.00001" => format!("ram(epsilon={e})"),
+                _ => "ram".into(),
+            },
+            Family::RamplusTl => {
+                let mut args = Vec::new();
+                for (name, default) in [("r", "0.1"), ("alpha", "0.2"), ("epsilon", "0.00001")] {
+                    if let Some(v) = number(self, &mut recipe, name, name) {
+                        if v != default {
+                            args.push(format!("{name}={v}"));
+                        }
+                    }
+                }
+                call("ramplus_tl", &args)
+            }
+            Family::Passthrough => {
+                let scale = per_model(self, "scale").unwrap_or_default();
+                match scale.into_iter().flatten().next() {
+                    Some(v) => {
+                        let s = recipe.per_model(self, "scale", vec![v])?;
+                        format!("passthrough({s})")
+                    }
+                    None => "passthrough".into(),
+                }
+            }
+        };
+
+        if !ok.get() {
+            return None;
+        }
+
+        // The text.
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# The mergekit configuration {file_name} (merge_method: {}) as a reefknot recipe,\n\
+             # written by `reefknot convert`. Paths are as the configuration gives them: relative\n\
+             # ones resolve against its folder.",
+            method.name
+        );
+        let _ = writeln!(out, "base: {}", quote(&reef_base));
+        out.push_str("models:\n");
+        for (i, e) in models.iter().enumerate() {
+            let _ = writeln!(out, "  - path: {}", quote(&e.model));
+            if let Some(Some(w)) = weights.as_ref().map(|w| &w[i]) {
+                if *w != Val::Num(1.0) {
+                    let _ = writeln!(out, "    weight: {}", w.yaml());
+                }
+            }
+            let params: Vec<String> = recipe
+                .each
+                .iter()
+                .map(|(name, vals)| format!("{name}: {}", vals[i].yaml()))
+                .collect();
+            if !params.is_empty() {
+                let _ = writeln!(out, "    params: {{ {} }}", params.join(", "));
+            }
+        }
+        if !recipe.all.is_empty() {
+            out.push_str("params:\n");
+            for (name, v) in &recipe.all {
+                let _ = writeln!(out, "  {name}: {}", v.yaml());
+            }
+        }
+        let _ = writeln!(out, "merge: {expr}");
+        if let Some(d) = dtype {
+            let _ = writeln!(out, "dtype: {d}");
+        }
+        Some(out)
+    }
+
+    /// A required global's text, or an error.
+    fn required(
+        &mut self,
+        v: Option<String>,
+        name: &str,
+        method: &Method,
+        loc: Loc,
+        ok: &std::cell::Cell<bool>,
+    ) -> String {
+        v.unwrap_or_else(|| {
+            let e = self
+                .error(
+                    ErrorKind::MissingKey,
+                    loc,
+                    format!("`{}` needs the parameter `{name}`", method.name),
+                    "no value",
+                )
+                .help(format!(
+                    "add it to the top-level `parameters`: `{name}: 0.5`"
+                ));
+            self.check.push(e);
+            ok.set(false);
+            String::new()
+        })
+    }
+
+    /// Densities as a keep fraction in `[0, 1]`: mergekit keeps everything from 1 up.
+    fn clamped(
+        &mut self,
+        values: &[Val],
+        models: &[&Entry],
+        name: &str,
+        ok: &std::cell::Cell<bool>,
+    ) -> Vec<Val> {
+        values
+            .iter()
+            .zip(models)
+            .map(|(v, e)| {
+                let clamp = |v: &Val| match v {
+                    Val::Grad(g) if g.iter().any(|x| *x > 1.0) && g.iter().any(|x| *x < 1.0) => None,
+                    other => Some(other.map_numbers(&|x| x.min(1.0))),
+                };
+                let out = match v {
+                    Val::Cond(entries) => entries
+                        .iter()
+                        .map(|(g, v)| clamp(v).map(|v| (g.clone(), v)))
+                        .collect::<Option<Vec<_>>>()
+                        .map(Val::Cond),
+                    other => clamp(other),
+                };
+                out.unwrap_or_else(|| {
+                    let loc = e.param(name).map_or(e.loc, |g| g.loc);
+                    self.unsupported(
+                        loc,
+                        format!("a `{name}` gradient that crosses 1: mergekit keeps everything where the interpolated value is 1 or more, which a reefknot gradient cannot express"),
+                        "crosses 1",
+                        "cap the anchors at 1",
+                    );
+                    ok.set(false);
+                    v.clone()
+                })
+            })
+            .collect()
+    }
+}
+
+fn fields_have_model(item: &Node) -> bool {
+    match &item.kind {
+        Kind::Map(entries) => entries.iter().any(|(k, v)| {
+            matches!(&k.kind, Kind::Str(s) if s == "model") && !matches!(v.kind, Kind::Null)
+        }),
+        _ => false,
+    }
+}
+
+fn describe(v: &Val) -> &'static str {
+    match v {
+        Val::Num(_) => "a number",
+        Val::Grad(_) => "a gradient",
+        Val::Bool(_) => "a boolean",
+        Val::Str(_) => "a string",
+        Val::Cond(_) => "a list of conditions",
+    }
+}
+
+/// `name` or `name(a, b)`.
+fn call(name: &str, args: &[String]) -> String {
+    if args.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}({})", args.join(", "))
+    }
+}
+
+/// The `params` of the recipe being written.
+#[derive(Default)]
+struct Builder {
+    /// Recipe-wide values.
+    all: Vec<(String, Val)>,
+    /// Per-model values, one per model.
+    each: Vec<(String, Vec<Val>)>,
+}
+
+impl Builder {
+    /// The text standing for a global value in the expression: a literal for a number,
+    /// `$name` (with a recipe-wide entry) for a gradient or conditions.
+    fn global(
+        &mut self,
+        t: &mut Translator,
+        name: &str,
+        reef: &str,
+        v: Val,
+        loc: Option<Loc>,
+    ) -> Option<String> {
+        match v {
+            Val::Num(x) => Some(fmt_num(x)),
+            Val::Grad(_) | Val::Cond(_) => {
+                self.all.push((reef.to_string(), v));
+                Some(format!("${reef}"))
+            }
+            Val::Bool(_) | Val::Str(_) => {
+                let e = t.error(
+                    ErrorKind::WrongType,
+                    loc.unwrap_or_default(),
+                    format!(
+                        "`{name}` must be a number, a gradient or conditions, but this is {}",
+                        describe(&v)
+                    ),
+                    "expected a number",
+                );
+                t.check.push(e);
+                None
+            }
+        }
+    }
+
+    /// The text standing for a per-model value: a literal when every model has the
+    /// same number, `$name` otherwise.
+    fn per_model(&mut self, t: &mut Translator, name: &str, vals: Vec<Val>) -> Option<String> {
+        if let Some(bad) = vals
+            .iter()
+            .find(|v| matches!(v, Val::Bool(_) | Val::Str(_)))
+        {
+            let e = RecipeError::new(
+                ErrorKind::WrongType,
+                format!(
+                    "`{name}` must be a number, a gradient or conditions, but one is {}",
+                    describe(bad)
+                ),
+            );
+            t.check.push(e);
+            return None;
+        }
+        let first = vals.first()?.clone();
+        if vals.iter().all(|v| *v == first) {
+            return self.global(t, name, name, first, None);
+        }
+        self.each.push((name.to_string(), vals));
+        Some(format!("${name}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditions_fall_through_to_the_next_level() {
+        let mlp = Given {
+            val: Val::Cond(vec![(Some("*mlp*".into()), Val::Num(0.5))]),
+            loc: Loc::default(),
+        };
+        let top = Given {
+            val: Val::Grad(vec![0.1, 0.2]),
+            loc: Loc::default(),
+        };
+        assert_eq!(
+            resolve(&[Some(&mlp), Some(&top)], Some(Val::Num(1.0))),
+            Some(Val::Cond(vec![
+                (Some("*mlp*".into()), Val::Num(0.5)),
+                (None, Val::Grad(vec![0.1, 0.2])),
+            ]))
+        );
+        assert_eq!(
+            resolve(&[None, None], Some(Val::Num(1.0))),
+            Some(Val::Num(1.0))
+        );
+        assert_eq!(resolve(&[None, Some(&top)], None), Some(top.val.clone()));
+        assert_eq!(resolve(&[Some(&mlp)], None), Some(mlp.val.clone()));
+    }
+
+    #[test]
+    fn filters_become_globs_that_match_the_substring() {
+        assert_eq!(filter_glob("mlp").as_deref(), Some("*mlp*"));
+        assert_eq!(filter_glob("*"), None);
+        assert_eq!(filter_glob("a[0]").as_deref(), Some("*a\\[0\\]*"));
+    }
+
+    #[test]
+    fn the_table_has_every_method_of_mergekit_0_1_5() {
+        assert_eq!(METHODS.len(), 20);
+    }
+}
