@@ -6,8 +6,10 @@
 //! cuts). `scripts/golden/make_golden.py` makes them; `tests/fixtures/golden/README.md`
 //! lists the cases.
 //!
-//! For each case the test runs `reefknot merge <case>/recipe.yaml -o <tmp>/out --quiet`,
-//! reads every shard of the output and compares tensor by tensor: the set of names,
+//! For each case the test runs `reefknot merge <case>/recipe.yaml -o <tmp>/out --quiet
+//! --strict` and, through the mergekit front-end, `reefknot merge <case>/mergekit.yml`
+//! (whose `reefknot convert` output, merged again, must write the same files byte for
+//! byte), reads every shard of the output and compares tensor by tensor: the set of names,
 //! each shape and dtype must be equal, and the values must agree:
 //!
 //! * float32: element `j` passes when `|a_j - b_j| <= 1e-6 * max(|b_j|, s_j)`, where `b`
@@ -76,6 +78,12 @@ const CASES: &[&str] = &[
     "arcee_fusion",
     "dare_linear_stats",
     "della_linear_stats",
+    "ties_example",
+    "slerp_filters",
+    "task_arithmetic_negation",
+    "breadcrumbs_ties_global",
+    "ties_fallthrough",
+    "linear_base_listed",
 ];
 
 fn golden_root() -> PathBuf {
@@ -619,40 +627,60 @@ fn load_fixture(case: &str) -> Fixture {
     }
 }
 
-fn run_case(case: &str) {
-    let fixture = load_fixture(case);
-    let tmp = tempfile::tempdir().expect("temporary folder");
-    let out = tmp.path().join("out");
-    let recipe = fixture.dir.join("recipe.yaml");
+/// Runs `reefknot ARGS` in `dir` and returns stdout, failing the test with the output
+/// otherwise.
+fn reefknot(case: &str, dir: &Path, args: &[&std::ffi::OsStr]) -> Vec<u8> {
     let run = Command::new(env!("CARGO_BIN_EXE_reefknot"))
-        .arg("merge")
-        .arg(&recipe)
-        .arg("-o")
-        .arg(&out)
-        .arg("--quiet")
-        // relative paths in the recipe resolve against the recipe's folder, not here
-        .current_dir(tmp.path())
+        .args(args)
+        .current_dir(dir)
         .output()
         .expect("run the reefknot binary");
     assert!(
         run.status.success(),
-        "golden {case}: `reefknot merge {} -o {} --quiet` failed ({})\nstdout:\n{}\nstderr:\n{}",
-        recipe.display(),
-        out.display(),
+        "golden {case}: `reefknot {}` failed ({})\nstdout:\n{}\nstderr:\n{}",
+        args.iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" "),
         run.status,
         String::from_utf8_lossy(&run.stdout),
         String::from_utf8_lossy(&run.stderr),
     );
+    run.stdout
+}
+
+/// Merges `file` (a reefknot recipe or a mergekit config in the case folder) into
+/// `out`, with `--strict`: the fixtures hold nothing that has no effect.
+fn merge(case: &str, file: &Path, out: &Path) {
+    let args = [
+        "merge".as_ref(),
+        file.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+        "--quiet".as_ref(),
+        "--strict".as_ref(),
+    ];
+    // relative paths in the recipe resolve against the recipe's folder, not here
+    reefknot(case, out.parent().expect("a folder"), &args);
+}
+
+/// Merges the case's `file` and compares the output with mergekit's.
+fn run_case(case: &str, file: &str) -> PathBuf {
+    let fixture = load_fixture(case);
+    let tmp = tempfile::tempdir().expect("temporary folder").keep();
+    let out = tmp.join("out");
+    merge(case, &fixture.dir.join(file), &out);
     let actual =
         read_model_dir(&out).unwrap_or_else(|e| panic!("golden {case}: reefknot's output: {e}"));
     if let Some((density, epsilon)) = fixture.golden.statistics {
-        return compare_statistics(case, &fixture, &actual, density, epsilon);
+        compare_statistics(case, &fixture, &actual, density, epsilon);
+        return out;
     }
     let report = compare_models(&fixture.expected, &actual, &fixture.allowances);
-    eprintln!("golden {case}: {}", report.summary());
+    eprintln!("golden {case} ({file}): {}", report.summary());
     if !report.ok() {
         let mut msg = format!(
-            "golden {case}: reefknot disagrees with mergekit ({})\n",
+            "golden {case}: reefknot ({file}) disagrees with mergekit ({})\n",
             fixture.dir.join("mergekit.yml").display()
         );
         for f in &report.failures {
@@ -660,6 +688,56 @@ fn run_case(case: &str) {
         }
         panic!("{msg}");
     }
+    out
+}
+
+/// `reefknot merge mergekit.yml` agrees with mergekit, and `reefknot convert
+/// mergekit.yml`, saved next to it and merged, writes the same files byte for byte.
+fn run_mergekit_config(case: &str) {
+    let direct = run_case(case, "mergekit.yml");
+    let root = golden_root();
+    let config = root.join(case).join("mergekit.yml");
+    let recipe = reefknot(case, &root, &["convert".as_ref(), config.as_os_str()]);
+    // The recipe's paths are the config's (`../llama_f32/...`): a folder laid out as
+    // the fixtures are, with the families linked in.
+    let tmp = tempfile::tempdir().expect("temporary folder");
+    for family in ["llama_f32", "llama_bf16"] {
+        std::os::unix::fs::symlink(root.join(family), tmp.path().join(family))
+            .expect("link a family");
+    }
+    let dir = tmp.path().join(case);
+    std::fs::create_dir(&dir).unwrap();
+    let converted = dir.join("converted.yaml");
+    std::fs::write(&converted, &recipe).unwrap();
+    let out = tmp.path().join("out");
+    merge(case, &converted, &out);
+    let files = |d: &Path| {
+        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let (a, b) = (files(&direct), files(&out));
+    assert_eq!(
+        a.iter().map(|f| &f.0).collect::<Vec<_>>(),
+        b.iter().map(|f| &f.0).collect::<Vec<_>>(),
+        "golden {case}: the converted recipe writes other files"
+    );
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(
+            x == y,
+            "golden {case}: {name} differs after `reefknot convert`"
+        );
+    }
+    let _ = std::fs::remove_dir_all(direct.parent().unwrap());
 }
 
 /// Statistics of a one-model random merge over the entries the fine-tune changed
@@ -771,10 +849,21 @@ fn compare_statistics(case: &str, fixture: &Fixture, actual: &Model, density: f6
 macro_rules! golden_cases {
     ($($(#[$attr:meta])* $case:ident),* $(,)?) => {
         $(
-            #[test]
-            $(#[$attr])*
-            fn $case() {
-                run_case(stringify!($case));
+            mod $case {
+                /// The reefknot recipe against mergekit's output.
+                #[test]
+                $(#[$attr])*
+                fn recipe() {
+                    let out = super::run_case(stringify!($case), "recipe.yaml");
+                    let _ = std::fs::remove_dir_all(out.parent().unwrap());
+                }
+
+                /// The mergekit config itself, and its conversion.
+                #[test]
+                $(#[$attr])*
+                fn mergekit_config() {
+                    super::run_mergekit_config(stringify!($case));
+                }
             }
         )*
     };
@@ -814,6 +903,12 @@ golden_cases!(
     arcee_fusion,
     dare_linear_stats,
     della_linear_stats,
+    ties_example,
+    slerp_filters,
+    task_arithmetic_negation,
+    breadcrumbs_ties_global,
+    ties_fallthrough,
+    linear_base_listed,
 );
 
 /// The fixture folder and the list of tested cases stay in step.

@@ -44,7 +44,9 @@ pub(crate) fn reference(registry: &Registry) -> String {
         "\n## mergekit's methods\n\n\
          Every `merge_method` of mergekit 0.1.5 and a reefknot `merge:` expression that \
          computes it (the golden tests hold each to mergekit's output). Numbers are \
-         examples where mergekit has no default.\n\n\
+         examples where mergekit has no default. `reefknot merge` also runs a mergekit \
+         configuration as it is, and `reefknot convert` prints its recipe \
+         ([mergekit.md](mergekit.md)).\n\n\
          | mergekit | reefknot | models | notes |\n|---|---|---|---|\n",
     );
     for m in reefknot_ops::MERGEKIT_METHODS {

@@ -386,6 +386,14 @@ class Case:
     statistics: Optional[Dict[str, float]] = None
 
 
+@dataclass(frozen=True)
+class Cond:
+    """mergekit's ``[{filter, value}, ...]``: the first entry whose filter is a
+    substring of the tensor name (``None`` matches every name) gives the value."""
+
+    entries: Tuple[Tuple[Optional[str], object], ...]
+
+
 def paths_for(fam: str) -> Dict[str, str]:
     d = {"base": f"../{fam}/base"}
     for t in range(N_TASKS):
@@ -1422,6 +1430,236 @@ dtype: float32
         n_models=1,
         statistics={"density": 0.4, "epsilon": 0.2},
     ),
+    # ---- mergekit's example shapes (the mergekit front-end's corpus) ----------
+    Case(
+        name="ties_example",
+        family="llama_f32",
+        description=("mergekit's examples/ties.yml: per-model densities (one a gradient), "
+                     "weights as a number, a gradient and {filter, value} conditions, "
+                     "normalize and int8_mask true"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+    params: {{ density: [1, 0.7, 0.1] }}
+  - path: {m1}
+    weight: [0, 0.3, 0.7, 1]
+    params: {{ density: 0.5 }}
+  - path: {m2}
+    weight: [{{ match: "*mlp*", value: 0.5 }}, {{ value: 0 }}]
+    params: {{ density: 0.33 }}
+merge: trim($density) |> elect |> disjoint
+""",
+        mergekit="""\
+merge_method: ties
+base_model: {base}
+models:
+  - model: {m0}
+    parameters:
+      density: [1, 0.7, 0.1]
+      weight: 1.0
+  - model: {m1}
+    parameters:
+      density: 0.5
+      weight: [0, 0.3, 0.7, 1]
+  - model: {m2}
+    parameters:
+      density: 0.33
+      weight:
+        - filter: mlp
+          value: 0.5
+        - value: 0
+parameters:
+  normalize: true
+  int8_mask: true
+dtype: float32
+""",
+        sparsify="trim",
+        combine="disjoint",
+        density=([1, 0.7, 0.1], 0.5, 0.33),
+        weights=(1.0, [0, 0.3, 0.7, 1], Cond((("mlp", 0.5), (None, 0.0)))),
+    ),
+    Case(
+        name="slerp_filters",
+        family="llama_f32",
+        description=("mergekit's examples/gradient-slerp.yml over whole models: t a "
+                     "gradient for self_attn, the reverse for mlp, 0.5 elsewhere"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+params:
+  t:
+    - {{ match: "*self_attn*", value: [0, 0.5, 0.3, 0.7, 1] }}
+    - {{ match: "*mlp*", value: [1, 0.5, 0.7, 0.3, 0] }}
+    - {{ value: 0.5 }}
+merge: slerp($t)
+""",
+        mergekit="""\
+merge_method: slerp
+base_model: {base}
+models:
+  - model: {base}
+  - model: {m0}
+parameters:
+  t:
+    - filter: self_attn
+      value: [0, 0.5, 0.3, 0.7, 1]
+    - filter: mlp
+      value: [1, 0.5, 0.7, 0.3, 0]
+    - value: 0.5
+dtype: float32
+""",
+        sparsify=None,
+        combine="slerp",
+        n_models=1,
+        t=Cond((("self_attn", [0, 0.5, 0.3, 0.7, 1]), ("mlp", [1, 0.5, 0.7, 0.3, 0]),
+                (None, 0.5))),
+    ),
+    Case(
+        name="task_arithmetic_negation",
+        family="llama_f32",
+        description=("task arithmetic with a negative weight (forgetting a task), "
+                     "lambda 0.6, normalize false"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+  - path: {m1}
+    weight: -0.5
+  - path: {m2}
+    weight: 0.7
+merge: sum |> scale(0.6)
+""",
+        mergekit="""\
+merge_method: task_arithmetic
+base_model: {base}
+models:
+  - model: {m0}
+    parameters: {{ weight: 1.0 }}
+  - model: {m1}
+    parameters: {{ weight: -0.5 }}
+  - model: {m2}
+    parameters: {{ weight: 0.7 }}
+parameters:
+  lambda: 0.6
+  normalize: false
+dtype: float32
+""",
+        sparsify=None,
+        combine="sum",
+        weights=(1.0, -0.5, 0.7),
+        scale=0.6,
+    ),
+    Case(
+        name="breadcrumbs_ties_global",
+        family="llama_f32",
+        description=("breadcrumbs_ties with weight, density and gamma given once at the "
+                     "top level for every model (the mergekit-multi docs' shape), "
+                     "normalize true"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+    weight: 0.7
+  - path: {m1}
+    weight: 0.7
+  - path: {m2}
+    weight: 0.7
+merge: breadcrumbs(0.5, gamma=0.02) |> elect |> disjoint
+""",
+        mergekit="""\
+merge_method: breadcrumbs_ties
+base_model: {base}
+models:
+  - model: {m0}
+  - model: {m1}
+  - model: {m2}
+parameters:
+  weight: 0.7
+  density: 0.5
+  gamma: 0.02
+  normalize: true
+dtype: float32
+""",
+        sparsify="breadcrumbs",
+        combine="disjoint",
+        gamma=0.02,
+        weights=(0.7, 0.7, 0.7),
+        density=(0.5, 0.5, 0.5),
+    ),
+    Case(
+        name="ties_fallthrough",
+        family="llama_f32",
+        description=("a model's {filter, value} density falls through to the top-level "
+                     "gradient where its filter does not match (mergekit's precedence)"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+    params:
+      density: [{{ match: "*mlp*", value: 0.6 }}]
+  - path: {m1}
+  - path: {m2}
+params:
+  density: [0.2, 0.4]
+merge: trim($density) |> elect |> disjoint
+""",
+        mergekit="""\
+merge_method: ties
+base_model: {base}
+models:
+  - model: {m0}
+    parameters:
+      density:
+        - filter: mlp
+          value: 0.6
+  - model: {m1}
+  - model: {m2}
+parameters:
+  weight: 1.0
+  density: [0.2, 0.4]
+dtype: float32
+""",
+        sparsify="trim",
+        combine="disjoint",
+        density=(Cond((("mlp", 0.6), (None, [0.2, 0.4]))), [0.2, 0.4], [0.2, 0.4]),
+    ),
+    Case(
+        name="linear_base_listed",
+        family="llama_f32",
+        description=("linear with a base_model listed among the models with its own "
+                     "weight (averaged in), normalize true"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+    weight: 0.5
+  - path: {m1}
+    weight: 0.3
+  - path: {m2}
+    weight: 0.4
+merge: linear(base_weight=0.2)
+""",
+        mergekit="""\
+merge_method: linear
+base_model: {base}
+models:
+  - model: {base}
+    parameters: {{ weight: 0.2 }}
+  - model: {m0}
+    parameters: {{ weight: 0.5 }}
+  - model: {m1}
+    parameters: {{ weight: 0.3 }}
+  - model: {m2}
+    parameters: {{ weight: 0.4 }}
+dtype: float32
+""",
+        sparsify=None,
+        combine="linear",
+        weights=(0.5, 0.3, 0.4),
+        params={"base_weight": 0.2, "normalize": True},
+    ),
 ]
 
 
@@ -1439,6 +1677,16 @@ def depth_t(name: str, n_layers: int) -> float:
     if n_layers == 1:
         return 1.0
     return int(m.group(1)) / (n_layers - 1)
+
+
+def value_at(v, name: str, t: float) -> float:
+    """A parameter value (number, gradient or Cond) on tensor ``name`` at depth t."""
+    if isinstance(v, Cond):
+        for f, value in v.entries:
+            if f is None or f in name:
+                return gradient_value(value, t)
+        raise ValueError(f"no condition of {v} matches {name}")
+    return gradient_value(v, t)
 
 
 def gradient_value(v, t: float) -> float:
@@ -1460,7 +1708,7 @@ def case_density(case: Case, name: str, n_layers: int) -> Optional[List[float]]:
     for d in case.density:
         if case.density_override and case.density_override[0] in name:
             d = case.density_override[1]
-        out.append(gradient_value(d, t))
+        out.append(value_at(d, name, t))
     return out
 
 
@@ -1631,7 +1879,7 @@ def reference_merge(case: Case, fam: Family, models: List[Dict[str, np.ndarray]]
         base = models[0][name].astype(f32)
         deltas = [models[i + 1][name].astype(f32) - base for i in range(n_models)]
         t = depth_t(name, fam.layers)
-        w = [f32(gradient_value(x, t)) for x in case.weights[:n_models]]
+        w = [f32(value_at(x, name, t)) for x in case.weights[:n_models]]
         dens = case_density(case, name, fam.layers)
         amb = np.zeros(base.size, dtype=bool)
         if case.sparsify:
@@ -1665,7 +1913,7 @@ def reference_merge(case: Case, fam: Family, models: List[Dict[str, np.ndarray]]
                 sw = f32(1)
             delta = (u[0] + u[1] + u[2]) / sw
         elif case.combine == "slerp":
-            tv = gradient_value(case.t, t)
+            tv = value_at(case.t, name, t)
             delta = slerp_reference(tv, base, base + deltas[0]) - base
         elif case.combine == "nearswap":
             d = deltas[0]
