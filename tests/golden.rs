@@ -84,6 +84,7 @@ const CASES: &[&str] = &[
     "breadcrumbs_ties_global",
     "ties_fallthrough",
     "linear_base_listed",
+    "slerp_slices",
 ];
 
 fn golden_root() -> PathBuf {
@@ -909,6 +910,7 @@ golden_cases!(
     breadcrumbs_ties_global,
     ties_fallthrough,
     linear_base_listed,
+    slerp_slices,
 );
 
 /// The fixture folder and the list of tested cases stay in step.

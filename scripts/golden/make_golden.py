@@ -1517,6 +1517,46 @@ dtype: float32
                 (None, 0.5))),
     ),
     Case(
+        name="slerp_slices",
+        family="llama_f32",
+        description=("mergekit's examples/gradient-slerp.yml as written: `slices:` with one "
+                     "slice over every layer of both models, t conditions with gradients"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+params:
+  t:
+    - {{ match: "*self_attn*", value: [0, 0.5, 0.3, 0.7, 1] }}
+    - {{ match: "*mlp*", value: [1, 0.5, 0.7, 0.3, 0] }}
+    - {{ value: 0.5 }}
+merge: slerp($t)
+""",
+        mergekit="""\
+slices:
+  - sources:
+      - model: {base}
+        layer_range: [0, 3]
+      - model: {m0}
+        layer_range: [0, 3]
+merge_method: slerp
+base_model: {base}
+parameters:
+  t:
+    - filter: self_attn
+      value: [0, 0.5, 0.3, 0.7, 1]
+    - filter: mlp
+      value: [1, 0.5, 0.7, 0.3, 0]
+    - value: 0.5
+dtype: float32
+""",
+        sparsify=None,
+        combine="slerp",
+        n_models=1,
+        t=Cond((("self_attn", [0, 0.5, 0.3, 0.7, 1]), ("mlp", [1, 0.5, 0.7, 0.3, 0]),
+                (None, 0.5))),
+    ),
+    Case(
         name="task_arithmetic_negation",
         family="llama_f32",
         description=("task arithmetic with a negative weight (forgetting a task), "

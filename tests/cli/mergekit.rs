@@ -100,3 +100,33 @@ fn convert_refuses_a_reefknot_recipe_and_names_what_is_not_supported() {
         "{err}"
     );
 }
+
+#[test]
+fn one_slice_over_every_layer_merges_and_part_of_the_layers_is_refused() {
+    let ws = Workspace::new(Dtype::BF16, None);
+    let sliced = |end: usize| {
+        format!(
+            "merge_method: ties\nbase_model: models/base\nparameters: {{ weight: 1.0, density: 0.4 }}\n\
+             slices:\n  - sources:\n      - {{ model: models/code, layer_range: [0, {end}] }}\n      \
+             - {{ model: models/math, layer_range: [0, {end}] }}\n"
+        )
+    };
+    // The family has 2 layers (its config.json says so): [0, 2] is every layer, and
+    // the local check leaves nothing to warn about.
+    ws.recipe("whole.yml", &sliced(2));
+    ok(&run_in(
+        ws.path(),
+        &["merge", "whole.yml", "-o", "sliced", "--quiet", "--strict"],
+    ));
+    ws.recipe("part.yml", &sliced(1));
+    let err = fails(
+        &run_in(ws.path(), &["merge", "part.yml", "-o", "part", "--quiet"]),
+        2,
+    );
+    assert!(
+        err.contains("reefknot::recipe::unsupported")
+            && err.contains("`layer_range: [0, 1]` of models with 2 layers"),
+        "{err}"
+    );
+    assert!(!ws.path().join("part").exists());
+}

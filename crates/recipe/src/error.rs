@@ -54,9 +54,9 @@ pub enum ErrorKind {
     InvalidSeed,
     /// A `shard_size` that is not a positive size.
     InvalidShardSize,
-    /// A mergekit configuration uses something reefknot does not do yet (`slices:`,
-    /// LoRA inputs, a tokenizer other than the base's), or that reefknot cannot express
-    /// exactly.
+    /// A mergekit configuration uses something reefknot does not do yet (frankenmerge
+    /// `slices:`, LoRA inputs, a tokenizer other than the base's), or that reefknot
+    /// cannot express exactly.
     Unsupported,
 }
 

@@ -8,8 +8,9 @@
 //!
 //! What mergekit accepts silently but does nothing with (an unknown key, a misspelt
 //! parameter, a global parameter under a model, a weight the method ignores) becomes a
-//! warning with a caret into the configuration; what reefknot cannot do yet (`slices:`,
-//! `modules:`, LoRA inputs, a tokenizer other than the base's) is an
+//! warning with a caret into the configuration; what reefknot cannot do yet (`slices:`
+//! that stack layer ranges, `modules:`, LoRA inputs, a tokenizer other than the
+//! base's) is an
 //! [`ErrorKind::Unsupported`] error. The rules, key by key, are in `docs/mergekit.md`.
 //!
 //! How the values map (mergekit's `ConfigReader.parameter` order): for a model, its own
@@ -60,13 +61,20 @@ pub(crate) fn is_config_root(root: &Node) -> bool {
 
 /// Translates the mergekit configuration `source` (shown as `name` in diagnostics, read
 /// from `path` when it came from a file).
-pub fn convert(source: &str, name: &str, path: Option<&Path>) -> Result<Converted, RecipeError> {
+/// Relative model paths resolve against `dir` (the configuration's folder).
+pub fn convert(
+    source: &str,
+    name: &str,
+    dir: &Path,
+    path: Option<&Path>,
+) -> Result<Converted, RecipeError> {
     let shared: Arc<str> = Arc::from(source);
     let fail = |errors: Vec<RecipeError>| RecipeError::finish(errors, name, &shared, path);
     let root = parse_yaml(source).map_err(|e| fail(vec![e]))?;
     let named = NamedSource::new(name, Arc::clone(&shared)).with_language("yaml");
     let mut t = Translator {
         check: Checker::new(source, Path::new("")),
+        dir,
         warnings: Vec::new(),
         named,
     };
@@ -596,8 +604,49 @@ fn resolve(levels: &[Option<&Given>], default: Option<Val>) -> Option<Val> {
 
 struct Translator<'a> {
     check: Checker<'a>,
+    /// The configuration's folder, against which relative model paths resolve.
+    dir: &'a Path,
     warnings: Vec<RecipeWarning>,
     named: NamedSource<Arc<str>>,
+}
+
+/// The one slice of a `slices:` that is a merge of whole models.
+struct Slice<'n> {
+    sources: Vec<Entry<'n>>,
+    params: Vec<(&'n str, Loc, Given)>,
+    base: Option<(String, Loc)>,
+}
+
+/// The keys of a slice.
+pub const SLICE_KEYS: &[&str] = &["sources", "base_model", "parameters", "residual_weight"];
+
+/// `first`'s parameters in front of `then`'s: each name's value is looked up in
+/// `first`, then in `then` (conditions in `first` fall through to `then`'s value).
+fn layered<'n>(
+    first: Vec<(&'n str, Loc, Given)>,
+    then: Vec<(&'n str, Loc, Given)>,
+) -> Vec<(&'n str, Loc, Given)> {
+    let mut out = Vec::new();
+    for (name, kloc, g) in &first {
+        let below = then.iter().find(|(n, _, _)| n == name).map(|(_, _, g)| g);
+        let val = resolve(&[Some(g), below], None).unwrap_or_else(|| g.val.clone());
+        out.push((*name, *kloc, Given { val, loc: g.loc }));
+    }
+    for entry in then {
+        if !first.iter().any(|(n, _, _)| *n == entry.0) {
+            out.push(entry);
+        }
+    }
+    out
+}
+
+/// `num_hidden_layers` of the model folder `dir`, when it has a readable config.json.
+fn num_hidden_layers(dir: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json.get("num_hidden_layers")
+        .or_else(|| json.get("text_config")?.get("num_hidden_layers"))
+        .and_then(serde_json::Value::as_u64)
 }
 
 /// One entry of `models:`.
@@ -890,13 +939,16 @@ impl<'a> Translator<'a> {
                 );
             }
         }
-        if let Some((_, kloc)) = get("slices") {
-            self.unsupported(
-                kloc,
-                "`slices:` (layer ranges, frankenmerges) is not supported yet".into(),
-                "slices",
-                "a merge over every layer of each model can be written with `models:`",
-            );
+        if let (Some(_), Some((_, kloc))) = (get("models"), get("slices")) {
+            let e = self
+                .error(
+                    ErrorKind::InvalidValue,
+                    kloc,
+                    "`models` and `slices` are both given".into(),
+                    "choose one",
+                )
+                .help("mergekit takes exactly one of `models`, `slices` and `modules`");
+            self.check.push(e);
         }
         if let Some((_, kloc)) = get("modules") {
             self.unsupported(
@@ -999,11 +1051,22 @@ impl<'a> Translator<'a> {
             Some((v, _)) => self.params(v, "`parameters`"),
             None => Vec::new(),
         };
-        let base = match get("base_model") {
+        let mut top = top;
+        let mut base = match get("base_model") {
             Some((v, _)) => self.model_ref(v, "`base_model`").map(|m| (m, v.loc)),
             None => None,
         };
         let mut entries: Vec<Entry> = Vec::new();
+        if let (Some((v, _)), None) = (get("slices"), get("models")) {
+            let slice = self.slices(v)?;
+            if let Some(b) = slice.base {
+                base = Some(b);
+            }
+            // The slice's parameters come before the top-level ones (mergekit's
+            // order), falling through to them where their conditions match nothing.
+            top = layered(slice.params, top);
+            entries = slice.sources;
+        }
         match get("models") {
             Some((v, _)) => {
                 let Kind::Seq(items) = &v.kind else {
@@ -1020,6 +1083,7 @@ impl<'a> Translator<'a> {
                     return None;
                 }
             }
+            None if get("slices").is_some() && !entries.is_empty() => {}
             None if get("slices").is_some() || get("modules").is_some() => return None,
             None => {
                 let e = self.error(
@@ -1047,6 +1111,212 @@ impl<'a> Translator<'a> {
         }
         self.check_names(method, &top, &entries);
         self.translate(method, base, &entries, &top, output_dtype, file_name)
+    }
+
+    /// `slices:` with one slice whose sources all take every layer: the same merge as
+    /// `models:` (a gradient's depth is the slice's, which is then the model's). More
+    /// slices, or a slice of part of the layers, is a frankenmerge: not supported yet.
+    fn slices<'n>(&mut self, node: &'n Node) -> Option<Slice<'n>> {
+        let frankenmerge = "stacking layer ranges (a frankenmerge, whose output has another \
+                            layer count) is not supported yet";
+        let Kind::Seq(items) = &node.kind else {
+            let e = self.check.wrong_type(node, "a list of slices", "`slices`");
+            self.check.push(e);
+            return None;
+        };
+        let [slice] = items.as_slice() else {
+            self.unsupported(
+                node.loc,
+                format!("{} slices: {frankenmerge}", items.len()),
+                "more than one slice",
+                "a merge of every layer of each model is one slice, or `models:`",
+            );
+            return None;
+        };
+        let errors_before = self.check.error_count();
+        let fields = self.entries(slice, "a slice")?;
+        let mut out = Slice {
+            sources: Vec::new(),
+            params: Vec::new(),
+            base: None,
+        };
+        let mut sources = None;
+        for (key, v, kloc) in fields {
+            match key {
+                "sources" => sources = Some(v),
+                "base_model" => {
+                    out.base = self
+                        .model_ref(v, "the slice's `base_model`")
+                        .map(|m| (m, v.loc))
+                }
+                "parameters" => out.params = self.params(v, "the slice's `parameters`"),
+                "residual_weight" => self.warn(
+                    kloc,
+                    "mergekit reads `residual_weight` and never uses it".into(),
+                    "never used",
+                    None,
+                ),
+                other => self.warn(
+                    kloc,
+                    format!("mergekit ignores the key `{other}` in a slice"),
+                    "unknown key",
+                    Some(closest(other, SLICE_KEYS.iter().copied()).map_or_else(
+                        || format!("a slice has {}", list(SLICE_KEYS)),
+                        |c| format!("did you mean `{c}`?"),
+                    )),
+                ),
+            }
+        }
+        let Some(sources) = sources else {
+            let e = self.error(
+                ErrorKind::MissingKey,
+                map_loc(slice),
+                "the slice has no `sources`".into(),
+                "no sources",
+            );
+            self.check.push(e);
+            return None;
+        };
+        let Kind::Seq(items) = &sources.kind else {
+            let e = self
+                .check
+                .wrong_type(sources, "a list of sources", "`sources`");
+            self.check.push(e);
+            return None;
+        };
+        if items.is_empty() {
+            let e = self.error(
+                ErrorKind::NoModels,
+                sources.loc,
+                "the slice's `sources` is empty".into(),
+                "no sources",
+            );
+            self.check.push(e);
+            return None;
+        }
+        let mut range: Option<(i128, i128, Loc)> = None;
+        for (i, item) in items.iter().enumerate() {
+            let what = format!("source {}", i + 1);
+            let Some(fields) = self.entries(item, &format!("a slice's {what}")) else {
+                continue;
+            };
+            let mut model = None;
+            let mut params = Vec::new();
+            let mut this_range = None;
+            for (key, v, kloc) in fields {
+                match key {
+                    "model" => {
+                        model = self
+                            .model_ref(v, &format!("the `model` of {what}"))
+                            .map(|m| (m, v.loc))
+                    }
+                    "parameters" => params = self.params(v, &format!("the `parameters` of {what}")),
+                    "layer_range" => match &v.kind {
+                        Kind::Seq(r) => match r.as_slice() {
+                            [Node {
+                                kind: Kind::Int(a), ..
+                            }, Node {
+                                kind: Kind::Int(b), ..
+                            }] => this_range = Some((*a, *b, v.loc)),
+                            _ => {
+                                let e = self.check.wrong_type(
+                                    v,
+                                    "two integers `[start, end]`",
+                                    "`layer_range`",
+                                );
+                                self.check.push(e);
+                            }
+                        },
+                        _ => {
+                            let e = self.check.wrong_type(
+                                v,
+                                "two integers `[start, end]`",
+                                "`layer_range`",
+                            );
+                            self.check.push(e);
+                        }
+                    },
+                    other => self.warn(
+                        kloc,
+                        format!("mergekit ignores the key `{other}` in a source"),
+                        "unknown key",
+                        Some("a source has `model`, `layer_range` and `parameters`".into()),
+                    ),
+                }
+            }
+            let Some((model, loc)) = model else {
+                if !fields_have_model(item) {
+                    let e = self.error(
+                        ErrorKind::MissingKey,
+                        map_loc(item),
+                        format!("{what} has no `model`"),
+                        "no `model`",
+                    );
+                    self.check.push(e);
+                }
+                continue;
+            };
+            let Some((a, b, rloc)) = this_range else {
+                let e = self.error(
+                    ErrorKind::MissingKey,
+                    loc,
+                    format!("{what} has no `layer_range`"),
+                    "no layer_range",
+                );
+                self.check.push(e);
+                continue;
+            };
+            match range {
+                Some((ra, rb, _)) if (ra, rb) != (a, b) => {
+                    self.unsupported(
+                        rloc,
+                        format!("the sources take different layers ([{ra}, {rb}] and [{a}, {b}]): {frankenmerge}"),
+                        "other layers",
+                        "give every source of the slice the same `layer_range`",
+                    );
+                }
+                None => range = Some((a, b, rloc)),
+                _ => {}
+            }
+            out.sources.push(Entry { model, loc, params });
+        }
+        let (a, b, rloc) = range?;
+        if self.check.error_count() > errors_before {
+            return None;
+        }
+        if a != 0 || b <= 0 {
+            self.unsupported(
+                rloc,
+                format!("`layer_range: [{a}, {b}]` takes part of the layers: {frankenmerge}"),
+                "part of the layers",
+                "a merge of every layer is `layer_range: [0, number of layers]`",
+            );
+            return None;
+        }
+        // Whether [0, b] is every layer: the first local source's config.json says.
+        let layers = out
+            .sources
+            .iter()
+            .find_map(|e| num_hidden_layers(&self.dir.join(&e.model)));
+        match layers {
+            Some(n) if n == b as u64 => {}
+            Some(n) => {
+                self.unsupported(
+                    rloc,
+                    format!("`layer_range: [0, {b}]` of models with {n} layers: {frankenmerge}"),
+                    "not every layer",
+                    "a merge of every layer is `layer_range: [0, number of layers]`",
+                );
+                return None;
+            }
+            None => self.warn(
+                rloc,
+                format!("cannot check that `[0, {b}]` is every layer: no source is a local folder with a config.json"),
+                "unchecked",
+                Some(format!("reefknot merges every layer of the models; mergekit merges layers 0 to {}", b - 1)),
+            ),
+        }
+        Some(out)
     }
 
     fn tokenizer(&mut self, v: &Node) {

@@ -194,6 +194,11 @@ impl<'a> Checker<'a> {
         self.errors.push(e);
     }
 
+    /// How many problems were found so far.
+    pub(crate) fn error_count(&self) -> usize {
+        self.errors.len()
+    }
+
     /// The problems found so far, in the order found.
     pub(crate) fn into_errors(self) -> Vec<RecipeError> {
         self.errors

@@ -123,7 +123,7 @@ fn every_top_level_key_is_honoured_or_named() {
             Fate::Unsupported,
         ),
         ("chat_template", "chat_template: chatml\n", Fate::Warned),
-        ("slices", "slices: []\n", Fate::Unsupported),
+        ("slices", "", Fate::Honoured),
         ("modules", "modules: {}\n", Fate::Unsupported),
     ];
     let mut seen: Vec<&str> = Vec::new();
@@ -134,6 +134,24 @@ fn every_top_level_key_is_honoured_or_named() {
     for key in TOP_LEVEL_KEYS {
         assert!(seen.contains(key), "the test does not try `{key}`");
     }
+    // `slices:` in place of `models:`: one slice over every layer is a merge of whole
+    // models (unchecked here, where the models are not on disk: a warning); more is a
+    // frankenmerge; both keys at once is an error, as in mergekit.
+    let sliced = |slices: &str| {
+        format!(
+            "merge_method: ties\nbase_model: b\nparameters: {{ weight: 1.0 }}\nslices:\n{slices}"
+        )
+    };
+    let whole = "  - sources: [{ model: m, layer_range: [0, 4] }]\n";
+    assert_eq!(fate(&sliced(whole)), Fate::Warned);
+    assert_eq!(fate(&sliced(&whole.repeat(2))), Fate::Unsupported);
+    assert_eq!(
+        fate(&sliced(
+            "  - sources: [{ model: m, layer_range: [1, 4] }]\n"
+        )),
+        Fate::Unsupported
+    );
+    assert!(parse(&format!("{BASE}slices:\n{whole}"), "both.yml").is_err());
     // Keys mergekit does not know, which it ignores.
     assert_eq!(fate(&format!("{BASE}residual_weight: 0.5\n")), Fate::Warned);
     assert_eq!(fate(BASE), Fate::Honoured);
