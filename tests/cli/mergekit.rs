@@ -130,3 +130,29 @@ fn one_slice_over_every_layer_merges_and_part_of_the_layers_is_refused() {
     );
     assert!(!ws.path().join("part").exists());
 }
+
+#[test]
+fn relative_paths_resolve_against_the_current_directory_as_in_mergekit() {
+    let ws = Workspace::new(Dtype::BF16, None);
+    std::fs::create_dir(ws.path().join("configs")).unwrap();
+    ws.recipe("configs/c.yml", &CONFIG.replace(", densty: 0.3", ""));
+    // `mergekit-yaml configs/c.yml` reads `models/...` in the current directory.
+    ok(&run_in(
+        ws.path(),
+        &["merge", "configs/c.yml", "-o", "out", "--quiet", "--strict"],
+    ));
+    let recipe = ok(&run_in(ws.path(), &["convert", "configs/c.yml"]));
+    assert!(
+        recipe.contains("base: \"../models/base\"") && recipe.contains("path: \"../models/code\""),
+        "paths relative to the configuration's folder:\n{recipe}"
+    );
+    ws.recipe("configs/converted.yaml", &recipe);
+    ok(&run_in(
+        ws.path(),
+        &["merge", "configs/converted.yaml", "-o", "again", "--quiet"],
+    ));
+    assert_eq!(
+        tensors(&ws.path().join("out")),
+        tensors(&ws.path().join("again"))
+    );
+}

@@ -110,8 +110,6 @@ pub fn convert(
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Default {
     Required,
-    /// Optional with no default (passthrough's `scale`).
-    Absent,
     Number(f64),
     Bool(bool),
 }
@@ -403,7 +401,7 @@ pub const METHODS: &[Method] = &[
         &[],
         &[Declared {
             name: "scale",
-            default: Default::Absent,
+            default: Default::Number(1.0),
         }],
     ),
 ];
@@ -502,7 +500,7 @@ impl From<Default> for Option<Val> {
         match d {
             Default::Number(x) => Some(Val::Num(x)),
             Default::Bool(b) => Some(Val::Bool(b)),
-            Default::Required | Default::Absent => None,
+            Default::Required => None,
         }
     }
 }
@@ -521,7 +519,12 @@ fn fmt_num(x: f64) -> String {
 /// DARE's drop probability for a density: `1 − d`, rounded to 12 decimals so that
 /// `1 − 0.8` reads `0.2` (far below what a float32 merge can tell apart).
 fn drop_probability(d: f64) -> f64 {
-    ((1.0 - d) * 1e12).round() / 1e12
+    let rounded = ((1.0 - d) * 1e12).round() / 1e12;
+    if rounded < 1.0 {
+        rounded
+    } else {
+        1.0 - d
+    }
 }
 
 /// A YAML double-quoted string.
@@ -532,7 +535,7 @@ fn quote(s: &str) -> String {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
+            c if c.is_control() => {
                 let _ = write!(out, "\\x{:02x}", c as u32);
             }
             c => out.push(c),
@@ -640,6 +643,25 @@ fn layered<'n>(
     out
 }
 
+/// The path from the folder `from` to `to`, both absolute and canonical (`None` when
+/// they share no root, or a name is not UTF-8).
+fn relative_path(from: &Path, to: &Path) -> Option<std::path::PathBuf> {
+    let a: Vec<_> = from.components().collect();
+    let b: Vec<_> = to.components().collect();
+    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    if common == 0 {
+        return None;
+    }
+    let mut out = std::path::PathBuf::new();
+    for _ in common..a.len() {
+        out.push("..");
+    }
+    for c in &b[common..] {
+        out.push(c.as_os_str().to_str()?);
+    }
+    Some(out)
+}
+
 /// `num_hidden_layers` of the model folder `dir`, when it has a readable config.json.
 fn num_hidden_layers(dir: &Path) -> Option<u64> {
     let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
@@ -719,7 +741,17 @@ impl<'a> Translator<'a> {
     /// A model reference: a path or a Hugging Face repo id (`org/name`, `org/name@rev`,
     /// resolved as recipe paths are), without a LoRA adapter.
     fn model_ref(&mut self, node: &Node, what: &str) -> Option<String> {
-        if let Kind::Map(_) = node.kind {
+        if let Kind::Map(entries) = &node.kind {
+            let key = |k: &str| {
+                entries
+                    .iter()
+                    .find(|(n, _)| matches!(&n.kind, Kind::Str(s) if s == k))
+                    .map(|(_, v)| v)
+            };
+            let lora = key("lora").filter(|v| !matches!(v.kind, Kind::Null));
+            if let (Some(model), None) = (key("model"), lora) {
+                return self.model_ref(model, what);
+            }
             self.unsupported(
                 node.loc,
                 format!("{what} is mergekit's dict form (`{{model, lora}}`): LoRA inputs are not supported yet"),
@@ -1294,10 +1326,10 @@ impl<'a> Translator<'a> {
             return None;
         }
         // Whether [0, b] is every layer: the first local source's config.json says.
-        let layers = out
-            .sources
-            .iter()
-            .find_map(|e| num_hidden_layers(&self.dir.join(&e.model)));
+        let layers = out.sources.iter().find_map(|e| {
+            let here = Path::new(&e.model);
+            num_hidden_layers(here).or_else(|| num_hidden_layers(&self.dir.join(here)))
+        });
         match layers {
             Some(n) if n == b as u64 => {}
             Some(n) => {
@@ -1408,6 +1440,26 @@ impl<'a> Translator<'a> {
     }
 
     /// Warns about parameters mergekit would never read.
+    /// `model` as the recipe writes it, resolving against the configuration's folder:
+    /// mergekit reads a relative path against the current directory, so where one
+    /// exists there (and the configuration is elsewhere), the path from the
+    /// configuration's folder to it; otherwise as written (a path relative to the
+    /// configuration, or a Hugging Face repo id).
+    fn local(&self, model: &str) -> String {
+        let path = Path::new(model);
+        if path.is_absolute() || self.dir.as_os_str().is_empty() || !path.exists() {
+            return model.to_string();
+        }
+        let (Ok(target), Ok(dir)) = (path.canonicalize(), self.dir.canonicalize()) else {
+            return model.to_string();
+        };
+        if self.dir.join(path).canonicalize().ok().as_ref() == Some(&target) {
+            return model.to_string();
+        }
+        relative_path(&dir, &target)
+            .map_or_else(|| target.display().to_string(), |p| p.display().to_string())
+    }
+
     fn check_names(&mut self, method: &Method, top: &[(&str, Loc, Given)], entries: &[Entry]) {
         let known: Vec<&str> = method.parameters().collect();
         let describe = |method: &Method| {
@@ -1496,7 +1548,32 @@ impl<'a> Translator<'a> {
         file_name: &str,
     ) -> Option<String> {
         let top_get = |name: &str| top.iter().find(|(n, _, _)| *n == name).map(|(_, _, g)| g);
-        let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+        let same = |a: &str, b: &str| a == b;
+        // mergekit keys its inputs by model reference: a model listed twice is one
+        // input, with the first entry's parameters.
+        let mut unique: Vec<&Entry> = Vec::new();
+        for e in entries {
+            if let Some(first) = unique.iter().find(|u| u.model == e.model) {
+                let line = first.loc.line;
+                self.warn(
+                    e.loc,
+                    format!("`{}` is listed twice: mergekit merges it once, with the parameters of its first entry (line {line})", e.model),
+                    "listed again",
+                    Some("remove this entry".into()),
+                );
+            } else {
+                unique.push(e);
+            }
+        }
+        let entries: Vec<Entry> = unique
+            .into_iter()
+            .map(|e| Entry {
+                model: e.model.clone(),
+                loc: e.loc,
+                params: e.params.clone(),
+            })
+            .collect();
+        let entries = entries.as_slice();
         let base_index = base
             .as_ref()
             .and_then(|(b, _)| entries.iter().position(|e| same(&e.model, b)));
@@ -1601,12 +1678,21 @@ impl<'a> Translator<'a> {
                 .collect();
             if d == Default::Required {
                 for (e, v) in models.iter().zip(&vals) {
-                    if v.is_none() {
+                    let uncovered =
+                        matches!(v, Some(Val::Cond(es)) if es.iter().all(|(g, _)| g.is_some()));
+                    if v.is_none() || uncovered {
                         let err = t
                             .error(
                                 ErrorKind::MissingKey,
                                 e.loc,
-                                format!("`{}` needs a `{name}` for `{}`", method.name, e.model),
+                                if v.is_none() {
+                                    format!("`{}` needs a `{name}` for `{}`", method.name, e.model)
+                                } else {
+                                    format!(
+                                        "`{}` needs a `{name}` for `{}` on every tensor, and its conditions end with a filter",
+                                        method.name, e.model
+                                    )
+                                },
                                 "no value",
                             )
                             .help(format!(
@@ -1634,6 +1720,8 @@ impl<'a> Translator<'a> {
         let flag_of = |t: &mut Translator, name: &str| -> bool {
             match global(name) {
                 Some(Val::Bool(b)) => b,
+                // pydantic reads 0 and 1 as booleans.
+                Some(Val::Num(x)) if x == 0.0 || x == 1.0 => x == 1.0,
                 Some(other) => {
                     let loc = top_get(name).map_or(entries[0].loc, |g| g.loc);
                     t.unsupported(
@@ -1735,9 +1823,11 @@ impl<'a> Translator<'a> {
                 if !normalize {
                     args.push("normalize=false".to_string());
                 }
-                if let Some(b) = base_index {
-                    // The base averaged in with its own weight.
-                    let w = resolve(&[entries[b].param("weight"), top_get("weight")], None);
+                if has_base {
+                    // The base is averaged in with its own weight (or the top-level one).
+                    let own = base_index.and_then(|b| entries[b].param("weight"));
+                    let w = resolve(&[own, top_get("weight")], None);
+                    let (_, base_loc) = base.as_ref().expect("has a base");
                     match w {
                         Some(w) => {
                             let w = recipe.global(
@@ -1745,26 +1835,26 @@ impl<'a> Translator<'a> {
                                 "base_weight",
                                 "base_weight",
                                 w,
-                                entries[b].param("weight").map(|g| g.loc),
+                                Some(own.map_or(*base_loc, |g| g.loc)),
                             )?;
                             if w != "0" {
                                 args.push(format!("base_weight={w}"));
                             }
                         }
-                        None => ok.set(false),
+                        None => {
+                            let loc = base_index.map_or(*base_loc, |b| entries[b].loc);
+                            let e = self
+                                .error(
+                                    ErrorKind::MissingKey,
+                                    loc,
+                                    "`linear` averages the base_model too, and it has no `weight`".into(),
+                                    "no weight",
+                                )
+                                .help("give it a weight under `models:`, or one for every model in the top-level `parameters`, or leave `base_model` out (mergekit fails with \"Missing required parameter weight\")");
+                            self.check.push(e);
+                            ok.set(false);
+                        }
                     }
-                } else if has_base {
-                    let (_, loc) = base.as_ref().expect("has a base");
-                    let e = self
-                        .error(
-                            ErrorKind::MissingKey,
-                            *loc,
-                            "`linear` averages the base_model too, and it has no `weight`".into(),
-                            "no weight",
-                        )
-                        .help("list it under `models:` with a weight, or leave `base_model` out (mergekit fails with \"Missing required parameter weight\")");
-                    self.check.push(e);
-                    ok.set(false);
                 }
                 call("linear", &args)
             }
@@ -1856,11 +1946,11 @@ impl<'a> Translator<'a> {
             Family::Passthrough => {
                 let scale = per_model(self, "scale").unwrap_or_default();
                 match scale.into_iter().flatten().next() {
-                    Some(v) => {
+                    Some(v) if v != Val::Num(1.0) => {
                         let s = recipe.per_model(self, "scale", vec![v])?;
                         format!("passthrough({s})")
                     }
-                    None => "passthrough".into(),
+                    _ => "passthrough".into(),
                 }
             }
         };
@@ -1870,18 +1960,22 @@ impl<'a> Translator<'a> {
         }
 
         // The text.
+        let file_name: String = file_name
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
         let mut out = String::new();
         let _ = writeln!(
             out,
             "# The mergekit configuration {file_name} (merge_method: {}) as a reefknot recipe,\n\
-             # written by `reefknot convert`. Paths are as the configuration gives them: relative\n\
-             # ones resolve against its folder.",
+             # written by `reefknot convert`. Relative paths resolve against the configuration's\n\
+             # folder.",
             method.name
         );
-        let _ = writeln!(out, "base: {}", quote(&reef_base));
+        let _ = writeln!(out, "base: {}", quote(&self.local(&reef_base)));
         out.push_str("models:\n");
         for (i, e) in models.iter().enumerate() {
-            let _ = writeln!(out, "  - path: {}", quote(&e.model));
+            let _ = writeln!(out, "  - path: {}", quote(&self.local(&e.model)));
             if let Some(Some(w)) = weights.as_ref().map(|w| &w[i]) {
                 if *w != Val::Num(1.0) {
                     let _ = writeln!(out, "    weight: {}", w.yaml());
@@ -1935,7 +2029,8 @@ impl<'a> Translator<'a> {
         })
     }
 
-    /// Densities as a keep fraction in `[0, 1]`: mergekit keeps everything from 1 up.
+    /// Densities as a keep fraction in `(0, 1]`: mergekit keeps everything from 1 up;
+    /// 0 or less (mergekit: one entry kept by `ties`, none by `dare`) is refused.
     fn clamped(
         &mut self,
         values: &[Val],
@@ -1948,6 +2043,7 @@ impl<'a> Translator<'a> {
             .zip(models)
             .map(|(v, e)| {
                 let clamp = |v: &Val| match v {
+                    _ if v.numbers().iter().any(|x| *x <= 0.0) => None,
                     Val::Grad(g) if g.iter().any(|x| *x > 1.0) && g.iter().any(|x| *x < 1.0) => None,
                     other => Some(other.map_numbers(&|x| x.min(1.0))),
                 };
@@ -1961,12 +2057,21 @@ impl<'a> Translator<'a> {
                 };
                 out.unwrap_or_else(|| {
                     let loc = e.param(name).map_or(e.loc, |g| g.loc);
-                    self.unsupported(
-                        loc,
-                        format!("a `{name}` gradient that crosses 1: mergekit keeps everything where the interpolated value is 1 or more, which a reefknot gradient cannot express"),
-                        "crosses 1",
-                        "cap the anchors at 1",
-                    );
+                    if v.numbers().iter().any(|x| *x <= 0.0) {
+                        self.unsupported(
+                            loc,
+                            format!("a `{name}` of 0 or less: mergekit keeps one entry of each tensor (`ties`) or none (`dare`)"),
+                            "0 or less",
+                            "leave the model out, or give it a small positive density",
+                        );
+                    } else {
+                        self.unsupported(
+                            loc,
+                            format!("a `{name}` gradient that crosses 1: mergekit keeps everything where the interpolated value is 1 or more, which a reefknot gradient cannot express"),
+                            "crosses 1",
+                            "cap the anchors at 1",
+                        );
+                    }
                     ok.set(false);
                     v.clone()
                 })
