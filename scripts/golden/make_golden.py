@@ -394,6 +394,33 @@ class Cond:
     entries: Tuple[Tuple[Optional[str], object], ...]
 
 
+# mergekit's examples/gradient-slerp.yml parameters, written over whole models
+# (`slerp_filters`) and as one slice (`slerp_slices`).
+SLERP_FILTERS_RECIPE = """\
+base: {base}
+models:
+  - path: {m0}
+params:
+  t:
+    - {{ match: "*self_attn*", value: [0, 0.5, 0.3, 0.7, 1] }}
+    - {{ match: "*mlp*", value: [1, 0.5, 0.7, 0.3, 0] }}
+    - {{ value: 0.5 }}
+merge: slerp($t)
+"""
+SLERP_FILTERS_PARAMETERS = """\
+parameters:
+  t:
+    - filter: self_attn
+      value: [0, 0.5, 0.3, 0.7, 1]
+    - filter: mlp
+      value: [1, 0.5, 0.7, 0.3, 0]
+    - value: 0.5
+dtype: float32
+"""
+SLERP_FILTERS_T = Cond((("self_attn", [0, 0.5, 0.3, 0.7, 1]), ("mlp", [1, 0.5, 0.7, 0.3, 0]),
+                        (None, 0.5)))
+
+
 def paths_for(fam: str) -> Dict[str, str]:
     d = {"base": f"../{fam}/base"}
     for t in range(N_TASKS):
@@ -1484,54 +1511,25 @@ dtype: float32
         family="llama_f32",
         description=("mergekit's examples/gradient-slerp.yml over whole models: t a "
                      "gradient for self_attn, the reverse for mlp, 0.5 elsewhere"),
-        recipe="""\
-base: {base}
-models:
-  - path: {m0}
-params:
-  t:
-    - {{ match: "*self_attn*", value: [0, 0.5, 0.3, 0.7, 1] }}
-    - {{ match: "*mlp*", value: [1, 0.5, 0.7, 0.3, 0] }}
-    - {{ value: 0.5 }}
-merge: slerp($t)
-""",
+        recipe=SLERP_FILTERS_RECIPE,
         mergekit="""\
 merge_method: slerp
 base_model: {base}
 models:
   - model: {base}
   - model: {m0}
-parameters:
-  t:
-    - filter: self_attn
-      value: [0, 0.5, 0.3, 0.7, 1]
-    - filter: mlp
-      value: [1, 0.5, 0.7, 0.3, 0]
-    - value: 0.5
-dtype: float32
-""",
+""" + SLERP_FILTERS_PARAMETERS,
         sparsify=None,
         combine="slerp",
         n_models=1,
-        t=Cond((("self_attn", [0, 0.5, 0.3, 0.7, 1]), ("mlp", [1, 0.5, 0.7, 0.3, 0]),
-                (None, 0.5))),
+        t=SLERP_FILTERS_T,
     ),
     Case(
         name="slerp_slices",
         family="llama_f32",
         description=("mergekit's examples/gradient-slerp.yml as written: `slices:` with one "
                      "slice over every layer of both models, t conditions with gradients"),
-        recipe="""\
-base: {base}
-models:
-  - path: {m0}
-params:
-  t:
-    - {{ match: "*self_attn*", value: [0, 0.5, 0.3, 0.7, 1] }}
-    - {{ match: "*mlp*", value: [1, 0.5, 0.7, 0.3, 0] }}
-    - {{ value: 0.5 }}
-merge: slerp($t)
-""",
+        recipe=SLERP_FILTERS_RECIPE,
         mergekit="""\
 slices:
   - sources:
@@ -1541,20 +1539,11 @@ slices:
         layer_range: [0, 3]
 merge_method: slerp
 base_model: {base}
-parameters:
-  t:
-    - filter: self_attn
-      value: [0, 0.5, 0.3, 0.7, 1]
-    - filter: mlp
-      value: [1, 0.5, 0.7, 0.3, 0]
-    - value: 0.5
-dtype: float32
-""",
+""" + SLERP_FILTERS_PARAMETERS,
         sparsify=None,
         combine="slerp",
         n_models=1,
-        t=Cond((("self_attn", [0, 0.5, 0.3, 0.7, 1]), ("mlp", [1, 0.5, 0.7, 0.3, 0]),
-                (None, 0.5))),
+        t=SLERP_FILTERS_T,
     ),
     Case(
         name="task_arithmetic_negation",

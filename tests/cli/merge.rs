@@ -86,11 +86,7 @@ fn task_arithmetic_through_the_binary_is_exact() {
         &["merge", "r.yaml", "-o", "out", "--quiet"],
     ));
     let out = Checkpoint::open(&ws.path().join("out")).unwrap();
-    let base = Checkpoint::open(&ws.model("base")).unwrap();
-    let models: Vec<Checkpoint> = TASKS
-        .iter()
-        .map(|t| Checkpoint::open(&ws.model(t)).unwrap())
-        .collect();
+    let (base, models) = ws.family();
     let config: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(ws.path().join("out/config.json")).unwrap())
             .unwrap();
@@ -448,11 +444,7 @@ merge: sum |> scale($s)
         &["merge", "r.yaml", "-o", "out", "--quiet", "--strict"],
     ));
     let out = Checkpoint::open(&ws.path().join("out")).unwrap();
-    let base = Checkpoint::open(&ws.model("base")).unwrap();
-    let models: Vec<Checkpoint> = TASKS
-        .iter()
-        .map(|t| Checkpoint::open(&ws.model(t)).unwrap())
-        .collect();
+    let (base, models) = ws.family();
     let mut seen = [false; 3];
     for t in base.tensors() {
         let name = &t.name;

@@ -144,6 +144,12 @@ impl Workspace {
         p
     }
 
+    /// The base and the fine-tunes (in [`TASKS`] order), opened.
+    pub fn family(&self) -> (Checkpoint, Vec<Checkpoint>) {
+        let open = |name: &str| Checkpoint::open(&self.model(name)).unwrap();
+        (open("base"), TASKS.iter().map(|t| open(t)).collect())
+    }
+
     /// The folder's entries (names), sorted: to check nothing was left behind.
     pub fn entries(&self) -> Vec<String> {
         let mut v: Vec<String> = fs::read_dir(self.path())

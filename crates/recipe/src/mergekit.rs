@@ -217,16 +217,11 @@ const fn gta(
     globals: &'static [Declared],
     per_model: &'static [Declared],
 ) -> Method {
-    Method {
-        name,
-        family: Family::Gta {
-            consensus,
-            sparsifier,
-        },
-        base: Base::Required,
-        globals,
-        per_model,
-    }
+    let family = Family::Gta {
+        consensus,
+        sparsifier,
+    };
+    other(name, family, Base::Required, globals, per_model)
 }
 
 const fn other(
