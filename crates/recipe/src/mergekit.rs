@@ -1671,6 +1671,36 @@ impl<'a> Translator<'a> {
                 .iter()
                 .map(|e| resolve(&[e.param(name), top_get(name)], d.into()))
                 .collect();
+            // Every per-model parameter is a number (mergekit would fail on a string).
+            for (e, v) in models.iter().zip(&vals) {
+                let mut found = None;
+                if let Some(v) = v {
+                    let plain: Vec<&Val> = match v {
+                        Val::Cond(es) => es.iter().map(|(_, v)| v).collect(),
+                        other => vec![other],
+                    };
+                    found = plain
+                        .into_iter()
+                        .find(|v| matches!(v, Val::Bool(_) | Val::Str(_)));
+                }
+                if let Some(bad) = found {
+                    let loc = e.param(name).or(top_get(name)).map_or(e.loc, |g| g.loc);
+                    let err = t
+                        .error(
+                            ErrorKind::WrongType,
+                            loc,
+                            format!(
+                                "`{name}` must be a number or a gradient, but this is {}",
+                                describe(bad)
+                            ),
+                            "expected a number",
+                        )
+                        .help("a quoted number is a string in YAML: remove the quotes");
+                    t.check.push(err);
+                    ok.set(false);
+                    return None;
+                }
+            }
             if d == Default::Required {
                 for (e, v) in models.iter().zip(&vals) {
                     let uncovered =
@@ -2130,15 +2160,16 @@ impl Builder {
                 Some(format!("${reef}"))
             }
             Val::Bool(_) | Val::Str(_) => {
-                let e = t.error(
+                let mut e = RecipeError::new(
                     ErrorKind::WrongType,
-                    loc.unwrap_or_default(),
                     format!(
                         "`{name}` must be a number, a gradient or conditions, but this is {}",
                         describe(&v)
                     ),
-                    "expected a number",
                 );
+                if let Some(loc) = loc {
+                    e = e.label(loc, "expected a number");
+                }
                 t.check.push(e);
                 None
             }
