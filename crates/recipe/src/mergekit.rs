@@ -1593,7 +1593,11 @@ impl<'a> Translator<'a> {
                 if inputs != 1 {
                     let e = self.error(
                         ErrorKind::InvalidValue,
-                        entries.get(1).map_or(entries[0].loc, |e| e.loc),
+                        match (entries.get(1), &base) {
+                            (Some(e), _) => e.loc,
+                            (None, Some((_, loc))) => *loc,
+                            (None, None) => entries[0].loc,
+                        },
                         format!("`passthrough` takes exactly one model, but this configuration gives it {inputs}"),
                         "one model too many",
                     )
