@@ -687,6 +687,12 @@ impl<'a> Translator<'a> {
         RecipeError::new(kind, message).label(loc, label)
     }
 
+    /// Records an error of `kind` at `loc`.
+    fn reject(&mut self, kind: ErrorKind, loc: Loc, message: String, label: &str) {
+        let e = self.error(kind, loc, message, label);
+        self.check.push(e);
+    }
+
     fn unsupported(&mut self, loc: Loc, message: String, label: &str, help: &str) {
         let e = self
             .error(ErrorKind::Unsupported, loc, message, label)
@@ -760,13 +766,12 @@ impl<'a> Translator<'a> {
             .string(node, "a model path or repo id (a string)", what)?;
         let text = text.trim();
         if text.is_empty() {
-            let e = self.error(
+            self.reject(
                 ErrorKind::InvalidValue,
                 node.loc,
                 format!("{what} is empty"),
                 "expected a path",
             );
-            self.check.push(e);
             return None;
         }
         if text.contains('+') {
@@ -865,13 +870,12 @@ impl<'a> Translator<'a> {
                 }
             }
             let Some(value) = value.filter(|v| !matches!(v.kind, Kind::Null)) else {
-                let e = self.error(
+                self.reject(
                     ErrorKind::MissingKey,
                     map_loc(item),
                     format!("a condition of {what} has no `value`"),
                     "this has no `value`",
                 );
-                self.check.push(e);
                 ok = false;
                 continue;
             };
@@ -1004,13 +1008,12 @@ impl<'a> Translator<'a> {
             self.tokenizer(v);
         }
         if let (Some(_), Some((_, kloc))) = (get("tokenizer_source"), get("tokenizer")) {
-            let e = self.error(
+            self.reject(
                 ErrorKind::InvalidValue,
                 kloc,
                 "`tokenizer_source` and `tokenizer` are both given".into(),
                 "choose one",
             );
-            self.check.push(e);
         }
         if let Some((_, kloc)) = get("chat_template") {
             self.warn(
@@ -1023,13 +1026,12 @@ impl<'a> Translator<'a> {
 
         // The method.
         let Some((method_node, _)) = get("merge_method") else {
-            let e = self.error(
+            self.reject(
                 ErrorKind::MissingKey,
                 root.loc,
                 "`merge_method` is empty".into(),
                 "no method",
             );
-            self.check.push(e);
             return None;
         };
         let method_name = self
@@ -1113,24 +1115,22 @@ impl<'a> Translator<'a> {
             None if get("slices").is_some() && !entries.is_empty() => {}
             None if get("slices").is_some() || get("modules").is_some() => return None,
             None => {
-                let e = self.error(
+                self.reject(
                     ErrorKind::MissingKey,
                     map_loc(root),
                     "the configuration has no `models:`".into(),
                     "no models",
                 );
-                self.check.push(e);
                 return None;
             }
         }
         if entries.is_empty() {
-            let e = self.error(
+            self.reject(
                 ErrorKind::NoModels,
                 get("models").map_or(root.loc, |(v, _)| v.loc),
                 "`models:` is empty".into(),
                 "no models",
             );
-            self.check.push(e);
             return None;
         }
         if get("base_model").is_some() && base.is_none() {
@@ -1195,13 +1195,12 @@ impl<'a> Translator<'a> {
             }
         }
         let Some(sources) = sources else {
-            let e = self.error(
+            self.reject(
                 ErrorKind::MissingKey,
                 map_loc(slice),
                 "the slice has no `sources`".into(),
                 "no sources",
             );
-            self.check.push(e);
             return None;
         };
         let Kind::Seq(items) = &sources.kind else {
@@ -1212,13 +1211,12 @@ impl<'a> Translator<'a> {
             return None;
         };
         if items.is_empty() {
-            let e = self.error(
+            self.reject(
                 ErrorKind::NoModels,
                 sources.loc,
                 "the slice's `sources` is empty".into(),
                 "no sources",
             );
-            self.check.push(e);
             return None;
         }
         let mut range: Option<(i128, i128, Loc)> = None;
@@ -1273,24 +1271,22 @@ impl<'a> Translator<'a> {
             }
             let Some((model, loc)) = model else {
                 if !fields_have_model(item) {
-                    let e = self.error(
+                    self.reject(
                         ErrorKind::MissingKey,
                         map_loc(item),
                         format!("{what} has no `model`"),
                         "no `model`",
                     );
-                    self.check.push(e);
                 }
                 continue;
             };
             let Some((a, b, rloc)) = this_range else {
-                let e = self.error(
+                self.reject(
                     ErrorKind::MissingKey,
                     loc,
                     format!("{what} has no `layer_range`"),
                     "no layer_range",
                 );
-                self.check.push(e);
                 continue;
             };
             match range {
@@ -1421,13 +1417,12 @@ impl<'a> Translator<'a> {
             }
         }
         if !fields_have_model(item) {
-            let e = self.error(
+            self.reject(
                 ErrorKind::MissingKey,
                 map_loc(item),
                 format!("{what} has no `model`"),
                 "no `model`",
             );
-            self.check.push(e);
             return None;
         }
         let (model, loc) = model?;
@@ -1626,7 +1621,7 @@ impl<'a> Translator<'a> {
             Family::Slerp | Family::Nearswap | Family::ArceeFusion
         );
         if two && models.len() != 1 {
-            let e = self.error(
+            self.reject(
                 ErrorKind::InvalidValue,
                 entries[0].loc,
                 format!(
@@ -1636,11 +1631,10 @@ impl<'a> Translator<'a> {
                 ),
                 "the models",
             );
-            self.check.push(e);
             return None;
         }
         if method.family == Family::Nuslerp && models.len() != 2 {
-            let e = self.error(
+            self.reject(
                 ErrorKind::InvalidValue,
                 entries[0].loc,
                 format!(
@@ -1649,17 +1643,15 @@ impl<'a> Translator<'a> {
                 ),
                 "the models",
             );
-            self.check.push(e);
             return None;
         }
         if models.is_empty() {
-            let e = self.error(
+            self.reject(
                 ErrorKind::NoModels,
                 entries[0].loc,
                 "the only model is the base_model: there is nothing to merge".into(),
                 "the base model",
             );
-            self.check.push(e);
             return None;
         }
 
