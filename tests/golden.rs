@@ -665,17 +665,18 @@ fn merge(case: &str, file: &Path, out: &Path) {
     reefknot(case, out.parent().expect("a folder"), &args);
 }
 
-/// Merges the case's `file` and compares the output with mergekit's.
-fn run_case(case: &str, file: &str) -> PathBuf {
+/// Merges the case's `file` and compares the output with mergekit's; the output is
+/// `out` in the returned folder.
+fn run_case(case: &str, file: &str) -> tempfile::TempDir {
     let fixture = load_fixture(case);
-    let tmp = tempfile::tempdir().expect("temporary folder").keep();
-    let out = tmp.join("out");
+    let tmp = tempfile::tempdir().expect("temporary folder");
+    let out = tmp.path().join("out");
     merge(case, &fixture.dir.join(file), &out);
     let actual =
         read_model_dir(&out).unwrap_or_else(|e| panic!("golden {case}: reefknot's output: {e}"));
     if let Some((density, epsilon)) = fixture.golden.statistics {
         compare_statistics(case, &fixture, &actual, density, epsilon);
-        return out;
+        return tmp;
     }
     let report = compare_models(&fixture.expected, &actual, &fixture.allowances);
     eprintln!("golden {case} ({file}): {}", report.summary());
@@ -689,13 +690,14 @@ fn run_case(case: &str, file: &str) -> PathBuf {
         }
         panic!("{msg}");
     }
-    out
+    tmp
 }
 
 /// `reefknot merge mergekit.yml` agrees with mergekit, and `reefknot convert
 /// mergekit.yml`, saved next to it and merged, writes the same files byte for byte.
 fn run_mergekit_config(case: &str) {
-    let direct = run_case(case, "mergekit.yml");
+    let direct_dir = run_case(case, "mergekit.yml");
+    let direct = direct_dir.path().join("out");
     let root = golden_root();
     let config = root.join(case).join("mergekit.yml");
     let recipe = reefknot(case, &root, &["convert".as_ref(), config.as_os_str()]);
@@ -738,7 +740,6 @@ fn run_mergekit_config(case: &str) {
             "golden {case}: {name} differs after `reefknot convert`"
         );
     }
-    let _ = std::fs::remove_dir_all(direct.parent().unwrap());
 }
 
 /// Statistics of a one-model random merge over the entries the fine-tune changed
@@ -855,8 +856,7 @@ macro_rules! golden_cases {
                 #[test]
                 $(#[$attr])*
                 fn recipe() {
-                    let out = super::run_case(stringify!($case), "recipe.yaml");
-                    let _ = std::fs::remove_dir_all(out.parent().unwrap());
+                    super::run_case(stringify!($case), "recipe.yaml");
                 }
 
                 /// The mergekit config itself, and its conversion.

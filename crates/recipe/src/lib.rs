@@ -267,7 +267,7 @@ impl Recipe {
         let fail = |errors: Vec<RecipeError>| RecipeError::finish(errors, name, &shared, path);
         let root = yaml::parse_yaml(&source).map_err(|e| fail(vec![e]))?;
         if mergekit::is_config_root(&root) {
-            let converted = mergekit::convert(&source, name, dir, path)?;
+            let converted = mergekit::convert_parsed(&source, &shared, &root, name, dir, path)?;
             let translated = format!("{name} (as a reefknot recipe)");
             let mut recipe = Recipe::parse_inner(converted.recipe, dir, &translated, path)?;
             recipe.from_mergekit = true;

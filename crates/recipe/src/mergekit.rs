@@ -27,7 +27,7 @@ use std::sync::Arc;
 use miette::NamedSource;
 
 use crate::error::{closest, list, ErrorKind, RecipeError, RecipeWarning};
-use crate::validate::{map_loc, Checker};
+use crate::validate::{is_conditions, map_loc, Checker};
 use crate::yaml::{parse_yaml, Kind, Node};
 use crate::{Loc, Number};
 
@@ -69,9 +69,22 @@ pub fn convert(
     path: Option<&Path>,
 ) -> Result<Converted, RecipeError> {
     let shared: Arc<str> = Arc::from(source);
-    let fail = |errors: Vec<RecipeError>| RecipeError::finish(errors, name, &shared, path);
-    let root = parse_yaml(source).map_err(|e| fail(vec![e]))?;
-    let named = NamedSource::new(name, Arc::clone(&shared)).with_language("yaml");
+    let root = parse_yaml(source).map_err(|e| RecipeError::finish(vec![e], name, &shared, path))?;
+    convert_parsed(source, &shared, &root, name, dir, path)
+}
+
+/// [`convert`] of a configuration already parsed (`root`, from `source`, also as
+/// `shared` for diagnostics).
+pub(crate) fn convert_parsed(
+    source: &str,
+    shared: &Arc<str>,
+    root: &Node,
+    name: &str,
+    dir: &Path,
+    path: Option<&Path>,
+) -> Result<Converted, RecipeError> {
+    let fail = |errors: Vec<RecipeError>| RecipeError::finish(errors, name, shared, path);
+    let named = NamedSource::new(name, Arc::clone(shared)).with_language("yaml");
     let mut t = Translator {
         check: Checker::new(source, Path::new("")),
         dir,
@@ -81,7 +94,7 @@ pub fn convert(
     let file_name = path
         .and_then(Path::file_name)
         .map_or_else(|| name.to_string(), |f| f.to_string_lossy().into_owned());
-    let recipe = t.config(&root, &file_name);
+    let recipe = t.config(root, &file_name);
     let mut errors = t.check.into_errors();
     match recipe {
         Some(recipe) if errors.is_empty() => {
@@ -608,6 +621,30 @@ struct Translator<'a> {
     named: NamedSource<Arc<str>>,
 }
 
+/// `[a, b]`, two integers.
+fn int_pair(node: &Node) -> Option<(i128, i128)> {
+    match &node.kind {
+        Kind::Seq(items) => match items.as_slice() {
+            [Node {
+                kind: Kind::Int(a), ..
+            }, Node {
+                kind: Kind::Int(b), ..
+            }] => Some((*a, *b)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The `model` and `parameters` of a model entry or a slice's source, as read.
+#[derive(Default)]
+struct EntryFields<'n> {
+    model: Option<(String, Loc)>,
+    /// Whether a `model` key with a value is there (it may have been invalid).
+    seen_model: bool,
+    params: Vec<(&'n str, Loc, Given)>,
+}
+
 /// The one slice of a `slices:` that is a merge of whole models.
 struct Slice<'n> {
     sources: Vec<Entry<'n>>,
@@ -795,11 +832,7 @@ impl<'a> Translator<'a> {
                 Number::Scalar(x) => Some(Val::Num(x)),
                 Number::Gradient(v) => Some(Val::Grad(v)),
             },
-            Kind::Seq(items)
-                if items
-                    .first()
-                    .is_some_and(|n| matches!(n.kind, Kind::Map(_))) =>
-            {
+            Kind::Seq(items) if is_conditions(items) => {
                 if nested {
                     let e = self.check.wrong_type(
                         node,
@@ -1136,6 +1169,24 @@ impl<'a> Translator<'a> {
         if get("base_model").is_some() && base.is_none() {
             return None;
         }
+        // mergekit keys its inputs by model reference: a model listed twice is one
+        // input, with the first entry's parameters.
+        let mut unique: Vec<Entry> = Vec::with_capacity(entries.len());
+        for e in entries {
+            match unique.iter().find(|u| u.model == e.model) {
+                Some(first) => {
+                    let line = first.loc.line;
+                    self.warn(
+                        e.loc,
+                        format!("`{}` is listed twice: mergekit merges it once, with the parameters of its first entry (line {line})", e.model),
+                        "listed again",
+                        Some("remove this entry".into()),
+                    );
+                }
+                None => unique.push(e),
+            }
+        }
+        let entries = unique;
         self.check_names(method, &top, &entries);
         self.translate(method, base, &entries, &top, output_dtype, file_name)
     }
@@ -1225,34 +1276,14 @@ impl<'a> Translator<'a> {
             let Some(fields) = self.entries(item, &format!("a slice's {what}")) else {
                 continue;
             };
-            let mut model = None;
-            let mut params = Vec::new();
+            let mut entry = EntryFields::default();
             let mut this_range = None;
             for (key, v, kloc) in fields {
                 match key {
-                    "model" => {
-                        model = self
-                            .model_ref(v, &format!("the `model` of {what}"))
-                            .map(|m| (m, v.loc))
-                    }
-                    "parameters" => params = self.params(v, &format!("the `parameters` of {what}")),
-                    "layer_range" => match &v.kind {
-                        Kind::Seq(r) => match r.as_slice() {
-                            [Node {
-                                kind: Kind::Int(a), ..
-                            }, Node {
-                                kind: Kind::Int(b), ..
-                            }] => this_range = Some((*a, *b, v.loc)),
-                            _ => {
-                                let e = self.check.wrong_type(
-                                    v,
-                                    "two integers `[start, end]`",
-                                    "`layer_range`",
-                                );
-                                self.check.push(e);
-                            }
-                        },
-                        _ => {
+                    "model" | "parameters" => self.entry_field(&mut entry, key, v, &what),
+                    "layer_range" => match int_pair(v) {
+                        Some((a, b)) => this_range = Some((a, b, v.loc)),
+                        None => {
                             let e = self.check.wrong_type(
                                 v,
                                 "two integers `[start, end]`",
@@ -1269,15 +1300,7 @@ impl<'a> Translator<'a> {
                     ),
                 }
             }
-            let Some((model, loc)) = model else {
-                if !fields_have_model(item) {
-                    self.reject(
-                        ErrorKind::MissingKey,
-                        map_loc(item),
-                        format!("{what} has no `model`"),
-                        "no `model`",
-                    );
-                }
+            let Some(Entry { model, loc, params }) = self.finish_entry(entry, item, &what) else {
                 continue;
             };
             let Some((a, b, rloc)) = this_range else {
@@ -1392,16 +1415,10 @@ impl<'a> Translator<'a> {
             return None;
         }
         let fields = self.entries(item, &format!("an entry of `models` ({what})"))?;
-        let mut model = None;
-        let mut params = Vec::new();
+        let mut entry = EntryFields::default();
         for (key, v, kloc) in fields {
             match key {
-                "model" => {
-                    model = self
-                        .model_ref(v, &format!("the `model` of {what}"))
-                        .map(|m| (m, v.loc))
-                }
-                "parameters" => params = self.params(v, &format!("the `parameters` of {what}")),
+                "model" | "parameters" => self.entry_field(&mut entry, key, v, &what),
                 other => {
                     let help = closest(other, MODEL_KEYS.iter().copied()).map_or_else(
                         || "an entry of `models` has `model` and `parameters`".to_string(),
@@ -1416,17 +1433,43 @@ impl<'a> Translator<'a> {
                 }
             }
         }
-        if !fields_have_model(item) {
+        self.finish_entry(entry, item, &what)
+    }
+
+    /// Reads the `model` or `parameters` key of a model entry or a slice's source.
+    fn entry_field<'n>(&mut self, entry: &mut EntryFields<'n>, key: &str, v: &'n Node, what: &str) {
+        if key == "model" {
+            entry.seen_model = !matches!(v.kind, Kind::Null);
+            entry.model = self
+                .model_ref(v, &format!("the `model` of {what}"))
+                .map(|m| (m, v.loc));
+        } else {
+            entry.params = self.params(v, &format!("the `parameters` of {what}"));
+        }
+    }
+
+    /// The entry, or an error where it has no `model` (one that is there but invalid
+    /// was reported already).
+    fn finish_entry<'n>(
+        &mut self,
+        entry: EntryFields<'n>,
+        item: &Node,
+        what: &str,
+    ) -> Option<Entry<'n>> {
+        if !entry.seen_model {
             self.reject(
                 ErrorKind::MissingKey,
                 map_loc(item),
                 format!("{what} has no `model`"),
                 "no `model`",
             );
-            return None;
         }
-        let (model, loc) = model?;
-        Some(Entry { model, loc, params })
+        let (model, loc) = entry.model?;
+        Some(Entry {
+            model,
+            loc,
+            params: entry.params,
+        })
     }
 
     /// Warns about parameters mergekit would never read.
@@ -1538,35 +1581,9 @@ impl<'a> Translator<'a> {
         file_name: &str,
     ) -> Option<String> {
         let top_get = |name: &str| top.iter().find(|(n, _, _)| *n == name).map(|(_, _, g)| g);
-        let same = |a: &str, b: &str| a == b;
-        // mergekit keys its inputs by model reference: a model listed twice is one
-        // input, with the first entry's parameters.
-        let mut unique: Vec<&Entry> = Vec::new();
-        for e in entries {
-            if let Some(first) = unique.iter().find(|u| u.model == e.model) {
-                let line = first.loc.line;
-                self.warn(
-                    e.loc,
-                    format!("`{}` is listed twice: mergekit merges it once, with the parameters of its first entry (line {line})", e.model),
-                    "listed again",
-                    Some("remove this entry".into()),
-                );
-            } else {
-                unique.push(e);
-            }
-        }
-        let entries: Vec<Entry> = unique
-            .into_iter()
-            .map(|e| Entry {
-                model: e.model.clone(),
-                loc: e.loc,
-                params: e.params.clone(),
-            })
-            .collect();
-        let entries = entries.as_slice();
         let base_index = base
             .as_ref()
-            .and_then(|(b, _)| entries.iter().position(|e| same(&e.model, b)));
+            .and_then(|(b, _)| entries.iter().position(|e| e.model == *b));
 
         // The reefknot base, the fine-tunes, and the flags that depend on whether
         // mergekit has a base.
@@ -1759,11 +1776,10 @@ impl<'a> Translator<'a> {
                 None => false,
             }
         };
-        let number =
-            |t: &mut Translator, recipe: &mut Builder, name: &str, reef: &str| -> Option<String> {
-                let v = global(name)?;
-                recipe.global(t, name, reef, v, top_get(name).map(|g| g.loc))
-            };
+        let number = |t: &mut Translator, recipe: &mut Builder, name: &str| -> Option<String> {
+            let v = global(name)?;
+            recipe.global(t, name, v, top_get(name).map(|g| g.loc))
+        };
 
         let expr = match method.family {
             Family::Gta {
@@ -1831,7 +1847,7 @@ impl<'a> Translator<'a> {
                     (false, true) => stages.push("mean".into()),
                     (false, false) => stages.push("sum".into()),
                 }
-                if let Some(l) = number(self, &mut recipe, "lambda", "lambda") {
+                if let Some(l) = number(self, &mut recipe, "lambda") {
                     if l != "1" {
                         stages.push(format!("scale({l})"));
                     }
@@ -1853,7 +1869,6 @@ impl<'a> Translator<'a> {
                         Some(w) => {
                             let w = recipe.global(
                                 self,
-                                "base_weight",
                                 "base_weight",
                                 w,
                                 Some(own.map_or(*base_loc, |g| g.loc)),
@@ -1880,12 +1895,12 @@ impl<'a> Translator<'a> {
                 call("linear", &args)
             }
             Family::Slerp => {
-                let t = number(self, &mut recipe, "t", "t");
+                let t = number(self, &mut recipe, "t");
                 let t = self.required(t, "t", method, entries[0].loc, &ok);
                 format!("slerp({t})")
             }
             Family::Nearswap => {
-                let t = number(self, &mut recipe, "t", "t");
+                let t = number(self, &mut recipe, "t");
                 let t = self.required(t, "t", method, entries[0].loc, &ok);
                 format!("nearswap({t})")
             }
@@ -1908,7 +1923,7 @@ impl<'a> Translator<'a> {
                 if !flag_of(self, "normalize_weights") {
                     args.push("normalize=false".into());
                 }
-                if let Some(e) = number(self, &mut recipe, "eps", "eps") {
+                if let Some(e) = number(self, &mut recipe, "eps") {
                     if e != "0.00000001" {
                         args.push(format!("eps={e}"));
                     }
@@ -1920,12 +1935,12 @@ impl<'a> Translator<'a> {
             }
             Family::Karcher => {
                 let mut args = Vec::new();
-                if let Some(n) = number(self, &mut recipe, "max_iter", "max_iter") {
+                if let Some(n) = number(self, &mut recipe, "max_iter") {
                     if n != "10" {
                         args.push(format!("max_iter={n}"));
                     }
                 }
-                if let Some(n) = number(self, &mut recipe, "tol", "tol") {
+                if let Some(n) = number(self, &mut recipe, "tol") {
                     if n != "0.00001" {
                         args.push(format!("tol={n}"));
                     }
@@ -1944,19 +1959,19 @@ impl<'a> Translator<'a> {
             }
             Family::Sce => {
                 let _ = flag_of(self, "int8_mask");
-                match number(self, &mut recipe, "select_topk", "select_topk") {
+                match number(self, &mut recipe, "select_topk") {
                     Some(k) if k != "1" => format!("sce({k})"),
                     _ => "sce".into(),
                 }
             }
-            Family::Ram => match number(self, &mut recipe, "epsilon", "epsilon") {
+            Family::Ram => match number(self, &mut recipe, "epsilon") {
                 Some(e) if e != "0.00001" => format!("ram(epsilon={e})"),
                 _ => "ram".into(),
             },
             Family::RamplusTl => {
                 let mut args = Vec::new();
                 for (name, default) in [("r", "0.1"), ("alpha", "0.2"), ("epsilon", "0.00001")] {
-                    if let Some(v) = number(self, &mut recipe, name, name) {
+                    if let Some(v) = number(self, &mut recipe, name) {
                         if v != default {
                             args.push(format!("{name}={v}"));
                         }
@@ -2101,15 +2116,6 @@ impl<'a> Translator<'a> {
     }
 }
 
-fn fields_have_model(item: &Node) -> bool {
-    match &item.kind {
-        Kind::Map(entries) => entries.iter().any(|(k, v)| {
-            matches!(&k.kind, Kind::Str(s) if s == "model") && !matches!(v.kind, Kind::Null)
-        }),
-        _ => false,
-    }
-}
-
 fn describe(v: &Val) -> &'static str {
     match v {
         Val::Num(_) => "a number",
@@ -2145,15 +2151,14 @@ impl Builder {
         &mut self,
         t: &mut Translator,
         name: &str,
-        reef: &str,
         v: Val,
         loc: Option<Loc>,
     ) -> Option<String> {
         match v {
             Val::Num(x) => Some(fmt_num(x)),
             Val::Grad(_) | Val::Cond(_) => {
-                self.all.push((reef.to_string(), v));
-                Some(format!("${reef}"))
+                self.all.push((name.to_string(), v));
+                Some(format!("${name}"))
             }
             Val::Bool(_) | Val::Str(_) => {
                 let mut e = RecipeError::new(
@@ -2191,7 +2196,7 @@ impl Builder {
         }
         let first = vals.first()?.clone();
         if vals.iter().all(|v| *v == first) {
-            return self.global(t, name, name, first, None);
+            return self.global(t, name, first, None);
         }
         self.each.push((name.to_string(), vals));
         Some(format!("${name}"))

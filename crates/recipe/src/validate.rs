@@ -470,7 +470,7 @@ impl<'a> Checker<'a> {
     }
 
     /// A path, resolved against the recipe's folder.
-    pub(crate) fn path(&mut self, node: &Node, what: &str) -> Option<PathBuf> {
+    fn path(&mut self, node: &Node, what: &str) -> Option<PathBuf> {
         let text = self.string(node, "a path (a string)", &format!("`{what}`"))?;
         if text.trim().is_empty() {
             self.push(
@@ -514,7 +514,7 @@ impl<'a> Checker<'a> {
     }
 
     /// A finite number, with `what` naming it in messages.
-    pub(crate) fn finite(&mut self, node: &Node, what: &str) -> Option<f64> {
+    fn finite(&mut self, node: &Node, what: &str) -> Option<f64> {
         let v = match node.kind {
             Kind::Int(i) => i as f64,
             Kind::Float(f) => f,
@@ -1260,7 +1260,7 @@ impl<'a> Checker<'a> {
 
     // ---- output settings ----------------------------------------------------------
 
-    pub(crate) fn dtype(&mut self, node: &Node) -> Option<OutputDtype> {
+    fn dtype(&mut self, node: &Node) -> Option<OutputDtype> {
         let names: Vec<&str> = DTYPES.iter().map(|(n, _)| *n).collect();
         let text = match &node.kind {
             Kind::Str(s) => s,
@@ -1402,7 +1402,7 @@ fn resolve(dir: &Path, path: &Path) -> PathBuf {
 }
 
 /// Whether a list is conditions (its entries mappings) rather than a gradient.
-fn is_conditions(items: &[Node]) -> bool {
+pub(crate) fn is_conditions(items: &[Node]) -> bool {
     items
         .first()
         .is_some_and(|n| matches!(n.kind, Kind::Map(_)))
