@@ -85,6 +85,9 @@ const CASES: &[&str] = &[
     "ties_fallthrough",
     "linear_base_listed",
     "slerp_slices",
+    "frankenmerge_44",
+    "frankenmerge_scaled",
+    "slices_merged",
 ];
 
 fn golden_root() -> PathBuf {
@@ -258,6 +261,9 @@ struct Golden {
     borderline: BTreeMap<String, Vec<usize>>,
     /// A random method, compared by statistics: `(density, epsilon)`.
     statistics: Option<(f64, f64)>,
+    /// output tensor -> the input tensor it is made of, where the names differ (a
+    /// layer stack renumbers layers)
+    renamed: BTreeMap<String, String>,
 }
 
 fn load_golden(case_dir: &Path) -> Golden {
@@ -303,12 +309,18 @@ fn load_golden(case_dir: &Path) -> Golden {
         let get = |k: &str| st[k].as_f64().unwrap_or(0.0);
         (get("density"), get("epsilon"))
     });
+    let renamed = match json.get("renamed") {
+        Some(map) => serde_json::from_value(map.clone())
+            .unwrap_or_else(|e| panic!("{}: renamed: {e}", path.display())),
+        None => BTreeMap::new(),
+    };
     Golden {
         base,
         models,
         cuts,
         borderline,
         statistics,
+        renamed,
     }
 }
 
@@ -354,9 +366,10 @@ fn allowances(golden: &Golden, names: &BTreeSet<String>) -> BTreeMap<String, All
         .collect();
     let mut out = BTreeMap::new();
     for name in names {
+        let input = golden.renamed.get(name).unwrap_or(name);
         let get = |m: &Model, which: &Path| -> Vec<f32> {
-            m.get(name)
-                .unwrap_or_else(|| panic!("fixture input {}: no tensor {name}", which.display()))
+            m.get(input)
+                .unwrap_or_else(|| panic!("fixture input {}: no tensor {input}", which.display()))
                 .to_f32()
         };
         let b = get(&base, &golden.base);
@@ -678,7 +691,24 @@ fn run_case(case: &str, file: &str) -> tempfile::TempDir {
         compare_statistics(case, &fixture, &actual, density, epsilon);
         return tmp;
     }
-    let report = compare_models(&fixture.expected, &actual, &fixture.allowances);
+    let mut report = compare_models(&fixture.expected, &actual, &fixture.allowances);
+    // The output's configuration counts the layers mergekit wrote.
+    let layers: BTreeSet<usize> = fixture
+        .expected
+        .keys()
+        .filter_map(|n| n.split('.').nth(2).and_then(|l| l.parse().ok()))
+        .collect();
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("config.json")).expect("the output's config.json"),
+    )
+    .expect("the output's config.json is JSON");
+    if config["num_hidden_layers"].as_u64() != Some(layers.len() as u64) {
+        report.failures.push(format!(
+            "config.json has num_hidden_layers {}, but the output has {} layers",
+            config["num_hidden_layers"],
+            layers.len()
+        ));
+    }
     eprintln!("golden {case} ({file}): {}", report.summary());
     if !report.ok() {
         let mut msg = format!(
@@ -704,9 +734,13 @@ fn run_mergekit_config(case: &str) {
     // The recipe's paths are the config's (`../llama_f32/...`): a folder laid out as
     // the fixtures are, with the families linked in.
     let tmp = tempfile::tempdir().expect("temporary folder");
-    for family in ["llama_f32", "llama_bf16"] {
-        std::os::unix::fs::symlink(root.join(family), tmp.path().join(family))
-            .expect("link a family");
+    // The families are the fixture folders that are not cases.
+    for entry in std::fs::read_dir(&root).expect("tests/fixtures/golden") {
+        let family = entry.expect("a fixture folder").path();
+        if family.is_dir() && !family.join("recipe.yaml").exists() {
+            let name = family.file_name().expect("a folder name");
+            std::os::unix::fs::symlink(&family, tmp.path().join(name)).expect("link a family");
+        }
     }
     let dir = tmp.path().join(case);
     std::fs::create_dir(&dir).unwrap();
@@ -911,6 +945,9 @@ golden_cases!(
     ties_fallthrough,
     linear_base_listed,
     slerp_slices,
+    frankenmerge_44,
+    frankenmerge_scaled,
+    slices_merged,
 );
 
 /// The fixture folder and the list of tested cases stay in step.

@@ -3,7 +3,7 @@
 
 What it does
 ------------
-1. Builds two small, deterministic synthetic Llama families with its own numpy
+1. Builds three small, deterministic synthetic Llama families with its own numpy
    generator (no mergekit or transformers involved):
 
    * ``llama_f32``  -- float32, one ``model.safetensors`` per model, 3 layers,
@@ -12,6 +12,9 @@ What it does
      2 layers, hidden 32, intermediate 96, vocab 128; larger task vectors (20% of a
      weight's scale instead of 5%) so that bf16 quantisation leaves fewer equal
      magnitudes at the trim threshold.
+   * ``llama_deep`` -- bfloat16, 2 shards, 40 layers, hidden 16, intermediate 32,
+     vocab 64, 2 heads / 1 kv head, task vectors 20%: deep enough for mergekit's
+     44-layer frankenmerge example, small enough to commit.
 
    Each family is ``base/`` plus three fine-tunes ``task_0..task_2``.  Task vectors
    are heavy tailed (Student t, 3 degrees of freedom), share a component whose sign
@@ -21,9 +24,10 @@ What it does
    at all (the elected sign's sum is exactly 0 there: mergekit elects +).
 
 2. For each case of ``CASES`` (ties_norm, ties_sum, ties_weights, task_arithmetic,
-   linear, ties_gradient_mlp, ties_gradient_all, ties_bf16, dare_ties_d1, breadcrumbs;
-   tests/fixtures/golden/README.md tabulates recipe <-> mergekit config) writes
-   ``tests/fixtures/golden/<case>/``:
+   linear, ties_gradient_mlp, ties_gradient_all, ties_bf16, dare_ties_d1, breadcrumbs,
+   ..., and the layer-stack cases of mergekit's ``slices:``: frankenmerge_44,
+   frankenmerge_scaled, slices_merged; tests/fixtures/golden/README.md tabulates
+   every case, recipe <-> mergekit config) writes ``tests/fixtures/golden/<case>/``:
 
    * ``recipe.yaml``   -- the reefknot recipe (paths relative to the case folder);
    * ``mergekit.yml``  -- the equivalent mergekit configuration (same relative paths);
@@ -31,7 +35,9 @@ What it does
    * ``golden.json``   -- what the Rust test needs besides the tensors: the input
      folders and, for sparsifying cases, each model's resolved density and cut ranks
      for each tensor (so that the test can find the positions where mergekit's
-     unstable sort may legitimately pick other entries among equal magnitudes).
+     unstable sort may legitimately pick other entries among equal magnitudes);
+     for the ``slices:`` cases, ``renamed``: each output tensor whose name is not
+     that of the input tensor it reads (renumbered layers), with that input name.
 
    mergekit runs through its ``mergekit-yaml`` command line on the CPU, with the case
    folder as the working directory.
@@ -41,6 +47,8 @@ What it does
    compared with mergekit's output under the same tolerance as ``tests/golden.rs``.
    A case that disagrees makes the script exit non-zero (the files stay written, for
    inspection), so committed fixtures are ones two independent implementations agree on.
+   For the ``slices:`` cases mergekit's output config.json must also give the stack's
+   ``num_hidden_layers``.
 
 Rerun
 -----
@@ -268,6 +276,10 @@ FAMILIES = {
         Family("llama_bf16", layers=2, hidden=32, intermediate=96, vocab=128,
                heads=4, kv_heads=2, dtype="BF16", shards=3, seed=20240612,
                task_scale=0.2),
+        # many layers, tiny ones: the frankenmerge (`slices:`) cases stack 44 of them
+        Family("llama_deep", layers=40, hidden=16, intermediate=32, vocab=64,
+               heads=2, kv_heads=1, dtype="BF16", shards=2, seed=20240613,
+               task_scale=0.2),
     ]
 }
 
@@ -384,6 +396,12 @@ class Case:
     # a random method at density < 1: compared by statistics (kept fraction, L1 ratio,
     # keep rate by magnitude), not element by element
     statistics: Optional[Dict[str, float]] = None
+    # mergekit's `slices:` (reefknot's `slices:` recipe key): the output layer stack,
+    # slice after slice; the reference then follows `reference_slices`
+    slices: Optional[Sequence["Slice"]] = None
+    # golden.json's inputs when they are not base + task_0..: the recipe's `base:` and
+    # `models:` as paths_for keys ("base", "m0", ..)
+    inputs: Optional[Tuple[str, Tuple[str, ...]]] = None
 
 
 @dataclass(frozen=True)
@@ -392,6 +410,21 @@ class Cond:
     substring of the tensor name (``None`` matches every name) gives the value."""
 
     entries: Tuple[Tuple[Optional[str], object], ...]
+
+
+@dataclass(frozen=True)
+class Slice:
+    """One output slice: the layers ``[start, end)`` of each of ``sources`` (paths_for
+    keys, in mergekit's order: a slerp's base first), renumbered after the previous
+    slices' layers.  ``scale`` (passthrough: a number or a Cond on the input tensor's
+    name; None = 1, an exact copy) and ``t`` (slerp: a number or a gradient over the
+    slice's own layers) are the slice's parameters."""
+
+    start: int
+    end: int
+    sources: Tuple[str, ...]
+    scale: object = None
+    t: object = None
 
 
 # mergekit's examples/gradient-slerp.yml parameters, written over whole models
@@ -1689,6 +1722,137 @@ dtype: float32
         weights=(0.5, 0.3, 0.4),
         params={"base_weight": 0.2, "normalize": True},
     ),
+    # ---- `slices:` (layer stacks; the output layers are renumbered) ------------
+    Case(
+        name="frankenmerge_44",
+        family="llama_deep",
+        description=("mergekit's examples/orcamini-platy-44layer.yml shape: passthrough "
+                     "of task_0's layers 0..24 then task_1's layers 20..40 (44 layers); "
+                     "embeddings from task_0, final norm and lm_head from task_1, bfloat16 "
+                     "copies"),
+        recipe="""\
+base: {m0}
+models:
+  - path: {m1}
+merge: passthrough
+slices:
+  - from: base
+    layers: 0..24
+  - from: {m1}
+    layers: 20..40
+""",
+        mergekit="""\
+slices:
+  - sources:
+      - model: {m0}
+        layer_range: [0, 24]
+  - sources:
+      - model: {m1}
+        layer_range: [20, 40]
+merge_method: passthrough
+dtype: bfloat16
+""",
+        sparsify=None,
+        combine="passthrough",
+        n_models=1,
+        slices=(Slice(0, 24, ("m0",)), Slice(20, 40, ("m1",))),
+        inputs=("m0", ("m1",)),
+    ),
+    Case(
+        name="frankenmerge_scaled",
+        family="llama_f32",
+        description=("passthrough frankenmerge, task_0's layers 0..2 then task_1's 1..3 "
+                     "(4 layers) with scale conditions on the second slice: o_proj 0, "
+                     "down_proj 0.5, everything else 0.9 (its final norm and lm_head too)"),
+        recipe="""\
+base: {m0}
+models:
+  - path: {m1}
+merge: passthrough
+slices:
+  - from: base
+    layers: 0..2
+  - from: {m1}
+    layers: 1..3
+    scale:
+      - {{ match: "*o_proj*", value: 0.0 }}
+      - {{ match: "*down_proj*", value: 0.5 }}
+      - {{ value: 0.9 }}
+""",
+        mergekit="""\
+slices:
+  - sources:
+      - model: {m0}
+        layer_range: [0, 2]
+  - sources:
+      - model: {m1}
+        layer_range: [1, 3]
+        parameters:
+          scale:
+            - filter: o_proj
+              value: 0.0
+            - filter: down_proj
+              value: 0.5
+            - value: 0.9
+merge_method: passthrough
+dtype: float32
+""",
+        sparsify=None,
+        combine="passthrough",
+        n_models=1,
+        slices=(Slice(0, 2, ("m0",)),
+                Slice(1, 3, ("m1",),
+                      scale=Cond((("o_proj", 0.0), ("down_proj", 0.5), (None, 0.9))))),
+        inputs=("m0", ("m1",)),
+    ),
+    Case(
+        name="slices_merged",
+        family="llama_f32",
+        description=("SLERP of the base and task_0 over two slices (layers 0..2, then "
+                     "1..3: 4 layers) with per-slice t: a gradient [0, 1] within the first "
+                     "(embeddings t = 0), 0.3 in the second (final norm and lm_head too)"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+params:
+  t: 0.5
+merge: slerp($t)
+slices:
+  - layers: 0..2
+    params:
+      t: [0, 1]
+  - layers: 1..3
+    params:
+      t: 0.3
+""",
+        mergekit="""\
+slices:
+  - sources:
+      - model: {base}
+        layer_range: [0, 2]
+      - model: {m0}
+        layer_range: [0, 2]
+    parameters:
+      t: [0, 1]
+  - sources:
+      - model: {base}
+        layer_range: [1, 3]
+      - model: {m0}
+        layer_range: [1, 3]
+    parameters:
+      t: 0.3
+merge_method: slerp
+base_model: {base}
+parameters:
+  t: 0.5
+dtype: float32
+""",
+        sparsify=None,
+        combine="slerp",
+        n_models=1,
+        slices=(Slice(0, 2, ("base", "m0"), t=[0, 1]), Slice(1, 3, ("base", "m0"), t=0.3)),
+    ),
 ]
 
 
@@ -2046,6 +2210,97 @@ def reference_merge(case: Case, fam: Family, models: List[Dict[str, np.ndarray]]
     return out, ties_mask
 
 
+def model_index(key: str) -> int:
+    """A paths_for key ("base", "m0", ..) -> its index in make_family_tensors' list."""
+    return 0 if key == "base" else int(key[1:]) + 1
+
+
+def golden_inputs(case: Case) -> Tuple[str, List[str]]:
+    """The recipe's base and models, as paths_for keys (golden.json's inputs)."""
+    if case.inputs:
+        return case.inputs[0], list(case.inputs[1])
+    return "base", [f"m{t}" for t in range(case.n_models)]
+
+
+def slice_plan(case: Case, fam: Family) -> List[Tuple[str, str, Slice, float]]:
+    """mergekit's `slices:` as (output tensor, input tensor, slice, t), in model order:
+    the tensors before the layer stack (embeddings) from the first slice at t = 0; the
+    layers slice after slice, output layer k+i reading layer start+i of every source of
+    a slice of n layers at t = i/(n-1) (1 when n = 1), k the layers of the slices
+    before; the tensors after the stack (final norm, lm_head) from the last slice at
+    t = 0."""
+    specs = [n for n, _ in fam.tensor_specs()]
+    suffixes = [n[len("model.layers.0."):] for n in specs if n.startswith("model.layers.0.")]
+    pre: List[str] = []
+    post: List[str] = []
+    for n in specs:
+        if LAYER_RE.search(n):
+            continue
+        (post if any(LAYER_RE.search(m) for m in specs[:specs.index(n)]) else pre).append(n)
+    rows = [(n, n, case.slices[0], 0.0) for n in pre]
+    k = 0
+    for sl in case.slices:
+        if not 0 <= sl.start < sl.end <= fam.layers:
+            raise ValueError(f"{case.name}: slice {sl.start}..{sl.end} out of {fam.layers}")
+        n = sl.end - sl.start
+        for i in range(n):
+            t = i / (n - 1) if n > 1 else 1.0
+            for suf in suffixes:
+                rows.append((f"model.layers.{k}.{suf}", f"model.layers.{sl.start + i}.{suf}",
+                             sl, t))
+            k += 1
+    rows += [(n, n, case.slices[-1], 0.0) for n in post]
+    return rows
+
+
+def slice_layers(case: Case) -> int:
+    return sum(sl.end - sl.start for sl in case.slices)
+
+
+def renamed_tensors(case: Case, fam: Family) -> Dict[str, str]:
+    """golden.json's `renamed`: output tensor -> the input tensor it reads, where the
+    names differ."""
+    return {o: i for o, i, _, _ in slice_plan(case, fam) if o != i}
+
+
+def reference_slices(case: Case, fam: Family, models: List[Dict[str, np.ndarray]]):
+    """The independent model of a `slices:` case: each output tensor from its slice's
+    sources' tensor (passthrough: one source times the scale, a Cond read on the input
+    tensor's name; slerp: the slice's t at the slice-relative depth)."""
+    out = {}
+    f32 = np.float32
+    dtype = case.out_dtype or fam.dtype
+    for out_name, in_name, sl, t in slice_plan(case, fam):
+        xs = [models[model_index(k)][in_name].astype(f32) for k in sl.sources]
+        if case.combine == "passthrough":
+            if len(xs) != 1:
+                raise ValueError(f"{case.name}: passthrough takes one source per slice")
+            y = xs[0] if sl.scale is None else (f32(value_at(sl.scale, in_name, t)) * xs[0])
+        elif case.combine == "slerp":
+            y = slerp_reference(gradient_value(sl.t, t), xs[0], xs[1])
+        else:
+            raise ValueError(f"{case.name}: no slice model of {case.combine}")
+        out[out_name] = Tensor.from_f32(np.asarray(y, dtype=f32), dtype)
+    ties = {n: np.zeros(t.raw.size, dtype=bool) for n, t in out.items()}
+    return out, ties
+
+
+def slice_operand_scale(case: Case, fam: Family,
+                        models: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+    """operand_scale for a `slices:` case, keyed by output tensor: per element, the
+    largest |value| of the input tensor it reads (`renamed`) in the recipe's base and
+    models (golden.json's), which is what the test can compute."""
+    base, others = golden_inputs(case)
+    idx = [model_index(k) for k in [base] + others]
+    out = {}
+    for out_name, in_name, _, _ in slice_plan(case, fam):
+        a = np.zeros(models[0][in_name].size, dtype=np.float64)
+        for i in idx:
+            a = np.maximum(a, np.abs(models[i][in_name].reshape(-1)).astype(np.float64))
+        out[out_name] = a
+    return out
+
+
 def merge_statistics(fam: Family, models: List[Dict[str, np.ndarray]],
                      merged: Dict[str, "Tensor"], density: float,
                      epsilon: float) -> Dict[str, Tuple[float, float, float]]:
@@ -2167,7 +2422,8 @@ def compare(expected: Dict[str, Tensor], actual: Dict[str, Tensor],
 def write_golden_json(path: Path, case: Case, version: str, p: Dict[str, str],
                       densities: Dict[str, List[float]],
                       cut_table: Dict[str, List[List[int]]],
-                      borderline: Dict[str, List[int]]) -> None:
+                      borderline: Dict[str, List[int]],
+                      renamed: Optional[Dict[str, str]] = None) -> None:
     """golden.json, one tensor per line.
 
     ``cuts[tensor][i]``: the ranks, in order of decreasing |delta_i|, at which the
@@ -2178,13 +2434,18 @@ def write_golden_json(path: Path, case: Case, version: str, p: Dict[str, str],
     cases without a sparsifier.  ``borderline[tensor]`` (arcee_fusion only): flat
     indices whose importance lies within ``case.band`` (relative) of the threshold,
     where mergekit's float32 KL divergence may decide either way.
+    ``renamed`` (``slices:`` cases only): output tensor -> the input tensor it reads
+    (in the slice's inputs: every input of a merged slice reads the same layer), for
+    every output tensor whose name differs from it.  ``base``/``models`` are the
+    recipe's ``base:`` and ``models:``.
     """
+    base, others = golden_inputs(case)
     head = {
         "case": case.name,
         "description": case.description,
         "mergekit_version": version,
-        "base": p["base"],
-        "models": [p[f"m{t}"] for t in range(case.n_models)],
+        "base": p[base],
+        "models": [p[k] for k in others],
         "sparsifier": case.sparsify,
     }
     lines = ["{"]
@@ -2208,6 +2469,9 @@ def write_golden_json(path: Path, case: Case, version: str, p: Dict[str, str],
     if borderline:
         lines[-1] += ","
         lines += table("borderline", borderline)
+    if renamed is not None:
+        lines[-1] += ","
+        lines += table("renamed", renamed)
     if case.statistics:
         lines[-1] += ","
         lines.append(f'  "statistics": {json.dumps(case.statistics)}')
@@ -2222,7 +2486,8 @@ def mergekit_version() -> str:
     return version("mergekit")
 
 
-def run_mergekit(case_dir: Path, work: Path) -> Dict[str, Tensor]:
+def run_mergekit(case_dir: Path, work: Path) -> Tuple[Dict[str, Tensor], dict]:
+    """mergekit's merged tensors and its output config.json."""
     out = work / f"mk_{case_dir.name}"
     if out.exists():
         shutil.rmtree(out)
@@ -2235,7 +2500,7 @@ def run_mergekit(case_dir: Path, work: Path) -> Dict[str, Tensor]:
     if res.returncode != 0:
         sys.stderr.write(res.stdout + res.stderr)
         raise SystemExit(f"mergekit failed on {case_dir.name}")
-    return read_model_dir(out)
+    return read_model_dir(out), json.loads((out / "config.json").read_text())
 
 
 def generate(out_root: Path, work: Path, verbose: bool = True,
@@ -2274,7 +2539,7 @@ def generate(out_root: Path, work: Path, verbose: bool = True,
             f"# golden case {case.name}: run from this folder with\n"
             f"#   mergekit-yaml mergekit.yml OUT --no-cuda   (mergekit {version})\n"
             + case.mergekit.format(**p))
-        merged = run_mergekit(cdir, work)
+        merged, out_config = run_mergekit(cdir, work)
         write_safetensors(cdir / "expected.safetensors", merged,
                           {"format": "pt", "generator": f"mergekit {version}",
                            "case": case.name})
@@ -2287,9 +2552,13 @@ def generate(out_root: Path, work: Path, verbose: bool = True,
                 densities[name] = d
                 n = int(np.prod(shape))
                 cut_table[name] = [cuts(case, x, n) for x in d]
+        renamed = None
         if case.statistics:  # random: no element-wise reference
             ref, ties = {}, {name: np.zeros(int(np.prod(shape)), dtype=bool)
                              for name, shape in fam.tensor_specs()}
+        elif case.slices:
+            ref, ties = reference_slices(case, fam, fam_models[case.family])
+            renamed = renamed_tensors(case, fam)
         else:
             ref, ties = reference_merge(case, fam, fam_models[case.family])
         borderline = {}
@@ -2297,7 +2566,7 @@ def generate(out_root: Path, work: Path, verbose: bool = True,
             borderline = {name: [int(j) for j in np.flatnonzero(ties[name])]
                           for name, _ in fam.tensor_specs() if ties[name].any()}
         write_golden_json(cdir / "golden.json", case, version, p, densities, cut_table,
-                          borderline)
+                          borderline, renamed)
         # borderline floor(density * n)? report it
         for name, d in densities.items():
             n = int(np.prod(dict(fam.tensor_specs())[name]))
@@ -2309,6 +2578,17 @@ def generate(out_root: Path, work: Path, verbose: bool = True,
         # self-check against the independent model of operators.md
         if case.statistics:
             ok, lines = check_statistics(case, fam, fam_models[case.family], merged)
+        elif case.slices:
+            ok, lines = compare(merged, ref, ties,
+                                slice_operand_scale(case, fam, fam_models[case.family]))
+            # the output's layer count: mergekit writes the stack's in config.json
+            want = slice_layers(case)
+            got = out_config.get("num_hidden_layers")
+            if got != want:
+                ok = False
+                lines.insert(0, f"mergekit's config.json: num_hidden_layers {got!r}, "
+                                f"expected {want}")
+            lines[-1] += f"; num_hidden_layers {got}"
         else:
             ok, lines = compare(merged, ref, ties,
                                 operand_scale(fam, fam_models[case.family][:case.n_models + 1]))

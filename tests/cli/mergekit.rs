@@ -1,9 +1,16 @@
 //! mergekit configurations through the binary: `merge`, `check` and `convert`, the
 //! warnings about what mergekit ignores, and `--strict`.
 
-use reefknot_io::Dtype;
+use std::path::Path;
+
+use reefknot_io::{Checkpoint, Dtype};
 
 use crate::util::*;
+
+/// Tensor `name` of the model folder `dir`, as float32.
+fn at(dir: &Path, name: &str) -> Vec<f32> {
+    values(&Checkpoint::open(dir).unwrap(), name)
+}
 
 const CONFIG: &str = "merge_method: ties
 base_model: models/base
@@ -102,7 +109,7 @@ fn convert_refuses_a_reefknot_recipe_and_names_what_is_not_supported() {
 }
 
 #[test]
-fn one_slice_over_every_layer_merges_and_part_of_the_layers_is_refused() {
+fn one_slice_over_every_layer_merges_and_part_of_the_layers_is_a_shorter_stack() {
     let ws = Workspace::new(Dtype::BF16, None);
     let sliced = |end: usize| {
         format!(
@@ -118,17 +125,96 @@ fn one_slice_over_every_layer_merges_and_part_of_the_layers_is_refused() {
         ws.path(),
         &["merge", "whole.yml", "-o", "sliced", "--quiet", "--strict"],
     ));
+    assert!(!ok(&run_in(ws.path(), &["convert", "whole.yml"])).contains("slices:"));
+    // [0, 1]: the first layer alone, merged, with its embeddings and head.
     ws.recipe("part.yml", &sliced(1));
+    ok(&run_in(
+        ws.path(),
+        &["merge", "part.yml", "-o", "part", "--quiet", "--strict"],
+    ));
+    let names: Vec<String> = tensors(&ws.path().join("part"))
+        .into_iter()
+        .map(|t| t.0)
+        .collect();
+    assert!(names.iter().any(|n| n.starts_with("model.layers.0.")));
+    assert!(!names.iter().any(|n| n.starts_with("model.layers.1.")));
+    assert!(names.contains(&"lm_head.weight".to_string()), "{names:?}");
+    let config = std::fs::read_to_string(ws.path().join("part/config.json")).unwrap();
+    assert!(config.contains("\"num_hidden_layers\": 1"), "{config}");
+    // Layer 0 merged alone is layer 0 of the whole merge, to the bit.
+    let (whole, part) = (
+        at(
+            &ws.path().join("sliced"),
+            "model.layers.0.mlp.up_proj.weight",
+        ),
+        at(&ws.path().join("part"), "model.layers.0.mlp.up_proj.weight"),
+    );
+    assert_eq!(whole, part);
+}
+
+#[test]
+fn a_frankenmerge_of_three_models_stacks_renumbers_and_scales() {
+    let ws = Workspace::new(Dtype::BF16, None);
+    ws.recipe(
+        "stack.yml",
+        "merge_method: passthrough\nslices:\n\
+         \x20 - sources: [{ model: models/code, layer_range: [0, 2] }]\n\
+         \x20 - sources: [{ model: models/math, layer_range: [1, 2] }]\n\
+         \x20 - sources: [{ model: models/chat, layer_range: [0, 2], parameters: { scale: [{ filter: o_proj, value: 0.5 }, { value: 1 }] } }]\n",
+    );
+    ok(&run_in(
+        ws.path(),
+        &["merge", "stack.yml", "-o", "out", "--quiet", "--strict"],
+    ));
+    let out = ws.path().join("out");
+    let config = std::fs::read_to_string(out.join("config.json")).unwrap();
+    assert!(config.contains("\"num_hidden_layers\": 5"), "{config}");
+    let model = |m: &str, name: &str| at(&ws.model(m), name);
+    let at = |dir: &Path, name: &str| at(dir, name);
+    let q = "self_attn.q_proj.weight";
+    assert_eq!(
+        at(&out, &format!("model.layers.1.{q}")),
+        model("code", &format!("model.layers.1.{q}"))
+    );
+    assert_eq!(
+        at(&out, &format!("model.layers.2.{q}")),
+        model("math", &format!("model.layers.1.{q}"))
+    );
+    assert_eq!(
+        at(&out, &format!("model.layers.4.{q}")),
+        model("chat", &format!("model.layers.1.{q}"))
+    );
+    let o = "self_attn.o_proj.weight";
+    let halved: Vec<f32> = model("chat", &format!("model.layers.0.{o}"))
+        .iter()
+        .map(|x| 0.5 * x)
+        .collect();
+    assert_eq!(at(&out, &format!("model.layers.3.{o}")), halved);
+    // The embeddings from the first slice, the head from the last.
+    assert_eq!(
+        at(&out, "model.embed_tokens.weight"),
+        model("code", "model.embed_tokens.weight")
+    );
+    assert_eq!(at(&out, "lm_head.weight"), model("chat", "lm_head.weight"));
+
+    // A slice beyond its model's layers is refused before anything is written.
+    ws.recipe(
+        "beyond.yml",
+        "merge_method: passthrough\nslices:\n\
+         \x20 - sources: [{ model: models/code, layer_range: [0, 2] }]\n\
+         \x20 - sources: [{ model: models/math, layer_range: [1, 3] }]\n",
+    );
     let err = fails(
-        &run_in(ws.path(), &["merge", "part.yml", "-o", "part", "--quiet"]),
+        &run_in(ws.path(), &["merge", "beyond.yml", "-o", "beyond"]),
         2,
     );
     assert!(
-        err.contains("reefknot::recipe::unsupported")
-            && err.contains("`layer_range: [0, 1]` of models with 2 layers"),
+        err.contains("slice 2 takes layers 1..3, but the model 1 (")
+            && err.contains("has 2 layers")
+            && err.contains("beyond its 2 layers"),
         "{err}"
     );
-    assert!(!ws.path().join("part").exists());
+    assert!(!ws.path().join("beyond").exists());
 }
 
 #[test]

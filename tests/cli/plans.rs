@@ -61,6 +61,9 @@ fn digest(json: &str) -> String {
         "output: dtype {} shards {} files_from {}\n",
         o["dtype"], o["shards"], o["files_from"]
     );
+    if let Some(config) = o.get("config") {
+        out += &format!("output config: {config}\n");
+    }
     for t in plan["tensors"].as_array().unwrap() {
         let p = &t["producer"];
         let what = match p["kind"].as_str().unwrap() {

@@ -26,12 +26,31 @@ fn every_example_recipe_checks_and_merges() {
         ok(&run_in(ws.path(), &["merge", &name, "-o", &out, "--quiet"]));
         let base = Checkpoint::open(&ws.model("base")).unwrap();
         let merged = Checkpoint::open(&ws.path().join(&out)).unwrap();
-        assert_eq!(base.tensors().len(), merged.tensors().len(), "{name}");
-        for t in base.tensors() {
-            let m = merged
-                .get(&t.name)
-                .unwrap_or_else(|| panic!("{name}: {}", t.name));
-            assert_eq!(m.shape, t.shape, "{name}: {}", t.name);
+        // A layer stack has its own layer count (in its config.json); every tensor is
+        // shaped as the base's of the same module.
+        let layers = |dir: &Path| {
+            let config = fs::read_to_string(dir.join("config.json")).unwrap();
+            let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+            config["num_hidden_layers"].as_u64().unwrap() as usize
+        };
+        let (l_in, l_out) = (layers(&ws.model("base")), layers(&ws.path().join(&out)));
+        let per_layer = base
+            .tensors()
+            .iter()
+            .filter(|t| reefknot_recipe::layer_index(&t.name).is_some())
+            .count()
+            / l_in;
+        assert_eq!(
+            merged.tensors().len(),
+            base.tensors().len() + (l_out - l_in) * per_layer,
+            "{name}"
+        );
+        for m in merged.tensors() {
+            let like = reefknot_recipe::with_layer(&m.name, 0).unwrap_or(m.name.clone());
+            let t = base
+                .get(&like)
+                .unwrap_or_else(|| panic!("{name}: {}", m.name));
+            assert_eq!(m.shape, t.shape, "{name}: {}", m.name);
         }
         seen += 1;
     }

@@ -19,9 +19,11 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ErrorKind + '_ {
 }
 
 /// Copies the base folder's non-weight files ([`base_files`]: no weights, no model card;
-/// tokenizer files, `generation_config.json`, ...); `config.json` gets the output dtype.
+/// tokenizer files, `generation_config.json`, ...); `config.json` gets the output dtype
+/// and the plan's configuration keys (`num_hidden_layers` of a layer stack).
 pub(crate) fn copy_base_files(plan: &Plan, out: &Path) -> Result<(), Error> {
     let dtype = plan.data().output.dtype.as_deref();
+    let edits = &plan.data().output.config;
     for (path, name) in base_files(plan)? {
         let dest = out.join(&name);
         if name == "config.json" {
@@ -35,10 +37,28 @@ pub(crate) fn copy_base_files(plan: &Plan, out: &Path) -> Result<(), Error> {
                             map.insert("dtype".into(), dtype.into());
                         }
                     }
+                    if let Some(map) = config.as_object_mut() {
+                        for (key, value) in edits {
+                            map.insert(key.clone(), value.clone());
+                        }
+                    }
                     let mut text = serde_json::to_string_pretty(&config)
                         .expect("a parsed JSON value serialises");
                     text.push('\n');
                     fs::write(&dest, text).map_err(io_err(&dest))?;
+                }
+                Err(e) if !edits.is_empty() => {
+                    // The output's layout differs from the input's: a configuration left
+                    // as it is would describe another model.
+                    let keys: Vec<&str> = edits.keys().map(String::as_str).collect();
+                    return Err(io_err(&path)(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "not valid JSON ({e}), so {} cannot be set in it",
+                            keys.join(", ")
+                        ),
+                    ))
+                    .into());
                 }
                 Err(e) => {
                     tracing::warn!("{}: not valid JSON ({e}); copied unchanged", path.display());

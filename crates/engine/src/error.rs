@@ -88,6 +88,24 @@ pub enum ErrorKind {
         source: reefknot_io::IoError,
     },
 
+    /// A slice takes layers its input does not have.
+    #[error("slice {slice} takes layers {start}..{end}, but the {input} has {layers} layers")]
+    #[diagnostic(help(
+        "a slice's `layers` are input layers, a half-open range within 0..{layers}"
+    ))]
+    SliceBeyond {
+        /// The slice, from 1.
+        slice: usize,
+        /// The input it reads: `base model (path)`, `model 2 (path)`.
+        input: String,
+        /// Its first layer.
+        start: usize,
+        /// One past its last.
+        end: usize,
+        /// The input's layer count.
+        layers: usize,
+    },
+
     /// A base tensor is absent from a model.
     #[error("tensor `{tensor}` of the base is missing from {model}")]
     #[diagnostic(help(
@@ -535,6 +553,7 @@ impl ErrorKind {
             | ErrorKind::VariableKind { .. }
             | ErrorKind::PerModelOnDelta { .. }
             | ErrorKind::NoFisher { .. }
+            | ErrorKind::SliceBeyond { .. }
             | ErrorKind::OutputDtype(_)
             | ErrorKind::OutputExists(_)
             | ErrorKind::OutputIsInput { .. }

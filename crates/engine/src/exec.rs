@@ -917,8 +917,9 @@ fn raw_f64_beyond_f32(
     (v.is_finite() && (v as f32).is_infinite()).then_some((k, v))
 }
 
-/// Copies input tensor `from` into output tensor `index`, converting it to `dtype`
-/// in chunks when `convert`.
+/// Copies input tensor `from` into output tensor `index`: its bytes as they are, or,
+/// with `convert = Some(scale)`, chunk by chunk through float32, multiplied by `scale`
+/// (when it is not 1) and converted to `dtype`.
 ///
 /// With `check_finite`, a finite value that `dtype` cannot hold is an error (NaN and
 /// infinities already in the input are copied as they are: nothing merges them).
@@ -927,7 +928,7 @@ fn copy_tensor(
     plan: &Plan,
     index: usize,
     from: Located,
-    convert: bool,
+    convert: Option<f32>,
     dtype: Dtype,
     out: &dyn Sink,
     chunk: usize,
@@ -936,16 +937,21 @@ fn copy_tensor(
 ) -> Result<(), Error> {
     let c = &plan.inputs()[from.0];
     let info = &c.tensors()[from.1];
-    if !convert {
+    let Some(scale) = convert else {
         out.write_at(0, c.data(info))?;
         progress.advance(info.numel() as u64);
         return Ok(());
-    }
+    };
     let n = info.numel();
     (0..n.div_ceil(chunk)).into_par_iter().try_for_each(|k| {
         let (start, end) = (k * chunk, ((k + 1) * chunk).min(n));
         let mut values = vec![0f32; end - start];
         read_f32(c, info, start, &mut values);
+        if scale != 1.0 {
+            for v in &mut values {
+                *v *= scale;
+            }
+        }
         if check_finite {
             // A finite value that becomes an infinity: in the output dtype, or already
             // when an F64 value beyond f32 was read.
@@ -1029,11 +1035,15 @@ pub fn execute(
                 let dtype = plan.dtypes()[index];
                 let sink = TensorOf { out, index };
                 match &plan.jobs()[index] {
-                    Job::Copy { from, convert } => copy_tensor(
+                    Job::Copy {
+                        from,
+                        convert,
+                        scale,
+                    } => copy_tensor(
                         plan,
                         index,
                         *from,
-                        *convert,
+                        (*convert).then_some(*scale),
                         dtype,
                         &sink,
                         chunk,

@@ -137,19 +137,45 @@ pub(crate) fn plan_and_warn(
     let models = &opened[1..=recipe.models.len()];
     let label = |i: usize| model_label(i, &recipe.models[i].path);
 
-    let layers = base
-        .tensors()
-        .iter()
-        .filter_map(|t| reefknot_recipe::layer_index(&t.name))
-        .max()
-        .map_or(0, |m| m + 1);
+    let layers = layer_count(base);
+    let (items, out_layers) = output_items(recipe, &opened, layers)?;
 
-    let mut tensors = Vec::with_capacity(base.tensors().len());
-    for info in base.tensors() {
+    let mut tensors = Vec::with_capacity(items.len());
+    for item in &items {
+        let info = item.info;
         for (o, over) in recipe.overrides.iter().enumerate() {
-            selected[o] |= recipe.selects(&over.selector, &info.name);
+            selected[o] |= recipe.selects(&over.selector, &item.name);
         }
-        let layer = reefknot_recipe::layer_index(&info.name);
+        let output = |dtype: Dtype, producer| plan::OutputTensor {
+            name: item.name.clone(),
+            dtype: dtype.safetensors_name().to_string(),
+            shape: info.shape.clone(),
+            layer: item.layer,
+            shard: 0,
+            producer,
+        };
+        let slice = match item.how {
+            How::Copy { input, scale } => {
+                // Non-float tensors keep their dtype and bits.
+                let (dtype, scale) = if info.dtype.is_computable() {
+                    (dtype.unwrap_or(info.dtype), scale)
+                } else {
+                    (info.dtype, 1.0)
+                };
+                tensors.push(output(
+                    dtype,
+                    plan::Producer::Copy {
+                        from: plan::TensorRef {
+                            input,
+                            tensor: info.name.clone(),
+                        },
+                        scale,
+                    },
+                ));
+                continue;
+            }
+            How::Merge { slice } => slice,
+        };
         let base_ref = plan::TensorRef {
             input: 0,
             tensor: info.name.clone(),
@@ -167,19 +193,18 @@ pub(crate) fn plan_and_warn(
                 };
                 check_compatible(info, mt, &label(i))?;
             }
-            tensors.push(plan::OutputTensor {
-                name: info.name.clone(),
-                dtype: info.dtype.safetensors_name().to_string(),
-                shape: info.shape.clone(),
-                layer,
-                shard: 0,
-                producer: plan::Producer::Copy { from: base_ref },
-            });
+            tensors.push(output(
+                info.dtype,
+                plan::Producer::Copy {
+                    from: base_ref,
+                    scale: 1.0,
+                },
+            ));
             continue;
         }
 
-        let t = reefknot_recipe::depth_t(layer, layers);
-        let over = recipe.override_for(&info.name);
+        let t = item.t;
+        let over = recipe.override_for(&item.name);
         if let Some(o) = over {
             chosen[o] = true;
         }
@@ -187,13 +212,15 @@ pub(crate) fn plan_and_warn(
         let rule = &rules[rule_index];
         let lookup = |name: &str, i: usize| {
             read.borrow_mut().insert((name.to_string(), over));
-            recipe.param(name, Some(i), over, &info.name).cloned()
+            recipe
+                .param_in(name, Some(i), over, slice, &item.name, &info.name)
+                .cloned()
         };
         let resolver = Resolver {
             lookup: &lookup,
             label: &label,
             models: models.len(),
-            tensor: &info.name,
+            tensor: &item.name,
             expression: &rule.text,
             t,
         };
@@ -243,6 +270,7 @@ pub(crate) fn plan_and_warn(
                     input: 1,
                     tensor: info.name.clone(),
                 },
+                scale: 1.0,
             }
         } else {
             plan::Producer::Pipeline(plan::Pipeline {
@@ -261,14 +289,7 @@ pub(crate) fn plan_and_warn(
                 stages,
             })
         };
-        tensors.push(plan::OutputTensor {
-            name: info.name.clone(),
-            dtype: dtype.unwrap_or(info.dtype).safetensors_name().to_string(),
-            shape: info.shape.clone(),
-            layer,
-            shard: 0,
-            producer,
-        });
+        tensors.push(output(dtype.unwrap_or(info.dtype), producer));
     }
 
     for (i, m) in models.iter().enumerate() {
@@ -317,12 +338,192 @@ pub(crate) fn plan_and_warn(
             shards: Vec::new(),
             files_from: Some(0),
             metadata,
+            config: BTreeMap::new(),
         },
         tensors,
     };
     crate::lay_out(&mut merge_plan)?;
-    let warnings = no_effect(recipe, layers, &selected, &chosen, &read.into_inner());
+    if !recipe.slices.is_empty() {
+        merge_plan
+            .output
+            .config
+            .insert("num_hidden_layers".to_string(), out_layers.into());
+    }
+    let warnings = no_effect(recipe, out_layers, &selected, &chosen, &read.into_inner());
     Ok((merge_plan, opened, warnings))
+}
+
+/// The number of layers of a checkpoint: one past its highest layer index.
+fn layer_count(c: &Checkpoint) -> usize {
+    c.tensors()
+        .iter()
+        .filter_map(|t| reefknot_recipe::layer_index(&t.name))
+        .max()
+        .map_or(0, |m| m + 1)
+}
+
+/// One output tensor to plan, and what it is made of.
+struct Item<'c> {
+    /// The output tensor's name.
+    name: String,
+    /// Its layer in the output.
+    layer: Option<usize>,
+    /// The input tensor it is made of: in the base and every model for a merge, in
+    /// the copied input for a copy.
+    info: &'c reefknot_io::TensorInfo,
+    /// Its depth for gradients.
+    t: f64,
+    how: How,
+}
+
+#[derive(Clone, Copy)]
+enum How {
+    /// Merged from the base's and every model's tensor, in slice `slice` if any.
+    Merge { slice: Option<usize> },
+    /// Input `input`'s tensor times `scale`.
+    Copy { input: usize, scale: f32 },
+}
+
+/// The output tensors, in output order, with the output's layer count.
+///
+/// Without `slices`, the base's tensors, each merged. With them, the output's layers
+/// are the slices' in order, renumbered from 0, at depth `t = i/(n−1)` within a slice
+/// of `n` layers (`t = 1` when `n = 1`), as mergekit evaluates gradients; the tensors
+/// before the layer stack (group `embed`) come from the first slice and the others
+/// outside it (final norm, `lm_head`) from the last, at `t = 0`: mergekit's rule.
+fn output_items<'c>(
+    recipe: &Recipe,
+    opened: &'c [Checkpoint],
+    layers: usize,
+) -> Result<(Vec<Item<'c>>, usize), Error> {
+    use reefknot_recipe::{SliceInput, SliceSource};
+    let base = &opened[0];
+    if recipe.slices.is_empty() {
+        let items = base
+            .tensors()
+            .iter()
+            .map(|info| {
+                let layer = reefknot_recipe::layer_index(&info.name);
+                Item {
+                    name: info.name.clone(),
+                    layer,
+                    info,
+                    t: reefknot_recipe::depth_t(layer, layers),
+                    how: How::Merge { slice: None },
+                }
+            })
+            .collect();
+        return Ok((items, layers));
+    }
+    let input_of = |s: &reefknot_recipe::Slice| match s.source {
+        SliceSource::Copy {
+            input: SliceInput::Model(i),
+            ..
+        } => i + 1,
+        _ => 0,
+    };
+    let who = |input: usize| match input {
+        0 => format!("base model ({})", recipe.base.display()),
+        i => model_label(i - 1, &recipe.models[i - 1].path),
+    };
+    let item = |s: usize,
+                info: &'c reefknot_io::TensorInfo,
+                name: String,
+                layer,
+                t|
+     -> Result<Item<'c>, Error> {
+        let slice = &recipe.slices[s];
+        let how = match &slice.source {
+            SliceSource::Merge { .. } => How::Merge { slice: Some(s) },
+            SliceSource::Copy { scale, .. } => {
+                let input = input_of(slice);
+                if input != 0 {
+                    // A copied tensor sits beside the base's: the same architecture.
+                    let like = reefknot_recipe::with_layer(&info.name, 0);
+                    let like = like.as_deref().unwrap_or(&info.name);
+                    if let Some(b) = base.get(like) {
+                        let mut b = b.clone();
+                        b.name.clone_from(&info.name);
+                        check_compatible(&b, info, &who(input))
+                            .map_err(|e| point_into_recipe(recipe, e))?;
+                    }
+                }
+                How::Copy {
+                    input,
+                    scale: recipe.on_tensor_or_one(scale, &info.name).at(t) as f32,
+                }
+            }
+        };
+        Ok(Item {
+            name,
+            layer,
+            info,
+            t,
+            how,
+        })
+    };
+    let outside = |s: usize, pre: bool| {
+        opened[input_of(&recipe.slices[s])]
+            .tensors()
+            .iter()
+            .filter(move |t| {
+                reefknot_recipe::layer_index(&t.name).is_none()
+                    && recipe.groups.contains("embed", &t.name) == pre
+            })
+    };
+    let mut items = Vec::new();
+    for info in outside(0, true) {
+        items.push(item(0, info, info.name.clone(), None, 0.0)?);
+    }
+    let mut out = 0;
+    for (s, slice) in recipe.slices.iter().enumerate() {
+        let input = input_of(slice);
+        let c = &opened[input];
+        let have = layer_count(c);
+        if slice.end > have {
+            let kind = ErrorKind::SliceBeyond {
+                slice: s + 1,
+                input: who(input),
+                start: slice.start,
+                end: slice.end,
+                layers: have,
+            };
+            let label = format!("beyond its {have} layers");
+            return Err(ErrorKind::InRecipe(InRecipe::new(kind, recipe, slice.loc, label)).into());
+        }
+        let mut by_layer: Vec<Vec<&reefknot_io::TensorInfo>> = vec![Vec::new(); slice.len()];
+        for info in c.tensors() {
+            if let Some(l) = reefknot_recipe::layer_index(&info.name) {
+                if (slice.start..slice.end).contains(&l) {
+                    by_layer[l - slice.start].push(info);
+                }
+            }
+        }
+        let n = slice.len();
+        for (i, layer) in by_layer.into_iter().enumerate() {
+            let t = if n > 1 {
+                i as f64 / (n - 1) as f64
+            } else {
+                1.0
+            };
+            for info in layer {
+                let name = reefknot_recipe::with_layer(&info.name, out + i)
+                    .expect("a tensor of a layer has a layer number");
+                items.push(item(s, info, name, Some(out + i), t)?);
+            }
+        }
+        out += n;
+    }
+    for info in outside(recipe.slices.len() - 1, false) {
+        items.push(item(
+            recipe.slices.len() - 1,
+            info,
+            info.name.clone(),
+            None,
+            0.0,
+        )?);
+    }
+    Ok((items, out))
 }
 
 /// `path` itself, or, when it does not exist and the recipe wrote it as a Hugging Face

@@ -213,11 +213,20 @@ pub fn parse_exprs(recipe: &Recipe) -> Result<(), Error> {
     Ok(())
 }
 
-/// Compiles one of the recipe's expressions, pointing errors into the recipe file.
+/// Compiles one of the recipe's expressions, pointing errors into the recipe file. The
+/// expression must take the recipe's number of models, unless the recipe merges no
+/// tensor (every slice copies its layers: the expression is never run).
 pub fn compile_expr(recipe: &Recipe, expr: &Expr, registry: &Registry) -> Result<Pipeline, Error> {
+    let merges = recipe.slices.is_empty()
+        || recipe
+            .slices
+            .iter()
+            .any(|s| matches!(s.source, reefknot_recipe::SliceSource::Merge { .. }));
     reefknot_lang::compile(&expr.text, registry)
         .and_then(|p| {
-            reefknot_lang::check_models(&expr.text, &p, recipe.models.len())?;
+            if merges {
+                reefknot_lang::check_models(&expr.text, &p, recipe.models.len())?;
+            }
             Ok(p)
         })
         .map_err(|e| locate(recipe, expr, e))

@@ -44,8 +44,11 @@ pub enum Job {
     Copy {
         /// The tensor copied.
         from: Located,
-        /// Whether its dtype differs from the output's (both are floats then).
+        /// Whether it goes through float32: its dtype differs from the output's, or it
+        /// is scaled (both dtypes are floats then).
         convert: bool,
+        /// The factor its values are multiplied by (1: none).
+        scale: f32,
     },
     /// Merge by a pipeline.
     Merge(MergeJob),
@@ -269,9 +272,9 @@ impl Plan {
             layers
         );
 
-        // Group tensors by expression and resolved stages.
+        // Group tensors by expression and resolved stages, copies by source and scale.
         let mut groups: BTreeMap<(usize, String), Vec<&str>> = BTreeMap::new();
-        let mut copied = Vec::new();
+        let mut copied: BTreeMap<(usize, String), Vec<&str>> = BTreeMap::new();
         for (t, job) in d.tensors.iter().zip(&self.jobs) {
             match (&t.producer, job) {
                 (Producer::Pipeline(p), Job::Merge(m)) => {
@@ -281,7 +284,15 @@ impl Plan {
                     }
                     groups.entry((p.expression, key)).or_default().push(&t.name);
                 }
-                _ => copied.push(t.name.as_str()),
+                (_, Job::Copy { from, scale, .. }) => {
+                    let scaled = if *scale == 1.0 {
+                        String::new()
+                    } else {
+                        format!(", scaled by {scale}")
+                    };
+                    copied.entry((from.0, scaled)).or_default().push(&t.name);
+                }
+                _ => unreachable!("a readied plan's jobs follow its producers"),
             }
         }
         let mut last = usize::MAX;
@@ -314,9 +325,24 @@ impl Plan {
                 if f64_merged == 1 { " is" } else { "s are" }
             );
         }
-        if !copied.is_empty() {
-            let _ = writeln!(out, "\ncopied from the base (not floating point):");
-            let _ = writeln!(out, "    {}", list_names(&copied));
+        for ((input, scaled), names) in &copied {
+            let what = if *input == 0
+                && scaled.is_empty()
+                && names.iter().all(|n| {
+                    self.inputs[0]
+                        .get(n)
+                        .is_some_and(|info| !info.dtype.is_computable())
+                }) {
+                " (not floating point)"
+            } else {
+                ""
+            };
+            let from = match d.inputs[*input].role {
+                Role::Base => "the base model".to_string(),
+                role => role.to_string(),
+            };
+            let _ = writeln!(out, "\ncopied from {from}{scaled}{what}:");
+            let _ = writeln!(out, "    {}", list_names(names));
         }
         out
     }
@@ -441,7 +467,7 @@ impl Binder<'_> {
 
     fn job(&mut self, t: &data::OutputTensor, dtype: Dtype) -> Result<Job, Error> {
         match &t.producer {
-            Producer::Copy { from } => {
+            Producer::Copy { from, scale } => {
                 let from = self.locate(from, "source", &t.name)?;
                 let info = self.info(from);
                 if info.shape != t.shape {
@@ -453,19 +479,28 @@ impl Binder<'_> {
                         ),
                     ));
                 }
-                let convert = info.dtype != dtype;
+                let convert = info.dtype != dtype || *scale != 1.0;
                 if convert && !(info.dtype.is_computable() && dtype.is_computable()) {
+                    let what = if info.dtype == dtype {
+                        "only floats scale"
+                    } else {
+                        "only floats convert"
+                    };
                     return Err(plan_err(
                         &t.name,
                         format!(
-                            "it is {} but copies `{}`, which is {}: only floats convert",
+                            "it is {} but copies `{}`, which is {}: {what}",
                             t.dtype,
                             info.name,
                             info.dtype.safetensors_name()
                         ),
                     ));
                 }
-                Ok(Job::Copy { from, convert })
+                Ok(Job::Copy {
+                    from,
+                    convert,
+                    scale: *scale,
+                })
             }
             Producer::Pipeline(p) => self.pipeline(t, p, dtype).map(Job::Merge),
         }

@@ -98,9 +98,10 @@ fn an_output_tensor_can_be_copied_from_any_input_under_another_name() {
         .unwrap()
         .shape
         .clone();
-    for (name, dtype) in [
-        ("extra.copied.weight", "BF16"),
-        ("extra.widened.weight", "F32"),
+    for (name, dtype, scale) in [
+        ("extra.copied.weight", "BF16", 1.0),
+        ("extra.widened.weight", "F32", 1.0),
+        ("extra.scaled.weight", "BF16", -0.5),
     ] {
         data.tensors.push(OutputTensor {
             name: name.into(),
@@ -113,6 +114,7 @@ fn an_output_tensor_can_be_copied_from_any_input_under_another_name() {
                     input: math,
                     tensor: source.into(),
                 },
+                scale,
             },
         });
     }
@@ -152,9 +154,15 @@ fn an_output_tensor_can_be_copied_from_any_input_under_another_name() {
     let mut got = vec![0f32; widened.numel()];
     reefknot_io::to_f32(widened.dtype, merged.data(widened), &mut got);
     assert_eq!(got, want);
+    // Scaled by −0.5 in float32 and rounded to bf16 (exact here: a power of two).
+    let scaled = merged.get("extra.scaled.weight").unwrap();
+    reefknot_io::to_f32(scaled.dtype, merged.data(scaled), &mut got);
+    let halved: Vec<f32> = want.iter().map(|x| -0.5 * x).collect();
+    assert_eq!(got, halved);
+    assert!(got.iter().any(|&x| x != 0.0));
     // The base's tensors are all there too, merged.
     let base = Checkpoint::open(&dir.path().join("family/base")).unwrap();
-    assert_eq!(merged.tensors().len(), base.tensors().len() + 2);
+    assert_eq!(merged.tensors().len(), base.tensors().len() + 3);
 }
 
 /// What a plan cannot do is refused when it is readied, with the tensor named.
@@ -215,6 +223,18 @@ fn an_inconsistent_plan_is_refused_before_anything_runs() {
         },
         "finite weights",
     );
+    refuse(
+        &|d| {
+            d.tensors[0].producer = Producer::Copy {
+                from: TensorRef {
+                    input: 0,
+                    tensor: d.tensors[0].name.clone(),
+                },
+                scale: f32::NAN,
+            }
+        },
+        "non-finite scale",
+    );
 }
 
 fn copy(input: usize, tensor: &str) -> Producer {
@@ -223,6 +243,7 @@ fn copy(input: usize, tensor: &str) -> Producer {
             input,
             tensor: tensor.into(),
         },
+        scale: 1.0,
     }
 }
 

@@ -149,7 +149,7 @@ pub const MERGEKIT_METHODS: &[MergekitMethod] = &[
         expression: "passthrough",
         models: 1,
         note: "one model's tensors, scaled by its `scale`; layer slices from several models \
-               (frankenmerges) are not a recipe yet",
+               (frankenmerges) are a recipe's `slices:`",
     },
 ];
 

@@ -36,6 +36,7 @@
 //!         shards: vec!["model.safetensors".into()],
 //!         files_from: Some(0),
 //!         metadata: Default::default(),
+//!         config: Default::default(),
 //!     },
 //!     tensors: vec![OutputTensor {
 //!         name: "lm_head.weight".into(),
@@ -45,6 +46,7 @@
 //!         shard: 0,
 //!         producer: Producer::Copy {
 //!             from: TensorRef { input: 0, tensor: "lm_head.weight".into() },
+//!             scale: 1.0,
 //!         },
 //!     }],
 //! };
@@ -178,6 +180,11 @@ pub struct OutputLayout {
     pub files_from: Option<usize>,
     /// Metadata written into every shard's header, besides `format: pt`.
     pub metadata: BTreeMap<String, String>,
+    /// Keys set in the output's `config.json` (copied from [`OutputLayout::files_from`])
+    /// besides `torch_dtype`: `num_hidden_layers` for an output with another layer
+    /// count than its inputs. Empty when the configuration is copied as it is.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, serde_json::Value>,
 }
 
 /// One output tensor.
@@ -216,18 +223,32 @@ pub struct TensorRef {
     pub tensor: String,
 }
 
-/// How an output tensor is made. Later producers (slices of layers, stacked experts)
-/// are further variants.
+/// How an output tensor is made. Later producers (stacked experts) are further
+/// variants.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Producer {
-    /// A tensor of an input, as it is (converted when the output's dtype differs).
+    /// A tensor of an input, under any name: as it is (converted when the output's
+    /// dtype differs), or multiplied by `scale` in float32 (mergekit's `passthrough`
+    /// with a `scale`).
     Copy {
         /// The tensor copied.
         from: TensorRef,
+        /// The factor (1: the tensor's own bits, when the dtypes agree).
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        scale: f32,
     },
     /// The base tensor plus the delta a pipeline makes of the task vectors.
     Pipeline(Pipeline),
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes a reference
+fn is_one(x: &f32) -> bool {
+    *x == 1.0
 }
 
 /// A pipeline over one tensor: `θ_base + Δ`, where `Δ` is what the stages make of the
@@ -389,7 +410,15 @@ impl MergePlan {
             }
             last_shard = t.shard;
             match &t.producer {
-                Producer::Copy { from } => input(from, "source", &t.name)?,
+                Producer::Copy { from, scale } => {
+                    input(from, "source", &t.name)?;
+                    if !scale.is_finite() {
+                        return bad(format!(
+                            "tensor `{}` copies with a non-finite scale",
+                            t.name
+                        ));
+                    }
+                }
                 Producer::Pipeline(p) => {
                     if p.expression >= self.expressions.len() {
                         return bad(format!(

@@ -54,9 +54,11 @@ pub enum ErrorKind {
     InvalidSeed,
     /// A `shard_size` that is not a positive size.
     InvalidShardSize,
-    /// A mergekit configuration uses something reefknot does not do yet (frankenmerge
-    /// `slices:`, LoRA inputs, a tokenizer other than the base's), or that reefknot
-    /// cannot express exactly.
+    /// A slice's `from:` names neither the base nor a model of `models:`.
+    UnknownSource,
+    /// A mergekit configuration uses something reefknot does not do yet (slices whose
+    /// sources read different layers, LoRA inputs, a tokenizer other than the base's),
+    /// or that reefknot cannot express exactly.
     Unsupported,
 }
 
@@ -84,6 +86,7 @@ impl ErrorKind {
             ErrorKind::InvalidDtype => "reefknot::recipe::invalid_dtype",
             ErrorKind::InvalidSeed => "reefknot::recipe::invalid_seed",
             ErrorKind::InvalidShardSize => "reefknot::recipe::invalid_shard_size",
+            ErrorKind::UnknownSource => "reefknot::recipe::unknown_source",
             ErrorKind::Unsupported => "reefknot::recipe::unsupported",
         }
     }

@@ -26,6 +26,24 @@ pub fn layer_index(tensor: &str) -> Option<usize> {
     layer_position(tensor).map(|(_, index)| index)
 }
 
+/// `tensor` with its layer number replaced by `layer` (`model.layers.3.mlp.up_proj.weight`
+/// → `model.layers.7.mlp.up_proj.weight`); `None` outside the layer stack.
+pub fn with_layer(tensor: &str, layer: usize) -> Option<String> {
+    let (pos, _) = layer_position(tensor)?;
+    let parts: Vec<String> = tensor
+        .split('.')
+        .enumerate()
+        .map(|(i, p)| {
+            if i == pos {
+                layer.to_string()
+            } else {
+                p.to_string()
+            }
+        })
+        .collect();
+    Some(parts.join("."))
+}
+
 /// The component position of the layer number in `tensor`, and the number.
 fn layer_position(tensor: &str) -> Option<(usize, usize)> {
     let mut parts = tensor.split('.').enumerate().peekable();

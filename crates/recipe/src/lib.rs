@@ -58,7 +58,7 @@ mod yaml;
 
 pub use error::{closest, ErrorKind, Label, RecipeError, RecipeWarning};
 pub use expr::Expr;
-pub use groups::{depth_t, layer_index, Groups, BUILTIN_GROUPS};
+pub use groups::{depth_t, layer_index, with_layer, Groups, BUILTIN_GROUPS};
 pub use validate::parse_size;
 pub use value::{Condition, Number, Param, ParamValue, Params, Weight};
 
@@ -157,6 +157,63 @@ pub struct Override {
     pub loc: Loc,
 }
 
+/// An input of the recipe that a slice copies layers from (`from:`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SliceInput {
+    /// `from: base` (or the base's path).
+    Base,
+    /// A model of `models:`, by its index.
+    Model(usize),
+}
+
+/// What a [`Slice`] does with its layers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SliceSource {
+    /// `from: INPUT`: the layers are that input's, copied (multiplied by `scale`, a
+    /// number or conditions over the output tensor names; 1.0 where none matches).
+    Copy {
+        /// The input.
+        input: SliceInput,
+        /// The factor, mergekit's `passthrough` `scale`.
+        scale: Weight,
+        /// Where the `from` value is written.
+        loc: Loc,
+    },
+    /// No `from`: each output layer merges the base's and every model's layer by the
+    /// recipe's expression (and overrides), with the slice's `params` between the
+    /// overrides' and the recipe's.
+    Merge {
+        /// Values for `$variables` in this slice.
+        params: Params,
+    },
+}
+
+/// One entry of `slices:`: a run of the output's layers, taken from input layers
+/// `start..end`. The output's layers are the slices' in order, renumbered from 0.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Slice {
+    /// The first input layer.
+    pub start: usize,
+    /// One past the last input layer (`start < end`).
+    pub end: usize,
+    /// Copied or merged.
+    pub source: SliceSource,
+    /// Where its `layers` value is written.
+    pub loc: Loc,
+}
+
+impl Slice {
+    /// The number of layers it gives the output.
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Whether it gives no layer (never true of a validated recipe's slices).
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+}
+
 /// The dtype of the output tensors (`dtype:`); without it the output keeps the base's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum OutputDtype {
@@ -205,6 +262,9 @@ pub struct Recipe {
     pub merge: Expr,
     /// The overrides, in the order written; the first that matches a tensor wins.
     pub overrides: Vec<Override>,
+    /// The output's layer stack (`slices:`), in order; empty: the base's layers, each
+    /// merged with the same layer of every model.
+    pub slices: Vec<Slice>,
     /// The built-in groups and the recipe's own (`groups:`).
     pub groups: Groups,
     /// The output dtype (`dtype:`); `None` keeps the base's.
@@ -286,6 +346,16 @@ impl Recipe {
             globs.extend(condition_globs(&o.params));
         }
         globs.extend(condition_globs(&parts.params));
+        for s in &parts.slices {
+            match &s.source {
+                SliceSource::Merge { params } => globs.extend(condition_globs(params)),
+                SliceSource::Copy {
+                    scale: Weight::Conditions(c),
+                    ..
+                } => globs.extend(c.iter().filter_map(|c| c.glob.as_deref())),
+                SliceSource::Copy { .. } => {}
+            }
+        }
         for m in &parts.models {
             globs.extend(condition_globs(&m.params));
             if let Weight::Conditions(c) = &m.weight {
@@ -306,6 +376,7 @@ impl Recipe {
             params: parts.params,
             merge: parts.merge,
             overrides: parts.overrides,
+            slices: parts.slices,
             groups,
             dtype: parts.dtype,
             seed: parts.seed,
@@ -356,16 +427,43 @@ impl Recipe {
         index: Option<usize>,
         tensor: &str,
     ) -> Option<&ParamValue> {
+        self.param_in(name, model, index, None, tensor, tensor)
+    }
+
+    /// As [`Recipe::param`], for output tensor `tensor` of slice `slice` (an index
+    /// into [`Recipe::slices`]), made of the models' tensor `input` (another layer's,
+    /// in a layer stack): a merged slice's `params` come after the override's and
+    /// before the recipe's, and the model's own conditions see the model's name for
+    /// the tensor (as mergekit matches a model's filters), the others the output's.
+    pub fn param_in(
+        &self,
+        name: &str,
+        model: Option<usize>,
+        index: Option<usize>,
+        slice: Option<usize>,
+        tensor: &str,
+        input: &str,
+    ) -> Option<&ParamValue> {
         let from_model = model
             .and_then(|m| self.models.get(m))
             .and_then(|m| m.params.get(name));
         let from_override = index
             .and_then(|i| self.overrides.get(i))
             .and_then(|o| o.params.get(name));
-        [from_model, from_override, self.params.get(name)]
-            .into_iter()
-            .flatten()
-            .find_map(|p| self.on_tensor(&p.value, tensor))
+        let from_slice = slice
+            .and_then(|s| self.slices.get(s))
+            .and_then(|s| match &s.source {
+                SliceSource::Merge { params } => params.get(name),
+                SliceSource::Copy { .. } => None,
+            });
+        from_model
+            .and_then(|p| self.on_tensor(&p.value, input))
+            .or_else(|| {
+                [from_override, from_slice, self.params.get(name)]
+                    .into_iter()
+                    .flatten()
+                    .find_map(|p| self.on_tensor(&p.value, tensor))
+            })
     }
 
     /// `value` on `tensor`: itself, or the value of its first condition that matches.
@@ -386,8 +484,14 @@ impl Recipe {
     /// The weight of model `model` on `tensor`: its `weight`, or the value of the first
     /// of its conditions that matches the tensor (1.0 where none does).
     pub fn weight(&self, model: usize, tensor: &str) -> &Number {
+        self.on_tensor_or_one(&self.models[model].weight, tensor)
+    }
+
+    /// A weight or a copied slice's `scale` on `tensor` (1.0 where no condition holds):
+    /// both are matched against the input's own name for the tensor.
+    pub fn on_tensor_or_one<'r>(&self, weight: &'r Weight, tensor: &str) -> &'r Number {
         const ONE: Number = Number::Scalar(1.0);
-        match &self.models[model].weight {
+        match weight {
             Weight::Number(n) => n,
             Weight::Conditions(entries) => entries
                 .iter()

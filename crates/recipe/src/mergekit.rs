@@ -90,6 +90,8 @@ pub(crate) fn convert_parsed(
         dir,
         warnings: Vec::new(),
         named,
+        stacked: Vec::new(),
+        low_precision: None,
     };
     let file_name = path
         .and_then(Path::file_name)
@@ -619,6 +621,10 @@ struct Translator<'a> {
     dir: &'a Path,
     warnings: Vec<RecipeWarning>,
     named: NamedSource<Arc<str>>,
+    /// The slices of a stack of merged slices (empty otherwise).
+    stacked: Vec<Stacked>,
+    /// A half-precision `dtype` mergekit computes in, not yet warned about.
+    low_precision: Option<(&'static str, Loc)>,
 }
 
 /// `[a, b]`, two integers.
@@ -650,6 +656,40 @@ struct Slice<'n> {
     sources: Vec<Entry<'n>>,
     params: Vec<(&'n str, Loc, Given)>,
     base: Option<(String, Loc)>,
+}
+
+/// A slice as read: each source with its `layer_range` and where that is written.
+struct RawSlice<'n> {
+    sources: Vec<(Entry<'n>, i128, i128, Loc)>,
+    params: Vec<(&'n str, Loc, Given)>,
+    base: Option<(String, Loc)>,
+}
+
+/// One slice of a merged stack: input layers `start..end`, with the slice's values
+/// of the method's global parameters.
+struct Stacked {
+    start: usize,
+    end: usize,
+    params: Vec<(String, Val)>,
+}
+
+/// One slice of a `passthrough` stack: its source's layers `start..end`.
+struct Copied<'n> {
+    source: Entry<'n>,
+    params: Vec<(&'n str, Loc, Given)>,
+    start: usize,
+    end: usize,
+}
+
+/// What `slices:` is.
+enum Sliced<'n> {
+    /// A merge of whole models.
+    Whole(Slice<'n>),
+    /// A stack of merged layer ranges, every slice over the same models: the first
+    /// slice's sources and base, each slice's layers and global values.
+    Merged(Slice<'n>, Vec<Stacked>),
+    /// A stack of copied layer ranges.
+    Stack(Vec<Copied<'n>>),
 }
 
 /// The keys of a slice.
@@ -1097,15 +1137,11 @@ impl<'a> Translator<'a> {
         let dtype = get("dtype").and_then(|(v, _)| self.dtype(v, "dtype").map(|d| (d, v.loc)));
         let out_dtype = get("out_dtype").and_then(|(v, _)| self.dtype(v, "out_dtype"));
         if let Some((d @ ("bfloat16" | "float16"), loc)) = dtype {
-            self.warn(
-                loc,
-                format!("reefknot computes in float32 where mergekit computes in `{d}`"),
-                "computed in float32",
-                Some(format!(
-                    "the output is written in {d}, rounded once from float32; mergekit rounds \
-                     every step, so values can differ from its by a {d} rounding"
-                )),
-            );
+            self.low_precision = Some((d, loc));
+            // `passthrough` computes only where it scales (it says so then).
+            if method.family != Family::Passthrough {
+                self.warn_low_precision();
+            }
         }
         let output_dtype = out_dtype.or(dtype.map(|(d, _)| d));
 
@@ -1120,7 +1156,39 @@ impl<'a> Translator<'a> {
         };
         let mut entries: Vec<Entry> = Vec::new();
         if let (Some((v, _)), None) = (get("slices"), get("models")) {
-            let slice = self.slices(v)?;
+            let slice = match self.slices(v, method)? {
+                Sliced::Whole(slice) => slice,
+                Sliced::Merged(slice, stacked) => {
+                    self.stacked = stacked;
+                    slice
+                }
+                Sliced::Stack(stack) => {
+                    let sources: Vec<Entry> = stack
+                        .iter()
+                        .map(|c| Entry {
+                            model: c.source.model.clone(),
+                            loc: c.source.loc,
+                            params: c
+                                .source
+                                .params
+                                .iter()
+                                .chain(&c.params)
+                                .map(|(n, l, g)| (*n, *l, g.clone()))
+                                .collect(),
+                        })
+                        .collect();
+                    self.check_names(method, &top, &sources);
+                    if let Some((_, loc)) = &base {
+                        self.warn(
+                            *loc,
+                            "`passthrough` copies the slices' sources: mergekit never reads `base_model`".into(),
+                            "never read",
+                            None,
+                        );
+                    }
+                    return self.stack_recipe(&stack, &top, output_dtype, file_name);
+                }
+            };
             if let Some(b) = slice.base {
                 base = Some(b);
             }
@@ -1191,29 +1259,186 @@ impl<'a> Translator<'a> {
         self.translate(method, base, &entries, &top, output_dtype, file_name)
     }
 
-    /// `slices:` with one slice whose sources all take every layer: the same merge as
-    /// `models:` (a gradient's depth is the slice's, which is then the model's). More
-    /// slices, or a slice of part of the layers, is a frankenmerge: not supported yet.
-    fn slices<'n>(&mut self, node: &'n Node) -> Option<Slice<'n>> {
-        let frankenmerge = "stacking layer ranges (a frankenmerge, whose output has another \
-                            layer count) is not supported yet";
+    /// `slices:`. One slice whose sources all take every layer is the same merge as
+    /// `models:` (a gradient's depth is the slice's, which is then the model's). With
+    /// `passthrough`, slices of one source each stack layer ranges (a frankenmerge):
+    /// a recipe with `slices:`. Other stacks are not supported yet.
+    fn slices<'n>(&mut self, node: &'n Node, method: &Method) -> Option<Sliced<'n>> {
         let Kind::Seq(items) = &node.kind else {
             let e = self.check.wrong_type(node, "a list of slices", "`slices`");
             self.check.push(e);
             return None;
         };
-        let [slice] = items.as_slice() else {
-            self.unsupported(
+        if items.is_empty() {
+            self.reject(
+                ErrorKind::NoModels,
                 node.loc,
-                format!("{} slices: {frankenmerge}", items.len()),
-                "more than one slice",
-                "a merge of every layer of each model is one slice, or `models:`",
+                "`slices` is empty".into(),
+                "no slices",
             );
             return None;
+        }
+        let errors_before = self.check.error_count();
+        let raw: Vec<RawSlice> = items.iter().filter_map(|s| self.slice(s)).collect();
+        if raw.len() != items.len() || self.check.error_count() > errors_before {
+            return None;
+        }
+        if method.name == "passthrough" {
+            return self.stack(raw).map(Sliced::Stack);
+        }
+        // One slice over every layer of its models (as far as a local config.json
+        // tells: the first local source's) is a merge of whole models.
+        let layers = |e: &Entry| {
+            let here = Path::new(&e.model);
+            num_hidden_layers(here).or_else(|| num_hidden_layers(&self.dir.join(here)))
         };
+        let known = raw[0].sources.iter().find_map(|(e, ..)| layers(e));
+        let whole = raw.len() == 1
+            && raw[0]
+                .sources
+                .iter()
+                .all(|(_, a, b, _)| *a == 0 && *b > 0 && known.is_none_or(|n| n == *b as u64));
+        if !whole {
+            return self.merged_stack(raw, method);
+        }
+        let slice = raw.into_iter().next().expect("one slice");
+        let (_, _, b, rloc) = slice.sources[0];
+        if known.is_none() {
+            self.warn(
+                rloc,
+                format!("cannot check that `[0, {b}]` is every layer: no source is a local folder with a config.json"),
+                "unchecked",
+                Some(format!("reefknot merges every layer of the models; mergekit merges layers 0 to {}", b - 1)),
+            );
+        }
+        Some(Sliced::Whole(Slice {
+            sources: slice.sources.into_iter().map(|(e, ..)| e).collect(),
+            params: slice.params,
+            base: slice.base,
+        }))
+    }
+
+    /// Slices that each merge the same models, every source of a slice over the same
+    /// layers: a recipe with merged `slices:`. The models' own values must be the same
+    /// in every slice; a slice's `parameters` may give the method's global values
+    /// (`t`, `lambda`, ...), which reefknot's slice `params` hold.
+    fn merged_stack<'n>(&mut self, raw: Vec<RawSlice<'n>>, method: &Method) -> Option<Sliced<'n>> {
+        let not_yet = "in a stack of merged slices, every slice merges the same models with the \
+                       same per-model values; only global values may differ";
+        let mut stacked = Vec::with_capacity(raw.len());
+        let first_models: Vec<String> = raw[0]
+            .sources
+            .iter()
+            .map(|(e, ..)| e.model.clone())
+            .collect();
+        let same_params = |a: &Entry, b: &Entry| {
+            a.params.len() == b.params.len()
+                && a.params
+                    .iter()
+                    .zip(&b.params)
+                    .all(|(x, y)| x.0 == y.0 && x.2.val == y.2.val)
+        };
+        for slice in &raw {
+            let (_, a, b, rloc) = &slice.sources[0];
+            if let Some((_, x, y, loc)) = slice.sources.iter().find(|(_, x, y, _)| (x, y) != (a, b))
+            {
+                self.unsupported(
+                    *loc,
+                    format!("the sources of a slice take different layers ([{a}, {b}] and [{x}, {y}]): not supported yet"),
+                    "other layers",
+                    "give every source of the slice the same `layer_range`",
+                );
+                return None;
+            }
+            if *a < 0 || b <= a {
+                self.unsupported(
+                    *rloc,
+                    format!("`layer_range: [{a}, {b}]` is not a non-empty range of layers"),
+                    "no layers",
+                    "write `[start, end]` with 0 <= start < end",
+                );
+                return None;
+            }
+            let models: Vec<&str> = slice
+                .sources
+                .iter()
+                .map(|(e, ..)| e.model.as_str())
+                .collect();
+            let differs = models != first_models.iter().map(String::as_str).collect::<Vec<_>>()
+                || slice.base.as_ref().map(|b| &b.0) != raw[0].base.as_ref().map(|b| &b.0)
+                || slice
+                    .sources
+                    .iter()
+                    .zip(&raw[0].sources)
+                    .any(|((x, ..), (y, ..))| !same_params(x, y));
+            if differs {
+                self.unsupported(
+                    slice.sources[0].0.loc,
+                    format!("this slice's models, base_model or per-model values are not the first slice's: {not_yet}"),
+                    "other models or values",
+                    "give every slice the same sources (in the same order) and per-model `parameters`",
+                );
+                return None;
+            }
+            let mut params = Vec::new();
+            for (name, loc, g) in &slice.params {
+                let global = method.globals.iter().any(|d| d.name == *name);
+                let numeric = !matches!(g.val, Val::Bool(_) | Val::Str(_))
+                    && !matches!(&g.val, Val::Cond(es) if es.iter().any(|(_, v)| matches!(v, Val::Bool(_) | Val::Str(_))));
+                if !global || !numeric {
+                    self.unsupported(
+                        *loc,
+                        format!("`{name}` in a slice's `parameters`: {not_yet}, and as numbers"),
+                        "a per-slice value",
+                        "give it in the top-level `parameters` or under the models",
+                    );
+                    return None;
+                }
+                params.push((name.to_string(), g.val.clone()));
+            }
+            let (Ok(start), Ok(end)) = (usize::try_from(*a), usize::try_from(*b)) else {
+                self.reject(
+                    ErrorKind::InvalidValue,
+                    *rloc,
+                    format!("`layer_range: [{a}, {b}]` is too large"),
+                    "too large",
+                );
+                return None;
+            };
+            stacked.push(Stacked { start, end, params });
+        }
+        let first = raw.into_iter().next().expect("a slice");
+        Some(Sliced::Merged(
+            Slice {
+                sources: first.sources.into_iter().map(|(e, ..)| e).collect(),
+                params: Vec::new(),
+                base: first.base,
+            },
+            stacked,
+        ))
+    }
+
+    /// Warns, once, that mergekit computes in the configuration's half-precision
+    /// `dtype` where reefknot computes in float32.
+    fn warn_low_precision(&mut self) {
+        if let Some((d, loc)) = self.low_precision.take() {
+            self.warn(
+                loc,
+                format!("reefknot computes in float32 where mergekit computes in `{d}`"),
+                "computed in float32",
+                Some(format!(
+                    "the output is written in {d}, rounded once from float32; mergekit rounds \
+                     every step, so values can differ from its by a {d} rounding"
+                )),
+            );
+        }
+    }
+
+    /// One entry of `slices:`, as read.
+    fn slice<'n>(&mut self, slice: &'n Node) -> Option<RawSlice<'n>> {
         let errors_before = self.check.error_count();
         let fields = self.entries(slice, "a slice")?;
-        let mut out = Slice {
+        let mut out = RawSlice {
             sources: Vec::new(),
             params: Vec::new(),
             base: None,
@@ -1270,7 +1495,6 @@ impl<'a> Translator<'a> {
             );
             return None;
         }
-        let mut range: Option<(i128, i128, Loc)> = None;
         for (i, item) in items.iter().enumerate() {
             let what = format!("source {}", i + 1);
             let Some(fields) = self.entries(item, &format!("a slice's {what}")) else {
@@ -1300,67 +1524,173 @@ impl<'a> Translator<'a> {
                     ),
                 }
             }
-            let Some(Entry { model, loc, params }) = self.finish_entry(entry, item, &what) else {
+            let Some(entry) = self.finish_entry(entry, item, &what) else {
                 continue;
             };
             let Some((a, b, rloc)) = this_range else {
                 self.reject(
                     ErrorKind::MissingKey,
-                    loc,
+                    entry.loc,
                     format!("{what} has no `layer_range`"),
                     "no layer_range",
                 );
                 continue;
             };
-            match range {
-                Some((ra, rb, _)) if (ra, rb) != (a, b) => {
-                    self.unsupported(
-                        rloc,
-                        format!("the sources take different layers ([{ra}, {rb}] and [{a}, {b}]): {frankenmerge}"),
-                        "other layers",
-                        "give every source of the slice the same `layer_range`",
-                    );
-                }
-                None => range = Some((a, b, rloc)),
-                _ => {}
+            out.sources.push((entry, a, b, rloc));
+        }
+        (self.check.error_count() == errors_before).then_some(out)
+    }
+
+    /// A `passthrough` stack: every slice one source, copied (times its `scale`).
+    fn stack<'n>(&mut self, raw: Vec<RawSlice<'n>>) -> Option<Vec<Copied<'n>>> {
+        let mut out = Vec::with_capacity(raw.len());
+        for slice in raw {
+            if slice.sources.len() != 1 {
+                let loc = slice.sources[1].0.loc;
+                self.reject(
+                    ErrorKind::InvalidValue,
+                    loc,
+                    format!(
+                        "`passthrough` takes exactly one source per slice, but this slice has {}",
+                        slice.sources.len()
+                    ),
+                    "a second source",
+                );
+                continue;
             }
-            out.sources.push(Entry { model, loc, params });
-        }
-        let (a, b, rloc) = range?;
-        if self.check.error_count() > errors_before {
-            return None;
-        }
-        if a != 0 || b <= 0 {
-            self.unsupported(
-                rloc,
-                format!("`layer_range: [{a}, {b}]` takes part of the layers: {frankenmerge}"),
-                "part of the layers",
-                "a merge of every layer is `layer_range: [0, number of layers]`",
-            );
-            return None;
-        }
-        // Whether [0, b] is every layer: the first local source's config.json says.
-        let layers = out.sources.iter().find_map(|e| {
-            let here = Path::new(&e.model);
-            num_hidden_layers(here).or_else(|| num_hidden_layers(&self.dir.join(here)))
-        });
-        match layers {
-            Some(n) if n == b as u64 => {}
-            Some(n) => {
+            if let Some((_, loc)) = &slice.base {
+                self.warn(
+                    *loc,
+                    "`passthrough` copies its one source: mergekit never reads the slice's `base_model`".into(),
+                    "never read",
+                    None,
+                );
+            }
+            let (source, a, b, rloc) = slice.sources.into_iter().next().expect("one source");
+            if a < 0 || b <= a {
+                let (what, hint) = if a == b {
+                    (
+                        "is empty",
+                        "an empty last slice picks the model of the final norm and `lm_head` in mergekit; in reefknot they come from the last slice that has layers",
+                    )
+                } else {
+                    (
+                        "is not a range of layers",
+                        "write `[start, end]` with 0 <= start < end",
+                    )
+                };
                 self.unsupported(
                     rloc,
-                    format!("`layer_range: [0, {b}]` of models with {n} layers: {frankenmerge}"),
-                    "not every layer",
-                    "a merge of every layer is `layer_range: [0, number of layers]`",
+                    format!("`layer_range: [{a}, {b}]` {what}"),
+                    "no layers",
+                    hint,
                 );
-                return None;
+                continue;
             }
-            None => self.warn(
-                rloc,
-                format!("cannot check that `[0, {b}]` is every layer: no source is a local folder with a config.json"),
-                "unchecked",
-                Some(format!("reefknot merges every layer of the models; mergekit merges layers 0 to {}", b - 1)),
-            ),
+            let (Ok(start), Ok(end)) = (usize::try_from(a), usize::try_from(b)) else {
+                self.reject(
+                    ErrorKind::InvalidValue,
+                    rloc,
+                    format!("`layer_range: [{a}, {b}]` is too large"),
+                    "too large",
+                );
+                continue;
+            };
+            out.push(Copied {
+                source,
+                params: slice.params,
+                start,
+                end,
+            });
+        }
+        (out.len() == out.capacity()).then_some(out)
+    }
+
+    /// The recipe of a `passthrough` stack: the first slice's model is the base, the
+    /// other models in the order they first appear; each slice copies its model's
+    /// layers, scaled by its `scale` (the source's, the slice's, the top level's).
+    fn stack_recipe(
+        &mut self,
+        stack: &[Copied],
+        top: &[(&str, Loc, Given)],
+        dtype: Option<&str>,
+        file_name: &str,
+    ) -> Option<String> {
+        let base = stack[0].source.model.clone();
+        let mut models: Vec<&str> = Vec::new();
+        for c in stack {
+            if c.source.model != base && !models.contains(&c.source.model.as_str()) {
+                models.push(&c.source.model);
+            }
+        }
+        let top_get = |name: &str| top.iter().find(|(n, _, _)| *n == name).map(|(_, _, g)| g);
+        let file_name: String = file_name
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# The mergekit configuration {file_name} (merge_method: passthrough) as a reefknot\n\
+             # recipe, written by `reefknot convert`. Relative paths resolve against the\n\
+             # configuration's folder."
+        );
+        let _ = writeln!(out, "base: {}", quote(&self.local(&base)));
+        out.push_str("models:\n");
+        if models.is_empty() {
+            // Every slice is the base's: it stands in as the one model the recipe needs.
+            let _ = writeln!(out, "  - path: {}", quote(&self.local(&base)));
+        }
+        for m in &models {
+            let _ = writeln!(out, "  - path: {}", quote(&self.local(m)));
+        }
+        out.push_str("merge: passthrough\nslices:\n");
+        for c in stack {
+            let from = if c.source.model == base {
+                "base".to_string()
+            } else {
+                quote(&self.local(&c.source.model))
+            };
+            let _ = writeln!(out, "  - from: {from}\n    layers: {}..{}", c.start, c.end);
+            let slice_get = |name: &str| {
+                c.params
+                    .iter()
+                    .find(|(n, _, _)| *n == name)
+                    .map(|(_, _, g)| g)
+            };
+            let levels = [
+                c.source.param("scale"),
+                slice_get("scale"),
+                top_get("scale"),
+            ];
+            match resolve(&levels, None) {
+                None | Some(Val::Num(1.0)) => {}
+                Some(v @ (Val::Num(_) | Val::Grad(_) | Val::Cond(_))) => {
+                    self.warn_low_precision();
+                    let _ = writeln!(out, "    scale: {}", v.yaml());
+                }
+                Some(v) => {
+                    let loc = levels
+                        .iter()
+                        .flatten()
+                        .next()
+                        .map_or(c.source.loc, |g| g.loc);
+                    let e = self.error(
+                        ErrorKind::WrongType,
+                        loc,
+                        format!(
+                            "`scale` must be a number, a gradient or conditions, but this is {}",
+                            describe(&v)
+                        ),
+                        "expected a number",
+                    );
+                    self.check.push(e);
+                    return None;
+                }
+            }
+        }
+        if let Some(d) = dtype {
+            let _ = writeln!(out, "dtype: {d}");
         }
         Some(out)
     }
@@ -1776,7 +2106,20 @@ impl<'a> Translator<'a> {
                 None => false,
             }
         };
+        let sliced: Vec<String> = self
+            .stacked
+            .iter()
+            .flat_map(|s| s.params.iter().map(|(n, _)| n.clone()))
+            .collect();
         let number = |t: &mut Translator, recipe: &mut Builder, name: &str| -> Option<String> {
+            if sliced.iter().any(|n| n == name) {
+                // Slices give their own values: a variable, with the top level's (or the
+                // default) for the slices that do not.
+                if let Some(v) = global(name) {
+                    recipe.all.push((name.to_string(), v));
+                }
+                return Some(format!("${name}"));
+            }
             let v = global(name)?;
             recipe.global(t, name, v, top_get(name).map(|g| g.loc))
         };
@@ -1983,6 +2326,7 @@ impl<'a> Translator<'a> {
                 let scale = per_model(self, "scale").unwrap_or_default();
                 match scale.into_iter().flatten().next() {
                     Some(v) if v != Val::Num(1.0) => {
+                        self.warn_low_precision();
                         let s = recipe.per_model(self, "scale", vec![v])?;
                         format!("passthrough({s})")
                     }
@@ -2033,6 +2377,18 @@ impl<'a> Translator<'a> {
             }
         }
         let _ = writeln!(out, "merge: {expr}");
+        if !self.stacked.is_empty() {
+            out.push_str("slices:\n");
+            for s in &self.stacked {
+                let _ = writeln!(out, "  - layers: {}..{}", s.start, s.end);
+                if !s.params.is_empty() {
+                    out.push_str("    params:\n");
+                    for (name, v) in &s.params {
+                        let _ = writeln!(out, "      {name}: {}", v.yaml());
+                    }
+                }
+            }
+        }
         if let Some(d) = dtype {
             let _ = writeln!(out, "dtype: {d}");
         }

@@ -10,7 +10,7 @@ use crate::expr::Expr;
 use crate::groups::{compile_glob, Groups, BUILTIN_GROUPS};
 use crate::value::{Condition, Number, Param, ParamValue, Params, Weight};
 use crate::yaml::{Kind, Node};
-use crate::{Loc, ModelEntry, OutputDtype, Override, Selector};
+use crate::{Loc, ModelEntry, OutputDtype, Override, Selector, Slice, SliceInput, SliceSource};
 
 /// Everything of a recipe but its file and text.
 pub(crate) struct Parts {
@@ -20,6 +20,7 @@ pub(crate) struct Parts {
     pub(crate) params: Params,
     pub(crate) merge: Expr,
     pub(crate) overrides: Vec<Override>,
+    pub(crate) slices: Vec<Slice>,
     pub(crate) groups: Groups,
     pub(crate) dtype: Option<OutputDtype>,
     pub(crate) seed: u64,
@@ -45,6 +46,7 @@ const TOP: Schema = Schema {
         "params",
         "merge",
         "overrides",
+        "slices",
         "groups",
         "dtype",
         "seed",
@@ -66,12 +68,6 @@ const TOP: Schema = Schema {
         ),
         ("out_dtype", Some("dtype"), "the output dtype is `dtype:`"),
         ("random_seed", Some("seed"), "the seed is `seed:`"),
-        (
-            "slices",
-            None,
-            "reefknot merges whole models; to treat a range of layers differently, use \
-             `overrides:` with `layers: a..b`",
-        ),
         ("path", None, "`path` belongs in an entry of `models:`"),
         ("weight", None, "`weight` belongs in an entry of `models:`"),
         ("fisher", None, "`fisher` belongs in an entry of `models:`"),
@@ -121,6 +117,40 @@ const OVERRIDE: Schema = Schema {
             "parameters",
             Some("params"),
             "values for `$variables` go in `params:`",
+        ),
+    ],
+};
+
+const SLICE: Schema = Schema {
+    what: "a slice",
+    keys: &["layers", "from", "scale", "params"],
+    hints: &[
+        (
+            "layer_range",
+            Some("layers"),
+            "a slice's input layers are `layers: a..b` (half-open)",
+        ),
+        (
+            "model",
+            Some("from"),
+            "the input a slice copies is `from:` (`base` or a model's path)",
+        ),
+        (
+            "sources",
+            None,
+            "a reefknot slice merges the same layers of every input (no `from`) or copies one \
+             input's (`from:`); `reefknot convert` translates mergekit's `sources`",
+        ),
+        (
+            "parameters",
+            Some("params"),
+            "a merged slice's values for `$variables` go in `params:`",
+        ),
+        (
+            "merge",
+            None,
+            "a merged slice uses the recipe's `merge` and its overrides; give it other values \
+             in `params:`",
         ),
     ],
 };
@@ -286,6 +316,10 @@ impl<'a> Checker<'a> {
             }
         };
         let overrides = self.overrides(&f, groups.as_ref());
+        let slices = match f.get("slices") {
+            Some(n) => self.slices(n, base.as_deref(), models.as_deref()),
+            None => Some(Vec::new()),
+        };
         let dtype = match f.get("dtype") {
             Some(n) => self.dtype(n).map(Some),
             None => Some(None),
@@ -310,6 +344,7 @@ impl<'a> Checker<'a> {
             params: params?,
             merge: merge?,
             overrides: overrides?,
+            slices: slices?,
             groups: groups?,
             dtype: dtype?,
             seed: seed?,
@@ -898,6 +933,185 @@ impl<'a> Checker<'a> {
             params: params?,
             location: path_node?.loc,
         })
+    }
+
+    // ---- slices -------------------------------------------------------------------
+
+    /// `slices:`, a non-empty list; `from` values are resolved against `base` and
+    /// `models` (when those are valid: otherwise they are not checked).
+    fn slices(
+        &mut self,
+        node: &Node,
+        base: Option<&Path>,
+        models: Option<&[ModelEntry]>,
+    ) -> Option<Vec<Slice>> {
+        const EXAMPLE: &str =
+            "slices:\n  - from: base\n    layers: 0..24\n  - from: models/math\n    layers: 8..32";
+        let items = match &node.kind {
+            Kind::Seq(items) if !items.is_empty() => items,
+            Kind::Seq(_) => {
+                self.push(
+                    RecipeError::new(ErrorKind::InvalidValue, "`slices` is empty: the output would have no layers")
+                        .label(node.loc, "no slices")
+                        .help(format!("list the output's layers, or leave `slices` out to merge layer by layer:\n{EXAMPLE}")),
+                );
+                return None;
+            }
+            _ => {
+                let e = self
+                    .wrong_type(node, "a list of slices", "`slices`")
+                    .help(format!("write one entry per run of layers:\n{EXAMPLE}"));
+                self.push(e);
+                return None;
+            }
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for item in items {
+            match self.slice(item, base, models) {
+                Some(s) => out.push(s),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn slice(
+        &mut self,
+        node: &Node,
+        base: Option<&Path>,
+        models: Option<&[ModelEntry]>,
+    ) -> Option<Slice> {
+        let f = self.fields(node, &SLICE)?;
+        let range = match f.get("layers") {
+            Some(n) => self.layers(n).map(|r| (r, n.loc)),
+            None => {
+                if !f.suggested.contains(&"layers") {
+                    self.missing(
+                        &f,
+                        "layers",
+                        "this slice has no `layers` (the input layers it takes)",
+                        Some("add e.g. `layers: 0..24`"),
+                    );
+                }
+                None
+            }
+        };
+        let scale = match f.get("scale") {
+            Some(Node {
+                kind: Kind::Seq(items),
+                ..
+            }) if is_conditions(items) => self
+                .conditions(items, "`scale`", |c, n| c.number(n, "`scale`"))
+                .map(Weight::Conditions),
+            Some(n) => self.number(n, "`scale`").map(Weight::Number),
+            None => Some(Weight::ONE),
+        };
+        let params = match f.get("params") {
+            Some(n) => self.params(n, "this slice"),
+            None => Some(Params::new()),
+        };
+        let source = match f.get("from") {
+            Some(n) => {
+                if let Some(p) = f.get("params") {
+                    self.push(
+                        RecipeError::new(
+                            ErrorKind::InvalidValue,
+                            "a slice that copies an input (`from`) merges nothing, so it has no `params`",
+                        )
+                        .label(p.loc, "never read")
+                        .label(n.loc, "copied from here")
+                        .help("drop `from` to merge the slice's layers with these values, or drop `params`"),
+                    );
+                    None
+                } else {
+                    let input = self.slice_input(n, base, models);
+                    match (input, scale) {
+                        (Some(input), Some(scale)) => Some(SliceSource::Copy {
+                            input,
+                            scale,
+                            loc: n.loc,
+                        }),
+                        _ => None,
+                    }
+                }
+            }
+            None => match f.get("scale") {
+                Some(n) => {
+                    self.push(
+                        RecipeError::new(
+                            ErrorKind::InvalidValue,
+                            "`scale` multiplies a copied slice, but this slice has no `from`",
+                        )
+                        .label(n.loc, "no input to scale")
+                        .help("add `from: base` or `from: <a model's path>`, or scale in the merge expression (`... |> scale(0.5)`)"),
+                    );
+                    None
+                }
+                None => params.map(|params| SliceSource::Merge { params }),
+            },
+        };
+        let ((start, end), loc) = range?;
+        Some(Slice {
+            start,
+            end,
+            source: source?,
+            loc,
+        })
+    }
+
+    /// A slice's `from`: `base`, the base's path or a model's path, as written or as
+    /// resolved.
+    fn slice_input(
+        &mut self,
+        node: &Node,
+        base: Option<&Path>,
+        models: Option<&[ModelEntry]>,
+    ) -> Option<SliceInput> {
+        let text = self.string(node, "`base` or a model's path", "`from`")?;
+        if text == "base" {
+            return Some(SliceInput::Base);
+        }
+        // Without a valid base and models, nothing to check against (already reported).
+        let (Some(base), Some(models)) = (base, models) else {
+            return None;
+        };
+        let path = resolve(self.dir, Path::new(text));
+        if path == base {
+            return Some(SliceInput::Base);
+        }
+        if let Some(i) = models.iter().position(|m| m.path == path) {
+            return Some(SliceInput::Model(i));
+        }
+        let written: Vec<&str> = std::iter::once("base")
+            .chain(
+                models
+                    .iter()
+                    .filter_map(|m| self.source.get(m.location.range()))
+                    .map(|t| t.trim_matches(|c| c == '"' || c == '\'')),
+            )
+            .collect();
+        let mut e = RecipeError::new(
+            ErrorKind::UnknownSource,
+            format!("`from: {text}` names neither the base nor a model of `models:`"),
+        );
+        let valid = format!(
+            "a slice copies `base` or one of `models:` ({})",
+            list(&written[1..])
+        );
+        e = match closest(text, written.iter().copied()) {
+            Some(best) => e
+                .label(node.loc, format!("did you mean `{best}`?"))
+                .help(format!("did you mean `{best}`? {}", capitalize(&valid))),
+            None => e
+                .label(node.loc, "not an input of the recipe")
+                .help(format!(
+                    "{}; to copy layers of another model, add it to `models:`",
+                    capitalize(&valid)
+                )),
+        };
+        self.push(e);
+        None
     }
 
     // ---- groups and overrides -----------------------------------------------------

@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use reefknot_recipe::{
-    ErrorKind, Groups, Number, OutputDtype, ParamValue, Recipe, RecipeError, Selector, Weight,
+    ErrorKind, Groups, Number, OutputDtype, ParamValue, Recipe, RecipeError, Selector, SliceInput,
+    SliceSource, Weight,
 };
 
 fn parse(yaml: &str) -> Recipe {
@@ -498,4 +499,51 @@ fn conditions_pick_the_first_match_and_fall_through() {
         Some(ParamValue::Number(Number::Gradient(vec![0.2, 0.4])))
     );
     assert_eq!(d(1, attn), d(0, mlp));
+}
+
+#[test]
+fn a_slice_s_params_sit_between_the_override_s_and_the_recipe_s() {
+    let r = parse(
+        "base: b\nmodels:\n  - path: m1\n    params: { d: [{ match: \"model.layers.3.*\", value: 0.9 }] }\n\
+         params: { d: 0.1, e: 0.2 }\nmerge: trim($d) |> sum |> scale($e)\n\
+         overrides:\n  - group: mlp\n    params: { d: 0.3 }\n\
+         slices:\n  - layers: 2..4\n    params: { d: 0.5, e: [0, 1] }\n  - from: m1\n    layers: 3\n    scale: 0.25\n",
+    );
+    assert_eq!(r.slices.len(), 2);
+    assert_eq!(
+        (r.slices[0].start, r.slices[0].end, r.slices[0].len()),
+        (2, 4, 2)
+    );
+    assert!(matches!(
+        r.slices[1].source,
+        SliceSource::Copy {
+            input: SliceInput::Model(0),
+            scale: Weight::Number(Number::Scalar(s)),
+            ..
+        } if s == 0.25
+    ));
+    let num = |v: f64| Some(ParamValue::Number(Number::Scalar(v)));
+    // Output layer 1 is the models' layer 3: the model's condition sees its own name.
+    let out = "model.layers.1.self_attn.q_proj.weight";
+    let input = "model.layers.3.self_attn.q_proj.weight";
+    let d =
+        |model, over, slice, t: &str, i: &str| r.param_in("d", model, over, slice, t, i).cloned();
+    assert_eq!(d(Some(0), None, Some(0), out, input), num(0.9));
+    assert_eq!(
+        d(Some(0), None, Some(0), input, out),
+        num(0.5),
+        "not the output's name"
+    );
+    // The override before the slice, the slice before the recipe.
+    let mlp = "model.layers.1.mlp.up_proj.weight";
+    let over = r.override_for(mlp);
+    assert_eq!(d(None, over, Some(0), mlp, mlp), num(0.3));
+    assert_eq!(d(None, None, Some(0), mlp, mlp), num(0.5));
+    assert_eq!(d(None, None, None, mlp, mlp), num(0.1));
+    // A copied slice has no params: the recipe's.
+    assert_eq!(d(None, None, Some(1), mlp, mlp), num(0.1));
+    assert_eq!(
+        r.param_in("e", None, None, Some(0), mlp, mlp).cloned(),
+        Some(ParamValue::Number(Number::Gradient(vec![0.0, 1.0])))
+    );
 }

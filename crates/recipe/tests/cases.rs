@@ -117,6 +117,21 @@ fn dump(r: &Recipe) -> String {
             params(&mut s, "    ", &o.params, r);
         }
     }
+    if !r.slices.is_empty() {
+        writeln!(s, "slices:").unwrap();
+        for sl in &r.slices {
+            write!(s, "  - layers {}..{}  @ {}", sl.start, sl.end, at(sl.loc)).unwrap();
+            match &sl.source {
+                reefknot_recipe::SliceSource::Copy { input, scale, .. } => {
+                    writeln!(s, "  copied from {input:?}, scale {scale:?}").unwrap();
+                }
+                reefknot_recipe::SliceSource::Merge { params: p } => {
+                    writeln!(s, "  merged").unwrap();
+                    params(&mut s, "    ", p, r);
+                }
+            }
+        }
+    }
     let custom: Vec<_> = r
         .groups
         .names()

@@ -135,8 +135,10 @@ fn every_top_level_key_is_honoured_or_named() {
         assert!(seen.contains(key), "the test does not try `{key}`");
     }
     // `slices:` in place of `models:`: one slice over every layer is a merge of whole
-    // models (unchecked here, where the models are not on disk: a warning); more is a
-    // frankenmerge; both keys at once is an error, as in mergekit.
+    // models (unchecked here, where the models are not on disk: a warning); more, or
+    // part of the layers, is a stack of merged slices over the same models; slices
+    // over other models, or sources of one slice over other layers, are not supported
+    // yet; both keys at once is an error, as in mergekit.
     let sliced = |slices: &str| {
         format!(
             "merge_method: ties\nbase_model: b\nparameters: {{ weight: 1.0 }}\nslices:\n{slices}"
@@ -144,13 +146,22 @@ fn every_top_level_key_is_honoured_or_named() {
     };
     let whole = "  - sources: [{ model: m, layer_range: [0, 4] }]\n";
     assert_eq!(fate(&sliced(whole)), Fate::Warned);
-    assert_eq!(fate(&sliced(&whole.repeat(2))), Fate::Unsupported);
+    assert_eq!(fate(&sliced(&whole.repeat(2))), Fate::Honoured);
     assert_eq!(
         fate(&sliced(
             "  - sources: [{ model: m, layer_range: [1, 4] }]\n"
         )),
-        Fate::Unsupported
+        Fate::Honoured
     );
+    let unsupported = [
+        "  - sources: [{ model: m, layer_range: [0, 2] }, { model: b, layer_range: [1, 3] }]\n",
+        "  - sources: [{ model: m, layer_range: [0, 2] }]\n  - sources: [{ model: n, layer_range: [2, 4] }]\n",
+        "  - sources: [{ model: m, layer_range: [0, 2] }]\n  - sources: [{ model: m, layer_range: [2, 4] }]\n    parameters: { weight: 0.5 }\n",
+        "  - sources: [{ model: m, layer_range: [2, 2] }]\n",
+    ];
+    for slices in unsupported {
+        assert_eq!(fate(&sliced(slices)), Fate::Unsupported, "{slices}");
+    }
     assert!(parse(&format!("{BASE}slices:\n{whole}"), "both.yml").is_err());
     // Keys mergekit does not know, which it ignores.
     assert_eq!(fate(&format!("{BASE}residual_weight: 0.5\n")), Fate::Warned);

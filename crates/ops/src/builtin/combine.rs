@@ -333,7 +333,8 @@ static PASSTHROUGH: OpSpec = OpSpec {
     doc: "mergekit's `passthrough` for one model: the merged tensor is `scale·θ_1`, the \
 fine-tune's own values (`Δ = scale·θ_1 − θ_b`). With `scale=1` and nothing else in the \
 pipeline, the tensor is copied, bit for bit. A recipe with `passthrough` has one model; \
-taking layers from several models (mergekit's `slices:`) is not a recipe yet.",
+to take layers from several models (mergekit's frankenmerges), a recipe's `slices:` copy \
+each run of layers from its input, with its own `scale` (docs/recipes.md).",
 };
 
 const PASS_SCALE: Param<NumberParam> = Param::number(&PASSTHROUGH, "scale");
