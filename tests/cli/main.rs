@@ -6,6 +6,7 @@ mod docs;
 mod errors;
 mod hostile;
 mod hub;
+mod lora;
 mod merge;
 mod mergekit;
 mod nonfinite;

@@ -95,15 +95,15 @@ fn convert_refuses_a_reefknot_recipe_and_names_what_is_not_supported() {
     let err = fails(&run_in(ws.path(), &["convert", "r.yaml"]), 2);
     assert!(err.contains("not a mergekit configuration"), "{err}");
     ws.recipe(
-        "lora.yml",
-        "merge_method: linear\nmodels:\n  - model: models/code+loras/code\n    parameters: { weight: 1.0 }\n",
+        "steps.yml",
+        "merge_method: linear\nmodels:\n  - model: models/code\n    parameters: { weight: [low, high] }\n",
     );
     let err = fails(
-        &run_in(ws.path(), &["merge", "lora.yml", "-o", "out", "--quiet"]),
+        &run_in(ws.path(), &["merge", "steps.yml", "-o", "out", "--quiet"]),
         2,
     );
     assert!(
-        err.contains("reefknot::recipe::unsupported") && err.contains("lora.yml:3:12"),
+        err.contains("reefknot::recipe::unsupported") && err.contains("steps.yml:4:27"),
         "{err}"
     );
 }

@@ -147,8 +147,15 @@ pub(crate) fn write_card(plan: &Plan, out: &Path) -> Result<(), Error> {
         models.len(),
         if models.len() == 1 { "" } else { "s" }
     );
-    for m in &models {
-        let _ = writeln!(s, "- `{m}`");
+    for (model, m) in models.iter().enumerate() {
+        let _ = write!(s, "- `{m}`");
+        if let Some(a) = path_of(Role::Lora { model: Some(model) }) {
+            let _ = write!(s, " with the LoRA adapter `{a}` applied");
+        }
+        s.push('\n');
+    }
+    if let Some(a) = path_of(Role::Lora { model: None }) {
+        let _ = writeln!(s, "\nThe base is read with the LoRA adapter `{a}` applied.");
     }
     s.push_str("\n## Merge\n\n");
     for e in &data.expressions {

@@ -88,6 +88,19 @@ pub enum ErrorKind {
         source: reefknot_io::IoError,
     },
 
+    /// A LoRA adapter cannot be applied to its model.
+    #[error("cannot apply the {adapter}: {message}")]
+    #[diagnostic(help(
+        "reefknot applies PEFT LoRA adapters (adapter_config.json and \
+         adapter_model.safetensors) made for this model"
+    ))]
+    Adapter {
+        /// Which adapter: `LoRA adapter of model 2 (path)`.
+        adapter: String,
+        /// What is wrong with it.
+        message: String,
+    },
+
     /// A slice takes layers its input does not have.
     #[error("slice {slice} takes layers {start}..{end}, but the {input} has {layers} layers")]
     #[diagnostic(help(
@@ -566,6 +579,7 @@ impl ErrorKind {
             ErrorKind::InRecipe(e) => e.error.exit_code(),
             ErrorKind::NotInCache { .. }
             | ErrorKind::Checkpoint { .. }
+            | ErrorKind::Adapter { .. }
             | ErrorKind::MissingTensor { .. }
             | ErrorKind::ShapeMismatch { .. }
             | ErrorKind::DtypeMismatch { .. }

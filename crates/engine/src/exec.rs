@@ -31,7 +31,7 @@ use reefknot_ops::{
 };
 use reefknot_plan::Role;
 
-use crate::plan::{describe_stages, Job, Located, MergeJob, Plan, Stage};
+use crate::plan::{describe_stages, Job, Located, Lora, MergeJob, Operand, Plan, Stage};
 use crate::{Error, ErrorKind, NonFiniteAt};
 
 /// Receives progress reports (in elements of output written).
@@ -740,10 +740,11 @@ impl Source for InMemory<'_> {
 }
 
 /// A tensor of the plan's checkpoints as a [`Source`]: each input's tensor resolved
-/// once, when the tensor starts, so that a read is one look-up.
+/// once, when the tensor starts, so that a read is one look-up (and an adapter's
+/// factors read once).
 struct Mapped<'a> {
-    base: (&'a Checkpoint, &'a reefknot_io::TensorInfo),
-    models: Vec<(&'a Checkpoint, &'a reefknot_io::TensorInfo)>,
+    base: Read<'a>,
+    models: Vec<Read<'a>>,
     fisher: Vec<(&'a Checkpoint, &'a reefknot_io::TensorInfo)>,
 }
 
@@ -754,8 +755,8 @@ impl<'a> Mapped<'a> {
             (c, &c.tensors()[l.1])
         };
         Mapped {
-            base: at(job.base),
-            models: job.models.iter().map(|&l| at(l)).collect(),
+            base: Read::new(plan, job.base),
+            models: job.models.iter().map(|&o| Read::new(plan, o)).collect(),
             fisher: job.fisher.iter().flatten().map(|&l| at(l)).collect(),
         }
     }
@@ -763,22 +764,141 @@ impl<'a> Mapped<'a> {
 
 impl Source for Mapped<'_> {
     fn base(&self, start: usize, out: &mut [f32]) {
-        let (c, info) = self.base;
-        read_f32(c, info, start, out);
+        self.base.values(start, out);
     }
     fn model(&self, i: usize, start: usize, out: &mut [f32]) {
-        let (c, info) = self.models[i];
-        read_f32(c, info, start, out);
+        self.models[i].values(start, out);
     }
     fn delta(&self, i: usize, start: usize, base: &[f32], out: &mut [f32]) {
-        let (c, info) = self.models[i];
-        let size = info.dtype.size();
-        let bytes = &c.data(info)[start * size..(start + out.len()) * size];
-        to_f32_minus(info.dtype, bytes, base, out);
+        self.models[i].minus(start, base, out);
     }
     fn fisher(&self, i: usize, start: usize, out: &mut [f32]) {
         let (c, info) = self.fisher[i];
         read_f32(c, info, start, out);
+    }
+}
+
+/// An operand's tensor, resolved, with its adapter's update ready to add.
+struct Read<'a> {
+    ckpt: &'a Checkpoint,
+    info: &'a reefknot_io::TensorInfo,
+    lora: Option<LowRank>,
+}
+
+impl<'a> Read<'a> {
+    fn new(plan: &'a Plan, o: Operand) -> Self {
+        let ckpt = &plan.inputs()[o.at.0];
+        let info = &ckpt.tensors()[o.at.1];
+        Read {
+            ckpt,
+            info,
+            lora: o
+                .lora
+                .map(|l| LowRank::new(plan, l, info.shape[0], info.shape[1])),
+        }
+    }
+
+    /// Elements `[start, start + out.len())` as `f32`.
+    fn values(&self, start: usize, out: &mut [f32]) {
+        read_f32(self.ckpt, self.info, start, out);
+        if let Some(l) = &self.lora {
+            l.add(start, out);
+        }
+    }
+
+    /// Elements `[start, start + out.len())` minus `base`.
+    fn minus(&self, start: usize, base: &[f32], out: &mut [f32]) {
+        let size = self.info.dtype.size();
+        let bytes = &self.ckpt.data(self.info)[start * size..(start + out.len()) * size];
+        to_f32_minus(self.info.dtype, bytes, base, out);
+        if let Some(l) = &self.lora {
+            l.add(start, out);
+        }
+    }
+}
+
+/// A LoRA update as a product `left · right` of a `[rows, r]` and an `[r, cols]` matrix
+/// in float32, the scale folded into `left`: `scale·B` and `A`, or, transposed,
+/// `scale·Aᵀ` and `Bᵀ`. Small (`r·(rows + cols)` values), read whole once per tensor.
+struct LowRank {
+    left: Vec<f32>,
+    right: Vec<f32>,
+    rank: usize,
+    cols: usize,
+}
+
+impl LowRank {
+    fn new(plan: &Plan, l: Lora, rows: usize, cols: usize) -> LowRank {
+        let whole = |at: Located| {
+            let c = &plan.inputs()[at.0];
+            let info = &c.tensors()[at.1];
+            let mut v = vec![0f32; info.numel()];
+            read_f32(c, info, 0, &mut v);
+            v
+        };
+        LowRank::from_factors(&whole(l.a), &whole(l.b), l.scale, l.transposed, rows, cols)
+    }
+
+    /// The update `scale·B·A` (or its transpose) of a `[rows, cols]` tensor, from the
+    /// factors' values (row-major).
+    fn from_factors(
+        a: &[f32],
+        b: &[f32],
+        scale: f32,
+        transposed: bool,
+        rows: usize,
+        cols: usize,
+    ) -> LowRank {
+        let rank = a.len() / if transposed { rows } else { cols };
+        let (left, right) = if transposed {
+            // A is [r, rows], B is [cols, r].
+            let mut left = vec![0f32; rows * rank];
+            for k in 0..rank {
+                for (row, &x) in a[k * rows..(k + 1) * rows].iter().enumerate() {
+                    left[row * rank + k] = scale * x;
+                }
+            }
+            let mut right = vec![0f32; rank * cols];
+            for (c, b_row) in b.chunks_exact(rank).enumerate() {
+                for (k, &x) in b_row.iter().enumerate() {
+                    right[k * cols + c] = x;
+                }
+            }
+            (left, right)
+        } else {
+            (b.iter().map(|&x| scale * x).collect(), a.to_vec())
+        };
+        LowRank {
+            left,
+            right,
+            rank,
+            cols,
+        }
+    }
+
+    /// Adds the update's elements `[start, start + out.len())` (row-major) to `out`:
+    /// each element's `r` products are summed, in order, before the one addition.
+    fn add(&self, start: usize, out: &mut [f32]) {
+        let (r, cols) = (self.rank, self.cols);
+        let mut sum = vec![0f32; cols.min(out.len())];
+        let mut done = 0;
+        while done < out.len() {
+            let (row, c0) = ((start + done) / cols, (start + done) % cols);
+            let n = (cols - c0).min(out.len() - done);
+            let sum = &mut sum[..n];
+            sum.fill(0.0);
+            for k in 0..r {
+                let coef = self.left[row * r + k];
+                let right = &self.right[k * cols + c0..k * cols + c0 + n];
+                for (s, &x) in sum.iter_mut().zip(right) {
+                    *s += coef * x;
+                }
+            }
+            for (o, &s) in out[done..done + n].iter_mut().zip(sum.iter()) {
+                *o += s;
+            }
+            done += n;
+        }
     }
 }
 
@@ -927,7 +1047,7 @@ fn raw_f64_beyond_f32(
 fn copy_tensor(
     plan: &Plan,
     index: usize,
-    from: Located,
+    from: Operand,
     convert: Option<f32>,
     dtype: Dtype,
     out: &dyn Sink,
@@ -935,18 +1055,23 @@ fn copy_tensor(
     check_finite: bool,
     progress: &dyn Progress,
 ) -> Result<(), Error> {
-    let c = &plan.inputs()[from.0];
-    let info = &c.tensors()[from.1];
+    let c = &plan.inputs()[from.at.0];
+    let info = &c.tensors()[from.at.1];
     let Some(scale) = convert else {
+        debug_assert!(
+            from.lora.is_none(),
+            "an adapter's update is computed, not copied"
+        );
         out.write_at(0, c.data(info))?;
         progress.advance(info.numel() as u64);
         return Ok(());
     };
+    let read = Read::new(plan, from);
     let n = info.numel();
     (0..n.div_ceil(chunk)).into_par_iter().try_for_each(|k| {
         let (start, end) = (k * chunk, ((k + 1) * chunk).min(n));
         let mut values = vec![0f32; end - start];
-        read_f32(c, info, start, &mut values);
+        read.values(start, &mut values);
         if scale != 1.0 {
             for v in &mut values {
                 *v *= scale;
@@ -1088,6 +1213,51 @@ pub fn execute(
 mod tests {
     use super::*;
     use reefknot_io::{OutputTensor, WriterOptions};
+
+    /// A LoRA update added chunk by chunk, at any offsets, gives the same bits as in
+    /// one piece, and `scale·B·A` (transposed: its transpose) to float32 precision.
+    #[test]
+    fn lora_updates_do_not_depend_on_the_chunks() {
+        let (rows, cols, r) = (7, 13, 3);
+        let value = |k: usize| ((k * 2654435761) % 1000) as f32 / 500.0 - 1.0;
+        for transposed in [false, true] {
+            let (a_rows, b_rows) = if transposed {
+                (rows, cols)
+            } else {
+                (cols, rows)
+            };
+            let a: Vec<f32> = (0..r * a_rows).map(value).collect();
+            let b: Vec<f32> = (0..b_rows * r).map(|k| value(k + 77)).collect();
+            let l = LowRank::from_factors(&a, &b, 0.75, transposed, rows, cols);
+            let base: Vec<f32> = (0..rows * cols).map(|k| value(k + 5)).collect();
+            let mut whole = base.clone();
+            l.add(0, &mut whole);
+            for step in [1, 5, 13, 14, 40] {
+                let mut pieces = base.clone();
+                for (k, piece) in pieces.chunks_mut(step).enumerate() {
+                    l.add(k * step, piece);
+                }
+                assert_eq!(pieces, whole, "step {step}, transposed {transposed}");
+            }
+            for row in 0..rows {
+                for col in 0..cols {
+                    let exact: f64 = (0..r)
+                        .map(|k| {
+                            let (bv, av) = if transposed {
+                                (b[col * r + k], a[k * rows + row])
+                            } else {
+                                (b[row * r + k], a[k * cols + col])
+                            };
+                            0.75 * f64::from(bv) * f64::from(av)
+                        })
+                        .sum();
+                    let got =
+                        f64::from(whole[row * cols + col]) - f64::from(base[row * cols + col]);
+                    assert!((got - exact).abs() < 1e-6, "{row},{col}: {got} vs {exact}");
+                }
+            }
+        }
+    }
 
     /// Workers submitting chunks at once, some finding the writer busy: every chunk
     /// lands where it belongs, none is left in the queue, and buffers come back.

@@ -21,7 +21,7 @@ use reefknot_plan as plan;
 use reefknot_recipe::{OutputDtype, ParamValue, Recipe, RecipeWarning, Selector};
 
 use crate::error::InRecipe;
-use crate::{Error, ErrorKind};
+use crate::{lora, Error, ErrorKind};
 
 /// Settings that override the recipe (from the command line).
 #[derive(Clone, Debug, Default)]
@@ -101,17 +101,17 @@ pub(crate) fn plan_and_warn(
     // Inputs: the base, the models in recipe order, then the Fisher files.
     // Errors about an input point at the recipe line that names it. A path that does
     // not exist but reads as a Hugging Face repo id is looked up in the local cache.
+    let in_recipe = |e, loc, label: String| {
+        Error::from(ErrorKind::InRecipe(InRecipe::new(e, recipe, loc, label)))
+    };
     let open = |path: &Path, role: String, loc: reefknot_recipe::Loc| {
-        let in_recipe = |e, label: String| {
-            Error::from(ErrorKind::InRecipe(InRecipe::new(e, recipe, loc, label)))
-        };
         let path = match hub_model(recipe, path, loc) {
             Ok(p) => p,
-            Err(e) => return Err(in_recipe(*e, "not found".into())),
+            Err(e) => return Err(in_recipe(*e, loc, "not found".into())),
         };
         Checkpoint::open(&path).map_err(|source| {
             let label = role.split(" (").next().unwrap_or_default().to_string();
-            in_recipe(ErrorKind::Checkpoint { role, source }, label)
+            in_recipe(ErrorKind::Checkpoint { role, source }, loc, label)
         })
     };
     let mut opened = vec![open(
@@ -133,6 +133,52 @@ pub(crate) fn plan_and_warn(
             roles.push(plan::Role::Fisher { model: i });
         }
     }
+    // LoRA adapters last, each with the tensors of its model (input 0 or i + 1) it
+    // updates.
+    let mut updates: Vec<Option<lora::Updates>> = vec![None; 1 + recipe.models.len()];
+    let adapters = std::iter::once((None, recipe.base_lora.as_ref())).chain(
+        recipe
+            .models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (Some(i), m.lora.as_ref())),
+    );
+    for (model, adapter) in adapters {
+        let Some(adapter) = adapter else { continue };
+        let role = plan::Role::Lora { model };
+        let c = open(
+            &adapter.path,
+            format!("{role} ({})", adapter.path.display()),
+            adapter.location,
+        )?;
+        let folder = c
+            .folder()
+            .or_else(|| c.path().parent())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let of = model.map_or(0, |i| i + 1);
+        let mut found = lora::updates(&c, &folder, &opened[of]).map_err(|message| {
+            let e = ErrorKind::Adapter {
+                adapter: format!("{role} ({})", adapter.path.display()),
+                message,
+            };
+            in_recipe(e, adapter.location, "this adapter".into())
+        })?;
+        for u in found.values_mut() {
+            u.input = opened.len();
+        }
+        updates[of] = Some(found);
+        opened.push(c);
+        roles.push(role);
+    }
+    // A tensor of input `input` as the plan reads it: with its adapter's update, if any.
+    let operand = |input: usize, tensor: &str| plan::TensorRef {
+        input,
+        tensor: tensor.to_string(),
+        lora: updates
+            .get(input)
+            .and_then(|u| u.as_ref()?.get(tensor).cloned()),
+    };
     let base = &opened[0];
     let models = &opened[1..=recipe.models.len()];
     let label = |i: usize| model_label(i, &recipe.models[i].path);
@@ -165,10 +211,7 @@ pub(crate) fn plan_and_warn(
                 tensors.push(output(
                     dtype,
                     plan::Producer::Copy {
-                        from: plan::TensorRef {
-                            input,
-                            tensor: info.name.clone(),
-                        },
+                        from: operand(input, &info.name),
                         scale,
                     },
                 ));
@@ -176,10 +219,7 @@ pub(crate) fn plan_and_warn(
             }
             How::Merge { slice } => slice,
         };
-        let base_ref = plan::TensorRef {
-            input: 0,
-            tensor: info.name.clone(),
-        };
+        let base_ref = operand(0, &info.name);
         if !info.dtype.is_computable() {
             // Copied from the base, but the models must have it too (a readied plan
             // checks only what its producers read).
@@ -256,20 +296,14 @@ pub(crate) fn plan_and_warn(
         let fisher = needs_fisher.then(|| {
             fisher_input
                 .iter()
-                .map(|f| plan::TensorRef {
-                    input: f.expect("checked above"),
-                    tensor: info.name.clone(),
-                })
+                .map(|f| plan::TensorRef::new(f.expect("checked above"), info.name.clone()))
                 .collect()
         });
         // A pipeline that gives the fine-tune's tensor unchanged copies it, so that it
         // is its exact bits (θ_b + (θ_1 − θ_b) need not be θ_1 in float32).
         let producer = if copies_model {
             plan::Producer::Copy {
-                from: plan::TensorRef {
-                    input: 1,
-                    tensor: info.name.clone(),
-                },
+                from: operand(1, &info.name),
                 scale: 1.0,
             }
         } else {
@@ -277,10 +311,7 @@ pub(crate) fn plan_and_warn(
                 expression: rule_index,
                 base: base_ref,
                 models: (0..models.len())
-                    .map(|i| plan::TensorRef {
-                        input: i + 1,
-                        tensor: info.name.clone(),
-                    })
+                    .map(|i| operand(i + 1, &info.name))
                     .collect(),
                 fisher,
                 weights: (0..recipe.models.len())

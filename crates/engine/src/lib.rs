@@ -30,6 +30,7 @@ mod error;
 mod exec;
 mod frontend;
 mod hub;
+mod lora;
 mod output;
 mod plan;
 mod scan;

@@ -6,7 +6,7 @@
 //! checked without tensor data has been checked when it returns: a merge that starts
 //! fails only on I/O or inside an operator.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,15 +37,38 @@ pub struct Stage {
 /// A tensor of an opened input: `(input, position in its Checkpoint::tensors)`.
 pub type Located = (usize, usize);
 
+/// A LoRA adapter's update of an input tensor, bound to the adapter's factors (see
+/// [`data::LoraUpdate`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Lora {
+    /// `A`.
+    pub a: Located,
+    /// `B`.
+    pub b: Located,
+    /// The factor of `B·A`.
+    pub scale: f32,
+    /// Whether the update is `(B·A)ᵀ`.
+    pub transposed: bool,
+}
+
+/// An input tensor as a job reads it: its stored values, plus an adapter's update.
+#[derive(Clone, Copy, Debug)]
+pub struct Operand {
+    /// The tensor.
+    pub at: Located,
+    /// The update added to it as it is read.
+    pub lora: Option<Lora>,
+}
+
 /// What the executor does for one output tensor.
 #[derive(Clone)]
 pub enum Job {
     /// Copy an input tensor, converting its dtype when `convert`.
     Copy {
         /// The tensor copied.
-        from: Located,
-        /// Whether it goes through float32: its dtype differs from the output's, or it
-        /// is scaled (both dtypes are floats then).
+        from: Operand,
+        /// Whether it goes through float32: its dtype differs from the output's, it
+        /// is scaled, or an adapter updates it (both dtypes are floats then).
         convert: bool,
         /// The factor its values are multiplied by (1: none).
         scale: f32,
@@ -58,9 +81,9 @@ pub enum Job {
 #[derive(Clone)]
 pub struct MergeJob {
     /// The base tensor.
-    pub base: Located,
+    pub base: Operand,
     /// Each model's tensor.
-    pub models: Vec<Located>,
+    pub models: Vec<Operand>,
     /// Each model's Fisher tensor, when a stage reads Fisher values.
     pub fisher: Option<Vec<Located>>,
     /// The stages with this tensor's arguments.
@@ -165,6 +188,31 @@ impl Plan {
         })
     }
 
+    /// `  lora PATH (N tensors)` for the adapter applied to model `model` (the base
+    /// when `None`); empty without one.
+    fn lora_note(&self, model: Option<usize>) -> String {
+        let Some(input) = self.input_of(Role::Lora { model }) else {
+            return String::new();
+        };
+        let updated: BTreeSet<&str> = self
+            .data
+            .tensors
+            .iter()
+            .flat_map(|t| match &t.producer {
+                Producer::Copy { from, .. } => vec![from],
+                Producer::Pipeline(p) => std::iter::once(&p.base).chain(&p.models).collect(),
+            })
+            .filter(|r| r.lora.as_ref().is_some_and(|l| l.input == input))
+            .map(|r| r.tensor.as_str())
+            .collect();
+        format!(
+            "  lora {} ({} tensor{} updated)",
+            self.inputs[input].path().display(),
+            updated.len(),
+            if updated.len() == 1 { "" } else { "s" }
+        )
+    }
+
     /// What in the recipe had no effect on this model (an override that selects no
     /// tensor, a layer range beyond the model, a `params` entry no expression reads),
     /// when the plan was made from a recipe ([`Plan::build`]).
@@ -229,13 +277,15 @@ impl Plan {
             match input.role {
                 Role::Base => {
                     let params: u64 = c.tensors().iter().map(|t| t.numel() as u64).sum();
-                    let _ = writeln!(
+                    let _ = write!(
                         out,
                         "base     {} ({} tensors, {} parameters)",
                         c.path().display(),
                         c.tensors().len(),
                         human_count(params)
                     );
+                    out.push_str(&self.lora_note(None));
+                    out.push('\n');
                 }
                 Role::Model { model } => {
                     let _ = write!(out, "model {}  {}", model + 1, c.path().display());
@@ -253,9 +303,10 @@ impl Plan {
                     if let Some(f) = self.input_of(Role::Fisher { model }) {
                         let _ = write!(out, "  fisher {}", self.inputs[f].path().display());
                     }
+                    out.push_str(&self.lora_note(Some(model)));
                     out.push('\n');
                 }
-                Role::Fisher { .. } => {}
+                Role::Fisher { .. } | Role::Lora { .. } => {}
             }
         }
         let layers = d
@@ -285,12 +336,15 @@ impl Plan {
                     groups.entry((p.expression, key)).or_default().push(&t.name);
                 }
                 (_, Job::Copy { from, scale, .. }) => {
-                    let scaled = if *scale == 1.0 {
+                    let mut scaled = if *scale == 1.0 {
                         String::new()
                     } else {
                         format!(", scaled by {scale}")
                     };
-                    copied.entry((from.0, scaled)).or_default().push(&t.name);
+                    if from.lora.is_some() {
+                        scaled.push_str(", with its LoRA update");
+                    }
+                    copied.entry((from.at.0, scaled)).or_default().push(&t.name);
                 }
                 _ => unreachable!("a readied plan's jobs follow its producers"),
             }
@@ -309,7 +363,7 @@ impl Plan {
             .jobs
             .iter()
             .filter(|j| {
-                let f64 = |l: &Located| self.inputs[l.0].tensors()[l.1].dtype == Dtype::F64;
+                let f64 = |o: &Operand| self.inputs[o.at.0].tensors()[o.at.1].dtype == Dtype::F64;
                 match j {
                     // Any F64 input of a merged tensor is read at f32 precision.
                     Job::Merge(m) => f64(&m.base) || m.models.iter().any(f64),
@@ -440,6 +494,76 @@ impl Binder<'_> {
         })
     }
 
+    /// [`Binder::locate`], with the adapter's factors located and checked against the
+    /// tensor's shape.
+    fn operand(&self, r: &data::TensorRef, what: &str, out: &str) -> Result<Operand, Error> {
+        let at = self.locate(r, what, out)?;
+        let Some(u) = &r.lora else {
+            return Ok(Operand { at, lora: None });
+        };
+        let info = self.info(at);
+        let adapter = &self.inputs[u.input];
+        let factor = |name: &str| {
+            adapter.position(name).map(|i| (u.input, i)).ok_or_else(|| {
+                plan_err(
+                    out,
+                    format!(
+                        "its {what}'s LoRA factor `{name}` is not in the {}",
+                        self.data.inputs[u.input].role
+                    ),
+                )
+            })
+        };
+        let (a, b) = (factor(&u.a)?, factor(&u.b)?);
+        let (ai, bi) = (self.info(a), self.info(b));
+        let [rows, cols] = info.shape[..] else {
+            return Err(plan_err(
+                out,
+                format!(
+                    "an adapter updates `{}`, of shape {:?}: only matrices take LoRA updates",
+                    info.name, info.shape
+                ),
+            ));
+        };
+        let (a_rows, b_rows) = if u.transposed {
+            (rows, cols)
+        } else {
+            (cols, rows)
+        };
+        let rank = ai.shape.first().copied().unwrap_or(0);
+        let floats = [info, ai, bi].iter().all(|t| t.dtype.is_computable());
+        if !floats || ai.shape != [rank, a_rows] || bi.shape != [b_rows, rank] {
+            return Err(plan_err(
+                out,
+                format!(
+                    "`{}` is {} {:?}, but its LoRA factors are A {} {:?} and B {} {:?} \
+                     (expected floats A [r, {a_rows}] and B [{b_rows}, r]{})",
+                    info.name,
+                    info.dtype.safetensors_name(),
+                    info.shape,
+                    ai.dtype.safetensors_name(),
+                    ai.shape,
+                    bi.dtype.safetensors_name(),
+                    bi.shape,
+                    if u.transposed {
+                        ", the update transposed"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        Ok(Operand {
+            at,
+            lora: Some(Lora {
+                a,
+                b,
+                scale: u.scale,
+                transposed: u.transposed,
+            }),
+        })
+    }
+
     fn info(&self, l: Located) -> &reefknot_io::TensorInfo {
         &self.inputs[l.0].tensors()[l.1]
     }
@@ -468,8 +592,8 @@ impl Binder<'_> {
     fn job(&mut self, t: &data::OutputTensor, dtype: Dtype) -> Result<Job, Error> {
         match &t.producer {
             Producer::Copy { from, scale } => {
-                let from = self.locate(from, "source", &t.name)?;
-                let info = self.info(from);
+                let from = self.operand(from, "source", &t.name)?;
+                let info = self.info(from.at);
                 if info.shape != t.shape {
                     return Err(plan_err(
                         &t.name,
@@ -479,7 +603,7 @@ impl Binder<'_> {
                         ),
                     ));
                 }
-                let convert = info.dtype != dtype || *scale != 1.0;
+                let convert = info.dtype != dtype || *scale != 1.0 || from.lora.is_some();
                 if convert && !(info.dtype.is_computable() && dtype.is_computable()) {
                     let what = if info.dtype == dtype {
                         "only floats scale"
@@ -518,8 +642,8 @@ impl Binder<'_> {
                 format!("a merged tensor is written as a float, not {}", t.dtype),
             ));
         }
-        let base = self.locate(&p.base, "base", &t.name)?;
-        let base_info = self.info(base).clone();
+        let base = self.operand(&p.base, "base", &t.name)?;
+        let base_info = self.info(base.at).clone();
         if base_info.shape != t.shape || !base_info.dtype.is_computable() {
             return Err(plan_err(
                 &t.name,
@@ -534,9 +658,9 @@ impl Binder<'_> {
         }
         let mut models = Vec::with_capacity(p.models.len());
         for r in &p.models {
-            let l = self.locate(r, "model tensor", &t.name)?;
-            check_compatible(&base_info, self.info(l), &self.who(r.input))?;
-            models.push(l);
+            let o = self.operand(r, "model tensor", &t.name)?;
+            check_compatible(&base_info, self.info(o.at), &self.who(r.input))?;
+            models.push(o);
         }
         let fisher = match &p.fisher {
             None => None,

@@ -8,7 +8,7 @@ use reefknot_io::{to_f32, Checkpoint, TensorInfo};
 
 use reefknot_plan::Role;
 
-use crate::plan::{Job, Located, Plan};
+use crate::plan::{Job, Located, Operand, Plan};
 
 /// Elements decoded per step of a scan.
 const STEP: usize = 1 << 16;
@@ -31,6 +31,11 @@ pub struct NonFiniteInput {
     pub merged: bool,
 }
 
+/// The adapter factors an operand is read with.
+fn factors(o: &Operand) -> impl Iterator<Item = Located> {
+    o.lora.into_iter().flat_map(|l| [l.a, l.b])
+}
+
 /// Every floating-point tensor the plan reads that holds NaN or infinities, in the
 /// plan's input order and each input's tensor order. Reads all of their data (on the
 /// current rayon pool).
@@ -40,11 +45,21 @@ pub fn scan_nonfinite(plan: &Plan) -> Vec<NonFiniteInput> {
     for job in plan.jobs() {
         match job {
             Job::Copy { from, .. } => {
-                read.entry(*from).or_insert(false);
+                read.entry(from.at).or_insert(false);
+                // An adapter's factors are computed with, never copied.
+                for l in factors(from) {
+                    read.insert(l, true);
+                }
             }
             Job::Merge(m) => {
-                let fisher = m.fisher.iter().flatten();
-                for &l in std::iter::once(&m.base).chain(&m.models).chain(fisher) {
+                let operands = std::iter::once(&m.base).chain(&m.models);
+                for o in operands {
+                    read.insert(o.at, true);
+                    for l in factors(o) {
+                        read.insert(l, true);
+                    }
+                }
+                for &l in m.fisher.iter().flatten() {
                     read.insert(l, true);
                 }
             }

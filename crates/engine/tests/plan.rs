@@ -110,10 +110,7 @@ fn an_output_tensor_can_be_copied_from_any_input_under_another_name() {
             layer: None,
             shard: 0,
             producer: Producer::Copy {
-                from: TensorRef {
-                    input: math,
-                    tensor: source.into(),
-                },
+                from: TensorRef::new(math, source),
                 scale,
             },
         });
@@ -226,10 +223,7 @@ fn an_inconsistent_plan_is_refused_before_anything_runs() {
     refuse(
         &|d| {
             d.tensors[0].producer = Producer::Copy {
-                from: TensorRef {
-                    input: 0,
-                    tensor: d.tensors[0].name.clone(),
-                },
+                from: TensorRef::new(0, d.tensors[0].name.clone()),
                 scale: f32::NAN,
             }
         },
@@ -239,10 +233,7 @@ fn an_inconsistent_plan_is_refused_before_anything_runs() {
 
 fn copy(input: usize, tensor: &str) -> Producer {
     Producer::Copy {
-        from: TensorRef {
-            input,
-            tensor: tensor.into(),
-        },
+        from: TensorRef::new(input, tensor),
         scale: 1.0,
     }
 }

@@ -45,7 +45,7 @@
 //!         layer: None,
 //!         shard: 0,
 //!         producer: Producer::Copy {
-//!             from: TensorRef { input: 0, tensor: "lm_head.weight".into() },
+//!             from: TensorRef::new(0, "lm_head.weight"),
 //!             scale: 1.0,
 //!         },
 //!     }],
@@ -118,6 +118,13 @@ pub enum Role {
         /// The model it belongs to.
         model: usize,
     },
+    /// A PEFT LoRA adapter applied to model `model` (to the base when `None`) as its
+    /// tensors are read.
+    Lora {
+        /// The model it is applied to; `None`: the base.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<usize>,
+    },
 }
 
 impl fmt::Display for Role {
@@ -126,6 +133,8 @@ impl fmt::Display for Role {
             Role::Base => f.write_str("base model"),
             Role::Model { model } => write!(f, "model {}", model + 1),
             Role::Fisher { model } => write!(f, "Fisher file of model {}", model + 1),
+            Role::Lora { model: None } => f.write_str("LoRA adapter of the base model"),
+            Role::Lora { model: Some(m) } => write!(f, "LoRA adapter of model {}", m + 1),
         }
     }
 }
@@ -213,14 +222,57 @@ impl OutputTensor {
     }
 }
 
-/// A tensor of one of the plan's inputs.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A tensor of one of the plan's inputs, as it is read: its stored values, plus a LoRA
+/// adapter's update when one is applied to that input.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TensorRef {
     /// The input (an index into [`MergePlan::inputs`]).
     pub input: usize,
     /// The tensor's name in that input.
     pub tensor: String,
+    /// The low-rank update added to the values as they are read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraUpdate>,
+}
+
+impl TensorRef {
+    /// Tensor `tensor` of input `input`, as it is stored.
+    pub fn new(input: usize, tensor: impl Into<String>) -> TensorRef {
+        TensorRef {
+            input,
+            tensor: tensor.into(),
+            lora: None,
+        }
+    }
+}
+
+/// A LoRA adapter's update of one tensor `W` (shape `[rows, cols]`): `W + scale · B·A`,
+/// with `B` of shape `[rows, r]` and `A` of shape `[r, cols]`; or, `transposed`,
+/// `W + scale · (B·A)ᵀ`, with `B` `[cols, r]` and `A` `[r, rows]` (an embedding's
+/// `lora_embedding_A/B`, or a layer saved with PEFT's `fan_in_fan_out`). The update is
+/// computed in float32 chunk by chunk as the tensor is read: no merged copy of the
+/// model exists, on disk or in memory.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraUpdate {
+    /// The adapter (an index into [`MergePlan::inputs`], whose role is
+    /// [`Role::Lora`]).
+    pub input: usize,
+    /// The name of `A` in the adapter.
+    pub a: String,
+    /// The name of `B` in the adapter.
+    pub b: String,
+    /// `lora_alpha / r` (`lora_alpha / √r` with rsLoRA).
+    pub scale: f32,
+    /// Whether the update is `(B·A)ᵀ`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub transposed: bool,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes a reference
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// How an output tensor is made. Later producers (stacked experts) are further
@@ -372,14 +424,27 @@ impl MergePlan {
             return Err(PlanError::Format { found: self.format });
         }
         let input = |r: &TensorRef, what: &str, tensor: &str| {
-            if r.input >= self.inputs.len() {
-                Err(PlanError::Inconsistent(format!(
-                    "tensor `{tensor}`: its {what} names input {}, but the plan has {} inputs",
-                    r.input,
-                    self.inputs.len()
-                )))
-            } else {
-                Ok(())
+            let n = self.inputs.len();
+            let bad = |m: String| Err(PlanError::Inconsistent(format!("tensor `{tensor}`: {m}")));
+            if r.input >= n {
+                return bad(format!(
+                    "its {what} names input {}, but the plan has {n} inputs",
+                    r.input
+                ));
+            }
+            match &r.lora {
+                Some(l) if l.input >= n => bad(format!(
+                    "its {what}'s LoRA update names input {}, but the plan has {n} inputs",
+                    l.input
+                )),
+                Some(l) if !matches!(self.inputs[l.input].role, Role::Lora { .. }) => bad(format!(
+                    "its {what}'s LoRA update reads input {}, which is the {}, not an adapter",
+                    l.input, self.inputs[l.input].role
+                )),
+                Some(l) if !l.scale.is_finite() => {
+                    bad(format!("its {what}'s LoRA update has a non-finite scale"))
+                }
+                _ => Ok(()),
             }
         };
         if let Some(i) = self.output.files_from {

@@ -103,6 +103,8 @@ pub struct ModelEntry {
     /// Its diagonal Fisher (same tensor names), resolved, for `elect(fisher)`,
     /// `disjoint(fisher)` and `fisher`.
     pub fisher: Option<PathBuf>,
+    /// A PEFT LoRA adapter applied to it as its tensors are read (`lora:`).
+    pub lora: Option<Adapter>,
     /// Its values for `$variables`; they take precedence over the recipe's and the
     /// overrides'.
     pub params: Params,
@@ -111,6 +113,16 @@ pub struct ModelEntry {
     pub location: Loc,
     /// Where its `fisher` value is written, when it has one.
     pub fisher_location: Option<Loc>,
+}
+
+/// A PEFT LoRA adapter (`adapter_config.json` and `adapter_model.safetensors`) named by
+/// a recipe.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Adapter {
+    /// Its folder, resolved against the recipe's folder.
+    pub path: PathBuf,
+    /// Where the path is written.
+    pub location: Loc,
 }
 
 /// Which tensors an [`Override`] is for.
@@ -254,6 +266,8 @@ pub struct Recipe {
     pub base: PathBuf,
     /// Where the `base` value is written: the place to point at for an error about it.
     pub base_location: Loc,
+    /// A LoRA adapter applied to the base as its tensors are read (`base_lora:`).
+    pub base_lora: Option<Adapter>,
     /// The fine-tunes (`models:`), at least one, in the order written.
     pub models: Vec<ModelEntry>,
     /// The recipe-wide values for `$variables` (`params:`).
@@ -372,6 +386,7 @@ impl Recipe {
             source,
             base: parts.base,
             base_location: parts.base_location,
+            base_lora: parts.base_lora,
             models: parts.models,
             params: parts.params,
             merge: parts.merge,

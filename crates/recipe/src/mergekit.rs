@@ -9,8 +9,7 @@
 //! What mergekit accepts silently but does nothing with (an unknown key, a misspelt
 //! parameter, a global parameter under a model, a weight the method ignores) becomes a
 //! warning with a caret into the configuration; what reefknot cannot do yet (`slices:`
-//! that stack layer ranges, `modules:`, LoRA inputs, a tokenizer other than the
-//! base's) is an
+//! whose sources take other layers, `modules:`, a tokenizer other than the base's) is an
 //! [`ErrorKind::Unsupported`] error. The rules, key by key, are in `docs/mergekit.md`.
 //!
 //! How the values map (mergekit's `ConfigReader.parameter` order): for a model, its own
@@ -30,6 +29,14 @@ use crate::error::{closest, list, ErrorKind, RecipeError, RecipeWarning};
 use crate::validate::{is_conditions, map_loc, Checker};
 use crate::yaml::{parse_yaml, Kind, Node};
 use crate::{Loc, Number};
+
+/// A model reference's model and LoRA adapter (`model+lora`, as mergekit names it).
+fn split_ref(reference: &str) -> (&str, Option<&str>) {
+    match reference.split_once('+') {
+        Some((model, lora)) => (model, Some(lora)),
+        None => (reference, None),
+    }
+}
 
 /// The code of the warnings about what mergekit would ignore.
 pub const IGNORED: &str = "reefknot::mergekit::ignored";
@@ -817,7 +824,9 @@ impl<'a> Translator<'a> {
     }
 
     /// A model reference: a path or a Hugging Face repo id (`org/name`, `org/name@rev`,
-    /// resolved as recipe paths are), without a LoRA adapter.
+    /// resolved as recipe paths are), with a LoRA adapter applied as mergekit writes it
+    /// (`model+lora`, or the dict form `{model, lora}`). The result is the reference
+    /// as mergekit names it (`model` or `model+lora`); [`split_ref`] takes it apart.
     fn model_ref(&mut self, node: &Node, what: &str) -> Option<String> {
         if let Kind::Map(entries) = &node.kind {
             let key = |k: &str| {
@@ -826,17 +835,30 @@ impl<'a> Translator<'a> {
                     .find(|(n, _)| matches!(&n.kind, Kind::Str(s) if s == k))
                     .map(|(_, v)| v)
             };
-            let lora = key("lora").filter(|v| !matches!(v.kind, Kind::Null));
-            if let (Some(model), None) = (key("model"), lora) {
-                return self.model_ref(model, what);
+            let Some(model) = key("model") else {
+                self.reject(
+                    ErrorKind::MissingKey,
+                    map_loc(node),
+                    format!("{what} is mergekit's dict form (`{{model, lora}}`) without a `model`"),
+                    "no `model`",
+                );
+                return None;
+            };
+            let model = self.model_ref(model, what)?;
+            let lora = match key("lora").filter(|v| !matches!(v.kind, Kind::Null)) {
+                None => return Some(model),
+                Some(v) => self.adapter_ref(v, what)?,
+            };
+            if model.contains('+') {
+                self.unsupported(
+                    node.loc,
+                    format!("{what} gives a LoRA adapter twice (`+` in `model` and a `lora`)"),
+                    "two adapters on one model",
+                    "merge one adapter into its model first and name that folder",
+                );
+                return None;
             }
-            self.unsupported(
-                node.loc,
-                format!("{what} is mergekit's dict form (`{{model, lora}}`): LoRA inputs are not supported yet"),
-                "a model with a LoRA adapter",
-                "merge the adapter into its model first (PEFT's `merge_and_unload`) and name that folder",
-            );
-            return None;
+            return Some(format!("{model}+{lora}"));
         }
         let text = self
             .check
@@ -851,12 +873,34 @@ impl<'a> Translator<'a> {
             );
             return None;
         }
-        if text.contains('+') {
-            self.unsupported(
+        if let Some((model, lora)) = text.split_once('+') {
+            let (model, lora) = (model.trim(), lora.trim());
+            if model.is_empty() || lora.is_empty() || lora.contains('+') {
+                self.reject(
+                    ErrorKind::InvalidValue,
+                    node.loc,
+                    format!("{what} is not `model+lora` (one model, one LoRA adapter)"),
+                    "expected `model+lora`",
+                );
+                return None;
+            }
+            return Some(format!("{model}+{lora}"));
+        }
+        Some(text.to_string())
+    }
+
+    /// The `lora` of a model reference's dict form: a path or repo id.
+    fn adapter_ref(&mut self, node: &Node, what: &str) -> Option<String> {
+        let text = self
+            .check
+            .string(node, "a LoRA adapter's path or repo id (a string)", what)?
+            .trim();
+        if text.is_empty() || text.contains('+') {
+            self.reject(
+                ErrorKind::InvalidValue,
                 node.loc,
-                format!("{what} applies a LoRA adapter (`model+lora`): LoRA inputs are not supported yet"),
-                "a model with a LoRA adapter",
-                "merge the adapter into its model first (PEFT's `merge_and_unload`) and name that folder",
+                format!("the `lora` of {what} is not one adapter's path"),
+                "expected a path",
             );
             return None;
         }
@@ -1635,21 +1679,21 @@ impl<'a> Translator<'a> {
              # recipe, written by `reefknot convert`. Relative paths resolve against the\n\
              # configuration's folder."
         );
-        let _ = writeln!(out, "base: {}", quote(&self.local(&base)));
+        self.write_model(&mut out, &base, "base", "base_lora");
         out.push_str("models:\n");
         if models.is_empty() {
             // Every slice is the base's: it stands in as the one model the recipe needs.
-            let _ = writeln!(out, "  - path: {}", quote(&self.local(&base)));
+            self.write_model(&mut out, &base, "  - path", "    lora");
         }
         for m in &models {
-            let _ = writeln!(out, "  - path: {}", quote(&self.local(m)));
+            self.write_model(&mut out, m, "  - path", "    lora");
         }
         out.push_str("merge: passthrough\nslices:\n");
         for c in stack {
             let from = if c.source.model == base {
                 "base".to_string()
             } else {
-                quote(&self.local(&c.source.model))
+                quote(&self.local(split_ref(&c.source.model).0))
             };
             let _ = writeln!(out, "  - from: {from}\n    layers: {}..{}", c.start, c.end);
             let slice_get = |name: &str| {
@@ -1808,6 +1852,16 @@ impl<'a> Translator<'a> {
     /// exists there (and the configuration is elsewhere), the path from the
     /// configuration's folder to it; otherwise as written (a path relative to the
     /// configuration, or a Hugging Face repo id).
+    /// The recipe lines naming the model `reference`: `{key}: MODEL`, then
+    /// `{lora_key}: ADAPTER` when a LoRA adapter is applied to it.
+    fn write_model(&self, out: &mut String, reference: &str, key: &str, lora_key: &str) {
+        let (model, lora) = split_ref(reference);
+        let _ = writeln!(out, "{key}: {}", quote(&self.local(model)));
+        if let Some(lora) = lora {
+            let _ = writeln!(out, "{lora_key}: {}", quote(&self.local(lora)));
+        }
+    }
+
     fn local(&self, model: &str) -> String {
         let path = Path::new(model);
         if path.is_absolute() || self.dir.as_os_str().is_empty() || !path.exists() {
@@ -2352,10 +2406,10 @@ impl<'a> Translator<'a> {
              # folder.",
             method.name
         );
-        let _ = writeln!(out, "base: {}", quote(&self.local(&reef_base)));
+        self.write_model(&mut out, &reef_base, "base", "base_lora");
         out.push_str("models:\n");
         for (i, e) in models.iter().enumerate() {
-            let _ = writeln!(out, "  - path: {}", quote(&self.local(&e.model)));
+            self.write_model(&mut out, &e.model, "  - path", "    lora");
             if let Some(Some(w)) = weights.as_ref().map(|w| &w[i]) {
                 if *w != Val::Num(1.0) {
                     let _ = writeln!(out, "    weight: {}", w.yaml());

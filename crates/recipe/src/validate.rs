@@ -10,12 +10,15 @@ use crate::expr::Expr;
 use crate::groups::{compile_glob, Groups, BUILTIN_GROUPS};
 use crate::value::{Condition, Number, Param, ParamValue, Params, Weight};
 use crate::yaml::{Kind, Node};
-use crate::{Loc, ModelEntry, OutputDtype, Override, Selector, Slice, SliceInput, SliceSource};
+use crate::{
+    Adapter, Loc, ModelEntry, OutputDtype, Override, Selector, Slice, SliceInput, SliceSource,
+};
 
 /// Everything of a recipe but its file and text.
 pub(crate) struct Parts {
     pub(crate) base: PathBuf,
     pub(crate) base_location: Loc,
+    pub(crate) base_lora: Option<Adapter>,
     pub(crate) models: Vec<ModelEntry>,
     pub(crate) params: Params,
     pub(crate) merge: Expr,
@@ -42,6 +45,7 @@ const TOP: Schema = Schema {
     what: "the recipe",
     keys: &[
         "base",
+        "base_lora",
         "models",
         "params",
         "merge",
@@ -71,6 +75,12 @@ const TOP: Schema = Schema {
         ("path", None, "`path` belongs in an entry of `models:`"),
         ("weight", None, "`weight` belongs in an entry of `models:`"),
         ("fisher", None, "`fisher` belongs in an entry of `models:`"),
+        (
+            "lora",
+            None,
+            "a model's LoRA adapter is `lora:` in its entry of `models:`; the base's is \
+             `base_lora:`",
+        ),
         ("match", None, "`match` belongs in an entry of `overrides:`"),
         (
             "group",
@@ -87,9 +97,14 @@ const TOP: Schema = Schema {
 
 const MODEL: Schema = Schema {
     what: "a model entry",
-    keys: &["path", "weight", "fisher", "params"],
+    keys: &["path", "lora", "weight", "fisher", "params"],
     hints: &[
         ("model", Some("path"), "a model's folder or file is `path:`"),
+        (
+            "adapter",
+            Some("lora"),
+            "a PEFT LoRA adapter's folder is `lora:`",
+        ),
         (
             "parameters",
             Some("params"),
@@ -284,6 +299,7 @@ impl<'a> Checker<'a> {
         let groups = self.groups(&f);
 
         let base_location = f.get("base").map(|n| n.loc);
+        let base_lora = self.adapter(f.get("base_lora"), "base_lora");
         let base = match f.get("base") {
             Some(node) => self.path(node, "base"),
             None => {
@@ -317,7 +333,12 @@ impl<'a> Checker<'a> {
         };
         let overrides = self.overrides(&f, groups.as_ref());
         let slices = match f.get("slices") {
-            Some(n) => self.slices(n, base.as_deref(), models.as_deref()),
+            Some(n) => self.slices(
+                n,
+                base.as_deref(),
+                base_lora.as_ref().and_then(Option::as_ref),
+                models.as_deref(),
+            ),
             None => Some(Vec::new()),
         };
         let dtype = match f.get("dtype") {
@@ -340,6 +361,7 @@ impl<'a> Checker<'a> {
         Some(Parts {
             base: base?,
             base_location: base_location?,
+            base_lora: base_lora?,
             models: models?,
             params: params?,
             merge: merge?,
@@ -526,6 +548,19 @@ impl<'a> Checker<'a> {
             return None;
         }
         Some(resolve(self.dir, Path::new(text)))
+    }
+
+    /// An optional LoRA adapter's folder (`lora:`, `base_lora:`).
+    fn adapter(&mut self, node: Option<&Node>, what: &str) -> Option<Option<Adapter>> {
+        match node {
+            None => Some(None),
+            Some(n) => self.path(n, what).map(|path| {
+                Some(Adapter {
+                    path,
+                    location: n.loc,
+                })
+            }),
+        }
     }
 
     /// A list of paths (`plugins:`).
@@ -921,6 +956,7 @@ impl<'a> Checker<'a> {
             Some(n) => self.path(n, "fisher").map(Some),
             None => Some(None),
         };
+        let lora = self.adapter(f.get("lora"), "lora");
         let params = match f.get("params") {
             Some(n) => self.params(n, "this model"),
             None => Some(Params::new()),
@@ -928,6 +964,7 @@ impl<'a> Checker<'a> {
         Some(ModelEntry {
             path: path?,
             weight: weight?,
+            lora: lora?,
             fisher: fisher?,
             fisher_location,
             params: params?,
@@ -943,6 +980,7 @@ impl<'a> Checker<'a> {
         &mut self,
         node: &Node,
         base: Option<&Path>,
+        base_lora: Option<&Adapter>,
         models: Option<&[ModelEntry]>,
     ) -> Option<Vec<Slice>> {
         const EXAMPLE: &str =
@@ -968,7 +1006,7 @@ impl<'a> Checker<'a> {
         let mut out = Vec::new();
         let mut ok = true;
         for item in items {
-            match self.slice(item, base, models) {
+            match self.slice(item, base, base_lora, models) {
                 Some(s) => out.push(s),
                 None => ok = false,
             }
@@ -980,6 +1018,7 @@ impl<'a> Checker<'a> {
         &mut self,
         node: &Node,
         base: Option<&Path>,
+        base_lora: Option<&Adapter>,
         models: Option<&[ModelEntry]>,
     ) -> Option<Slice> {
         let f = self.fields(node, &SLICE)?;
@@ -1025,7 +1064,7 @@ impl<'a> Checker<'a> {
                     );
                     None
                 } else {
-                    let input = self.slice_input(n, base, models);
+                    let input = self.slice_input(n, base, base_lora, models);
                     match (input, scale) {
                         (Some(input), Some(scale)) => Some(SliceSource::Copy {
                             input,
@@ -1066,6 +1105,7 @@ impl<'a> Checker<'a> {
         &mut self,
         node: &Node,
         base: Option<&Path>,
+        base_lora: Option<&Adapter>,
         models: Option<&[ModelEntry]>,
     ) -> Option<SliceInput> {
         let text = self.string(node, "`base` or a model's path", "`from`")?;
@@ -1077,11 +1117,33 @@ impl<'a> Checker<'a> {
             return None;
         };
         let path = resolve(self.dir, Path::new(text));
-        if path == base {
-            return Some(SliceInput::Base);
-        }
-        if let Some(i) = models.iter().position(|m| m.path == path) {
-            return Some(SliceInput::Model(i));
+        // The inputs of that path, with the adapter each is read with.
+        let adapter = |a: Option<&Adapter>| a.map(|a| a.path.clone());
+        let found: Vec<(SliceInput, Option<PathBuf>)> = (path == base)
+            .then(|| (SliceInput::Base, adapter(base_lora)))
+            .into_iter()
+            .chain(
+                (models.iter().enumerate())
+                    .filter(|(_, m)| m.path == path)
+                    .map(|(i, m)| (SliceInput::Model(i), adapter(m.lora.as_ref()))),
+            )
+            .collect();
+        if let Some((first, lora)) = found.first() {
+            if found.iter().any(|(_, l)| l != lora) {
+                self.push(
+                    RecipeError::new(
+                        ErrorKind::InvalidValue,
+                        format!(
+                            "`from: {text}` is ambiguous: that model is an input twice, with \
+                             different LoRA adapters"
+                        ),
+                    )
+                    .label(node.loc, "which of them?")
+                    .help("copy its layers from a folder of its own (a link to it will do)"),
+                );
+                return None;
+            }
+            return Some(*first);
         }
         let written: Vec<&str> = std::iter::once("base")
             .chain(

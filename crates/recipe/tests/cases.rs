@@ -81,6 +81,9 @@ fn dump(r: &Recipe) -> String {
         format!("{}:{} {:?}", loc.line, loc.column, &r.source[loc.range()])
     };
     writeln!(s, "base: {}", r.base.display()).unwrap();
+    if let Some(a) = &r.base_lora {
+        writeln!(s, "base_lora: {}  @ {}", a.path.display(), at(a.location)).unwrap();
+    }
     writeln!(s, "models:").unwrap();
     for m in &r.models {
         writeln!(s, "  - path: {}  @ {}", m.path.display(), at(m.location)).unwrap();
@@ -99,6 +102,9 @@ fn dump(r: &Recipe) -> String {
                     .unwrap();
                 }
             }
+        }
+        if let Some(a) = &m.lora {
+            writeln!(s, "    lora: {}  @ {}", a.path.display(), at(a.location)).unwrap();
         }
         if let Some(f) = &m.fisher {
             writeln!(s, "    fisher: {}", f.display()).unwrap();

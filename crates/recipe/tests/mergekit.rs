@@ -183,10 +183,14 @@ fn every_model_key_and_model_form_is_honoured_or_named() {
         ),
         (
             "  - model: m+lora\n    parameters: { weight: 1.0 }\n",
-            Fate::Unsupported,
+            Fate::Honoured,
         ),
         (
             "  - model: { model: m, lora: l }\n    parameters: { weight: 1.0 }\n",
+            Fate::Honoured,
+        ),
+        (
+            "  - model: { model: m+l, lora: l }\n    parameters: { weight: 1.0 }\n",
             Fate::Unsupported,
         ),
         (
@@ -196,6 +200,31 @@ fn every_model_key_and_model_form_is_honoured_or_named() {
     ];
     for (e, want) in cases {
         assert_eq!(fate(&entry(e)), want, "{e}");
+    }
+    // The adapter becomes the model entry's `lora:`, the base's `base_lora:`.
+    let r = parse(
+        "merge_method: ties\nbase_model: b+lb\nmodels:\n  - model: m+l\n    parameters: { weight: 1.0, density: 0.5 }\n  - model: { model: m, lora: k }\n    parameters: { weight: 1.0, density: 0.5 }\n",
+        "loras.yml",
+    )
+    .unwrap();
+    let name = |p: &std::path::Path| p.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(name(&r.base_lora.as_ref().unwrap().path), "lb");
+    let loras: Vec<String> = r
+        .models
+        .iter()
+        .map(|m| format!("{}+{}", name(&m.path), name(&m.lora.as_ref().unwrap().path)))
+        .collect();
+    assert_eq!(loras, ["m+l", "m+k"]);
+    for bad in ["m+", "+l", "m+l+k"] {
+        let config = format!(
+            "merge_method: linear\nmodels:\n  - model: {bad}\n    parameters: {{ weight: 1.0 }}\n"
+        );
+        let e = parse(&config, "bad.yml").unwrap_err();
+        assert!(
+            render(&e).contains("is not `model+lora`"),
+            "{bad}: {}",
+            render(&e)
+        );
     }
 }
 

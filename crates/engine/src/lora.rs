@@ -1,0 +1,335 @@
+//! PEFT LoRA adapters as inputs: which tensors of a model an adapter updates, and by
+//! how much.
+//!
+//! An adapter folder holds `adapter_config.json` and `adapter_model.safetensors`. For
+//! each adapted module `m` of the model, the file has two factors, `lora_A` (`r` rows)
+//! and `lora_B` (`r` columns), and the module's weight `m.weight` becomes
+//! `W + s·B·A` with `s = lora_alpha / r` (`lora_alpha / √r` with rsLoRA), as PEFT's
+//! `merge_and_unload` computes it. An embedding's factors are `lora_embedding_A`
+//! (`[r, vocab]`) and `lora_embedding_B` (`[hidden, r]`) and its update is `(B·A)ᵀ`, as is
+//! a layer's saved with `fan_in_fan_out`.
+//!
+//! This module only reads the config and the file's header and maps each adapted
+//! weight to a [`plan::LoraUpdate`]; the executor computes the update as it reads the
+//! weight, chunk by chunk ([`crate::exec`]), and the plan's binder checks the factors'
+//! shapes against the weight's.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use reefknot_io::Checkpoint;
+use reefknot_plan as plan;
+use serde_json::Value;
+
+/// The prefix PEFT puts before every module name of the model it wraps.
+const PEFT_PREFIX: &str = "base_model.model.";
+
+/// What an adapter changes: each updated tensor of its model, by name, with the update
+/// (its `input` not yet set: the caller knows the adapter's place among the inputs).
+pub(crate) type Updates = BTreeMap<String, plan::LoraUpdate>;
+
+/// Reads the adapter `adapter` (opened from `folder`) against `model`, the checkpoint
+/// it is applied to. The error is a sentence about the adapter.
+pub(crate) fn updates(
+    adapter: &Checkpoint,
+    folder: &Path,
+    model: &Checkpoint,
+) -> Result<Updates, String> {
+    let config_path = folder.join("adapter_config.json");
+    let text = std::fs::read_to_string(&config_path).map_err(|e| {
+        format!(
+            "cannot read {}: {e} (a PEFT adapter folder has adapter_config.json and \
+             adapter_model.safetensors)",
+            config_path.display()
+        )
+    })?;
+    let config: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not valid JSON: {e}", config_path.display()))?;
+    let config = Config::read(&config)?;
+
+    // Pair the factors by module.
+    let mut factors: BTreeMap<&str, Factors<'_>> = BTreeMap::new();
+    for t in adapter.tensors() {
+        let name = t.name.strip_prefix(PEFT_PREFIX).unwrap_or(&t.name);
+        let Some((module, kind)) = FACTOR_SUFFIXES
+            .iter()
+            .find_map(|&(suffix, kind)| name.strip_suffix(suffix).map(|m| (m, kind)))
+        else {
+            return Err(format!(
+                "tensor `{}` is not a LoRA factor (lora_A, lora_B, lora_embedding_A or \
+                 lora_embedding_B){}; reefknot applies LoRA factors only",
+                t.name,
+                config.why_other_tensors()
+            ));
+        };
+        let entry = factors.entry(module).or_default();
+        let slot = match kind {
+            Factor::A | Factor::EmbeddingA => &mut entry.a,
+            Factor::B | Factor::EmbeddingB => &mut entry.b,
+        };
+        if slot.replace(t.name.as_str()).is_some() {
+            return Err(format!("module `{module}` has two {kind:?} factors"));
+        }
+        let embedding = matches!(kind, Factor::EmbeddingA | Factor::EmbeddingB);
+        if *entry.embedding.get_or_insert(embedding) != embedding {
+            return Err(format!(
+                "module `{module}` mixes a linear layer's factors with an embedding's"
+            ));
+        }
+    }
+    if factors.is_empty() {
+        return Err("its adapter_model.safetensors holds no LoRA factors".into());
+    }
+
+    let mut out = Updates::new();
+    for (module, f) in factors {
+        let (Some(a), Some(b)) = (f.a, f.b) else {
+            let missing = if f.a.is_none() { "A" } else { "B" };
+            return Err(format!("module `{module}` has no lora_{missing} factor"));
+        };
+        let weight = format!("{module}.weight");
+        if model.get(&weight).is_none() {
+            return Err(format!(
+                "it adapts module `{module}`, but the model has no tensor `{weight}` (an \
+                 adapter for another architecture?)"
+            ));
+        }
+        let a_info = adapter.get(a).expect("named by the adapter's own tensors");
+        if a_info.shape.len() != 2 {
+            return Err(format!(
+                "module `{module}`'s lora_A has shape {:?}: reefknot applies adapters of \
+                 linear layers and embeddings (2-D factors) only",
+                a_info.shape
+            ));
+        }
+        let rank = a_info.shape[0];
+        let (r, alpha) = config.rank_and_alpha(module);
+        if r != rank {
+            return Err(format!(
+                "adapter_config.json gives module `{module}` rank {r}, but its lora_A has \
+                 {rank} rows"
+            ));
+        }
+        let scale = if config.rslora {
+            alpha / (rank as f64).sqrt()
+        } else {
+            alpha / rank as f64
+        };
+        out.insert(
+            weight,
+            plan::LoraUpdate {
+                input: usize::MAX,
+                a: a.to_string(),
+                b: b.to_string(),
+                scale: scale as f32,
+                transposed: f.embedding == Some(true) || config.fan_in_fan_out,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// The adapter tensor name suffixes PEFT writes, and what each is.
+const FACTOR_SUFFIXES: [(&str, Factor); 4] = [
+    (".lora_A.weight", Factor::A),
+    (".lora_B.weight", Factor::B),
+    (".lora_embedding_A", Factor::EmbeddingA),
+    (".lora_embedding_B", Factor::EmbeddingB),
+];
+
+#[derive(Clone, Copy, Debug)]
+enum Factor {
+    A,
+    B,
+    EmbeddingA,
+    EmbeddingB,
+}
+
+/// One module's factors, as found.
+#[derive(Default)]
+struct Factors<'a> {
+    a: Option<&'a str>,
+    b: Option<&'a str>,
+    embedding: Option<bool>,
+}
+
+/// What of `adapter_config.json` the update depends on.
+struct Config {
+    r: usize,
+    alpha: f64,
+    rslora: bool,
+    fan_in_fan_out: bool,
+    rank_pattern: Vec<(String, usize)>,
+    alpha_pattern: Vec<(String, f64)>,
+    modules_to_save: bool,
+    bias: String,
+}
+
+impl Config {
+    fn read(v: &Value) -> Result<Config, String> {
+        let peft_type = v.get("peft_type").and_then(Value::as_str).unwrap_or("LORA");
+        if !peft_type.eq_ignore_ascii_case("LORA") {
+            return Err(format!(
+                "it is a {peft_type} adapter; reefknot applies LoRA adapters only"
+            ));
+        }
+        let truthy = |key: &str| v.get(key).is_some_and(|x| x.as_bool() == Some(true));
+        for (key, what) in [
+            ("use_dora", "DoRA (a magnitude vector per weight)"),
+            ("lora_bias", "a bias on lora_B"),
+        ] {
+            if truthy(key) {
+                return Err(format!(
+                    "it uses {what} (`{key}: true`), which reefknot does not apply yet"
+                ));
+            }
+        }
+        for key in ["layer_replication", "trainable_token_indices"] {
+            if v.get(key).is_some_and(|x| !x.is_null()) {
+                return Err(format!(
+                    "it sets `{key}`, which reefknot does not apply yet"
+                ));
+            }
+        }
+        let r = v
+            .get("r")
+            .and_then(Value::as_u64)
+            .filter(|&r| r > 0)
+            .ok_or("adapter_config.json has no positive integer `r`")?;
+        let alpha = match v.get("lora_alpha") {
+            None | Some(Value::Null) => 8.0, // PEFT's default
+            Some(x) => x.as_f64().ok_or("`lora_alpha` is not a number")?,
+        };
+        let pattern = |key: &str| -> Result<Vec<(String, f64)>, String> {
+            match v.get(key) {
+                None | Some(Value::Null) => Ok(Vec::new()),
+                Some(Value::Object(map)) => map
+                    .iter()
+                    .map(|(k, x)| {
+                        let x = x.as_f64().ok_or(format!("`{key}.{k}` is not a number"))?;
+                        if k.contains(['*', '?', '[', '(', '|', '^', '$', '+', '\\', '{']) {
+                            return Err(format!(
+                                "`{key}` key `{k}` is a regular expression; reefknot matches \
+                                 module names and their dotted suffixes only"
+                            ));
+                        }
+                        Ok((k.clone(), x))
+                    })
+                    .collect(),
+                Some(_) => Err(format!("`{key}` is not a mapping")),
+            }
+        };
+        let rank_pattern = pattern("rank_pattern")?
+            .into_iter()
+            .map(|(k, x)| (k, x as usize))
+            .collect();
+        Ok(Config {
+            r: r as usize,
+            alpha,
+            rslora: truthy("use_rslora"),
+            fan_in_fan_out: truthy("fan_in_fan_out"),
+            rank_pattern,
+            alpha_pattern: pattern("alpha_pattern")?,
+            modules_to_save: v
+                .get("modules_to_save")
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty()),
+            bias: v
+                .get("bias")
+                .and_then(Value::as_str)
+                .unwrap_or("none")
+                .to_string(),
+        })
+    }
+
+    /// The rank and alpha PEFT gives `module`: the first pattern key that is the
+    /// module's name or a dotted suffix of it, else the config's `r` and `lora_alpha`.
+    fn rank_and_alpha(&self, module: &str) -> (usize, f64) {
+        let matches = |key: &str| {
+            module == key
+                || module
+                    .strip_suffix(key)
+                    .is_some_and(|rest| rest.ends_with('.'))
+        };
+        let r = self
+            .rank_pattern
+            .iter()
+            .find(|(k, _)| matches(k))
+            .map_or(self.r, |&(_, r)| r);
+        let alpha = self
+            .alpha_pattern
+            .iter()
+            .find(|(k, _)| matches(k))
+            .map_or(self.alpha, |&(_, a)| a);
+        (r, alpha)
+    }
+
+    /// Why an adapter file may hold tensors other than factors, from its config.
+    fn why_other_tensors(&self) -> String {
+        let mut why = Vec::new();
+        if self.modules_to_save {
+            why.push("`modules_to_save` keeps whole modules".to_string());
+        }
+        if self.bias != "none" {
+            why.push(format!("`bias: {}` trains biases", self.bias));
+        }
+        if why.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", why.join(", "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(v: &str) -> Result<Config, String> {
+        Config::read(&serde_json::from_str(v).unwrap())
+    }
+
+    #[test]
+    fn patterns_match_a_module_or_a_dotted_suffix() {
+        let c = config(
+            r#"{"r": 8, "lora_alpha": 16, "rank_pattern": {"up_proj": 4},
+                "alpha_pattern": {"layers.1.mlp.up_proj": 2}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.rank_and_alpha("model.layers.0.mlp.up_proj"), (4, 16.0));
+        assert_eq!(c.rank_and_alpha("model.layers.1.mlp.up_proj"), (4, 2.0));
+        assert_eq!(
+            c.rank_and_alpha("model.layers.0.mlp.gate_up_proj"),
+            (8, 16.0)
+        );
+        assert_eq!(
+            c.rank_and_alpha("model.layers.0.self_attn.q_proj"),
+            (8, 16.0)
+        );
+    }
+
+    #[test]
+    fn what_is_not_applied_is_named() {
+        for (text, says) in [
+            (r#"{"peft_type": "IA3", "r": 8}"#, "IA3 adapter"),
+            (r#"{"r": 8, "use_dora": true}"#, "DoRA"),
+            (
+                r#"{"r": 8, "layer_replication": [[0, 2]]}"#,
+                "layer_replication",
+            ),
+            (r#"{"lora_alpha": 8}"#, "positive integer `r`"),
+            (
+                r#"{"r": 8, "alpha_pattern": {"layers\\.0.*": 2}}"#,
+                "regular expression",
+            ),
+        ] {
+            let e = config(text).err().expect(text);
+            assert!(e.contains(says), "{text}: {e}");
+        }
+        let c = config(r#"{"r": 4, "bias": "all", "modules_to_save": ["lm_head"]}"#).unwrap();
+        assert_eq!(
+            c.why_other_tensors(),
+            " (`modules_to_save` keeps whole modules, `bias: all` trains biases)"
+        );
+    }
+}
