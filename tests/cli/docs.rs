@@ -89,6 +89,21 @@ fn every_documented_expression_compiles() {
 #[test]
 fn every_documented_recipe_checks() {
     let ws = Workspace::new(Dtype::BF16, None);
+    // The LoRA adapter docs/recipes.md applies.
+    let code = reefknot_io::Checkpoint::open(&ws.model("code")).unwrap();
+    crate::lora::write_adapter(
+        &ws.path().join("loras/code"),
+        &code,
+        4,
+        r#"{"peft_type": "LORA", "r": 4, "lora_alpha": 8}"#,
+    );
+    // Vocabularies that differ, for docs/recipes.md's tokenizers.
+    for (name, tokens) in ["base", "code", "math"]
+        .iter()
+        .zip(crate::tokenizer::vocabularies())
+    {
+        crate::tokenizer::write_tokenizer(&ws.model(name), &tokens);
+    }
     let mut n = 0;
     for doc in documents() {
         if run_elsewhere(&doc).is_some() {

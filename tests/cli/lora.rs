@@ -21,7 +21,7 @@ fn factor_value(k: usize, salt: usize) -> f32 {
 /// Writes a PEFT adapter folder `dir` for `model`: rank-`r` factors for `q_proj` of
 /// layer 0 (`lora_A`/`lora_B`) and for the embeddings (`lora_embedding_A`/`_B`), each
 /// under PEFT's `base_model.model.` prefix, with `config` as `adapter_config.json`.
-fn write_adapter(dir: &Path, model: &Checkpoint, r: usize, config: &str) {
+pub(crate) fn write_adapter(dir: &Path, model: &Checkpoint, r: usize, config: &str) {
     let shape = |name: &str| model.get(&format!("{name}.weight")).unwrap().shape.clone();
     let (q, e) = (shape(Q), shape(EMBED));
     let factors = [

@@ -12,4 +12,5 @@ mod mergekit;
 mod nonfinite;
 mod plans;
 mod recipes;
+mod tokenizer;
 mod util;

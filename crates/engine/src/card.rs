@@ -24,6 +24,13 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ErrorKind + '_ {
 pub(crate) fn copy_base_files(plan: &Plan, out: &Path) -> Result<(), Error> {
     let dtype = plan.data().output.dtype.as_deref();
     let edits = &plan.data().output.config;
+    let added = plan
+        .data()
+        .output
+        .tokenizer
+        .as_ref()
+        .map(|t| t.added.as_slice())
+        .filter(|a| !a.is_empty());
     for (path, name) in base_files(plan)? {
         let dest = out.join(&name);
         if name == "config.json" {
@@ -65,6 +72,21 @@ pub(crate) fn copy_base_files(plan: &Plan, out: &Path) -> Result<(), Error> {
                     fs::copy(&path, &dest).map_err(io_err(&path))?;
                 }
             }
+        } else if let Some(added) = added.filter(|_| is_added_to(&name)) {
+            let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+            let mut json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                io_err(&path)(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "not valid JSON ({e}), so the output's added tokens cannot be set in it"
+                    ),
+                ))
+            })?;
+            add_tokens(&mut json, &name, added);
+            let mut text =
+                serde_json::to_string_pretty(&json).expect("a parsed JSON value serialises");
+            text.push('\n');
+            fs::write(&dest, text).map_err(io_err(&dest))?;
         } else {
             fs::copy(&path, &dest).map_err(io_err(&path))?;
         }
@@ -72,18 +94,102 @@ pub(crate) fn copy_base_files(plan: &Plan, out: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether `name` lists a tokenizer's added tokens.
+fn is_added_to(name: &str) -> bool {
+    name == "tokenizer.json" || name == "tokenizer_config.json"
+}
+
+/// Appends `added` to a `tokenizer.json`'s `added_tokens`, or to a
+/// `tokenizer_config.json`'s `added_tokens_decoder` (where it has one).
+fn add_tokens(json: &mut serde_json::Value, name: &str, added: &[reefknot_plan::AddedToken]) {
+    use serde_json::json;
+    let entry = |t: &reefknot_plan::AddedToken| {
+        json!({
+            "content": t.content,
+            "single_word": t.single_word,
+            "lstrip": t.lstrip,
+            "rstrip": t.rstrip,
+            "normalized": t.normalized,
+            "special": t.special,
+        })
+    };
+    if name == "tokenizer.json" {
+        if let Some(list) = json.get_mut("added_tokens").and_then(|v| v.as_array_mut()) {
+            for t in added {
+                let mut e = entry(t);
+                e["id"] = t.id.into();
+                list.push(e);
+            }
+        } else if let Some(map) = json.as_object_mut() {
+            let list = added
+                .iter()
+                .map(|t| {
+                    let mut e = entry(t);
+                    e["id"] = t.id.into();
+                    e
+                })
+                .collect();
+            map.insert("added_tokens".into(), serde_json::Value::Array(list));
+        }
+    } else if let Some(map) = json
+        .get_mut("added_tokens_decoder")
+        .and_then(|v| v.as_object_mut())
+    {
+        for t in added {
+            map.insert(t.id.to_string(), entry(t));
+        }
+    }
+}
+
 /// The non-weight files of the plan's `files_from` input that the output gets (config,
 /// tokenizer, generation config...), with their names: regular files only, and only
 /// those inside the model's folder once symlinks are resolved (a Hugging Face cache
 /// snapshot's links into its repository's blobs are inside). Anything else is left
 /// out with a warning: a link to a file elsewhere is not the model's to hand on.
+///
+/// When the plan's tokenizer comes from another input, its tokenizer files
+/// ([`is_tokenizer_file`]) replace those of `files_from`.
 pub(crate) fn base_files(plan: &Plan) -> Result<Vec<(PathBuf, String)>, Error> {
-    let Some(folder) = plan
-        .data()
-        .output
-        .files_from
-        .and_then(|i| plan.inputs()[i].folder())
-    else {
+    let output = &plan.data().output;
+    let mut files = match output.files_from {
+        Some(i) => files_of(plan, i)?,
+        None => Vec::new(),
+    };
+    if let Some(t) = output
+        .tokenizer
+        .as_ref()
+        .filter(|t| Some(t.from) != output.files_from)
+    {
+        files.retain(|(_, name)| !is_tokenizer_file(name));
+        files.extend(
+            files_of(plan, t.from)?
+                .into_iter()
+                .filter(|(_, name)| is_tokenizer_file(name)),
+        );
+        files.sort_by(|a, b| a.1.cmp(&b.1));
+    }
+    Ok(files)
+}
+
+/// Whether a model folder's file belongs to its tokenizer.
+fn is_tokenizer_file(name: &str) -> bool {
+    name.starts_with("tokenizer")
+        || [
+            "special_tokens_map.json",
+            "added_tokens.json",
+            "vocab.json",
+            "vocab.txt",
+            "merges.txt",
+            "spiece.model",
+            "chat_template.jinja",
+            "chat_template.json",
+        ]
+        .contains(&name)
+}
+
+/// The non-weight files of input `input`'s folder (see [`base_files`]).
+fn files_of(plan: &Plan, input: usize) -> Result<Vec<(PathBuf, String)>, Error> {
+    let Some(folder) = plan.inputs()[input].folder() else {
         return Ok(Vec::new());
     };
     let root = reefknot_io::model_root(folder);

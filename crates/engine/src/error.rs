@@ -101,6 +101,17 @@ pub enum ErrorKind {
         message: String,
     },
 
+    /// The output vocabulary cannot be built.
+    #[error("cannot build the output's vocabulary: {message}")]
+    #[diagnostic(help(
+        "`tokenizer:` reads each input's tokenizer.json (and the vocab_size of its \
+         config.json)"
+    ))]
+    Vocabulary {
+        /// Why.
+        message: String,
+    },
+
     /// A slice takes layers its input does not have.
     #[error("slice {slice} takes layers {start}..{end}, but the {input} has {layers} layers")]
     #[diagnostic(help(
@@ -580,6 +591,7 @@ impl ErrorKind {
             ErrorKind::NotInCache { .. }
             | ErrorKind::Checkpoint { .. }
             | ErrorKind::Adapter { .. }
+            | ErrorKind::Vocabulary { .. }
             | ErrorKind::MissingTensor { .. }
             | ErrorKind::ShapeMismatch { .. }
             | ErrorKind::DtypeMismatch { .. }

@@ -778,36 +778,118 @@ impl Source for Mapped<'_> {
     }
 }
 
-/// An operand's tensor, resolved, with its adapter's update ready to add.
+/// An operand's tensor, resolved, with its adapter's update ready to add, or its rows
+/// permuted into the output's vocabulary.
 struct Read<'a> {
     ckpt: &'a Checkpoint,
     info: &'a reefknot_io::TensorInfo,
     lora: Option<LowRank>,
+    permuted: Option<Permuted<'a>>,
 }
+
+/// A vocabulary tensor's rows in the output's order: the input's own rows where it has
+/// the token, else the mean of the fill rows (of the same tensor of other inputs).
+struct Permuted<'a> {
+    vocabulary: &'a reefknot_plan::Vocabulary,
+    input: usize,
+    cols: usize,
+    /// The output rows this input lacks, in order, with the rows that fill them.
+    fill: Vec<(usize, FillRows<'a>)>,
+}
+
+/// The rows a missing row is the mean of: `(checkpoint, tensor, row)`.
+type FillRows<'a> = Vec<(&'a Checkpoint, &'a reefknot_io::TensorInfo, usize)>;
 
 impl<'a> Read<'a> {
     fn new(plan: &'a Plan, o: Operand) -> Self {
         let ckpt = &plan.inputs()[o.at.0];
         let info = &ckpt.tensors()[o.at.1];
+        let permuted = o.permuted.then(|| {
+            let vocabulary = plan
+                .data()
+                .vocabulary
+                .as_ref()
+                .expect("a readied plan's permuted operands have a vocabulary");
+            let fill = (vocabulary.fill.iter())
+                .filter(|(&row, _)| vocabulary.row_of(o.at.0, row).is_none())
+                .map(|(&row, sources)| {
+                    let sources = sources
+                        .iter()
+                        .map(|&[i, r]| {
+                            let c = &plan.inputs()[i];
+                            (c, c.get(&info.name).expect("checked when readied"), r)
+                        })
+                        .collect();
+                    (row, sources)
+                })
+                .collect();
+            Permuted {
+                vocabulary,
+                input: o.at.0,
+                cols: info.shape[1],
+                fill,
+            }
+        });
         Read {
             ckpt,
             info,
             lora: o
                 .lora
                 .map(|l| LowRank::new(plan, l, info.shape[0], info.shape[1])),
+            permuted,
         }
     }
 
     /// Elements `[start, start + out.len())` as `f32`.
     fn values(&self, start: usize, out: &mut [f32]) {
+        if let Some(p) = &self.permuted {
+            return self.permuted_values(p, start, out);
+        }
         read_f32(self.ckpt, self.info, start, out);
         if let Some(l) = &self.lora {
             l.add(start, out);
         }
     }
 
+    /// [`Read::values`] of a permuted tensor, row by row. A filled row is its sources'
+    /// sum in order, divided by their count (zero without sources), as mergekit
+    /// computes it.
+    fn permuted_values(&self, p: &Permuted<'_>, start: usize, out: &mut [f32]) {
+        let cols = p.cols;
+        let mut done = 0;
+        while done < out.len() {
+            let (row, c0) = ((start + done) / cols, (start + done) % cols);
+            let n = (cols - c0).min(out.len() - done);
+            let seg = &mut out[done..done + n];
+            if let Some(r) = p.vocabulary.row_of(p.input, row) {
+                read_f32(self.ckpt, self.info, r * cols + c0, seg);
+            } else {
+                seg.fill(0.0);
+                let sources = p
+                    .fill
+                    .binary_search_by_key(&row, |(r, _)| *r)
+                    .map_or(&[][..], |i| p.fill[i].1.as_slice());
+                let mut part = vec![0f32; n];
+                for &(c, info, r) in sources {
+                    read_f32(c, info, r * cols + c0, &mut part);
+                    seg.iter_mut().zip(&part).for_each(|(s, &x)| *s += x);
+                }
+                if sources.len() > 1 {
+                    let count = sources.len() as f32;
+                    seg.iter_mut().for_each(|s| *s /= count);
+                }
+            }
+            done += n;
+        }
+    }
+
     /// Elements `[start, start + out.len())` minus `base`.
     fn minus(&self, start: usize, base: &[f32], out: &mut [f32]) {
+        if self.permuted.is_some() {
+            self.values(start, out);
+            out.iter_mut().zip(base).for_each(|(x, &b)| *x -= b);
+            return;
+        }
         let size = self.info.dtype.size();
         let bytes = &self.ckpt.data(self.info)[start * size..(start + out.len()) * size];
         to_f32_minus(self.info.dtype, bytes, base, out);
@@ -1067,7 +1149,8 @@ fn copy_tensor(
         return Ok(());
     };
     let read = Read::new(plan, from);
-    let n = info.numel();
+    // The output's element count (a permuted tensor's differs from the input's).
+    let n = plan.data().tensors[index].numel();
     (0..n.div_ceil(chunk)).into_par_iter().try_for_each(|k| {
         let (start, end) = (k * chunk, ((k + 1) * chunk).min(n));
         let mut values = vec![0f32; end - start];

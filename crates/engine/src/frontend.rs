@@ -21,7 +21,7 @@ use reefknot_plan as plan;
 use reefknot_recipe::{OutputDtype, ParamValue, Recipe, RecipeWarning, Selector};
 
 use crate::error::InRecipe;
-use crate::{lora, Error, ErrorKind};
+use crate::{lora, vocab, Error, ErrorKind};
 
 /// Settings that override the recipe (from the command line).
 #[derive(Clone, Debug, Default)]
@@ -171,13 +171,24 @@ pub(crate) fn plan_and_warn(
         opened.push(c);
         roles.push(role);
     }
-    // A tensor of input `input` as the plan reads it: with its adapter's update, if any.
-    let operand = |input: usize, tensor: &str| plan::TensorRef {
+    let built = match &recipe.tokenizer {
+        Some(t) => Some(vocabulary(recipe, t, &opened, &updates)?),
+        None => None,
+    };
+    let base_rows = built.as_ref().map_or(0, |(_, rows)| *rows);
+    let (built, vocabulary) = match built {
+        Some((b, _)) => (Some(b.files), Some(b.vocabulary)),
+        None => (None, None),
+    };
+    // A tensor of input `input` as the plan reads it: with its adapter's update, if
+    // any; permuted into the output's vocabulary when it is a vocabulary tensor.
+    let operand = |input: usize, tensor: &str, permuted: bool| plan::TensorRef {
         input,
         tensor: tensor.to_string(),
         lora: updates
             .get(input)
             .and_then(|u| u.as_ref()?.get(tensor).cloned()),
+        vocabulary: permuted,
     };
     let base = &opened[0];
     let models = &opened[1..=recipe.models.len()];
@@ -189,13 +200,18 @@ pub(crate) fn plan_and_warn(
     let mut tensors = Vec::with_capacity(items.len());
     for item in &items {
         let info = item.info;
+        let permuted = vocabulary.is_some() && vocab::is_vocabulary_tensor(recipe, info, base_rows);
+        let mut shape = info.shape.clone();
+        if let (true, Some(v)) = (permuted, &vocabulary) {
+            shape[0] = v.size;
+        }
         for (o, over) in recipe.overrides.iter().enumerate() {
             selected[o] |= recipe.selects(&over.selector, &item.name);
         }
         let output = |dtype: Dtype, producer| plan::OutputTensor {
             name: item.name.clone(),
             dtype: dtype.safetensors_name().to_string(),
-            shape: info.shape.clone(),
+            shape: shape.clone(),
             layer: item.layer,
             shard: 0,
             producer,
@@ -211,7 +227,7 @@ pub(crate) fn plan_and_warn(
                 tensors.push(output(
                     dtype,
                     plan::Producer::Copy {
-                        from: operand(input, &info.name),
+                        from: operand(input, &info.name, permuted),
                         scale,
                     },
                 ));
@@ -219,7 +235,7 @@ pub(crate) fn plan_and_warn(
             }
             How::Merge { slice } => slice,
         };
-        let base_ref = operand(0, &info.name);
+        let base_ref = operand(0, &info.name, permuted);
         if !info.dtype.is_computable() {
             // Copied from the base, but the models must have it too (a readied plan
             // checks only what its producers read).
@@ -303,7 +319,7 @@ pub(crate) fn plan_and_warn(
         // is its exact bits (θ_b + (θ_1 − θ_b) need not be θ_1 in float32).
         let producer = if copies_model {
             plan::Producer::Copy {
-                from: operand(1, &info.name),
+                from: operand(1, &info.name, permuted),
                 scale: 1.0,
             }
         } else {
@@ -311,7 +327,7 @@ pub(crate) fn plan_and_warn(
                 expression: rule_index,
                 base: base_ref,
                 models: (0..models.len())
-                    .map(|i| operand(i + 1, &info.name))
+                    .map(|i| operand(i + 1, &info.name, permuted))
                     .collect(),
                 fisher,
                 weights: (0..recipe.models.len())
@@ -370,9 +386,17 @@ pub(crate) fn plan_and_warn(
             files_from: Some(0),
             metadata,
             config: BTreeMap::new(),
+            tokenizer: built.flatten(),
         },
+        vocabulary,
         tensors,
     };
+    if let Some(v) = &merge_plan.vocabulary {
+        merge_plan
+            .output
+            .config
+            .insert("vocab_size".to_string(), v.size.into());
+    }
     crate::lay_out(&mut merge_plan)?;
     if !recipe.slices.is_empty() {
         merge_plan
@@ -382,6 +406,87 @@ pub(crate) fn plan_and_warn(
     }
     let warnings = no_effect(recipe, out_layers, &selected, &chosen, &read.into_inner());
     Ok((merge_plan, opened, warnings))
+}
+
+/// The output vocabulary `t` asks for, over the base (input 0) and the models
+/// (inputs 1..=n), with the base's row count.
+fn vocabulary(
+    recipe: &Recipe,
+    t: &reefknot_recipe::Tokenizer,
+    opened: &[Checkpoint],
+    updates: &[Option<lora::Updates>],
+) -> Result<(vocab::Built, usize), Error> {
+    use reefknot_recipe::TokenizerSource;
+    let fail = |message: String| {
+        let e = ErrorKind::Vocabulary { message };
+        Error::from(ErrorKind::InRecipe(InRecipe::new(
+            e,
+            recipe,
+            t.location,
+            "this tokenizer".to_string(),
+        )))
+    };
+    if !recipe.slices.is_empty() {
+        return Err(fail(
+            "a tokenizer other than the base's as it is, with `slices:`, is not supported yet"
+                .into(),
+        ));
+    }
+    let n = recipe.models.len();
+    let mut vocabs = BTreeMap::new();
+    let base = vocab::InputVocab::read(vocab::folder_of(&opened[0]))
+        .map_err(|e| fail(format!("the base model's vocabulary: {e}")))?;
+    vocabs.insert(0, base);
+    for (i, (c, m)) in opened[1..=n].iter().zip(&recipe.models).enumerate() {
+        let v = match vocab::InputVocab::read(vocab::folder_of(c)) {
+            Ok(v) => v,
+            Err(e) => {
+                // mergekit's rule: a model whose tokenizer does not load shares the
+                // base's.
+                tracing::warn!(
+                    "{}: {e}; its vocabulary is taken to be the base's, as mergekit does",
+                    model_label(i, &m.path)
+                );
+                vocabs[&0].clone()
+            }
+        };
+        vocabs.insert(i + 1, v);
+    }
+    let source = match &t.source {
+        TokenizerSource::Base => vocab::Source::Input(0),
+        TokenizerSource::Union => vocab::Source::Union,
+        TokenizerSource::Model(path) => {
+            if *path == recipe.base {
+                vocab::Source::Input(0)
+            } else if let Some(i) = recipe.models.iter().position(|m| m.path == *path) {
+                vocab::Source::Input(i + 1)
+            } else {
+                return Err(fail(format!(
+                    "`{}` is neither the base nor a model of `models:`; the tokenizer is one \
+                     of the recipe's inputs, `base` or `union`",
+                    path.display()
+                )));
+            }
+        }
+    };
+    // An adapter's update of a vocabulary tensor would have to be permuted too.
+    for (input, u) in updates.iter().enumerate() {
+        let rows = vocabs[&input].rows;
+        if let Some(name) = u.iter().flatten().map(|(name, _)| name).find(|name| {
+            opened[input]
+                .get(name)
+                .is_some_and(|info| vocab::is_vocabulary_tensor(recipe, info, rows))
+        }) {
+            return Err(fail(format!(
+                "a LoRA adapter updates the vocabulary tensor `{name}`, which reefknot does \
+                 not permute yet"
+            )));
+        }
+    }
+    let order: Vec<usize> = (1..=n).chain([0]).collect();
+    let rows = vocabs[&0].rows;
+    let built = vocab::build(&vocabs, source, &order).map_err(fail)?;
+    Ok((built, rows))
 }
 
 /// The number of layers of a checkpoint: one past its highest layer index.

@@ -34,6 +34,7 @@ mod lora;
 mod output;
 mod plan;
 mod scan;
+mod vocab;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -51,13 +51,16 @@ pub struct Lora {
     pub transposed: bool,
 }
 
-/// An input tensor as a job reads it: its stored values, plus an adapter's update.
+/// An input tensor as a job reads it: its stored values, plus an adapter's update, its
+/// rows permuted into the output's vocabulary.
 #[derive(Clone, Copy, Debug)]
 pub struct Operand {
     /// The tensor.
     pub at: Located,
     /// The update added to it as it is read.
     pub lora: Option<Lora>,
+    /// Whether its rows are read through the plan's vocabulary.
+    pub permuted: bool,
 }
 
 /// What the executor does for one output tensor.
@@ -323,6 +326,34 @@ impl Plan {
             layers
         );
 
+        if let Some(v) = &d.vocabulary {
+            let permuted = self
+                .jobs
+                .iter()
+                .filter(|j| match j {
+                    Job::Copy { from, .. } => from.permuted,
+                    Job::Merge(m) => m.base.permuted,
+                })
+                .count();
+            let _ = write!(out, "vocabulary {} tokens", v.size);
+            if let Some(t) = &d.output.tokenizer {
+                let from = match d.inputs[t.from].role {
+                    Role::Base => "the base model's".to_string(),
+                    role => format!("{role}'s"),
+                };
+                let _ = write!(out, ": {from} tokenizer");
+                if !t.added.is_empty() {
+                    let _ = write!(out, " and {} it lacks", counted(t.added.len(), "token"));
+                }
+            }
+            let _ = writeln!(
+                out,
+                "; {} permuted into it, {} filled",
+                counted(permuted, "vocabulary tensor"),
+                counted(v.fill.len(), "row")
+            );
+        }
+
         // Group tensors by expression and resolved stages, copies by source and scale.
         let mut groups: BTreeMap<(usize, String), Vec<&str>> = BTreeMap::new();
         let mut copied: BTreeMap<(usize, String), Vec<&str>> = BTreeMap::new();
@@ -343,6 +374,9 @@ impl Plan {
                     };
                     if from.lora.is_some() {
                         scaled.push_str(", with its LoRA update");
+                    }
+                    if from.permuted {
+                        scaled.push_str(", permuted into the output's vocabulary");
                     }
                     copied.entry((from.at.0, scaled)).or_default().push(&t.name);
                 }
@@ -496,11 +530,33 @@ impl Binder<'_> {
 
     /// [`Binder::locate`], with the adapter's factors located and checked against the
     /// tensor's shape.
-    fn operand(&self, r: &data::TensorRef, what: &str, out: &str) -> Result<Operand, Error> {
+    fn operand(
+        &self,
+        r: &data::TensorRef,
+        what: &str,
+        out: &str,
+    ) -> Result<(Operand, reefknot_io::TensorInfo), Error> {
         let at = self.locate(r, what, out)?;
+        let mut seen = self.info(at).clone();
+        if r.vocabulary {
+            seen.shape = self.permuted_shape(r, at, what, out)?;
+        }
         let Some(u) = &r.lora else {
-            return Ok(Operand { at, lora: None });
+            return Ok((
+                Operand {
+                    at,
+                    lora: None,
+                    permuted: r.vocabulary,
+                },
+                seen,
+            ));
         };
+        if r.vocabulary {
+            return Err(plan_err(
+                out,
+                format!("its {what} has a LoRA update and is permuted: not supported"),
+            ));
+        }
         let info = self.info(at);
         let adapter = &self.inputs[u.input];
         let factor = |name: &str| {
@@ -553,15 +609,65 @@ impl Binder<'_> {
                 ),
             ));
         }
-        Ok(Operand {
-            at,
-            lora: Some(Lora {
-                a,
-                b,
-                scale: u.scale,
-                transposed: u.transposed,
-            }),
-        })
+        Ok((
+            Operand {
+                at,
+                lora: Some(Lora {
+                    a,
+                    b,
+                    scale: u.scale,
+                    transposed: u.transposed,
+                }),
+                permuted: false,
+            },
+            seen,
+        ))
+    }
+
+    /// The shape of a vocabulary tensor permuted into the output's vocabulary, after
+    /// checking that the rows it reads exist: its own, and those its missing rows are
+    /// filled from.
+    fn permuted_shape(
+        &self,
+        r: &data::TensorRef,
+        at: Located,
+        what: &str,
+        out: &str,
+    ) -> Result<Vec<usize>, Error> {
+        let v = self
+            .data
+            .vocabulary
+            .as_ref()
+            .expect("validated: a vocabulary maps it");
+        let info = self.info(at);
+        let bad = |m: String| Err(plan_err(out, format!("its {what}, permuted: {m}")));
+        let [rows, cols] = info.shape[..] else {
+            return bad(format!("`{}` is not a matrix", info.name));
+        };
+        if !info.dtype.is_computable() {
+            return bad(format!("`{}` is not a float", info.name));
+        }
+        if v.rows[&r.input].iter().any(|&[_, row, n]| row + n > rows) {
+            return bad(format!("the vocabulary reads beyond its {rows} rows"));
+        }
+        for sources in v.fill.values() {
+            for &[input, row] in sources {
+                let fits = self.inputs[input].get(&r.tensor).is_some_and(|t| {
+                    t.dtype.is_computable()
+                        && t.shape.len() == 2
+                        && t.shape[1] == cols
+                        && row < t.shape[0]
+                });
+                if !fits {
+                    return bad(format!(
+                        "a row it is filled from, row {row} of `{}` of the {}, is not a float \
+                         row of {cols} values",
+                        r.tensor, self.data.inputs[input].role
+                    ));
+                }
+            }
+        }
+        Ok(vec![v.size, cols])
     }
 
     fn info(&self, l: Located) -> &reefknot_io::TensorInfo {
@@ -592,8 +698,8 @@ impl Binder<'_> {
     fn job(&mut self, t: &data::OutputTensor, dtype: Dtype) -> Result<Job, Error> {
         match &t.producer {
             Producer::Copy { from, scale } => {
-                let from = self.operand(from, "source", &t.name)?;
-                let info = self.info(from.at);
+                let (from, info) = self.operand(from, "source", &t.name)?;
+                let info = &info;
                 if info.shape != t.shape {
                     return Err(plan_err(
                         &t.name,
@@ -603,7 +709,8 @@ impl Binder<'_> {
                         ),
                     ));
                 }
-                let convert = info.dtype != dtype || *scale != 1.0 || from.lora.is_some();
+                let convert =
+                    info.dtype != dtype || *scale != 1.0 || from.lora.is_some() || from.permuted;
                 if convert && !(info.dtype.is_computable() && dtype.is_computable()) {
                     let what = if info.dtype == dtype {
                         "only floats scale"
@@ -642,8 +749,7 @@ impl Binder<'_> {
                 format!("a merged tensor is written as a float, not {}", t.dtype),
             ));
         }
-        let base = self.operand(&p.base, "base", &t.name)?;
-        let base_info = self.info(base.at).clone();
+        let (base, base_info) = self.operand(&p.base, "base", &t.name)?;
         if base_info.shape != t.shape || !base_info.dtype.is_computable() {
             return Err(plan_err(
                 &t.name,
@@ -658,8 +764,8 @@ impl Binder<'_> {
         }
         let mut models = Vec::with_capacity(p.models.len());
         for r in &p.models {
-            let o = self.operand(r, "model tensor", &t.name)?;
-            check_compatible(&base_info, self.info(o.at), &self.who(r.input))?;
+            let (o, info) = self.operand(r, "model tensor", &t.name)?;
+            check_compatible(&base_info, &info, &self.who(r.input))?;
             models.push(o);
         }
         let fisher = match &p.fisher {
@@ -802,6 +908,11 @@ fn bind_args(spec: &'static OpSpec, stage: &data::Stage, models: usize) -> Resul
         values.push((param.name, value));
     }
     Ok(Args::new(values))
+}
+
+/// `1 row`, `2 rows`.
+fn counted(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 fn human_count(n: u64) -> String {

@@ -37,7 +37,9 @@
 //!         files_from: Some(0),
 //!         metadata: Default::default(),
 //!         config: Default::default(),
+//!         tokenizer: None,
 //!     },
+//!     vocabulary: None,
 //!     tensors: vec![OutputTensor {
 //!         name: "lm_head.weight".into(),
 //!         dtype: "F32".into(),
@@ -84,6 +86,10 @@ pub struct MergePlan {
     pub expressions: Vec<Expression>,
     /// How the output is written.
     pub output: OutputLayout,
+    /// The output's vocabulary, when it is not the base's row for row: how each
+    /// input's vocabulary tensors (embeddings, LM head) are permuted into it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocabulary: Option<Vocabulary>,
     /// Every output tensor, in output order (the order of the shards and of the
     /// tensors inside them).
     pub tensors: Vec<OutputTensor>,
@@ -194,6 +200,72 @@ pub struct OutputLayout {
     /// count than its inputs. Empty when the configuration is copied as it is.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config: BTreeMap<String, serde_json::Value>,
+    /// Where the output's tokenizer files come from, when not from
+    /// [`OutputLayout::files_from`] as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<TokenizerFiles>,
+}
+
+/// The output's tokenizer files: those of input `from`, with `added` appended to its
+/// `tokenizer.json` (and `tokenizer_config.json`) as added tokens.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerFiles {
+    /// The input whose tokenizer files are copied.
+    pub from: usize,
+    /// Tokens the output's vocabulary has beyond that tokenizer's, by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub added: Vec<AddedToken>,
+}
+
+/// A token added to a tokenizer (an entry of `tokenizer.json`'s `added_tokens`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddedToken {
+    /// Its id.
+    pub id: usize,
+    /// Its text.
+    pub content: String,
+    /// Whether it is special (skipped when decoding).
+    pub special: bool,
+    /// Whether it is matched after normalisation.
+    pub normalized: bool,
+    /// Whether it eats the whitespace on its left.
+    pub lstrip: bool,
+    /// Whether it eats the whitespace on its right.
+    pub rstrip: bool,
+    /// Whether it matches whole words only.
+    pub single_word: bool,
+}
+
+/// An output vocabulary that is not the base's row for row (a tokenizer union, or
+/// another model's vocabulary): every vocabulary tensor of the output has `size` rows,
+/// and an input's vocabulary tensor read for it (a [`TensorRef`] with `vocabulary`) is
+/// permuted: output row `o` is the input's row given by `rows`, or, where the input
+/// lacks the token, the mean of the `fill` rows (zero when `fill` names none).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vocabulary {
+    /// The output's token count.
+    pub size: usize,
+    /// For each permuted input (an index into [`MergePlan::inputs`]), the runs of
+    /// output rows it has: `[output row, input row, count]`, in order.
+    pub rows: BTreeMap<usize, Vec<[usize; 3]>>,
+    /// For each output row that some permuted input lacks: the `[input, row]`s whose
+    /// mean it takes, from the same tensor of those inputs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fill: BTreeMap<usize, Vec<[usize; 2]>>,
+}
+
+impl Vocabulary {
+    /// Input `input`'s row for output row `row`, if it has the token.
+    pub fn row_of(&self, input: usize, row: usize) -> Option<usize> {
+        let runs = self.rows.get(&input)?;
+        let i = runs.partition_point(|r| r[0] + r[2] <= row);
+        runs.get(i)
+            .filter(|r| r[0] <= row)
+            .map(|r| r[1] + (row - r[0]))
+    }
 }
 
 /// One output tensor.
@@ -234,6 +306,10 @@ pub struct TensorRef {
     /// The low-rank update added to the values as they are read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<LoraUpdate>,
+    /// Whether its rows are permuted into the output's vocabulary
+    /// ([`MergePlan::vocabulary`]; after the LoRA update, if any).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub vocabulary: bool,
 }
 
 impl TensorRef {
@@ -243,6 +319,7 @@ impl TensorRef {
             input,
             tensor: tensor.into(),
             lora: None,
+            vocabulary: false,
         }
     }
 }
@@ -444,9 +521,32 @@ impl MergePlan {
                 Some(l) if !l.scale.is_finite() => {
                     bad(format!("its {what}'s LoRA update has a non-finite scale"))
                 }
+                _ if r.vocabulary
+                    && !self
+                        .vocabulary
+                        .as_ref()
+                        .is_some_and(|v| v.rows.contains_key(&r.input)) =>
+                {
+                    bad(format!(
+                        "its {what} is read through the vocabulary, which does not map input {}",
+                        r.input
+                    ))
+                }
                 _ => Ok(()),
             }
         };
+        if let Some(v) = &self.vocabulary {
+            self.check_vocabulary(v)?;
+        }
+        if let Some(t) = &self.output.tokenizer {
+            if t.from >= self.inputs.len() {
+                return bad(format!(
+                    "output.tokenizer.from names input {}, but the plan has {} inputs",
+                    t.from,
+                    self.inputs.len()
+                ));
+            }
+        }
         if let Some(i) = self.output.files_from {
             if i >= self.inputs.len() {
                 return bad(format!(
@@ -529,6 +629,39 @@ impl MergePlan {
                         return bad(format!("tensor `{}`: a pipeline needs stages", t.name));
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every run of a vocabulary inside its output and in order, every fill row
+    /// inside the output and taken from mapped inputs.
+    fn check_vocabulary(&self, v: &Vocabulary) -> Result<(), PlanError> {
+        let bad = |m: String| Err(PlanError::Inconsistent(format!("vocabulary: {m}")));
+        for (&input, runs) in &v.rows {
+            if input >= self.inputs.len() {
+                return bad(format!(
+                    "it maps input {input}, but the plan has {} inputs",
+                    self.inputs.len()
+                ));
+            }
+            let mut next = 0;
+            for &[out, _, count] in runs {
+                if out < next || count == 0 || out + count > v.size {
+                    return bad(format!(
+                        "input {input}'s runs must be non-empty, in order and within its {} rows",
+                        v.size
+                    ));
+                }
+                next = out + count;
+            }
+        }
+        for (&row, sources) in &v.fill {
+            if row >= v.size || sources.iter().any(|[i, _]| !v.rows.contains_key(i)) {
+                return bad(format!(
+                    "row {row}'s fill must be within {} rows and from mapped inputs",
+                    v.size
+                ));
             }
         }
         Ok(())

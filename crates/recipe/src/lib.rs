@@ -125,6 +125,28 @@ pub struct Adapter {
     pub location: Loc,
 }
 
+/// Where the output's vocabulary and tokenizer files come from (`tokenizer:`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum TokenizerSource {
+    /// `base`: the base's vocabulary; every other input's embedding and LM-head rows
+    /// are permuted into it by token.
+    Base,
+    /// `union`: the base's tokens, then every other input's that the base lacks.
+    Union,
+    /// The vocabulary and tokenizer files of one of the recipe's inputs (its path,
+    /// resolved).
+    Model(PathBuf),
+}
+
+/// A recipe's `tokenizer:`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tokenizer {
+    /// What it is.
+    pub source: TokenizerSource,
+    /// Where it is written.
+    pub location: Loc,
+}
+
 /// Which tensors an [`Override`] is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Selector {
@@ -281,6 +303,9 @@ pub struct Recipe {
     pub slices: Vec<Slice>,
     /// The built-in groups and the recipe's own (`groups:`).
     pub groups: Groups,
+    /// The output's vocabulary (`tokenizer:`); `None`: the base's tensors and files as
+    /// they are, every model's vocabulary tensors of the base's shape.
+    pub tokenizer: Option<Tokenizer>,
     /// The output dtype (`dtype:`); `None` keeps the base's.
     pub dtype: Option<OutputDtype>,
     /// The seed of the random operators (`seed:`, default 0).
@@ -393,6 +418,7 @@ impl Recipe {
             overrides: parts.overrides,
             slices: parts.slices,
             groups,
+            tokenizer: parts.tokenizer,
             dtype: parts.dtype,
             seed: parts.seed,
             plugins: parts.plugins,

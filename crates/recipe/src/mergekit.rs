@@ -99,6 +99,7 @@ pub(crate) fn convert_parsed(
         named,
         stacked: Vec::new(),
         low_precision: None,
+        tokenizer: None,
     };
     let file_name = path
         .and_then(Path::file_name)
@@ -632,6 +633,9 @@ struct Translator<'a> {
     stacked: Vec<Stacked>,
     /// A half-precision `dtype` mergekit computes in, not yet warned about.
     low_precision: Option<(&'static str, Loc)>,
+    /// The recipe's `tokenizer:` (`base`, `union` or a model), with where the
+    /// configuration gives it.
+    tokenizer: Option<(String, Loc)>,
 }
 
 /// `[a, b]`, two integers.
@@ -1107,19 +1111,7 @@ impl<'a> Translator<'a> {
             );
         }
         if let Some((v, _)) = get("tokenizer_source") {
-            match &v.kind {
-                Kind::Str(s) if s == "base" => {}
-                Kind::Str(s) => self.unsupported(
-                    v.loc,
-                    format!("`tokenizer_source: {s}` is not supported yet: reefknot keeps the base model's tokenizer and vocabulary"),
-                    "another tokenizer",
-                    "use `tokenizer_source: base` (or leave it out)",
-                ),
-                _ => {
-                    let e = self.check.wrong_type(v, "a string", "`tokenizer_source`");
-                    self.check.push(e);
-                }
-            }
+            self.tokenizer = self.tokenizer_source(v, "`tokenizer_source`");
         }
         if let Some((v, _)) = get("tokenizer") {
             self.tokenizer(v);
@@ -1733,28 +1725,54 @@ impl<'a> Translator<'a> {
                 }
             }
         }
+        self.write_tokenizer(&mut out);
         if let Some(d) = dtype {
             let _ = writeln!(out, "dtype: {d}");
         }
         Some(out)
     }
 
+    /// `tokenizer_source` (or `tokenizer.source`): `union`, `base` or a model.
+    fn tokenizer_source(&mut self, v: &Node, what: &str) -> Option<(String, Loc)> {
+        match &v.kind {
+            Kind::Str(s) if s == "base" || s == "union" => Some((s.clone(), v.loc)),
+            Kind::Str(_) | Kind::Map(_) => {
+                let model = self.model_ref(v, what)?;
+                let (path, lora) = split_ref(&model);
+                if lora.is_some() {
+                    self.unsupported(
+                        v.loc,
+                        format!("{what} names a model with a LoRA adapter"),
+                        "a tokenizer with an adapter",
+                        "name the model alone: an adapter does not change its tokenizer",
+                    );
+                    return None;
+                }
+                Some((quote(&self.local(path)), v.loc))
+            }
+            _ => {
+                let e = self.check.wrong_type(v, "a string", what);
+                self.check.push(e);
+                None
+            }
+        }
+    }
+
     fn tokenizer(&mut self, v: &Node) {
         let Some(fields) = self.entries(v, "`tokenizer`") else {
             return;
         };
-        let mut base = false;
+        // mergekit's default source is the union.
+        let mut source = Some(("union".to_string(), v.loc));
         for (key, val, kloc) in &fields {
             match *key {
-                "source" => match &val.kind {
-                    Kind::Str(s) if s == "base" => base = true,
-                    _ => {}
-                },
+                "source" => source = self.tokenizer_source(val, "`tokenizer.source`"),
                 "tokens" | "pad_to_multiple_of" => self.unsupported(
                     *kloc,
                     format!("`tokenizer.{key}` is not supported yet"),
                     "not supported",
-                    "reefknot keeps the base model's tokenizer and vocabulary",
+                    "leave it out: the output's vocabulary is then the source's, each \
+                     missing row filled as mergekit fills it",
                 ),
                 other => self.warn(
                     *kloc,
@@ -1764,13 +1782,13 @@ impl<'a> Translator<'a> {
                 ),
             }
         }
-        if !base {
-            self.unsupported(
-                v.loc,
-                "a tokenizer other than the base model's (mergekit's `tokenizer:` defaults to `source: union`) is not supported yet".into(),
-                "another tokenizer",
-                "write `tokenizer_source: base`, or leave tokenizers out",
-            );
+        self.tokenizer = source;
+    }
+
+    /// The recipe's `tokenizer:` line, if any.
+    fn write_tokenizer(&self, out: &mut String) {
+        if let Some((t, _)) = &self.tokenizer {
+            let _ = writeln!(out, "tokenizer: {t}");
         }
     }
 
@@ -2443,6 +2461,7 @@ impl<'a> Translator<'a> {
                 }
             }
         }
+        self.write_tokenizer(&mut out);
         if let Some(d) = dtype {
             let _ = writeln!(out, "dtype: {d}");
         }

@@ -12,6 +12,7 @@ use crate::value::{Condition, Number, Param, ParamValue, Params, Weight};
 use crate::yaml::{Kind, Node};
 use crate::{
     Adapter, Loc, ModelEntry, OutputDtype, Override, Selector, Slice, SliceInput, SliceSource,
+    Tokenizer, TokenizerSource,
 };
 
 /// Everything of a recipe but its file and text.
@@ -25,6 +26,7 @@ pub(crate) struct Parts {
     pub(crate) overrides: Vec<Override>,
     pub(crate) slices: Vec<Slice>,
     pub(crate) groups: Groups,
+    pub(crate) tokenizer: Option<Tokenizer>,
     pub(crate) dtype: Option<OutputDtype>,
     pub(crate) seed: u64,
     pub(crate) plugins: Vec<PathBuf>,
@@ -52,6 +54,7 @@ const TOP: Schema = Schema {
         "overrides",
         "slices",
         "groups",
+        "tokenizer",
         "dtype",
         "seed",
         "plugins",
@@ -349,6 +352,10 @@ impl<'a> Checker<'a> {
             Some(n) => self.seed(n),
             None => Some(0),
         };
+        let tokenizer = match f.get("tokenizer") {
+            Some(n) => self.tokenizer(n).map(Some),
+            None => Some(None),
+        };
         let plugins = match f.get("plugins") {
             Some(n) => self.paths(n, "plugins", "a list of plugin libraries"),
             None => Some(Vec::new()),
@@ -368,6 +375,7 @@ impl<'a> Checker<'a> {
             overrides: overrides?,
             slices: slices?,
             groups: groups?,
+            tokenizer: tokenizer?,
             dtype: dtype?,
             seed: seed?,
             plugins: plugins?,
@@ -548,6 +556,28 @@ impl<'a> Checker<'a> {
             return None;
         }
         Some(resolve(self.dir, Path::new(text)))
+    }
+
+    /// `tokenizer:`: `base`, `union` or a path (checked against the inputs when the
+    /// plan is made).
+    fn tokenizer(&mut self, node: &Node) -> Option<Tokenizer> {
+        if matches!(&node.kind, Kind::Map(_)) {
+            let e = self
+                .wrong_type(node, "`base`, `union` or a model's path", "`tokenizer`")
+                .help("mergekit's `tokenizer: {source: ...}` is `tokenizer: ...` here");
+            self.push(e);
+            return None;
+        }
+        let text = self.string(node, "`base`, `union` or a model's path", "`tokenizer`")?;
+        let source = match text {
+            "base" => TokenizerSource::Base,
+            "union" => TokenizerSource::Union,
+            _ => TokenizerSource::Model(self.path(node, "tokenizer")?),
+        };
+        Some(Tokenizer {
+            source,
+            location: node.loc,
+        })
     }
 
     /// An optional LoRA adapter's folder (`lora:`, `base_lora:`).

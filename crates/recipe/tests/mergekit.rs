@@ -104,17 +104,24 @@ fn every_top_level_key_is_honoured_or_named() {
         (
             "tokenizer_source",
             "tokenizer_source: union\n",
-            Fate::Unsupported,
+            Fate::Honoured,
         ),
+        ("tokenizer_source", "tokenizer_source: m\n", Fate::Honoured),
         (
             "tokenizer_source",
-            "tokenizer_source: m\n",
+            "tokenizer_source: m+lora\n",
             Fate::Unsupported,
         ),
         ("tokenizer", "tokenizer: { source: base }\n", Fate::Honoured),
         (
             "tokenizer",
             "tokenizer: { source: union }\n",
+            Fate::Honoured,
+        ),
+        ("tokenizer", "tokenizer: {}\n", Fate::Honoured),
+        (
+            "tokenizer",
+            "tokenizer: { source: union, tokens: { x: { source: m } } }\n",
             Fate::Unsupported,
         ),
         (
@@ -130,6 +137,25 @@ fn every_top_level_key_is_honoured_or_named() {
     for (key, line, want) in cases {
         assert_eq!(fate(&format!("{BASE}{line}")), *want, "{key}: {line}");
         seen.push(key);
+    }
+    // `tokenizer_source` and the `tokenizer` mapping become the recipe's `tokenizer:`
+    // (mergekit's mapping defaults to the union).
+    for (line, want) in [
+        ("tokenizer_source: union\n", Some("union")),
+        ("tokenizer: {}\n", Some("union")),
+        ("tokenizer: { source: base }\n", Some("base")),
+        ("tokenizer_source: m\n", Some("m")),
+        ("", None),
+    ] {
+        let r = parse(&format!("{BASE}{line}"), "tok.yml").unwrap();
+        let got = r.tokenizer.map(|t| match t.source {
+            reefknot_recipe::TokenizerSource::Base => "base".to_string(),
+            reefknot_recipe::TokenizerSource::Union => "union".to_string(),
+            reefknot_recipe::TokenizerSource::Model(p) => {
+                p.file_name().unwrap().to_string_lossy().into_owned()
+            }
+        });
+        assert_eq!(got.as_deref(), want, "{line}");
     }
     for key in TOP_LEVEL_KEYS {
         assert!(seen.contains(key), "the test does not try `{key}`");

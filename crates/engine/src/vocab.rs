@@ -1,0 +1,395 @@
+//! Output vocabularies other than the base's row for row (`tokenizer: base | union |
+//! PATH`), as mergekit 0.1.5 builds them.
+//!
+//! Each input's vocabulary is read from its `tokenizer.json` (the model's vocabulary
+//! and its added tokens, every id below the `vocab_size` of its `config.json`). The
+//! output's is the base's, one input's, or the union: the base's tokens at their ids,
+//! then the other inputs' regular tokens the base lacks (input by input, in id order),
+//! then their added tokens the base lacks, with the settings of their first holder.
+//! mergekit appends the same tokens in the iteration order of a hash map, which can
+//! change from run to run; reefknot's order is fixed, and every token's row the same.
+//!
+//! Every vocabulary tensor (an `embed` or `lm_head` tensor with one row per token) of
+//! every input is permuted into the output's vocabulary before the merge. A token an
+//! input lacks takes, in mergekit's order of rules: the row of the one input that has
+//! it; else the base's row, where the base has it; else the mean of the rows of the
+//! inputs that have it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use reefknot_io::Checkpoint;
+use reefknot_plan as plan;
+use serde_json::Value;
+
+/// One input's vocabulary, as its tokenizer files give it.
+#[derive(Clone, Debug)]
+pub(crate) struct InputVocab {
+    /// Its rows: `vocab_size` of its `config.json`.
+    pub(crate) rows: usize,
+    /// Every token with an id below `rows`, by text.
+    ids: HashMap<String, usize>,
+    /// Its regular tokens (the tokenizer model's vocabulary), in id order.
+    regular: Vec<(usize, String)>,
+    /// Its added tokens, in id order.
+    added: Vec<plan::AddedToken>,
+}
+
+impl InputVocab {
+    /// Reads the vocabulary of the model folder `folder` (`tokenizer.json`, and
+    /// `config.json` for the row count). The error is a sentence.
+    pub(crate) fn read(folder: &Path) -> Result<InputVocab, String> {
+        let json = |name: &str| -> Result<Value, String> {
+            let path = folder.join(name);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            serde_json::from_str(&text)
+                .map_err(|e| format!("{} is not valid JSON: {e}", path.display()))
+        };
+        let tokenizer = json("tokenizer.json")?;
+        let mut all: Vec<(usize, String)> = Vec::new();
+        match tokenizer.pointer("/model/vocab") {
+            Some(Value::Object(map)) => {
+                for (token, id) in map {
+                    let id = id.as_u64().ok_or(format!(
+                        "tokenizer.json: the id of `{token}` is not a number"
+                    ))?;
+                    all.push((id as usize, token.clone()));
+                }
+            }
+            // Unigram: `[token, score]` pairs, the id being the position.
+            Some(Value::Array(pieces)) => {
+                for (id, piece) in pieces.iter().enumerate() {
+                    let token = piece
+                        .get(0)
+                        .and_then(Value::as_str)
+                        .ok_or("tokenizer.json: a Unigram piece is not [token, score]")?;
+                    all.push((id, token.to_string()));
+                }
+            }
+            _ => return Err("tokenizer.json has no `model.vocab`".into()),
+        }
+        let mut added = Vec::new();
+        for t in tokenizer
+            .get("added_tokens")
+            .and_then(Value::as_array)
+            .map_or(&[][..], Vec::as_slice)
+        {
+            let flag = |k: &str| t.get(k).and_then(Value::as_bool).unwrap_or(false);
+            let (Some(id), Some(content)) = (
+                t.get("id").and_then(Value::as_u64),
+                t.get("content").and_then(Value::as_str),
+            ) else {
+                return Err("tokenizer.json: an added token has no `id` or `content`".into());
+            };
+            added.push(plan::AddedToken {
+                id: id as usize,
+                content: content.to_string(),
+                special: flag("special"),
+                normalized: t
+                    .get("normalized")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(!flag("special")),
+                lstrip: flag("lstrip"),
+                rstrip: flag("rstrip"),
+                single_word: flag("single_word"),
+            });
+        }
+        let count = all.len() + added.len();
+        let rows = match json("config.json")
+            .ok()
+            .and_then(|c| c.get("vocab_size")?.as_u64())
+        {
+            Some(n) => n as usize,
+            None => count,
+        };
+        let mut ids = HashMap::with_capacity(count);
+        all.sort();
+        added.sort_by_key(|t| t.id);
+        all.retain(|(id, _)| *id < rows);
+        added.retain(|t| t.id < rows);
+        for (id, token) in &all {
+            ids.insert(token.clone(), *id);
+        }
+        for t in &added {
+            ids.insert(t.content.clone(), t.id);
+        }
+        let regular = all
+            .into_iter()
+            .filter(|(_, token)| !added.iter().any(|a| &a.content == token))
+            .collect();
+        Ok(InputVocab {
+            rows,
+            ids,
+            regular,
+            added,
+        })
+    }
+
+    /// The id of `token`, if this vocabulary has it.
+    fn id(&self, token: &str) -> Option<usize> {
+        self.ids.get(token).copied()
+    }
+
+    /// Every token, by id (`None` where no token has the id).
+    fn by_id(&self) -> Vec<Option<&str>> {
+        let mut v = vec![None; self.rows];
+        for (token, &id) in &self.ids {
+            v[id] = Some(token.as_str());
+        }
+        v
+    }
+}
+
+/// What the output's vocabulary is built from.
+pub(crate) enum Source {
+    /// One input's vocabulary (the base's, or a model's).
+    Input(usize),
+    /// The union of every input's.
+    Union,
+}
+
+/// An output vocabulary: how every input maps into it, and the tokenizer files.
+pub(crate) struct Built {
+    pub(crate) vocabulary: plan::Vocabulary,
+    pub(crate) files: Option<plan::TokenizerFiles>,
+}
+
+/// Builds the output vocabulary of `vocabs` (one per input taking part, indexed by
+/// input: the base is input 0, and `order` lists the inputs in the order mergekit sums
+/// a mean over them). The error is a sentence.
+pub(crate) fn build(
+    vocabs: &BTreeMap<usize, InputVocab>,
+    source: Source,
+    order: &[usize],
+) -> Result<Built, String> {
+    let base = &vocabs[&0];
+    // The output's tokens by id.
+    let (tokens, files): (Vec<String>, Option<plan::TokenizerFiles>) = match source {
+        Source::Input(i) => {
+            let v = &vocabs[&i];
+            let tokens = contiguous(v, i)?;
+            let files = (i != 0).then_some(plan::TokenizerFiles {
+                from: i,
+                added: Vec::new(),
+            });
+            (tokens, files)
+        }
+        Source::Union => {
+            let mut tokens = contiguous(base, 0)?;
+            let mut have: HashMap<String, usize> = tokens
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.clone(), i))
+                .collect();
+            // mergekit takes every input's added tokens aside (the first holder's
+            // settings), then appends the regular tokens the base lacks, then those.
+            let mut added_info: Vec<&plan::AddedToken> = Vec::new();
+            for v in vocabs.values() {
+                for a in &v.added {
+                    if !added_info.iter().any(|b| b.content == a.content) {
+                        added_info.push(a);
+                    }
+                }
+            }
+            let mut added = Vec::new();
+            let mut push =
+                |token: &str, info: Option<&plan::AddedToken>, tokens: &mut Vec<String>| {
+                    if have.contains_key(token) {
+                        return;
+                    }
+                    let id = tokens.len();
+                    have.insert(token.to_string(), id);
+                    tokens.push(token.to_string());
+                    added.push(match info {
+                        Some(a) => plan::AddedToken { id, ..a.clone() },
+                        None => plan::AddedToken {
+                            id,
+                            content: token.to_string(),
+                            special: false,
+                            normalized: true,
+                            lstrip: false,
+                            rstrip: false,
+                            single_word: false,
+                        },
+                    });
+                };
+            for (&i, v) in vocabs {
+                if i == 0 {
+                    continue;
+                }
+                for (_, token) in &v.regular {
+                    if !added_info.iter().any(|a| &a.content == token) {
+                        push(token, None, &mut tokens);
+                    }
+                }
+            }
+            for a in &added_info {
+                push(&a.content, Some(a), &mut tokens);
+            }
+            let files = Some(plan::TokenizerFiles { from: 0, added });
+            (tokens, files)
+        }
+    };
+
+    let mut rows = BTreeMap::new();
+    let mut lacking: Vec<bool> = vec![false; tokens.len()];
+    for (&i, v) in vocabs {
+        let mut runs: Vec<[usize; 3]> = Vec::new();
+        for (o, token) in tokens.iter().enumerate() {
+            let Some(r) = v.id(token) else {
+                lacking[o] = true;
+                continue;
+            };
+            match runs.last_mut() {
+                Some(last) if last[0] + last[2] == o && last[1] + last[2] == r => last[2] += 1,
+                _ => runs.push([o, r, 1]),
+            }
+        }
+        rows.insert(i, runs);
+    }
+    let mut fill = BTreeMap::new();
+    for (o, token) in tokens.iter().enumerate().filter(|&(o, _)| lacking[o]) {
+        let has: Vec<usize> = order
+            .iter()
+            .copied()
+            .filter(|i| vocabs[i].id(token).is_some())
+            .collect();
+        let from: Vec<usize> = if has.len() > 1 && has.contains(&0) {
+            vec![0]
+        } else {
+            has
+        };
+        if from.is_empty() {
+            tracing::warn!("token {token:?} is in no input's vocabulary; its rows are zero");
+        }
+        fill.insert(
+            o,
+            from.iter()
+                .map(|&i| [i, vocabs[&i].id(token).expect("has it")])
+                .collect(),
+        );
+    }
+    Ok(Built {
+        vocabulary: plan::Vocabulary {
+            size: tokens.len(),
+            rows,
+            fill,
+        },
+        files,
+    })
+}
+
+/// The tokens of `v` by id, which must run from 0 without a gap.
+fn contiguous(v: &InputVocab, input: usize) -> Result<Vec<String>, String> {
+    v.by_id()
+        .into_iter()
+        .enumerate()
+        .map(|(id, t)| {
+            t.map(str::to_string).ok_or_else(|| {
+                format!(
+                    "the vocabulary of input {input} has no token with id {id} below its \
+                     vocab_size {} (padding rows?); reefknot builds vocabularies from \
+                     tokenizers whose ids run from 0 to vocab_size − 1",
+                    v.rows
+                )
+            })
+        })
+        .collect()
+}
+
+/// Whether `info` is a vocabulary tensor of `c`: in group `embed` or `lm_head`, with
+/// one row per token.
+pub(crate) fn is_vocabulary_tensor(
+    recipe: &reefknot_recipe::Recipe,
+    info: &reefknot_io::TensorInfo,
+    rows: usize,
+) -> bool {
+    info.shape.len() == 2
+        && info.shape[0] == rows
+        && (recipe.groups.contains("embed", &info.name)
+            || recipe.groups.contains("lm_head", &info.name))
+}
+
+/// The folder of an opened checkpoint (its parent for a single file).
+pub(crate) fn folder_of(c: &Checkpoint) -> &Path {
+    c.folder()
+        .or_else(|| c.path().parent())
+        .unwrap_or(Path::new("."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vocab(rows: usize, regular: &[(&str, usize)], added: &[(&str, usize, bool)]) -> InputVocab {
+        let mut ids = HashMap::new();
+        for &(t, i) in regular {
+            ids.insert(t.to_string(), i);
+        }
+        for &(t, i, _) in added {
+            ids.insert(t.to_string(), i);
+        }
+        InputVocab {
+            rows,
+            ids,
+            regular: regular.iter().map(|&(t, i)| (i, t.to_string())).collect(),
+            added: added
+                .iter()
+                .map(|&(t, i, special)| plan::AddedToken {
+                    id: i,
+                    content: t.into(),
+                    special,
+                    normalized: !special,
+                    lstrip: false,
+                    rstrip: false,
+                    single_word: false,
+                })
+                .collect(),
+        }
+    }
+
+    /// The union keeps the base's ids, appends regular tokens then added ones, and
+    /// fills a missing row from the one holder, the base, or the mean of the holders.
+    #[test]
+    fn a_union_appends_what_the_base_lacks_and_fills_by_mergekit_s_rules() {
+        let mut v = BTreeMap::new();
+        v.insert(0, vocab(3, &[("a", 1), ("b", 2)], &[("<s>", 0, true)]));
+        v.insert(
+            1,
+            vocab(4, &[("b", 0), ("a", 1), ("c", 2)], &[("<s>", 3, true)]),
+        );
+        v.insert(
+            2,
+            vocab(4, &[("a", 0), ("c", 1), ("d", 2)], &[("<im>", 3, true)]),
+        );
+        let built = build(&v, Source::Union, &[1, 2, 0]).unwrap();
+        let files = built.files.unwrap();
+        let added: Vec<(usize, &str, bool)> = files
+            .added
+            .iter()
+            .map(|a| (a.id, a.content.as_str(), a.special))
+            .collect();
+        assert_eq!(added, [(3, "c", false), (4, "d", false), (5, "<im>", true)]);
+        let voc = built.vocabulary;
+        assert_eq!(voc.size, 6);
+        // Model 1: <s> at 3, a at 1, b at 0, c at 2.
+        let rows = |i: usize| (0..6).map(|o| voc.row_of(i, o)).collect::<Vec<_>>();
+        assert_eq!(rows(1), [Some(3), Some(1), Some(0), Some(2), None, None]);
+        assert_eq!(rows(2), [None, Some(0), None, Some(1), Some(2), Some(3)]);
+        // <s> and b: the base has them; c: models 1 and 2, averaged; d, <im>: model 2.
+        assert_eq!(voc.fill[&0], [[0, 0]]);
+        assert_eq!(voc.fill[&2], [[0, 2]]);
+        assert_eq!(voc.fill[&3], [[1, 2], [2, 1]]);
+        assert_eq!(voc.fill[&4], [[2, 2]]);
+        assert_eq!(voc.fill[&5], [[2, 3]]);
+    }
+
+    #[test]
+    fn a_vocabulary_with_a_gap_is_refused() {
+        let mut v = BTreeMap::new();
+        v.insert(0, vocab(4, &[("a", 0), ("b", 2)], &[]));
+        let e = build(&v, Source::Input(0), &[0]).err().unwrap();
+        assert!(e.contains("no token with id 1"), "{e}");
+    }
+}

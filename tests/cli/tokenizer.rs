@@ -1,0 +1,251 @@
+//! Output vocabularies other than the base's row for row: `tokenizer: union`, a model's
+//! vocabulary, and mergekit's `tokenizer_source`, with the rows each token gets.
+
+use std::fs;
+use std::path::Path;
+
+use reefknot_io::{Checkpoint, Dtype};
+use serde_json::{json, Value};
+
+use crate::util::*;
+
+const VOCAB: usize = 256;
+const TENSORS: [&str; 2] = ["model.embed_tokens.weight", "lm_head.weight"];
+
+/// Writes a word-level `tokenizer.json` whose token of id `i` is `tokens[i]` (id 0 an
+/// added special token), and a `tokenizer_config.json` that lists it.
+pub(crate) fn write_tokenizer(dir: &Path, tokens: &[String]) {
+    let vocab: serde_json::Map<String, Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), json!(i)))
+        .collect();
+    let t = json!({
+        "version": "1.0",
+        "added_tokens": [{"id": 0, "content": tokens[0], "single_word": false, "lstrip": false,
+                          "rstrip": false, "normalized": false, "special": true}],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Whitespace"},
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": tokens[0]},
+    });
+    fs::write(dir.join("tokenizer.json"), t.to_string()).unwrap();
+    fs::write(
+        dir.join("tokenizer_config.json"),
+        json!({"added_tokens_decoder": {"0": {"content": tokens[0], "special": true}}}).to_string(),
+    )
+    .unwrap();
+}
+
+/// The base's tokens; code's, with `t5` and `t7` swapped and `t9` replaced by `code9`;
+/// math's, with `t9` replaced by `math9` and `t11` by `code9`.
+pub(crate) fn vocabularies() -> [Vec<String>; 3] {
+    let base: Vec<String> = std::iter::once("<unk>".to_string())
+        .chain((1..VOCAB).map(|i| format!("t{i}")))
+        .collect();
+    let mut code = base.clone();
+    code.swap(5, 7);
+    code[9] = "code9".into();
+    let mut math = base.clone();
+    math[9] = "math9".into();
+    math[11] = "code9".into();
+    [base, code, math]
+}
+
+fn row(c: &Checkpoint, name: &str, r: usize) -> Vec<f32> {
+    let v = values(c, name);
+    let cols = v.len() / c.get(name).unwrap().shape[0];
+    v[r * cols..(r + 1) * cols].to_vec()
+}
+
+fn mean(rows: &[Vec<f32>]) -> Vec<f32> {
+    let mut m = rows[0].clone();
+    for r in &rows[1..] {
+        m.iter_mut().zip(r).for_each(|(a, b)| *a += b);
+    }
+    m.iter_mut().for_each(|a| *a /= rows.len() as f32);
+    m
+}
+
+fn workspace() -> Workspace {
+    let ws = Workspace::new(Dtype::F32, None);
+    for (name, tokens) in ["base", "code", "math"].iter().zip(vocabularies()) {
+        write_tokenizer(&ws.model(name), &tokens);
+    }
+    ws
+}
+
+#[test]
+fn a_union_holds_every_token_each_row_filled_as_mergekit_fills_it() {
+    let ws = workspace();
+    ws.recipe(
+        "union.yaml",
+        "base: models/base\nmodels:\n  - path: models/code\n  - path: models/math\nmerge: mean\ntokenizer: union\n",
+    );
+    ok(&run_in(
+        ws.path(),
+        &["merge", "union.yaml", "-o", "out", "--quiet"],
+    ));
+    let out = Checkpoint::open(&ws.path().join("out")).unwrap();
+    let (base, models) = ws.family();
+    let (code, math) = (&models[0], &models[1]);
+    // The base's 256 tokens keep their ids; code9 then math9 follow (input order).
+    let config: Value =
+        serde_json::from_str(&fs::read_to_string(ws.path().join("out/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["vocab_size"], 258);
+    let tj: Value =
+        serde_json::from_str(&fs::read_to_string(ws.path().join("out/tokenizer.json")).unwrap())
+            .unwrap();
+    let added: Vec<(u64, &str)> = tj["added_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["id"].as_u64().unwrap(), t["content"].as_str().unwrap()))
+        .collect();
+    assert_eq!(added, [(0, "<unk>"), (256, "code9"), (257, "math9")]);
+    let tc: Value = serde_json::from_str(
+        &fs::read_to_string(ws.path().join("out/tokenizer_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(tc["added_tokens_decoder"]["257"]["content"], "math9");
+    for name in TENSORS {
+        assert_eq!(out.get(name).unwrap().shape[0], 258, "{name}");
+        let (b, c, m) = (
+            |r| row(&base, name, r),
+            |r| row(code, name, r),
+            |r| row(math, name, r),
+        );
+        // `mean` of the two models' rows (each permuted or filled) against the base's.
+        let merged = |rb: Vec<f32>, rc: Vec<f32>, rm: Vec<f32>| -> Vec<f32> {
+            (0..rb.len())
+                .map(|k| rb[k] + ((rc[k] - rb[k]) + (rm[k] - rb[k])) / 2.0)
+                .collect()
+        };
+        let expect = [
+            // A token everyone has, at another id in code.
+            (5, merged(b(5), c(7), m(5))),
+            // t9, which only the base has: every input takes the base's row.
+            (9, b(9)),
+            // t11, which code and the base have: math takes the base's row.
+            (11, merged(b(11), c(11), b(11))),
+            // code9, which code and math have but not the base: the base takes the mean.
+            (256, {
+                let fill = mean(&[c(9), m(11)]);
+                merged(fill, c(9), m(11))
+            }),
+            // math9, which only math has: math's row for everyone.
+            (257, m(9)),
+        ];
+        for (r, want) in expect {
+            let got = row(&out, name, r);
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-7, "{name} row {r}: off by {worst}");
+        }
+    }
+    // `check` says what the vocabulary is; mergekit's form is the same merge.
+    let shown = ok(&run_in(ws.path(), &["check", "union.yaml"]));
+    assert!(
+        shown.contains("vocabulary 258 tokens: the base model's tokenizer and 2 tokens it lacks"),
+        "{shown}"
+    );
+    ws.recipe(
+        "mergekit.yml",
+        "merge_method: task_arithmetic\nbase_model: models/base\nmodels:\n  - model: models/code\n    \
+         parameters: { weight: 0.5 }\n  - model: models/math\n    parameters: { weight: 0.5 }\n\
+         tokenizer_source: union\ndtype: float32\n",
+    );
+    ok(&run_in(
+        ws.path(),
+        &["merge", "mergekit.yml", "-o", "mk", "--quiet"],
+    ));
+    let mk = Checkpoint::open(&ws.path().join("mk")).unwrap();
+    for name in TENSORS {
+        let (a, b) = (values(&out, name), values(&mk, name));
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-6, "{name}: {worst}");
+    }
+}
+
+#[test]
+fn a_model_s_vocabulary_reorders_the_others_and_errors_point_at_the_tokenizer() {
+    let ws = workspace();
+    ws.recipe(
+        "code.yaml",
+        "base: models/base\nmodels:\n  - path: models/code\n  - path: models/math\nmerge: mean\ntokenizer: models/code\n",
+    );
+    ok(&run_in(
+        ws.path(),
+        &["merge", "code.yaml", "-o", "out", "--quiet"],
+    ));
+    let out = Checkpoint::open(&ws.path().join("out")).unwrap();
+    let (base, models) = ws.family();
+    let (code, math) = (&models[0], &models[1]);
+    let name = TENSORS[0];
+    assert_eq!(out.get(name).unwrap().shape[0], VOCAB);
+    let (b, c, m) = (
+        |r| row(&base, name, r),
+        |r| row(code, name, r),
+        |r| row(math, name, r),
+    );
+    let merged = |rb: Vec<f32>, rc: Vec<f32>, rm: Vec<f32>| -> Vec<f32> {
+        (0..rb.len())
+            .map(|k| rb[k] + ((rc[k] - rb[k]) + (rm[k] - rb[k])) / 2.0)
+            .collect()
+    };
+    // Code's order: t7 at 5; code9 at 9, which the base lacks (the mean of code's and
+    // math's rows stands in); t11 (math's code9) at 11.
+    let fill = mean(&[c(9), m(11)]);
+    for (r, want) in [
+        (5, merged(b(7), c(5), m(7))),
+        (9, merged(fill, c(9), m(11))),
+    ] {
+        let got = row(&out, name, r);
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-7, "row {r}: off by {worst}");
+    }
+    // The tokenizer files are code's.
+    assert_eq!(
+        fs::read(ws.path().join("out/tokenizer.json")).unwrap(),
+        fs::read(ws.model("code").join("tokenizer.json")).unwrap()
+    );
+
+    for (tokenizer, says) in [
+        ("models/chat", "is neither the base nor a model"),
+        (
+            "union\nslices:\n  - from: base\n    layers: 0..2",
+            "with `slices:`",
+        ),
+    ] {
+        ws.recipe(
+            "bad.yaml",
+            &format!("base: models/base\nmodels:\n  - path: models/math\nmerge: passthrough\ntokenizer: {tokenizer}\n"),
+        );
+        let err = fails(&run_in(ws.path(), &["check", "bad.yaml"]), 1);
+        assert!(
+            err.contains(says) && err.contains("this tokenizer"),
+            "{err}"
+        );
+    }
+    fs::remove_file(ws.model("base").join("tokenizer.json")).unwrap();
+    ws.recipe(
+        "bad.yaml",
+        "base: models/base\nmodels:\n  - path: models/math\nmerge: mean\ntokenizer: union\n",
+    );
+    let err = fails(&run_in(ws.path(), &["check", "bad.yaml"]), 1);
+    assert!(
+        err.contains("the base model's vocabulary: cannot read"),
+        "{err}"
+    );
+}
