@@ -249,3 +249,48 @@ fn a_model_s_vocabulary_reorders_the_others_and_errors_point_at_the_tokenizer() 
         "{err}"
     );
 }
+
+#[test]
+fn a_chat_template_is_written_once_auto_takes_the_most_common() {
+    let ws = workspace();
+    let set = |name: &str, template: &str| {
+        let path = ws.model(name).join("tokenizer_config.json");
+        let mut c: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        c["chat_template"] = template.into();
+        fs::write(&path, c.to_string()).unwrap();
+    };
+    let (ours, theirs) = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}",
+        "{% for m in messages %}{{ m['content'] }}\n{% endfor %}",
+    );
+    set("base", theirs);
+    set("code", ours);
+    set("math", ours);
+    let merge = |template: &str| {
+        ws.recipe(
+            "chat.yaml",
+            &format!("base: models/base\nmodels:\n  - path: models/code\n  - path: models/math\nmerge: mean\nchat_template: {template}\n"),
+        );
+        let _ = fs::remove_dir_all(ws.path().join("out"));
+        run_in(ws.path(), &["merge", "chat.yaml", "-o", "out", "--quiet"])
+    };
+    let written = || fs::read_to_string(ws.path().join("out/chat_template.jinja")).unwrap();
+    ok(&merge("auto"));
+    assert_eq!(written(), ours);
+    let config: Value = serde_json::from_str(
+        &fs::read_to_string(ws.path().join("out/tokenizer_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        config.get("chat_template").is_none(),
+        "one template: {config}"
+    );
+    ok(&merge("chatml"));
+    assert!(written().contains("<|im_start|>"));
+    let err = fails(&merge("mistral"), 2);
+    assert!(
+        err.contains("give the template itself") && err.contains("this template"),
+        "{err}"
+    );
+    assert!(!ws.path().join("out").exists());
+}

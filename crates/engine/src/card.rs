@@ -31,8 +31,13 @@ pub(crate) fn copy_base_files(plan: &Plan, out: &Path) -> Result<(), Error> {
         .as_ref()
         .map(|t| t.added.as_slice())
         .filter(|a| !a.is_empty());
+    let template = plan.data().output.chat_template.as_deref();
     for (path, name) in base_files(plan)? {
         let dest = out.join(&name);
+        if template.is_some() && (name == "chat_template.jinja" || name == "chat_template.json") {
+            // The plan's template replaces the tokenizer's.
+            continue;
+        }
         if name == "config.json" {
             let text = fs::read_to_string(&path).map_err(io_err(&path))?;
             match serde_json::from_str::<serde_json::Value>(&text) {
@@ -72,7 +77,9 @@ pub(crate) fn copy_base_files(plan: &Plan, out: &Path) -> Result<(), Error> {
                     fs::copy(&path, &dest).map_err(io_err(&path))?;
                 }
             }
-        } else if let Some(added) = added.filter(|_| is_added_to(&name)) {
+        } else if (added.is_some() && is_added_to(&name))
+            || (template.is_some() && name == "tokenizer_config.json")
+        {
             let text = fs::read_to_string(&path).map_err(io_err(&path))?;
             let mut json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
                 io_err(&path)(std::io::Error::new(
@@ -82,7 +89,13 @@ pub(crate) fn copy_base_files(plan: &Plan, out: &Path) -> Result<(), Error> {
                     ),
                 ))
             })?;
-            add_tokens(&mut json, &name, added);
+            if let Some(added) = added {
+                add_tokens(&mut json, &name, added);
+            }
+            if let (Some(_), Some(map)) = (template, json.as_object_mut()) {
+                // One template, in chat_template.jinja.
+                map.remove("chat_template");
+            }
             let mut text =
                 serde_json::to_string_pretty(&json).expect("a parsed JSON value serialises");
             text.push('\n');
@@ -90,6 +103,10 @@ pub(crate) fn copy_base_files(plan: &Plan, out: &Path) -> Result<(), Error> {
         } else {
             fs::copy(&path, &dest).map_err(io_err(&path))?;
         }
+    }
+    if let Some(t) = template {
+        let dest = out.join("chat_template.jinja");
+        fs::write(&dest, t).map_err(io_err(&dest))?;
     }
     Ok(())
 }

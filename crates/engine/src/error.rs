@@ -101,6 +101,17 @@ pub enum ErrorKind {
         message: String,
     },
 
+    /// `chat_template:` names no template.
+    #[error("`chat_template`: {message}")]
+    #[diagnostic(help(
+        "`auto` takes the most common template among the inputs; `chatml` and `llama3` are \
+         built in; anything else is the Jinja template itself"
+    ))]
+    ChatTemplate {
+        /// Why.
+        message: String,
+    },
+
     /// The output vocabulary cannot be built.
     #[error("cannot build the output's vocabulary: {message}")]
     #[diagnostic(help(
@@ -578,6 +589,7 @@ impl ErrorKind {
             | ErrorKind::PerModelOnDelta { .. }
             | ErrorKind::NoFisher { .. }
             | ErrorKind::SliceBeyond { .. }
+            | ErrorKind::ChatTemplate { .. }
             | ErrorKind::OutputDtype(_)
             | ErrorKind::OutputExists(_)
             | ErrorKind::OutputIsInput { .. }

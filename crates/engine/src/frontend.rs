@@ -21,7 +21,7 @@ use reefknot_plan as plan;
 use reefknot_recipe::{OutputDtype, ParamValue, Recipe, RecipeWarning, Selector};
 
 use crate::error::InRecipe;
-use crate::{lora, vocab, Error, ErrorKind};
+use crate::{chat, lora, vocab, Error, ErrorKind};
 
 /// Settings that override the recipe (from the command line).
 #[derive(Clone, Debug, Default)]
@@ -387,10 +387,28 @@ pub(crate) fn plan_and_warn(
             metadata,
             config: BTreeMap::new(),
             tokenizer: built.flatten(),
+            chat_template: None,
         },
         vocabulary,
         tensors,
     };
+    if let Some(c) = &recipe.chat_template {
+        let inputs: Vec<&Checkpoint> = opened[..=recipe.models.len()].iter().collect();
+        merge_plan.output.chat_template = chat::resolve(&c.text, &inputs).map_err(|message| {
+            let e = ErrorKind::ChatTemplate { message };
+            Error::from(ErrorKind::InRecipe(InRecipe::new(
+                e,
+                recipe,
+                c.location,
+                "this template".to_string(),
+            )))
+        })?;
+        if merge_plan.output.chat_template.is_none() {
+            tracing::warn!(
+                "chat_template: auto: no input has a chat template; the output keeps the tokenizer's files as they are"
+            );
+        }
+    }
     if let Some(v) = &merge_plan.vocabulary {
         merge_plan
             .output

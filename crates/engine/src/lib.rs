@@ -26,6 +26,7 @@
 //! ```
 
 mod card;
+mod chat;
 mod error;
 mod exec;
 mod frontend;

@@ -354,6 +354,14 @@ impl Plan {
             );
         }
 
+        if let Some(t) = &d.output.chat_template {
+            let _ = writeln!(
+                out,
+                "chat     the recipe's template ({} lines), written as chat_template.jinja",
+                t.lines().count()
+            );
+        }
+
         // Group tensors by expression and resolved stages, copies by source and scale.
         let mut groups: BTreeMap<(usize, String), Vec<&str>> = BTreeMap::new();
         let mut copied: BTreeMap<(usize, String), Vec<&str>> = BTreeMap::new();

@@ -38,6 +38,7 @@
 //!         metadata: Default::default(),
 //!         config: Default::default(),
 //!         tokenizer: None,
+//!         chat_template: None,
 //!     },
 //!     vocabulary: None,
 //!     tensors: vec![OutputTensor {
@@ -204,6 +205,10 @@ pub struct OutputLayout {
     /// [`OutputLayout::files_from`] as they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<TokenizerFiles>,
+    /// The output's chat template (a Jinja template, written as `chat_template.jinja`),
+    /// when it is not the tokenizer's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
 }
 
 /// The output's tokenizer files: those of input `from`, with `added` appended to its

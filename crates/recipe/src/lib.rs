@@ -147,6 +147,15 @@ pub struct Tokenizer {
     pub location: Loc,
 }
 
+/// A recipe's `chat_template:`: `auto`, a built-in name or a Jinja template.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChatTemplate {
+    /// The value as written.
+    pub text: String,
+    /// Where it is written.
+    pub location: Loc,
+}
+
 /// Which tensors an [`Override`] is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Selector {
@@ -306,6 +315,8 @@ pub struct Recipe {
     /// The output's vocabulary (`tokenizer:`); `None`: the base's tensors and files as
     /// they are, every model's vocabulary tensors of the base's shape.
     pub tokenizer: Option<Tokenizer>,
+    /// The output's chat template (`chat_template:`); `None` keeps the tokenizer's.
+    pub chat_template: Option<ChatTemplate>,
     /// The output dtype (`dtype:`); `None` keeps the base's.
     pub dtype: Option<OutputDtype>,
     /// The seed of the random operators (`seed:`, default 0).
@@ -419,6 +430,7 @@ impl Recipe {
             slices: parts.slices,
             groups,
             tokenizer: parts.tokenizer,
+            chat_template: parts.chat_template,
             dtype: parts.dtype,
             seed: parts.seed,
             plugins: parts.plugins,

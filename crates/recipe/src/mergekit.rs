@@ -100,6 +100,7 @@ pub(crate) fn convert_parsed(
         stacked: Vec::new(),
         low_precision: None,
         tokenizer: None,
+        chat_template: None,
     };
     let file_name = path
         .and_then(Path::file_name)
@@ -636,6 +637,8 @@ struct Translator<'a> {
     /// The recipe's `tokenizer:` (`base`, `union` or a model), with where the
     /// configuration gives it.
     tokenizer: Option<(String, Loc)>,
+    /// The recipe's `chat_template:`, as the configuration gives it.
+    chat_template: Option<String>,
 }
 
 /// `[a, b]`, two integers.
@@ -1124,13 +1127,14 @@ impl<'a> Translator<'a> {
                 "choose one",
             );
         }
-        if let Some((_, kloc)) = get("chat_template") {
-            self.warn(
-                kloc,
-                "`chat_template` is not applied: the output keeps the base model's tokenizer files and template".into(),
-                "not applied",
-                Some("set the template in the output's tokenizer_config.json".into()),
-            );
+        if let Some((v, _)) = get("chat_template") {
+            if let Some(text) = self.check.string(
+                v,
+                "a template's name or a Jinja template",
+                "`chat_template`",
+            ) {
+                self.chat_template = Some(text.to_string());
+            }
         }
 
         // The method.
@@ -1789,6 +1793,9 @@ impl<'a> Translator<'a> {
     fn write_tokenizer(&self, out: &mut String) {
         if let Some((t, _)) = &self.tokenizer {
             let _ = writeln!(out, "tokenizer: {t}");
+        }
+        if let Some(t) = &self.chat_template {
+            let _ = writeln!(out, "chat_template: {}", quote(t));
         }
     }
 

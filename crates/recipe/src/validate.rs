@@ -11,8 +11,8 @@ use crate::groups::{compile_glob, Groups, BUILTIN_GROUPS};
 use crate::value::{Condition, Number, Param, ParamValue, Params, Weight};
 use crate::yaml::{Kind, Node};
 use crate::{
-    Adapter, Loc, ModelEntry, OutputDtype, Override, Selector, Slice, SliceInput, SliceSource,
-    Tokenizer, TokenizerSource,
+    Adapter, ChatTemplate, Loc, ModelEntry, OutputDtype, Override, Selector, Slice, SliceInput,
+    SliceSource, Tokenizer, TokenizerSource,
 };
 
 /// Everything of a recipe but its file and text.
@@ -27,6 +27,7 @@ pub(crate) struct Parts {
     pub(crate) slices: Vec<Slice>,
     pub(crate) groups: Groups,
     pub(crate) tokenizer: Option<Tokenizer>,
+    pub(crate) chat_template: Option<ChatTemplate>,
     pub(crate) dtype: Option<OutputDtype>,
     pub(crate) seed: u64,
     pub(crate) plugins: Vec<PathBuf>,
@@ -55,6 +56,7 @@ const TOP: Schema = Schema {
         "slices",
         "groups",
         "tokenizer",
+        "chat_template",
         "dtype",
         "seed",
         "plugins",
@@ -356,6 +358,21 @@ impl<'a> Checker<'a> {
             Some(n) => self.tokenizer(n).map(Some),
             None => Some(None),
         };
+        let chat_template = match f.get("chat_template") {
+            Some(n) => self
+                .string(
+                    n,
+                    "`auto`, a template's name or a Jinja template",
+                    "`chat_template`",
+                )
+                .map(|text| {
+                    Some(ChatTemplate {
+                        text: text.to_string(),
+                        location: n.loc,
+                    })
+                }),
+            None => Some(None),
+        };
         let plugins = match f.get("plugins") {
             Some(n) => self.paths(n, "plugins", "a list of plugin libraries"),
             None => Some(Vec::new()),
@@ -376,6 +393,7 @@ impl<'a> Checker<'a> {
             slices: slices?,
             groups: groups?,
             tokenizer: tokenizer?,
+            chat_template: chat_template?,
             dtype: dtype?,
             seed: seed?,
             plugins: plugins?,

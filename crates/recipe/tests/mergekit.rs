@@ -129,7 +129,7 @@ fn every_top_level_key_is_honoured_or_named() {
             "tokenizer: { source: base, pad_to_multiple_of: 64 }\n",
             Fate::Unsupported,
         ),
-        ("chat_template", "chat_template: chatml\n", Fate::Warned),
+        ("chat_template", "chat_template: chatml\n", Fate::Honoured),
         ("slices", "", Fate::Honoured),
         ("modules", "modules: {}\n", Fate::Unsupported),
     ];
