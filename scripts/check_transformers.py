@@ -2,12 +2,16 @@
 """Check that a merged model folder loads in Hugging Face transformers and runs.
 
     python3 scripts/check_transformers.py OUT_DIR [--tokens 1,5,9,3] [--expect-dtype bfloat16]
+                                              [--text "some words"]
 
 Loads the config with ``AutoConfig`` and the weights with
 ``AutoModelForCausalLM.from_pretrained(OUT_DIR)`` (dtype taken from the checkpoint),
 fails if any weight is missing, unexpected or of the wrong shape (transformers would
 otherwise initialise it randomly and only warn), runs one forward pass on a few token
-ids and prints the logits' shape, dtype and checksums. Exits 0 on success, 1 on any
+ids and prints the logits' shape, dtype and checksums. With ``--text``, the folder's
+tokenizer is loaded too (``AutoTokenizer``), must have exactly ``vocab_size`` tokens,
+each added token at the id ``tokenizer.json`` gives it, and the text's token ids are
+the ones the forward pass runs on. Exits 0 on success, 1 on any
 failure (with the reason on stderr), 2 on bad usage.
 
 Needs python3 with torch and transformers.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import inspect
+import json
 import sys
 from pathlib import Path
 
@@ -34,6 +39,8 @@ def main() -> int:
                     help="comma-separated token ids for the forward pass (default: %(default)s)")
     ap.add_argument("--expect-dtype", default=None,
                     help="fail unless the loaded parameters have this dtype (e.g. bfloat16)")
+    ap.add_argument("--text", default=None,
+                    help="tokenize this with the folder's tokenizer and run on its ids")
     args = ap.parse_args()
 
     if not (args.model_dir / "config.json").is_file():
@@ -65,6 +72,21 @@ def main() -> int:
           f"hidden={getattr(config, 'hidden_size', '?')} vocab={vocab} "
           f"dtype={getattr(config, 'dtype', None) or getattr(config, 'torch_dtype', None)} "
           f"tie_word_embeddings={getattr(config, 'tie_word_embeddings', None)}")
+    if args.text is not None:
+        try:
+            from transformers import AutoTokenizer
+            tok = AutoTokenizer.from_pretrained(args.model_dir)
+        except Exception as e:  # noqa: BLE001
+            return fail(f"AutoTokenizer.from_pretrained: {type(e).__name__}: {e}")
+        if vocab is not None and len(tok) != vocab:
+            return fail(f"the tokenizer has {len(tok)} tokens, config.json's vocab_size is {vocab}")
+        listed = json.loads((args.model_dir / "tokenizer.json").read_text())["added_tokens"]
+        wrong = [t["content"] for t in listed if tok.convert_tokens_to_ids(t["content"]) != t["id"]]
+        if wrong:
+            return fail(f"added tokens at other ids than tokenizer.json gives: {wrong[:10]}")
+        token_ids = tok(args.text, add_special_tokens=False)["input_ids"]
+        print(f"tokenizer {type(tok).__name__}: {len(tok)} tokens, {len(listed)} added; "
+              f"{args.text!r} -> {tok.convert_ids_to_tokens(token_ids)}")
     if vocab is not None and any(t < 0 or t >= vocab for t in token_ids):
         return fail(f"token ids {token_ids} outside the vocabulary (size {vocab})")
 

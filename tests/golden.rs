@@ -88,6 +88,14 @@ const CASES: &[&str] = &[
     "frankenmerge_44",
     "frankenmerge_scaled",
     "slices_merged",
+    "lora_linear",
+    "lora_ties",
+    "lora_passthrough",
+    "tokenizer_union_linear",
+    "tokenizer_union_ties",
+    "tokenizer_model",
+    "tokenizer_base_permuted",
+    "tokenizer_dict_union",
 ];
 
 fn golden_root() -> PathBuf {
@@ -264,6 +272,66 @@ struct Golden {
     /// output tensor -> the input tensor it is made of, where the names differ (a
     /// layer stack renumbers layers)
     renamed: BTreeMap<String, String>,
+    /// The output vocabulary of a case with a tokenizer, in mergekit's id order.
+    vocabulary: Option<Vec<VocabToken>>,
+}
+
+/// A token of an output vocabulary: its text and, for every input that has it, its id
+/// there (by the input's folder).
+struct VocabToken {
+    token: String,
+    ids: BTreeMap<PathBuf, usize>,
+}
+
+/// Whether `name` is a vocabulary tensor (one row per token).
+fn is_vocabulary_tensor(name: &str) -> bool {
+    name.contains("embed_tokens") || name.starts_with("lm_head")
+}
+
+/// An input's vocabulary tensor `t` (of input `input`) with its rows in the output's
+/// order: its own row where it has the token, else the row mergekit stands in (the
+/// one holder's; the base's; the mean of the holders', models first).
+fn permuted_rows(
+    golden: &Golden,
+    inputs: &BTreeMap<PathBuf, Vec<f32>>,
+    cols: usize,
+    input: &Path,
+) -> Vec<f32> {
+    let vocabulary = golden
+        .vocabulary
+        .as_ref()
+        .expect("a case with a vocabulary");
+    let row = |p: &Path, r: usize| &inputs[p][r * cols..(r + 1) * cols];
+    let mut out = Vec::with_capacity(vocabulary.len() * cols);
+    for t in vocabulary {
+        if let Some(&r) = t.ids.get(input) {
+            out.extend_from_slice(row(input, r));
+            continue;
+        }
+        let holders: Vec<&Path> = golden
+            .models
+            .iter()
+            .chain(std::iter::once(&golden.base))
+            .map(PathBuf::as_path)
+            .filter(|p| t.ids.contains_key(*p))
+            .collect();
+        let from: Vec<&Path> = if holders.len() > 1 && t.ids.contains_key(&golden.base) {
+            vec![&golden.base]
+        } else {
+            holders
+        };
+        let mut sum = vec![0f32; cols];
+        for p in &from {
+            sum.iter_mut()
+                .zip(row(p, t.ids[*p]))
+                .for_each(|(s, x)| *s += x);
+        }
+        if from.len() > 1 {
+            sum.iter_mut().for_each(|s| *s /= from.len() as f32);
+        }
+        out.extend_from_slice(&sum);
+    }
+    out
 }
 
 fn load_golden(case_dir: &Path) -> Golden {
@@ -314,6 +382,25 @@ fn load_golden(case_dir: &Path) -> Golden {
             .unwrap_or_else(|e| panic!("{}: renamed: {e}", path.display())),
         None => BTreeMap::new(),
     };
+    let vocabulary = json.get("tokens").map(|tokens| {
+        let tokens: Vec<(usize, String, BTreeMap<String, usize>)> =
+            serde_json::from_value(tokens.clone())
+                .unwrap_or_else(|e| panic!("{}: tokens: {e}", path.display()));
+        tokens
+            .into_iter()
+            .enumerate()
+            .map(|(i, (id, token, ids))| {
+                assert_eq!(i, id, "{}: tokens in id order", path.display());
+                VocabToken {
+                    token,
+                    ids: ids
+                        .into_iter()
+                        .map(|(p, id)| (case_dir.join(p), id))
+                        .collect(),
+                }
+            })
+            .collect()
+    });
     Golden {
         base,
         models,
@@ -321,6 +408,7 @@ fn load_golden(case_dir: &Path) -> Golden {
         borderline,
         statistics,
         renamed,
+        vocabulary,
     }
 }
 
@@ -372,12 +460,26 @@ fn allowances(golden: &Golden, names: &BTreeSet<String>) -> BTreeMap<String, All
                 .unwrap_or_else(|| panic!("fixture input {}: no tensor {input}", which.display()))
                 .to_f32()
         };
-        let b = get(&base, &golden.base);
-        let thetas: Vec<Vec<f32>> = models
+        let mut b = get(&base, &golden.base);
+        let mut thetas: Vec<Vec<f32>> = models
             .iter()
             .zip(&golden.models)
             .map(|(m, p)| get(m, p))
             .collect();
+        if golden.vocabulary.is_some() && is_vocabulary_tensor(name) {
+            // Every input's rows in the output's order, as the merge saw them.
+            let cols = base[input].shape[1];
+            let inputs: BTreeMap<PathBuf, Vec<f32>> =
+                std::iter::once((golden.base.clone(), b.clone()))
+                    .chain(golden.models.iter().cloned().zip(thetas.iter().cloned()))
+                    .collect();
+            b = permuted_rows(golden, &inputs, cols, &golden.base);
+            thetas = golden
+                .models
+                .iter()
+                .map(|m| permuted_rows(golden, &inputs, cols, m))
+                .collect();
+        }
         let mut scale: Vec<f32> = b.iter().map(|x| x.abs()).collect();
         for theta in &thetas {
             for (s, x) in scale.iter_mut().zip(theta) {
@@ -685,13 +787,18 @@ fn run_case(case: &str, file: &str) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().expect("temporary folder");
     let out = tmp.path().join("out");
     merge(case, &fixture.dir.join(file), &out);
-    let actual =
+    let mut actual =
         read_model_dir(&out).unwrap_or_else(|e| panic!("golden {case}: reefknot's output: {e}"));
+    let mut vocabulary_failures = Vec::new();
+    if let Some(vocabulary) = &fixture.golden.vocabulary {
+        vocabulary_failures = in_mergekit_order(vocabulary, &out, &mut actual);
+    }
     if let Some((density, epsilon)) = fixture.golden.statistics {
         compare_statistics(case, &fixture, &actual, density, epsilon);
         return tmp;
     }
     let mut report = compare_models(&fixture.expected, &actual, &fixture.allowances);
+    report.failures.extend(vocabulary_failures);
     // The output's configuration counts the layers mergekit wrote.
     let layers: BTreeSet<usize> = fixture
         .expected
@@ -721,6 +828,70 @@ fn run_case(case: &str, file: &str) -> tempfile::TempDir {
         panic!("{msg}");
     }
     tmp
+}
+
+/// Checks reefknot's output vocabulary (its `tokenizer.json` and `vocab_size`) against
+/// mergekit's, token by token, and puts the rows of `actual`'s vocabulary tensors in
+/// mergekit's order (mergekit numbers a union's new tokens in a hash map's order, which
+/// changes between its runs; the rows of each token are what must agree).
+fn in_mergekit_order(vocabulary: &[VocabToken], out: &Path, actual: &mut Model) -> Vec<String> {
+    let mut failures = Vec::new();
+    let json = |name: &str| -> serde_json::Value {
+        let path = out.join(name);
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("the output's file"))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let tokenizer = json("tokenizer.json");
+    let mut ids: BTreeMap<String, usize> = tokenizer["model"]["vocab"]
+        .as_object()
+        .expect("a vocabulary")
+        .iter()
+        .map(|(t, id)| (t.clone(), id.as_u64().unwrap() as usize))
+        .collect();
+    for t in tokenizer["added_tokens"].as_array().into_iter().flatten() {
+        ids.insert(
+            t["content"].as_str().unwrap().to_string(),
+            t["id"].as_u64().unwrap() as usize,
+        );
+    }
+    let size = json("config.json")["vocab_size"].as_u64();
+    if size != Some(vocabulary.len() as u64) || ids.len() != vocabulary.len() {
+        failures.push(format!(
+            "the output has {} tokens and vocab_size {size:?}; mergekit's has {}",
+            ids.len(),
+            vocabulary.len()
+        ));
+    }
+    let Some(reef): Option<Vec<usize>> = vocabulary
+        .iter()
+        .map(|t| ids.get(&t.token).copied())
+        .collect()
+    else {
+        let missing: Vec<&str> = vocabulary
+            .iter()
+            .filter(|t| !ids.contains_key(&t.token))
+            .map(|t| t.token.as_str())
+            .collect();
+        failures.push(format!(
+            "tokens missing from reefknot's vocabulary: {missing:?}"
+        ));
+        return failures;
+    };
+    for (name, t) in actual.iter_mut() {
+        if !is_vocabulary_tensor(name) || t.shape.len() != 2 || t.shape[0] != vocabulary.len() {
+            continue;
+        }
+        let cols = t.shape[1];
+        let Values::F32(v) = &t.values else {
+            panic!("{name}: the vocabulary cases are float32")
+        };
+        let mut rows = Vec::with_capacity(v.len());
+        for &r in &reef {
+            rows.extend_from_slice(&v[r * cols..(r + 1) * cols]);
+        }
+        t.values = Values::F32(rows);
+    }
+    failures
 }
 
 /// `reefknot merge mergekit.yml` agrees with mergekit, and `reefknot convert
@@ -948,6 +1119,14 @@ golden_cases!(
     frankenmerge_44,
     frankenmerge_scaled,
     slices_merged,
+    lora_linear,
+    lora_ties,
+    lora_passthrough,
+    tokenizer_union_linear,
+    tokenizer_union_ties,
+    tokenizer_model,
+    tokenizer_base_permuted,
+    tokenizer_dict_union,
 );
 
 /// The fixture folder and the list of tested cases stay in step.

@@ -23,10 +23,16 @@ What it does
    positions where task_0 and task_1 move by exactly opposite amounts and task_2 not
    at all (the elected sign's sum is exactly 0 there: mergekit elects +).
 
+   Next to them, ``llama_lora/adapter_0``, ``adapter_1``: PEFT LoRA adapters for
+   ``llama_f32``'s models (``adapter_config.json`` + ``adapter_model.safetensors``,
+   the factors only), numpy-made like the families (fixed seeds, non-zero B, updates
+   of the task vectors' size); see ``ADAPTERS``.
+
 2. For each case of ``CASES`` (ties_norm, ties_sum, ties_weights, task_arithmetic,
    linear, ties_gradient_mlp, ties_gradient_all, ties_bf16, dare_ties_d1, breadcrumbs,
    ..., and the layer-stack cases of mergekit's ``slices:``: frankenmerge_44,
-   frankenmerge_scaled, slices_merged; tests/fixtures/golden/README.md tabulates
+   frankenmerge_scaled, slices_merged; the LoRA cases lora_linear, lora_ties,
+   lora_passthrough; tests/fixtures/golden/README.md tabulates
    every case, recipe <-> mergekit config) writes ``tests/fixtures/golden/<case>/``:
 
    * ``recipe.yaml``   -- the reefknot recipe (paths relative to the case folder);
@@ -40,13 +46,17 @@ What it does
      that of the input tensor it reads (renumbered layers), with that input name.
 
    mergekit runs through its ``mergekit-yaml`` command line on the CPU, with the case
-   folder as the working directory.
+   folder as the working directory (with ``--lora-merge-cache``, an empty temporary
+   folder, for a case with LoRA adapters: mergekit merges each ``model+lora`` there
+   with PEFT's ``merge_and_unload`` first).
 
 3. Self-check: an independent numpy implementation of the operators of
    ``shared/design/operators.md`` (not mergekit's code) recomputes every case and is
    compared with mergekit's output under the same tolerance as ``tests/golden.rs``.
    A case that disagrees makes the script exit non-zero (the files stay written, for
    inspection), so committed fixtures are ones two independent implementations agree on.
+   A LoRA case's models are first ``W + scaling * B @ A`` (float64, rounded once to
+   float32) where their adapter has factors (``apply_lora``).
    For the ``slices:`` cases mergekit's output config.json must also give the stack's
    ``num_hidden_layers``.
 
@@ -56,10 +66,11 @@ Rerun
     python3 scripts/golden/make_golden.py --check    # regenerate in a temp dir and
                                                      # compare with the committed files
 
-Needs python3 with numpy, and mergekit (which brings torch) on PATH as
-``mergekit-yaml``.  The committed fixtures were made with mergekit 0.1.5
-(torch 2.x, CPU).  The inputs are bit-for-bit deterministic (numpy PCG64 with fixed
-seeds); mergekit's output is deterministic for every case here (no random operator:
+Needs python3 with numpy, and mergekit (which brings torch, transformers and peft)
+on PATH as ``mergekit-yaml``.  The committed fixtures were made with mergekit 0.1.5
+(torch 2.x, CPU; the LoRA cases with transformers 5.25.0 and peft 0.21.2).  The
+inputs are bit-for-bit deterministic (numpy PCG64 with fixed seeds, the LoRA adapters
+too); mergekit's output is deterministic for every case here (no random operator:
 ``dare_ties`` runs at density 1, where mergekit skips the random mask).
 """
 
@@ -363,6 +374,220 @@ def write_model(folder: Path, fam: Family, tensors: Dict[str, np.ndarray]) -> No
 
 
 # --------------------------------------------------------------------------
+# PEFT LoRA adapters (tests/fixtures/golden/llama_lora/)
+# --------------------------------------------------------------------------
+
+# The folder of the adapters: a family of its own for the layout, but no models, only
+# adapter folders (adapter_config.json + adapter_model.safetensors) for a family's
+# models.  Paths in the cases: {adapter_0}, {adapter_1}, .. (see paths_for).
+LORA_FOLDER = "llama_lora"
+# PEFT names every module of the model it wraps with this prefix.
+PEFT_PREFIX = "base_model.model."
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A PEFT LoRA adapter for the models of ``family``, as ``save_pretrained`` writes
+    one: factors ``lora_A`` (r x in) and ``lora_B`` (out x r) per targeted linear
+    layer, ``lora_embedding_A`` (r x vocab) and ``lora_embedding_B`` (hidden x r) for
+    an embedding.  PEFT's ``merge_and_unload`` adds ``scaling * B @ A`` to a linear
+    weight and ``scaling * (B @ A).T`` to an embedding, ``scaling = alpha / r``
+    (``alpha / sqrt(r)`` with ``use_rslora``), r and alpha per module from
+    ``rank_pattern`` / ``alpha_pattern`` (see ``pattern_value``)."""
+
+    name: str  # folder under llama_lora/
+    family: str
+    seed: int
+    r: int
+    alpha: int  # PEFT's lora_alpha (an int in its configs)
+    target_modules: Tuple[str, ...]
+    use_rslora: bool = False
+    rank_pattern: Tuple[Tuple[str, int], ...] = ()
+    alpha_pattern: Tuple[Tuple[str, int], ...] = ()
+
+
+ADAPTERS = {
+    a.name: a
+    for a in [
+        # plain LoRA on attention and one MLP projection: scaling 8/4 = 2
+        Adapter("adapter_0", family="llama_f32", seed=20240614, r=4, alpha=8,
+                target_modules=("q_proj", "v_proj", "down_proj")),
+        # rsLoRA (scaling alpha/sqrt(r): 4/sqrt(2) everywhere else), an embedding LoRA,
+        # and patterns: every up_proj rank 4 and alpha 2 (scaling 1), but layer 2's
+        # up_proj alpha 6 (scaling 3).  The more specific key sorts first, so PEFT's
+        # first match in file order (written sorted, as PEFT does) and a reader that
+        # sorts the keys (serde_json's default map) give the same answer.
+        Adapter("adapter_1", family="llama_f32", seed=20240615, r=2, alpha=4,
+                target_modules=("o_proj", "up_proj", "gate_proj", "embed_tokens"),
+                use_rslora=True, rank_pattern=(("up_proj", 4),),
+                alpha_pattern=(("layers.2.mlp.up_proj", 6), ("up_proj", 2))),
+    ]
+}
+
+
+def pattern_value(pattern: Sequence[Tuple[str, object]], module: str, default):
+    """PEFT 0.21's ``get_pattern_key``: the first key (in the order of
+    adapter_config.json, which PEFT writes with sorted keys) for which
+    ``re.match(rf"(.*\\.)?({key})$", module)`` holds, else the default."""
+    for key, value in sorted(pattern):
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def adapter_modules(adapter: Adapter, fam: Family) -> List[Tuple[str, Tuple[int, ...]]]:
+    """The modules of ``fam`` the adapter targets, with their weight shapes, in model
+    order.  PEFT targets a module whose name is a target or ends in ``.target``."""
+    out = []
+    for name, shape in fam.tensor_specs():
+        if not name.endswith(".weight") or len(shape) != 2:
+            continue
+        module = name[: -len(".weight")]
+        if any(module == t or module.endswith("." + t) for t in adapter.target_modules):
+            out.append((module, shape))
+    return out
+
+
+def adapter_rank_scaling(adapter: Adapter, module: str) -> Tuple[int, float]:
+    r = int(pattern_value(adapter.rank_pattern, module, adapter.r))
+    alpha = float(pattern_value(adapter.alpha_pattern, module, adapter.alpha))
+    return r, (alpha / math.sqrt(r) if adapter.use_rslora else alpha / r)
+
+
+def is_embedding(module: str) -> bool:
+    return module.endswith("embed_tokens")
+
+
+def make_adapter_factors(adapter: Adapter, fam: Family) -> Dict[str, np.ndarray]:
+    """{tensor name in adapter_model.safetensors: float32 factor}.
+
+    Non-zero B (a trained adapter, not PEFT's initialisation) sized so that the update
+    ``scaling * B @ A`` has an RMS of ``task_scale`` times the weight's scale, like the
+    family's task vectors (whose RMS is about twice that: Student t): A ~ N(0, 1/k)
+    over its k columns, then B's standard deviation follows from the rank and
+    scaling."""
+    rng = np.random.default_rng(adapter.seed)
+    out = {}
+    for module, (rows, cols) in adapter_modules(adapter, fam):
+        r, scaling = adapter_rank_scaling(adapter, module)
+        target_rms = fam.task_scale / math.sqrt(cols)  # the weight's std is 1/sqrt(cols)
+        if is_embedding(module):
+            # the weight is (vocab, hidden); PEFT's factors are A (r, vocab), B (hidden, r)
+            a_shape, b_shape = (r, rows), (cols, r)
+        else:
+            a_shape, b_shape = (r, cols), (rows, r)
+        sigma_a = 1.0 / math.sqrt(a_shape[1])
+        sigma_b = target_rms / (scaling * math.sqrt(r) * sigma_a)
+        a = (sigma_a * rng.standard_normal(a_shape)).astype(np.float32)
+        b = (sigma_b * rng.standard_normal(b_shape)).astype(np.float32)
+        key = PEFT_PREFIX + module
+        if is_embedding(module):
+            out[key + ".lora_embedding_A"] = a
+            out[key + ".lora_embedding_B"] = b
+        else:
+            out[key + ".lora_A.weight"] = a
+            out[key + ".lora_B.weight"] = b
+    return out
+
+
+def adapter_config(adapter: Adapter) -> dict:
+    """adapter_config.json: the fields PEFT 0.21.2's ``save_pretrained`` writes for a
+    LoRA (values as it writes them for this adapter)."""
+    return {
+        "alora_invocation_tokens": None,
+        "alpha_pattern": {k: v for k, v in adapter.alpha_pattern},
+        "arrow_config": None,
+        "auto_mapping": None,
+        # where the adapter was trained from, relative to its folder (informational:
+        # PEFT and mergekit apply it to the model they are given)
+        "base_model_name_or_path": f"../../{adapter.family}/base",
+        "bias": "none",
+        "corda_config": None,
+        "ensure_weight_tying": False,
+        "eva_config": None,
+        "exclude_modules": None,
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "init_lora_weights": True,
+        "kasa_config": None,
+        "layer_replication": None,
+        "layers_pattern": None,
+        "layers_to_transform": None,
+        "loftq_config": {},
+        "lora_alpha": adapter.alpha,
+        "lora_bias": False,
+        "lora_dropout": 0.0,
+        "lora_ga_config": None,
+        "megatron_config": None,
+        "megatron_core": "megatron.core",
+        "modules_to_save": None,
+        "monteclora_config": None,
+        "peft_type": "LORA",
+        "peft_version": "0.21.2",
+        "qalora_group_size": 16,
+        "r": adapter.r,
+        "rank_pattern": {k: v for k, v in adapter.rank_pattern},
+        "revision": None,
+        "target_modules": sorted(adapter.target_modules),
+        "target_parameters": None,
+        "task_type": "CAUSAL_LM",
+        "trainable_token_indices": None,
+        "use_bdlora": None,
+        "use_dora": False,
+        "use_qalora": False,
+        "use_rslora": adapter.use_rslora,
+        "velora_config": None,
+    }
+
+
+def write_adapter(folder: Path, adapter: Adapter, factors: Dict[str, np.ndarray]) -> None:
+    """The adapter folder.  Only the factors: PEFT's own save of an adapter that targets
+    embed_tokens also writes the whole embedding (``embed_tokens.base_layer.weight``,
+    its ``save_embedding_layers="auto"``), which PEFT's load then puts in place of the
+    model's own embedding; these files are what ``save_embedding_layers=False`` (or a
+    trainer that saves the factors only) writes, so the embedding is the model's own
+    plus the update."""
+    folder.mkdir(parents=True, exist_ok=True)
+    # sorted keys, as PEFT writes them (the order rank_pattern/alpha_pattern are read in)
+    (folder / "adapter_config.json").write_text(
+        json.dumps(adapter_config(adapter), indent=2, sort_keys=True) + "\n")
+    write_safetensors(folder / "adapter_model.safetensors",
+                      {n: Tensor.from_f32(x, "F32") for n, x in factors.items()},
+                      {"format": "pt"})
+
+
+def lora_updates(adapter: Adapter, fam: Family,
+                 factors: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """{weight name: scaling * B @ A (transposed for an embedding)}, in float64."""
+    out = {}
+    for module, shape in adapter_modules(adapter, fam):
+        _, scaling = adapter_rank_scaling(adapter, module)
+        key = PEFT_PREFIX + module
+        if is_embedding(module):
+            a = factors[key + ".lora_embedding_A"].astype(np.float64)
+            b = factors[key + ".lora_embedding_B"].astype(np.float64)
+            delta = (b @ a).T
+        else:
+            a = factors[key + ".lora_A.weight"].astype(np.float64)
+            b = factors[key + ".lora_B.weight"].astype(np.float64)
+            delta = b @ a
+        assert delta.shape == shape, (module, delta.shape, shape)
+        out[module + ".weight"] = scaling * delta
+    return out
+
+
+def apply_lora(fam: Family, model: Dict[str, np.ndarray],
+               updates: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """The model with the adapter merged: ``W + update`` in float64, rounded once to the
+    family's dtype (PEFT adds a float32 update to the float32 weight: a few ulps of the
+    result away).  Tensors the adapter does not update are the model's own arrays."""
+    out = dict(model)
+    for name, delta in updates.items():
+        out[name] = quantize(model[name].astype(np.float64) + delta, fam.dtype)
+    return out
+
+
+# --------------------------------------------------------------------------
 # cases
 # --------------------------------------------------------------------------
 
@@ -402,6 +627,11 @@ class Case:
     # golden.json's inputs when they are not base + task_0..: the recipe's `base:` and
     # `models:` as paths_for keys ("base", "m0", ..)
     inputs: Optional[Tuple[str, Tuple[str, ...]]] = None
+    # LoRA adapters (ADAPTERS names), one per model of golden_inputs (None: the model
+    # as it is): mergekit's `model+lora`, the recipe's `lora:`; the reference merges
+    # each into its model first (apply_lora), as PEFT does into mergekit's
+    # --lora-merge-cache
+    lora: Optional[Tuple[Optional[str], ...]] = None
 
 
 @dataclass(frozen=True)
@@ -458,6 +688,9 @@ def paths_for(fam: str) -> Dict[str, str]:
     d = {"base": f"../{fam}/base"}
     for t in range(N_TASKS):
         d[f"m{t}"] = f"../{fam}/task_{t}"
+    for a in ADAPTERS.values():  # {adapter_0}, ..: the adapters for this family's models
+        if a.family == fam:
+            d[a.name] = f"../{LORA_FOLDER}/{a.name}"
     return d
 
 
@@ -1853,6 +2086,103 @@ dtype: float32
         n_models=1,
         slices=(Slice(0, 2, ("base", "m0"), t=[0, 1]), Slice(1, 3, ("base", "m0"), t=0.3)),
     ),
+    # ---- LoRA adapters as inputs (llama_lora/) ---------------------------------
+    # mergekit merges each `model+lora` with PEFT's merge_and_unload into
+    # --lora-merge-cache (a full model copy) and merges the copies; reefknot applies the
+    # adapter as the tensors are read.
+    Case(
+        name="lora_linear",
+        family="llama_f32",
+        description=("linear of task_0 with adapter_0 merged in (mergekit's string form "
+                     "model+lora) and task_1 as it is, weights 0.6/0.4, normalize true"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+    lora: {adapter_0}
+    weight: 0.6
+  - path: {m1}
+    weight: 0.4
+merge: mean
+""",
+        mergekit="""\
+merge_method: linear
+models:
+  - model: {m0}+{adapter_0}
+    parameters: {{ weight: 0.6 }}
+  - model: {m1}
+    parameters: {{ weight: 0.4 }}
+parameters:
+  normalize: true
+dtype: float32
+""",
+        sparsify=None,
+        combine="mean",
+        n_models=2,
+        weights=(0.6, 0.4),
+        lora=("adapter_0", None),
+    ),
+    Case(
+        name="lora_ties",
+        family="llama_f32",
+        description=("TIES density 0.5 of task_0 with adapter_1 (rsLoRA, an embedding "
+                     "LoRA, rank/alpha patterns; mergekit's dict form {model, lora}) and "
+                     "task_1 with adapter_0 (string form)"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+    lora: {adapter_1}
+  - path: {m1}
+    lora: {adapter_0}
+merge: ties(trim(0.5), elect, disjoint)
+""",
+        mergekit="""\
+merge_method: ties
+base_model: {base}
+models:
+  - model:
+      model: {m0}
+      lora: {adapter_1}
+  - model: {m1}+{adapter_0}
+parameters:
+  density: 0.5
+  weight: 1.0
+  normalize: true
+dtype: float32
+""",
+        sparsify="trim",
+        combine="disjoint",
+        n_models=2,
+        weights=(1.0, 1.0),
+        density=(0.5, 0.5),
+        lora=("adapter_1", "adapter_0"),
+    ),
+    Case(
+        name="lora_passthrough",
+        family="llama_f32",
+        description=("passthrough of task_2 with adapter_1 merged in: the model and its "
+                     "adapter as one model (mergekit without a base_model)"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m2}
+    lora: {adapter_1}
+merge: passthrough
+""",
+        mergekit="""\
+merge_method: passthrough
+models:
+  - model: {m2}+{adapter_1}
+dtype: float32
+""",
+        sparsify=None,
+        combine="passthrough",
+        n_models=1,
+        params={"scale": 1.0},
+        inputs=("base", ("m2",)),
+        lora=("adapter_1",),
+    ),
 ]
 
 
@@ -2063,7 +2393,17 @@ def model_stock_ratio(deltas: List[np.ndarray]) -> float:
     return 0.0 if abs(den) < 1e-6 else n * c / den
 
 
+def in_order_sum(xs: Sequence):
+    """x_0 + x_1 + .. left to right in float32 (no leading 0, which would turn -0.0
+    into +0.0), for any number of models."""
+    total = xs[0]
+    for x in xs[1:]:
+        total = total + x
+    return total
+
+
 def reference_merge(case: Case, fam: Family, models: List[Dict[str, np.ndarray]]):
+    """``models``: [base, model_1, ..] as the case reads them (case_models)."""
     out = {}
     ties_mask = {}
     f32 = np.float32
@@ -2085,7 +2425,7 @@ def reference_merge(case: Case, fam: Family, models: List[Dict[str, np.ndarray]]
             deltas = cut
         u = [f32(w[i]) * deltas[i] for i in range(n_models)]
         if case.combine in ("disjoint", "disjoint_sum"):
-            s = u[0] + u[1] + u[2]
+            s = in_order_sum(u)
             gamma = np.where(s >= 0, f32(1), f32(-1))
             num = np.zeros_like(base)
             den = np.zeros_like(base)
@@ -2099,12 +2439,12 @@ def reference_merge(case: Case, fam: Family, models: List[Dict[str, np.ndarray]]
             else:
                 delta = num
         elif case.combine == "sum":
-            delta = u[0] + u[1] + u[2]
+            delta = in_order_sum(u)
         elif case.combine == "mean":
-            sw = f32(w[0]) + f32(w[1]) + f32(w[2])
+            sw = in_order_sum([f32(x) for x in w])
             if abs(sw) < 1e-8:
                 sw = f32(1)
-            delta = (u[0] + u[1] + u[2]) / sw
+            delta = in_order_sum(u) / sw
         elif case.combine == "slerp":
             tv = value_at(case.t, name, t)
             delta = slerp_reference(tv, base, base + deltas[0]) - base
@@ -2220,6 +2560,24 @@ def golden_inputs(case: Case) -> Tuple[str, List[str]]:
     if case.inputs:
         return case.inputs[0], list(case.inputs[1])
     return "base", [f"m{t}" for t in range(case.n_models)]
+
+
+def case_models(case: Case, fam: Family, models: List[Dict[str, np.ndarray]],
+                updates: Dict[str, Dict[str, np.ndarray]],
+                with_lora: bool = True) -> List[Dict[str, np.ndarray]]:
+    """[base, model_1, ..] as the case's merge reads them: golden_inputs' models, each
+    with its LoRA adapter (``updates[adapter]``, lora_updates) merged in unless
+    ``with_lora`` is false (the folders as golden.json names them).  Without adapters
+    and ``inputs`` this is ``models[:n_models + 1]``, the same arrays."""
+    base, others = golden_inputs(case)
+    out = [models[model_index(base)]]
+    for i, key in enumerate(others):
+        m = models[model_index(key)]
+        adapter = case.lora[i] if case.lora else None
+        if adapter and with_lora:
+            m = apply_lora(fam, m, updates[adapter])
+        out.append(m)
+    return out
 
 
 def slice_plan(case: Case, fam: Family) -> List[Tuple[str, str, Slice, float]]:
@@ -2353,6 +2711,38 @@ def check_statistics(case: Case, fam: Family, models, merged) -> Tuple[bool, Lis
     return ok, ["; ".join(lines)]
 
 
+def plain_ties(case: Case, fam: Family,
+               models: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+    """reference_merge's tied positions, found from ``models`` (for a LoRA case: the
+    folders without their adapters, what a test that ignores golden.json's ``loras``
+    would compute)."""
+    out = {}
+    for name, _ in fam.tensor_specs():
+        base = models[0][name].astype(np.float32)
+        dens = case_density(case, name, fam.layers)
+        amb = np.zeros(base.size, dtype=bool)
+        for i in range(case.n_models):
+            delta = models[i + 1][name].astype(np.float32) - base
+            amb |= ambiguous_ties(delta, cuts(case, dens[i], base.size))
+        out[name] = amb
+    return out
+
+
+def lora_summary(case: Case, fam: Family, updates: Dict[str, Dict[str, np.ndarray]]) -> str:
+    """How many tensors the case's adapters update, and the RMS of the updates
+    relative to each weight's scale (the task vectors': about 2x task_scale)."""
+    n = 0
+    rel = []
+    specs = dict(fam.tensor_specs())
+    for a in case.lora or ():
+        if not a:
+            continue
+        for name, d in updates[a].items():
+            n += 1
+            rel.append(float(np.sqrt(np.mean(d ** 2))) * math.sqrt(specs[name][1]))
+    return f"{n} tensors, RMS {min(rel):.3f}..{max(rel):.3f} of the weights' scale"
+
+
 def operand_scale(fam: Family, models: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
     """Per element, the largest |value| among the base and the fine-tunes."""
     out = {}
@@ -2437,7 +2827,10 @@ def write_golden_json(path: Path, case: Case, version: str, p: Dict[str, str],
     ``renamed`` (``slices:`` cases only): output tensor -> the input tensor it reads
     (in the slice's inputs: every input of a merged slice reads the same layer), for
     every output tensor whose name differs from it.  ``base``/``models`` are the
-    recipe's ``base:`` and ``models:``.
+    recipe's ``base:`` and ``models:``; ``loras`` (LoRA cases only), next to
+    ``models``: each model's adapter folder, or null for a model taken as it is (the
+    model's tensors are then ``W + s*B@A`` where the adapter has factors, what the
+    scale ``s`` of the comparison and the sparsifier's ``|delta|`` are made of).
     """
     base, others = golden_inputs(case)
     head = {
@@ -2446,8 +2839,10 @@ def write_golden_json(path: Path, case: Case, version: str, p: Dict[str, str],
         "mergekit_version": version,
         "base": p[base],
         "models": [p[k] for k in others],
-        "sparsifier": case.sparsify,
     }
+    if case.lora:
+        head["loras"] = [p[a] if a else None for a in case.lora]
+    head["sparsifier"] = case.sparsify
     lines = ["{"]
     for k, v in head.items():
         lines.append(f"  {json.dumps(k)}: {json.dumps(v)},")
@@ -2486,7 +2881,8 @@ def mergekit_version() -> str:
     return version("mergekit")
 
 
-def run_mergekit(case_dir: Path, work: Path) -> Tuple[Dict[str, Tensor], dict]:
+def run_mergekit(case_dir: Path, work: Path,
+                 lora: bool = False) -> Tuple[Dict[str, Tensor], dict]:
     """mergekit's merged tensors and its output config.json."""
     out = work / f"mk_{case_dir.name}"
     if out.exists():
@@ -2496,6 +2892,16 @@ def run_mergekit(case_dir: Path, work: Path) -> Tuple[Dict[str, Tensor], dict]:
     # The seed makes the random methods (the statistics cases) reproducible; the
     # deterministic methods ignore it.
     cmd += ["mergekit.yml", str(out), "--quiet", "--no-cuda", "--random-seed", "0"]
+    if lora:
+        # mergekit needs a folder for the PEFT-merged copies of `model+lora` (it stops
+        # without one) and reuses a copy it finds there under the same name, so every
+        # run gets an empty one.  No --lora-merge-dtype: PEFT merges in the model's
+        # own dtype (float32 here).
+        cache = work / f"lora_cache_{case_dir.name}"
+        if cache.exists():
+            shutil.rmtree(cache)
+        cache.mkdir(parents=True)
+        cmd += ["--lora-merge-cache", str(cache)]
     res = subprocess.run(cmd, cwd=case_dir, capture_output=True, text=True)
     if res.returncode != 0:
         sys.stderr.write(res.stdout + res.stderr)
@@ -2517,6 +2923,16 @@ def generate(out_root: Path, work: Path, verbose: bool = True,
         names = ["base"] + [f"task_{t}" for t in range(N_TASKS)]
         for label, tensors in zip(names, models):
             write_model(fdir / label, fam, tensors)
+    # the LoRA adapters, one folder each under llama_lora/, and their updates
+    lora_dir = out_root / LORA_FOLDER
+    if lora_dir.exists():
+        shutil.rmtree(lora_dir)
+    updates: Dict[str, Dict[str, np.ndarray]] = {}
+    for adapter in ADAPTERS.values():
+        afam = FAMILIES[adapter.family]
+        factors = make_adapter_factors(adapter, afam)
+        write_adapter(lora_dir / adapter.name, adapter, factors)
+        updates[adapter.name] = lora_updates(adapter, afam, factors)
     all_ok = True
     summary = []
     unknown = set(only or ()) - {c.name for c in CASES}
@@ -2535,11 +2951,14 @@ def generate(out_root: Path, work: Path, verbose: bool = True,
             f"# golden case {case.name}: {case.description}\n"
             f"# equivalent mergekit config: mergekit.yml (made with mergekit {version})\n"
             + case.recipe.format(**p))
+        run_flags = "--no-cuda --lora-merge-cache DIR" if case.lora else "--no-cuda"
         (cdir / "mergekit.yml").write_text(
             f"# golden case {case.name}: run from this folder with\n"
-            f"#   mergekit-yaml mergekit.yml OUT --no-cuda   (mergekit {version})\n"
+            f"#   mergekit-yaml mergekit.yml OUT {run_flags}   (mergekit {version})\n"
             + case.mergekit.format(**p))
-        merged, out_config = run_mergekit(cdir, work)
+        merged, out_config = run_mergekit(cdir, work, lora=bool(case.lora))
+        # [base, model_1, ..] as the merge reads them (LoRA adapters merged in)
+        inputs = case_models(case, fam, fam_models[case.family], updates)
         write_safetensors(cdir / "expected.safetensors", merged,
                           {"format": "pt", "generator": f"mergekit {version}",
                            "case": case.name})
@@ -2560,7 +2979,7 @@ def generate(out_root: Path, work: Path, verbose: bool = True,
             ref, ties = reference_slices(case, fam, fam_models[case.family])
             renamed = renamed_tensors(case, fam)
         else:
-            ref, ties = reference_merge(case, fam, fam_models[case.family])
+            ref, ties = reference_merge(case, fam, inputs)
         borderline = {}
         if case.band:
             borderline = {name: [int(j) for j in np.flatnonzero(ties[name])]
@@ -2589,9 +3008,21 @@ def generate(out_root: Path, work: Path, verbose: bool = True,
                 lines.insert(0, f"mergekit's config.json: num_hidden_layers {got!r}, "
                                 f"expected {want}")
             lines[-1] += f"; num_hidden_layers {got}"
-        else:
+        elif case.lora:
+            # s over the inputs the merge reads (the adapters merged in) and over the
+            # folders golden.json names (a test that does not apply the adapters): the
+            # smaller of the two, so the check holds for either
+            plain = case_models(case, fam, fam_models[case.family], updates, with_lora=False)
+            s_lora, s_plain = operand_scale(fam, inputs), operand_scale(fam, plain)
             ok, lines = compare(merged, ref, ties,
-                                operand_scale(fam, fam_models[case.family][:case.n_models + 1]))
+                                {n: np.minimum(s_lora[n], s_plain[n]) for n in s_lora})
+            lines[-1] += f"; LoRA updates {lora_summary(case, fam, updates)}"
+            if case.sparsify:
+                # the tied positions a test finds from the folders without the adapters
+                n_plain = sum(int(m.sum()) for m in plain_ties(case, fam, plain).values())
+                lines[-1] += f"; tied positions without the adapters {n_plain}"
+        else:
+            ok, lines = compare(merged, ref, ties, operand_scale(fam, inputs))
         n_tied = sum(int(m.sum()) for m in ties.values())
         size = (cdir / "expected.safetensors").stat().st_size
         summary.append((case.name, ok, n_tied, size, lines[-1]))

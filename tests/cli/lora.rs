@@ -22,9 +22,15 @@ fn factor_value(k: usize, salt: usize) -> f32 {
 /// layer 0 (`lora_A`/`lora_B`) and for the embeddings (`lora_embedding_A`/`_B`), each
 /// under PEFT's `base_model.model.` prefix, with `config` as `adapter_config.json`.
 pub(crate) fn write_adapter(dir: &Path, model: &Checkpoint, r: usize, config: &str) {
+    write_adapter_with(dir, model, r, config, false);
+}
+
+/// [`write_adapter`], and with `stored`, a copy of the embeddings as PEFT saves an
+/// adapted embedding (`base_layer.weight`), each value the model's plus 0.5.
+fn write_adapter_with(dir: &Path, model: &Checkpoint, r: usize, config: &str, stored: bool) {
     let shape = |name: &str| model.get(&format!("{name}.weight")).unwrap().shape.clone();
     let (q, e) = (shape(Q), shape(EMBED));
-    let factors = [
+    let mut factors = vec![
         (format!("base_model.model.{Q}.lora_A.weight"), vec![r, q[1]]),
         (format!("base_model.model.{Q}.lora_B.weight"), vec![q[0], r]),
         (
@@ -36,6 +42,13 @@ pub(crate) fn write_adapter(dir: &Path, model: &Checkpoint, r: usize, config: &s
             vec![e[1], r],
         ),
     ];
+    if stored {
+        factors.push((
+            format!("base_model.model.{EMBED}.base_layer.weight"),
+            e.clone(),
+        ));
+    }
+    let embed = values(model, &format!("{EMBED}.weight"));
     let tmp = dir.with_extension("tmp");
     fs::create_dir_all(&tmp).unwrap();
     let tensors = factors
@@ -49,7 +62,12 @@ pub(crate) fn write_adapter(dir: &Path, model: &Checkpoint, r: usize, config: &s
     let mut w = ModelWriter::create(&tmp, tensors, &WriterOptions::default()).unwrap();
     for (i, bytes) in w.data_mut_all().into_iter().enumerate() {
         for (k, b) in bytes.chunks_exact_mut(4).enumerate() {
-            b.copy_from_slice(&factor_value(k, i).to_le_bytes());
+            let v = if i == 4 {
+                embed[k] + 0.5
+            } else {
+                factor_value(k, i)
+            };
+            b.copy_from_slice(&v.to_le_bytes());
         }
     }
     w.finish().unwrap();
@@ -150,6 +168,43 @@ fn an_adapter_updates_its_model_as_it_is_read_and_mergekit_s_form_is_the_same_me
     assert!(
         plan.contains("\"kind\": \"lora\"") && plan.contains("lora_embedding_A"),
         "{plan}"
+    );
+    // An adapter saved with the embedding's own weight (PEFT's default when it adapts
+    // one) is read with that weight in place of the model's.
+    write_adapter_with(
+        &ws.path().join("loras/stored"),
+        &code,
+        4,
+        r#"{"r": 4, "lora_alpha": 8}"#,
+        true,
+    );
+    ws.recipe(
+        "stored.yaml",
+        "base: models/base\nmodels:\n  - path: models/code\n    lora: loras/stored\nmerge: passthrough\n",
+    );
+    ok(&run_in(
+        ws.path(),
+        &["merge", "stored.yaml", "-o", "stored", "--quiet"],
+    ));
+    let stored = Checkpoint::open(&ws.path().join("stored")).unwrap();
+    let stored_adapter = Checkpoint::open(&ws.path().join("loras/stored")).unwrap();
+    let name = format!("{EMBED}.weight");
+    let shifted: Vec<f32> = values(&code, &name).iter().map(|x| x + 0.5).collect();
+    let want = updated(
+        &shifted,
+        &code.get(&name).unwrap().shape,
+        &stored_adapter,
+        EMBED,
+        2.0,
+    );
+    let worst = values(&stored, &name)
+        .iter()
+        .zip(&want)
+        .map(|(&g, &w)| (f64::from(g) - w).abs())
+        .fold(0f64, f64::max);
+    assert!(
+        worst < 1e-6,
+        "the stored embedding, updated: off by {worst}"
     );
     // mergekit's `model+lora` is the same merge, byte for byte.
     ws.recipe(

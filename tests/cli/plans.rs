@@ -64,6 +64,32 @@ fn digest(json: &str) -> String {
     if let Some(config) = o.get("config") {
         out += &format!("output config: {config}\n");
     }
+    if let Some(t) = o.get("tokenizer") {
+        out += &format!("output tokenizer: {}\n", compact(t));
+    }
+    if let Some(t) = o.get("chat_template") {
+        out += &format!("output chat template: {t}\n");
+    }
+    if let Some(v) = plan.get("vocabulary") {
+        out += &format!(
+            "vocabulary: {} rows, runs {}, fill {}\n",
+            v["size"],
+            compact(&v["rows"]),
+            compact(&v["fill"])
+        );
+    }
+    // What a tensor reference adds to the stored tensor: an adapter's update, a
+    // permutation into the vocabulary.
+    let extras = |r: &Value| -> String {
+        let mut e = String::new();
+        if let Some(l) = r.get("lora") {
+            e += &format!(" +lora{}", compact(l));
+        }
+        if r.get("vocabulary").is_some() {
+            e += " permuted";
+        }
+        e
+    };
     for t in plan["tensors"].as_array().unwrap() {
         let p = &t["producer"];
         let what = match p["kind"].as_str().unwrap() {
@@ -84,8 +110,15 @@ fn digest(json: &str) -> String {
                         format!("{}({})", s["op"].as_str().unwrap(), args.join(", "))
                     })
                     .collect();
+                let reads: String = std::iter::once(&p["base"])
+                    .chain(p["models"].as_array().unwrap())
+                    .filter_map(|r| {
+                        let e = extras(r);
+                        (!e.is_empty()).then(|| format!(" [input {}{e}]", r["input"]))
+                    })
+                    .collect();
                 format!(
-                    "expression {} weights {} fisher {}: {}",
+                    "expression {} weights {} fisher {}: {}{reads}",
                     p["expression"],
                     compact(&p["weights"]),
                     compact(&p["fisher"]),

@@ -136,6 +136,7 @@ pub(crate) fn plan_and_warn(
     // LoRA adapters last, each with the tensors of its model (input 0 or i + 1) it
     // updates.
     let mut updates: Vec<Option<lora::Updates>> = vec![None; 1 + recipe.models.len()];
+    let mut adapter_input = vec![usize::MAX; 1 + recipe.models.len()];
     let adapters = std::iter::once((None, recipe.base_lora.as_ref())).chain(
         recipe
             .models
@@ -164,10 +165,11 @@ pub(crate) fn plan_and_warn(
             };
             in_recipe(e, adapter.location, "this adapter".into())
         })?;
-        for u in found.values_mut() {
+        for u in found.lora.values_mut() {
             u.input = opened.len();
         }
         updates[of] = Some(found);
+        adapter_input[of] = opened.len();
         opened.push(c);
         roles.push(role);
     }
@@ -182,13 +184,19 @@ pub(crate) fn plan_and_warn(
     };
     // A tensor of input `input` as the plan reads it: with its adapter's update, if
     // any; permuted into the output's vocabulary when it is a vocabulary tensor.
-    let operand = |input: usize, tensor: &str, permuted: bool| plan::TensorRef {
-        input,
-        tensor: tensor.to_string(),
-        lora: updates
-            .get(input)
-            .and_then(|u| u.as_ref()?.get(tensor).cloned()),
-        vocabulary: permuted,
+    // A tensor the adapter holds a whole copy of is read from the adapter.
+    let operand = |input: usize, tensor: &str, permuted: bool| {
+        let adapted = updates.get(input).and_then(Option::as_ref);
+        let (from, name) = match adapted.and_then(|u| u.stored.get(tensor)) {
+            Some(name) => (adapter_input[input], name.clone()),
+            None => (input, tensor.to_string()),
+        };
+        plan::TensorRef {
+            input: from,
+            tensor: name,
+            lora: adapted.and_then(|u| u.lora.get(tensor).cloned()),
+            vocabulary: permuted,
+        }
     };
     let base = &opened[0];
     let models = &opened[1..=recipe.models.len()];
@@ -490,7 +498,7 @@ fn vocabulary(
     // An adapter's update of a vocabulary tensor would have to be permuted too.
     for (input, u) in updates.iter().enumerate() {
         let rows = vocabs[&input].rows;
-        if let Some(name) = u.iter().flatten().map(|(name, _)| name).find(|name| {
+        if let Some(name) = u.iter().flat_map(|u| u.lora.keys()).find(|name| {
             opened[input]
                 .get(name)
                 .is_some_and(|info| vocab::is_vocabulary_tensor(recipe, info, rows))

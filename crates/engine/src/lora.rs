@@ -24,9 +24,18 @@ use serde_json::Value;
 /// The prefix PEFT puts before every module name of the model it wraps.
 const PEFT_PREFIX: &str = "base_model.model.";
 
-/// What an adapter changes: each updated tensor of its model, by name, with the update
-/// (its `input` not yet set: the caller knows the adapter's place among the inputs).
-pub(crate) type Updates = BTreeMap<String, plan::LoraUpdate>;
+/// What an adapter changes in its model.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Updates {
+    /// Each updated tensor of the model, by name, with its update (whose `input` the
+    /// caller sets: it knows the adapter's place among the inputs).
+    pub(crate) lora: BTreeMap<String, plan::LoraUpdate>,
+    /// Tensors of the model the adapter holds a copy of, by the model's name, with the
+    /// adapter's name for it: PEFT saves an adapted embedding's whole weight as
+    /// `base_layer.weight` (and loads it in place of the model's), so it is read from
+    /// the adapter instead.
+    pub(crate) stored: BTreeMap<String, String>,
+}
 
 /// Reads the adapter `adapter` (opened from `folder`) against `model`, the checkpoint
 /// it is applied to. The error is a sentence about the adapter.
@@ -43,21 +52,37 @@ pub(crate) fn updates(
             config_path.display()
         )
     })?;
-    let config: Value = serde_json::from_str(&text)
-        .map_err(|e| format!("{} is not valid JSON: {e}", config_path.display()))?;
-    let config = Config::read(&config)?;
+    let invalid =
+        |e: serde_json::Error| format!("{} is not valid JSON: {e}", config_path.display());
+    let value: Value = serde_json::from_str(&text).map_err(invalid)?;
+    let order: Patterns = serde_json::from_str(&text).map_err(invalid)?;
+    let mut config = Config::read(&value)?;
+    config.in_file_order(&order);
 
     // Pair the factors by module.
     let mut factors: BTreeMap<&str, Factors<'_>> = BTreeMap::new();
+    let mut stored = BTreeMap::new();
     for t in adapter.tensors() {
         let name = t.name.strip_prefix(PEFT_PREFIX).unwrap_or(&t.name);
+        if let Some(module) = name.strip_suffix(".base_layer.weight") {
+            let weight = format!("{module}.weight");
+            if model.get(&weight).is_none() {
+                return Err(format!(
+                    "it holds a copy of `{weight}` (`{}`), which the model does not have",
+                    t.name
+                ));
+            }
+            stored.insert(weight, t.name.clone());
+            continue;
+        }
         let Some((module, kind)) = FACTOR_SUFFIXES
             .iter()
             .find_map(|&(suffix, kind)| name.strip_suffix(suffix).map(|m| (m, kind)))
         else {
             return Err(format!(
                 "tensor `{}` is not a LoRA factor (lora_A, lora_B, lora_embedding_A or \
-                 lora_embedding_B){}; reefknot applies LoRA factors only",
+                 lora_embedding_B) nor an adapted layer's saved weight \
+                 (base_layer.weight){}; reefknot applies LoRA factors only",
                 t.name,
                 config.why_other_tensors()
             ));
@@ -81,7 +106,7 @@ pub(crate) fn updates(
         return Err("its adapter_model.safetensors holds no LoRA factors".into());
     }
 
-    let mut out = Updates::new();
+    let mut out = BTreeMap::new();
     for (module, f) in factors {
         let (Some(a), Some(b)) = (f.a, f.b) else {
             let missing = if f.a.is_none() { "A" } else { "B" };
@@ -126,7 +151,7 @@ pub(crate) fn updates(
             },
         );
     }
-    Ok(out)
+    Ok(Updates { lora: out, stored })
 }
 
 /// The adapter tensor name suffixes PEFT writes, and what each is.
@@ -165,7 +190,56 @@ struct Config {
     bias: String,
 }
 
+/// `rank_pattern` and `alpha_pattern` as the file orders their keys: PEFT takes the
+/// first key that matches a module, in that order (serde_json's maps sort them).
+#[derive(serde::Deserialize)]
+struct Patterns {
+    #[serde(default)]
+    rank_pattern: Option<InOrder>,
+    #[serde(default)]
+    alpha_pattern: Option<InOrder>,
+}
+
+/// A JSON object's keys in the order written.
+struct InOrder(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for InOrder {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<InOrder, D::Error> {
+        struct Keys;
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = InOrder;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut m: M,
+            ) -> Result<InOrder, M::Error> {
+                let mut keys = Vec::new();
+                while let Some((k, _)) = m.next_entry::<String, serde::de::IgnoredAny>()? {
+                    keys.push(k);
+                }
+                Ok(InOrder(keys))
+            }
+            fn visit_unit<E>(self) -> Result<InOrder, E> {
+                Ok(InOrder(Vec::new()))
+            }
+        }
+        d.deserialize_any(Keys)
+    }
+}
+
 impl Config {
+    /// Orders the patterns as the file writes them.
+    fn in_file_order(&mut self, order: &Patterns) {
+        fn sort<T>(pattern: &mut [(String, T)], order: Option<&InOrder>) {
+            let keys = order.map_or(&[][..], |o| o.0.as_slice());
+            pattern.sort_by_key(|(k, _)| keys.iter().position(|o| o == k));
+        }
+        sort(&mut self.rank_pattern, order.rank_pattern.as_ref());
+        sort(&mut self.alpha_pattern, order.alpha_pattern.as_ref());
+    }
+
     fn read(v: &Value) -> Result<Config, String> {
         let peft_type = v.get("peft_type").and_then(Value::as_str).unwrap_or("LORA");
         if !peft_type.eq_ignore_ascii_case("LORA") {
@@ -306,6 +380,19 @@ mod tests {
             c.rank_and_alpha("model.layers.0.self_attn.q_proj"),
             (8, 16.0)
         );
+    }
+
+    /// PEFT takes the first pattern that matches, in the file's order.
+    #[test]
+    fn the_first_pattern_in_the_file_wins() {
+        let text = r#"{"r": 8, "lora_alpha": 16, "alpha_pattern": {"up_proj": 2, "layers.1.mlp.up_proj": 6}}"#;
+        let mut c = config(text).unwrap();
+        c.in_file_order(&serde_json::from_str(text).unwrap());
+        assert_eq!(c.rank_and_alpha("model.layers.1.mlp.up_proj"), (8, 2.0));
+        let text = r#"{"r": 8, "lora_alpha": 16, "alpha_pattern": {"layers.1.mlp.up_proj": 6, "up_proj": 2}}"#;
+        let mut c = config(text).unwrap();
+        c.in_file_order(&serde_json::from_str(text).unwrap());
+        assert_eq!(c.rank_and_alpha("model.layers.1.mlp.up_proj"), (8, 6.0));
     }
 
     #[test]
