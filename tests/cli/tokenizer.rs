@@ -294,3 +294,51 @@ fn a_chat_template_is_written_once_auto_takes_the_most_common() {
     );
     assert!(!ws.path().join("out").exists());
 }
+
+#[test]
+fn a_padded_vocabulary_fills_its_padding_with_the_mean_row() {
+    let ws = workspace();
+    ws.recipe(
+        "padded.yaml",
+        "base: models/base\nmodels:\n  - path: models/code\n  - path: models/math\nmerge: mean\n\
+         tokenizer: { source: union, pad_to_multiple_of: 16 }\n",
+    );
+    ok(&run_in(
+        ws.path(),
+        &["merge", "padded.yaml", "-o", "out", "--quiet"],
+    ));
+    let out = Checkpoint::open(&ws.path().join("out")).unwrap();
+    let config: Value =
+        serde_json::from_str(&fs::read_to_string(ws.path().join("out/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["vocab_size"], 272);
+    for name in TENSORS {
+        assert_eq!(out.get(name).unwrap().shape[0], 272, "{name}");
+        // `mean` is linear, so the merged padding is the mean of the merged token rows.
+        let tokens: Vec<Vec<f32>> = (0..258).map(|r| row(&out, name, r)).collect();
+        let want = mean(&tokens);
+        for r in 258..272 {
+            let worst = row(&out, name, r)
+                .iter()
+                .zip(&want)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-6, "{name} row {r}: off by {worst}");
+        }
+    }
+    let shown = ok(&run_in(ws.path(), &["check", "padded.yaml"]));
+    assert!(
+        shown.contains("vocabulary 258 tokens, padded to 272 rows"),
+        "{shown}"
+    );
+    ws.recipe(
+        "bad.yaml",
+        "base: models/base\nmodels:\n  - path: models/code\nmerge: mean\n\
+         tokenizer: { source: union, tokens: {} }\n",
+    );
+    let err = fails(&run_in(ws.path(), &["check", "bad.yaml"]), 2);
+    assert!(
+        err.contains("per-token `tokens` are not supported yet"),
+        "{err}"
+    );
+}

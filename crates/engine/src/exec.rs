@@ -795,6 +795,8 @@ struct Permuted<'a> {
     cols: usize,
     /// The output rows this input lacks, in order, with the rows that fill them.
     fill: Vec<(usize, FillRows<'a>)>,
+    /// Where the padding rows start, and their value: the mean of the rows before.
+    pad: Option<(usize, Vec<f32>)>,
 }
 
 /// The rows a missing row is the mean of: `(checkpoint, tensor, row)`.
@@ -828,16 +830,37 @@ impl<'a> Read<'a> {
                 input: o.at.0,
                 cols: info.shape[1],
                 fill,
+                pad: None,
             }
         });
-        Read {
+        let mut read = Read {
             ckpt,
             info,
             lora: o
                 .lora
                 .map(|l| LowRank::new(plan, l, info.shape[0], info.shape[1])),
             permuted,
+        };
+        if let Some(p) = &read.permuted {
+            if let Some(from) = p.vocabulary.padded_from {
+                let mean = read.mean_row(p, from);
+                read.permuted.as_mut().expect("permuted").pad = Some((from, mean));
+            }
         }
+        read
+    }
+
+    /// The mean of a permuted tensor's first `rows` rows, summed in float64.
+    fn mean_row(&self, p: &Permuted<'_>, rows: usize) -> Vec<f32> {
+        let mut sum = vec![0f64; p.cols];
+        let mut row = vec![0f32; p.cols];
+        for r in 0..rows {
+            self.permuted_values(p, r * p.cols, &mut row);
+            sum.iter_mut()
+                .zip(&row)
+                .for_each(|(s, &x)| *s += f64::from(x));
+        }
+        sum.iter().map(|&s| (s / rows as f64) as f32).collect()
     }
 
     /// Elements `[start, start + out.len())` as `f32`.
@@ -861,7 +884,9 @@ impl<'a> Read<'a> {
             let (row, c0) = ((start + done) / cols, (start + done) % cols);
             let n = (cols - c0).min(out.len() - done);
             let seg = &mut out[done..done + n];
-            if let Some(r) = p.vocabulary.row_of(p.input, row) {
+            if let Some((_, mean)) = p.pad.as_ref().filter(|(from, _)| row >= *from) {
+                seg.copy_from_slice(&mean[c0..c0 + n]);
+            } else if let Some(r) = p.vocabulary.row_of(p.input, row) {
                 read_f32(self.ckpt, self.info, r * cols + c0, seg);
             } else {
                 seg.fill(0.0);

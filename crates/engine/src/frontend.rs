@@ -511,7 +511,7 @@ fn vocabulary(
     }
     let order: Vec<usize> = (1..=n).chain([0]).collect();
     let rows = vocabs[&0].rows;
-    let built = vocab::build(&vocabs, source, &order).map_err(fail)?;
+    let built = vocab::build(&vocabs, source, &order, t.pad_to_multiple_of).map_err(fail)?;
     Ok((built, rows))
 }
 

@@ -335,7 +335,14 @@ impl Plan {
                     Job::Merge(m) => m.base.permuted,
                 })
                 .count();
-            let _ = write!(out, "vocabulary {} tokens", v.size);
+            match v.padded_from {
+                Some(tokens) => {
+                    let _ = write!(out, "vocabulary {tokens} tokens, padded to {} rows", v.size);
+                }
+                None => {
+                    let _ = write!(out, "vocabulary {} tokens", v.size);
+                }
+            }
             if let Some(t) = &d.output.tokenizer {
                 let from = match d.inputs[t.from].role {
                     Role::Base => "the base model's".to_string(),

@@ -162,6 +162,7 @@ pub(crate) fn build(
     vocabs: &BTreeMap<usize, InputVocab>,
     source: Source,
     order: &[usize],
+    pad_to_multiple_of: Option<usize>,
 ) -> Result<Built, String> {
     let base = &vocabs[&0];
     // The output's tokens by id.
@@ -270,11 +271,16 @@ pub(crate) fn build(
                 .collect(),
         );
     }
+    let size = match pad_to_multiple_of {
+        Some(m) => tokens.len().div_ceil(m) * m,
+        None => tokens.len(),
+    };
     Ok(Built {
         vocabulary: plan::Vocabulary {
-            size: tokens.len(),
+            size,
             rows,
             fill,
+            padded_from: (size > tokens.len()).then_some(tokens.len()),
         },
         files,
     })
@@ -363,7 +369,7 @@ mod tests {
             2,
             vocab(4, &[("a", 0), ("c", 1), ("d", 2)], &[("<im>", 3, true)]),
         );
-        let built = build(&v, Source::Union, &[1, 2, 0]).unwrap();
+        let built = build(&v, Source::Union, &[1, 2, 0], None).unwrap();
         let files = built.files.unwrap();
         let added: Vec<(usize, &str, bool)> = files
             .added
@@ -389,7 +395,7 @@ mod tests {
     fn a_vocabulary_with_a_gap_is_refused() {
         let mut v = BTreeMap::new();
         v.insert(0, vocab(4, &[("a", 0), ("b", 2)], &[]));
-        let e = build(&v, Source::Input(0), &[0]).err().unwrap();
+        let e = build(&v, Source::Input(0), &[0], None).err().unwrap();
         assert!(e.contains("no token with id 1"), "{e}");
     }
 }

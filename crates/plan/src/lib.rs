@@ -260,6 +260,10 @@ pub struct Vocabulary {
     /// mean it takes, from the same tensor of those inputs.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fill: BTreeMap<usize, Vec<[usize; 2]>>,
+    /// Where padding starts: rows from here to `size` stand for no token and are the
+    /// mean of each tensor's rows before (mergekit's `pad_to_multiple_of`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub padded_from: Option<usize>,
 }
 
 impl Vocabulary {
@@ -660,6 +664,12 @@ impl MergePlan {
                 }
                 next = out + count;
             }
+        }
+        if v.padded_from.is_some_and(|p| p == 0 || p > v.size) {
+            return bad(format!(
+                "padding must start within its {} rows, after one",
+                v.size
+            ));
         }
         for (&row, sources) in &v.fill {
             if row >= v.size || sources.iter().any(|[i, _]| !v.rows.contains_key(i)) {

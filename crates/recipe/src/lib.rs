@@ -143,6 +143,9 @@ pub enum TokenizerSource {
 pub struct Tokenizer {
     /// What it is.
     pub source: TokenizerSource,
+    /// Rows of the vocabulary tensors padded to a multiple of this
+    /// (`pad_to_multiple_of`), each padding row the mean of the real rows.
+    pub pad_to_multiple_of: Option<usize>,
     /// Where it is written.
     pub location: Loc,
 }
@@ -237,7 +240,8 @@ pub enum SliceSource {
 pub struct Slice {
     /// The first input layer.
     pub start: usize,
-    /// One past the last input layer (`start < end`).
+    /// One past the last input layer (`start <= end`; an empty slice, first or last,
+    /// only says where the tensors outside the layer stack come from).
     pub end: usize,
     /// Copied or merged.
     pub source: SliceSource,

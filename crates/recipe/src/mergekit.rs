@@ -1390,12 +1390,12 @@ impl<'a> Translator<'a> {
                 );
                 return None;
             }
-            if *a < 0 || b <= a {
-                self.unsupported(
+            if *a < 0 || b < a {
+                self.reject(
+                    ErrorKind::InvalidValue,
                     *rloc,
-                    format!("`layer_range: [{a}, {b}]` is not a non-empty range of layers"),
-                    "no layers",
-                    "write `[start, end]` with 0 <= start < end",
+                    format!("`layer_range: [{a}, {b}]` is not a range of layers"),
+                    "not a range",
                 );
                 return None;
             }
@@ -1607,23 +1607,12 @@ impl<'a> Translator<'a> {
                 );
             }
             let (source, a, b, rloc) = slice.sources.into_iter().next().expect("one source");
-            if a < 0 || b <= a {
-                let (what, hint) = if a == b {
-                    (
-                        "is empty",
-                        "an empty last slice picks the model of the final norm and `lm_head` in mergekit; in reefknot they come from the last slice that has layers",
-                    )
-                } else {
-                    (
-                        "is not a range of layers",
-                        "write `[start, end]` with 0 <= start < end",
-                    )
-                };
-                self.unsupported(
+            if a < 0 || b < a {
+                self.reject(
+                    ErrorKind::InvalidValue,
                     rloc,
-                    format!("`layer_range: [{a}, {b}]` {what}"),
-                    "no layers",
-                    hint,
+                    format!("`layer_range: [{a}, {b}]` is not a range of layers"),
+                    "not a range",
                 );
                 continue;
             }
@@ -1768,15 +1757,27 @@ impl<'a> Translator<'a> {
         };
         // mergekit's default source is the union.
         let mut source = Some(("union".to_string(), v.loc));
+        let mut pad = None;
         for (key, val, kloc) in &fields {
             match *key {
                 "source" => source = self.tokenizer_source(val, "`tokenizer.source`"),
-                "tokens" | "pad_to_multiple_of" => self.unsupported(
+                "pad_to_multiple_of" => match &val.kind {
+                    Kind::Int(i) if *i > 0 => pad = Some(*i),
+                    _ => {
+                        let e = self.check.wrong_type(
+                            val,
+                            "a positive integer",
+                            "`tokenizer.pad_to_multiple_of`",
+                        );
+                        self.check.push(e);
+                    }
+                },
+                "tokens" => self.unsupported(
                     *kloc,
-                    format!("`tokenizer.{key}` is not supported yet"),
+                    "`tokenizer.tokens` is not supported yet".to_string(),
                     "not supported",
-                    "leave it out: the output's vocabulary is then the source's, each \
-                     missing row filled as mergekit fills it",
+                    "leave it out: each token a model lacks is then filled as mergekit \
+                     fills it (the one holder's row, else the base's, else the mean)",
                 ),
                 other => self.warn(
                     *kloc,
@@ -1786,7 +1787,12 @@ impl<'a> Translator<'a> {
                 ),
             }
         }
-        self.tokenizer = source;
+        self.tokenizer = match (source, pad) {
+            (Some((s, loc)), Some(m)) => {
+                Some((format!("{{ source: {s}, pad_to_multiple_of: {m} }}"), loc))
+            }
+            (source, _) => source,
+        };
     }
 
     /// The recipe's `tokenizer:` line, if any.

@@ -124,6 +124,16 @@ const MODEL: Schema = Schema {
     ],
 };
 
+const TOKENIZER: Schema = Schema {
+    what: "a tokenizer",
+    keys: &["source", "pad_to_multiple_of"],
+    hints: &[(
+        "tokens",
+        None,
+        "mergekit's per-token `tokens` are not supported yet",
+    )],
+};
+
 const OVERRIDE: Schema = Schema {
     what: "an override",
     keys: &["match", "group", "layers", "merge", "params"],
@@ -577,24 +587,50 @@ impl<'a> Checker<'a> {
     }
 
     /// `tokenizer:`: `base`, `union` or a path (checked against the inputs when the
-    /// plan is made).
+    /// plan is made), or a mapping `{source, pad_to_multiple_of}`.
     fn tokenizer(&mut self, node: &Node) -> Option<Tokenizer> {
-        if matches!(&node.kind, Kind::Map(_)) {
-            let e = self
-                .wrong_type(node, "`base`, `union` or a model's path", "`tokenizer`")
-                .help("mergekit's `tokenizer: {source: ...}` is `tokenizer: ...` here");
-            self.push(e);
-            return None;
-        }
-        let text = self.string(node, "`base`, `union` or a model's path", "`tokenizer`")?;
+        const WHAT: &str = "`base`, `union` or a model's path";
+        let (source_node, pad) = if let Kind::Map(_) = &node.kind {
+            let f = self.fields(node, &TOKENIZER)?;
+            let pad = match f.get("pad_to_multiple_of") {
+                Some(n) => match &n.kind {
+                    Kind::Int(i) if *i > 0 => usize::try_from(*i).ok(),
+                    _ => {
+                        self.push(
+                            RecipeError::new(
+                                ErrorKind::InvalidValue,
+                                "`pad_to_multiple_of` is not a positive integer",
+                            )
+                            .label(n.loc, "expected e.g. 64"),
+                        );
+                        return None;
+                    }
+                },
+                None => None,
+            };
+            let Some(source) = f.get("source") else {
+                self.missing(
+                    &f,
+                    "source",
+                    "this tokenizer has no `source`",
+                    Some("add e.g. `source: union`"),
+                );
+                return None;
+            };
+            (source, pad)
+        } else {
+            (node, None)
+        };
+        let text = self.string(source_node, WHAT, "`tokenizer`")?;
         let source = match text {
             "base" => TokenizerSource::Base,
             "union" => TokenizerSource::Union,
-            _ => TokenizerSource::Model(self.path(node, "tokenizer")?),
+            _ => TokenizerSource::Model(self.path(source_node, "tokenizer")?),
         };
         Some(Tokenizer {
             source,
-            location: node.loc,
+            pad_to_multiple_of: pad,
+            location: source_node.loc,
         })
     }
 
@@ -1051,13 +1087,43 @@ impl<'a> Checker<'a> {
                 return None;
             }
         };
-        let mut out = Vec::new();
+        let mut out: Vec<Slice> = Vec::new();
         let mut ok = true;
         for item in items {
             match self.slice(item, base, base_lora, models) {
                 Some(s) => out.push(s),
                 None => ok = false,
             }
+        }
+        // An empty slice only picks where the embeddings (first) or the final norm and
+        // LM head (last) come from, as mergekit's empty last slice does.
+        let last = out.len().saturating_sub(1);
+        for (i, s) in out.iter().enumerate() {
+            if s.is_empty() && i != 0 && i != last && ok {
+                self.push(
+                    RecipeError::new(
+                        ErrorKind::InvalidLayers,
+                        "an empty slice between others has no effect",
+                    )
+                    .label(s.loc, "no layers")
+                    .help(
+                        "an empty slice first picks the input of the embeddings, last the \
+                         input of the final norm and LM head; elsewhere, drop it",
+                    ),
+                );
+                ok = false;
+            }
+        }
+        if ok && out.iter().all(Slice::is_empty) {
+            self.push(
+                RecipeError::new(
+                    ErrorKind::InvalidValue,
+                    "every slice is empty: the output would have no layers",
+                )
+                .label(node.loc, "no layers")
+                .help(format!("list the output's layers:\n{EXAMPLE}")),
+            );
+            ok = false;
         }
         ok.then_some(out)
     }
@@ -1071,7 +1137,7 @@ impl<'a> Checker<'a> {
     ) -> Option<Slice> {
         let f = self.fields(node, &SLICE)?;
         let range = match f.get("layers") {
-            Some(n) => self.layers(n).map(|r| (r, n.loc)),
+            Some(n) => self.layers(n, true).map(|r| (r, n.loc)),
             None => {
                 if !f.suggested.contains(&"layers") {
                     self.missing(
@@ -1501,13 +1567,14 @@ impl<'a> Checker<'a> {
                 Some((Selector::Group(name.to_owned()), node.loc))
             }
             _ => self
-                .layers(node)
+                .layers(node, false)
                 .map(|(start, end)| (Selector::Layers { start, end }, node.loc)),
         }
     }
 
-    /// `layers: a..b` (half-open, `a < b`) or `layers: i` (that layer alone).
-    fn layers(&mut self, node: &Node) -> Option<(usize, usize)> {
+    /// `layers: a..b` (half-open, `a < b`, or `a <= b` with `empty`) or `layers: i`
+    /// (that layer alone).
+    fn layers(&mut self, node: &Node, empty: bool) -> Option<(usize, usize)> {
         const HELP: &str = "write `layers: a..b` for layers a to b-1 (half-open, like Rust \
                             ranges), or `layers: i` for layer i alone";
         let err = |msg: String, label: &str| {
@@ -1572,7 +1639,7 @@ impl<'a> Checker<'a> {
             ));
             return None;
         };
-        if start >= end {
+        if start > end || (start == end && !empty) {
             self.push(err(
                 format!("`{text}` selects no layer: the end is excluded, so it must be greater than the start"),
                 "empty range",

@@ -127,7 +127,7 @@ fn every_top_level_key_is_honoured_or_named() {
         (
             "tokenizer",
             "tokenizer: { source: base, pad_to_multiple_of: 64 }\n",
-            Fate::Unsupported,
+            Fate::Honoured,
         ),
         ("chat_template", "chat_template: chatml\n", Fate::Honoured),
         ("slices", "", Fate::Honoured),
@@ -183,12 +183,25 @@ fn every_top_level_key_is_honoured_or_named() {
         "  - sources: [{ model: m, layer_range: [0, 2] }, { model: b, layer_range: [1, 3] }]\n",
         "  - sources: [{ model: m, layer_range: [0, 2] }]\n  - sources: [{ model: n, layer_range: [2, 4] }]\n",
         "  - sources: [{ model: m, layer_range: [0, 2] }]\n  - sources: [{ model: m, layer_range: [2, 4] }]\n    parameters: { weight: 0.5 }\n",
-        "  - sources: [{ model: m, layer_range: [2, 2] }]\n",
     ];
     for slices in unsupported {
         assert_eq!(fate(&sliced(slices)), Fate::Unsupported, "{slices}");
     }
     assert!(parse(&format!("{BASE}slices:\n{whole}"), "both.yml").is_err());
+    // An empty last slice picks the model of the final norm and LM head (mergekit's
+    // #308 trick); empty slices alone make no model.
+    let stack = |slices: &str| format!("merge_method: passthrough\nslices:\n{slices}");
+    assert_eq!(
+        fate(&stack(
+            "  - sources: [{ model: m, layer_range: [0, 2] }]\n  - sources: [{ model: n, layer_range: [2, 2] }]\n"
+        )),
+        Fate::Honoured
+    );
+    assert!(parse(
+        &stack("  - sources: [{ model: m, layer_range: [2, 2] }]\n"),
+        "empty.yml"
+    )
+    .is_err());
     // Keys mergekit does not know, which it ignores.
     assert_eq!(fate(&format!("{BASE}residual_weight: 0.5\n")), Fate::Warned);
     assert_eq!(fate(BASE), Fate::Honoured);
