@@ -88,6 +88,8 @@ const CASES: &[&str] = &[
     "frankenmerge_44",
     "frankenmerge_scaled",
     "slices_merged",
+    "frankenmerge_empty_last",
+    "slices_offset",
     "lora_linear",
     "lora_ties",
     "lora_passthrough",
@@ -96,6 +98,7 @@ const CASES: &[&str] = &[
     "tokenizer_model",
     "tokenizer_base_permuted",
     "tokenizer_dict_union",
+    "tokenizer_padded",
 ];
 
 fn golden_root() -> PathBuf {
@@ -274,6 +277,12 @@ struct Golden {
     renamed: BTreeMap<String, String>,
     /// The output vocabulary of a case with a tokenizer, in mergekit's id order.
     vocabulary: Option<Vec<VocabToken>>,
+    /// output tensor -> each model's input tensor, where a model reads another layer
+    /// than the base (a slice's sources at other layers)
+    renamed_models: BTreeMap<String, Vec<String>>,
+    /// The rows of its vocabulary tensors when padded beyond the tokens
+    /// (`pad_to_multiple_of`): each padding row the mean of the token rows.
+    padded_rows: Option<usize>,
 }
 
 /// A token of an output vocabulary: its text and, for every input that has it, its id
@@ -330,6 +339,14 @@ fn permuted_rows(
             sum.iter_mut().for_each(|s| *s /= from.len() as f32);
         }
         out.extend_from_slice(&sum);
+    }
+    // Padding rows: the mean of the token rows (summed in float64).
+    let tokens = vocabulary.len();
+    for _ in tokens..golden.padded_rows.unwrap_or(tokens) {
+        for c in 0..cols {
+            let sum: f64 = (0..tokens).map(|r| f64::from(out[r * cols + c])).sum();
+            out.push((sum / tokens as f64) as f32);
+        }
     }
     out
 }
@@ -401,6 +418,14 @@ fn load_golden(case_dir: &Path) -> Golden {
             })
             .collect()
     });
+    let renamed_models = match json.get("renamed_models") {
+        Some(map) => serde_json::from_value(map.clone())
+            .unwrap_or_else(|e| panic!("{}: renamed_models: {e}", path.display())),
+        None => BTreeMap::new(),
+    };
+    let padded_rows = json
+        .get("padded_rows")
+        .map(|v| v.as_u64().expect("padded_rows is a count") as usize);
     Golden {
         base,
         models,
@@ -409,6 +434,8 @@ fn load_golden(case_dir: &Path) -> Golden {
         statistics,
         renamed,
         vocabulary,
+        padded_rows,
+        renamed_models,
     }
 }
 
@@ -455,16 +482,18 @@ fn allowances(golden: &Golden, names: &BTreeSet<String>) -> BTreeMap<String, All
     let mut out = BTreeMap::new();
     for name in names {
         let input = golden.renamed.get(name).unwrap_or(name);
-        let get = |m: &Model, which: &Path| -> Vec<f32> {
+        let get = |m: &Model, which: &Path, input: &str| -> Vec<f32> {
             m.get(input)
                 .unwrap_or_else(|| panic!("fixture input {}: no tensor {input}", which.display()))
                 .to_f32()
         };
-        let mut b = get(&base, &golden.base);
+        let mut b = get(&base, &golden.base, input);
+        let per_model = golden.renamed_models.get(name);
         let mut thetas: Vec<Vec<f32>> = models
             .iter()
             .zip(&golden.models)
-            .map(|(m, p)| get(m, p))
+            .enumerate()
+            .map(|(i, (m, p))| get(m, p, per_model.map_or(input.as_str(), |n| n[i].as_str())))
             .collect();
         if golden.vocabulary.is_some() && is_vocabulary_tensor(name) {
             // Every input's rows in the output's order, as the merge saw them.
@@ -484,6 +513,23 @@ fn allowances(golden: &Golden, names: &BTreeSet<String>) -> BTreeMap<String, All
         for theta in &thetas {
             for (s, x) in scale.iter_mut().zip(theta) {
                 *s = s.max(x.abs());
+            }
+        }
+        if let (Some(v), Some(_), true) = (
+            &golden.vocabulary,
+            golden.padded_rows,
+            is_vocabulary_tensor(name),
+        ) {
+            // A padding row is a mean: its rounding is that of the sum, so its scale is
+            // the largest |value| of its column among the token rows.
+            let cols = base[input].shape[1];
+            for c in 0..cols {
+                let top = (0..v.len())
+                    .map(|r| scale[r * cols + c])
+                    .fold(0f32, f32::max);
+                for r in v.len()..scale.len() / cols {
+                    scale[r * cols + c] = scale[r * cols + c].max(top);
+                }
             }
         }
         let tied = match golden.cuts.get(name) {
@@ -791,7 +837,8 @@ fn run_case(case: &str, file: &str) -> tempfile::TempDir {
         read_model_dir(&out).unwrap_or_else(|e| panic!("golden {case}: reefknot's output: {e}"));
     let mut vocabulary_failures = Vec::new();
     if let Some(vocabulary) = &fixture.golden.vocabulary {
-        vocabulary_failures = in_mergekit_order(vocabulary, &out, &mut actual);
+        vocabulary_failures =
+            in_mergekit_order(vocabulary, fixture.golden.padded_rows, &out, &mut actual);
     }
     if let Some((density, epsilon)) = fixture.golden.statistics {
         compare_statistics(case, &fixture, &actual, density, epsilon);
@@ -834,7 +881,12 @@ fn run_case(case: &str, file: &str) -> tempfile::TempDir {
 /// mergekit's, token by token, and puts the rows of `actual`'s vocabulary tensors in
 /// mergekit's order (mergekit numbers a union's new tokens in a hash map's order, which
 /// changes between its runs; the rows of each token are what must agree).
-fn in_mergekit_order(vocabulary: &[VocabToken], out: &Path, actual: &mut Model) -> Vec<String> {
+fn in_mergekit_order(
+    vocabulary: &[VocabToken],
+    padded_rows: Option<usize>,
+    out: &Path,
+    actual: &mut Model,
+) -> Vec<String> {
     let mut failures = Vec::new();
     let json = |name: &str| -> serde_json::Value {
         let path = out.join(name);
@@ -855,7 +907,8 @@ fn in_mergekit_order(vocabulary: &[VocabToken], out: &Path, actual: &mut Model) 
         );
     }
     let size = json("config.json")["vocab_size"].as_u64();
-    if size != Some(vocabulary.len() as u64) || ids.len() != vocabulary.len() {
+    let rows = padded_rows.unwrap_or(vocabulary.len());
+    if size != Some(rows as u64) || ids.len() != vocabulary.len() {
         failures.push(format!(
             "the output has {} tokens and vocab_size {size:?}; mergekit's has {}",
             ids.len(),
@@ -878,7 +931,7 @@ fn in_mergekit_order(vocabulary: &[VocabToken], out: &Path, actual: &mut Model) 
         return failures;
     };
     for (name, t) in actual.iter_mut() {
-        if !is_vocabulary_tensor(name) || t.shape.len() != 2 || t.shape[0] != vocabulary.len() {
+        if !is_vocabulary_tensor(name) || t.shape.len() != 2 || t.shape[0] != rows {
             continue;
         }
         let cols = t.shape[1];
@@ -889,6 +942,8 @@ fn in_mergekit_order(vocabulary: &[VocabToken], out: &Path, actual: &mut Model) 
         for &r in &reef {
             rows.extend_from_slice(&v[r * cols..(r + 1) * cols]);
         }
+        // Padding rows stand for no token: they stay where they are.
+        rows.extend_from_slice(&v[reef.len() * cols..]);
         t.values = Values::F32(rows);
     }
     failures
@@ -1119,6 +1174,8 @@ golden_cases!(
     frankenmerge_44,
     frankenmerge_scaled,
     slices_merged,
+    frankenmerge_empty_last,
+    slices_offset,
     lora_linear,
     lora_ties,
     lora_passthrough,
@@ -1127,6 +1184,7 @@ golden_cases!(
     tokenizer_model,
     tokenizer_base_permuted,
     tokenizer_dict_union,
+    tokenizer_padded,
 );
 
 /// The fixture folder and the list of tested cases stay in step.

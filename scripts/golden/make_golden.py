@@ -31,8 +31,8 @@ What it does
 2. For each case of ``CASES`` (ties_norm, ties_sum, ties_weights, task_arithmetic,
    linear, ties_gradient_mlp, ties_gradient_all, ties_bf16, dare_ties_d1, breadcrumbs,
    ..., and the layer-stack cases of mergekit's ``slices:``: frankenmerge_44,
-   frankenmerge_scaled, slices_merged; the LoRA cases lora_linear, lora_ties,
-   lora_passthrough; tests/fixtures/golden/README.md tabulates
+   frankenmerge_scaled, frankenmerge_empty_last, slices_merged, slices_offset; the
+   LoRA cases lora_linear, lora_ties, lora_passthrough; tests/fixtures/golden/README.md tabulates
    every case, recipe <-> mergekit config) writes ``tests/fixtures/golden/<case>/``:
 
    * ``recipe.yaml``   -- the reefknot recipe (paths relative to the case folder);
@@ -43,7 +43,9 @@ What it does
      for each tensor (so that the test can find the positions where mergekit's
      unstable sort may legitimately pick other entries among equal magnitudes);
      for the ``slices:`` cases, ``renamed``: each output tensor whose name is not
-     that of the input tensor it reads (renumbered layers), with that input name.
+     that of the input tensor it reads (renumbered layers), with that input name,
+     and, where a merged slice's models take other layers than its base
+     (``slices_offset``), ``renamed_models``: each model's input name.
 
    mergekit runs through its ``mergekit-yaml`` command line on the CPU, with the case
    folder as the working directory (with ``--lora-merge-cache``, an empty temporary
@@ -85,7 +87,7 @@ import struct
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -648,13 +650,17 @@ class Slice:
     keys, in mergekit's order: a slerp's base first), renumbered after the previous
     slices' layers.  ``scale`` (passthrough: a number or a Cond on the input tensor's
     name; None = 1, an exact copy) and ``t`` (slerp: a number or a gradient over the
-    slice's own layers) are the slice's parameters."""
+    slice's own layers) are the slice's parameters.  ``layers_of``: the sources that
+    take other layers than ``[start, end)`` (mergekit's per-source ``layer_range``, the
+    recipe's ``layers_of:``), as (paths_for key, start, end) of the same length; output
+    layer i of the slice then reads their layer start + i."""
 
     start: int
     end: int
     sources: Tuple[str, ...]
     scale: object = None
     t: object = None
+    layers_of: Tuple[Tuple[str, int, int], ...] = ()
 
 
 # mergekit's examples/gradient-slerp.yml parameters, written over whole models
@@ -2039,6 +2045,48 @@ dtype: float32
         inputs=("m0", ("m1",)),
     ),
     Case(
+        name="frankenmerge_empty_last",
+        family="llama_f32",
+        description=("mergekit issue #308's trick: passthrough frankenmerge, task_0's "
+                     "layers 0..2 then task_1's 1..3 (4 layers), ended by an empty slice "
+                     "of task_2 (layers 3..3) that adds no layer but, as the last slice, "
+                     "gives the final norm and lm_head; embeddings from task_0"),
+        recipe="""\
+base: {m0}
+models:
+  - path: {m1}
+  - path: {m2}
+merge: passthrough
+slices:
+  - from: base
+    layers: 0..2
+  - from: {m1}
+    layers: 1..3
+  - from: {m2}
+    layers: 3..3
+dtype: float32
+""",
+        mergekit="""\
+slices:
+  - sources:
+      - model: {m0}
+        layer_range: [0, 2]
+  - sources:
+      - model: {m1}
+        layer_range: [1, 3]
+  - sources:
+      - model: {m2}
+        layer_range: [3, 3]
+merge_method: passthrough
+dtype: float32
+""",
+        sparsify=None,
+        combine="passthrough",
+        n_models=1,
+        slices=(Slice(0, 2, ("m0",)), Slice(1, 3, ("m1",)), Slice(3, 3, ("m2",))),
+        inputs=("m0", ("m1", "m2")),
+    ),
+    Case(
         name="slices_merged",
         family="llama_f32",
         description=("SLERP of the base and task_0 over two slices (layers 0..2, then "
@@ -2085,6 +2133,48 @@ dtype: float32
         combine="slerp",
         n_models=1,
         slices=(Slice(0, 2, ("base", "m0"), t=[0, 1]), Slice(1, 3, ("base", "m0"), t=0.3)),
+    ),
+    Case(
+        name="slices_offset",
+        family="llama_f32",
+        description=("TIES density 0.5 of task_0 and task_1 over one merged slice whose "
+                     "sources take different layers: output layers 0, 1 merge the base's "
+                     "and task_0's layers 0, 1 with task_1's 1, 2 (2 layers); embeddings, "
+                     "final norm and lm_head merged from all three"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+  - path: {m1}
+merge: ties(trim(0.5), elect, disjoint)
+slices:
+  - layers: 0..2
+    layers_of: {{ {m1}: 1..3 }}
+dtype: float32
+""",
+        mergekit="""\
+slices:
+  - sources:
+      - model: {base}
+        layer_range: [0, 2]
+      - model: {m0}
+        layer_range: [0, 2]
+      - model: {m1}
+        layer_range: [1, 3]
+merge_method: ties
+base_model: {base}
+parameters:
+  density: 0.5
+  weight: 1.0
+  normalize: true
+dtype: float32
+""",
+        sparsify="trim",
+        combine="disjoint",
+        n_models=2,
+        weights=(1.0, 1.0),
+        density=(0.5, 0.5),
+        slices=(Slice(0, 2, ("base", "m0", "m1"), layers_of=(("m1", 1, 3),)),),
     ),
     # ---- LoRA adapters as inputs (llama_lora/) ---------------------------------
     # mergekit merges each `model+lora` with PEFT's merge_and_unload into
@@ -2586,7 +2676,7 @@ def slice_plan(case: Case, fam: Family) -> List[Tuple[str, str, Slice, float]]:
     layers slice after slice, output layer k+i reading layer start+i of every source of
     a slice of n layers at t = i/(n-1) (1 when n = 1), k the layers of the slices
     before; the tensors after the stack (final norm, lm_head) from the last slice at
-    t = 0."""
+    t = 0, even when that slice is empty (n = 0: no layers, as mergekit allows)."""
     specs = [n for n, _ in fam.tensor_specs()]
     suffixes = [n[len("model.layers.0."):] for n in specs if n.startswith("model.layers.0.")]
     pre: List[str] = []
@@ -2598,9 +2688,15 @@ def slice_plan(case: Case, fam: Family) -> List[Tuple[str, str, Slice, float]]:
     rows = [(n, n, case.slices[0], 0.0) for n in pre]
     k = 0
     for sl in case.slices:
-        if not 0 <= sl.start < sl.end <= fam.layers:
+        # an empty slice (start == end) adds no layer; as the last slice it still gives
+        # the tensors after the stack (mergekit issue #308's frankenmerge_empty_last)
+        if not 0 <= sl.start <= sl.end <= fam.layers:
             raise ValueError(f"{case.name}: slice {sl.start}..{sl.end} out of {fam.layers}")
         n = sl.end - sl.start
+        for key, start, end in sl.layers_of:
+            if key not in sl.sources or end - start != n or not 0 <= start <= end <= fam.layers:
+                raise ValueError(f"{case.name}: {key}'s layers {start}..{end} in slice "
+                                 f"{sl.start}..{sl.end}")
         for i in range(n):
             t = i / (n - 1) if n > 1 else 1.0
             for suf in suffixes:
@@ -2615,21 +2711,66 @@ def slice_layers(case: Case) -> int:
     return sum(sl.end - sl.start for sl in case.slices)
 
 
+def source_name(sl: Slice, key: str, in_name: str) -> str:
+    """The tensor source ``key`` of slice ``sl`` reads for slice_plan's input tensor
+    ``in_name`` (a tensor of the slice's layers ``[start, end)``): that one, but for a
+    source of ``layers_of``, whose layer start' + i stands for the slice's start + i."""
+    for k, start, _ in sl.layers_of:
+        m = LAYER_RE.search(in_name)
+        if k == key and m:
+            layer = int(m.group(1)) - sl.start + start
+            return in_name[:m.start(1)] + str(layer) + in_name[m.end(1):]
+    return in_name
+
+
+def output_specs(case: Case, fam: Family) -> List[Tuple[str, Tuple[int, ...]]]:
+    """The output tensors and their shapes: the family's, or a `slices:` case's stack
+    (slice_plan's output names)."""
+    if not case.slices:
+        return fam.tensor_specs()
+    shapes = dict(fam.tensor_specs())
+    return [(o, shapes[i]) for o, i, _, _ in slice_plan(case, fam)]
+
+
 def renamed_tensors(case: Case, fam: Family) -> Dict[str, str]:
-    """golden.json's `renamed`: output tensor -> the input tensor it reads, where the
-    names differ."""
-    return {o: i for o, i, _, _ in slice_plan(case, fam) if o != i}
+    """golden.json's `renamed`: output tensor -> the input tensor the base reads (and
+    every model but those of `renamed_models`), where the names differ."""
+    base, _ = golden_inputs(case)
+    out = {}
+    for o, i, sl, _ in slice_plan(case, fam):
+        b = source_name(sl, base, i)
+        if o != b:
+            out[o] = b
+    return out
+
+
+def renamed_models(case: Case, fam: Family) -> Dict[str, List[str]]:
+    """golden.json's `renamed_models`: output tensor -> the input tensor each model
+    (golden.json's `models`, in order) reads, where some model's is not the base's (a
+    merged slice's `layers_of`: `slices_offset`'s task_1 reads layer k + 1 for output
+    layer k)."""
+    base, others = golden_inputs(case)
+    out = {}
+    for o, i, sl, _ in slice_plan(case, fam):
+        names = [source_name(sl, k, i) for k in others]
+        if any(n != source_name(sl, base, i) for n in names):
+            out[o] = names
+    return out
 
 
 def reference_slices(case: Case, fam: Family, models: List[Dict[str, np.ndarray]]):
     """The independent model of a `slices:` case: each output tensor from its slice's
     sources' tensor (passthrough: one source times the scale, a Cond read on the input
-    tensor's name; slerp: the slice's t at the slice-relative depth)."""
+    tensor's name; slerp: the slice's t at the slice-relative depth; any other method:
+    reference_merged_slices), a ``layers_of`` source's tensor at its own layer."""
+    if case.combine not in ("passthrough", "slerp"):
+        return reference_merged_slices(case, fam, models)
     out = {}
     f32 = np.float32
     dtype = case.out_dtype or fam.dtype
     for out_name, in_name, sl, t in slice_plan(case, fam):
-        xs = [models[model_index(k)][in_name].astype(f32) for k in sl.sources]
+        xs = [models[model_index(k)][source_name(sl, k, in_name)].astype(f32)
+              for k in sl.sources]
         if case.combine == "passthrough":
             if len(xs) != 1:
                 raise ValueError(f"{case.name}: passthrough takes one source per slice")
@@ -2643,18 +2784,42 @@ def reference_slices(case: Case, fam: Family, models: List[Dict[str, np.ndarray]
     return out, ties
 
 
+def reference_merged_slices(case: Case, fam: Family, models: List[Dict[str, np.ndarray]]):
+    """A `slices:` case merged by another method (``slices_offset``: TIES):
+    reference_merge over the output stack, a family of slice_layers layers whose
+    tensors are, for each input (golden_inputs' order, the slice's sources), the tensor
+    that input reads (source_name: a ``layers_of`` source at its own layer).  The case's
+    parameters hold throughout (no per-slice ones), at the stack's depth, which is the
+    slice's own for one slice; hence one slice of exactly the recipe's inputs."""
+    base, others = golden_inputs(case)
+    keys = [base] + others
+    if len(case.slices) != 1 or any(tuple(sl.sources) != tuple(keys) or sl.scale is not None
+                                    or sl.t is not None for sl in case.slices):
+        raise ValueError(f"{case.name}: a merged slice model needs one slice of the "
+                         f"inputs {keys} without its own parameters")
+    stack = replace(fam, layers=slice_layers(case))
+    read: List[Dict[str, np.ndarray]] = [{} for _ in keys]
+    for out_name, in_name, sl, _ in slice_plan(case, fam):
+        for m, k in zip(read, keys):
+            m[out_name] = models[model_index(k)][source_name(sl, k, in_name)]
+    if sorted(read[0]) != sorted(n for n, _ in stack.tensor_specs()):
+        raise ValueError(f"{case.name}: the stack's tensors are not a {stack.layers}-layer model's")
+    return reference_merge(case, stack, read)
+
+
 def slice_operand_scale(case: Case, fam: Family,
                         models: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
     """operand_scale for a `slices:` case, keyed by output tensor: per element, the
-    largest |value| of the input tensor it reads (`renamed`) in the recipe's base and
-    models (golden.json's), which is what the test can compute."""
+    largest |value| of the input tensor it reads (`renamed`; a model of
+    `renamed_models` its own) in the recipe's base and models (golden.json's), which is
+    what the test can compute."""
     base, others = golden_inputs(case)
-    idx = [model_index(k) for k in [base] + others]
     out = {}
-    for out_name, in_name, _, _ in slice_plan(case, fam):
+    for out_name, in_name, sl, _ in slice_plan(case, fam):
         a = np.zeros(models[0][in_name].size, dtype=np.float64)
-        for i in idx:
-            a = np.maximum(a, np.abs(models[i][in_name].reshape(-1)).astype(np.float64))
+        for k in [base] + others:
+            x = models[model_index(k)][source_name(sl, k, in_name)]
+            a = np.maximum(a, np.abs(x.reshape(-1)).astype(np.float64))
         out[out_name] = a
     return out
 
@@ -2813,7 +2978,8 @@ def write_golden_json(path: Path, case: Case, version: str, p: Dict[str, str],
                       densities: Dict[str, List[float]],
                       cut_table: Dict[str, List[List[int]]],
                       borderline: Dict[str, List[int]],
-                      renamed: Optional[Dict[str, str]] = None) -> None:
+                      renamed: Optional[Dict[str, str]] = None,
+                      renamed_by_model: Optional[Dict[str, List[str]]] = None) -> None:
     """golden.json, one tensor per line.
 
     ``cuts[tensor][i]``: the ranks, in order of decreasing |delta_i|, at which the
@@ -2825,8 +2991,13 @@ def write_golden_json(path: Path, case: Case, version: str, p: Dict[str, str],
     indices whose importance lies within ``case.band`` (relative) of the threshold,
     where mergekit's float32 KL divergence may decide either way.
     ``renamed`` (``slices:`` cases only): output tensor -> the input tensor it reads
-    (in the slice's inputs: every input of a merged slice reads the same layer), for
-    every output tensor whose name differs from it.  ``base``/``models`` are the
+    (in the slice's inputs: every input of a merged slice reads the same layer, but
+    those of ``renamed_models``), for every output tensor whose name differs from it.
+    ``renamed_models`` (only where a merged slice's models take other layers than its
+    base, ``layers_of``): output tensor -> the input tensor each of ``models`` reads,
+    in order, for every output tensor where one of them is not the base's (``renamed``'s,
+    or the output name); ``cuts`` and the scale ``s`` are then over those tensors, the
+    base's at its own name.  ``base``/``models`` are the
     recipe's ``base:`` and ``models:``; ``loras`` (LoRA cases only), next to
     ``models``: each model's adapter folder, or null for a model taken as it is (the
     model's tensors are then ``W + s*B@A`` where the adapter has factors, what the
@@ -2867,6 +3038,9 @@ def write_golden_json(path: Path, case: Case, version: str, p: Dict[str, str],
     if renamed is not None:
         lines[-1] += ","
         lines += table("renamed", renamed)
+    if renamed_by_model:
+        lines[-1] += ","
+        lines += table("renamed_models", renamed_by_model)
     if case.statistics:
         lines[-1] += ","
         lines.append(f'  "statistics": {json.dumps(case.statistics)}')
@@ -2966,18 +3140,21 @@ def generate(out_root: Path, work: Path, verbose: bool = True,
         densities = {}
         cut_table = {}
         if case.sparsify:
-            for name, shape in fam.tensor_specs():
-                d = case_density(case, name, fam.layers)
+            # by output tensor (a `slices:` case's stack: its own names and depth)
+            n_layers = slice_layers(case) if case.slices else fam.layers
+            for name, shape in output_specs(case, fam):
+                d = case_density(case, name, n_layers)
                 densities[name] = d
                 n = int(np.prod(shape))
                 cut_table[name] = [cuts(case, x, n) for x in d]
-        renamed = None
+        renamed = renamed_by_model = None
         if case.statistics:  # random: no element-wise reference
             ref, ties = {}, {name: np.zeros(int(np.prod(shape)), dtype=bool)
                              for name, shape in fam.tensor_specs()}
         elif case.slices:
             ref, ties = reference_slices(case, fam, fam_models[case.family])
             renamed = renamed_tensors(case, fam)
+            renamed_by_model = renamed_models(case, fam)
         else:
             ref, ties = reference_merge(case, fam, inputs)
         borderline = {}
@@ -2985,10 +3162,10 @@ def generate(out_root: Path, work: Path, verbose: bool = True,
             borderline = {name: [int(j) for j in np.flatnonzero(ties[name])]
                           for name, _ in fam.tensor_specs() if ties[name].any()}
         write_golden_json(cdir / "golden.json", case, version, p, densities, cut_table,
-                          borderline, renamed)
+                          borderline, renamed, renamed_by_model)
         # borderline floor(density * n)? report it
         for name, d in densities.items():
-            n = int(np.prod(dict(fam.tensor_specs())[name]))
+            n = int(np.prod(dict(output_specs(case, fam))[name]))
             for x in d:
                 prod = x * n
                 if 0 < x < 1 and abs(prod - round(prod)) < 1e-6 and prod != round(prod):

@@ -6,9 +6,11 @@ mergekit's ``tokenizer_source: union | base | <model>`` (and the newer
 every weight with a vocabulary axis (for Llama ``model.embed_tokens.weight`` and
 ``lm_head.weight``) of every input into it before the merge method runs; a model that
 lacks an output token gets a stand-in row.  This script makes a small Llama family
-whose three models really have different vocabularies, runs mergekit on five
+whose three models really have different vocabularies, runs mergekit on six
 configurations, and commits what it wrote, so that reefknot's ``tokenizer:`` can be
-tested against it.
+tested against it.  With ``tokenizer: {pad_to_multiple_of: k}`` mergekit pads the
+vocabulary tensors to a multiple of ``k`` rows, each padding row of each input the mean
+of that input's aligned token rows, before the merge.
 
 What it does
 ------------
@@ -48,13 +50,17 @@ What it does
      every input's aligned vocabulary rows -- a model that has the token: its own row;
      one that lacks it: the row of the only model that has it, else the base's (when
      the merge has a base model that has it), else the mean over the models that have
-     it, else zeros -- runs the method's arithmetic, and is compared with mergekit's
-     output token by token (by string, not by id) to 1e-6 of max(|expected|, s), ``s``
-     the largest |value| among the aligned inputs at that element (the tolerance of
-     tests/golden.rs);
+     it, else zeros; padding rows (``pad_to_multiple_of``): the mean of the input's
+     aligned token rows -- runs the method's arithmetic, and is compared with
+     mergekit's output token by token (by string, not by id; padding rows by row
+     index) to 1e-6 of max(|expected|, s), ``s`` the largest |value| among the aligned
+     inputs at that element (the tolerance of tests/golden.rs), and in a padding row
+     at least the largest |value| of the inputs' aligned token rows in that column
+     (the summands of the mean, whose float32 sum sets its rounding);
    * every input model and every mergekit output loads with transformers
      (``LlamaForCausalLM`` + ``AutoTokenizer``), encodes a text using new tokens, and
-     runs a forward pass whose logits have the output vocabulary's width.
+     runs a forward pass whose logits have the width of the vocabulary tensors (the
+     output vocabulary's size, or the padded row count).
 
 Every case names a ``base_model`` (the linear ones list it among the models with its
 weight): without one, mergekit's tokenizer base and output config.json are
@@ -67,12 +73,18 @@ per-process random seed, so the ids of those tokens (and the order of the rows o
 vocabulary tensors) change from run to run.  ``--check`` therefore accepts a
 regenerated file that is byte-identical or equal after relabelling token ids by token
 string (tensor rows permuted accordingly, everything else byte- or value-identical);
-it prints which.
+it prints which.  Padding rows are not permuted, but they are float32 means that
+torch sums in row order, so a new order of the token rows moves them (and their merge)
+by the rounding of that sum: ``--check`` compares them to 1e-6 of max(|fresh|,
+|committed|, the largest |value| of the committed token rows in that column).
 
 Rerun
 -----
     python3 scripts/golden/make_tokenizer_golden.py
+    python3 scripts/golden/make_tokenizer_golden.py --only tokenizer_padded
     python3 scripts/golden/make_tokenizer_golden.py --check
+
+(``--only``: remake those cases only; the ``llama_vocab`` inputs are always written.)
 
 Needs python3 with numpy, tokenizers, torch and transformers (mergekit's
 dependencies) and ``mergekit-yaml`` on PATH; the committed fixtures were made with
@@ -90,7 +102,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -319,6 +331,7 @@ class Case:
     recipe_models: Tuple[str, ...]  # the recipe's models: (labels)
     density: float = 1.0  # ties
     lam: float = 1.0  # task_arithmetic
+    pad_to_multiple_of: Optional[int] = None  # tokenizer: {pad_to_multiple_of: ...}
 
 
 def P(label: str) -> str:
@@ -490,6 +503,41 @@ dtype: float32
         weights=(0.8, 0.5), base_model="base", source="union", recipe_base="base",
         recipe_models=("task_0", "task_1"), lam=0.9,
     ),
+    Case(
+        name="tokenizer_padded",
+        description="TIES (density 0.5, weight 1, normalize true) of task_0 and task_1 "
+                    "on base, tokenizer: {source: union, pad_to_multiple_of: 16}: the "
+                    "70 tokens of tokenizer_union_ties, the vocabulary tensors padded "
+                    "to 80 rows, each input's padding rows the mean of its 70 aligned "
+                    "token rows, merged like the others",
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+  - path: {m1}
+merge: ties(trim(0.5), elect, disjoint)
+tokenizer: {{ source: union, pad_to_multiple_of: 16 }}
+dtype: float32
+""",
+        mergekit="""\
+merge_method: ties
+base_model: {base}
+models:
+  - model: {m0}
+  - model: {m1}
+parameters:
+  density: 0.5
+  weight: 1.0
+  normalize: true
+tokenizer:
+  source: union
+  pad_to_multiple_of: 16
+dtype: float32
+""",
+        method="ties", inputs=("base", "task_0", "task_1"), weights=(1.0, 1.0),
+        base_model="base", source="union", recipe_base="base",
+        recipe_models=("task_0", "task_1"), density=0.5, pad_to_multiple_of=16,
+    ),
 ]
 
 EXPECTED_FILES = {  # mergekit's output file -> the committed name
@@ -517,13 +565,21 @@ def reference_vocab(case: Case, vocabs: Dict[str, Vocab]) -> Tuple[Dict[str, int
     return dict(src.ids), set()
 
 
+def padded_rows(case: Case, n_tokens: int) -> int:
+    """Rows of the output's vocabulary tensors (and its config.json vocab_size):
+    ``n_tokens`` rounded up to a multiple of ``pad_to_multiple_of``."""
+    k = case.pad_to_multiple_of
+    return -(-n_tokens // k) * k if k else n_tokens
+
+
 def aligned_rows(case: Case, vocabs: Dict[str, Vocab], models: Dict[str, Dict[str, np.ndarray]],
                  out_ids: Dict[str, int], name: str) -> Dict[str, np.ndarray]:
-    """Each input's vocabulary tensor in the output's ids, with mergekit's stand-in rows."""
+    """Each input's vocabulary tensor in the output's ids, with mergekit's stand-in rows;
+    padding rows (past the tokens) the mean of the input's aligned token rows."""
     n = len(out_ids)
     res = {}
     for lab in case.inputs:
-        rows = np.zeros((n, FAMILY.hidden), dtype=np.float32)
+        rows = np.zeros((padded_rows(case, n), FAMILY.hidden), dtype=np.float32)
         for tok, j in out_ids.items():
             holders = [m for m in case.inputs if tok in vocabs[m].ids]
             if tok in vocabs[lab].ids:
@@ -538,6 +594,8 @@ def aligned_rows(case: Case, vocabs: Dict[str, Vocab], models: Dict[str, Dict[st
                     acc += models[m][name][vocabs[m].ids[tok]]
                 rows[j] = (acc / len(holders)).astype(np.float32)
             # else: no model has it: zeros
+        if rows.shape[0] > n:
+            rows[n:] = rows[:n].astype(np.float64).mean(axis=0).astype(np.float32)
         res[lab] = rows
     return res
 
@@ -609,9 +667,10 @@ def check_case(case: Case, vocabs: Dict[str, Vocab], models: Dict[str, Dict[str,
     if sorted(got_ids.values()) != list(range(len(got_ids))):
         ok = False
         lines.append("mergekit's ids are not 0..n-1")
-    if out_config.get("vocab_size") != len(got_ids):
+    n_rows = padded_rows(case, len(got_ids))
+    if out_config.get("vocab_size") != n_rows:
         ok = False
-        lines.append(f"config.json vocab_size {out_config.get('vocab_size')} != {len(got_ids)}")
+        lines.append(f"config.json vocab_size {out_config.get('vocab_size')} != {n_rows}")
     worst = 0.0
     n_amb = 0
     for name, _ in FAMILY.tensor_specs():
@@ -624,6 +683,14 @@ def check_case(case: Case, vocabs: Dict[str, Vocab], models: Dict[str, Dict[str,
         ref, amb = reference_merge(case, ops)
         n_amb += amb
         scale = np.max(np.stack([np.abs(x.astype(np.float64)) for x in ops.values()]), axis=0)
+        n_tok = len(got_ids)
+        if name in VOCAB_TENSORS and scale.shape[0] > n_tok:
+            # a padding row is a mean of the token rows: its rounding error is that of
+            # their sum, so its scale is also the largest |value| of the inputs' aligned
+            # token rows in that column (the summands)
+            col = np.max(np.stack([np.abs(x[:n_tok].astype(np.float64)) for x in ops.values()]),
+                         axis=(0, 1))
+            scale[n_tok:] = np.maximum(scale[n_tok:], col)
         t = merged.get(name)
         if t is None or t.dtype != "F32" or t.shape != ref.shape:
             ok = False
@@ -649,9 +716,10 @@ def check_case(case: Case, vocabs: Dict[str, Vocab], models: Dict[str, Dict[str,
 # transformers: every folder loads and runs
 # --------------------------------------------------------------------------
 
-def transformers_check(folder: Path) -> str:
+def transformers_check(folder: Path, rows: Optional[int] = None) -> str:
     """Load with LlamaForCausalLM and AutoTokenizer, encode PROBE_TEXT, run a forward
-    pass; the logits must be finite and as wide as the tokenizer's vocabulary."""
+    pass; the logits must be finite and as wide as the tokenizer's vocabulary (or
+    ``rows``, the padded vocabulary tensors)."""
     import torch
     import transformers
 
@@ -662,9 +730,11 @@ def transformers_check(folder: Path) -> str:
     with torch.no_grad():
         logits = model(input_ids=ids).logits
     n = len(tok.get_vocab())
-    if logits.shape[-1] != n or model.config.vocab_size != n or not torch.isfinite(logits).all():
+    width = rows or n
+    if (logits.shape[-1] != width or model.config.vocab_size != width
+            or int(ids.max()) >= n or not torch.isfinite(logits).all()):
         raise SystemExit(f"{folder}: logits {tuple(logits.shape)}, tokenizer {n}, "
-                         f"config {model.config.vocab_size}")
+                         f"config {model.config.vocab_size}, rows {width}")
     return f"{n} tokens, {ids.shape[1]} ids, logits {tuple(logits.shape)}"
 
 
@@ -692,13 +762,16 @@ def write_golden_json(path: Path, case: Case, version: str, hashed: Set[str],
     The head is make_golden.py's (``base``/``models``: the recipe's; ``sparsifier``,
     ``density``, ``cuts``: per tensor, each model's resolved density and the rank, in
     order of decreasing |delta|, where trim separates kept from dropped entries, over
-    the output's shapes), then ``tokenizer`` (the recipe's value), ``vocab_size``,
+    the output's shapes), then ``tokenizer`` (the recipe's value), ``vocab_size`` (the
+    output tokens), ``padded_rows`` (cases with ``pad_to_multiple_of`` only: the rows of
+    the vocabulary tensors, rows ``vocab_size`` on standing for no token),
     ``hash_ordered`` (tokens whose id mergekit took from a HashMap's iteration order:
     compare by token string) and ``tokens``: every output token in mergekit's id order
     as ``[id, token, {input folder: its id there}]``.
     """
     ids = mergekit_ids(tok_json)
     n_out = len(ids)
+    n_rows = padded_rows(case, n_out)
     head = {
         "case": case.name,
         "description": case.description,
@@ -712,16 +785,20 @@ def write_golden_json(path: Path, case: Case, version: str, hashed: Set[str],
     if case.method == "ties":
         n_models = len(case.inputs) - 1
         for name, shape in FAMILY.tensor_specs():
-            shape = (n_out,) + shape[1:] if name in VOCAB_TENSORS else shape
+            shape = (n_rows,) + shape[1:] if name in VOCAB_TENSORS else shape
             n = int(np.prod(shape))
             c = mg.keep_count(case.density, n)
             density[name] = [case.density] * n_models
             cut_table[name] = [[c] if 0 < c < n else [] for _ in range(n_models)]
-    tail = {
-        "tokenizer": case.source if case.source in ("union", "base") else P(case.source),
+    source = case.source if case.source in ("union", "base") else P(case.source)
+    tail: Dict[str, object] = {
+        "tokenizer": ({"source": source, "pad_to_multiple_of": case.pad_to_multiple_of}
+                      if case.pad_to_multiple_of else source),
         "vocab_size": n_out,
-        "hash_ordered": sorted(hashed, key=lambda t: ids[t]),
     }
+    if case.pad_to_multiple_of:
+        tail["padded_rows"] = n_rows
+    tail["hash_ordered"] = sorted(hashed, key=lambda t: ids[t])
 
     def dumps(v: object) -> str:
         return json.dumps(v, ensure_ascii=False)
@@ -755,7 +832,8 @@ def write_golden_json(path: Path, case: Case, version: str, hashed: Set[str],
     path.write_text(text)
 
 
-def generate(out_root: Path, work: Path, verbose: bool = True) -> bool:
+def generate(out_root: Path, work: Path, verbose: bool = True,
+             only: Optional[Sequence[str]] = None) -> bool:
     version = mg.mergekit_version()
     vocab_list = [build_vocab(s) for s in VOCABS]
     model_list = make_models(vocab_list)
@@ -768,7 +846,12 @@ def generate(out_root: Path, work: Path, verbose: bool = True) -> bool:
         msg = transformers_check(out_root / FAMILY_NAME / label)
         report.append(f"{FAMILY_NAME}/{label:8s} {vocabs[label].size:3d} tokens; "
                       f"transformers: {msg}")
+    unknown = set(only or ()) - {c.name for c in CASES}
+    if unknown:
+        raise SystemExit(f"no such case: {', '.join(sorted(unknown))}")
     for case in CASES:
+        if only and case.name not in only:
+            continue
         cdir = out_root / case.name
         if cdir.exists():
             shutil.rmtree(cdir)
@@ -795,7 +878,8 @@ def generate(out_root: Path, work: Path, verbose: bool = True) -> bool:
         write_golden_json(cdir / "golden.json", case, version, hashed, vocabs, tok_json)
         ok, lines, worst, n_amb = check_case(case, vocabs, models, merged, tok_json,
                                              out_config)
-        msg = transformers_check(out)
+        n_rows = padded_rows(case, len(mergekit_ids(tok_json)))
+        msg = transformers_check(out, n_rows)
         if not ok:
             all_ok = False
             print(f"[{case.name}] MISMATCH between mergekit and the reference:")
@@ -803,7 +887,7 @@ def generate(out_root: Path, work: Path, verbose: bool = True) -> bool:
                 print("   ", line)
         size = (cdir / "expected.safetensors").stat().st_size
         report.append(f"{case.name:24s} {'agree' if ok else 'DIFFER'}  vocab "
-                      f"{len(mergekit_ids(tok_json)):3d}  worst {worst:.2e}  "
+                      f"{len(mergekit_ids(tok_json)):3d}  rows {n_rows:3d}  worst {worst:.2e}  "
                       f"trim ties {n_amb}  expected {size / 1024:.1f} KiB; "
                       f"transformers: {msg}")
     if verbose:
@@ -866,10 +950,23 @@ def same_up_to_ids(fresh: Path, committed: Path, rel: Path, pi: Dict[int, int]) 
                 return False
             xa, ya = x.raw.reshape(x.shape), y.raw.reshape(y.shape)
             if t in VOCAB_TENSORS:
+                n = len(pi)
                 moved = np.empty_like(xa)
                 for i, j in pi.items():
                     moved[j] = xa[i]
+                moved[n:] = xa[n:]  # padding rows stand for no token: not permuted
                 xa = moved
+                if x.shape[0] > n:
+                    # means summed in the (hash-dependent) order of the token rows: to
+                    # 1e-6 of max(|fresh|, |committed|, the largest |value| of the
+                    # committed token rows in that column)
+                    pa = x.f32()[n:].astype(np.float64)
+                    pb = y.f32()[n:].astype(np.float64)
+                    col = np.abs(y.f32()[:n].astype(np.float64)).max(axis=0)
+                    bound = np.maximum(np.maximum(np.abs(pa), np.abs(pb)), col)
+                    if (np.abs(pa - pb) > F32_RTOL * bound).any():
+                        return False
+                    xa, ya = xa[:n], ya[:n]
             if xa.tobytes() != ya.tobytes():
                 return False
         return True
@@ -909,12 +1006,14 @@ def main() -> int:
                     help="fixture folder (default: tests/fixtures/golden of this repo)")
     ap.add_argument("--check", action="store_true",
                     help="regenerate into a temporary folder and compare with the committed files")
+    ap.add_argument("--only", nargs="+", metavar="CASE",
+                    help="(re)make only these cases (the llama_vocab inputs are always written)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="reefknot-tokgolden-") as tmp:
         work = Path(tmp)
         if args.check:
             return 0 if check_committed(work) else 1
-        ok = generate(args.out, work)
+        ok = generate(args.out, work, only=args.only)
     if not ok:
         print("FAIL: mergekit and the independent reference disagree")
         return 1

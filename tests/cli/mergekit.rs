@@ -242,3 +242,53 @@ fn relative_paths_resolve_against_the_current_directory_as_in_mergekit() {
         tensors(&ws.path().join("again"))
     );
 }
+
+#[test]
+fn a_slice_whose_sources_take_other_layers_merges_each_model_s_own() {
+    let ws = Workspace::new(Dtype::F32, None);
+    ws.recipe(
+        "offset.yml",
+        "merge_method: task_arithmetic\nbase_model: models/base\nslices:\n  - sources:\n      \
+         - { model: models/base, layer_range: [0, 1] }\n      \
+         - { model: models/code, layer_range: [0, 1], parameters: { weight: 0.5 } }\n      \
+         - { model: models/math, layer_range: [1, 2], parameters: { weight: 0.5 } }\n\
+         dtype: float32\n",
+    );
+    let recipe = ok(&run_in(ws.path(), &["convert", "offset.yml"]));
+    assert!(
+        recipe.contains("  - layers: 0..1\n    layers_of: { \"models/math\": 1..2 }\n"),
+        "{recipe}"
+    );
+    ok(&run_in(
+        ws.path(),
+        &["merge", "offset.yml", "-o", "out", "--quiet"],
+    ));
+    let out = ws.path().join("out");
+    let name = |l: usize| format!("model.layers.{l}.mlp.up_proj.weight");
+    let (b, c, m) = (
+        at(&ws.model("base"), &name(0)),
+        at(&ws.model("code"), &name(0)),
+        at(&ws.model("math"), &name(1)),
+    );
+    let got = at(&out, &name(0));
+    for k in 0..got.len() {
+        let want = b[k] + 0.5 * (c[k] - b[k]) + 0.5 * (m[k] - b[k]);
+        assert!(
+            (got[k] - want).abs() < 1e-6,
+            "element {k}: {} vs {want}",
+            got[k]
+        );
+    }
+    assert!(
+        Checkpoint::open(&out).unwrap().get(&name(1)).is_none(),
+        "one layer"
+    );
+    // A model's layers beyond its depth are refused at the slice.
+    ws.recipe(
+        "beyond.yaml",
+        "base: models/base\nmodels:\n  - path: models/code\nmerge: mean\nslices:\n  - layers: 0..2\n    \
+         layers_of: { models/code: 1..3 }\n",
+    );
+    let err = fails(&run_in(ws.path(), &["check", "beyond.yaml"]), 2);
+    assert!(err.contains("takes layers 1..3, but the model 1"), "{err}");
+}

@@ -113,7 +113,10 @@ fn digest(json: &str) -> String {
                 let reads: String = std::iter::once(&p["base"])
                     .chain(p["models"].as_array().unwrap())
                     .filter_map(|r| {
-                        let e = extras(r);
+                        let mut e = extras(r);
+                        if r["tensor"] != t["name"] {
+                            e += &format!(" reads {}", r["tensor"].as_str().unwrap());
+                        }
                         (!e.is_empty()).then(|| format!(" [input {}{e}]", r["input"]))
                     })
                     .collect();

@@ -66,6 +66,17 @@ fn mean(rows: &[Vec<f32>]) -> Vec<f32> {
     m
 }
 
+/// `got` and `want` element for element within `tolerance`.
+fn assert_close(got: &[f32], want: &[f32], tolerance: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let worst = got
+        .iter()
+        .zip(want)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < tolerance, "{what}: off by {worst}");
+}
+
 fn workspace() -> Workspace {
     let ws = Workspace::new(Dtype::F32, None);
     for (name, tokens) in ["base", "code", "math"].iter().zip(vocabularies()) {
@@ -138,12 +149,7 @@ fn a_union_holds_every_token_each_row_filled_as_mergekit_fills_it() {
         ];
         for (r, want) in expect {
             let got = row(&out, name, r);
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max);
-            assert!(worst < 1e-7, "{name} row {r}: off by {worst}");
+            assert_close(&got, &want, 1e-7, &format!("{name} row {r}"));
         }
     }
     // `check` says what the vocabulary is; mergekit's form is the same merge.
@@ -165,12 +171,7 @@ fn a_union_holds_every_token_each_row_filled_as_mergekit_fills_it() {
     let mk = Checkpoint::open(&ws.path().join("mk")).unwrap();
     for name in TENSORS {
         let (a, b) = (values(&out, name), values(&mk, name));
-        let worst = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
-        assert!(worst < 1e-6, "{name}: {worst}");
+        assert_close(&a, &b, 1e-6, name);
     }
 }
 
@@ -208,12 +209,7 @@ fn a_model_s_vocabulary_reorders_the_others_and_errors_point_at_the_tokenizer() 
         (9, merged(fill, c(9), m(11))),
     ] {
         let got = row(&out, name, r);
-        let worst = got
-            .iter()
-            .zip(&want)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
-        assert!(worst < 1e-7, "row {r}: off by {worst}");
+        assert_close(&got, &want, 1e-7, &format!("row {r}"));
     }
     // The tokenizer files are code's.
     assert_eq!(
@@ -318,12 +314,7 @@ fn a_padded_vocabulary_fills_its_padding_with_the_mean_row() {
         let tokens: Vec<Vec<f32>> = (0..258).map(|r| row(&out, name, r)).collect();
         let want = mean(&tokens);
         for r in 258..272 {
-            let worst = row(&out, name, r)
-                .iter()
-                .zip(&want)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max);
-            assert!(worst < 1e-6, "{name} row {r}: off by {worst}");
+            assert_close(&row(&out, name, r), &want, 1e-6, &format!("{name} row {r}"));
         }
     }
     let shown = ok(&run_in(ws.path(), &["check", "padded.yaml"]));

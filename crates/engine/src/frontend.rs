@@ -244,13 +244,18 @@ pub(crate) fn plan_and_warn(
             How::Merge { slice } => slice,
         };
         let base_ref = operand(0, &info.name, permuted);
+        // Each model's name for the tensor: the base's, or, in a slice whose `layers_of`
+        // places the model elsewhere, the same tensor of its own layer.
+        let model_names: Vec<String> = (0..models.len())
+            .map(|i| model_tensor(recipe, slice, i, &info.name))
+            .collect();
         if !info.dtype.is_computable() {
             // Copied from the base, but the models must have it too (a readied plan
             // checks only what its producers read).
             for (i, m) in models.iter().enumerate() {
-                let Some(mt) = m.get(&info.name) else {
+                let Some(mt) = m.get(&model_names[i]) else {
                     return Err(ErrorKind::MissingTensor {
-                        tensor: info.name.clone(),
+                        tensor: model_names[i].clone(),
                         model: label(i),
                     }
                     .into());
@@ -277,7 +282,7 @@ pub(crate) fn plan_and_warn(
         let lookup = |name: &str, i: usize| {
             read.borrow_mut().insert((name.to_string(), over));
             recipe
-                .param_in(name, Some(i), over, slice, &item.name, &info.name)
+                .param_in(name, Some(i), over, slice, &item.name, &model_names[i])
                 .cloned()
         };
         let resolver = Resolver {
@@ -327,7 +332,7 @@ pub(crate) fn plan_and_warn(
         // is its exact bits (θ_b + (θ_1 − θ_b) need not be θ_1 in float32).
         let producer = if copies_model {
             plan::Producer::Copy {
-                from: operand(1, &info.name, permuted),
+                from: operand(1, &model_names[0], permuted),
                 scale: 1.0,
             }
         } else {
@@ -335,11 +340,11 @@ pub(crate) fn plan_and_warn(
                 expression: rule_index,
                 base: base_ref,
                 models: (0..models.len())
-                    .map(|i| operand(i + 1, &info.name, permuted))
+                    .map(|i| operand(i + 1, &model_names[i], permuted))
                     .collect(),
                 fisher,
                 weights: (0..recipe.models.len())
-                    .map(|i| recipe.weight(i, &info.name).at(t) as f32)
+                    .map(|i| recipe.weight(i, &model_names[i]).at(t) as f32)
                     .collect(),
                 stages,
             })
@@ -432,6 +437,25 @@ pub(crate) fn plan_and_warn(
     }
     let warnings = no_effect(recipe, out_layers, &selected, &chosen, &read.into_inner());
     Ok((merge_plan, opened, warnings))
+}
+
+/// Model `i`'s name for the base tensor `name` merged in slice `slice`: `name`, or its
+/// layer moved by the slice's `layers_of` offset for the model.
+fn model_tensor(recipe: &Recipe, slice: Option<usize>, i: usize, name: &str) -> String {
+    use reefknot_recipe::SliceSource;
+    let Some(s) = slice.map(|s| &recipe.slices[s]) else {
+        return name.to_string();
+    };
+    let (SliceSource::Merge { starts, .. }, Some(layer)) =
+        (&s.source, reefknot_recipe::layer_index(name))
+    else {
+        return name.to_string();
+    };
+    match starts.get(&i) {
+        Some(&start) => reefknot_recipe::with_layer(name, layer - s.start + start)
+            .expect("a tensor of a layer has a layer number"),
+        None => name.to_string(),
+    }
 }
 
 /// The output vocabulary `t` asks for, over the base (input 0) and the models
@@ -652,6 +676,24 @@ fn output_items<'c>(
             };
             let label = format!("beyond its {have} layers");
             return Err(ErrorKind::InRecipe(InRecipe::new(kind, recipe, slice.loc, label)).into());
+        }
+        if let SliceSource::Merge { starts, .. } = &slice.source {
+            for (&i, &start) in starts {
+                let have = layer_count(&opened[i + 1]);
+                if start + slice.len() > have {
+                    let kind = ErrorKind::SliceBeyond {
+                        slice: s + 1,
+                        input: who(i + 1),
+                        start,
+                        end: start + slice.len(),
+                        layers: have,
+                    };
+                    let label = format!("beyond its {have} layers");
+                    return Err(
+                        ErrorKind::InRecipe(InRecipe::new(kind, recipe, slice.loc, label)).into(),
+                    );
+                }
+            }
         }
         let mut by_layer: Vec<Vec<&reefknot_io::TensorInfo>> = vec![Vec::new(); slice.len()];
         for info in c.tensors() {

@@ -44,6 +44,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -231,6 +232,9 @@ pub enum SliceSource {
     Merge {
         /// Values for `$variables` in this slice.
         params: Params,
+        /// Models whose layers start elsewhere than the base's (`layers_of:`), by index
+        /// in `models:`, with their first layer; the run has the slice's length.
+        starts: BTreeMap<usize, usize>,
     },
 }
 
@@ -402,7 +406,7 @@ impl Recipe {
         globs.extend(condition_globs(&parts.params));
         for s in &parts.slices {
             match &s.source {
-                SliceSource::Merge { params } => globs.extend(condition_globs(params)),
+                SliceSource::Merge { params, .. } => globs.extend(condition_globs(params)),
                 SliceSource::Copy {
                     scale: Weight::Conditions(c),
                     ..
@@ -510,7 +514,7 @@ impl Recipe {
         let from_slice = slice
             .and_then(|s| self.slices.get(s))
             .and_then(|s| match &s.source {
-                SliceSource::Merge { params } => params.get(name),
+                SliceSource::Merge { params, .. } => params.get(name),
                 SliceSource::Copy { .. } => None,
             });
         from_model

@@ -8,8 +8,8 @@
 //!
 //! What mergekit accepts silently but does nothing with (an unknown key, a misspelt
 //! parameter, a global parameter under a model, a weight the method ignores) becomes a
-//! warning with a caret into the configuration; what reefknot cannot do yet (`slices:`
-//! whose sources take other layers, `modules:`, a tokenizer other than the base's) is an
+//! warning with a caret into the configuration; what reefknot cannot do yet
+//! (`passthrough` slices of several sources, `modules:`, a tokenizer's `tokens`) is an
 //! [`ErrorKind::Unsupported`] error. The rules, key by key, are in `docs/mergekit.md`.
 //!
 //! How the values map (mergekit's `ConfigReader.parameter` order): for a model, its own
@@ -685,6 +685,9 @@ struct Stacked {
     start: usize,
     end: usize,
     params: Vec<(String, Val)>,
+    /// Each source's model and first layer (sources may take other layers than the
+    /// first's, as many as it does).
+    starts: Vec<(String, usize)>,
 }
 
 /// One slice of a `passthrough` stack: its source's layers `start..end`.
@@ -1380,13 +1383,22 @@ impl<'a> Translator<'a> {
         };
         for slice in &raw {
             let (_, a, b, rloc) = &slice.sources[0];
-            if let Some((_, x, y, loc)) = slice.sources.iter().find(|(_, x, y, _)| (x, y) != (a, b))
-            {
-                self.unsupported(
+            if let Some((_, x, y, loc)) = slice.sources.iter().find(|(_, x, y, _)| y - x != b - a) {
+                self.reject(
+                    ErrorKind::InvalidValue,
                     *loc,
-                    format!("the sources of a slice take different layers ([{a}, {b}] and [{x}, {y}]): not supported yet"),
-                    "other layers",
-                    "give every source of the slice the same `layer_range`",
+                    format!("the sources of a slice take different numbers of layers ([{a}, {b}] and [{x}, {y}])"),
+                    "another number of layers",
+                );
+                return None;
+            }
+            if let Some((_, x, y, loc)) = slice.sources.iter().find(|(_, x, y, _)| *x < 0 || y < x)
+            {
+                self.reject(
+                    ErrorKind::InvalidValue,
+                    *loc,
+                    format!("`layer_range: [{x}, {y}]` is not a range of layers"),
+                    "not a range",
                 );
                 return None;
             }
@@ -1445,7 +1457,17 @@ impl<'a> Translator<'a> {
                 );
                 return None;
             };
-            stacked.push(Stacked { start, end, params });
+            let starts = slice
+                .sources
+                .iter()
+                .map(|(e, x, ..)| (e.model.clone(), usize::try_from(*x).unwrap_or(0)))
+                .collect();
+            stacked.push(Stacked {
+                start,
+                end,
+                params,
+                starts,
+            });
         }
         let first = raw.into_iter().next().expect("a slice");
         Some(Sliced::Merged(
@@ -2465,7 +2487,39 @@ impl<'a> Translator<'a> {
         if !self.stacked.is_empty() {
             out.push_str("slices:\n");
             for s in &self.stacked {
-                let _ = writeln!(out, "  - layers: {}..{}", s.start, s.end);
+                // The base's layers are the slice's; a model that takes others is placed
+                // by `layers_of`.
+                let len = s.end - s.start;
+                let start_of = |m: &str| s.starts.iter().find(|(x, _)| x == m).map(|(_, a)| *a);
+                let differ = s.starts.iter().any(|(_, a)| *a != s.start);
+                let base_start = match start_of(&reef_base) {
+                    Some(a) => a,
+                    None if !differ => s.start,
+                    None => {
+                        let loc = base.as_ref().map_or(entries[0].loc, |(_, l)| *l);
+                        self.reject(
+                            ErrorKind::InvalidValue,
+                            loc,
+                            "the sources of a slice take different layers, and the base model is not one of them: which of its layers would the slice merge?".into(),
+                            "not among the slice's sources",
+                        );
+                        return None;
+                    }
+                };
+                let _ = writeln!(out, "  - layers: {base_start}..{}", base_start + len);
+                let moved: Vec<String> = models
+                    .iter()
+                    .filter_map(|e| {
+                        let a = start_of(&e.model)?;
+                        (a != base_start).then(|| {
+                            let path = quote(&self.local(split_ref(&e.model).0));
+                            format!("{path}: {a}..{}", a + len)
+                        })
+                    })
+                    .collect();
+                if !moved.is_empty() {
+                    let _ = writeln!(out, "    layers_of: {{ {} }}", moved.join(", "));
+                }
                 if !s.params.is_empty() {
                     out.push_str("    params:\n");
                     for (name, v) in &s.params {

@@ -153,7 +153,7 @@ const OVERRIDE: Schema = Schema {
 
 const SLICE: Schema = Schema {
     what: "a slice",
-    keys: &["layers", "from", "scale", "params"],
+    keys: &["layers", "from", "scale", "params", "layers_of"],
     hints: &[
         (
             "layer_range",
@@ -168,8 +168,9 @@ const SLICE: Schema = Schema {
         (
             "sources",
             None,
-            "a reefknot slice merges the same layers of every input (no `from`) or copies one \
-             input's (`from:`); `reefknot convert` translates mergekit's `sources`",
+            "a reefknot slice merges the base's `layers` with the same layers of every model \
+             (`layers_of` places the models that take others) or copies one input's (`from:`); \
+             `reefknot convert` translates mergekit's `sources`",
         ),
         (
             "parameters",
@@ -1201,9 +1202,32 @@ impl<'a> Checker<'a> {
                     );
                     None
                 }
-                None => params.map(|params| SliceSource::Merge { params }),
+                None => match (params, f.get("layers_of")) {
+                    (Some(params), None) => Some(SliceSource::Merge {
+                        params,
+                        starts: BTreeMap::new(),
+                    }),
+                    (Some(params), Some(n)) => {
+                        let len = range.map(|((a, b), _)| b - a);
+                        self.layers_of(n, base, base_lora, models, len)
+                            .map(|starts| SliceSource::Merge { params, starts })
+                    }
+                    (None, _) => None,
+                },
             },
         };
+        if let (Some(n), Some(SliceSource::Copy { loc, .. })) = (f.get("layers_of"), &source) {
+            self.push(
+                RecipeError::new(
+                    ErrorKind::InvalidValue,
+                    "`layers_of` places a merged slice's models, but this slice copies one input (`from`)",
+                )
+                .label(n.loc, "never read")
+                .label(*loc, "copied from here")
+                .help("give `from` the layers to copy in `layers`, or drop `from` to merge"),
+            );
+            return None;
+        }
         let ((start, end), loc) = range?;
         Some(Slice {
             start,
@@ -1211,6 +1235,71 @@ impl<'a> Checker<'a> {
             source: source?,
             loc,
         })
+    }
+
+    /// A merged slice's `layers_of`: a mapping from a model's path (as `from` names it)
+    /// to the range of its layers the slice merges, as long as the slice (`len`, when
+    /// its `layers` are valid).
+    fn layers_of(
+        &mut self,
+        node: &Node,
+        base: Option<&Path>,
+        base_lora: Option<&Adapter>,
+        models: Option<&[ModelEntry]>,
+        len: Option<usize>,
+    ) -> Option<BTreeMap<usize, usize>> {
+        let Kind::Map(entries) = &node.kind else {
+            let e = self
+                .wrong_type(
+                    node,
+                    "a mapping from a model's path to its layers",
+                    "`layers_of`",
+                )
+                .help("write e.g. `layers_of: { models/math: 8..16 }`");
+            self.push(e);
+            return None;
+        };
+        let mut starts = BTreeMap::new();
+        let mut ok = true;
+        for (k, v) in entries {
+            let input = self.slice_input(k, base, base_lora, models);
+            let range = self.layers(v, true);
+            match (input, range) {
+                (Some(SliceInput::Model(i)), Some((a, b))) => {
+                    if len.is_some_and(|len| b - a != len) {
+                        self.push(
+                            RecipeError::new(
+                                ErrorKind::InvalidLayers,
+                                format!(
+                                    "`{a}..{b}` is {} layers, but the slice's `layers` are {}",
+                                    b - a,
+                                    len.unwrap_or(0)
+                                ),
+                            )
+                            .label(v.loc, "another length")
+                            .help(
+                                "every input of a merged slice gives it the same number of layers",
+                            ),
+                        );
+                        ok = false;
+                    }
+                    starts.insert(i, a);
+                }
+                (Some(SliceInput::Base), _) => {
+                    self.push(
+                        RecipeError::new(
+                            ErrorKind::InvalidValue,
+                            "the base's layers of a slice are its `layers`",
+                        )
+                        .label(k.loc, "the base")
+                        .help("`layers_of` places the models whose layers differ from the base's"),
+                    );
+                    ok = false;
+                }
+                _ => ok = false,
+            }
+        }
+        ok.then_some(starts)
     }
 
     /// A slice's `from`: `base`, the base's path or a model's path, as written or as

@@ -131,8 +131,11 @@ fn dump(r: &Recipe) -> String {
                 reefknot_recipe::SliceSource::Copy { input, scale, .. } => {
                     writeln!(s, "  copied from {input:?}, scale {scale:?}").unwrap();
                 }
-                reefknot_recipe::SliceSource::Merge { params: p } => {
+                reefknot_recipe::SliceSource::Merge { params: p, starts } => {
                     writeln!(s, "  merged").unwrap();
+                    for (model, start) in starts {
+                        writeln!(s, "    model {model} from layer {start}").unwrap();
+                    }
                     params(&mut s, "    ", p, r);
                 }
             }

@@ -179,8 +179,19 @@ fn every_top_level_key_is_honoured_or_named() {
         )),
         Fate::Honoured
     );
+    // Sources may take other layers, as many each.
+    assert_eq!(
+        fate(&sliced(
+            "  - sources: [{ model: m, layer_range: [0, 2] }, { model: b, layer_range: [1, 3] }]\n"
+        )),
+        Fate::Honoured
+    );
+    assert!(parse(
+        &format!("{}slices:\n  - sources: [{{ model: m, layer_range: [0, 2] }}, {{ model: b, layer_range: [1, 4] }}]\n", "merge_method: ties\nbase_model: b\nparameters: { weight: 1.0, density: 0.5 }\n"),
+        "counts.yml"
+    )
+    .is_err());
     let unsupported = [
-        "  - sources: [{ model: m, layer_range: [0, 2] }, { model: b, layer_range: [1, 3] }]\n",
         "  - sources: [{ model: m, layer_range: [0, 2] }]\n  - sources: [{ model: n, layer_range: [2, 4] }]\n",
         "  - sources: [{ model: m, layer_range: [0, 2] }]\n  - sources: [{ model: m, layer_range: [2, 4] }]\n    parameters: { weight: 0.5 }\n",
     ];
