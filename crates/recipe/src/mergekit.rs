@@ -1027,9 +1027,12 @@ impl<'a> Translator<'a> {
             if matches!(v.kind, Kind::Null) {
                 continue;
             }
-            if let Some(val) = self.value(v, &format!("`{key}`"), false) {
-                out.push((key, kloc, Given { val, loc: v.loc }));
-            }
+            // A value that is refused (already reported) stands in as 1, so that it is
+            // not reported again as missing.
+            let val = self
+                .value(v, &format!("`{key}`"), false)
+                .unwrap_or(Val::Num(1.0));
+            out.push((key, kloc, Given { val, loc: v.loc }));
         }
         out
     }
