@@ -283,7 +283,7 @@ fn a_chat_template_is_written_once_auto_takes_the_most_common() {
     );
     ok(&merge("chatml"));
     assert!(written().contains("<|im_start|>"));
-    let err = fails(&merge("mistral"), 2);
+    let err = fails(&merge("exaone"), 2);
     assert!(
         err.contains("give the template itself") && err.contains("this template"),
         "{err}"

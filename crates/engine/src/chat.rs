@@ -8,7 +8,7 @@ use reefknot_io::Checkpoint;
 use serde_json::Value;
 
 /// The built-in formats: reefknot's own templates of them.
-const BUILT_IN: [(&str, &str); 2] = [
+const BUILT_IN: [(&str, &str); 4] = [
     (
         "chatml",
         concat!(
@@ -33,10 +33,49 @@ const BUILT_IN: [(&str, &str); 2] = [
             "{%- endif -%}\n",
         ),
     ),
+    (
+        // Stanford Alpaca's prompt: an optional system text, then `### Instruction:` and
+        // `### Response:` blocks separated by blank lines.
+        "alpaca",
+        concat!(
+            "{%- for message in messages -%}\n",
+            "{%- if message['role'] == 'system' -%}\n",
+            "{{- message['content'] | trim + '\n\n' -}}\n",
+            "{%- elif message['role'] == 'user' -%}\n",
+            "{{- '### Instruction:\n' + message['content'] | trim + '\n\n' -}}\n",
+            "{%- elif message['role'] == 'assistant' -%}\n",
+            "{{- '### Response:\n' + message['content'] | trim + eos_token + '\n\n' -}}\n",
+            "{%- endif -%}\n",
+            "{%- endfor -%}\n",
+            "{%- if add_generation_prompt -%}\n",
+            "{{- '### Response:\n' -}}\n",
+            "{%- endif -%}\n",
+        ),
+    ),
+    (
+        // Mistral's instruction format: `[INST] … [/INST]` around each user turn, the
+        // system text before the first.
+        "mistral",
+        concat!(
+            "{{- bos_token -}}\n",
+            "{%- set system = messages[0]['content'] if messages and messages[0]['role'] == 'system' else none -%}\n",
+            "{%- for message in messages if message['role'] != 'system' -%}\n",
+            "{%- if message['role'] == 'user' -%}\n",
+            "{%- if loop.first and system -%}\n",
+            "{{- '[INST] ' + system + '\n\n' + message['content'] + ' [/INST]' -}}\n",
+            "{%- else -%}\n",
+            "{{- '[INST] ' + message['content'] + ' [/INST]' -}}\n",
+            "{%- endif -%}\n",
+            "{%- else -%}\n",
+            "{{- ' ' + message['content'] + eos_token -}}\n",
+            "{%- endif -%}\n",
+            "{%- endfor -%}\n",
+        ),
+    ),
 ];
 
 /// mergekit's other built-in names, which reefknot does not carry.
-const NOT_BUILT_IN: [&str; 3] = ["alpaca", "mistral", "exaone"];
+const NOT_BUILT_IN: [&str; 1] = ["exaone"];
 
 /// The template `value` names, over the inputs `inputs` (for `auto`): `Ok(None)` when
 /// `auto` finds no input with a template. The error is a sentence.
@@ -62,7 +101,7 @@ pub(crate) fn resolve(value: &str, inputs: &[&Checkpoint]) -> Result<Option<Stri
     if let Some((_, t)) = BUILT_IN.iter().find(|(name, _)| *name == value) {
         return Ok(Some((*t).to_string()));
     }
-    let names = "`auto`, `chatml` or `llama3`";
+    let names = "`auto`, `alpaca`, `chatml`, `llama3` or `mistral`";
     if NOT_BUILT_IN.contains(&value) {
         return Err(format!(
             "`{value}` is not one of reefknot's built-in templates ({names}); give the \
@@ -115,7 +154,13 @@ mod tests {
             .contains("<|eot_id|>"));
         let literal = "{% for m in messages %}{{ m['content'] }}{% endfor %}";
         assert_eq!(resolve(literal, &[]).unwrap().as_deref(), Some(literal));
-        assert!(resolve("mistral", &[])
+        for (name, marker) in [("mistral", "[INST]"), ("alpaca", "### Response:")] {
+            assert!(
+                resolve(name, &[]).unwrap().unwrap().contains(marker),
+                "{name}"
+            );
+        }
+        assert!(resolve("exaone", &[])
             .unwrap_err()
             .contains("give the template itself"));
         assert!(resolve("chatlm", &[]).unwrap_err().contains("neither"));

@@ -104,8 +104,8 @@ pub enum ErrorKind {
     /// `chat_template:` names no template.
     #[error("`chat_template`: {message}")]
     #[diagnostic(help(
-        "`auto` takes the most common template among the inputs; `chatml` and `llama3` are \
-         built in; anything else is the Jinja template itself"
+        "`auto` takes the most common template among the inputs; `alpaca`, `chatml`, `llama3` \
+         and `mistral` are built in; anything else is the Jinja template itself"
     ))]
     ChatTemplate {
         /// Why.
