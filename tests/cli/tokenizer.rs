@@ -333,3 +333,18 @@ fn a_padded_vocabulary_fills_its_padding_with_the_mean_row() {
         "{err}"
     );
 }
+
+#[test]
+fn a_tokenizer_with_fisher_files_is_refused_at_the_tokenizer() {
+    let ws = workspace();
+    ws.recipe(
+        "fisher.yaml",
+        "base: models/base\nmodels:\n  - path: models/code\n    fisher: fisher/code.safetensors\n\
+         merge: fisher\ntokenizer: union\n",
+    );
+    let err = fails(&run_in(ws.path(), &["check", "fisher.yaml"]), 1);
+    assert!(
+        err.contains("has a Fisher file") && err.contains("this tokenizer"),
+        "{err}"
+    );
+}

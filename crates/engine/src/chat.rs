@@ -81,10 +81,11 @@ const NOT_BUILT_IN: [&str; 1] = ["exaone"];
 /// `auto` finds no input with a template. The error is a sentence.
 pub(crate) fn resolve(value: &str, inputs: &[&Checkpoint]) -> Result<Option<String>, String> {
     if value == "auto" {
-        // The most common among the inputs; on a tie, the first met (mergekit's rule).
+        // The most common among the inputs (mergekit's rule); on a tie, the first met
+        // (mergekit's choice then depends on a set's order).
         let mut found: Vec<(String, usize)> = Vec::new();
         for c in inputs {
-            let Some(t) = template_of(crate::vocab::folder_of(c)) else {
+            let Some(t) = crate::vocab::folder_of(c).ok().and_then(template_of) else {
                 continue;
             };
             match found.iter_mut().find(|(text, _)| *text == t) {
@@ -121,7 +122,7 @@ pub(crate) fn resolve(value: &str, inputs: &[&Checkpoint]) -> Result<Option<Stri
 /// `chat_template` (a string, or the `default` of a list of named templates), trimmed.
 fn template_of(folder: &Path) -> Option<String> {
     if let Ok(t) = std::fs::read_to_string(folder.join("chat_template.jinja")) {
-        return Some(t.trim().to_string());
+        return Some(t.trim().to_string()).filter(|t| !t.is_empty());
     }
     let text = std::fs::read_to_string(folder.join("tokenizer_config.json")).ok()?;
     let config: Value = serde_json::from_str(&text).ok()?;

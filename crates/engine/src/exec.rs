@@ -879,6 +879,7 @@ impl<'a> Read<'a> {
     /// computes it.
     fn permuted_values(&self, p: &Permuted<'_>, start: usize, out: &mut [f32]) {
         let cols = p.cols;
+        let mut part = Vec::new();
         let mut done = 0;
         while done < out.len() {
             let (row, c0) = ((start + done) / cols, (start + done) % cols);
@@ -894,9 +895,9 @@ impl<'a> Read<'a> {
                     .fill
                     .binary_search_by_key(&row, |(r, _)| *r)
                     .map_or(&[][..], |i| p.fill[i].1.as_slice());
-                let mut part = vec![0f32; n];
+                part.resize(n, 0.0);
                 for &(c, info, r) in sources {
-                    read_f32(c, info, r * cols + c0, &mut part);
+                    read_f32(c, info, r * cols + c0, &mut part[..n]);
                     seg.iter_mut().zip(&part).for_each(|(s, &x)| *s += x);
                 }
                 if sources.len() > 1 {

@@ -325,7 +325,8 @@ pub(crate) fn plan_and_warn(
         let fisher = needs_fisher.then(|| {
             fisher_input
                 .iter()
-                .map(|f| plan::TensorRef::new(f.expect("checked above"), info.name.clone()))
+                .zip(&model_names)
+                .map(|(f, name)| plan::TensorRef::new(f.expect("checked above"), name.clone()))
                 .collect()
         });
         // A pipeline that gives the fine-tune's tensor unchanged copies it, so that it
@@ -484,11 +485,12 @@ fn vocabulary(
     }
     let n = recipe.models.len();
     let mut vocabs = BTreeMap::new();
-    let base = vocab::InputVocab::read(vocab::folder_of(&opened[0]))
+    let base = vocab::folder_of(&opened[0])
+        .and_then(vocab::InputVocab::read)
         .map_err(|e| fail(format!("the base model's vocabulary: {e}")))?;
     vocabs.insert(0, base);
     for (i, (c, m)) in opened[1..=n].iter().zip(&recipe.models).enumerate() {
-        let v = match vocab::InputVocab::read(vocab::folder_of(c)) {
+        let v = match vocab::folder_of(c).and_then(vocab::InputVocab::read) {
             Ok(v) => v,
             Err(e) => {
                 // mergekit's rule: a model whose tokenizer does not load shares the
@@ -532,6 +534,20 @@ fn vocabulary(
                  not permute yet"
             )));
         }
+    }
+    if let vocab::Source::Input(i) = source {
+        if opened[i].folder().is_none() {
+            return Err(fail(format!(
+                "the tokenizer's input {} is a single .safetensors file, without tokenizer files",
+                opened[i].path().display()
+            )));
+        }
+    }
+    if let Some(m) = recipe.models.iter().position(|m| m.fisher.is_some()) {
+        return Err(fail(format!(
+            "{} has a Fisher file, whose vocabulary rows reefknot does not permute yet",
+            model_label(m, &recipe.models[m].path)
+        )));
     }
     let order: Vec<usize> = (1..=n).chain([0]).collect();
     let rows = vocabs[&0].rows;

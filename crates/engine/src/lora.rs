@@ -140,6 +140,24 @@ pub(crate) fn updates(
         } else {
             alpha / rank as f64
         };
+        // Which way round: an embedding's update is transposed; a linear layer's is
+        // when its factors fit the weight only that way (PEFT decides `fan_in_fan_out`
+        // per layer type: Conv1D layers are stored transposed), the config's flag
+        // deciding a square weight.
+        let w = &model.get(&weight).expect("checked above").shape;
+        let b_rows = adapter
+            .get(b)
+            .expect("named by the adapter's own tensors")
+            .shape
+            .first()
+            .copied();
+        let transposed = match (f.embedding == Some(true), &w[..]) {
+            (true, _) => true,
+            (false, [rows, cols]) if rows != cols => {
+                a_info.shape[1] == *rows && b_rows == Some(*cols)
+            }
+            _ => config.fan_in_fan_out,
+        };
         out.insert(
             weight,
             plan::LoraUpdate {
@@ -147,7 +165,7 @@ pub(crate) fn updates(
                 a: a.to_string(),
                 b: b.to_string(),
                 scale: scale as f32,
-                transposed: f.embedding == Some(true) || config.fan_in_fan_out,
+                transposed,
             },
         );
     }

@@ -587,14 +587,18 @@ impl Binder<'_> {
         };
         let (a, b) = (factor(&u.a)?, factor(&u.b)?);
         let (ai, bi) = (self.info(a), self.info(b));
-        let [rows, cols] = info.shape[..] else {
-            return Err(plan_err(
-                out,
-                format!(
-                    "an adapter updates `{}`, of shape {:?}: only matrices take LoRA updates",
-                    info.name, info.shape
-                ),
-            ));
+        let (rows, cols) = match info.shape[..] {
+            [rows, cols] if rows > 0 && cols > 0 => (rows, cols),
+            _ => {
+                return Err(plan_err(
+                    out,
+                    format!(
+                        "an adapter updates `{}`, of shape {:?}: only non-empty matrices take \
+                         LoRA updates",
+                        info.name, info.shape
+                    ),
+                ))
+            }
         };
         let (a_rows, b_rows) = if u.transposed {
             (rows, cols)
@@ -662,7 +666,10 @@ impl Binder<'_> {
         if !info.dtype.is_computable() {
             return bad(format!("`{}` is not a float", info.name));
         }
-        if v.rows[&r.input].iter().any(|&[_, row, n]| row + n > rows) {
+        if v.rows[&r.input]
+            .iter()
+            .any(|&[_, row, n]| row.checked_add(n).is_none_or(|e| e > rows))
+        {
             return bad(format!("the vocabulary reads beyond its {rows} rows"));
         }
         for sources in v.fill.values() {

@@ -15,7 +15,7 @@
 //! it; else the base's row, where the base has it; else the mean of the rows of the
 //! inputs that have it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use reefknot_io::Checkpoint;
@@ -29,6 +29,10 @@ pub(crate) struct InputVocab {
     pub(crate) rows: usize,
     /// Every token with an id below `rows`, by text.
     ids: HashMap<String, usize>,
+    /// The token of each id below `rows` (`None` where there is none: padding rows).
+    by_id: Vec<Option<String>>,
+    /// How many tokens of the tokenizer have an id at or beyond `rows`.
+    beyond: usize,
     /// Its regular tokens (the tokenizer model's vocabulary), in id order.
     regular: Vec<(usize, String)>,
     /// Its added tokens, in id order.
@@ -95,32 +99,58 @@ impl InputVocab {
                 single_word: flag("single_word"),
             });
         }
-        let count = all.len() + added.len();
-        let rows = match json("config.json")
-            .ok()
-            .and_then(|c| c.get("vocab_size")?.as_u64())
-        {
-            Some(n) => n as usize,
-            None => count,
+        // The rows: `vocab_size` (a multimodal model's `text_config`'s), else one past
+        // the highest id.
+        let config = match json("config.json") {
+            Ok(c) => Some(c),
+            Err(e) if folder.join("config.json").exists() => return Err(e),
+            Err(_) => None,
         };
-        let mut ids = HashMap::with_capacity(count);
+        let declared = config.as_ref().and_then(|c| {
+            c.get("vocab_size")
+                .or_else(|| c.pointer("/text_config/vocab_size"))?
+                .as_u64()
+        });
+        let highest = all
+            .iter()
+            .map(|(id, _)| *id)
+            .chain(added.iter().map(|t| t.id))
+            .max();
+        let rows = declared.map_or(highest.map_or(0, |h| h + 1), |n| n as usize);
         all.sort();
         added.sort_by_key(|t| t.id);
+        let beyond = all.iter().filter(|(id, _)| *id >= rows).count()
+            + added.iter().filter(|t| t.id >= rows).count();
         all.retain(|(id, _)| *id < rows);
         added.retain(|t| t.id < rows);
+        // An added token wins an id it shares with a regular one, as the tokenizer
+        // itself resolves it.
+        let mut ids = HashMap::with_capacity(all.len() + added.len());
+        let mut by_id: Vec<Option<String>> = vec![None; rows];
         for (id, token) in &all {
-            ids.insert(token.clone(), *id);
+            by_id[*id] = Some(token.clone());
         }
         for t in &added {
-            ids.insert(t.content.clone(), t.id);
+            by_id[t.id] = Some(t.content.clone());
         }
+        for (id, token) in by_id.iter().enumerate() {
+            if let Some(t) = token {
+                ids.entry(t.clone()).or_insert(id);
+            }
+        }
+        let added_contents: HashSet<&str> = added.iter().map(|a| a.content.as_str()).collect();
         let regular = all
-            .into_iter()
-            .filter(|(_, token)| !added.iter().any(|a| &a.content == token))
+            .iter()
+            .filter(|(id, token)| {
+                !added_contents.contains(token.as_str()) && by_id[*id].as_ref() == Some(token)
+            })
+            .cloned()
             .collect();
         Ok(InputVocab {
             rows,
             ids,
+            by_id,
+            beyond,
             regular,
             added,
         })
@@ -129,15 +159,6 @@ impl InputVocab {
     /// The id of `token`, if this vocabulary has it.
     fn id(&self, token: &str) -> Option<usize> {
         self.ids.get(token).copied()
-    }
-
-    /// Every token, by id (`None` where no token has the id).
-    fn by_id(&self) -> Vec<Option<&str>> {
-        let mut v = vec![None; self.rows];
-        for (token, &id) in &self.ids {
-            v[id] = Some(token.as_str());
-        }
-        v
     }
 }
 
@@ -177,6 +198,13 @@ pub(crate) fn build(
             (tokens, files)
         }
         Source::Union => {
+            if base.beyond > 0 {
+                return Err(format!(
+                    "the base's tokenizer.json has {} token(s) at or beyond its vocab_size {}; a \
+                     union would give new tokens their ids (reefknot does not strip them yet)",
+                    base.beyond, base.rows
+                ));
+            }
             let mut tokens = contiguous(base, 0)?;
             let mut have: HashMap<String, usize> = tokens
                 .iter()
@@ -215,12 +243,14 @@ pub(crate) fn build(
                         },
                     });
                 };
+            let added_contents: HashSet<&str> =
+                added_info.iter().map(|a| a.content.as_str()).collect();
             for (&i, v) in vocabs {
                 if i == 0 {
                     continue;
                 }
                 for (_, token) in &v.regular {
-                    if !added_info.iter().any(|a| &a.content == token) {
+                    if !added_contents.contains(token.as_str()) {
                         push(token, None, &mut tokens);
                     }
                 }
@@ -271,7 +301,7 @@ pub(crate) fn build(
                 .collect(),
         );
     }
-    let size = match pad_to_multiple_of {
+    let size = match pad_to_multiple_of.filter(|&m| m > 0) {
         Some(m) => tokens.len().div_ceil(m) * m,
         None => tokens.len(),
     };
@@ -286,18 +316,24 @@ pub(crate) fn build(
     })
 }
 
-/// The tokens of `v` by id, which must run from 0 without a gap.
+/// The tokens of `v` by id, which must run from 0 without a gap; rows after the last
+/// token (a `vocab_size` padded beyond the tokenizer, as Qwen's and Phi-3's are) are
+/// left out, as mergekit leaves them out of the output.
 fn contiguous(v: &InputVocab, input: usize) -> Result<Vec<String>, String> {
-    v.by_id()
-        .into_iter()
+    let count = v
+        .by_id
+        .iter()
+        .rposition(Option::is_some)
+        .map_or(0, |i| i + 1);
+    v.by_id[..count]
+        .iter()
         .enumerate()
         .map(|(id, t)| {
-            t.map(str::to_string).ok_or_else(|| {
+            t.clone().ok_or_else(|| {
                 format!(
-                    "the vocabulary of input {input} has no token with id {id} below its \
-                     vocab_size {} (padding rows?); reefknot builds vocabularies from \
-                     tokenizers whose ids run from 0 to vocab_size − 1",
-                    v.rows
+                    "the vocabulary of input {input} has no token with id {id}, though it has \
+                     tokens after it; reefknot builds vocabularies from tokenizers whose ids \
+                     run from 0 without a gap"
                 )
             })
         })
@@ -317,11 +353,15 @@ pub(crate) fn is_vocabulary_tensor(
             || recipe.groups.contains("lm_head", &info.name))
 }
 
-/// The folder of an opened checkpoint (its parent for a single file).
-pub(crate) fn folder_of(c: &Checkpoint) -> &Path {
-    c.folder()
-        .or_else(|| c.path().parent())
-        .unwrap_or(Path::new("."))
+/// The folder of an opened checkpoint, whose tokenizer files the output may get (none
+/// for a single `.safetensors` file, as the output's other files).
+pub(crate) fn folder_of(c: &Checkpoint) -> Result<&Path, String> {
+    c.folder().ok_or_else(|| {
+        format!(
+            "{} is a single .safetensors file, without the tokenizer files of a model folder",
+            c.path().display()
+        )
+    })
 }
 
 #[cfg(test)]
@@ -336,9 +376,15 @@ mod tests {
         for &(t, i, _) in added {
             ids.insert(t.to_string(), i);
         }
+        let mut by_id = vec![None; rows];
+        for (t, &i) in &ids {
+            by_id[i] = Some(t.clone());
+        }
         InputVocab {
             rows,
             ids,
+            by_id,
+            beyond: 0,
             regular: regular.iter().map(|&(t, i)| (i, t.to_string())).collect(),
             added: added
                 .iter()
@@ -391,11 +437,18 @@ mod tests {
         assert_eq!(voc.fill[&5], [[2, 3]]);
     }
 
+    /// A gap between tokens is refused; rows after the last token (a padded
+    /// `vocab_size`) are left out of the output.
     #[test]
-    fn a_vocabulary_with_a_gap_is_refused() {
+    fn a_gap_is_refused_and_trailing_rows_are_left_out() {
         let mut v = BTreeMap::new();
         v.insert(0, vocab(4, &[("a", 0), ("b", 2)], &[]));
         let e = build(&v, Source::Input(0), &[0], None).err().unwrap();
         assert!(e.contains("no token with id 1"), "{e}");
+        let mut v = BTreeMap::new();
+        v.insert(0, vocab(6, &[("a", 0), ("b", 1), ("c", 2)], &[]));
+        let built = build(&v, Source::Input(0), &[0], None).unwrap();
+        assert_eq!(built.vocabulary.size, 3);
+        assert_eq!(built.vocabulary.rows[&0], [[0, 0, 3]]);
     }
 }

@@ -229,6 +229,30 @@ fn an_inconsistent_plan_is_refused_before_anything_runs() {
         },
         "non-finite scale",
     );
+    // A vocabulary whose runs overflow, or one no tensor may be read through from a
+    // Fisher file.
+    let vocabulary = |runs: Vec<[usize; 3]>| reefknot_plan::Vocabulary {
+        size: 3,
+        rows: [(1, runs)].into_iter().collect(),
+        fill: Default::default(),
+        padded_from: None,
+    };
+    refuse(
+        &|d| d.vocabulary = Some(vocabulary(vec![[0, usize::MAX, 1], [1, 0, usize::MAX]])),
+        "runs must be non-empty, in order and within",
+    );
+    refuse(
+        &|d| {
+            d.vocabulary = Some(vocabulary(vec![[0, 255, 3]]));
+            let mut r = TensorRef::new(1, d.tensors[0].name.clone());
+            r.vocabulary = true;
+            d.tensors[0].producer = Producer::Copy {
+                from: r,
+                scale: 1.0,
+            };
+        },
+        "reads beyond",
+    );
 }
 
 fn copy(input: usize, tensor: &str) -> Producer {

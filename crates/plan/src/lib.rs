@@ -316,7 +316,7 @@ pub struct TensorRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<LoraUpdate>,
     /// Whether its rows are permuted into the output's vocabulary
-    /// ([`MergePlan::vocabulary`]; after the LoRA update, if any).
+    /// ([`MergePlan::vocabulary`]; not together with a LoRA update).
     #[serde(default, skip_serializing_if = "is_false")]
     pub vocabulary: bool,
 }
@@ -632,6 +632,13 @@ impl MergePlan {
                         }
                         for r in f {
                             input(r, "Fisher tensor", &t.name)?;
+                            if r.lora.is_some() || r.vocabulary {
+                                return bad(format!(
+                                    "tensor `{}`: a Fisher tensor is read as it is stored (no \
+                                     LoRA update, no vocabulary)",
+                                    t.name
+                                ));
+                            }
                         }
                     }
                     if p.stages.is_empty() {
@@ -656,7 +663,7 @@ impl MergePlan {
             }
             let mut next = 0;
             for &[out, _, count] in runs {
-                if out < next || count == 0 || out + count > v.size {
+                if out < next || count == 0 || out.checked_add(count).is_none_or(|e| e > v.size) {
                     return bad(format!(
                         "input {input}'s runs must be non-empty, in order and within its {} rows",
                         v.size
