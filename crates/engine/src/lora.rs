@@ -66,10 +66,18 @@ pub(crate) fn updates(
         let name = t.name.strip_prefix(PEFT_PREFIX).unwrap_or(&t.name);
         if let Some(module) = name.strip_suffix(".base_layer.weight") {
             let weight = format!("{module}.weight");
-            if model.get(&weight).is_none() {
+            let Some(own) = model.get(&weight) else {
                 return Err(format!(
                     "it holds a copy of `{weight}` (`{}`), which the model does not have",
                     t.name
+                ));
+            };
+            if own.shape != t.shape {
+                return Err(format!(
+                    "its copy of `{weight}` has shape {:?}, the model's {:?}: the adapter was \
+                     trained on a resized model (a vocabulary grown for new tokens?), which \
+                     reefknot does not rebuild",
+                    t.shape, own.shape
                 ));
             }
             stored.insert(weight, t.name.clone());
