@@ -66,6 +66,11 @@ fn mean(rows: &[Vec<f32>]) -> Vec<f32> {
     m
 }
 
+/// A JSON file's value.
+fn json_file(path: &Path) -> Value {
+    serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
+}
+
 /// `got` and `want` element for element within `tolerance`.
 fn assert_close(got: &[f32], want: &[f32], tolerance: f32, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
@@ -100,13 +105,9 @@ fn a_union_holds_every_token_each_row_filled_as_mergekit_fills_it() {
     let (base, models) = ws.family();
     let (code, math) = (&models[0], &models[1]);
     // The base's 256 tokens keep their ids; code9 then math9 follow (input order).
-    let config: Value =
-        serde_json::from_str(&fs::read_to_string(ws.path().join("out/config.json")).unwrap())
-            .unwrap();
+    let config: Value = json_file(&ws.path().join("out/config.json"));
     assert_eq!(config["vocab_size"], 258);
-    let tj: Value =
-        serde_json::from_str(&fs::read_to_string(ws.path().join("out/tokenizer.json")).unwrap())
-            .unwrap();
+    let tj: Value = json_file(&ws.path().join("out/tokenizer.json"));
     let added: Vec<(u64, &str)> = tj["added_tokens"]
         .as_array()
         .unwrap()
@@ -114,10 +115,7 @@ fn a_union_holds_every_token_each_row_filled_as_mergekit_fills_it() {
         .map(|t| (t["id"].as_u64().unwrap(), t["content"].as_str().unwrap()))
         .collect();
     assert_eq!(added, [(0, "<unk>"), (256, "code9"), (257, "math9")]);
-    let tc: Value = serde_json::from_str(
-        &fs::read_to_string(ws.path().join("out/tokenizer_config.json")).unwrap(),
-    )
-    .unwrap();
+    let tc: Value = json_file(&ws.path().join("out/tokenizer_config.json"));
     assert_eq!(tc["added_tokens_decoder"]["257"]["content"], "math9");
     for name in TENSORS {
         assert_eq!(out.get(name).unwrap().shape[0], 258, "{name}");
@@ -251,7 +249,7 @@ fn a_chat_template_is_written_once_auto_takes_the_most_common() {
     let ws = workspace();
     let set = |name: &str, template: &str| {
         let path = ws.model(name).join("tokenizer_config.json");
-        let mut c: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        let mut c: Value = json_file(&path);
         c["chat_template"] = template.into();
         fs::write(&path, c.to_string()).unwrap();
     };
@@ -273,10 +271,7 @@ fn a_chat_template_is_written_once_auto_takes_the_most_common() {
     let written = || fs::read_to_string(ws.path().join("out/chat_template.jinja")).unwrap();
     ok(&merge("auto"));
     assert_eq!(written(), ours);
-    let config: Value = serde_json::from_str(
-        &fs::read_to_string(ws.path().join("out/tokenizer_config.json")).unwrap(),
-    )
-    .unwrap();
+    let config: Value = json_file(&ws.path().join("out/tokenizer_config.json"));
     assert!(
         config.get("chat_template").is_none(),
         "one template: {config}"
@@ -304,9 +299,7 @@ fn a_padded_vocabulary_fills_its_padding_with_the_mean_row() {
         &["merge", "padded.yaml", "-o", "out", "--quiet"],
     ));
     let out = Checkpoint::open(&ws.path().join("out")).unwrap();
-    let config: Value =
-        serde_json::from_str(&fs::read_to_string(ws.path().join("out/config.json")).unwrap())
-            .unwrap();
+    let config: Value = json_file(&ws.path().join("out/config.json"));
     assert_eq!(config["vocab_size"], 272);
     for name in TENSORS {
         assert_eq!(out.get(name).unwrap().shape[0], 272, "{name}");

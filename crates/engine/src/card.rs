@@ -85,7 +85,7 @@ pub(crate) fn copy_base_files(plan: &Plan, out: &Path) -> Result<(), Error> {
                 io_err(&path)(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     format!(
-                        "not valid JSON ({e}), so the output's added tokens cannot be set in it"
+                        "not valid JSON ({e}), so the output's tokenizer cannot be made from it"
                     ),
                 ))
             })?;
@@ -131,22 +131,18 @@ fn add_tokens(json: &mut serde_json::Value, name: &str, added: &[reefknot_plan::
         })
     };
     if name == "tokenizer.json" {
-        if let Some(list) = json.get_mut("added_tokens").and_then(|v| v.as_array_mut()) {
-            for t in added {
-                let mut e = entry(t);
-                e["id"] = t.id.into();
-                list.push(e);
+        let with_id = added.iter().map(|t| {
+            let mut e = entry(t);
+            e["id"] = t.id.into();
+            e
+        });
+        match json.get_mut("added_tokens").and_then(|v| v.as_array_mut()) {
+            Some(list) => list.extend(with_id),
+            None => {
+                if let Some(map) = json.as_object_mut() {
+                    map.insert("added_tokens".into(), with_id.collect());
+                }
             }
-        } else if let Some(map) = json.as_object_mut() {
-            let list = added
-                .iter()
-                .map(|t| {
-                    let mut e = entry(t);
-                    e["id"] = t.id.into();
-                    e
-                })
-                .collect();
-            map.insert("added_tokens".into(), serde_json::Value::Array(list));
         }
     } else if let Some(map) = json
         .get_mut("added_tokens_decoder")

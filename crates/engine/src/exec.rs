@@ -825,87 +825,36 @@ impl<'a> Read<'a> {
                     (row, sources)
                 })
                 .collect();
-            Permuted {
+            let mut p = Permuted {
                 vocabulary,
                 input: o.at.0,
                 cols: info.shape[1],
                 fill,
                 pad: None,
+            };
+            if let Some(from) = vocabulary.padded_from {
+                p.pad = Some((from, p.mean_row(ckpt, info, from)));
             }
+            p
         });
-        let mut read = Read {
+        Read {
             ckpt,
             info,
             lora: o
                 .lora
                 .map(|l| LowRank::new(plan, l, info.shape[0], info.shape[1])),
             permuted,
-        };
-        if let Some(p) = &read.permuted {
-            if let Some(from) = p.vocabulary.padded_from {
-                let mean = read.mean_row(p, from);
-                read.permuted.as_mut().expect("permuted").pad = Some((from, mean));
-            }
         }
-        read
-    }
-
-    /// The mean of a permuted tensor's first `rows` rows, summed in float64.
-    fn mean_row(&self, p: &Permuted<'_>, rows: usize) -> Vec<f32> {
-        let mut sum = vec![0f64; p.cols];
-        let mut row = vec![0f32; p.cols];
-        for r in 0..rows {
-            self.permuted_values(p, r * p.cols, &mut row);
-            sum.iter_mut()
-                .zip(&row)
-                .for_each(|(s, &x)| *s += f64::from(x));
-        }
-        sum.iter().map(|&s| (s / rows as f64) as f32).collect()
     }
 
     /// Elements `[start, start + out.len())` as `f32`.
     fn values(&self, start: usize, out: &mut [f32]) {
         if let Some(p) = &self.permuted {
-            return self.permuted_values(p, start, out);
+            return p.values(self.ckpt, self.info, start, out);
         }
         read_f32(self.ckpt, self.info, start, out);
         if let Some(l) = &self.lora {
             l.add(start, out);
-        }
-    }
-
-    /// [`Read::values`] of a permuted tensor, row by row. A filled row is its sources'
-    /// sum in order, divided by their count (zero without sources), as mergekit
-    /// computes it.
-    fn permuted_values(&self, p: &Permuted<'_>, start: usize, out: &mut [f32]) {
-        let cols = p.cols;
-        let mut part = Vec::new();
-        let mut done = 0;
-        while done < out.len() {
-            let (row, c0) = ((start + done) / cols, (start + done) % cols);
-            let n = (cols - c0).min(out.len() - done);
-            let seg = &mut out[done..done + n];
-            if let Some((_, mean)) = p.pad.as_ref().filter(|(from, _)| row >= *from) {
-                seg.copy_from_slice(&mean[c0..c0 + n]);
-            } else if let Some(r) = p.vocabulary.row_of(p.input, row) {
-                read_f32(self.ckpt, self.info, r * cols + c0, seg);
-            } else {
-                seg.fill(0.0);
-                let sources = p
-                    .fill
-                    .binary_search_by_key(&row, |(r, _)| *r)
-                    .map_or(&[][..], |i| p.fill[i].1.as_slice());
-                part.resize(n, 0.0);
-                for &(c, info, r) in sources {
-                    read_f32(c, info, r * cols + c0, &mut part[..n]);
-                    seg.iter_mut().zip(&part).for_each(|(s, &x)| *s += x);
-                }
-                if sources.len() > 1 {
-                    let count = sources.len() as f32;
-                    seg.iter_mut().for_each(|s| *s /= count);
-                }
-            }
-            done += n;
         }
     }
 
@@ -922,6 +871,62 @@ impl<'a> Read<'a> {
         if let Some(l) = &self.lora {
             l.add(start, out);
         }
+    }
+}
+
+impl Permuted<'_> {
+    /// The tensor's elements `[start, start + out.len())`, row by row. A filled row is
+    /// its sources' sum in order, divided by their count (zero without sources), as
+    /// mergekit computes it.
+    fn values(
+        &self,
+        ckpt: &Checkpoint,
+        info: &reefknot_io::TensorInfo,
+        start: usize,
+        out: &mut [f32],
+    ) {
+        let cols = self.cols;
+        let mut part = Vec::new();
+        let mut done = 0;
+        while done < out.len() {
+            let (row, c0) = ((start + done) / cols, (start + done) % cols);
+            let n = (cols - c0).min(out.len() - done);
+            let seg = &mut out[done..done + n];
+            if let Some((_, mean)) = self.pad.as_ref().filter(|(from, _)| row >= *from) {
+                seg.copy_from_slice(&mean[c0..c0 + n]);
+            } else if let Some(r) = self.vocabulary.row_of(self.input, row) {
+                read_f32(ckpt, info, r * cols + c0, seg);
+            } else {
+                seg.fill(0.0);
+                let sources = self
+                    .fill
+                    .binary_search_by_key(&row, |(r, _)| *r)
+                    .map_or(&[][..], |i| self.fill[i].1.as_slice());
+                part.resize(n, 0.0);
+                for &(c, info, r) in sources {
+                    read_f32(c, info, r * cols + c0, &mut part[..n]);
+                    seg.iter_mut().zip(&part).for_each(|(s, &x)| *s += x);
+                }
+                if sources.len() > 1 {
+                    let count = sources.len() as f32;
+                    seg.iter_mut().for_each(|s| *s /= count);
+                }
+            }
+            done += n;
+        }
+    }
+
+    /// The mean of the tensor's first `rows` rows, summed in float64.
+    fn mean_row(&self, ckpt: &Checkpoint, info: &reefknot_io::TensorInfo, rows: usize) -> Vec<f32> {
+        let mut sum = vec![0f64; self.cols];
+        let mut row = vec![0f32; self.cols];
+        for r in 0..rows {
+            self.values(ckpt, info, r * self.cols, &mut row);
+            sum.iter_mut()
+                .zip(&row)
+                .for_each(|(s, &x)| *s += f64::from(x));
+        }
+        sum.iter().map(|&s| (s / rows as f64) as f32).collect()
     }
 }
 

@@ -152,13 +152,8 @@ pub(crate) fn plan_and_warn(
             format!("{role} ({})", adapter.path.display()),
             adapter.location,
         )?;
-        let folder = c
-            .folder()
-            .or_else(|| c.path().parent())
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
         let of = model.map_or(0, |i| i + 1);
-        let mut found = lora::updates(&c, &folder, &opened[of]).map_err(|message| {
+        let mut found = lora::updates(&c, &opened[of]).map_err(|message| {
             let e = ErrorKind::Adapter {
                 adapter: format!("{role} ({})", adapter.path.display()),
                 message,
@@ -173,15 +168,12 @@ pub(crate) fn plan_and_warn(
         opened.push(c);
         roles.push(role);
     }
-    let built = match &recipe.tokenizer {
-        Some(t) => Some(vocabulary(recipe, t, &opened, &updates)?),
-        None => None,
-    };
-    let base_rows = built.as_ref().map_or(0, |(_, rows)| *rows);
-    let (built, vocabulary) = match built {
-        Some((b, _)) => (Some(b.files), Some(b.vocabulary)),
-        None => (None, None),
-    };
+    let built = (recipe.tokenizer.as_ref())
+        .map(|t| vocabulary(recipe, t, &opened, &updates))
+        .transpose()?;
+    let base_rows = built.as_ref().map_or(0, |b| b.base_rows);
+    let (tokenizer_files, vocabulary) =
+        built.map_or((None, None), |b| (b.files, Some(b.vocabulary)));
     // A tensor of input `input` as the plan reads it: with its adapter's update, if
     // any; permuted into the output's vocabulary when it is a vocabulary tensor.
     // A tensor the adapter holds a whole copy of is read from the adapter.
@@ -400,7 +392,7 @@ pub(crate) fn plan_and_warn(
             files_from: Some(0),
             metadata,
             config: BTreeMap::new(),
-            tokenizer: built.flatten(),
+            tokenizer: tokenizer_files,
             chat_template: None,
         },
         vocabulary,
@@ -410,12 +402,7 @@ pub(crate) fn plan_and_warn(
         let inputs: Vec<&Checkpoint> = opened[..=recipe.models.len()].iter().collect();
         merge_plan.output.chat_template = chat::resolve(&c.text, &inputs).map_err(|message| {
             let e = ErrorKind::ChatTemplate { message };
-            Error::from(ErrorKind::InRecipe(InRecipe::new(
-                e,
-                recipe,
-                c.location,
-                "this template".to_string(),
-            )))
+            in_recipe(e, c.location, "this template".into())
         })?;
         if merge_plan.output.chat_template.is_none() {
             tracing::warn!(
@@ -460,13 +447,13 @@ fn model_tensor(recipe: &Recipe, slice: Option<usize>, i: usize, name: &str) -> 
 }
 
 /// The output vocabulary `t` asks for, over the base (input 0) and the models
-/// (inputs 1..=n), with the base's row count.
+/// (inputs 1..=n).
 fn vocabulary(
     recipe: &Recipe,
     t: &reefknot_recipe::Tokenizer,
     opened: &[Checkpoint],
     updates: &[Option<lora::Updates>],
-) -> Result<(vocab::Built, usize), Error> {
+) -> Result<vocab::Built, Error> {
     use reefknot_recipe::TokenizerSource;
     let fail = |message: String| {
         let e = ErrorKind::Vocabulary { message };
@@ -550,9 +537,7 @@ fn vocabulary(
         )));
     }
     let order: Vec<usize> = (1..=n).chain([0]).collect();
-    let rows = vocabs[&0].rows;
-    let built = vocab::build(&vocabs, source, &order, t.pad_to_multiple_of).map_err(fail)?;
-    Ok((built, rows))
+    vocab::build(&vocabs, source, &order, t.pad_to_multiple_of).map_err(fail)
 }
 
 /// The number of layers of a checkpoint: one past its highest layer index.
@@ -677,38 +662,31 @@ fn output_items<'c>(
     for info in outside(0, true) {
         items.push(item(0, info, info.name.clone(), None, 0.0)?);
     }
+    // Slice `s` takes layers `start..` of `input`: they must exist.
+    let within = |s: usize, input: usize, start: usize| -> Result<(), Error> {
+        let slice = &recipe.slices[s];
+        let have = layer_count(&opened[input]);
+        if start + slice.len() <= have {
+            return Ok(());
+        }
+        let kind = ErrorKind::SliceBeyond {
+            slice: s + 1,
+            input: who(input),
+            start,
+            end: start + slice.len(),
+            layers: have,
+        };
+        let label = format!("beyond its {have} layers");
+        Err(ErrorKind::InRecipe(InRecipe::new(kind, recipe, slice.loc, label)).into())
+    };
     let mut out = 0;
     for (s, slice) in recipe.slices.iter().enumerate() {
         let input = input_of(slice);
         let c = &opened[input];
-        let have = layer_count(c);
-        if slice.end > have {
-            let kind = ErrorKind::SliceBeyond {
-                slice: s + 1,
-                input: who(input),
-                start: slice.start,
-                end: slice.end,
-                layers: have,
-            };
-            let label = format!("beyond its {have} layers");
-            return Err(ErrorKind::InRecipe(InRecipe::new(kind, recipe, slice.loc, label)).into());
-        }
+        within(s, input, slice.start)?;
         if let SliceSource::Merge { starts, .. } = &slice.source {
             for (&i, &start) in starts {
-                let have = layer_count(&opened[i + 1]);
-                if start + slice.len() > have {
-                    let kind = ErrorKind::SliceBeyond {
-                        slice: s + 1,
-                        input: who(i + 1),
-                        start,
-                        end: start + slice.len(),
-                        layers: have,
-                    };
-                    let label = format!("beyond its {have} layers");
-                    return Err(
-                        ErrorKind::InRecipe(InRecipe::new(kind, recipe, slice.loc, label)).into(),
-                    );
-                }
+                within(s, i + 1, start)?;
             }
         }
         let mut by_layer: Vec<Vec<&reefknot_io::TensorInfo>> = vec![Vec::new(); slice.len()];
@@ -721,11 +699,7 @@ fn output_items<'c>(
         }
         let n = slice.len();
         for (i, layer) in by_layer.into_iter().enumerate() {
-            let t = if n > 1 {
-                i as f64 / (n - 1) as f64
-            } else {
-                1.0
-            };
+            let t = reefknot_recipe::depth_t(Some(i), n);
             for info in layer {
                 let name = reefknot_recipe::with_layer(&info.name, out + i)
                     .expect("a tensor of a layer has a layer number");

@@ -37,13 +37,14 @@ pub(crate) struct Updates {
     pub(crate) stored: BTreeMap<String, String>,
 }
 
-/// Reads the adapter `adapter` (opened from `folder`) against `model`, the checkpoint
-/// it is applied to. The error is a sentence about the adapter.
-pub(crate) fn updates(
-    adapter: &Checkpoint,
-    folder: &Path,
-    model: &Checkpoint,
-) -> Result<Updates, String> {
+/// Reads the adapter `adapter` (its folder, or its `.safetensors` file beside its
+/// config) against `model`, the checkpoint it is applied to. The error is a sentence
+/// about the adapter.
+pub(crate) fn updates(adapter: &Checkpoint, model: &Checkpoint) -> Result<Updates, String> {
+    let folder = adapter
+        .folder()
+        .or_else(|| adapter.path().parent())
+        .unwrap_or(Path::new("."));
     let config_path = folder.join("adapter_config.json");
     let text = std::fs::read_to_string(&config_path).map_err(|e| {
         format!(

@@ -209,10 +209,9 @@ impl Plan {
             .map(|r| r.tensor.as_str())
             .collect();
         format!(
-            "  lora {} ({} tensor{} updated)",
+            "  lora {} ({} updated)",
             self.inputs[input].path().display(),
-            updated.len(),
-            if updated.len() == 1 { "" } else { "s" }
+            counted(updated.len(), "tensor")
         )
     }
 

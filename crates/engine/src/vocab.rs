@@ -174,6 +174,8 @@ pub(crate) enum Source {
 pub(crate) struct Built {
     pub(crate) vocabulary: plan::Vocabulary,
     pub(crate) files: Option<plan::TokenizerFiles>,
+    /// The base's rows: its vocabulary tensors are those with this many.
+    pub(crate) base_rows: usize,
 }
 
 /// Builds the output vocabulary of `vocabs` (one per input taking part, indexed by
@@ -313,6 +315,7 @@ pub(crate) fn build(
             padded_from: (size > tokens.len()).then_some(tokens.len()),
         },
         files,
+        base_rows: base.rows,
     })
 }
 
