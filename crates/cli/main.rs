@@ -16,6 +16,7 @@ macro_rules! outln {
 mod demo;
 mod ops;
 mod plugins;
+mod watchdog;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -107,6 +108,9 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// The watchdog `merge` starts: removes the partial output if the merge dies.
+    #[command(hide = true)]
+    WatchOutputs,
 }
 
 #[derive(ClapArgs)]
@@ -228,7 +232,7 @@ fn load_plan(
 ) -> Result<Plan, Failure> {
     let recipe = Recipe::load(recipe).map_err(reefknot_engine::Error::from)?;
     // Loading a plugin runs its code: not before the recipe's expressions parse.
-    reefknot_engine::parse_exprs(&recipe)?;
+    let namespaces = reefknot_engine::parse_exprs(&recipe)?;
     let dir = recipe
         .path
         .as_deref()
@@ -240,7 +244,8 @@ fn load_plan(
                 d
             }
         });
-    let registry = plugins::registry(&overrides.plugins, &recipe.plugins, dir)?;
+    let wanted: Vec<&str> = namespaces.iter().map(String::as_str).collect();
+    let registry = plugins::registry(&overrides.plugins, &recipe.plugins, dir, &wanted)?;
     let opts = PlanOptions {
         seed: overrides.seed,
         dtype: overrides.dtype.clone(),
@@ -268,7 +273,7 @@ fn read_plan(path: &std::path::Path, overrides: &Overrides) -> Result<Plan, Fail
     let data = reefknot_engine::MergePlan::from_json(&text).map_err(|e| {
         usage(anyhow::Error::new(e).context(format!("reading the plan {}", path.display())))
     })?;
-    let registry = plugins::registry(&overrides.plugins, &[], None)?;
+    let registry = plugins::registry(&overrides.plugins, &[], None, &data.namespaces())?;
     Ok(Plan::load(data, &registry)?)
 }
 
@@ -305,6 +310,8 @@ fn bar(quiet: bool) -> Bar {
 }
 
 fn merge(args: &MergeArgs, quiet: bool) -> Result<(), Failure> {
+    // Before any output exists: a merge that dies outright leaves nothing behind.
+    watchdog::start();
     let plan = match (&args.plan, &args.recipe) {
         (Some(plan), _) => read_plan(plan, &args.overrides)?,
         (None, Some(recipe)) => load_plan(recipe, &args.overrides, args.shard_size)?,
@@ -493,6 +500,11 @@ fn main() -> ExitCode {
         .with_ansi(terminal)
         .without_time()
         .init();
+    if let Command::WatchOutputs = cli.command {
+        // Not a merge: it outlives the interrupts that end one.
+        watchdog::run();
+        return ExitCode::SUCCESS;
+    }
     clean_up_on_signals();
     let result = match &cli.command {
         Command::Merge(args) => merge(args, cli.quiet),
@@ -502,9 +514,18 @@ fn main() -> ExitCode {
             name,
             markdown,
             plugins,
-        } => plugins::registry(plugins, &[], None)
-            .and_then(|registry| ops::run(&registry, name.as_deref(), *markdown)),
+        } => {
+            let wanted: Vec<&str> = name
+                .as_deref()
+                .and_then(|n| n.split_once("::"))
+                .map(|(ns, _)| ns)
+                .into_iter()
+                .collect();
+            plugins::registry(plugins, &[], None, &wanted)
+                .and_then(|registry| ops::run(&registry, name.as_deref(), *markdown))
+        }
         Command::Demo(args) => demo::run(args),
+        Command::WatchOutputs => unreachable!("run above"),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             let mut command = <Cli as clap::CommandFactory>::command();

@@ -20,7 +20,10 @@ pub(crate) struct PluginArgs {
 
 /// The built-in operators plus every plugin's: first the libraries in the folders of
 /// `REEFKNOT_PLUGIN_PATH`, then `--plugin` flags, then the recipe's `plugins:`.
-/// A library named twice is loaded once; any problem is a usage error (exit code 2).
+/// A library named twice is loaded once. A library of `REEFKNOT_PLUGIN_PATH` that
+/// cannot be loaded is skipped with a warning, unless its file name's namespace
+/// (`mycorp` for `libmycorp.so`) is among `wanted`, the namespaces the recipe or plan
+/// uses; any other problem is a usage error (exit code 2).
 ///
 /// A recipe is data a user may have downloaded, and loading a library runs its code:
 /// the recipe's `plugins:` may name libraries inside the recipe's folder (`recipe_dir`)
@@ -30,18 +33,34 @@ pub(crate) fn registry(
     args: &PluginArgs,
     recipe: &[PathBuf],
     recipe_dir: Option<&Path>,
+    wanted: &[&str],
 ) -> Result<Registry, Failure> {
     let mut loader = Loader::new();
     let mut trusted_dirs: Vec<PathBuf> = recipe_dir.into_iter().filter_map(canonical).collect();
     if let Some(value) = std::env::var_os(PLUGIN_PATH_VAR) {
         trusted_dirs.extend(std::env::split_paths(&value).filter_map(|d| canonical(&d)));
         for path in reefknot_plugins::search_path(&value).map_err(|e| usage(e.into()))? {
-            loader.load(&path).map_err(|e| {
-                usage(anyhow::Error::new(e).context(format!(
-                    "loading {} (found in {PLUGIN_PATH_VAR})",
-                    path.display()
-                )))
-            })?;
+            let Err(e) = loader.load(&path) else {
+                continue;
+            };
+            match reefknot_plugins::namespace_of(&path).filter(|ns| wanted.contains(ns)) {
+                Some(ns) => {
+                    return Err(usage(anyhow::Error::new(e).context(format!(
+                        "loading {} (found in {PLUGIN_PATH_VAR}) for the operators `{ns}::` \
+                         names",
+                        path.display()
+                    ))))
+                }
+                None => tracing::warn!(
+                    "skipped the plugin {} (found in {PLUGIN_PATH_VAR}): {}",
+                    path.display(),
+                    anyhow::Error::new(e)
+                        .chain()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(": ")
+                ),
+            }
         }
     }
     let given: Vec<PathBuf> = args.plugins.iter().filter_map(|p| canonical(p)).collect();

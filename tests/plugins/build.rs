@@ -79,8 +79,16 @@ pub fn fixture() -> &'static Path {
     &rust_plugins().1
 }
 
-/// Compiles the C file `source` into the shared library `out` with `defines`.
+/// Compiles the C file `source` into the shared library `out` with `defines`: into a
+/// file of its own first, renamed into place, so that a test loading an earlier build of
+/// `out` never sees it half written.
 pub fn cc(source: &Path, out: &Path, defines: &[&str]) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static BUILDS: AtomicUsize = AtomicUsize::new(0);
+    let n = BUILDS.fetch_add(1, Ordering::Relaxed);
+    let mut building = out.as_os_str().to_owned();
+    building.push(format!(".building-{}-{n}", std::process::id()));
+    let building = PathBuf::from(building);
     let mut cmd = Command::new(std::env::var_os("CC").unwrap_or_else(|| "cc".into()));
     cmd.args(["-std=c99", "-O2", "-Wall", "-Wextra", "-shared", "-fPIC"])
         .arg("-I")
@@ -88,7 +96,8 @@ pub fn cc(source: &Path, out: &Path, defines: &[&str]) {
     for d in defines {
         cmd.arg(format!("-D{d}"));
     }
-    run(cmd.arg("-o").arg(out).arg(source));
+    run(cmd.arg("-o").arg(&building).arg(source));
+    std::fs::rename(&building, out).unwrap();
 }
 
 /// `plugins/robust` (plain C), built once per test run.

@@ -219,3 +219,54 @@ fn loads_are_traced_with_reefknot_log_debug() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_broken_library_on_the_search_path_is_skipped_unless_its_namespace_is_used() {
+    let ws = Workspace::new(Dtype::F32, None);
+    let dir = ws.path().join("plugin-path");
+    copy_into(build::robust(), &dir);
+    // Versioned names count as libraries; this one is not a library at all.
+    std::fs::write(
+        dir.join(format!("{}.1", build::lib_name("mycorp"))),
+        "not a shared library",
+    )
+    .unwrap();
+    let run = |expr: &str| {
+        ws.recipe("r.yaml", &recipe_with(expr));
+        reefknot()
+            .args(["check", "r.yaml"])
+            .current_dir(ws.path())
+            .env("REEFKNOT_PLUGIN_PATH", &dir)
+            .output()
+            .unwrap()
+    };
+    // Built-ins and the working plugin run; the broken library is a warning.
+    let out = run("robust::clip(1.0) |> sum");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("skipped the plugin")
+            && stderr.contains(&format!("{}.1", build::lib_name("mycorp")))
+            && stderr.contains("cannot open the plugin"),
+        "{stderr}"
+    );
+    // A recipe that uses its namespace gets the load error.
+    let stderr = fails(&run("mycorp::magic |> sum"), 2);
+    assert!(
+        stderr.contains("for the operators `mycorp::` names")
+            && stderr.contains("cannot open the plugin"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_operator_of_a_plugin_that_is_not_loaded_says_so() {
+    let ws = Workspace::new(Dtype::F32, None);
+    ws.recipe("r.yaml", &recipe_with("acme::merge |> sum"));
+    let stderr = fails(&run_in(ws.path(), &["check", "r.yaml"]), 2);
+    assert!(
+        stderr.contains("unknown operator `acme::merge`: no plugin `acme` is loaded")
+            && stderr.contains("load the plugin `acme` with --plugin PATH"),
+        "{stderr}"
+    );
+}

@@ -1,6 +1,7 @@
 //! A merge that is still running — its operator is the `SLOW` fixture, 50 ms a chunk —
 //! when it is interrupted, or when something else takes the place of its output: it
-//! removes its partial folder on SIGINT, SIGTERM and SIGHUP, never deletes what
+//! removes its partial folder on SIGINT, SIGTERM and SIGHUP (and its watchdog removes it
+//! after a SIGKILL, which the merge cannot see), never deletes what
 //! appeared at its output without `--force`, and shares its output with no other merge.
 
 use std::path::{Path, PathBuf};
@@ -43,9 +44,14 @@ fn hidden(dir: &Path) -> Vec<String> {
 }
 
 /// Waits until the merge has created its partial folder.
-fn wait_until_writing(ws: &Workspace) {
+fn wait_until_writing(ws: &Workspace, child: &mut Child) {
     let start = Instant::now();
     while !hidden(ws.path()).iter().any(|n| n.contains("-partial-")) {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            panic!("the merge ended before it wrote anything ({status}):\n{stderr}");
+        }
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "the merge never started writing"
@@ -67,8 +73,8 @@ fn signal(child: &Child, name: &str) {
 fn interrupted_merges_leave_nothing_behind() {
     for (name, number) in [("INT", 2), ("TERM", 15), ("HUP", 1)] {
         let ws = Workspace::new(Dtype::F32, None);
-        let child = start(&ws, &[]);
-        wait_until_writing(&ws);
+        let mut child = start(&ws, &[]);
+        wait_until_writing(&ws, &mut child);
         assert_eq!(hidden(ws.path()).len(), 2, "a lock and a partial folder");
         signal(&child, name);
         let out = child.wait_with_output().unwrap();
@@ -84,10 +90,30 @@ fn interrupted_merges_leave_nothing_behind() {
 
 #[cfg(unix)]
 #[test]
+fn a_merge_killed_outright_leaves_nothing_behind() {
+    let ws = Workspace::new(Dtype::F32, None);
+    let mut child = start(&ws, &[]);
+    wait_until_writing(&ws, &mut child);
+    signal(&child, "KILL");
+    assert_eq!(child.wait().unwrap().code(), None, "killed by the signal");
+    // The watchdog notices the end of the merge and removes its leftovers.
+    let start = Instant::now();
+    while ws.entries() != ["family", "fisher", "models", "r.yaml"] {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "SIGKILL left {:?} behind",
+            ws.entries()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(unix)]
+#[test]
 fn what_appears_at_the_output_during_a_merge_is_kept() {
     let ws = Workspace::new(Dtype::F32, None);
-    let child = start(&ws, &[]);
-    wait_until_writing(&ws);
+    let mut child = start(&ws, &[]);
+    wait_until_writing(&ws, &mut child);
     let out_dir = ws.path().join("out");
     std::fs::create_dir(&out_dir).unwrap();
     std::fs::write(out_dir.join("precious.txt"), "mine").unwrap();
@@ -109,8 +135,8 @@ fn what_appears_at_the_output_during_a_merge_is_kept() {
 #[test]
 fn two_merges_into_one_output_cannot_both_succeed() {
     let ws = Workspace::new(Dtype::F32, None);
-    let first = start(&ws, &[]);
-    wait_until_writing(&ws);
+    let mut first = start(&ws, &[]);
+    wait_until_writing(&ws, &mut first);
     let second = run_in(
         ws.path(),
         &[

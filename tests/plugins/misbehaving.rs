@@ -200,3 +200,49 @@ fn the_sdk_refuses_to_build_a_plugin_with_panic_abort() {
         "{stderr}"
     );
 }
+
+/// A plugin that faults inside a call: the message names the plugin, the operator, the
+/// tensor and the signal; exit code 1; the partial output is gone.
+fn crashes(variant: &str, signal: &str) {
+    let plugin = build::misbehaving(variant, &[]);
+    let stderr = merge_fails("misbehaving::twice |> sum", &plugin, 1);
+    assert!(
+        stderr.contains("Error: the operator `misbehaving::twice` of plugin `misbehaving` (")
+            && stderr.contains(") crashed while merging tensor `")
+            && stderr.contains(signal)
+            && stderr.contains("The merge was stopped and its partial output removed."),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_segfault_in_a_plugin_is_reported_and_leaves_nothing() {
+    crashes("SEGFAULT", "SIGSEGV, an invalid memory access");
+}
+
+#[test]
+fn an_abort_in_a_plugin_is_reported_and_leaves_nothing() {
+    crashes("ABORT", "SIGABRT: it called abort()");
+}
+
+#[test]
+fn nan_written_by_a_plugin_fails_the_merge_naming_the_stage() {
+    let plugin = build::misbehaving("WRITES_NAN", &[]);
+    let stderr = merge_fails("misbehaving::twice |> sum", &plugin, 1);
+    assert!(
+        stderr.contains("NaN") && stderr.contains("misbehaving::twice"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn signs_other_than_plus_or_minus_one_fail_the_merge() {
+    let plugin = build::misbehaving("BAD_SIGNS", &[]);
+    let stderr = merge_fails("misbehaving::twice |> disjoint", &plugin, 1);
+    assert!(
+        stderr.contains("operator `misbehaving::twice` of plugin `misbehaving` failed")
+            && stderr.contains("it elected the sign ")
+            && stderr.contains("a Voted output's signs must be +1 or -1"),
+        "{stderr}"
+    );
+}

@@ -51,7 +51,7 @@ pub use exec::{
     Sink, Source, TensorJob,
 };
 pub use frontend::{bind_pipeline, plan_recipe, PlanOptions, RECIPE_METADATA};
-pub use output::{abandon_outputs, Staging};
+pub use output::{abandon_outputs, watch_outputs, OutputChange, Staging};
 pub use plan::{describe_stages, Job, Located, MergeJob, Plan, Stage};
 pub use reefknot_plan::MergePlan;
 pub use scan::{scan_nonfinite, NonFiniteInput};
@@ -207,13 +207,20 @@ pub fn execute_into(
 
 /// Parses every expression of the recipe (its `merge` and each override's) without
 /// resolving operators, pointing errors into the recipe file: the syntax is checked
-/// before any plugin is loaded.
-pub fn parse_exprs(recipe: &Recipe) -> Result<(), Error> {
+/// before any plugin is loaded. Returns the plugin namespaces the expressions use, in
+/// order of first use.
+pub fn parse_exprs(recipe: &Recipe) -> Result<Vec<String>, Error> {
     let overrides = recipe.overrides.iter().filter_map(|o| o.merge.as_ref());
+    let mut namespaces: Vec<String> = Vec::new();
     for expr in std::iter::once(&recipe.merge).chain(overrides) {
-        reefknot_lang::parse(&expr.text).map_err(|e| locate(recipe, expr, e))?;
+        let parsed = reefknot_lang::parse(&expr.text).map_err(|e| locate(recipe, expr, e))?;
+        for ns in parsed.namespaces() {
+            if !namespaces.iter().any(|n| n == ns) {
+                namespaces.push(ns.to_string());
+            }
+        }
     }
-    Ok(())
+    Ok(namespaces)
 }
 
 /// Compiles one of the recipe's expressions, pointing errors into the recipe file. The

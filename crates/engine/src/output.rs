@@ -17,14 +17,17 @@
 //!   same folder fails at once instead of racing the first.
 //! - **Interruptions leave nothing behind.** Every partial folder in progress is
 //!   registered; [`abandon_outputs`] (which the command line calls on SIGINT, SIGTERM
-//!   and SIGHUP) removes them. Leftovers of a merge that was killed outright are
+//!   and SIGHUP) removes them. Every change to that list is also told to the watcher
+//!   set with [`watch_outputs`]: the command line's watchdog process, which removes
+//!   what is still listed when this process dies (a plugin's crash, `kill -9`, the
+//!   out-of-memory killer). Leftovers of a merge that died without a watchdog are
 //!   reported by later merges into the same parent folder and removed by the next
 //!   merge into the same output.
 
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use crate::{Error, ErrorKind};
 
@@ -42,6 +45,33 @@ pub struct Staging {
 /// The partial folders and lock files of the merges in progress in this process.
 static ACTIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
+/// A change to the list of the paths a merge in progress would leave behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputChange<'a> {
+    /// A partial folder or a lock file was created: remove it if the process dies.
+    Added(&'a Path),
+    /// It was renamed into place or removed: leave it alone.
+    Removed(&'a Path),
+}
+
+/// The watcher [`watch_outputs`] set.
+type Watcher = Box<dyn Fn(OutputChange<'_>) + Send + Sync>;
+static WATCHER: OnceLock<Watcher> = OnceLock::new();
+
+/// Tells `watcher` of every path added to or removed from the list of what a merge in
+/// progress would leave behind, in the order the changes happen (each is told while
+/// the list is held). The command line's watchdog process listens this way. Only the
+/// first call takes effect; returns whether it did.
+pub fn watch_outputs(watcher: impl Fn(OutputChange<'_>) + Send + Sync + 'static) -> bool {
+    WATCHER.set(Box::new(watcher)).is_ok()
+}
+
+fn tell(change: OutputChange<'_>) {
+    if let Some(w) = WATCHER.get() {
+        w(change);
+    }
+}
+
 /// Removes the partial folder and the lock file of every merge in progress in this
 /// process, for a process about to exit on a signal. Safe to call from any thread at
 /// any time: a merge that finishes meanwhile has already unregistered its folder.
@@ -56,6 +86,7 @@ fn abandon_where(chosen: impl Fn(&Path) -> bool) -> usize {
     active.retain(|path| {
         if chosen(path) {
             let _ = remove_any(path);
+            tell(OutputChange::Removed(path));
             false
         } else {
             true
@@ -65,17 +96,18 @@ fn abandon_where(chosen: impl Fn(&Path) -> bool) -> usize {
 }
 
 fn register(path: &Path) {
-    ACTIVE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(path.to_path_buf());
+    let mut active = ACTIVE.lock().unwrap_or_else(|e| e.into_inner());
+    active.push(path.to_path_buf());
+    tell(OutputChange::Added(path));
 }
 
 fn unregister(path: &Path) {
-    ACTIVE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|p| p != path);
+    let mut active = ACTIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let before = active.len();
+    active.retain(|p| p != path);
+    if active.len() < before {
+        tell(OutputChange::Removed(path));
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ErrorKind + '_ {
@@ -338,8 +370,10 @@ impl Staging {
             let mut active = ACTIVE.lock().unwrap_or_else(|e| e.into_inner());
             let old = self.place()?;
             active.retain(|p| p != &self.partial);
+            tell(OutputChange::Removed(&self.partial));
             if let Some(old) = &old {
                 active.push(old.clone());
+                tell(OutputChange::Added(old));
             }
             self.done = true;
             drop(active);

@@ -20,6 +20,36 @@ pub struct Pipeline {
     pub span: Span,
 }
 
+impl Pipeline {
+    /// The plugin namespaces its operator names use (`tall` for `tall::consensus`), in
+    /// order of first use, each once; nested calls (`ties(mycorp::trim(0.2), ...)`)
+    /// included.
+    pub fn namespaces(&self) -> Vec<&str> {
+        fn visit<'a>(stage: &'a Stage, out: &mut Vec<&'a str>) {
+            note(&stage.name, out);
+            for arg in stage.args() {
+                match &arg.value {
+                    Value::Stage(inner) => visit(inner, out),
+                    Value::Name(name) => note(name, out),
+                    _ => {}
+                }
+            }
+        }
+        fn note<'a>(name: &'a Name, out: &mut Vec<&'a str>) {
+            if let Some((ns, _)) = name.text.split_once("::") {
+                if !out.contains(&ns) {
+                    out.push(ns);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for stage in &self.stages {
+            visit(stage, &mut out);
+        }
+        out
+    }
+}
+
 /// One stage: `name` or `name(args)`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Stage {

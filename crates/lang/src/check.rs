@@ -158,6 +158,26 @@ impl Checker<'_> {
                     names.iter().map(String::as_str),
                     MAX_SUGGESTIONS,
                 );
+                if let Some((ns, _)) = name.text.split_once("::") {
+                    let prefix = format!("{ns}::");
+                    if !names.iter().any(|n| n.starts_with(&prefix)) {
+                        return Err(self
+                            .error(
+                                ErrorKind::UnknownOperator,
+                                name.span,
+                                format!(
+                                    "unknown operator `{}`: no plugin `{ns}` is loaded",
+                                    name.text
+                                ),
+                            )
+                            .with_label("an operator of a plugin that is not loaded")
+                            .with_help(format!(
+                                "load the plugin `{ns}` with --plugin PATH, the recipe's \
+                                 `plugins:` list, or a folder in REEFKNOT_PLUGIN_PATH \
+                                 (`reefknot ops` lists the operators loaded)"
+                            )));
+                    }
+                }
                 let mut lines: Vec<String> = Vec::new();
                 if value_hint && !name.text.contains("::") {
                     lines.push(format!("if `{0}` is a variable, write `${0}`", name.text));

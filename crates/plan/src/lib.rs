@@ -700,6 +700,24 @@ impl MergePlan {
             .unwrap_or(0)
     }
 
+    /// The plugin namespaces its stages use (`tall` for `tall::consensus`), each once,
+    /// in order of first use.
+    pub fn namespaces(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for t in &self.tensors {
+            if let Producer::Pipeline(p) = &t.producer {
+                for stage in &p.stages {
+                    if let Some((ns, _)) = stage.op.split_once("::") {
+                        if !out.contains(&ns) {
+                            out.push(ns);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The indices of the output tensors that are written to the given shards.
     pub fn tensors_in_shards(&self, shards: &[usize]) -> Vec<usize> {
         (0..self.tensors.len())

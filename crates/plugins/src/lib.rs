@@ -48,6 +48,8 @@ use reefknot_ops::Registry;
 use reefknot_plugin_api::{REEFKNOT_ABI_MAJOR, REEFKNOT_ABI_MINOR};
 
 pub use error::PluginError;
+#[cfg(unix)]
+pub use ffi::{contain_crashes, Watchdog};
 pub use operator::PluginOperator;
 
 /// The environment variable naming folders whose shared libraries are loaded as plugins
@@ -136,7 +138,7 @@ pub fn load(path: &Path) -> Result<Plugin, PluginError> {
     let operators: Vec<PluginOperator> = described
         .operators
         .into_iter()
-        .map(|op| PluginOperator::new(described.name, op.spec, op.flags, op.call, op.data))
+        .map(|op| PluginOperator::new(described.name, path, op.spec, op.flags, op.call, op.data))
         .collect();
     for op in &operators {
         tracing::debug!(
@@ -195,7 +197,9 @@ impl Loader {
         Loader::default()
     }
 
-    /// Loads the library at `path` unless it is loaded already, and returns it.
+    /// Loads the library at `path` unless it is loaded already, and returns it. It is
+    /// refused when another loaded plugin has its name, or when one of its operators
+    /// clashes with a registered one.
     pub fn load(&mut self, path: &Path) -> Result<&Plugin, PluginError> {
         let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
         if let Some(i) = self.plugins.iter().position(|(k, _)| *k == key) {
@@ -210,6 +214,8 @@ impl Loader {
                 second: plugin.path,
             });
         }
+        // A clash with a built-in is this library's problem, found when it loads.
+        plugin.register(&mut self.registry()?)?;
         self.plugins.push((key, plugin));
         Ok(&self.plugins.last().expect("just pushed").1)
     }
@@ -229,10 +235,36 @@ impl Loader {
     }
 }
 
-/// Whether `path` has this platform's shared-library extension.
+/// Whether `path` names a shared library of this platform: its extension (`.so`,
+/// `.dylib`, `.dll`), or on other Unix systems than macOS a versioned `.so.N` name
+/// (`libmycorp.so.1`, `libmycorp.so.1.2.0`).
 pub fn is_library(path: &Path) -> bool {
     let ext = std::env::consts::DLL_EXTENSION;
-    path.extension().is_some_and(|e| e == ext)
+    if path.extension().is_some_and(|e| e == ext) {
+        return true;
+    }
+    let Some(name) = path.file_name().and_then(OsStr::to_str) else {
+        return false;
+    };
+    cfg!(all(unix, not(target_os = "macos")))
+        && name.split_once(".so.").is_some_and(|(stem, version)| {
+            !stem.is_empty()
+                && version
+                    .split('.')
+                    .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+}
+
+/// The plugin namespace a library's file name suggests: `mycorp` for `libmycorp.so`,
+/// `libmycorp.so.1` or `mycorp.dll`. A library that cannot be loaded cannot tell its
+/// name, so this is how a broken library is matched with the namespace a recipe uses.
+pub fn namespace_of(path: &Path) -> Option<&str> {
+    let name = path.file_name()?.to_str()?;
+    let name = name
+        .strip_prefix(std::env::consts::DLL_PREFIX)
+        .unwrap_or(name);
+    let stem = name.split('.').next()?;
+    (!stem.is_empty()).then_some(stem)
 }
 
 /// The shared libraries in the folders of a `REEFKNOT_PLUGIN_PATH` value, folder by

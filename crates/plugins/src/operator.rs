@@ -26,7 +26,7 @@ use reefknot_plugin_api::{
     RK_STATUS_OK, RK_STATUS_PANIC, RK_TYPE_DELTA, RK_TYPE_STACK, RK_TYPE_VOTED,
 };
 
-use crate::ffi::{self, ArgBlock, CallViews, OpData, OutView};
+use crate::ffi::{self, ArgBlock, CallViews, OpData, OutView, Site};
 
 /// Bytes of the host's error buffer handed to every call.
 const ERROR_CAPACITY: usize = 4096;
@@ -40,6 +40,8 @@ pub struct PluginOperator {
 struct Inner {
     /// The plugin's name (its namespace).
     plugin: &'static str,
+    /// The library it was loaded from, for messages.
+    library: String,
     /// `plugin::name`.
     qualified: String,
     spec: &'static OpSpec,
@@ -60,6 +62,7 @@ impl std::fmt::Debug for PluginOperator {
 impl PluginOperator {
     pub(crate) fn new(
         plugin: &'static str,
+        library: &std::path::Path,
         spec: &'static OpSpec,
         flags: u32,
         call: RkCallFn,
@@ -68,6 +71,7 @@ impl PluginOperator {
         PluginOperator {
             inner: Arc::new(Inner {
                 plugin,
+                library: library.display().to_string(),
                 qualified: format!("{plugin}::{}", spec.name),
                 spec,
                 flags,
@@ -214,7 +218,13 @@ impl PluginKernel {
             if error.len() < ERROR_CAPACITY {
                 error.resize(ERROR_CAPACITY, 0);
             }
-            let (status, n) = ffi::invoke(self.op.call, self.op.data, &views, out, error);
+            let site = Site {
+                operator: &self.op.qualified,
+                plugin: self.op.plugin,
+                library: &self.op.library,
+                tensor: &self.tensor,
+            };
+            let (status, n) = ffi::invoke(self.op.call, self.op.data, &site, &views, out, error);
             let message = if status == RK_STATUS_OK {
                 String::new()
             } else {
@@ -243,6 +253,19 @@ impl PluginKernel {
             other => Err(self.failure(format!(
                 "returned the unknown status {other} ({})",
                 message()
+            ))),
+        }
+    }
+
+    /// Refuses elected signs other than +1 and -1 (`offset`: the first's element).
+    fn check_signs(&self, offset: usize, sign: &[f32]) -> Result<(), OpError> {
+        match sign.iter().position(|&s| s != 1.0 && s != -1.0) {
+            None => Ok(()),
+            Some(j) => Err(self.failure(format!(
+                "it elected the sign {} at element {}, but a Voted output's signs must be \
+                 +1 or -1",
+                sign[j],
+                offset + j
             ))),
         }
     }
@@ -308,7 +331,10 @@ impl PluginKernel {
                 Ok(())
             }),
             // Straight into the chunk's signs / delta: not inputs of these stages.
-            (_, Ty::Voted) => self.call(&with(common, stack, &[], &[]), OutView::Sign(sign)),
+            (_, Ty::Voted) => {
+                self.call(&with(common, stack, &[], &[]), OutView::Sign(sign))?;
+                self.check_signs(offset, sign)
+            }
             (_, Ty::Delta) => self.call(&with(common, stack, sign, &[]), OutView::Delta(delta)),
         }
     }
@@ -436,6 +462,9 @@ impl Kernel for PluginKernel {
             Ty::Delta => OutView::Delta(&mut out),
         };
         self.call(&inputs, view)?;
+        if self.output == Ty::Voted {
+            self.check_signs(0, &out)?;
+        }
         self.whole = Some(out);
         Ok(())
     }

@@ -2,10 +2,16 @@
 //!
 //! Opening a library, calling its two exported functions, reading its descriptor
 //! table into owned values (bounds, alignment and size checked before every read),
-//! and calling an operator's entry point. Everything past this module works on safe
-//! values; the checks that need no pointer (UTF-8, names, ranges) are in `describe`.
+//! and calling an operator's entry point, with the crash handler of `guard` knowing
+//! which call a thread is in. Everything past this module works on safe values; the
+//! checks that need no pointer (UTF-8, names, ranges) are in `describe`.
 
 #![allow(unsafe_code)]
+
+#[cfg(unix)]
+mod guard;
+#[cfg(unix)]
+pub use guard::{contain_crashes, Watchdog};
 
 use std::ffi::c_void;
 use std::mem::{align_of, size_of, MaybeUninit};
@@ -466,6 +472,18 @@ pub(crate) struct CallViews<'a> {
     pub args: &'a ArgBlock,
 }
 
+/// Who is being called, for the message of a crash inside the call.
+pub(crate) struct Site<'a> {
+    /// `plugin::operator`.
+    pub operator: &'a str,
+    /// The plugin's name.
+    pub plugin: &'a str,
+    /// The library it was loaded from.
+    pub library: &'a str,
+    /// The tensor being merged.
+    pub tensor: &'a str,
+}
+
 /// Where a call writes: one host buffer.
 pub(crate) enum OutView<'a> {
     /// `models × len` task vectors, model-major.
@@ -497,6 +515,7 @@ fn ptr_or_null<T>(s: Option<&[T]>) -> *const T {
 pub(crate) fn invoke(
     f: RkCallFn,
     data: OpData,
+    site: &Site<'_>,
     views: &CallViews<'_>,
     out: OutView<'_>,
     error: &mut [u8],
@@ -572,12 +591,20 @@ pub(crate) fn invoke(
         error_capacity: error.len(),
         error_len: 0,
     };
-    // SAFETY: `f` is the entry point of a validated operator of a loaded, never
-    // unloaded library, called as the ABI declares. Every pointer in `call` views live
-    // slices of the lengths the ABI states (checked above) for the duration of the call;
-    // the output buffers are `&mut` slices, so disjoint from every input; the error
-    // buffer is `error.len()` writable bytes. The plugin promises reentrancy.
-    let status = unsafe { f(&call, &mut output) };
+    let status = {
+        // A crash inside the call is reported as this site's.
+        #[cfg(unix)]
+        let _inside = guard::enter(site);
+        #[cfg(not(unix))]
+        let _ = site;
+        // SAFETY: `f` is the entry point of a validated operator of a loaded, never
+        // unloaded library, called as the ABI declares. Every pointer in `call` views
+        // live slices of the lengths the ABI states (checked above) for the duration of
+        // the call; the output buffers are `&mut` slices, so disjoint from every input;
+        // the error buffer is `error.len()` writable bytes. The plugin promises
+        // reentrancy.
+        unsafe { f(&call, &mut output) }
+    };
     (status, output.error_len.min(error.len()))
 }
 
