@@ -126,7 +126,7 @@ pub(crate) fn table(registry: &Registry) -> String {
                 usage = usage.replacen(e.spec.name, &e.qualified, 1);
             }
             let summary = match &e.origin {
-                Origin::Plugin { name, .. } => format!("{}  [plugin {name}]", e.spec.summary),
+                Origin::Plugin(p) => format!("{}  [plugin {}]", e.spec.summary, p.name),
                 _ => e.spec.summary.to_string(),
             };
             (usage, e.spec.signature_list(), summary)

@@ -9,6 +9,7 @@ mod examples;
 mod guide;
 mod interrupted;
 mod misbehaving;
+mod provenance;
 #[allow(dead_code)]
 #[path = "../cli/util.rs"]
 mod util;

@@ -280,6 +280,30 @@ pub(crate) fn write_card(plan: &Plan, out: &Path) -> Result<(), Error> {
     for e in &data.expressions {
         let _ = writeln!(s, "- {}: `{}`", e.label, e.text);
     }
+    if !data.plugins.is_empty() {
+        s.push_str("\nOperators of these plugins made it:\n\n");
+        for p in &data.plugins {
+            let library = Path::new(&p.library)
+                .file_name()
+                .map_or_else(|| p.library.clone(), |n| n.to_string_lossy().into_owned());
+            let _ = writeln!(
+                s,
+                "- `{}`{} (`{library}`, sha256 `{}`): {}",
+                p.name,
+                if p.version.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}", p.version)
+                },
+                p.sha256,
+                p.operators
+                    .iter()
+                    .map(|o| format!("`{o}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
     let _ = writeln!(
         s,
         "\nOutput dtype: {}. Seed: {}.",

@@ -364,6 +364,27 @@ pub enum ErrorKind {
         op: String,
     },
 
+    /// A plugin the plan uses is loaded from another build than the plan was made with.
+    #[error(
+        "the plugin `{name}` is not the build the plan was made with: the plan used {planned} \
+         (sha256 {planned_sha256}), this run loaded {loaded} (sha256 {loaded_sha256})"
+    )]
+    #[diagnostic(help(
+        "a plan runs only with the plugins it was made with; load that build, or make the plan again from the recipe"
+    ))]
+    PluginChanged {
+        /// The plugin's name.
+        name: String,
+        /// The library and version the plan names.
+        planned: String,
+        /// Its SHA-256.
+        planned_sha256: String,
+        /// The library and version loaded now.
+        loaded: String,
+        /// Its SHA-256.
+        loaded_sha256: String,
+    },
+
     /// An input is not the file set the plan was made from.
     #[error("the {role} ({path}) changed since the plan was made: {}{what}", if file.is_empty() { String::new() } else { format!("`{file}`: ") })]
     #[diagnostic(help(
@@ -598,7 +619,8 @@ impl ErrorKind {
             | ErrorKind::Plan(_)
             | ErrorKind::PlanTensor { .. }
             | ErrorKind::PlanStage { .. }
-            | ErrorKind::UnknownPlanOperator { .. } => 2,
+            | ErrorKind::UnknownPlanOperator { .. }
+            | ErrorKind::PluginChanged { .. } => 2,
             ErrorKind::InRecipe(e) => e.error.exit_code(),
             ErrorKind::NotInCache { .. }
             | ErrorKind::Checkpoint { .. }

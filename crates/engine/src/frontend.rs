@@ -397,7 +397,9 @@ pub(crate) fn plan_and_warn(
         },
         vocabulary,
         tensors,
+        plugins: Vec::new(),
     };
+    record_plugins(&mut merge_plan, registry);
     if let Some(c) = &recipe.chat_template {
         let inputs: Vec<&Checkpoint> = opened[..=recipe.models.len()].iter().collect();
         merge_plan.output.chat_template = chat::resolve(&c.text, &inputs).map_err(|message| {
@@ -990,6 +992,42 @@ fn parse_output_dtype(name: &str) -> Result<Dtype, Error> {
         Some(d) if d.is_computable() && d != Dtype::F64 => Ok(d),
         _ => Err(ErrorKind::OutputDtype(name.to_string()).into()),
     }
+}
+
+/// The key of the safetensors metadata naming the plugins a merge used (JSON: a list
+/// of `{name, version, sha256}`).
+pub const PLUGINS_METADATA: &str = "reefknot_plugins";
+
+/// Records in `plan` the plugins its stages use, with their versions and the SHA-256
+/// of their libraries, and names them in the output's metadata.
+fn record_plugins(plan: &mut plan::MergePlan, registry: &Registry) {
+    let mut uses: Vec<plan::PluginUse> = Vec::new();
+    for op in plan.plugin_operators() {
+        let Some(p) = registry.provider(op) else {
+            continue;
+        };
+        match uses.iter_mut().find(|u| u.name == p.name) {
+            Some(u) => u.operators.push(op.to_string()),
+            None => uses.push(plan::PluginUse {
+                name: p.name.clone(),
+                version: p.version.clone(),
+                library: p.path.display().to_string(),
+                sha256: p.sha256.clone(),
+                operators: vec![op.to_string()],
+            }),
+        }
+    }
+    if !uses.is_empty() {
+        let listed: Vec<serde_json::Value> = uses
+            .iter()
+            .map(|u| serde_json::json!({"name": u.name, "version": u.version, "sha256": u.sha256}))
+            .collect();
+        plan.output.metadata.insert(
+            PLUGINS_METADATA.to_string(),
+            serde_json::Value::Array(listed).to_string(),
+        );
+    }
+    plan.plugins = uses;
 }
 
 fn compile_rules(recipe: &Recipe, registry: &Registry) -> Result<Vec<Rule>, Error> {

@@ -50,7 +50,7 @@ pub use exec::{
     execute, merge_tensor, InMemory, MemoryOutput, MemorySink, NoProgress, OutputSink, Progress,
     Sink, Source, TensorJob,
 };
-pub use frontend::{bind_pipeline, plan_recipe, PlanOptions, RECIPE_METADATA};
+pub use frontend::{bind_pipeline, plan_recipe, PlanOptions, PLUGINS_METADATA, RECIPE_METADATA};
 pub use output::{abandon_outputs, watch_outputs, OutputChange, Staging};
 pub use plan::{describe_stages, Job, Located, MergeJob, Plan, Stage};
 pub use reefknot_plan::MergePlan;

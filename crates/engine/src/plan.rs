@@ -181,6 +181,27 @@ impl Plan {
             }
             jobs.push(job);
         }
+        // Every operator is loaded (the jobs bound): each plugin must be the build the
+        // plan was made with.
+        for used in &data.plugins {
+            let loaded = used
+                .operators
+                .iter()
+                .find_map(|op| registry.provider(op))
+                .filter(|p| p.name == used.name);
+            if let Some(p) = loaded {
+                if p.sha256 != used.sha256 {
+                    return Err(ErrorKind::PluginChanged {
+                        name: used.name.clone(),
+                        planned: format!("{} {}", used.library, used.version),
+                        planned_sha256: used.sha256.clone(),
+                        loaded: format!("{} {}", p.path.display(), p.version),
+                        loaded_sha256: p.sha256.clone(),
+                    }
+                    .into());
+                }
+            }
+        }
         Ok(Plan {
             data,
             inputs,
@@ -357,6 +378,22 @@ impl Plan {
                 "; {} permuted into it, {} filled",
                 counted(permuted, "vocabulary tensor"),
                 counted(v.fill.len(), "row")
+            );
+        }
+
+        for p in &d.plugins {
+            let _ = writeln!(
+                out,
+                "plugin   {}{} from {} (sha256 {}): {}",
+                p.name,
+                if p.version.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}", p.version)
+                },
+                p.library,
+                p.sha256,
+                p.operators.join(", ")
             );
         }
 

@@ -28,7 +28,7 @@ pub use kernel::{
     Operator, Param, Partial, Span, TaskVectors, TextParam, Value, MAX_ROW_CHUNK,
 };
 pub use mergekit::{MergekitMethod, MERGEKIT_METHODS};
-pub use registry::{Builtin, Clash, Entry, Origin, Registry};
+pub use registry::{Builtin, Clash, Entry, Origin, Provider, Registry};
 pub use sum::OrderFreeSum;
 
 /// Frees the memory operators keep for reuse from one tensor to the next (`dare`'s

@@ -30,12 +30,20 @@ pub enum Origin {
     /// Syntax sugar expanded by the language (`ties`).
     Sugar,
     /// Loaded from a plugin library.
-    Plugin {
-        /// The plugin's name (its namespace).
-        name: String,
-        /// The library it was loaded from.
-        path: std::path::PathBuf,
-    },
+    Plugin(Arc<Provider>),
+}
+
+/// The plugin an operator comes from: what a merged model's provenance names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Provider {
+    /// The plugin's name (its namespace).
+    pub name: String,
+    /// Its own version, as its descriptor states it (may be empty).
+    pub version: String,
+    /// The library it was loaded from.
+    pub path: std::path::PathBuf,
+    /// The SHA-256 of the library file, in lowercase hex.
+    pub sha256: String,
 }
 
 impl fmt::Display for Origin {
@@ -43,7 +51,13 @@ impl fmt::Display for Origin {
         match self {
             Origin::Builtin => f.write_str("built-in"),
             Origin::Sugar => f.write_str("built-in (sugar)"),
-            Origin::Plugin { name, path } => write!(f, "plugin `{name}` ({})", path.display()),
+            Origin::Plugin(p) => {
+                write!(f, "plugin `{}`", p.name)?;
+                if !p.version.is_empty() {
+                    write!(f, " {}", p.version)?;
+                }
+                write!(f, " ({})", p.path.display())
+            }
         }
     }
 }
@@ -151,15 +165,15 @@ impl Registry {
     /// equals a built-in's (or an alias) is refused: it would be shadowed silently.
     pub fn add_plugin(
         &mut self,
-        plugin: &str,
-        path: &std::path::Path,
+        provider: &Arc<Provider>,
         operator: Arc<dyn Operator>,
     ) -> Result<(), Clash> {
+        let plugin = provider.name.as_str();
         let spec = operator.spec();
         let qualified = format!("{plugin}::{}", spec.name);
         let clashes = |e: &&Entry| {
             e.qualified == qualified
-                || (!matches!(e.origin, Origin::Plugin { .. })
+                || (!matches!(e.origin, Origin::Plugin(_))
                     && (e.spec.name == spec.name || e.spec.aliases.contains(&spec.name)))
         };
         if let Some(existing) = self.entries.iter().find(clashes) {
@@ -172,10 +186,7 @@ impl Registry {
         self.entries.push(Entry {
             qualified,
             spec,
-            origin: Origin::Plugin {
-                name: plugin.to_string(),
-                path: path.to_path_buf(),
-            },
+            origin: Origin::Plugin(Arc::clone(provider)),
             operator: Some(operator),
         });
         Ok(())
@@ -184,6 +195,14 @@ impl Registry {
     /// The entry of a canonical name.
     pub fn get(&self, qualified: &str) -> Option<&Entry> {
         self.entries.iter().find(|e| e.qualified == qualified)
+    }
+
+    /// The plugin that provides canonical name `qualified` (`None` for built-ins).
+    pub fn provider(&self, qualified: &str) -> Option<&Provider> {
+        match &self.get(qualified)?.origin {
+            Origin::Plugin(p) => Some(p),
+            Origin::Builtin | Origin::Sugar => None,
+        }
     }
 
     /// The implementation of a canonical name (`None` for sugar and unknown names).
@@ -204,7 +223,7 @@ impl Catalog for Registry {
         if let Some(e) = self
             .entries
             .iter()
-            .find(|e| !matches!(e.origin, Origin::Plugin { .. }) && e.spec.aliases.contains(&name))
+            .find(|e| !matches!(e.origin, Origin::Plugin(_)) && e.spec.aliases.contains(&name))
         {
             return found(e);
         }
@@ -215,7 +234,7 @@ impl Catalog for Registry {
             .entries
             .iter()
             .filter(|e| {
-                matches!(e.origin, Origin::Plugin { .. })
+                matches!(e.origin, Origin::Plugin(_))
                     && (e.spec.name == name || e.spec.aliases.contains(&name))
             })
             .collect();
@@ -230,7 +249,7 @@ impl Catalog for Registry {
         let mut names = Vec::new();
         for e in &self.entries {
             names.push(e.qualified.clone());
-            if let Origin::Plugin { .. } = e.origin {
+            if let Origin::Plugin(_) = e.origin {
                 names.push(e.spec.name.to_string());
             }
             names.extend(e.spec.aliases.iter().map(|a| a.to_string()));

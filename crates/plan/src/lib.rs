@@ -41,6 +41,7 @@
 //!         chat_template: None,
 //!     },
 //!     vocabulary: None,
+//!     plugins: vec![],
 //!     tensors: vec![OutputTensor {
 //!         name: "lm_head.weight".into(),
 //!         dtype: "F32".into(),
@@ -94,6 +95,26 @@ pub struct MergePlan {
     /// Every output tensor, in output order (the order of the shards and of the
     /// tensors inside them).
     pub tensors: Vec<OutputTensor>,
+    /// The plugins whose operators the stages use, in order of first use: a plan runs
+    /// only with the same builds of them (their libraries' SHA-256).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<PluginUse>,
+}
+
+/// A plugin a plan's stages use.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginUse {
+    /// Its name: the namespace of its operators.
+    pub name: String,
+    /// Its own version, as its descriptor states it (may be empty).
+    pub version: String,
+    /// The library it was loaded from, as given.
+    pub library: String,
+    /// The SHA-256 of the library file, in lowercase hex.
+    pub sha256: String,
+    /// The operators of it the stages use (canonical names), in order of first use.
+    pub operators: Vec<String>,
 }
 
 /// One input of a merge: a checkpoint (a model folder, a `.safetensors` file or an
@@ -704,13 +725,24 @@ impl MergePlan {
     /// in order of first use.
     pub fn namespaces(&self) -> Vec<&str> {
         let mut out: Vec<&str> = Vec::new();
+        for op in self.plugin_operators() {
+            if let Some((ns, _)) = op.split_once("::") {
+                if !out.contains(&ns) {
+                    out.push(ns);
+                }
+            }
+        }
+        out
+    }
+
+    /// The plugin operators (`ns::op`) its stages use, each once, in order of first use.
+    pub fn plugin_operators(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
         for t in &self.tensors {
             if let Producer::Pipeline(p) = &t.producer {
                 for stage in &p.stages {
-                    if let Some((ns, _)) = stage.op.split_once("::") {
-                        if !out.contains(&ns) {
-                            out.push(ns);
-                        }
+                    if stage.op.contains("::") && !out.contains(&stage.op.as_str()) {
+                        out.push(&stage.op);
                     }
                 }
             }

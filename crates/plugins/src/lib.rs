@@ -44,7 +44,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use reefknot_ops::Registry;
+use reefknot_ops::{Provider, Registry};
 use reefknot_plugin_api::{REEFKNOT_ABI_MAJOR, REEFKNOT_ABI_MINOR};
 
 pub use error::PluginError;
@@ -69,6 +69,8 @@ pub struct Plugin {
     pub path: PathBuf,
     /// The ABI version it was built for (major, minor).
     pub abi: (u32, u32),
+    /// The SHA-256 of the library file (lowercase hex): which build made a model.
+    pub sha256: String,
     /// Its operators, in the order it declares them.
     pub operators: Vec<PluginOperator>,
 }
@@ -100,6 +102,8 @@ pub fn load(path: &Path) -> Result<Plugin, PluginError> {
     } else {
         path.to_path_buf()
     };
+    // Hashed before it is opened: the bytes whose code runs are the bytes named.
+    let sha256 = sha256_of(path)?;
     let lib = ffi::open(&open_path, path)?;
     let version = lib.abi_version(path)?;
     let descriptor = lib.descriptor_fn(path)?;
@@ -166,16 +170,47 @@ pub fn load(path: &Path) -> Result<Plugin, PluginError> {
         description: described.description,
         path: path.to_path_buf(),
         abi: (version.major, version.minor),
+        sha256,
         operators,
     })
 }
 
+/// The SHA-256 of the file at `path`, in lowercase hex.
+fn sha256_of(path: &Path) -> Result<String, PluginError> {
+    use sha2::Digest as _;
+    let mut file = std::fs::File::open(path).map_err(|e| PluginError::NotFound {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|e| PluginError::NotFound {
+        path: path.to_path_buf(),
+        reason: format!("cannot read it: {e}"),
+    })?;
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 impl Plugin {
+    /// What the registry records as the origin of its operators.
+    pub fn provider(&self) -> Arc<Provider> {
+        Arc::new(Provider {
+            name: self.name.to_string(),
+            version: self.version.to_string(),
+            path: self.path.clone(),
+            sha256: self.sha256.clone(),
+        })
+    }
+
     /// Adds the plugin's operators to `registry` as `name::op`.
     pub fn register(&self, registry: &mut Registry) -> Result<(), PluginError> {
+        let provider = self.provider();
         for op in &self.operators {
             registry
-                .add_plugin(self.name, &self.path, Arc::new(op.clone()))
+                .add_plugin(&provider, Arc::new(op.clone()))
                 .map_err(|clash| PluginError::Clash {
                     path: self.path.clone(),
                     clash,
