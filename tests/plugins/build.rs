@@ -96,7 +96,7 @@ pub fn cc(source: &Path, out: &Path, defines: &[&str]) {
     for d in defines {
         cmd.arg(format!("-D{d}"));
     }
-    run(cmd.arg("-o").arg(&building).arg(source));
+    run(cmd.arg("-o").arg(&building).arg(source).arg("-lm"));
     std::fs::rename(&building, out).unwrap();
 }
 
@@ -106,6 +106,16 @@ pub fn robust() -> &'static Path {
     BUILT.get_or_init(|| {
         let out = scratch().join(lib_name("robust"));
         cc(&root().join("plugins/robust/robust.c"), &out, &[]);
+        out
+    })
+}
+
+/// `plugins/rows` (plain C, ABI 1.1), built once per test run.
+pub fn rows() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let out = scratch().join(lib_name("rows"));
+        cc(&root().join("plugins/rows/rows.c"), &out, &[]);
         out
     })
 }

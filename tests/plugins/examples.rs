@@ -340,3 +340,171 @@ fn operators_may_read_the_base_and_the_fisher() {
         "{stderr}"
     );
 }
+
+/// `rows::keep` as plugins/rows documents it, on one run of `n` values.
+fn keep_run(v: &[f32], density: f64, rescale: bool) -> Vec<f32> {
+    let k = ((density * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    let mut mags: Vec<f32> = v.iter().map(|x| x.abs()).collect();
+    mags.sort_by(|a, b| b.total_cmp(a));
+    let threshold = mags[k - 1];
+    let scale = if rescale { (1.0 / density) as f32 } else { 1.0 };
+    v.iter()
+        .map(|&x| if x.abs() >= threshold { x * scale } else { 0.0 })
+        .collect()
+}
+
+/// Columns of a tensor seen as a `[rows, columns]` matrix (its outermost dimension).
+fn columns(base: &Checkpoint, name: &str) -> usize {
+    let t = base.get(name).unwrap();
+    match t.shape.first() {
+        Some(&rows) if rows > 0 => t.numel() / rows,
+        _ => t.numel(),
+    }
+}
+
+#[test]
+fn rows_keep_reads_the_tensor_shape() {
+    let ws = Workspace::new(Dtype::F32, None);
+    let base = Checkpoint::open(&ws.model("base")).unwrap();
+    for (scope, rowwise) in [("rows", true), ("tensor", false)] {
+        let merge = format!("rows::keep(density=0.3, scope={scope}, rescale=true) |> sum");
+        ws.recipe("r.yaml", &recipe(&ws, &merge, &[build::rows()], ""));
+        let out = format!("out-{scope}");
+        ok(&run_in(
+            ws.path(),
+            &["merge", "r.yaml", "-o", &out, "--quiet"],
+        ));
+        each_tensor(&ws, &out, |name, b, deltas, got| {
+            let cols = if rowwise {
+                columns(&base, name)
+            } else {
+                b.len()
+            };
+            let trimmed: Vec<Vec<f32>> = deltas
+                .iter()
+                .map(|d| {
+                    d.chunks(cols)
+                        .flat_map(|row| keep_run(row, 0.3, true))
+                        .collect()
+                })
+                .collect();
+            for j in 0..b.len() {
+                let delta = trimmed.iter().fold(0f32, |acc, t| acc + t[j]);
+                same_bits(name, j, got[j], b[j] + delta);
+            }
+        });
+    }
+}
+
+#[test]
+fn rows_agree_is_a_voted_to_voted_stage() {
+    let ws = Workspace::new(Dtype::F32, None);
+    let base = Checkpoint::open(&ws.model("base")).unwrap();
+    let merge = "elect |> rows::agree(min_share=0.6) |> disjoint(sum)";
+    ws.recipe("r.yaml", &recipe(&ws, merge, &[build::rows()], ""));
+    ok(&run_in(
+        ws.path(),
+        &["merge", "r.yaml", "-o", "out", "--quiet"],
+    ));
+    let mut zeroed = 0;
+    each_tensor(&ws, "out", |name, b, deltas, got| {
+        let cols = columns(&base, name);
+        // The elected sign: that of the summed task vectors (+1 at zero).
+        let sign: Vec<f32> = (0..b.len())
+            .map(|j| {
+                let score = deltas.iter().fold(0f32, |acc, d| acc + d[j]);
+                if score >= 0.0 {
+                    1.0
+                } else {
+                    -1.0
+                }
+            })
+            .collect();
+        let kept: Vec<Vec<f32>> = deltas
+            .iter()
+            .map(|d| {
+                let mut out = d.clone();
+                for (r, row) in out.chunks_mut(cols).enumerate() {
+                    let s = &sign[r * cols..(r + 1) * cols];
+                    let nonzero = row.iter().filter(|x| **x != 0.0).count();
+                    let agreeing = row
+                        .iter()
+                        .zip(s)
+                        .filter(|(x, s)| **x != 0.0 && (**x > 0.0) == (**s > 0.0))
+                        .count();
+                    if nonzero > 0 && (agreeing as f64) < 0.6 * nonzero as f64 {
+                        row.fill(0.0);
+                        zeroed += 1;
+                    }
+                }
+                out
+            })
+            .collect();
+        for j in 0..b.len() {
+            let delta = kept
+                .iter()
+                .filter(|k| k[j] * sign[j] > 0.0)
+                .fold(0f32, |acc, k| acc + k[j]);
+            same_bits(name, j, got[j], b[j] + delta);
+        }
+    });
+    assert!(zeroed > 0, "no row was zeroed: the test shows nothing");
+}
+
+#[test]
+fn a_plugin_built_for_abi_1_0_still_runs() {
+    let ws = Workspace::new(Dtype::F32, None);
+    let old = build::misbehaving("ABI_1_0", &[]);
+    ws.recipe(
+        "r.yaml",
+        &recipe(&ws, "misbehaving::twice |> sum", &[&old], ""),
+    );
+    ok(&run_in(
+        ws.path(),
+        &["merge", "r.yaml", "-o", "out", "--quiet"],
+    ));
+    each_tensor(&ws, "out", |name, b, deltas, got| {
+        for j in 0..b.len() {
+            let delta = deltas.iter().fold(0f32, |acc, d| acc + d[j]);
+            same_bits(name, j, got[j], b[j] + delta);
+        }
+    });
+}
+
+#[test]
+fn a_delta_stage_may_read_the_task_vectors_and_the_layer() {
+    let ws = Workspace::new(Dtype::F32, None);
+    // `trim` first: the task vectors the stage sees are the trimmed ones.
+    let merge = "trim(0.5) |> sum |> fixture::echo";
+    ws.recipe("r.yaml", &recipe(&ws, merge, &[build::fixture()], ""));
+    ok(&run_in(
+        ws.path(),
+        &["merge", "r.yaml", "-o", "out", "--quiet"],
+    ));
+    ws.recipe("t.yaml", &recipe(&ws, "trim(0.5) |> sum", &[], ""));
+    ok(&run_in(
+        ws.path(),
+        &["merge", "t.yaml", "-o", "trimmed", "--quiet"],
+    ));
+    let trimmed = Checkpoint::open(&ws.path().join("trimmed")).unwrap();
+    let mut layered = 0;
+    each_tensor(&ws, "out", |name, b, _, got| {
+        let layer = name
+            .strip_prefix("model.layers.")
+            .and_then(|rest| rest.split('.').next())
+            .map_or(0, |n| n.parse::<usize>().unwrap());
+        layered += usize::from(layer > 0);
+        let sum = values(&trimmed, name);
+        // Σ δ' of the trimmed task vectors is what `sum` merged: θ − θ_base.
+        for j in 0..b.len() {
+            let delta = sum[j] - b[j];
+            let want = b[j] + (delta + layer as f32 * delta);
+            assert!(
+                (got[j] - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "{name}[{j}]: got {}, want {want}",
+                got[j]
+            );
+        }
+    });
+    assert!(layered > 0);
+}

@@ -10,6 +10,7 @@ mod guide;
 mod interrupted;
 mod misbehaving;
 mod provenance;
+mod standalone;
 #[allow(dead_code)]
 #[path = "../cli/util.rs"]
 mod util;

@@ -31,7 +31,9 @@ pub struct Chunk<'a> {
     pub models: usize,
     /// The base model's values.
     pub base: &'a [f32],
-    /// The task vectors `δ_i` as transformed so far (`T × len`).
+    /// The task vectors `δ_i` as transformed so far (`T × len`). Stages whose output
+    /// is a Delta only read them, so a later Delta→Delta stage sees them as the
+    /// combiner did (plugins with `RK_OP_NEEDS_TASKS` read them there).
     pub stack: &'a mut [f32],
     /// The elected sign per element (`+1.0` or `-1.0`), valid once the pipeline is `Voted`.
     pub sign: &'a mut [f32],

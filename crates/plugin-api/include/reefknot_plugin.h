@@ -1,5 +1,5 @@
 /*
- * reefknot_plugin.h: the C ABI of reefknot operator plugins (ABI 1.0).
+ * reefknot_plugin.h: the C ABI of reefknot operator plugins (ABI 1.1).
  *
  * The same interface as the Rust crate `reefknot-plugin-api` (src/abi.rs); a test of
  * that crate compiles this header against the Rust layout (size, alignment, every
@@ -37,7 +37,7 @@ extern "C" {
 
 /* Versions: a host refuses another major, or a newer minor than its own. */
 #define REEFKNOT_ABI_MAJOR 1
-#define REEFKNOT_ABI_MINOR 0
+#define REEFKNOT_ABI_MINOR 1
 
 /* What an operator's call returns. */
 #define RK_STATUS_OK 0    /* the output is written */
@@ -55,11 +55,13 @@ extern "C" {
 #define RK_SIG_VOTED_DELTA (1u << 2)
 #define RK_SIG_STACK_DELTA (1u << 3)
 #define RK_SIG_DELTA_DELTA (1u << 4)
+#define RK_SIG_VOTED_VOTED (1u << 5) /* ABI 1.1: rewrites the task vectors and signs */
 
 /* Operator flags (RkOperator.flags). */
 #define RK_OP_ELEMENTWISE (1u << 0)  /* output j depends on inputs j only: called per chunk */
 #define RK_OP_NEEDS_BASE (1u << 1)   /* reads RkCall.base */
 #define RK_OP_NEEDS_FISHER (1u << 2) /* reads RkCall.fisher */
+#define RK_OP_NEEDS_TASKS (1u << 3)  /* ABI 1.1: a Delta->Delta call reads RkCall.tasks */
 
 /* Parameter kinds (RkParam.kind, RkArg.kind). */
 #define RK_PARAM_NUMBER 1
@@ -169,12 +171,17 @@ struct RkCall {
     const RkArg *args;          /* in parameter order; stride args->size: use rk_arg_at */
     size_t arg_count;
     const void *op_data;        /* RkOperator.data */
+    /* ABI 1.1 */
+    const uint64_t *shape;      /* the tensor's shape, outermost first (row-major) */
+    size_t ndim;                /* dimensions of `shape` */
+    int64_t layer;              /* model.layers.N -> N; -1 for a tensor of no layer */
+    const float *const *tasks;  /* T task vectors (Delta->Delta with RK_OP_NEEDS_TASKS) */
 };
 
 /* Where a call writes: host-owned buffers of `len` values, disjoint from the inputs. */
 struct RkOutput {
     size_t size;          /* sizeof(RkOutput) on the host */
-    float *const *stack;  /* Stack output: T task vectors */
+    float *const *stack;  /* Stack output, Voted->Voted: T task vectors */
     float *sign;          /* Voted output: +1.0f or -1.0f per element */
     float *delta;         /* Delta output */
     char *error;          /* a buffer for an error message (UTF-8) */
@@ -206,6 +213,39 @@ static inline double rk_number(const RkCall *call, const char *name, size_t mode
         return fallback;
     }
     return a->numbers[a->number_count == 1 ? 0 : model];
+}
+
+/* Choice argument `name`: whether its identifier is `value` (0 when absent). */
+static inline int rk_choice_is(const RkCall *call, const char *name, const char *value) {
+    const RkArg *a = rk_arg(call, name);
+    size_t n = strlen(value);
+    return a != NULL && a->kind == RK_PARAM_CHOICE && a->text.len == n &&
+           memcmp(a->text.ptr, value, n) == 0;
+}
+
+/* Bool argument `name` (1 or 0), or `fallback`. */
+static inline int rk_bool(const RkCall *call, const char *name, int fallback) {
+    const RkArg *a = rk_arg(call, name);
+    if (a == NULL || a->kind != RK_PARAM_BOOL) {
+        return fallback;
+    }
+    return a->boolean != 0;
+}
+
+/* Text or choice argument `name` (not NUL-terminated), or an empty string. */
+static inline RkStr rk_text(const RkCall *call, const char *name) {
+    const RkArg *a = rk_arg(call, name);
+    RkStr empty = {NULL, 0};
+    if (a == NULL || (a->kind != RK_PARAM_TEXT && a->kind != RK_PARAM_CHOICE)) {
+        return empty;
+    }
+    return a->text;
+}
+
+/* Rows and columns of the tensor as a matrix: the outermost dimension, and the rest. */
+static inline void rk_matrix(const RkCall *call, uint64_t *rows, uint64_t *columns) {
+    *rows = call->ndim > 0 ? call->shape[0] : 1;
+    *columns = *rows > 0 ? call->numel / *rows : 0;
 }
 
 /* Writes `message` (NUL-terminated) into the host's error buffer; returns RK_STATUS_ERROR. */

@@ -96,7 +96,7 @@ abi_consts! {
     /// The ABI's major version: a plugin built for another major is refused.
     REEFKNOT_ABI_MAJOR: u32 = 1;
     /// The ABI's minor version: a host runs plugins of its major and any minor up to its own.
-    REEFKNOT_ABI_MINOR: u32 = 0;
+    REEFKNOT_ABI_MINOR: u32 = 1;
 
     /// The call succeeded and wrote its output.
     RK_STATUS_OK: u32 = 0;
@@ -122,6 +122,9 @@ abi_consts! {
     RK_SIG_STACK_DELTA: u32 = 1 << 3;
     /// Signature bit: `Delta→Delta`.
     RK_SIG_DELTA_DELTA: u32 = 1 << 4;
+    /// Signature bit: `Voted→Voted` (ABI 1.1): rewrites the task vectors and the
+    /// elected signs.
+    RK_SIG_VOTED_VOTED: u32 = 1 << 5;
 
     /// Operator flag: element `j` of the output depends only on element `j` of the
     /// inputs (and on `offset + j`), so the host may call it on any chunk of a tensor.
@@ -131,6 +134,9 @@ abi_consts! {
     RK_OP_NEEDS_BASE: u32 = 1 << 1;
     /// Operator flag: the call reads each model's diagonal Fisher (`RkCall.fisher`).
     RK_OP_NEEDS_FISHER: u32 = 1 << 2;
+    /// Operator flag (ABI 1.1): a `Delta→Delta` call also reads the task vectors, as
+    /// the stages before the combiner left them (`RkCall.tasks`).
+    RK_OP_NEEDS_TASKS: u32 = 1 << 3;
 
     /// Parameter kind: a real number (also accepts `$variables` and gradients).
     RK_PARAM_NUMBER: u32 = 1;
@@ -329,6 +335,17 @@ abi_struct! {
         pub arg_count: usize,
         /// The operator's `RkOperator.data`.
         pub op_data: *const c_void,
+        /// ABI 1.1: the tensor's shape, `ndim` dimensions, outermost first (a matrix
+        /// is `[rows, columns]`, row-major: element `e` is row `e / columns`).
+        pub shape: *const u64,
+        /// ABI 1.1: the number of dimensions of `shape`.
+        pub ndim: usize,
+        /// ABI 1.1: the transformer layer the tensor belongs to (`model.layers.N.`),
+        /// or -1 for a tensor of no layer (embeddings, final norm, LM head).
+        pub layer: i64,
+        /// ABI 1.1: `T` task vectors for a `Delta→Delta` call with
+        /// `RK_OP_NEEDS_TASKS` (null otherwise; Stack and Voted inputs use `stack`).
+        pub tasks: *const *const f32,
     }
 }
 
@@ -337,7 +354,8 @@ abi_struct! {
     pub struct RkOutput {
         /// `sizeof(RkOutput)` on the host.
         pub size: usize,
-        /// Stack output: `T` task vectors to write.
+        /// Stack output, and Voted output from a Voted input (`Voted→Voted`): `T` task
+        /// vectors to write (null for `Stack→Voted`, which keeps the task vectors).
         pub stack: *const *mut f32,
         /// Voted output: the elected sign to write, `+1` or `-1` per element.
         pub sign: *mut f32,

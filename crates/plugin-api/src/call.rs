@@ -96,6 +96,44 @@ impl<'a> Input<'a> {
         std::str::from_utf8(b).unwrap_or("<tensor name is not UTF-8>")
     }
 
+    /// The tensor's shape, outermost dimension first (row-major: a `[rows, columns]`
+    /// matrix's element `e` is in row `e / columns`).
+    pub fn shape(&self) -> &'a [u64] {
+        if self.call.shape.is_null() || self.call.ndim == 0 {
+            return &[];
+        }
+        // SAFETY: the host passes `ndim` dimensions at `shape`, valid for the call.
+        unsafe { std::slice::from_raw_parts(self.call.shape, self.call.ndim) }
+    }
+
+    /// The tensor as a matrix: (rows, columns), the outermost dimension and the
+    /// product of the others ((1, numel) for a scalar).
+    pub fn matrix(&self) -> (u64, u64) {
+        match self.shape() {
+            [] => (1, self.call.numel),
+            [rows, ..] if *rows == 0 => (0, 0),
+            [rows, ..] => (*rows, self.call.numel / rows),
+        }
+    }
+
+    /// The transformer layer of the tensor (`model.layers.N.` gives `N`), or `None`
+    /// for a tensor of no layer (embeddings, the final norm, the LM head).
+    pub fn layer(&self) -> Option<u64> {
+        u64::try_from(self.call.layer).ok()
+    }
+
+    /// Task vector `i` in a `Delta→Delta` call with `Flags::NEEDS_TASKS`, as the
+    /// stages before the combiner left them.
+    pub fn task(&self, i: usize) -> &'a [f32] {
+        assert!(i < self.call.models, "model {i} of {}", self.call.models);
+        assert!(
+            !self.call.tasks.is_null(),
+            "the host gave no task vectors to this Delta call (Flags::NEEDS_TASKS)"
+        );
+        // SAFETY: `tasks` holds `models` pointers to `len` floats each, valid for the call.
+        unsafe { floats(*self.call.tasks.add(i), self.call.len, "task vector") }
+    }
+
     /// What the stage receives.
     pub fn input_type(&self) -> Type {
         self.input
@@ -266,7 +304,7 @@ impl Output<'_> {
         self.output
     }
 
-    /// Task vector `i` to write (Stack output).
+    /// Task vector `i` to write (Stack output, and Voted output from a Voted input).
     pub fn model_mut(&mut self, i: usize) -> &mut [f32] {
         assert!(i < self.models, "model {i} of {}", self.models);
         assert!(

@@ -51,16 +51,21 @@ pub enum Signature {
     StackToDelta,
     /// `Delta→Delta`: transforms the merged delta.
     DeltaToDelta,
+    /// `Voted→Voted` (ABI 1.1): rewrites the task vectors and the elected signs, e.g.
+    /// a mask that depends on the vote. The output has both: write every task vector
+    /// ([`crate::Output::model_mut`]) and every sign ([`crate::Output::sign_mut`]).
+    VotedToVoted,
 }
 
 impl Signature {
     /// Every signature, in `RK_SIG_*` bit order.
-    pub const ALL: [Signature; 5] = [
+    pub const ALL: [Signature; 6] = [
         Signature::StackToStack,
         Signature::StackToVoted,
         Signature::VotedToDelta,
         Signature::StackToDelta,
         Signature::DeltaToDelta,
+        Signature::VotedToVoted,
     ];
 
     /// The `RK_SIG_*` bit.
@@ -71,6 +76,7 @@ impl Signature {
             Signature::VotedToDelta => RK_SIG_VOTED_DELTA,
             Signature::StackToDelta => RK_SIG_STACK_DELTA,
             Signature::DeltaToDelta => RK_SIG_DELTA_DELTA,
+            Signature::VotedToVoted => RK_SIG_VOTED_VOTED,
         }
     }
 
@@ -80,7 +86,7 @@ impl Signature {
             Signature::StackToStack | Signature::StackToVoted | Signature::StackToDelta => {
                 Type::Stack
             }
-            Signature::VotedToDelta => Type::Voted,
+            Signature::VotedToDelta | Signature::VotedToVoted => Type::Voted,
             Signature::DeltaToDelta => Type::Delta,
         }
     }
@@ -89,7 +95,7 @@ impl Signature {
     pub const fn output(self) -> Type {
         match self {
             Signature::StackToStack => Type::Stack,
-            Signature::StackToVoted => Type::Voted,
+            Signature::StackToVoted | Signature::VotedToVoted => Type::Voted,
             Signature::VotedToDelta | Signature::StackToDelta | Signature::DeltaToDelta => {
                 Type::Delta
             }
@@ -123,6 +129,9 @@ impl Flags {
     pub const NEEDS_BASE: Flags = Flags(RK_OP_NEEDS_BASE);
     /// The call reads each model's diagonal Fisher (the recipe must give `fisher:` files).
     pub const NEEDS_FISHER: Flags = Flags(RK_OP_NEEDS_FISHER);
+    /// A `Delta→Delta` call also reads the task vectors, as the stages before the
+    /// combiner left them ([`crate::Input::task`]).
+    pub const NEEDS_TASKS: Flags = Flags(RK_OP_NEEDS_TASKS);
 
     /// Both sets of flags: `Flags::ELEMENTWISE.with(Flags::NEEDS_BASE)`.
     pub const fn with(self, other: Flags) -> Flags {
@@ -257,8 +266,9 @@ pub trait Operator {
     const SIGNATURES: &'static [Signature];
     /// Its parameters, in positional order.
     const PARAMS: &'static [Param] = &[];
-    /// `Flags::ELEMENTWISE` (the default), `Flags::WHOLE_TENSOR`, combined with
-    /// `NEEDS_BASE` / `NEEDS_FISHER` as required.
+    /// `Flags::ELEMENTWISE` (the default) or `Flags::WHOLE_TENSOR`, combined with
+    /// `NEEDS_BASE`, `NEEDS_FISHER` and `NEEDS_TASKS` as required:
+    /// `Flags::WHOLE_TENSOR.with(Flags::NEEDS_BASE)`.
     const FLAGS: Flags = Flags::ELEMENTWISE;
 
     /// Computes the stage's output for the element range of `input` into `output`.

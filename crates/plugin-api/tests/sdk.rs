@@ -112,6 +112,10 @@ fn run(mode: &'static str, stack: bool, error_capacity: usize) -> (u32, Vec<f32>
         args: args.as_ptr(),
         arg_count: args.len(),
         op_data: std::ptr::null(),
+        shape: [10u64].as_ptr(),
+        ndim: 1,
+        layer: -1,
+        tasks: std::ptr::null(),
     };
     let mut error = vec![0u8; error_capacity];
     let mut output = RkOutput {

@@ -18,23 +18,34 @@ use std::collections::HashSet;
 use reefknot_lang::{Bound, DefaultValue, OpSpec, ParamKind, ParamSpec, Signature, Ty};
 use reefknot_plugin_api::{
     RkCallFn, RK_BOUND_EXCLUSIVE, RK_BOUND_INCLUSIVE, RK_BOUND_NONE, RK_OP_ELEMENTWISE,
-    RK_OP_NEEDS_BASE, RK_OP_NEEDS_FISHER, RK_PARAM_BOOL, RK_PARAM_CHOICE, RK_PARAM_NUMBER,
-    RK_PARAM_TEXT, RK_SIG_DELTA_DELTA, RK_SIG_STACK_DELTA, RK_SIG_STACK_STACK, RK_SIG_STACK_VOTED,
-    RK_SIG_VOTED_DELTA,
+    RK_OP_NEEDS_BASE, RK_OP_NEEDS_FISHER, RK_OP_NEEDS_TASKS, RK_PARAM_BOOL, RK_PARAM_CHOICE,
+    RK_PARAM_NUMBER, RK_PARAM_TEXT, RK_SIG_DELTA_DELTA, RK_SIG_STACK_DELTA, RK_SIG_STACK_STACK,
+    RK_SIG_STACK_VOTED, RK_SIG_VOTED_DELTA, RK_SIG_VOTED_VOTED,
 };
 
 use crate::ffi::{OpData, RawOperator, RawParam, RawPlugin};
 
-/// The five signatures of the language with their ABI bits.
-const SIGNATURES: [(u32, Signature); 5] = [
+/// The signatures a plugin operator may have, with their ABI bits (`Voted→Voted` since
+/// ABI 1.1).
+const SIGNATURES: [(u32, Signature); 6] = [
     (RK_SIG_STACK_STACK, Signature::new(Ty::Stack, Ty::Stack)),
     (RK_SIG_STACK_VOTED, Signature::new(Ty::Stack, Ty::Voted)),
     (RK_SIG_VOTED_DELTA, Signature::new(Ty::Voted, Ty::Delta)),
     (RK_SIG_STACK_DELTA, Signature::new(Ty::Stack, Ty::Delta)),
     (RK_SIG_DELTA_DELTA, Signature::new(Ty::Delta, Ty::Delta)),
+    (RK_SIG_VOTED_VOTED, Signature::new(Ty::Voted, Ty::Voted)),
 ];
 
-const KNOWN_FLAGS: u32 = RK_OP_ELEMENTWISE | RK_OP_NEEDS_BASE | RK_OP_NEEDS_FISHER;
+/// Every signature bit.
+const KNOWN_SIGNATURES: u32 = RK_SIG_STACK_STACK
+    | RK_SIG_STACK_VOTED
+    | RK_SIG_VOTED_DELTA
+    | RK_SIG_STACK_DELTA
+    | RK_SIG_DELTA_DELTA
+    | RK_SIG_VOTED_VOTED;
+
+const KNOWN_FLAGS: u32 =
+    RK_OP_ELEMENTWISE | RK_OP_NEEDS_BASE | RK_OP_NEEDS_FISHER | RK_OP_NEEDS_TASKS;
 
 /// A validated plugin table.
 pub(crate) struct Described {
@@ -119,9 +130,9 @@ fn operator(name: &'static str, op: RawOperator) -> Result<DescribedOp, String> 
         return Err("its summary has several lines (put details in `doc`)".into());
     }
     let doc = text(op.doc, "its doc")?;
-    if op.signatures == 0 || op.signatures & !0x1F != 0 {
+    if op.signatures == 0 || op.signatures & !KNOWN_SIGNATURES != 0 {
         return Err(format!(
-            "its signatures {:#x} are not a non-empty set of the five RK_SIG_* bits",
+            "its signatures {:#x} are not a non-empty set of the six RK_SIG_* bits",
             op.signatures
         ));
     }
@@ -146,9 +157,17 @@ fn operator(name: &'static str, op: RawOperator) -> Result<DescribedOp, String> 
     }
     if op.flags & !KNOWN_FLAGS != 0 {
         return Err(format!(
-            "unknown flags {:#x} (known: RK_OP_ELEMENTWISE, RK_OP_NEEDS_BASE, RK_OP_NEEDS_FISHER)",
+            "unknown flags {:#x} (known: RK_OP_ELEMENTWISE, RK_OP_NEEDS_BASE, RK_OP_NEEDS_FISHER, \
+             RK_OP_NEEDS_TASKS)",
             op.flags & !KNOWN_FLAGS
         ));
+    }
+    if op.flags & RK_OP_NEEDS_TASKS != 0 && op.signatures & RK_SIG_DELTA_DELTA == 0 {
+        return Err(
+            "it has RK_OP_NEEDS_TASKS without the signature Delta→Delta (the only stage \
+             whose input lacks the task vectors)"
+                .into(),
+        );
     }
     let call = op
         .call

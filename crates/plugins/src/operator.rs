@@ -22,8 +22,8 @@ use std::sync::Arc;
 use reefknot_lang::{OpSpec, Ty};
 use reefknot_ops::{Args, BindCtx, Chunk, Kernel, OpError, Operator, Partial};
 use reefknot_plugin_api::{
-    RkCallFn, RK_OP_ELEMENTWISE, RK_OP_NEEDS_BASE, RK_OP_NEEDS_FISHER, RK_STATUS_ERROR,
-    RK_STATUS_OK, RK_STATUS_PANIC, RK_TYPE_DELTA, RK_TYPE_STACK, RK_TYPE_VOTED,
+    RkCallFn, RK_OP_ELEMENTWISE, RK_OP_NEEDS_BASE, RK_OP_NEEDS_FISHER, RK_OP_NEEDS_TASKS,
+    RK_STATUS_ERROR, RK_STATUS_OK, RK_STATUS_PANIC, RK_TYPE_DELTA, RK_TYPE_STACK, RK_TYPE_VOTED,
 };
 
 use crate::ffi::{self, ArgBlock, CallViews, OpData, OutView, Site};
@@ -121,6 +121,8 @@ impl Operator for PluginOperator {
             input: ctx.signature.input,
             output: ctx.signature.output,
             args: ArgBlock::new(args),
+            shape: ctx.shape.iter().map(|&d| d as u64).collect(),
+            layer: ctx.layer,
             whole: None,
         }))
     }
@@ -144,7 +146,11 @@ struct PluginKernel {
     input: Ty,
     output: Ty,
     args: ArgBlock,
-    /// The whole tensor's output of a whole-tensor operator, once computed.
+    /// The tensor's shape and layer (ABI 1.1).
+    shape: Vec<u64>,
+    layer: Option<usize>,
+    /// The whole tensor's output of a whole-tensor operator, once computed (for a
+    /// `Voted→Voted` stage the task vectors, then the signs).
     whole: Option<Vec<f32>>,
 }
 
@@ -180,6 +186,12 @@ struct Piece {
 }
 
 impl PluginKernel {
+    /// Whether a call reads the task vectors: as its input, or beside a Delta input
+    /// (`RK_OP_NEEDS_TASKS`).
+    fn reads_stack(&self) -> bool {
+        self.input != Ty::Delta || self.op.flags & RK_OP_NEEDS_TASKS != 0
+    }
+
     fn failure(&self, message: String) -> OpError {
         OpError::Failed {
             op: format!(
@@ -203,6 +215,9 @@ impl PluginKernel {
             input: raw_type(self.input),
             output: raw_type(self.output),
             stack: (self.input != Ty::Delta).then_some(inputs.stack),
+            tasks: (self.input == Ty::Delta && self.reads_stack()).then_some(inputs.stack),
+            shape: &self.shape,
+            layer: self.layer,
             sign: (self.input == Ty::Voted).then_some(inputs.sign),
             delta: (self.input == Ty::Delta).then_some(inputs.delta),
             base: (flags & RK_OP_NEEDS_BASE != 0).then_some(inputs.base),
@@ -313,10 +328,30 @@ impl PluginKernel {
             // The output would overwrite the input: write into the chunk's free space and
             // make it the chunk's delta (the old delta becomes the free space).
             (Ty::Delta, Ty::Delta) => {
-                self.call(&with(common, &[], &[], delta), OutView::Delta(scratch))?;
+                let tasks: &[f32] = if self.reads_stack() { stack } else { &[] };
+                self.call(&with(common, tasks, &[], delta), OutView::Delta(scratch))?;
                 std::mem::swap(delta, scratch);
                 Ok(())
             }
+            // Both: the stack through the per-thread buffer, the signs through the
+            // free space.
+            (Ty::Voted, Ty::Voted) => OUT.with_borrow_mut(|buf| {
+                let n = self.models * len;
+                if buf.len() < n {
+                    buf.resize(n, 0.0);
+                }
+                self.call(
+                    &with(common, stack, sign, &[]),
+                    OutView::Voted {
+                        stack: &mut buf[..n],
+                        sign: scratch,
+                    },
+                )?;
+                self.check_signs(offset, scratch)?;
+                stack.copy_from_slice(&buf[..n]);
+                std::mem::swap(sign, scratch);
+                Ok(())
+            }),
             // The same for a stack, through a per-thread buffer copied back.
             (_, Ty::Stack) => OUT.with_borrow_mut(|buf| {
                 let n = self.models * len;
@@ -357,7 +392,7 @@ impl Kernel for PluginKernel {
         pieces.push(Piece {
             offset: chunk.offset,
             len: chunk.len,
-            stack: if self.input != Ty::Delta {
+            stack: if self.reads_stack() {
                 chunk.stack.to_vec()
             } else {
                 Vec::new()
@@ -412,7 +447,7 @@ impl Kernel for PluginKernel {
                 Vec::new()
             }
         };
-        let mut stack = take(self.input != Ty::Delta, true);
+        let mut stack = take(self.reads_stack(), true);
         let mut sign = take(self.input == Ty::Voted, false);
         let mut delta = take(self.input == Ty::Delta, false);
         let mut base = take(flags & RK_OP_NEEDS_BASE != 0, false);
@@ -455,15 +490,24 @@ impl Kernel for PluginKernel {
             fisher: has_fisher.then_some(&fisher[..]),
             weights: &weights,
         };
-        let mut out = vec![0f32; if self.output == Ty::Stack { t * n } else { n }];
-        let view = match self.output {
-            Ty::Stack => OutView::Stack(&mut out),
-            Ty::Voted => OutView::Sign(&mut out),
-            Ty::Delta => OutView::Delta(&mut out),
+        let size = match (self.input, self.output) {
+            (_, Ty::Stack) => t * n,
+            (Ty::Voted, Ty::Voted) => (t + 1) * n,
+            _ => n,
+        };
+        let mut out = vec![0f32; size];
+        let view = match (self.input, self.output) {
+            (_, Ty::Stack) => OutView::Stack(&mut out),
+            (Ty::Voted, Ty::Voted) => {
+                let (stack, sign) = out.split_at_mut(t * n);
+                OutView::Voted { stack, sign }
+            }
+            (_, Ty::Voted) => OutView::Sign(&mut out),
+            (_, Ty::Delta) => OutView::Delta(&mut out),
         };
         self.call(&inputs, view)?;
         if self.output == Ty::Voted {
-            self.check_signs(0, &out)?;
+            self.check_signs(0, &out[size - n..])?;
         }
         self.whole = Some(out);
         Ok(())
@@ -479,7 +523,16 @@ impl Kernel for PluginKernel {
                             .copy_from_slice(&whole[i * n + o..i * n + o + l]);
                     }
                 }
-                Ty::Voted => chunk.sign.copy_from_slice(&whole[o..o + l]),
+                Ty::Voted => {
+                    let signs = whole.len() - n;
+                    chunk.sign.copy_from_slice(&whole[signs + o..signs + o + l]);
+                    if self.input == Ty::Voted {
+                        for i in 0..self.models {
+                            chunk.stack[i * l..(i + 1) * l]
+                                .copy_from_slice(&whole[i * n + o..i * n + o + l]);
+                        }
+                    }
+                }
                 Ty::Delta => chunk.delta.copy_from_slice(&whole[o..o + l]),
             }
             return Ok(());

@@ -470,6 +470,12 @@ pub(crate) struct CallViews<'a> {
     /// `models` weights.
     pub weights: &'a [f32],
     pub args: &'a ArgBlock,
+    /// The tensor's shape.
+    pub shape: &'a [u64],
+    /// Its layer, if any.
+    pub layer: Option<usize>,
+    /// `models × len` task vectors, model-major, for a Delta input that reads them.
+    pub tasks: Option<&'a [f32]>,
 }
 
 /// Who is being called, for the message of a crash inside the call.
@@ -492,6 +498,13 @@ pub(crate) enum OutView<'a> {
     Sign(&'a mut [f32]),
     /// `len` delta values.
     Delta(&'a mut [f32]),
+    /// A Voted output from a Voted input: `models × len` task vectors and `len` signs.
+    Voted {
+        /// The task vectors, model-major.
+        stack: &'a mut [f32],
+        /// The signs.
+        sign: &'a mut [f32],
+    },
 }
 
 /// Pointers to each model's `len` values of a model-major block (none for `None`).
@@ -527,6 +540,7 @@ pub(crate) fn invoke(
         ("delta", views.delta, len),
         ("base", views.base, len),
         ("fisher", views.fisher, models * len),
+        ("tasks", views.tasks, models * len),
     ] {
         if let Some(s) = s {
             assert_eq!(s.len(), n, "{what} view of a plugin call");
@@ -535,6 +549,7 @@ pub(crate) fn invoke(
     assert_eq!(views.weights.len(), models, "weights of a plugin call");
     let stack = model_ptrs(views.stack.map(|s| s.as_ptr().cast_mut()), models, len);
     let fisher = model_ptrs(views.fisher.map(|s| s.as_ptr().cast_mut()), models, len);
+    let tasks = model_ptrs(views.tasks.map(|s| s.as_ptr().cast_mut()), models, len);
     let (mut out_stack, mut sign, mut delta) =
         (Vec::new(), std::ptr::null_mut(), std::ptr::null_mut());
     match out {
@@ -549,6 +564,12 @@ pub(crate) fn invoke(
         OutView::Delta(s) => {
             assert_eq!(s.len(), len, "delta output of a plugin call");
             delta = s.as_mut_ptr();
+        }
+        OutView::Voted { stack, sign: s } => {
+            assert_eq!(stack.len(), models * len, "stack output of a plugin call");
+            assert_eq!(s.len(), len, "sign output of a plugin call");
+            out_stack = model_ptrs(Some(stack.as_mut_ptr()), models, len);
+            sign = s.as_mut_ptr();
         }
     }
     let nonempty = |v: &Vec<*mut f32>| {
@@ -581,6 +602,13 @@ pub(crate) fn invoke(
         },
         arg_count: views.args.len(),
         op_data: data.0,
+        shape: views.shape.as_ptr(),
+        ndim: views.shape.len(),
+        layer: views
+            .layer
+            .and_then(|l| i64::try_from(l).ok())
+            .unwrap_or(-1),
+        tasks: nonempty(&tasks).cast::<*const f32>(),
     };
     let mut output = RkOutput {
         size: size_of::<RkOutput>(),
