@@ -214,8 +214,13 @@ fn loads_are_traced_with_reefknot_log_debug() {
         .output()
         .unwrap();
     let (_, stderr) = text(&out);
+    let abi = format!(
+        "plugin ABI {}.{}",
+        reefknot_plugin_api::REEFKNOT_ABI_MAJOR,
+        reefknot_plugin_api::REEFKNOT_ABI_MINOR
+    );
     assert!(
-        stderr.contains("plugin ABI 1.0") && stderr.contains("loaded plugin `tall`"),
+        stderr.contains(&abi) && stderr.contains("loaded plugin `tall`"),
         "{stderr}"
     );
 }
