@@ -15,7 +15,9 @@ macro_rules! outln {
 
 mod demo;
 mod ops;
+mod plugin_cmd;
 mod plugins;
+mod template;
 mod watchdog;
 
 use std::path::PathBuf;
@@ -102,6 +104,11 @@ enum Command {
     },
     /// Merge a synthetic family with several methods and compare how each keeps the tasks.
     Demo(demo::DemoArgs),
+    /// Work on operator plugins: check a library, start a new one.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Print a shell completion script, e.g. `reefknot completions bash >
     /// ~/.local/share/bash-completion/completions/reefknot`.
     Completions {
@@ -111,6 +118,31 @@ enum Command {
     /// The watchdog `merge` starts: removes the partial output if the merge dies.
     #[command(hide = true)]
     WatchOutputs,
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Run every operator of a plugin library (C or Rust) on synthetic tensors, each
+    /// signature, and check what reefknot relies on: calls succeed, the same bits from
+    /// run to run and (elementwise operators) in every chunking, every output element
+    /// written, finite values, elected signs of ±1. Exit 1 if a check fails.
+    Test {
+        /// The plugin library (`libNAME.so`, `.dylib`, `.dll`).
+        library: PathBuf,
+    },
+    /// Write a new plugin project that builds and passes `reefknot plugin test` as it
+    /// is: one operator to start from (`NAME::shrink`), a test, and this reefknot's SDK
+    /// vendored (it builds offline).
+    New {
+        /// The plugin's name: the namespace of its operators (an identifier).
+        name: String,
+        /// The language of the project.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: template::Lang,
+        /// The folder to write (default ./NAME; must not exist).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(ClapArgs)]
@@ -525,6 +557,10 @@ fn main() -> ExitCode {
                 .and_then(|registry| ops::run(&registry, name.as_deref(), *markdown))
         }
         Command::Demo(args) => demo::run(args),
+        Command::Plugin { command } => match command {
+            PluginCommand::Test { library } => plugin_cmd::test(library),
+            PluginCommand::New { name, lang, dir } => template::new(name, *lang, dir.as_deref()),
+        },
         Command::WatchOutputs => unreachable!("run above"),
         Command::Completions { shell } => {
             let mut script = Vec::new();

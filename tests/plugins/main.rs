@@ -11,6 +11,7 @@ mod interrupted;
 mod misbehaving;
 mod provenance;
 mod standalone;
+mod tooling;
 #[allow(dead_code)]
 #[path = "../cli/util.rs"]
 mod util;

@@ -208,7 +208,7 @@ fn crashes(variant: &str, signal: &str) {
     let stderr = merge_fails("misbehaving::twice |> sum", &plugin, 1);
     assert!(
         stderr.contains("Error: the operator `misbehaving::twice` of plugin `misbehaving` (")
-            && stderr.contains(") crashed while merging tensor `")
+            && stderr.contains(") crashed on tensor `")
             && stderr.contains(signal)
             && stderr.contains("The merge was stopped and its partial output removed."),
         "{stderr}"

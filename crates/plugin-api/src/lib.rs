@@ -52,11 +52,15 @@
 //!   compile;
 //! - randomness is a function of the seed, the tensor and the element index ([`rng`]),
 //!   so results do not depend on how the host chunks a tensor.
+//!
+//! [`testing`] runs an operator the way the host calls it, from the plugin's own tests,
+//! and checks what the host relies on.
 
 pub mod abi;
 mod call;
 pub mod rng;
 mod sdk;
+pub mod testing;
 
 pub use abi::*;
 pub use call::{entry, Arg, Input, Output};

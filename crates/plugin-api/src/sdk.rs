@@ -141,10 +141,101 @@ impl Flags {
 
 /// A parameter of an operator, built with `const` functions:
 /// `Param::number("k", "how many tasks must agree").default(2.0).min(0.0)`.
+///
+/// The builders check what they can while the plugin compiles (an operator's `PARAMS`
+/// is a constant, so a failed check is a compile error, not a refusal at load time):
+/// names are identifiers, `.default(..)`, `.min(..)`, `.max(..)`, `.above(..)` and
+/// `.below(..)` apply to numbers, the default lies in the range, `.default_choice(..)`
+/// names one of the choices, `.default_bool(..)` is for booleans and
+/// `.default_text(..)` for strings.
+///
+/// ```
+/// use reefknot_plugin_api::{Param, RkStr};
+/// const MODES: &[RkStr] = &[RkStr::new("fast"), RkStr::new("exact")];
+/// const OK: &[Param] = &[
+///     Param::number("k", "a share").min(0.0).max(1.0).default(0.2),
+///     Param::choice("mode", "how", MODES).default_choice("exact"),
+///     Param::boolean("rescale", "divide by k").default_bool(false),
+/// ];
+/// ```
+///
+/// A number's default on a choice does not compile:
+///
+/// ```compile_fail
+/// use reefknot_plugin_api::{Param, RkStr};
+/// const MODES: &[RkStr] = &[RkStr::new("fast")];
+/// const BAD: Param = Param::choice("mode", "how", MODES).default(1.0);
+/// ```
+///
+/// nor does a default outside the range, or a default choice that is not a choice:
+///
+/// ```compile_fail
+/// use reefknot_plugin_api::Param;
+/// const BAD: Param = Param::number("k", "a share").default(2.0).max(1.0);
+/// ```
+///
+/// ```compile_fail
+/// use reefknot_plugin_api::{Param, RkStr};
+/// const MODES: &[RkStr] = &[RkStr::new("fast")];
+/// const BAD: Param = Param::choice("mode", "how", MODES).default_choice("slow");
+/// ```
 pub type Param = RkParam;
+
+/// Whether `s` is an identifier, `[A-Za-z_][A-Za-z0-9_]*` (usable in `const`).
+pub(crate) const fn is_identifier(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.is_empty() || !(b[0].is_ascii_alphabetic() || b[0] == b'_') {
+        return false;
+    }
+    let mut i = 1;
+    while i < b.len() {
+        if !(b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Whether two descriptor strings made by `RkStr::new` are equal (usable in `const`).
+#[allow(unsafe_code)]
+const fn same_str(a: RkStr, b: RkStr) -> bool {
+    if a.len != b.len {
+        return false;
+    }
+    if a.len == 0 {
+        return true;
+    }
+    // SAFETY: both were made by `RkStr::new` from `&'static str`s: `len` bytes at `ptr`.
+    unsafe {
+        same(
+            std::slice::from_raw_parts(a.ptr, a.len),
+            std::slice::from_raw_parts(b.ptr, b.len),
+        )
+    }
+}
+
+/// Whether two strings are equal (usable in `const`).
+const fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
 
 impl RkParam {
     const fn base(name: &'static str, doc: &'static str, kind: u32) -> RkParam {
+        assert!(
+            is_identifier(name),
+            "a parameter's name must be an identifier ([A-Za-z_][A-Za-z0-9_]*)"
+        );
         RkParam {
             size: size_of::<RkParam>(),
             name: RkStr::new(name),
@@ -175,6 +266,15 @@ impl RkParam {
         doc: &'static str,
         choices: &'static [RkStr],
     ) -> RkParam {
+        assert!(
+            !choices.is_empty(),
+            "a choice parameter needs at least one choice"
+        );
+        let mut i = 0;
+        while i < choices.len() {
+            assert!(choices[i].len > 0, "a choice must not be empty");
+            i += 1;
+        }
         let mut p = RkParam::base(name, doc, RK_PARAM_CHOICE);
         p.choices = choices.as_ptr();
         p.choice_count = choices.len();
@@ -191,15 +291,41 @@ impl RkParam {
         RkParam::base(name, doc, RK_PARAM_TEXT)
     }
 
-    /// Gives a number parameter a default.
+    /// Gives a number parameter a default (a compile error on other kinds: use
+    /// `default_choice`, `default_bool` or `default_text`).
     pub const fn default(mut self, value: f64) -> RkParam {
+        assert!(
+            self.kind == RK_PARAM_NUMBER,
+            ".default(..) is for number parameters: use .default_choice, .default_bool or .default_text"
+        );
+        assert!(!value.is_nan(), "a default must not be NaN");
         self.has_default = 1;
         self.default_number = value;
-        self
+        self.check_default_in_range()
     }
 
-    /// Gives a choice parameter its default identifier.
+    /// Gives a choice parameter its default identifier, one of its choices.
+    #[allow(unsafe_code)]
     pub const fn default_choice(mut self, value: &'static str) -> RkParam {
+        assert!(
+            self.kind == RK_PARAM_CHOICE,
+            ".default_choice(..) is for choice parameters"
+        );
+        let mut found = false;
+        let mut i = 0;
+        while i < self.choice_count {
+            // SAFETY: `choices` is the `&'static [RkStr]` given to `Param::choice`, of
+            // `choice_count` elements, each made by `RkStr::new` from a `&'static str`.
+            let c = unsafe { *self.choices.add(i) };
+            // SAFETY: as above: `len` bytes of a `&'static str` at `ptr`.
+            let bytes = unsafe { std::slice::from_raw_parts(c.ptr, c.len) };
+            found |= same(bytes, value.as_bytes());
+            i += 1;
+        }
+        assert!(
+            found,
+            "a choice parameter's default must be one of its choices"
+        );
         self.has_default = 1;
         self.default_text = RkStr::new(value);
         self
@@ -207,6 +333,10 @@ impl RkParam {
 
     /// Gives a boolean parameter a default.
     pub const fn default_bool(mut self, value: bool) -> RkParam {
+        assert!(
+            self.kind == RK_PARAM_BOOL,
+            ".default_bool(..) is for boolean parameters"
+        );
         self.has_default = 1;
         self.default_bool = value as u32;
         self
@@ -214,37 +344,81 @@ impl RkParam {
 
     /// Gives a string parameter a default.
     pub const fn default_text(mut self, value: &'static str) -> RkParam {
+        assert!(
+            self.kind == RK_PARAM_TEXT,
+            ".default_text(..) is for string parameters (a choice takes .default_choice)"
+        );
         self.has_default = 1;
         self.default_text = RkStr::new(value);
         self
     }
 
-    /// The smallest value allowed (inclusive).
-    pub const fn min(mut self, value: f64) -> RkParam {
-        self.min_bound = RK_BOUND_INCLUSIVE;
-        self.min = value;
+    /// Refuses a number default outside the bounds set so far (bounds and default may
+    /// be given in any order: each builder checks).
+    const fn check_default_in_range(self) -> RkParam {
+        if self.kind != RK_PARAM_NUMBER || self.has_default == 0 {
+            return self;
+        }
+        let x = self.default_number;
+        let low = match self.min_bound {
+            RK_BOUND_INCLUSIVE => x >= self.min,
+            RK_BOUND_EXCLUSIVE => x > self.min,
+            _ => true,
+        };
+        let high = match self.max_bound {
+            RK_BOUND_INCLUSIVE => x <= self.max,
+            RK_BOUND_EXCLUSIVE => x < self.max,
+            _ => true,
+        };
+        assert!(
+            low && high,
+            "a number parameter's default lies outside its range"
+        );
         self
+    }
+
+    const fn number_only(self) -> RkParam {
+        assert!(
+            self.kind == RK_PARAM_NUMBER,
+            "bounds (.min, .max, .above, .below) are for number parameters"
+        );
+        self
+    }
+
+    /// The smallest value allowed (inclusive).
+    pub const fn min(self, value: f64) -> RkParam {
+        let mut p = self.number_only();
+        assert!(!value.is_nan(), "a bound must not be NaN");
+        p.min_bound = RK_BOUND_INCLUSIVE;
+        p.min = value;
+        p.check_default_in_range()
     }
 
     /// A lower bound the value must exceed.
-    pub const fn above(mut self, value: f64) -> RkParam {
-        self.min_bound = RK_BOUND_EXCLUSIVE;
-        self.min = value;
-        self
+    pub const fn above(self, value: f64) -> RkParam {
+        let mut p = self.number_only();
+        assert!(!value.is_nan(), "a bound must not be NaN");
+        p.min_bound = RK_BOUND_EXCLUSIVE;
+        p.min = value;
+        p.check_default_in_range()
     }
 
     /// The largest value allowed (inclusive).
-    pub const fn max(mut self, value: f64) -> RkParam {
-        self.max_bound = RK_BOUND_INCLUSIVE;
-        self.max = value;
-        self
+    pub const fn max(self, value: f64) -> RkParam {
+        let mut p = self.number_only();
+        assert!(!value.is_nan(), "a bound must not be NaN");
+        p.max_bound = RK_BOUND_INCLUSIVE;
+        p.max = value;
+        p.check_default_in_range()
     }
 
     /// An upper bound the value must stay below.
-    pub const fn below(mut self, value: f64) -> RkParam {
-        self.max_bound = RK_BOUND_EXCLUSIVE;
-        self.max = value;
-        self
+    pub const fn below(self, value: f64) -> RkParam {
+        let mut p = self.number_only();
+        assert!(!value.is_nan(), "a bound must not be NaN");
+        p.max_bound = RK_BOUND_EXCLUSIVE;
+        p.max = value;
+        p.check_default_in_range()
     }
 }
 
@@ -278,7 +452,72 @@ pub trait Operator {
 
 impl RkOperator {
     /// The descriptor of operator `T`, with the SDK's panic-catching entry point.
+    ///
+    /// What the host would refuse at load time and a constant can show is refused
+    /// here, while the plugin compiles: a name that is not an identifier, an empty or
+    /// multi-line summary, no signature or two taking the same input type,
+    /// `NEEDS_TASKS` without `DeltaToDelta`, two parameters of one name.
+    ///
+    /// ```compile_fail
+    /// use reefknot_plugin_api::{Input, Operator, Output, RkOperator, Signature};
+    /// struct Two;
+    /// impl Operator for Two {
+    ///     const NAME: &'static str = "two";
+    ///     const SUMMARY: &'static str = "two signatures from a Stack";
+    ///     const SIGNATURES: &'static [Signature] =
+    ///         &[Signature::StackToStack, Signature::StackToDelta];
+    ///     fn call(_: &Input<'_>, _: &mut Output<'_>) -> Result<(), String> { Ok(()) }
+    /// }
+    /// const OP: RkOperator = RkOperator::of::<Two>();
+    /// ```
     pub const fn of<T: Operator>() -> RkOperator {
+        assert!(
+            is_identifier(T::NAME),
+            "an operator's NAME must be an identifier ([A-Za-z_][A-Za-z0-9_]*)"
+        );
+        let summary = T::SUMMARY.as_bytes();
+        assert!(!summary.is_empty(), "an operator needs a one-line SUMMARY");
+        let mut i = 0;
+        while i < summary.len() {
+            assert!(
+                summary[i] != b'\n',
+                "SUMMARY is one line: put details in DOC"
+            );
+            i += 1;
+        }
+        let sigs = T::SIGNATURES;
+        assert!(!sigs.is_empty(), "an operator needs at least one signature");
+        let mut a = 0;
+        while a < sigs.len() {
+            let mut b = a + 1;
+            while b < sigs.len() {
+                assert!(
+                    sigs[a].input().raw() != sigs[b].input().raw(),
+                    "two signatures take the same input type: a stage picks its signature by its input"
+                );
+                b += 1;
+            }
+            a += 1;
+        }
+        if T::FLAGS.0 & RK_OP_NEEDS_TASKS != 0 {
+            assert!(
+                Signature::bits(T::SIGNATURES) & RK_SIG_DELTA_DELTA != 0,
+                "Flags::NEEDS_TASKS is for an operator with the signature DeltaToDelta"
+            );
+        }
+        let params = T::PARAMS;
+        let mut a = 0;
+        while a < params.len() {
+            let mut b = a + 1;
+            while b < params.len() {
+                assert!(
+                    !same_str(params[a].name, params[b].name),
+                    "two parameters have the same name"
+                );
+                b += 1;
+            }
+            a += 1;
+        }
         RkOperator {
             size: size_of::<RkOperator>(),
             name: RkStr::new(T::NAME),

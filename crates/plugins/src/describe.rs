@@ -23,7 +23,7 @@ use reefknot_plugin_api::{
     RK_SIG_STACK_VOTED, RK_SIG_VOTED_DELTA, RK_SIG_VOTED_VOTED,
 };
 
-use crate::ffi::{OpData, RawOperator, RawParam, RawPlugin};
+use crate::ffi::{Descriptor, OpData, RawOperator, RawParam, RawPlugin};
 
 /// The signatures a plugin operator may have, with their ABI bits (`Voted→Voted` since
 /// ABI 1.1).
@@ -61,6 +61,7 @@ pub(crate) struct DescribedOp {
     pub flags: u32,
     pub call: RkCallFn,
     pub data: OpData,
+    pub descriptor: Descriptor,
 }
 
 /// Whether `s` is an identifier the language can call.
@@ -197,6 +198,7 @@ fn operator(name: &'static str, op: RawOperator) -> Result<DescribedOp, String> 
         flags: op.flags,
         call,
         data: op.data,
+        descriptor: op.descriptor,
     })
 }
 
@@ -366,6 +368,7 @@ mod tests {
             flags: RK_OP_ELEMENTWISE,
             call: Some(noop),
             data: OpData::null(),
+            descriptor: Descriptor::of_call(noop),
         }
     }
 

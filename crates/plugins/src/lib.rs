@@ -142,7 +142,17 @@ pub fn load(path: &Path) -> Result<Plugin, PluginError> {
     let operators: Vec<PluginOperator> = described
         .operators
         .into_iter()
-        .map(|op| PluginOperator::new(described.name, path, op.spec, op.flags, op.call, op.data))
+        .map(|op| {
+            PluginOperator::new(
+                described.name,
+                path,
+                op.spec,
+                op.flags,
+                op.call,
+                op.data,
+                op.descriptor,
+            )
+        })
         .collect();
     for op in &operators {
         tracing::debug!(

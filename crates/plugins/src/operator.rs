@@ -22,11 +22,12 @@ use std::sync::Arc;
 use reefknot_lang::{OpSpec, Ty};
 use reefknot_ops::{Args, BindCtx, Chunk, Kernel, OpError, Operator, Partial};
 use reefknot_plugin_api::{
-    RkCallFn, RK_OP_ELEMENTWISE, RK_OP_NEEDS_BASE, RK_OP_NEEDS_FISHER, RK_OP_NEEDS_TASKS,
-    RK_STATUS_ERROR, RK_STATUS_OK, RK_STATUS_PANIC, RK_TYPE_DELTA, RK_TYPE_STACK, RK_TYPE_VOTED,
+    RkCallFn, RkOperator, RK_OP_ELEMENTWISE, RK_OP_NEEDS_BASE, RK_OP_NEEDS_FISHER,
+    RK_OP_NEEDS_TASKS, RK_STATUS_ERROR, RK_STATUS_OK, RK_STATUS_PANIC, RK_TYPE_DELTA,
+    RK_TYPE_STACK, RK_TYPE_VOTED,
 };
 
-use crate::ffi::{self, ArgBlock, CallViews, OpData, OutView, Site};
+use crate::ffi::{self, ArgBlock, CallViews, Descriptor, OpData, OutView, Site};
 
 /// Bytes of the host's error buffer handed to every call.
 const ERROR_CAPACITY: usize = 4096;
@@ -48,6 +49,7 @@ struct Inner {
     flags: u32,
     call: RkCallFn,
     data: OpData,
+    descriptor: Descriptor,
 }
 
 impl std::fmt::Debug for PluginOperator {
@@ -67,6 +69,7 @@ impl PluginOperator {
         flags: u32,
         call: RkCallFn,
         data: OpData,
+        descriptor: Descriptor,
     ) -> PluginOperator {
         PluginOperator {
             inner: Arc::new(Inner {
@@ -77,6 +80,7 @@ impl PluginOperator {
                 flags,
                 call,
                 data,
+                descriptor,
             }),
         }
     }
@@ -84,6 +88,24 @@ impl PluginOperator {
     /// `plugin::name`.
     pub fn qualified(&self) -> &str {
         &self.inner.qualified
+    }
+
+    /// Its descriptor as the plugin declares it, for the test kit
+    /// (`reefknot_plugin_api::testing::Subject::new`).
+    pub fn descriptor(&self) -> &RkOperator {
+        self.inner.descriptor.get()
+    }
+
+    /// Runs `f` (calls of this operator made outside a merge, by `reefknot plugin
+    /// test`) so that a crash inside it is reported naming this operator and `what`.
+    pub fn guarded<R>(&self, what: &str, f: impl FnOnce() -> R) -> R {
+        let site = Site {
+            operator: &self.inner.qualified,
+            plugin: self.inner.plugin,
+            library: &self.inner.library,
+            tensor: what,
+        };
+        ffi::guarded(&site, f)
     }
 
     /// Whether the host may call it on chunks (`RK_OP_ELEMENTWISE`).

@@ -77,8 +77,8 @@ static CRASHING: AtomicBool = AtomicBool::new(false);
 static PREVIOUS: OnceLock<[libc::sigaction; SIGNALS.len()]> = OnceLock::new();
 
 /// Installs the crash handler (once; later calls only change the watchdog). With a
-/// watchdog the handler waits for it to remove the partial output before exiting;
-/// without one the message says the hidden partial folder may be left.
+/// watchdog (a merge) the handler waits for it to remove the partial output before
+/// exiting; without one (`reefknot plugin test`) it exits at once.
 pub fn contain_crashes(watchdog: Option<Watchdog>) {
     if let Some(w) = watchdog {
         SEND.store(w.send, Ordering::SeqCst);
@@ -149,22 +149,24 @@ extern "C" fn on_fault(signal: libc::c_int, _: *mut libc::siginfo_t, _: *mut lib
     say(site.plugin.as_bytes());
     say(b"` (");
     say(site.library.as_bytes());
-    say(b") crashed while merging tensor `");
+    say(b") crashed on tensor `");
     say(site.tensor.as_bytes());
     say(b"`: ");
     say(SIGNALS[index].1.as_bytes());
     say(b".\n");
     let (send, done) = (SEND.load(Ordering::SeqCst), DONE.load(Ordering::SeqCst));
-    let cleaned = send >= 0 && done >= 0 && {
+    if send >= 0 && done >= 0 {
         // SAFETY: the watchdog's pipes; closing ours tells it to clean up, and its
         // output reaches end of file once it has.
         unsafe { libc::close(send) };
-        wait_for_end(done)
-    };
-    if cleaned {
-        say(b"The merge was stopped and its partial output removed.");
+        if wait_for_end(done) {
+            say(b"The merge was stopped and its partial output removed.");
+        } else {
+            say(b"The merge was stopped; its hidden partial folder beside the output may be left (the next merge into the same output removes it).");
+        }
     } else {
-        say(b"The merge was stopped; its hidden partial folder beside the output may be left (the next merge into the same output removes it).");
+        // No merge output to look after (`reefknot plugin test`, or no watchdog).
+        say(b"The run was stopped.");
     }
     say(b" A crash inside a plugin cannot be recovered from in the process: report it to the plugin's author.\n");
     // SAFETY: _exit(2) ends the process at once, running nothing of this one's.

@@ -126,7 +126,44 @@ pub(crate) struct RawOperator {
     pub flags: u32,
     pub call: Option<RkCallFn>,
     pub data: OpData,
+    /// The descriptor as read (its `params` point into the plugin's static table).
+    pub descriptor: Descriptor,
 }
+
+/// An operator's descriptor, as the plugin's static table holds it.
+#[derive(Clone, Copy)]
+pub struct Descriptor(RkOperator);
+
+impl Descriptor {
+    /// A descriptor of no parameter around `call` (tests of the `describe` rules).
+    #[cfg(test)]
+    pub(crate) fn of_call(call: RkCallFn) -> Descriptor {
+        Descriptor(RkOperator {
+            size: size_of::<RkOperator>(),
+            name: RkStr::EMPTY,
+            summary: RkStr::EMPTY,
+            doc: RkStr::EMPTY,
+            params: std::ptr::null(),
+            param_count: 0,
+            signatures: 0,
+            flags: 0,
+            call: Some(call),
+            data: std::ptr::null(),
+        })
+    }
+
+    /// The descriptor (for `reefknot_plugin_api::testing::Subject::new`).
+    pub fn get(&self) -> &RkOperator {
+        &self.0
+    }
+}
+
+// SAFETY: a copy of a static, immutable descriptor of a library that is never unloaded:
+// the pointers in it (strings, parameters, `data`) lead to read-only data, and its
+// entry point is reentrant by contract.
+unsafe impl Send for Descriptor {}
+// SAFETY: as above: nothing is ever written through it.
+unsafe impl Sync for Descriptor {}
 
 /// One parameter's descriptor, read.
 pub(crate) struct RawParam {
@@ -360,6 +397,7 @@ pub(crate) fn read_table(descriptor: RkDescriptorFn) -> Result<RawPlugin, String
             flags: op.flags,
             call: op.call,
             data: OpData(op.data),
+            descriptor: Descriptor(*op),
         });
     }
     Ok(RawPlugin {
@@ -488,6 +526,16 @@ pub(crate) struct Site<'a> {
     pub library: &'a str,
     /// The tensor being merged.
     pub tensor: &'a str,
+}
+
+/// Runs `f`, which calls into the plugin of `site` by other means than [`invoke`] (the
+/// test kit), with the thread marked as inside `site`'s call for the crash handler.
+pub(crate) fn guarded<R>(site: &Site<'_>, f: impl FnOnce() -> R) -> R {
+    #[cfg(unix)]
+    let _inside = guard::enter(site);
+    #[cfg(not(unix))]
+    let _ = site;
+    f()
 }
 
 /// Where a call writes: one host buffer.
