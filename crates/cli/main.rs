@@ -118,6 +118,16 @@ enum Command {
     /// The watchdog `merge` starts: removes the partial output if the merge dies.
     #[command(hide = true)]
     WatchOutputs,
+    /// The helper process `merge --isolate-plugins` starts: serves one library's calls.
+    #[command(hide = true)]
+    PluginHost {
+        /// The library.
+        library: PathBuf,
+        /// Its SHA-256, as the merge loaded it.
+        sha256: String,
+        /// The shared file of the calls.
+        shm: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -224,6 +234,21 @@ struct MergeArgs {
     /// its files, tensor and parameter counts, bytes read and seconds.
     #[arg(long)]
     json: bool,
+    /// Run plugin operators in helper processes (one per worker thread and library)
+    /// over shared memory: a crash, a hang or memory corruption inside a plugin then
+    /// fails the merge with an error instead of ending the process. Calls cost a copy
+    /// in and out and a round trip each.
+    #[arg(long)]
+    isolate_plugins: bool,
+    /// With --isolate-plugins: the longest one plugin call may take, in seconds, before
+    /// its helper is stopped and the merge fails.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 600.0,
+        requires = "isolate_plugins"
+    )]
+    plugin_timeout: f64,
 }
 
 /// A failure with its exit code; rendered with miette when it is a diagnostic.
@@ -261,6 +286,7 @@ fn load_plan(
     recipe: &std::path::Path,
     overrides: &Overrides,
     shard_size: Option<u64>,
+    isolation: Option<reefknot_plugins::Isolation>,
 ) -> Result<Plan, Failure> {
     let recipe = Recipe::load(recipe).map_err(reefknot_engine::Error::from)?;
     // Loading a plugin runs its code: not before the recipe's expressions parse.
@@ -277,7 +303,7 @@ fn load_plan(
             }
         });
     let wanted: Vec<&str> = namespaces.iter().map(String::as_str).collect();
-    let registry = plugins::registry(&overrides.plugins, &recipe.plugins, dir, &wanted)?;
+    let registry = plugins::registry(&overrides.plugins, &recipe.plugins, dir, &wanted, isolation)?;
     let opts = PlanOptions {
         seed: overrides.seed,
         dtype: overrides.dtype.clone(),
@@ -299,13 +325,17 @@ fn load_plan(
 
 /// Reads a saved plan and readies it against the operators of `--plugin` and
 /// `REEFKNOT_PLUGIN_PATH`.
-fn read_plan(path: &std::path::Path, overrides: &Overrides) -> Result<Plan, Failure> {
+fn read_plan(
+    path: &std::path::Path,
+    overrides: &Overrides,
+    isolation: Option<reefknot_plugins::Isolation>,
+) -> Result<Plan, Failure> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| usage(anyhow::Error::new(e).context(format!("reading {}", path.display()))))?;
     let data = reefknot_engine::MergePlan::from_json(&text).map_err(|e| {
         usage(anyhow::Error::new(e).context(format!("reading the plan {}", path.display())))
     })?;
-    let registry = plugins::registry(&overrides.plugins, &[], None, &data.namespaces())?;
+    let registry = plugins::registry(&overrides.plugins, &[], None, &data.namespaces(), isolation)?;
     Ok(Plan::load(data, &registry)?)
 }
 
@@ -341,12 +371,43 @@ fn bar(quiet: bool) -> Bar {
     Bar(pb)
 }
 
+/// The helper processes of `--isolate-plugins`: this binary's `plugin-host`.
+fn isolation(args: &MergeArgs) -> Result<Option<reefknot_plugins::Isolation>, Failure> {
+    if !args.isolate_plugins {
+        return Ok(None);
+    }
+    #[cfg(unix)]
+    {
+        if !(args.plugin_timeout.is_finite() && args.plugin_timeout > 0.0) {
+            return Err(usage(anyhow::anyhow!(
+                "--plugin-timeout {} is not a number of seconds above 0",
+                args.plugin_timeout
+            )));
+        }
+        let program = std::env::current_exe().map_err(|e| {
+            Failure::from(
+                anyhow::Error::new(e).context("finding this program for --isolate-plugins"),
+            )
+        })?;
+        Ok(Some(reefknot_plugins::Isolation {
+            program,
+            args: vec!["plugin-host".to_string()],
+            timeout: std::time::Duration::from_secs_f64(args.plugin_timeout),
+        }))
+    }
+    #[cfg(not(unix))]
+    Err(usage(anyhow::anyhow!(
+        "--isolate-plugins is not supported on this platform yet"
+    )))
+}
+
 fn merge(args: &MergeArgs, quiet: bool) -> Result<(), Failure> {
     // Before any output exists: a merge that dies outright leaves nothing behind.
     watchdog::start();
+    let isolation = isolation(args)?;
     let plan = match (&args.plan, &args.recipe) {
-        (Some(plan), _) => read_plan(plan, &args.overrides)?,
-        (None, Some(recipe)) => load_plan(recipe, &args.overrides, args.shard_size)?,
+        (Some(plan), _) => read_plan(plan, &args.overrides, isolation)?,
+        (None, Some(recipe)) => load_plan(recipe, &args.overrides, args.shard_size, isolation)?,
         (None, None) => unreachable!("clap requires a recipe or --plan"),
     };
     let opts = MergeOptions {
@@ -409,7 +470,7 @@ fn convert(config: &std::path::Path, strict: bool) -> Result<(), Failure> {
 }
 
 fn check(args: &CheckArgs, quiet: bool) -> Result<(), Failure> {
-    let plan = load_plan(&args.recipe, &args.overrides, args.shard_size)?;
+    let plan = load_plan(&args.recipe, &args.overrides, args.shard_size, None)?;
     if args.json {
         out!("{}", plan.data().to_json());
     } else if !quiet {
@@ -537,6 +598,22 @@ fn main() -> ExitCode {
         watchdog::run();
         return ExitCode::SUCCESS;
     }
+    #[cfg(unix)]
+    if let Command::PluginHost {
+        library,
+        sha256,
+        shm,
+    } = &cli.command
+    {
+        // Its standard output is the reply channel: nothing else may be written there.
+        return match reefknot_plugins::serve_isolated(library, sha256, shm) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("Error: the plugin helper for {}: {e}", library.display());
+                ExitCode::from(1)
+            }
+        };
+    }
     clean_up_on_signals();
     let result = match &cli.command {
         Command::Merge(args) => merge(args, cli.quiet),
@@ -553,7 +630,7 @@ fn main() -> ExitCode {
                 .map(|(ns, _)| ns)
                 .into_iter()
                 .collect();
-            plugins::registry(plugins, &[], None, &wanted)
+            plugins::registry(plugins, &[], None, &wanted, None)
                 .and_then(|registry| ops::run(&registry, name.as_deref(), *markdown))
         }
         Command::Demo(args) => demo::run(args),
@@ -562,6 +639,12 @@ fn main() -> ExitCode {
             PluginCommand::New { name, lang, dir } => template::new(name, *lang, dir.as_deref()),
         },
         Command::WatchOutputs => unreachable!("run above"),
+        #[cfg(unix)]
+        Command::PluginHost { .. } => unreachable!("run above"),
+        #[cfg(not(unix))]
+        Command::PluginHost { .. } => Err(usage(anyhow::anyhow!(
+            "plugin isolation is not supported on this platform yet"
+        ))),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             let mut command = <Cli as clap::CommandFactory>::command();

@@ -34,8 +34,12 @@ pub(crate) fn registry(
     recipe: &[PathBuf],
     recipe_dir: Option<&Path>,
     wanted: &[&str],
+    isolation: Option<reefknot_plugins::Isolation>,
 ) -> Result<Registry, Failure> {
-    let mut loader = Loader::new();
+    let mut loader = match isolation {
+        Some(i) => Loader::isolated(i),
+        None => Loader::new(),
+    };
     let mut trusted_dirs: Vec<PathBuf> = recipe_dir.into_iter().filter_map(canonical).collect();
     if let Some(value) = std::env::var_os(PLUGIN_PATH_VAR) {
         trusted_dirs.extend(std::env::split_paths(&value).filter_map(|d| canonical(&d)));

@@ -206,7 +206,9 @@ const STAND_INS: &[(&str, &str)] = &[("cargo run -- ", "reefknot ")];
 /// these titles, and checks its recipe).
 const RUN_ELSEWHERE: &[(&str, &[&str])] = &[(
     "docs/plugins.md",
-    &["new", "build", "run", "run-more", "test", "build-c", "debug"],
+    &[
+        "new", "build", "run", "run-more", "test", "build-c", "debug",
+    ],
 )];
 
 /// The titles of the shell blocks another test runs, for a document of RUN_ELSEWHERE.

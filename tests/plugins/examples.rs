@@ -508,3 +508,39 @@ fn a_delta_stage_may_read_the_task_vectors_and_the_layer() {
     });
     assert!(layered > 0);
 }
+
+#[cfg(unix)]
+#[test]
+fn isolated_plugin_calls_give_the_same_bits() {
+    let ws = Workspace::new(Dtype::F32, None);
+    let merge = "rows::keep(density=0.4) |> robust::median |> fixture::echo";
+    let plugins = [build::rows(), build::robust(), build::fixture()];
+    ws.recipe("r.yaml", &recipe(&ws, merge, &plugins, ""));
+    ws.recipe(
+        "v.yaml",
+        &recipe(&ws, "elect |> rows::agree |> disjoint", &plugins, ""),
+    );
+    for recipe in ["r.yaml", "v.yaml"] {
+        ok(&run_in(
+            ws.path(),
+            &["merge", recipe, "-o", "in-process", "--quiet", "--force"],
+        ));
+        ok(&run_in(
+            ws.path(),
+            &[
+                "merge",
+                recipe,
+                "-o",
+                "isolated",
+                "--quiet",
+                "--force",
+                "--isolate-plugins",
+            ],
+        ));
+        assert_eq!(
+            tensors(&ws.path().join("in-process")),
+            tensors(&ws.path().join("isolated")),
+            "{recipe}"
+        );
+    }
+}

@@ -99,7 +99,9 @@ fn the_guide_builds_loads_and_runs_its_example_plugin() {
     let lines = titled["soft/src/lib.rs"].lines().count();
     assert!(lines <= 40, "the guide's plugin has {lines} lines");
 
-    for block in ["build", "run", "run-more", "test", "debug", "build-c", "new"] {
+    for block in [
+        "build", "run", "run-more", "test", "debug", "build-c", "new",
+    ] {
         run_block(ws.path(), &titled[block]);
     }
 

@@ -13,10 +13,14 @@ use crate::util::*;
 /// Merges the workspace's family with `merge`, loading `plugin`; expects exit `code`
 /// and no output, and returns stderr.
 fn merge_fails(merge: &str, plugin: &Path, code: i32) -> String {
+    merge_fails_with(merge, plugin, code, &[])
+}
+
+/// As [`merge_fails`], with more arguments to `merge`.
+fn merge_fails_with(merge: &str, plugin: &Path, code: i32, extra: &[&str]) -> String {
     let ws = Workspace::new(Dtype::F32, None);
     ws.recipe("r.yaml", &recipe_with(merge));
-    let out = run_in(
-        ws.path(),
+    let args = [
         &[
             "merge",
             "r.yaml",
@@ -24,8 +28,11 @@ fn merge_fails(merge: &str, plugin: &Path, code: i32) -> String {
             "out",
             "--plugin",
             plugin.to_str().unwrap(),
-        ],
-    );
+        ][..],
+        extra,
+    ]
+    .concat();
+    let out = run_in(ws.path(), &args);
     let stderr = fails(&out, code);
     assert_eq!(
         ws.entries(),
@@ -243,6 +250,84 @@ fn signs_other_than_plus_or_minus_one_fail_the_merge() {
         stderr.contains("operator `misbehaving::twice` of plugin `misbehaving` failed")
             && stderr.contains("it elected the sign ")
             && stderr.contains("a Voted output's signs must be +1 or -1"),
+        "{stderr}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn isolated_crashes_fail_the_merge_with_an_error() {
+    for (variant, signal) in [("SEGFAULT", "SIGSEGV"), ("ABORT", "SIGABRT")] {
+        let plugin = build::misbehaving(variant, &[]);
+        let stderr = merge_fails_with(
+            "misbehaving::twice |> sum",
+            &plugin,
+            1,
+            &["--isolate-plugins"],
+        );
+        assert!(
+            stderr.contains("operator `misbehaving::twice` of plugin `misbehaving` failed")
+                && stderr.contains(&format!("it crashed its helper process ({signal}"))
+                && stderr.contains("(tensor `"),
+            "{stderr}"
+        );
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn an_isolated_call_that_hangs_is_stopped_at_the_timeout() {
+    let plugin = build::misbehaving("HANG", &[]);
+    let start = std::time::Instant::now();
+    let stderr = merge_fails_with(
+        "misbehaving::twice |> sum",
+        &plugin,
+        1,
+        &[
+            "--isolate-plugins",
+            "--plugin-timeout",
+            "0.5",
+            "--threads",
+            "2",
+        ],
+    );
+    assert!(
+        stderr.contains(
+            "it did not return within 0.5 s (--plugin-timeout), so its helper process was stopped"
+        ),
+        "{stderr}"
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(30));
+}
+
+#[cfg(unix)]
+#[test]
+fn isolated_errors_and_panics_are_reported_as_in_process() {
+    let stderr = merge_fails_with(
+        "misbehaving::twice |> sum",
+        &build::misbehaving("FAILS", &[]),
+        1,
+        &["--isolate-plugins"],
+    );
+    assert!(stderr.contains("this operator always fails"), "{stderr}");
+    let stderr = merge_fails_with(
+        "fixture::boom |> sum",
+        build::fixture(),
+        1,
+        &["--isolate-plugins"],
+    );
+    assert!(
+        stderr.contains("panicked: boom at element 0 of"),
+        "{stderr}"
+    );
+    let stderr = merge_fails_with(
+        "misbehaving::twice |> disjoint",
+        &build::misbehaving("BAD_SIGNS", &[]),
+        1,
+        &["--isolate-plugins"],
+    );
+    assert!(
+        stderr.contains("a Voted output's signs must be +1 or -1"),
         "{stderr}"
     );
 }

@@ -1,18 +1,21 @@
 //! The cost of calling an operator through the plugin ABI: the built-in `scale` against
 //! `fixture::gain` (the same elementwise math, `Δ ← λ·Δ`, in a plugin built with the
-//! SDK), merging a synthetic family of about 170 M parameters per model.
+//! SDK), in the process and isolated in helper processes (`--isolate-plugins`), merging
+//! a synthetic family of about 170 M parameters per model.
 //!
 //! ```sh
-//! cargo build --release -p reefknot-test-plugin
+//! cargo build --release -p reefknot-test-plugin --bin reefknot -p reefknot
 //! cargo run --release -p reefknot-plugins --example plugin_overhead [-- LIBFIXTURE [RUNS]]
 //! ```
 //!
 //! It generates the family (hidden 1024, 8 layers, intermediate 2816, vocab 32000, three
 //! fine-tunes, bf16) in a temporary folder, then times whole merges with one stage of
 //! each (`sum |> scale(0.5)` against `sum |> fixture::gain(0.5)`) and with eight
-//! (`sum |> scale(1.01) |> ...`), alternating built-in and plugin runs, and prints each
-//! configuration's median and fastest wall time and the plugin/built-in ratio of the
-//! medians. The two outputs of each configuration are checked to be identical bytes.
+//! (`sum |> scale(1.01) |> ...`), alternating built-in, plugin and isolated plugin runs,
+//! and prints each configuration's median and fastest wall time and the ratios of the
+//! medians to the built-in's. The outputs of each configuration are checked to be
+//! identical bytes. The isolated runs' helpers are `target/release/reefknot
+//! plugin-host`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -45,6 +48,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut registry = Registry::builtin();
     let plugin = reefknot_plugins::load(&lib)?;
     plugin.register(&mut registry)?;
+    let program = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/release")
+        .join(format!("reefknot{}", std::env::consts::EXE_SUFFIX));
+    if !program.exists() {
+        return Err(format!(
+            "{} does not exist: build it first with `cargo build --release`",
+            program.display()
+        )
+        .into());
+    }
+    let mut loader = reefknot_plugins::Loader::isolated(reefknot_plugins::Isolation {
+        program,
+        args: vec!["plugin-host".into()],
+        timeout: std::time::Duration::from_secs(600),
+    });
+    loader.load(&lib)?;
+    let isolated = loader.registry()?;
 
     let dir = tempfile::tempdir()?;
     let spec = FamilySpec {
@@ -76,14 +96,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .map(|t| format!("  - path: {}\n", t.display()))
         .collect();
-    let plan = |merge_expr: &str| -> Result<Plan, Box<dyn std::error::Error>> {
-        let text = format!(
-            "base: {}\nmodels:\n{models}merge: {merge_expr}\n",
-            family.base.display()
-        );
-        let recipe = Recipe::parse(&text, dir.path(), "bench.yaml")?;
-        Ok(Plan::build(&recipe, &registry, &PlanOptions::default())?)
-    };
+    let plan =
+        |merge_expr: &str, registry: &Registry| -> Result<Plan, Box<dyn std::error::Error>> {
+            let text = format!(
+                "base: {}\nmodels:\n{models}merge: {merge_expr}\n",
+                family.base.display()
+            );
+            let recipe = Recipe::parse(&text, dir.path(), "bench.yaml")?;
+            Ok(Plan::build(&recipe, registry, &PlanOptions::default())?)
+        };
 
     let chain = |op: &str, n: usize| -> String {
         let stages: Vec<String> = (0..n).map(|_| format!("{op}(1.01)")).collect();
@@ -101,16 +122,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         force: true,
         ..MergeOptions::default()
     };
-    println!("configuration  built-in median (min)   plugin median (min)   plugin / built-in");
+    println!(
+        "configuration  built-in median (min)   plugin median (min)   isolated median (min)   plugin / built-in   isolated / built-in"
+    );
     for (label, builtin_expr, plugin_expr) in &configs {
-        let plans = [plan(builtin_expr)?, plan(plugin_expr)?];
+        let plans = [
+            plan(builtin_expr, &registry)?,
+            plan(plugin_expr, &registry)?,
+            plan(plugin_expr, &isolated)?,
+        ];
         let outs = [
             dir.path().join("out-builtin"),
             dir.path().join("out-plugin"),
+            dir.path().join("out-isolated"),
         ];
-        let mut times = [Vec::new(), Vec::new()];
+        let mut times = [Vec::new(), Vec::new(), Vec::new()];
         for run in 0..=runs {
-            for k in 0..2 {
+            for k in 0..3 {
                 let report = merge(&plans[k], &outs[k], &opts, &NoProgress)?;
                 if run > 0 {
                     times[k].push(report.seconds);
@@ -118,22 +146,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         let a = std::fs::read(outs[0].join("model.safetensors"))?;
-        let b = std::fs::read(outs[1].join("model.safetensors"))?;
         // The recipes differ (they are stored in the metadata); the tensors must not.
         let header = |x: &[u8]| 8 + u64::from_le_bytes(x[..8].try_into().unwrap()) as usize;
-        assert!(
-            a[header(&a)..] == b[header(&b)..],
-            "built-in and plugin outputs differ"
-        );
+        for out in &outs[1..] {
+            let b = std::fs::read(out.join("model.safetensors"))?;
+            assert!(
+                a[header(&a)..] == b[header(&b)..],
+                "built-in and plugin outputs differ ({})",
+                out.display()
+            );
+        }
         let stats = |t: &mut Vec<f64>| {
             t.sort_by(f64::total_cmp);
             (t[t.len() / 2], t[0])
         };
         let (bm, bmin) = stats(&mut times[0]);
         let (pm, pmin) = stats(&mut times[1]);
+        let (im, imin) = stats(&mut times[2]);
         println!(
-            "{label}       {bm:>7.3} s ({bmin:.3} s)      {pm:>7.3} s ({pmin:.3} s)      {:.3}",
-            pm / bm
+            "{label}       {bm:>7.3} s ({bmin:.3} s)      {pm:>7.3} s ({pmin:.3} s)      {im:>7.3} s ({imin:.3} s)        {:.3}               {:.3}",
+            pm / bm,
+            im / bm
         );
     }
     Ok(())

@@ -49,7 +49,14 @@ use reefknot_plugin_api::{REEFKNOT_ABI_MAJOR, REEFKNOT_ABI_MINOR};
 
 pub use error::PluginError;
 #[cfg(unix)]
+pub use ffi::isolate::{serve as serve_isolated, Isolation};
+#[cfg(unix)]
 pub use ffi::{contain_crashes, Watchdog};
+
+/// How isolated plugin calls are run (a no-op type where isolation is not supported).
+#[cfg(not(unix))]
+#[derive(Clone, Debug)]
+pub struct Isolation;
 pub use operator::PluginOperator;
 
 /// The environment variable naming folders whose shared libraries are loaded as plugins
@@ -77,6 +84,11 @@ pub struct Plugin {
 
 /// Opens, checks and validates the plugin library at `path`.
 pub fn load(path: &Path) -> Result<Plugin, PluginError> {
+    load_with(path, None)
+}
+
+/// As [`load`]; with `isolation`, its operators' calls run in helper processes.
+fn load_with(path: &Path, isolation: Option<&Isolation>) -> Result<Plugin, PluginError> {
     tracing::debug!("loading plugin {}", path.display());
     let not_found = |reason: &str| PluginError::NotFound {
         path: path.to_path_buf(),
@@ -142,7 +154,17 @@ pub fn load(path: &Path) -> Result<Plugin, PluginError> {
     let operators: Vec<PluginOperator> = described
         .operators
         .into_iter()
-        .map(|op| {
+        .enumerate()
+        .map(|(index, op)| {
+            #[cfg(unix)]
+            let isolated = isolation.map(|i| ffi::isolate::Target {
+                isolation: i.clone(),
+                library: path.canonicalize().unwrap_or_else(|_| path.to_path_buf()),
+                sha256: sha256.clone(),
+                index,
+            });
+            #[cfg(not(unix))]
+            let _ = (index, isolation);
             PluginOperator::new(
                 described.name,
                 path,
@@ -151,6 +173,8 @@ pub fn load(path: &Path) -> Result<Plugin, PluginError> {
                 op.call,
                 op.data,
                 op.descriptor,
+                #[cfg(unix)]
+                isolated,
             )
         })
         .collect();
@@ -234,12 +258,21 @@ impl Plugin {
 #[derive(Debug, Default)]
 pub struct Loader {
     plugins: Vec<(PathBuf, Plugin)>,
+    isolation: Option<Isolation>,
 }
 
 impl Loader {
     /// No plugin loaded yet.
     pub fn new() -> Loader {
         Loader::default()
+    }
+
+    /// A loader whose plugins' calls run in helper processes (`--isolate-plugins`).
+    pub fn isolated(isolation: Isolation) -> Loader {
+        Loader {
+            plugins: Vec::new(),
+            isolation: Some(isolation),
+        }
     }
 
     /// Loads the library at `path` unless it is loaded already, and returns it. It is
@@ -251,7 +284,7 @@ impl Loader {
             tracing::debug!("{} is loaded already", path.display());
             return Ok(&self.plugins[i].1);
         }
-        let plugin = load(path)?;
+        let plugin = load_with(path, self.isolation.as_ref())?;
         if let Some((_, other)) = self.plugins.iter().find(|(_, p)| p.name == plugin.name) {
             return Err(PluginError::DuplicateName {
                 name: plugin.name.to_string(),

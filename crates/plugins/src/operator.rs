@@ -50,6 +50,9 @@ struct Inner {
     call: RkCallFn,
     data: OpData,
     descriptor: Descriptor,
+    /// Where calls go under isolation (`None`: in this process).
+    #[cfg(unix)]
+    isolated: Option<crate::ffi::isolate::Target>,
 }
 
 impl std::fmt::Debug for PluginOperator {
@@ -62,6 +65,7 @@ impl std::fmt::Debug for PluginOperator {
 }
 
 impl PluginOperator {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         plugin: &'static str,
         library: &std::path::Path,
@@ -70,6 +74,7 @@ impl PluginOperator {
         call: RkCallFn,
         data: OpData,
         descriptor: Descriptor,
+        #[cfg(unix)] isolated: Option<crate::ffi::isolate::Target>,
     ) -> PluginOperator {
         PluginOperator {
             inner: Arc::new(Inner {
@@ -81,6 +86,8 @@ impl PluginOperator {
                 call,
                 data,
                 descriptor,
+                #[cfg(unix)]
+                isolated,
             }),
         }
     }
@@ -88,6 +95,20 @@ impl PluginOperator {
     /// `plugin::name`.
     pub fn qualified(&self) -> &str {
         &self.inner.qualified
+    }
+
+    /// Its entry point and data (the isolation helper calls them).
+    #[cfg(unix)]
+    pub(crate) fn entry(&self) -> (RkCallFn, OpData) {
+        (self.inner.call, self.inner.data)
+    }
+
+    /// Whether its calls run in a helper process (`--isolate-plugins`).
+    pub fn is_isolated(&self) -> bool {
+        #[cfg(unix)]
+        return self.inner.isolated.is_some();
+        #[cfg(not(unix))]
+        false
     }
 
     /// Its descriptor as the plugin declares it, for the test kit
@@ -251,6 +272,12 @@ impl PluginKernel {
             weights: inputs.weights,
             args: &self.args,
         };
+        #[cfg(unix)]
+        if let Some(target) = &self.op.isolated {
+            let (status, message) =
+                ffi::isolate::invoke(target, &views, out).map_err(|e| self.failure(e))?;
+            return self.outcome(status, message.trim().to_string());
+        }
         let (status, message) = ERROR.with_borrow_mut(|error| {
             if error.len() < ERROR_CAPACITY {
                 error.resize(ERROR_CAPACITY, 0);
@@ -269,6 +296,11 @@ impl PluginKernel {
             };
             (status, message)
         });
+        self.outcome(status, message)
+    }
+
+    /// The result of a call that returned `status` with `message`.
+    fn outcome(&self, status: u32, message: String) -> Result<(), OpError> {
         let message = || {
             if message.is_empty() {
                 "(no message)".to_string()

@@ -11,6 +11,8 @@
 #[cfg(unix)]
 mod guard;
 #[cfg(unix)]
+pub(crate) mod isolate;
+#[cfg(unix)]
 pub use guard::{contain_crashes, Watchdog};
 
 use std::ffi::c_void;
@@ -423,6 +425,18 @@ pub(crate) struct ArgBlock {
 unsafe impl Send for ArgBlock {}
 // SAFETY: as above: nothing is ever written through these pointers.
 unsafe impl Sync for ArgBlock {}
+
+/// The bytes an `RkStr` of the host's own data views.
+///
+/// # Safety
+/// `s` must view `len` live bytes (or be empty).
+unsafe fn view_bytes<'a>(s: RkStr) -> &'a [u8] {
+    if s.len == 0 || s.ptr.is_null() {
+        return &[];
+    }
+    // SAFETY: the caller vouches for `len` bytes at `ptr`.
+    unsafe { std::slice::from_raw_parts(s.ptr, s.len) }
+}
 
 fn view(s: &str) -> RkStr {
     RkStr {
