@@ -152,6 +152,17 @@ fn an_operator_returning_an_error_fails_the_merge() {
 }
 
 #[test]
+fn a_rust_operator_returning_an_error_fails_the_merge() {
+    let stderr = merge_fails("fixture::refuse", build::fixture(), 1);
+    assert!(
+        stderr.contains("operator `fixture::refuse` of plugin `fixture` failed")
+            && stderr.contains("refusing ")
+            && stderr.contains("(tensor `"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn an_operator_that_panics_fails_the_merge_without_aborting() {
     let stderr = merge_fails("fixture::boom |> sum", build::fixture(), 1);
     assert!(
