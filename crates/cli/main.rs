@@ -139,6 +139,9 @@ enum PluginCommand {
     Test {
         /// The plugin library (`libNAME.so`, `.dylib`, `.dll`).
         library: PathBuf,
+        /// The longest one check may take, in seconds (a plugin that hangs fails).
+        #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+        timeout: f64,
     },
     /// Write a new plugin project that builds and passes `reefknot plugin test` as it
     /// is: one operator to start from (`NAME::shrink`), a test, and this reefknot's SDK
@@ -635,7 +638,15 @@ fn main() -> ExitCode {
         }
         Command::Demo(args) => demo::run(args),
         Command::Plugin { command } => match command {
-            PluginCommand::Test { library } => plugin_cmd::test(library),
+            PluginCommand::Test { library, timeout } => {
+                if timeout.is_finite() && *timeout > 0.0 {
+                    plugin_cmd::test(library, std::time::Duration::from_secs_f64(*timeout))
+                } else {
+                    Err(usage(anyhow::anyhow!(
+                        "--timeout {timeout} is not a number of seconds above 0"
+                    )))
+                }
+            }
             PluginCommand::New { name, lang, dir } => template::new(name, *lang, dir.as_deref()),
         },
         Command::WatchOutputs => unreachable!("run above"),

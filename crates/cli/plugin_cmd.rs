@@ -18,8 +18,10 @@ const TENSORS: [(&str, &[u64], Option<u64>, usize); 3] = [
     ("lm_head.weight", &[9, 5], None, 2),
 ];
 
-/// Runs the checks and prints one line per operator, signature and tensor.
-pub(crate) fn test(library: &Path) -> Result<(), Failure> {
+/// Runs the checks and prints one line per operator, signature and tensor. A check
+/// that does not return within `timeout` fails the run at once (the stuck call cannot
+/// be stopped, and what the plugin's state is after it nobody knows).
+pub(crate) fn test(library: &Path, timeout: std::time::Duration) -> Result<(), Failure> {
     // A crash is reported naming the operator and the check (no merge output to mind).
     #[cfg(unix)]
     reefknot_plugins::contain_crashes(None);
@@ -40,9 +42,28 @@ pub(crate) fn test(library: &Path) -> Result<(), Failure> {
             for (k, &(tensor, shape, layer, models)) in TENSORS.iter().enumerate() {
                 let case = synthetic(op, signature.input, tensor, shape, layer, models, k);
                 let what = format!("{tensor} (a synthetic {signature} test)");
-                let result = op.guarded(&what, || {
-                    testing::check_raw(Subject::new(op.descriptor()), &case)
+                let (send, receive) = std::sync::mpsc::channel();
+                let (runner, what_now) = (op.clone(), what.clone());
+                std::thread::spawn(move || {
+                    let result = runner.guarded(&what_now, || {
+                        testing::check_raw(Subject::new(runner.descriptor()), &case)
+                    });
+                    let _ = send.send(result);
                 });
+                let Ok(result) = receive.recv_timeout(timeout) else {
+                    outln!(
+                        "FAIL  {} {signature} on {tensor} {shape:?}: did not return within {:.1} s (--timeout)",
+                        op.qualified(),
+                        timeout.as_secs_f64()
+                    );
+                    return Err(Failure::Other {
+                        code: 1,
+                        error: anyhow::anyhow!(
+                            "the plugin `{}` hung in a check; the other checks were not run",
+                            plugin.name
+                        ),
+                    });
+                };
                 let shown = format!(
                     "{} {signature} on {tensor} {shape:?}, {} model{}",
                     op.qualified(),

@@ -72,6 +72,22 @@ fn plugin_test_reports_a_crash_with_the_operator_and_the_check() {
 }
 
 #[test]
+fn plugin_test_fails_a_plugin_that_hangs() {
+    let out = reefknot()
+        .args(["plugin", "test", "--timeout", "0.5"])
+        .arg(build::misbehaving("HANG", &[]))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("did not return within 0.5 s (--timeout)")
+            && stderr.contains("hung in a check"),
+        "{stdout}{stderr}"
+    );
+}
+
+#[test]
 fn plugin_new_writes_a_rust_project_that_passes_plugin_test() {
     // Outside the repository: the project is a workspace of its own.
     let dir = tempfile::tempdir().unwrap();

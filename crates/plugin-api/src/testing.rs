@@ -314,7 +314,8 @@ pub fn check<T: Operator>(case: &Case) -> Result<Outcome, String> {
 }
 
 /// Checks what the host relies on, and returns the whole-tensor outcome:
-/// - the call succeeds, twice, with the same bits (determinism);
+/// - the call succeeds, twice, with the same bits (determinism), and leaves its inputs
+///   as they were;
 /// - every element of the output is written (the buffers are filled with a NaN
 ///   pattern first) and finite, and every elected sign is +1 or -1;
 /// - an elementwise operator gives the same bits called whole, per element, and in
@@ -510,27 +511,35 @@ fn run_range(
     }
 
     // Inputs.
-    let stack: Vec<Vec<f32>> = case.stack.iter().map(slice).collect();
-    let stack_ptrs: Vec<*const f32> = stack.iter().map(|v| v.as_ptr()).collect();
-    let sign = if case.input == Type::Voted {
+    // Inputs are copies the call may (wrongly) write through: their pointers are made
+    // from mutable borrows, so such a write is caught below rather than undefined.
+    let mut stack: Vec<Vec<f32>> = case.stack.iter().map(slice).collect();
+    let stack_ptrs: Vec<*const f32> = stack
+        .iter_mut()
+        .map(|v| v.as_mut_ptr().cast_const())
+        .collect();
+    let mut sign = if case.input == Type::Voted {
         slice(&case.sign)
     } else {
         Vec::new()
     };
-    let delta = if case.input == Type::Delta {
+    let mut delta = if case.input == Type::Delta {
         slice(&case.delta)
     } else {
         Vec::new()
     };
-    let base = case
+    let mut base = case
         .base
         .as_ref()
         .map_or_else(|| vec![0.0; len], |b| b[range.clone()].to_vec());
-    let fisher: Vec<Vec<f32>> = match &case.fisher {
+    let mut fisher: Vec<Vec<f32>> = match &case.fisher {
         Some(f) => f.iter().map(slice).collect(),
         None => vec![vec![1.0; len]; t],
     };
-    let fisher_ptrs: Vec<*const f32> = fisher.iter().map(|v| v.as_ptr()).collect();
+    let fisher_ptrs: Vec<*const f32> = fisher
+        .iter_mut()
+        .map(|v| v.as_mut_ptr().cast_const())
+        .collect();
     let weights = case.weights.clone().unwrap_or_else(|| vec![1.0; t]);
     let has_stack = case.input != Type::Delta;
     let has_tasks = case.input == Type::Delta && flags & RK_OP_NEEDS_TASKS != 0;
@@ -556,9 +565,12 @@ fn run_range(
         } else {
             std::ptr::null()
         },
-        sign: ptr_or_null(case.input == Type::Voted, sign.as_ptr()),
-        delta: ptr_or_null(case.input == Type::Delta, delta.as_ptr()),
-        base: ptr_or_null(flags & RK_OP_NEEDS_BASE != 0, base.as_ptr()),
+        sign: ptr_or_null(case.input == Type::Voted, sign.as_mut_ptr().cast_const()),
+        delta: ptr_or_null(case.input == Type::Delta, delta.as_mut_ptr().cast_const()),
+        base: ptr_or_null(
+            flags & RK_OP_NEEDS_BASE != 0,
+            base.as_mut_ptr().cast_const(),
+        ),
         fisher: if flags & RK_OP_NEEDS_FISHER != 0 {
             fisher_ptrs.as_ptr()
         } else {
@@ -630,6 +642,36 @@ fn run_range(
     // arguments in parameter order), the outputs are disjoint from the inputs, and all
     // of them outlive the call.
     let status = unsafe { call_fn(&call, &mut out) };
+    // Inputs are the host's own chunk buffers, shared with later stages: read-only.
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    let unchanged = |what: &str, now: &[f32], then: &[f32]| match bits(now)
+        .iter()
+        .zip(bits(then))
+        .position(|(a, b)| *a != b)
+    {
+        None => Ok(()),
+        Some(k) => Err(format!(
+            "the operator wrote into its input `{what}` (element {k}): inputs are the \
+                 host's buffers, read-only"
+        )),
+    };
+    for (i, m) in stack.iter().enumerate() {
+        unchanged("stack", m, &case.stack[i][range.clone()])?;
+    }
+    if case.input == Type::Voted {
+        unchanged("sign", &sign, &case.sign[range.clone()])?;
+    }
+    if case.input == Type::Delta {
+        unchanged("delta", &delta, &case.delta[range.clone()])?;
+    }
+    if let Some(b) = &case.base {
+        unchanged("base", &base, &b[range.clone()])?;
+    }
+    if let Some(f) = &case.fisher {
+        for (i, m) in fisher.iter().enumerate() {
+            unchanged("fisher", m, &f[i][range.clone()])?;
+        }
+    }
     let message = || {
         let n = out.error_len.min(error.len());
         String::from_utf8_lossy(&error[..n]).into_owned()

@@ -5,7 +5,10 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use reefknot_plugin_api::testing::{self, Case};
-use reefknot_plugin_api::{Flags, Input, Operator, Output, Param, RkStr, Signature};
+use reefknot_plugin_api::{
+    Flags, Input, Operator, Output, Param, RkCall, RkOperator, RkOutput, RkStr, Signature,
+    RK_OP_ELEMENTWISE, RK_STATUS_OK,
+};
 
 /// `δ ← sign(δ)·max(|δ| − τ, 0)`, elementwise, correct.
 struct Shrink;
@@ -84,6 +87,22 @@ impl Operator for BadSigns {
     }
 }
 
+/// Writes into its input through the pointer the host lent it, as a C plugin could.
+extern "C" fn scribble(call: *const RkCall, out: *mut RkOutput) -> u32 {
+    // SAFETY: the test kit calls it with valid structs, as the ABI says; the write into
+    // the input is the contract violation under test (the kit's inputs are its own
+    // mutable copies, so it lands in owned memory).
+    #[allow(unsafe_code)]
+    unsafe {
+        let (call, out) = (&*call, &mut *out);
+        for j in 0..call.len {
+            *out.delta.add(j) = *call.delta.add(j);
+        }
+        *call.delta.cast_mut() = 42.0;
+    }
+    RK_STATUS_OK
+}
+
 /// Divides by zero.
 struct Nan;
 impl Operator for Nan {
@@ -152,6 +171,16 @@ fn each_broken_promise_is_named() {
     assert!(err(testing::check::<Half>(&delta)).contains("output value 50 was not written"));
     assert!(err(testing::check::<Drift>(&delta)).contains("two runs on the same inputs differ"));
     assert!(err(testing::check::<Nan>(&delta)).contains("output value 0 is not finite"));
+    let descriptor = RkOperator {
+        call: Some(scribble),
+        flags: RK_OP_ELEMENTWISE,
+        ..RkOperator::of::<Nan>()
+    };
+    assert!(err(testing::check_raw(
+        testing::Subject::new(&descriptor),
+        &delta
+    ))
+    .contains("the operator wrote into its input `delta` (element 0)"));
     let stack = Case::stack(vec![values(10, 4)]);
     assert!(err(testing::check::<BadSigns>(&stack)).contains("elected signs are +1 or -1"));
     let panics = Case::delta(values(10, 5)).choice("mode", "panic");

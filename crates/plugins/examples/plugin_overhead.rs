@@ -5,8 +5,11 @@
 //!
 //! ```sh
 //! cargo build --release -p reefknot-test-plugin --bin reefknot -p reefknot
-//! cargo run --release -p reefknot-plugins --example plugin_overhead [-- LIBFIXTURE [RUNS]]
+//! cargo run --release -p reefknot-plugins --example plugin_overhead [-- LIBFIXTURE [RUNS [bench]]]
 //! ```
+//!
+//! With `bench` as the third argument the family is the benchmark's (`synth bench`:
+//! 0.54 B parameters a model) instead.
 //!
 //! It generates the family (hidden 1024, 8 layers, intermediate 2816, vocab 32000, three
 //! fine-tunes, bf16) in a temporary folder, then times whole merges with one stage of
@@ -67,16 +70,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let isolated = loader.registry()?;
 
     let dir = tempfile::tempdir()?;
-    let spec = FamilySpec {
-        hidden: 1024,
-        layers: 8,
-        intermediate: 2816,
-        vocab: 32_000,
-        heads: 16,
-        kv_heads: 16,
-        tasks: 3,
-        dtype: Dtype::BF16,
-        ..FamilySpec::tiny()
+    let spec = if args.get(2).map(String::as_str) == Some("bench") {
+        FamilySpec::bench()
+    } else {
+        FamilySpec {
+            hidden: 1024,
+            layers: 8,
+            intermediate: 2816,
+            vocab: 32_000,
+            heads: 16,
+            kv_heads: 16,
+            tasks: 3,
+            dtype: Dtype::BF16,
+            ..FamilySpec::tiny()
+        }
     };
     let started = Instant::now();
     let family = reefknot_synth::generate(&spec, &dir.path().join("family"))?;

@@ -168,7 +168,7 @@ extern "C" fn on_fault(signal: libc::c_int, _: *mut libc::siginfo_t, _: *mut lib
         // No merge output to look after (`reefknot plugin test`, or no watchdog).
         say(b"The run was stopped.");
     }
-    say(b" A crash inside a plugin cannot be recovered from in the process: report it to the plugin's author.\n");
+    say(b" A crash inside a plugin cannot be recovered from in the process: merge with --isolate-plugins to keep plugin calls in helper processes, and report it to the plugin's author.\n");
     // SAFETY: _exit(2) ends the process at once, running nothing of this one's.
     unsafe { libc::_exit(1) };
 }
