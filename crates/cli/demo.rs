@@ -131,8 +131,6 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), Failure> {
     let started = std::time::Instant::now();
     let (base, tasks, fishers) =
         lay_out_family(&spec, root).context("generating the synthetic family")?;
-    let stats =
-        reefknot_synth::family_stats(&base, &tasks).context("measuring the synthetic family")?;
     outln!(
         "A synthetic Llama-shaped family: a base and {} fine-tunes ({}), {} layers, hidden {}, {:.1} M parameters each, {} (made in {:.2} s).",
         tasks.len(),
@@ -143,9 +141,10 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), Failure> {
         spec.dtype.torch_name(),
         started.elapsed().as_secs_f64()
     );
-    let top = stats.tasks.iter().map(|t| t.top_energy).sum::<f64>() / stats.tasks.len() as f64;
-    let conflict =
-        stats.pairs.iter().map(|p| p.conflict).sum::<f64>() / stats.pairs.len().max(1) as f64;
+    let demo = root.join("demo");
+    std::fs::create_dir_all(&demo).with_context(|| format!("creating {}", demo.display()))?;
+    let registry = Registry::builtin();
+    let (top, conflict) = family_figures(&demo, &registry, args.threads)?;
     outln!(
         "Each task's loss is a quadratic bowl around its fine-tune, ½·Σ F·(θ − θ_task)², with curvature F = 1 on\n\
          the {:.0}% of entries the task changed on purpose and {} on the rest, where fine-tuning only drifted\n\
@@ -181,9 +180,6 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), Failure> {
             false,
         ),
     ];
-    let demo = root.join("demo");
-    std::fs::create_dir_all(&demo).with_context(|| format!("creating {}", demo.display()))?;
-    let registry = Registry::builtin();
     for method in METHODS {
         let path = demo.join(format!("{}.yaml", slug(method.name)));
         std::fs::write(&path, recipe_text(method))
@@ -219,8 +215,61 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), Failure> {
             "\nThe family is in {0}/models and {0}/fisher (as the example recipes expect it), the demo's recipes and merges in {0}/demo.",
             dir.display()
         );
+        outln!(
+            "Measure its task vectors before choosing a density: reefknot analyze {}/ties.yaml (docs/analyze.md).",
+            dir.join("demo").display()
+        );
+    } else {
+        outln!(
+            "\nBefore choosing a density for your own models, measure their task vectors: \
+             reefknot analyze RECIPE (docs/analyze.md)."
+        );
     }
     Ok(())
+}
+
+/// What `reefknot analyze` measures of the family, over the TIES recipe's tensors: the
+/// share of each task vector's energy in its top 20 % of entries, and, where two tasks'
+/// top entries meet, the share with opposite signs (each averaged).
+fn family_figures(
+    demo: &Path,
+    registry: &Registry,
+    threads: Option<usize>,
+) -> Result<(f64, f64), Failure> {
+    let ties = METHODS
+        .iter()
+        .find(|m| m.name == "TIES")
+        .expect("the demo merges with TIES");
+    let recipe = Recipe::parse(&recipe_text(ties), demo, "ties.yaml")
+        .map_err(reefknot_engine::Error::from)?;
+    let plan = Plan::build(&recipe, registry, &PlanOptions::default())?;
+    let groups = |_: &str| Vec::new();
+    let whole = reefknot_engine::analyze(
+        &plan,
+        &groups,
+        Some(0.2),
+        threads,
+        reefknot_engine::DEFAULT_CHUNK,
+        &NoProgress,
+    )?
+    .whole();
+    let fifth = reefknot_ops::analysis::SHARES
+        .iter()
+        .position(|&s| s == 0.2)
+        .expect("analyze measures the top 20 %");
+    let top = whole
+        .models
+        .iter()
+        .map(|m| m.top_energy[fifth] / m.energy)
+        .sum::<f64>()
+        / whole.models.len() as f64;
+    let conflict = whole
+        .pairs
+        .iter()
+        .map(|p| 1.0 - p.top_agree as f64 / p.top_both.max(1) as f64)
+        .sum::<f64>()
+        / whole.pairs.len().max(1) as f64;
+    Ok((top, conflict))
 }
 
 /// Generates the demo family into `root/models/{base,code,math,chat}` and its Fisher

@@ -13,6 +13,7 @@ macro_rules! outln {
     ($($arg:tt)*) => { $crate::emit(format_args!("{}\n", format_args!($($arg)*))) };
 }
 
+mod analyze;
 mod demo;
 mod ops;
 mod plugin_cmd;
@@ -67,7 +68,7 @@ struct Cli {
     /// Print nothing but errors and warnings: no progress bar, no summary of a merge, no
     /// plan from `check` (its exit code says whether the recipe is valid), log lines
     /// of errors only (unless -v asks for more). Output asked for (`--json`, `ops`,
-    /// `demo`, `completions`) is still printed.
+    /// `analyze`, `demo`, `completions`) is still printed.
     #[arg(short, long, global = true)]
     quiet: bool,
     #[command(subcommand)]
@@ -81,6 +82,11 @@ enum Command {
     /// Validate a recipe without reading tensor data and print the plan (as JSON with
     /// --json, for `merge --plan`).
     Check(CheckArgs),
+    /// Measure the recipe's task vectors without merging: norms, how much of each one's
+    /// energy its largest entries hold, how pairs agree in sign, what a TIES election
+    /// at the recipe's density discards, and the density that keeps 90 % of the energy,
+    /// per layer group and for the whole model.
+    Analyze(analyze::AnalyzeArgs),
     /// Print the reefknot recipe that a mergekit configuration (a YAML file with
     /// `merge_method:`) runs as; `merge` and `check` take the configuration itself too.
     /// Its paths are the configuration's: save it next to the configuration.
@@ -159,7 +165,7 @@ enum PluginCommand {
 }
 
 #[derive(ClapArgs)]
-struct Overrides {
+pub(crate) struct Overrides {
     /// Seed for random operators (overrides the recipe's `seed`).
     #[arg(long)]
     seed: Option<u64>,
@@ -291,6 +297,16 @@ fn load_plan(
     shard_size: Option<u64>,
     isolation: Option<reefknot_plugins::Isolation>,
 ) -> Result<Plan, Failure> {
+    load_plan_and_recipe(recipe, overrides, shard_size, isolation).map(|(plan, _)| plan)
+}
+
+/// As [`load_plan`], with the recipe the plan was made of.
+pub(crate) fn load_plan_and_recipe(
+    recipe: &std::path::Path,
+    overrides: &Overrides,
+    shard_size: Option<u64>,
+    isolation: Option<reefknot_plugins::Isolation>,
+) -> Result<(Plan, Recipe), Failure> {
     let recipe = Recipe::load(recipe).map_err(reefknot_engine::Error::from)?;
     // Loading a plugin runs its code: not before the recipe's expressions parse.
     let namespaces = reefknot_engine::parse_exprs(&recipe)?;
@@ -323,7 +339,7 @@ fn load_plan(
             if n == 1 { "" } else { "s" }
         )));
     }
-    Ok(plan)
+    Ok((plan, recipe))
 }
 
 /// Reads a saved plan and readies it against the operators of `--plugin` and
@@ -343,7 +359,7 @@ fn read_plan(
 }
 
 /// The terminal progress bar (hidden when stderr is not a terminal or with --quiet).
-struct Bar(ProgressBar);
+pub(crate) struct Bar(ProgressBar);
 
 impl Progress for Bar {
     fn start(&self, total: u64) {
@@ -357,7 +373,8 @@ impl Progress for Bar {
     }
 }
 
-fn bar(quiet: bool) -> Bar {
+/// A progress bar of parameters, `verb` ("merging", "measuring") at its start.
+pub(crate) fn bar(quiet: bool, verb: &str) -> Bar {
     let target = if quiet {
         ProgressDrawTarget::hidden()
     } else {
@@ -366,7 +383,9 @@ fn bar(quiet: bool) -> Bar {
     let pb = ProgressBar::with_draw_target(Some(0), target);
     pb.set_style(
         ProgressStyle::with_template(
-            "{spinner} merging [{bar:40}] {percent:>3}%  {human_pos}/{human_len} parameters  {elapsed} (eta {eta})",
+            &format!(
+                "{{spinner}} {verb} [{{bar:40}}] {{percent:>3}}%  {{human_pos}}/{{human_len}} parameters  {{elapsed}} (eta {{eta}})"
+            ),
         )
         .expect("a valid template")
         .progress_chars("=> "),
@@ -420,7 +439,12 @@ fn merge(args: &MergeArgs, quiet: bool) -> Result<(), Failure> {
         sync: args.sync,
         allow_nonfinite: args.allow_nonfinite,
     };
-    let report = reefknot_engine::merge(&plan, &args.output, &opts, &bar(quiet || args.json))?;
+    let report = reefknot_engine::merge(
+        &plan,
+        &args.output,
+        &opts,
+        &bar(quiet || args.json, "merging"),
+    )?;
     if args.json {
         let summary = serde_json::json!({
             "output": report.output.display().to_string(),
@@ -637,6 +661,7 @@ fn main() -> ExitCode {
                 .and_then(|registry| ops::run(&registry, name.as_deref(), *markdown))
         }
         Command::Demo(args) => demo::run(args),
+        Command::Analyze(args) => analyze::run(args, cli.quiet),
         Command::Plugin { command } => match command {
             PluginCommand::Test { library, timeout } => {
                 if timeout.is_finite() && *timeout > 0.0 {

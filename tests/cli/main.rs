@@ -1,6 +1,7 @@
 //! End-to-end tests: they run the real `reefknot` binary on synthetic checkpoint
 //! families and re-read what it writes.
 
+mod analyze;
 mod conventions;
 mod docs;
 mod errors;

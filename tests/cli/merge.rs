@@ -272,10 +272,22 @@ fn the_demo_measures_each_tasks_loss_and_keeps_the_family_the_recipes_expect() {
                 .map_or(l, |(rest, _)| rest.trim_end())
                 .to_string()
         })
-        .filter(|l| !l.starts_with("The family is in"))
+        .filter(|l| {
+            !l.starts_with("The family is in") && !l.starts_with("Measure its task vectors")
+        })
         .collect::<Vec<_>>()
         .join("\n");
     insta::assert_snapshot!("demo", pinned);
+    // The analysis the demo suggests runs on what it kept.
+    let suggested = stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Measure its task vectors before choosing a density: reefknot analyze ")
+        })
+        .and_then(|l| l.strip_suffix(" (docs/analyze.md)."))
+        .unwrap_or_else(|| panic!("no analyze line:\n{stdout}"));
+    let analysis = ok(&reefknot().args(["analyze", suggested]).output().unwrap());
+    assert!(analysis.contains("Whole model: "), "{analysis}");
     // The README shows the same table.
     let readme =
         fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();

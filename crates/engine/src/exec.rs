@@ -554,48 +554,61 @@ impl TensorRun<'_> {
                 fisher_means: job.fisher_means,
             };
             let mut kernel = stage.operator.bind(&stage.args, &ctx).map_err(op_err)?;
-            let mut pass = 0;
-            while kernel.wants_pass(pass) {
-                let k = &kernel;
-                // Contiguous groups of the chunks the pass observes, a few per worker,
-                // each folded into one accumulator: bounded allocations, good balance.
-                let stride = k.pass_stride(pass).max(1);
-                // The first stage's input is the task vectors themselves: it may read them.
-                let direct = kernels.is_empty() && k.observes_task_vectors(pass);
-                let observed = self.chunks().div_ceil(stride);
-                let groups = observed.min(4 * rayon::current_num_threads()).max(1);
-                let per_group = observed.div_ceil(groups);
-                let total: Partial = (0..groups)
-                    .into_par_iter()
-                    .map(|g| {
-                        let mut acc = k.partial(pass);
-                        for i in g * per_group..((g + 1) * per_group).min(observed) {
-                            let index = i * stride;
-                            if direct {
-                                let (offset, end) = self.range(index);
-                                let span = Span {
-                                    index,
-                                    offset,
-                                    len: end - offset,
-                                };
-                                k.observe_task_vectors(pass, span, &Vectors(job.source), &mut acc);
-                                continue;
-                            }
-                            self.with_chunk(index, &kernels, |chunk| {
-                                k.observe(pass, chunk, &mut acc);
-                                Ok(())
-                            })?;
-                        }
-                        Ok::<_, Error>(acc)
-                    })
-                    .try_reduce_with(|a, b| Ok(k.combine(pass, a, b)))
-                    .unwrap_or_else(|| Ok(k.partial(pass)))?;
-                kernel.conclude(pass, total).map_err(op_err)?;
-                pass += 1;
-            }
+            self.run_passes(&mut *kernel, &kernels)?;
             kernels.push(kernel);
         }
         Ok(kernels)
+    }
+
+    /// Runs every statistics pass `kernel` asks for over the output of the stages
+    /// `before` (the task vectors themselves when there are none).
+    fn run_passes(&self, kernel: &mut dyn Kernel, before: &[Box<dyn Kernel>]) -> Result<(), Error> {
+        let job = self.job;
+        let mut pass = 0;
+        while kernel.wants_pass(pass) {
+            let k = &*kernel;
+            // Contiguous groups of the chunks the pass observes, a few per worker,
+            // each folded into one accumulator: bounded allocations, good balance.
+            let stride = k.pass_stride(pass).max(1);
+            // The first stage's input is the task vectors themselves: it may read them.
+            let direct = before.is_empty() && k.observes_task_vectors(pass);
+            let observed = self.chunks().div_ceil(stride);
+            let groups = observed.min(4 * rayon::current_num_threads()).max(1);
+            let per_group = observed.div_ceil(groups);
+            let total: Partial = (0..groups)
+                .into_par_iter()
+                .map(|g| {
+                    let mut acc = k.partial(pass);
+                    for i in g * per_group..((g + 1) * per_group).min(observed) {
+                        let index = i * stride;
+                        if direct {
+                            let (offset, end) = self.range(index);
+                            let span = Span {
+                                index,
+                                offset,
+                                len: end - offset,
+                            };
+                            k.observe_task_vectors(pass, span, &Vectors(job.source), &mut acc);
+                            continue;
+                        }
+                        self.with_chunk(index, before, |chunk| {
+                            k.observe(pass, chunk, &mut acc);
+                            Ok(())
+                        })?;
+                    }
+                    Ok::<_, Error>(acc)
+                })
+                .try_reduce_with(|a, b| Ok(k.combine(pass, a, b)))
+                .unwrap_or_else(|| Ok(k.partial(pass)))?;
+            kernel
+                .conclude(pass, total)
+                .map_err(|error| ErrorKind::Operator {
+                    tensor: job.name.to_string(),
+                    error,
+                })?;
+            pass += 1;
+        }
+        Ok(())
     }
 
     /// Runs the final pass: `θ_base + Δ` converted to `dtype`, written to `out`.
@@ -717,6 +730,22 @@ pub fn merge_tensor(
     })
 }
 
+/// Streams one tensor's task vectors through the statistics passes of `probe` (a
+/// kernel that only observes, such as [`reefknot_ops::analysis::Probe`]), in chunks of
+/// `chunk` elements (a multiple of [`BLOCK`]) on the current rayon pool; the job's
+/// stages are not run. Nothing is written.
+pub fn observe_tensor(
+    job: &TensorJob<'_>,
+    chunk: usize,
+    probe: &mut dyn Kernel,
+) -> Result<(), Error> {
+    assert!(
+        chunk > 0 && chunk.is_multiple_of(BLOCK),
+        "chunks are whole blocks"
+    );
+    TensorRun { job, chunk }.run_passes(probe, &[])
+}
+
 /// Slices in memory as a [`Source`] (every slice as long as the tensor).
 pub struct InMemory<'a> {
     /// The base values.
@@ -742,14 +771,14 @@ impl Source for InMemory<'_> {
 /// A tensor of the plan's checkpoints as a [`Source`]: each input's tensor resolved
 /// once, when the tensor starts, so that a read is one look-up (and an adapter's
 /// factors read once).
-struct Mapped<'a> {
+pub(crate) struct Mapped<'a> {
     base: Read<'a>,
     models: Vec<Read<'a>>,
     fisher: Vec<(&'a Checkpoint, &'a reefknot_io::TensorInfo)>,
 }
 
 impl<'a> Mapped<'a> {
-    fn new(plan: &'a Plan, job: &MergeJob) -> Self {
+    pub(crate) fn new(plan: &'a Plan, job: &MergeJob) -> Self {
         let at = |l: Located| {
             let c = &plan.inputs()[l.0];
             (c, &c.tensors()[l.1])

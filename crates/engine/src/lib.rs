@@ -25,6 +25,7 @@
 //! # Ok::<(), reefknot_engine::Error>(())
 //! ```
 
+mod analyze;
 mod card;
 mod chat;
 mod error;
@@ -45,10 +46,11 @@ use reefknot_lang::Pipeline;
 use reefknot_ops::{Registry, BLOCK};
 use reefknot_recipe::{Expr, Recipe};
 
+pub use analyze::{analyze, Analysis, DensityFrom, TensorReport, DEFAULT_DENSITY};
 pub use error::{Error, ErrorKind, InRecipe, NonFiniteAt};
 pub use exec::{
-    execute, merge_tensor, InMemory, MemoryOutput, MemorySink, NoProgress, OutputSink, Progress,
-    Sink, Source, TensorJob,
+    execute, merge_tensor, observe_tensor, InMemory, MemoryOutput, MemorySink, NoProgress,
+    OutputSink, Progress, Sink, Source, TensorJob,
 };
 pub use frontend::{bind_pipeline, plan_recipe, PlanOptions, PLUGINS_METADATA, RECIPE_METADATA};
 pub use output::{abandon_outputs, watch_outputs, OutputChange, Staging};

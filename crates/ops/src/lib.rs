@@ -14,6 +14,7 @@
 //! assert_eq!(pipeline.stages.len(), 4);
 //! ```
 
+pub mod analysis;
 pub mod builtin;
 mod error;
 mod kernel;

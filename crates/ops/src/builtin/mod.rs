@@ -8,7 +8,7 @@ mod geometry;
 mod masks;
 mod ram;
 mod sce;
-mod select;
+pub(crate) mod select;
 mod sphere;
 mod subspace;
 mod tiles;

@@ -1,0 +1,343 @@
+//! `reefknot analyze`: the recipe's task vectors measured, as a report or JSON.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use clap::Args as ClapArgs;
+use reefknot_engine::{Analysis, DensityFrom};
+use reefknot_ops::analysis::{TensorStats, SHARES};
+use serde_json::{json, Value};
+
+use crate::{Failure, Overrides};
+
+#[derive(ClapArgs)]
+pub(crate) struct AnalyzeArgs {
+    /// The recipe (YAML) or mergekit configuration: its base and models are measured,
+    /// over the tensors it merges. Nothing is written.
+    recipe: PathBuf,
+    /// The density the election is measured at, for every tensor (default: the `k` of
+    /// each tensor's `trim` stage, else 0.2).
+    #[arg(long, value_name = "K")]
+    density: Option<f64>,
+    /// The share of each task vector's energy the suggested density keeps.
+    #[arg(long, value_name = "SHARE", default_value_t = 0.9)]
+    keep: f64,
+    /// Print the figures as JSON on stdout (every group, layer and tensor).
+    #[arg(long)]
+    json: bool,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Elements per chunk of work (advanced; results do not depend on it).
+    #[arg(long, default_value_t = reefknot_engine::DEFAULT_CHUNK, hide = true)]
+    chunk: usize,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+pub(crate) fn run(args: &AnalyzeArgs, quiet: bool) -> Result<(), Failure> {
+    let fraction = |name: &str, v: f64| {
+        if v.is_finite() && v > 0.0 && v <= 1.0 {
+            Ok(())
+        } else {
+            Err(crate::usage(anyhow::anyhow!(
+                "{name} {v} is not a fraction in (0, 1]"
+            )))
+        }
+    };
+    if let Some(k) = args.density {
+        fraction("--density", k)?;
+    }
+    fraction("--keep", args.keep)?;
+    let (plan, recipe) = crate::load_plan_and_recipe(&args.recipe, &args.overrides, None, None)?;
+    let groups = |name: &str| -> Vec<String> {
+        recipe
+            .groups
+            .groups_of(name)
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    };
+    let bar = crate::bar(quiet || args.json, "measuring");
+    let analysis =
+        reefknot_engine::analyze(&plan, &groups, args.density, args.threads, args.chunk, &bar)?;
+    let order = recipe.groups.names();
+    if args.json {
+        let json = to_json(&analysis, &order, args.keep);
+        outln!("{}", serde_json::to_string_pretty(&json).expect("JSON"));
+    } else {
+        out!("{}", report(&analysis, &order, args.keep));
+    }
+    Ok(())
+}
+
+fn ratio(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0 && a.is_finite() && b.is_finite()).then(|| a / b)
+}
+
+fn count_ratio(a: u64, b: u64) -> Option<f64> {
+    (b > 0).then(|| a as f64 / b as f64)
+}
+
+/// One set of figures (a tensor, a group, a layer, the model) as JSON.
+fn stats_json(s: &TensorStats, keep: f64) -> Value {
+    let models: Vec<Value> = s
+        .models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let shares: serde_json::Map<String, Value> = SHARES
+                .iter()
+                .zip(m.top_energy)
+                .map(|(f, e)| (format!("{f}"), json!(ratio(e, m.energy))))
+                .collect();
+            json!({
+                "model": i,
+                "norm": m.energy.sqrt(),
+                "relative_norm": ratio(m.energy.sqrt(), s.base_energy.sqrt()),
+                "l1": m.l1,
+                "nonzero": m.nonzero,
+                "nonfinite": m.nonfinite,
+                "energy_share": shares,
+                "energy_curve": m.curve.iter().map(|&e| ratio(e, m.energy)).collect::<Vec<_>>(),
+                "suggested_density": s.suggested_density(i, keep),
+                "ties": {
+                    "density": if m.mixed_density { Value::Null } else { json!(m.density) },
+                    "kept": m.kept,
+                    "kept_energy_share": ratio(m.kept_energy, m.energy),
+                    "discarded_share": ratio(m.discarded_mass, m.kept_mass),
+                },
+            })
+        })
+        .collect();
+    let pairs: Vec<Value> = s
+        .pairs
+        .iter()
+        .map(|p| {
+            json!({
+                "a": p.a,
+                "b": p.b,
+                "cosine": ratio(p.dot, (s.models[p.a].energy * s.models[p.b].energy).sqrt()),
+                "sign_agreement": count_ratio(p.agree, p.both),
+                "top_overlap": count_ratio(
+                    p.top_both,
+                    s.models[p.a].kept.min(s.models[p.b].kept)
+                ),
+                "top_sign_agreement": count_ratio(p.top_agree, p.top_both),
+            })
+        })
+        .collect();
+    json!({
+        "tensors": s.tensors,
+        "elements": s.numel,
+        "base_norm": s.base_energy.sqrt(),
+        "models": models,
+        "pairs": pairs,
+    })
+}
+
+fn to_json(a: &Analysis, order: &[&str], keep: f64) -> Value {
+    let density_from = |d: DensityFrom| match d {
+        DensityFrom::Recipe => "recipe",
+        DensityFrom::Given => "given",
+        DensityFrom::Default => "default",
+    };
+    json!({
+        "base": a.base,
+        "models": a.models,
+        "keep": keep,
+        "copied_tensors": a.copied,
+        "model": stats_json(&a.whole(), keep),
+        "groups": a.groups(order).iter().map(|(g, s)| {
+            let mut v = stats_json(s, keep);
+            v["group"] = json!(g);
+            v
+        }).collect::<Vec<_>>(),
+        "layers": a.layers().iter().map(|(l, s)| {
+            let mut v = stats_json(s, keep);
+            v["layer"] = json!(l);
+            v
+        }).collect::<Vec<_>>(),
+        "tensors": a.tensors.iter().map(|t| {
+            let mut v = stats_json(&t.stats, keep);
+            v["name"] = json!(t.name);
+            v["layer"] = json!(t.layer);
+            v["groups"] = json!(t.groups);
+            v["density_from"] = json!(density_from(t.density_from));
+            v
+        }).collect::<Vec<_>>(),
+    })
+}
+
+fn pct(v: Option<f64>) -> String {
+    match v {
+        Some(v) => format!("{:.1}%", 100.0 * v),
+        None => "-".to_string(),
+    }
+}
+
+fn num(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v != 0.0 && (v.abs() < 1e-3 || v.abs() >= 1e5) => format!("{v:.3e}"),
+        Some(v) => format!("{v:.4}"),
+        None => "-".to_string(),
+    }
+}
+
+fn params(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2} B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1} M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1} K", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+/// The figures of one set, as a table per model and per pair.
+fn section(out: &mut String, title: &str, s: &TensorStats, keep: f64) {
+    let _ = writeln!(
+        out,
+        "\n{title}: {} tensor{}, {} parameters",
+        s.tensors,
+        if s.tensors == 1 { "" } else { "s" },
+        params(s.numel)
+    );
+    let shares: String = SHARES
+        .iter()
+        .map(|f| format!("  {:>7}", format!("top {}%", f * 100.0)))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  model  {:>10}  {:>9}{shares}  {:>10}  {:>10}",
+        "‖δ‖",
+        "‖δ‖/‖θ‖",
+        format!("k for {}%", keep * 100.0),
+        "TIES drops",
+    );
+    for (i, m) in s.models.iter().enumerate() {
+        let tops: String = m
+            .top_energy
+            .iter()
+            .map(|&e| format!("  {:>7}", pct(ratio(e, m.energy))))
+            .collect();
+        let density = if m.mixed_density {
+            String::new()
+        } else {
+            format!("  (k={})", m.density)
+        };
+        let _ = writeln!(
+            out,
+            "  {i:>5}  {:>10}  {:>9}{tops}  {:>10}  {:>10}{density}",
+            num(Some(m.energy.sqrt())),
+            num(ratio(m.energy.sqrt(), s.base_energy.sqrt())),
+            s.suggested_density(i, keep)
+                .map(|k| format!("{k:.2}"))
+                .unwrap_or_else(|| "-".into()),
+            pct(ratio(m.discarded_mass, m.kept_mass)),
+        );
+        if m.nonfinite > 0 {
+            let _ = writeln!(
+                out,
+                "         {} NaN or infinite entries (left out of every figure)",
+                m.nonfinite
+            );
+        }
+    }
+    if !s.pairs.is_empty() {
+        let _ = writeln!(
+            out,
+            "  pair   {:>8}  {:>11}  {:>11}  {:>15}",
+            "cosine", "signs agree", "top overlap", "top signs agree"
+        );
+        for p in &s.pairs {
+            let (a, b) = (&s.models[p.a], &s.models[p.b]);
+            let _ = writeln!(
+                out,
+                "  {:>5}  {:>8}  {:>11}  {:>11}  {:>15}",
+                format!("{}-{}", p.a, p.b),
+                num(ratio(p.dot, (a.energy * b.energy).sqrt())),
+                pct(count_ratio(p.agree, p.both)),
+                pct(count_ratio(p.top_both, a.kept.min(b.kept))),
+                pct(count_ratio(p.top_agree, p.top_both)),
+            );
+        }
+    }
+}
+
+/// The terminal report: the models, the whole model, each group, and the densities
+/// that keep `keep` of the energy.
+fn report(a: &Analysis, order: &[&str], keep: f64) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "base     {}", a.base);
+    for (i, m) in a.models.iter().enumerate() {
+        let _ = writeln!(out, "model {i}  {m}");
+    }
+    let whole = a.whole();
+    let _ = writeln!(
+        out,
+        "{} merged tensors measured ({} parameters per model){}",
+        whole.tensors,
+        params(whole.numel),
+        match a.copied {
+            0 => String::new(),
+            n => format!(", {n} copied tensors not measured"),
+        }
+    );
+    let from: Vec<DensityFrom> = {
+        let mut v: Vec<DensityFrom> = a.tensors.iter().map(|t| t.density_from).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let _ = writeln!(
+        out,
+        "TIES is measured at {}",
+        match from.as_slice() {
+            [DensityFrom::Recipe] => "the recipe's trim density".to_string(),
+            [DensityFrom::Given] => "the density given (--density)".to_string(),
+            [DensityFrom::Default] => format!(
+                "k={} (the recipe trims nothing; --density chooses)",
+                reefknot_engine::DEFAULT_DENSITY
+            ),
+            _ => format!(
+                "the recipe's trim density where it trims, else k={}",
+                reefknot_engine::DEFAULT_DENSITY
+            ),
+        }
+    );
+    section(&mut out, "Whole model", &whole, keep);
+    let groups = a.groups(order);
+    for (g, s) in &groups {
+        section(&mut out, &format!("Group {g}"), s, keep);
+    }
+    let _ = writeln!(
+        out,
+        "\nDensities that keep {}% of each task vector's energy:",
+        keep * 100.0
+    );
+    let models: String = (0..whole.models.len())
+        .map(|i| format!("  {:>8}", format!("model {i}")))
+        .collect();
+    let _ = writeln!(out, "  {:<16}{models}", "group");
+    let rows = std::iter::once(("whole model".to_string(), whole.clone())).chain(groups);
+    for (name, s) in rows {
+        let ks: String = (0..s.models.len())
+            .map(|i| {
+                let k = s.suggested_density(i, keep);
+                format!("  {:>8}", k.map_or("-".to_string(), |k| format!("{k:.2}")))
+            })
+            .collect();
+        let _ = writeln!(out, "  {name:<16}{ks}");
+    }
+    let _ = writeln!(
+        out,
+        "\ntop s%: the share of the task vector's energy (‖δ‖²) in its largest s% of entries, \
+         per tensor.\nk for {k}%: the smallest density, in steps of 0.01, at which trimming \
+         keeps {k}% of the energy.\nTIES drops: the share of the kept entries' L1 mass whose \
+         sign loses the election (at the density shown).\nsigns agree: over the entries \
+         non-zero in both; top: over the entries both keep (overlap: their share of the \
+         smaller kept set).",
+        k = keep * 100.0
+    );
+    out
+}
