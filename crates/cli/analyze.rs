@@ -184,15 +184,6 @@ fn num(v: Option<f64>) -> String {
     }
 }
 
-fn params(n: u64) -> String {
-    match n {
-        n if n >= 1_000_000_000 => format!("{:.2} B", n as f64 / 1e9),
-        n if n >= 1_000_000 => format!("{:.1} M", n as f64 / 1e6),
-        n if n >= 1_000 => format!("{:.1} K", n as f64 / 1e3),
-        n => n.to_string(),
-    }
-}
-
 /// The figures of one set, as a table per model and per pair.
 fn section(out: &mut String, title: &str, s: &TensorStats, keep: f64) {
     let _ = writeln!(
@@ -200,7 +191,7 @@ fn section(out: &mut String, title: &str, s: &TensorStats, keep: f64) {
         "\n{title}: {} tensor{}, {} parameters",
         s.tensors,
         if s.tensors == 1 { "" } else { "s" },
-        params(s.numel)
+        reefknot_engine::human_count(s.numel)
     );
     let shares: String = SHARES
         .iter()
@@ -277,7 +268,7 @@ fn report(a: &Analysis, order: &[&str], keep: f64) -> String {
         out,
         "{} merged tensors measured ({} parameters per model){}",
         whole.tensors,
-        params(whole.numel),
+        reefknot_engine::human_count(whole.numel),
         match a.copied {
             0 => String::new(),
             n => format!(", {n} copied tensors not measured"),

@@ -180,19 +180,11 @@ fn measure(
             let tensor = &data.tensors[index];
             let (k, density_from) = density_of(job, models, density);
             let source = Mapped::new(plan, job);
+            // The task vectors alone: no stage runs, no Fisher values are read.
             let tensor_job = TensorJob {
-                name: &tensor.name,
-                shape: &tensor.shape,
-                numel: tensor.numel(),
-                layer: tensor.layer,
-                models,
-                source: &source,
                 fisher: false,
                 stages: &[],
-                weights: &job.weights,
-                seed: data.seed,
-                fisher_means: None,
-                check_finite: false,
+                ..TensorJob::of_plan(plan, index, job, &source)
             };
             let mut probe = Probe::new(&ProbeSpec { density: k }, tensor.numel());
             match observe_tensor(&tensor_job, chunk, &mut probe) {

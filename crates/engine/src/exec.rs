@@ -378,7 +378,32 @@ pub struct TensorJob<'a> {
     pub check_finite: bool,
 }
 
-impl TensorJob<'_> {
+impl<'a> TensorJob<'a> {
+    /// Output tensor `index` of `plan`, merged by `job` from `source`, with no Fisher
+    /// means and no check of non-finite values (set those fields as needed).
+    pub(crate) fn of_plan(
+        plan: &'a Plan,
+        index: usize,
+        job: &'a MergeJob,
+        source: &'a dyn Source,
+    ) -> Self {
+        let tensor = &plan.data().tensors[index];
+        TensorJob {
+            name: &tensor.name,
+            shape: &tensor.shape,
+            numel: tensor.numel(),
+            layer: tensor.layer,
+            models: plan.data().models(),
+            source,
+            fisher: job.fisher.is_some(),
+            stages: &job.stages,
+            weights: &job.weights,
+            seed: plan.data().seed,
+            fisher_means: None,
+            check_finite: false,
+        }
+    }
+
     /// The error for a non-finite `value` found at `element`.
     fn nonfinite(&self, at: NonFiniteAt, element: usize, value: f32) -> Error {
         ErrorKind::NonFinite {
@@ -1286,7 +1311,6 @@ pub fn execute(
         .then(|| fisher_means(plan, check_finite))
         .transpose()
         .map_err(|e| name_input(plan, e))?;
-    let models = plan.data().models();
     // The error reported is that of the first failing tensor in the selection's order,
     // whatever the scheduling: once one fails, only the tensors before it still run.
     let first_failed = AtomicUsize::new(usize::MAX);
@@ -1299,7 +1323,6 @@ pub fn execute(
                 return;
             }
             let produce = || -> Result<(), Error> {
-                let tensor = &plan.data().tensors[index];
                 let dtype = plan.dtypes()[index];
                 let sink = TensorOf { out, index };
                 match &plan.jobs()[index] {
@@ -1321,18 +1344,9 @@ pub fn execute(
                     Job::Merge(job) => {
                         let source = Mapped::new(plan, job);
                         let job = TensorJob {
-                            name: &tensor.name,
-                            shape: &tensor.shape,
-                            numel: tensor.numel(),
-                            layer: tensor.layer,
-                            models,
-                            source: &source,
-                            fisher: job.fisher.is_some(),
-                            stages: &job.stages,
-                            weights: &job.weights,
-                            seed: plan.data().seed,
                             fisher_means: fisher_means.as_deref(),
                             check_finite,
+                            ..TensorJob::of_plan(plan, index, job, &source)
                         };
                         merge_tensor(&job, chunk, dtype, &sink, progress)
                             .map_err(|e| name_input(plan, e))

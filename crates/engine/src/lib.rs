@@ -54,7 +54,7 @@ pub use exec::{
 };
 pub use frontend::{bind_pipeline, plan_recipe, PlanOptions, PLUGINS_METADATA, RECIPE_METADATA};
 pub use output::{abandon_outputs, watch_outputs, OutputChange, Staging};
-pub use plan::{describe_stages, Job, Located, MergeJob, Plan, Stage};
+pub use plan::{describe_stages, human_count, Job, Located, MergeJob, Plan, Stage};
 pub use reefknot_plan::MergePlan;
 pub use scan::{scan_nonfinite, NonFiniteInput};
 
