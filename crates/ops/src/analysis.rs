@@ -4,7 +4,9 @@
 //! task vectors through its statistics passes as it does for any operator, and the
 //! probe's conclusion is a [`TensorStats`] of sums that add across tensors.
 //!
-//! Three passes, at most:
+//! Three kinds of work, in as few passes as they allow (three, usually: the refining
+//! needs two, and the election runs beside the second, in the first pass after the
+//! selection is resolved):
 //!
 //! 1. **Everything that needs no threshold**: `‖θ_base‖²`, per model `‖δ‖₁`, the
 //!    entries that are non-zero and not finite, per pair `⟨δ_a, δ_b⟩` and how often
@@ -28,8 +30,11 @@
 //!    (what `disjoint` discards), and per pair the entries both keep and how often their
 //!    signs agree.
 //!
-//! Floating sums are taken per block of [`BLOCK`] elements in order and added as
-//! [`OrderFreeSum`]s, so no figure depends on the thread count or the chunk size.
+//! Floating sums are taken per block of [`BLOCK`] elements (in eight interleaved
+//! partial sums, added in a fixed order) and added as [`OrderFreeSum`]s, so no figure
+//! depends on the thread count or the chunk size. Counts of signs and of lost entries
+//! are taken on bit patterns without branches: they depend on data no predictor
+//! guesses.
 //! Entries that are NaN or infinite are counted and otherwise left out (as zeros).
 //!
 //! The energy curve — the share kept at each density 1 %, 2 %, … 100 % — is read off the
@@ -69,17 +74,11 @@ pub fn kept_count(k: f64, n: u64) -> u64 {
 
 /// A float's magnitude bits split for the histograms, and its significand's square.
 #[inline(always)]
-fn parts(bits: u32) -> (usize, u128) {
-    let exponent = bits >> 23;
-    let m = if exponent == 0 {
-        bits & 0x7f_ffff
-    } else {
-        (bits & 0x7f_ffff) | 0x80_0000
-    };
-    (
-        (bits >> 19) as usize,
-        u128::from(u64::from(m) * u64::from(m)),
-    )
+fn parts(bits: u32) -> (usize, u64) {
+    // The implicit leading bit, present unless the number is subnormal (or zero).
+    let implicit = u32::from(bits >> 23 != 0) << 23;
+    let m = (bits & 0x7f_ffff) | implicit;
+    ((bits >> 19) as usize, u64::from(m) * u64::from(m))
 }
 
 /// `Σ f(x_j, y_j)` over a block in eight interleaved partial sums, added in a fixed
@@ -101,11 +100,31 @@ fn lanes(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
     ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 }
 
+/// Over the entries non-zero in both `x` and `y`: how many there are, and how many
+/// have the same sign (no NaN here). Counted on the bit patterns, without branches.
+fn sign_counts(x: &[f32], y: &[f32]) -> (u64, u64) {
+    let (mut both, mut agree) = (0u64, 0u64);
+    for (&u, &v) in x.iter().zip(y) {
+        let (a, b) = (u.to_bits(), v.to_bits());
+        let nz = (a & 0x7fff_ffff != 0) & (b & 0x7fff_ffff != 0);
+        both += u64::from(nz);
+        agree += u64::from(nz & ((a ^ b) >> 31 == 0));
+    }
+    (both, agree)
+}
+
 /// How many entries are NaN or infinite (all exponent bits set), counted on the bit
 /// patterns so that the loop vectorises.
 fn nonfinite(x: &[f32]) -> u64 {
-    x.iter()
-        .map(|v| u64::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000))
+    // u32 lanes vectorise four to a register; a block cannot overflow them.
+    x.chunks(1 << 20)
+        .map(|b| {
+            let n: u32 = b
+                .iter()
+                .map(|v| u32::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000))
+                .sum();
+            u64::from(n)
+        })
         .sum()
 }
 
@@ -281,38 +300,56 @@ enum Refine {
 /// No histogram.
 const NONE: u32 = u32::MAX;
 
-/// One model's refining histograms, by top bucket: for each, the index of its
-/// mid-level histogram, and where its low-level keys start in `low` (sorted by prefix).
+thread_local! {
+    /// A worker's copies of task vectors with their NaN and infinities zeroed.
+    static SPARES: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A worker's scratch for the election: the trimmed task vectors and the signs.
+    static ELECTION: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// One model's refining histograms, looked up by top bucket.
 #[derive(Default)]
 struct Slots {
-    top: Vec<(u32, u32)>,
+    /// Per top bucket, the index of its mid-level histogram ([`NONE`]: none); empty
+    /// when the model has none.
+    mid: Vec<u32>,
+    /// One bit per top bucket: whether low-level keys refine it (most entries are in
+    /// none, and this 512-byte test stays in the first-level cache).
+    any: Vec<u64>,
+    /// Per top bucket, where its low-level keys start in `low` ([`NONE`]: none).
+    low_from: Vec<u32>,
     /// `(top bucket << 10 | mid bucket, histogram index)`, sorted.
     low: Vec<(u32, usize)>,
 }
 
 impl Slots {
     fn is_empty(&self) -> bool {
-        self.top.is_empty()
+        self.mid.is_empty() && self.low.is_empty()
     }
 
-    fn table(&mut self) -> &mut Vec<(u32, u32)> {
-        if self.top.is_empty() {
-            self.top = vec![(NONE, NONE); TOP];
-        }
-        &mut self.top
+    #[inline(always)]
+    fn has(&self, top: usize) -> bool {
+        self.any[top / 64] >> (top % 64) & 1 != 0
     }
 
     fn insert_mid(&mut self, top: usize, key: usize) {
-        self.table()[top].0 = key as u32;
+        if self.mid.is_empty() {
+            self.mid = vec![NONE; TOP];
+        }
+        self.mid[top] = key as u32;
     }
 
     /// Appends a low-level key; keys come in increasing prefix order.
     fn push_low(&mut self, prefix: u32, key: usize) {
-        let at = self.low.len() as u32;
+        if self.low_from.is_empty() {
+            self.low_from = vec![NONE; TOP];
+            self.any = vec![0; TOP / 64];
+        }
         let top = (prefix >> 10) as usize;
-        let slot = &mut self.table()[top].1;
-        if *slot == NONE {
-            *slot = at;
+        self.any[top / 64] |= 1 << (top % 64);
+        if self.low_from[top] == NONE {
+            self.low_from[top] = self.low.len() as u32;
         }
         self.low.push((prefix, key));
     }
@@ -331,7 +368,8 @@ struct ProbePart {
     first: Option<First>,
     /// Refining: per key of [`Probe::mid_keys`] counts and `Σ M²`; per key of
     /// [`Probe::low_keys`] counts.
-    mid: Vec<(Vec<u64>, Vec<u128>)>,
+    /// `mid_keys.len() × MID` counts and `Σ M²`, key by key.
+    mid: (Vec<u64>, Vec<u128>),
     low: Vec<Vec<u64>>,
     /// The selection's own.
     selection: Option<Partial>,
@@ -414,41 +452,50 @@ impl Probe {
         (0..self.models).flat_map(move |a| (a + 1..self.models).map(move |b| (a, b)))
     }
 
-    /// Model `i`'s task vector in `chunk`, with NaN and infinities as zeros (in `spare`
-    /// when there are any).
-    fn clean<'c>(chunk: &'c Chunk<'_>, i: usize, spare: &'c mut Vec<f32>) -> &'c [f32] {
-        let v = chunk.model(i);
-        if nonfinite(v) == 0 {
-            return v;
-        }
-        spare.clear();
-        spare.extend(v.iter().map(|&x| if x.is_finite() { x } else { 0.0 }));
-        spare
+    /// Each model's task vector in `chunk` with NaN and infinities as zeros (copied into
+    /// `spares` where there are any), and how many there were.
+    fn clean<'c>(chunk: &'c Chunk<'_>, spares: &'c mut [Vec<f32>]) -> (Vec<&'c [f32]>, Vec<u64>) {
+        let mut counts = Vec::with_capacity(spares.len());
+        let views = spares
+            .iter_mut()
+            .enumerate()
+            .map(|(i, spare)| {
+                let v = chunk.model(i);
+                let bad = nonfinite(v);
+                counts.push(bad);
+                if bad == 0 {
+                    return v;
+                }
+                spare.clear();
+                spare.extend(v.iter().map(|&x| if x.is_finite() { x } else { 0.0 }));
+                &spare[..]
+            })
+            .collect();
+        (views, counts)
     }
 
-    fn observe_first(&self, chunk: &Chunk<'_>, part: &mut First) {
-        let t = self.models;
+    fn observe_first(&self, chunk: &Chunk<'_>, clean: &[&[f32]], bad: &[u64], part: &mut First) {
         for block in chunk.base.chunks(BLOCK) {
             part.base.add(finite_energy(block));
         }
-        let mut spares: Vec<Vec<f32>> = vec![Vec::new(); t];
-        let mut clean: Vec<&[f32]> = Vec::with_capacity(t);
-        for (i, spare) in spares.iter_mut().enumerate() {
-            let raw = chunk.model(i);
-            part.nonfinite[i] += nonfinite(raw);
-            clean.push(Probe::clean(chunk, i, spare));
+        for (n, b) in part.nonfinite.iter_mut().zip(bad) {
+            *n += b;
         }
         for (i, v) in clean.iter().enumerate() {
             let h = &mut part.hist[i];
+            // Slices, so that the loop keeps their addresses in registers.
+            let (count, sums) = (&mut h.count[..], &mut h.m2[..]);
             let mut nonzero = 0u64;
             for &x in *v {
                 let bits = abs_bits(x);
                 let (bucket, m2) = parts(bits);
-                h.count[bucket] += 1;
-                h.m2[bucket] += m2;
+                count[bucket] += 1;
+                sums[bucket] += u128::from(m2);
                 nonzero += u64::from(bits != 0);
             }
             part.nonzero[i] += nonzero;
+        }
+        for (i, v) in clean.iter().enumerate() {
             for block in v.chunks(BLOCK) {
                 part.l1[i].add(block_l1(block));
             }
@@ -458,90 +505,107 @@ impl Probe {
             for (bx, by) in x.chunks(BLOCK).zip(y.chunks(BLOCK)) {
                 part.dot[p].add(block_dot(bx, by));
             }
-            let (mut both, mut agree) = (0u64, 0u64);
-            for (&u, &v) in x.iter().zip(y) {
-                let nz = u != 0.0 && v != 0.0;
-                both += u64::from(nz);
-                agree += u64::from(nz && (u > 0.0) == (v > 0.0));
-            }
+            let (both, agree) = sign_counts(x, y);
             part.both[p] += both;
             part.agree[p] += agree;
         }
     }
 
-    fn observe_refine(&self, chunk: &Chunk<'_>, part: &mut ProbePart) {
-        let mut spare = Vec::new();
+    fn observe_refine(&self, clean: &[&[f32]], part: &mut ProbePart) {
         for (i, slots) in self.slots.iter().enumerate() {
             if slots.is_empty() {
                 continue;
             }
-            let v = Probe::clean(chunk, i, &mut spare);
-            for &x in v {
+            if !slots.mid.is_empty() {
+                let (count, m2) = (&mut part.mid.0[..], &mut part.mid.1[..]);
+                let table = &slots.mid[..];
+                for &x in clean[i] {
+                    let bits = abs_bits(x);
+                    let key = table[(bits >> 19) as usize];
+                    if key != NONE {
+                        let at = key as usize * MID + ((bits >> 9) & 0x3ff) as usize;
+                        count[at] += 1;
+                        m2[at] += u128::from(parts(bits).1);
+                    }
+                }
+            }
+            if slots.low.is_empty() {
+                continue;
+            }
+            for &x in clean[i] {
                 let bits = abs_bits(x);
                 let top = (bits >> 19) as usize;
-                let (mid_key, low_from) = slots.top[top];
-                if mid_key != NONE {
-                    let (count, m2) = &mut part.mid[mid_key as usize];
-                    let mid = ((bits >> 9) & 0x3ff) as usize;
-                    count[mid] += 1;
-                    m2[mid] += parts(bits).1;
+                if !slots.has(top) {
+                    continue;
                 }
-                if low_from != NONE {
-                    let prefix = bits >> 9;
-                    for &(p, k) in &slots.low[low_from as usize..] {
-                        if p >> 10 != top as u32 {
-                            break;
-                        }
-                        if p == prefix {
-                            part.low[k][(bits & 0x1ff) as usize] += 1;
-                        }
+                let prefix = bits >> 9;
+                for &(p, k) in &slots.low[slots.low_from[top] as usize..] {
+                    if p >> 10 != top as u32 {
+                        break;
+                    }
+                    if p == prefix {
+                        part.low[k][(bits & 0x1ff) as usize] += 1;
                     }
                 }
             }
         }
     }
 
-    fn observe_election(&self, chunk: &Chunk<'_>, part: &mut Election) {
+    fn observe_election(&self, chunk: &Chunk<'_>, clean: &[&[f32]], part: &mut Election) {
         let (t, len) = (self.models, chunk.len);
-        let mut kept = vec![0f32; t * len];
-        let mut spare = Vec::new();
-        for i in 0..t {
+        ELECTION.with_borrow_mut(|(kept, sign)| {
+            kept.resize(t * len, 0.0);
+            sign.resize(len, 0.0);
+            self.elect(chunk, clean, &mut kept[..t * len], &mut sign[..len], part);
+        });
+    }
+
+    /// The election over one chunk, in the worker's scratch (`kept`: `T × len`).
+    fn elect(
+        &self,
+        chunk: &Chunk<'_>,
+        clean: &[&[f32]],
+        kept: &mut [f32],
+        sign: &mut [f32],
+        part: &mut Election,
+    ) {
+        let (t, len) = (self.models, chunk.len);
+        for (i, v) in clean.iter().enumerate() {
             let k = &mut kept[i * len..(i + 1) * len];
-            k.copy_from_slice(Probe::clean(chunk, i, &mut spare));
+            k.copy_from_slice(v);
             self.selection.lanes[i].select(chunk.index, k);
         }
-        let mut sign = vec![0f32; len];
-        for (j, s) in sign.iter_mut().enumerate() {
-            let mut score = 0f32;
-            for i in 0..t {
-                score += chunk.weights[i] * kept[i * len + j];
+        // `Σ_i w_i·δ̃_i` in model order, per element, as `elect` sums.
+        sign.fill(0.0);
+        for i in 0..t {
+            let w = chunk.weights[i];
+            for (s, &x) in sign.iter_mut().zip(&kept[i * len..(i + 1) * len]) {
+                *s += w * x;
             }
-            *s = if score >= 0.0 { 1.0 } else { -1.0 };
         }
+        for s in sign.iter_mut() {
+            *s = if *s >= 0.0 { 1.0 } else { -1.0 };
+        }
+        let kept = &*kept;
+        let sign = &*sign;
         for i in 0..t {
             let k = &kept[i * len..(i + 1) * len];
             let w = chunk.weights[i];
             for (block, signs) in k.chunks(BLOCK).zip(sign.chunks(BLOCK)) {
                 part.kept_mass[i].add(block_l1(block));
                 part.discarded[i].add(lanes(block, signs, |x, s| {
+                    // Without branches: whether a kept entry loses is data, not a
+                    // pattern the processor could predict.
                     let u = w * x;
-                    let wins = u != 0.0 && (u > 0.0) == (s > 0.0);
-                    if x != 0.0 && !wins {
-                        f64::from(x.abs())
-                    } else {
-                        0.0
-                    }
+                    let wins = (u != 0.0) & ((u > 0.0) == (s > 0.0));
+                    let lost = (x != 0.0) & !wins;
+                    f64::from(x.abs()) * f64::from(u8::from(lost))
                 }));
             }
         }
         for (p, (a, b)) in self.pairs().enumerate() {
             let (x, y) = (&kept[a * len..(a + 1) * len], &kept[b * len..(b + 1) * len]);
-            let (mut both, mut agree) = (0u64, 0u64);
-            for (&u, &v) in x.iter().zip(y) {
-                let nz = u != 0.0 && v != 0.0;
-                both += u64::from(nz);
-                agree += u64::from(nz && (u > 0.0) == (v > 0.0));
-            }
+            let (both, agree) = sign_counts(x, y);
             part.top_both[p] += both;
             part.top_agree[p] += agree;
         }
@@ -678,7 +742,7 @@ impl Probe {
         !self.mid_keys.is_empty() || !self.low_keys.is_empty()
     }
 
-    fn conclude_refine(&mut self, mid: Vec<(Vec<u64>, Vec<u128>)>, low: Vec<Vec<u64>>) {
+    fn conclude_refine(&mut self, mid: (Vec<u64>, Vec<u128>), low: Vec<Vec<u64>>) {
         for (i, targets) in self.refine.iter_mut().enumerate() {
             for r in targets.iter_mut() {
                 *r = match *r {
@@ -688,7 +752,7 @@ impl Probe {
                             .iter()
                             .position(|&key| key == (i, top))
                             .expect("a histogram per refined bucket");
-                        let (count, m2) = &mid[k];
+                        let (count, m2) = (&mid.0[k * MID..], &mid.1[k * MID..]);
                         let (mut seen, mut energy) = (0u64, above);
                         let mut next = None;
                         for s in (0..MID).rev() {
@@ -797,11 +861,12 @@ impl Kernel for Probe {
                 both: vec![0; pairs],
                 agree: vec![0; pairs],
             }),
-            mid: self
-                .mid_keys
-                .iter()
-                .map(|_| (vec![0; MID], vec![0; MID]))
-                .collect(),
+            mid: if self.mid_keys.is_empty() {
+                (Vec::new(), Vec::new())
+            } else {
+                let n = self.mid_keys.len() * MID;
+                (vec![0; n], vec![0; n])
+            },
             low: self.low_keys.iter().map(|_| vec![0; LOW]).collect(),
             selection: selecting.then(|| self.selection.partial()),
             election: electing.then(|| Election {
@@ -815,22 +880,20 @@ impl Kernel for Probe {
 
     fn observe(&self, _pass: usize, chunk: &Chunk<'_>, partial: &mut Partial) {
         let part = partial.downcast_mut::<ProbePart>().expect("probe partial");
-        if let Some(first) = part.first.as_mut() {
-            self.observe_first(chunk, first);
-        }
-        self.observe_refine(chunk, part);
-        if let Some(selection) = part.selection.as_mut() {
-            let mut spares: Vec<Vec<f32>> = vec![Vec::new(); self.models];
-            let clean: Vec<&[f32]> = spares
-                .iter_mut()
-                .enumerate()
-                .map(|(i, s)| Probe::clean(chunk, i, s))
-                .collect();
-            self.selection.observe(chunk.index, |l| clean[l], selection);
-        }
-        if let Some(election) = part.election.as_mut() {
-            self.observe_election(chunk, election);
-        }
+        SPARES.with_borrow_mut(|spares| {
+            spares.resize_with(self.models, Vec::new);
+            let (clean, bad) = Probe::clean(chunk, &mut spares[..self.models]);
+            if let Some(first) = part.first.as_mut() {
+                self.observe_first(chunk, &clean, &bad, first);
+            }
+            self.observe_refine(&clean, part);
+            if let Some(selection) = part.selection.as_mut() {
+                self.selection.observe(chunk.index, |l| clean[l], selection);
+            }
+            if let Some(election) = part.election.as_mut() {
+                self.observe_election(chunk, &clean, election);
+            }
+        });
     }
 
     fn combine(&self, _pass: usize, mut a: Partial, b: Partial) -> Partial {
@@ -861,10 +924,8 @@ impl Kernel for Probe {
                 )
                 .for_each(|(p, q)| *p += q);
         }
-        for ((c, m), (d, n)) in x.mid.iter_mut().zip(y.mid) {
-            c.iter_mut().zip(d).for_each(|(p, q)| *p += q);
-            m.iter_mut().zip(n).for_each(|(p, q)| *p += q);
-        }
+        x.mid.0.iter_mut().zip(y.mid.0).for_each(|(p, q)| *p += q);
+        x.mid.1.iter_mut().zip(y.mid.1).for_each(|(p, q)| *p += q);
         for (c, d) in x.low.iter_mut().zip(y.low) {
             c.iter_mut().zip(d).for_each(|(p, q)| *p += q);
         }
@@ -901,7 +962,7 @@ impl Kernel for Probe {
             self.first_done = true;
             if !self.refining() {
                 // Every share fell on a bucket's edge.
-                self.conclude_refine(Vec::new(), Vec::new());
+                self.conclude_refine((Vec::new(), Vec::new()), Vec::new());
             }
         } else if self.refining() {
             self.conclude_refine(part.mid, part.low);
