@@ -25,6 +25,10 @@ pub(crate) struct AnalyzeArgs {
     /// Print the figures as JSON on stdout (every group, layer and tensor).
     #[arg(long)]
     json: bool,
+    /// Also draw a picture (`.svg` or `.png`): each model's energy kept against the
+    /// density, and a map of the sign conflicts per layer and pair of models.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -49,6 +53,9 @@ pub(crate) fn run(args: &AnalyzeArgs, quiet: bool) -> Result<(), Failure> {
         fraction("--density", k)?;
     }
     fraction("--keep", args.keep)?;
+    if let Some(path) = &args.plot {
+        crate::plot::Format::of(path).map_err(|e| crate::usage(anyhow::anyhow!(e)))?;
+    }
     let (plan, recipe) = crate::load_plan_and_recipe(&args.recipe, &args.overrides, None, None)?;
     let groups = |name: &str| -> Vec<String> {
         recipe
@@ -61,6 +68,10 @@ pub(crate) fn run(args: &AnalyzeArgs, quiet: bool) -> Result<(), Failure> {
     let bar = crate::bar(quiet || args.json, "measuring");
     let analysis =
         reefknot_engine::analyze(&plan, &groups, args.density, args.threads, args.chunk, &bar)?;
+    if let Some(path) = &args.plot {
+        crate::plot::draw(path, &analysis, args.keep)
+            .map_err(|e| Failure::from(anyhow::anyhow!("drawing {}: {e}", path.display())))?;
+    }
     let order = recipe.groups.names();
     if args.json {
         let json = to_json(&analysis, &order, args.keep);

@@ -16,6 +16,7 @@ macro_rules! outln {
 mod analyze;
 mod demo;
 mod ops;
+mod plot;
 mod plugin_cmd;
 mod plugins;
 mod template;

@@ -182,3 +182,57 @@ fn analyze_refuses_bad_fractions_before_reading() {
         assert!(err.contains(flag) && err.contains("fraction"), "{err}");
     }
 }
+
+#[test]
+fn analyze_draws_its_picture_as_svg_or_png() {
+    let recipe = cases()[0].join("recipe.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["a.svg", "a.png"] {
+        let path = dir.path().join(name);
+        let out = reefknot()
+            .args(["analyze", recipe.to_str().unwrap(), "--plot"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        // The report is printed as without --plot.
+        assert!(ok(&out).contains("Whole model: "));
+        let bytes = std::fs::read(&path).unwrap();
+        if name.ends_with(".png") {
+            assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "a PNG file");
+            assert!(
+                bytes.len() > 10_000,
+                "a drawn picture: {} bytes",
+                bytes.len()
+            );
+        } else {
+            let text = String::from_utf8(bytes).unwrap();
+            assert!(text.starts_with("<svg"), "{}", &text[..100.min(text.len())]);
+            for label in [
+                "model 0",
+                "model 2",
+                "0-1",
+                "1-2",
+                "layer",
+                "90% of the energy",
+            ] {
+                assert!(text.contains(label), "no `{label}` in the SVG");
+            }
+        }
+    }
+    // A name of another format is refused before anything is read.
+    let out = reefknot()
+        .args(["analyze", recipe.to_str().unwrap(), "--plot", "a.jpg"])
+        .output()
+        .unwrap();
+    let err = fails(&out, 2);
+    assert!(err.contains("must end in .svg or .png"), "{err}");
+    // A folder that does not exist fails the command, naming the file.
+    let missing = dir.path().join("no/such/a.png");
+    let out = reefknot()
+        .args(["analyze", recipe.to_str().unwrap(), "--plot"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let err = fails(&out, 1);
+    assert!(err.contains("a.png"), "{err}");
+}
