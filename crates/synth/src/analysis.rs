@@ -1,4 +1,5 @@
-//! Scoring a merge against the task vectors it started from, and measuring a family.
+//! Scoring a merge against the task vectors it started from (the family's own
+//! statistics are what `reefknot analyze` measures: `reefknot_ops::analysis`).
 //!
 //! Everything streams: models are memory-mapped, each tensor is read in chunks of
 //! 64 Ki elements converted to f32, and the top 20 % of a task vector is found per
@@ -41,41 +42,6 @@ pub struct TaskScore {
     pub retained: f64,
 }
 
-/// The shape of one task vector.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TaskStats {
-    /// `‖δ_i‖` over the whole model.
-    pub norm: f64,
-    /// The fraction of `‖δ_i‖²` in the task's top-20 % entries (per tensor).
-    pub top_energy: f64,
-}
-
-/// How two task vectors relate.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PairStats {
-    /// The first task.
-    pub a: usize,
-    /// The second task (`b > a`).
-    pub b: usize,
-    /// `cos(δ_a, δ_b)` over the whole model.
-    pub cosine: f64,
-    /// The fraction of `a`'s top entries that are also top entries of `b` (the sets
-    /// have the same size, so this is symmetric).
-    pub overlap: f64,
-    /// Among entries in both top sets, the fraction where `δ_a` and `δ_b` have
-    /// opposite signs: the sign conflicts TIES' election resolves.
-    pub conflict: f64,
-}
-
-/// Statistics of a family's task vectors.
-#[derive(Clone, Debug, PartialEq)]
-pub struct FamilyStats {
-    /// One entry per task, in order.
-    pub tasks: Vec<TaskStats>,
-    /// Every pair `a < b`, ordered by `a` then `b`.
-    pub pairs: Vec<PairStats>,
-}
-
 /// Scores the merge `merged` of the fine-tunes `tasks` of `base`: one [`TaskScore`]
 /// per task. Every model must have the base's tensors with the base's shapes (dtypes
 /// may differ); only computable (float) tensors are scored.
@@ -95,72 +61,12 @@ pub fn score(base: &Path, tasks: &[PathBuf], merged: &Path) -> Result<Vec<TaskSc
         .collect())
 }
 
-/// Measures the task vectors of `tasks` against `base`: how concentrated each is in
-/// its top 20 %, and how pairs of them overlap and conflict.
-pub fn family_stats(base: &Path, tasks: &[PathBuf]) -> Result<FamilyStats, SynthError> {
-    Ok(sums_to_stats(&analyze(base, tasks, None)?))
-}
-
-/// As [`family_stats`], on in-memory f32 tensors: `base[k]` and `tasks[i][k]` are
-/// tensor `k` of the base and of task `i`.
-pub fn family_stats_f32(base: &[Vec<f32>], tasks: &[Vec<Vec<f32>>]) -> FamilyStats {
-    let t = tasks.len();
-    let mut total = Sums::new(t);
-    for (k, b) in base.iter().enumerate() {
-        let tensor = TensorBytes {
-            base: (Dtype::F32, f32_bytes(b)),
-            tasks: tasks
-                .iter()
-                .map(|m| (Dtype::F32, f32_bytes(&m[k])))
-                .collect(),
-            merged: None,
-        };
-        total.add(&tensor.analyze());
-    }
-    sums_to_stats(&total)
-}
-
-fn f32_bytes(x: &[f32]) -> Vec<u8> {
-    x.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-fn sums_to_stats(sums: &Sums) -> FamilyStats {
-    let t = sums.tasks.len();
-    let tasks = sums
-        .tasks
-        .iter()
-        .map(|s| TaskStats {
-            norm: s.energy.sqrt(),
-            top_energy: ratio(s.top_energy, s.energy),
-        })
-        .collect();
-    let mut pairs = Vec::new();
-    for a in 0..t {
-        for b in a + 1..t {
-            let p = &sums.pairs[pair_index(t, a, b)];
-            pairs.push(PairStats {
-                a,
-                b,
-                cosine: ratio(p.dot, (sums.tasks[a].energy * sums.tasks[b].energy).sqrt()),
-                overlap: ratio(p.both as f64, sums.tasks[a].top_count as f64),
-                conflict: ratio(p.opposite as f64, p.both as f64),
-            });
-        }
-    }
-    FamilyStats { tasks, pairs }
-}
-
 fn ratio(a: f64, b: f64) -> f64 {
     if b == 0.0 {
         0.0
     } else {
         a / b
     }
-}
-
-/// The index of pair `a < b` among the `t·(t−1)/2` pairs.
-fn pair_index(t: usize, a: usize, b: usize) -> usize {
-    a * t - a * (a + 1) / 2 + (b - a - 1)
 }
 
 /// Running sums for one task.
@@ -173,19 +79,10 @@ struct TaskSums {
     kept: u64,
 }
 
-/// Running sums for one pair of tasks.
-#[derive(Clone, Debug, Default)]
-struct PairSums {
-    dot: f64,
-    both: u64,
-    opposite: u64,
-}
-
 /// Everything measured, summed over tensors.
 #[derive(Clone, Debug)]
 struct Sums {
     tasks: Vec<TaskSums>,
-    pairs: Vec<PairSums>,
     merged_energy: f64,
 }
 
@@ -193,7 +90,6 @@ impl Sums {
     fn new(t: usize) -> Self {
         Sums {
             tasks: vec![TaskSums::default(); t],
-            pairs: vec![PairSums::default(); t * t.saturating_sub(1) / 2],
             merged_energy: 0.0,
         }
     }
@@ -205,11 +101,6 @@ impl Sums {
             a.top_count += b.top_count;
             a.dot += b.dot;
             a.kept += b.kept;
-        }
-        for (a, b) in self.pairs.iter_mut().zip(&o.pairs) {
-            a.dot += b.dot;
-            a.both += b.both;
-            a.opposite += b.opposite;
         }
         self.merged_energy += o.merged_energy;
     }
@@ -410,21 +301,6 @@ impl<B: AsRef<[u8]>> TensorBytes<B> {
                     }
                 }
             }
-            for a in 0..t {
-                for b in a + 1..t {
-                    let p = &mut sums.pairs[pair_index(t, a, b)];
-                    for j in 0..len {
-                        let (x, y) = (deltas[a][j], deltas[b][j]);
-                        p.dot += f64::from(x) * f64::from(y);
-                        if top[a][j] && top[b][j] {
-                            p.both += 1;
-                            if (x > 0.0 && y < 0.0) || (x < 0.0 && y > 0.0) {
-                                p.opposite += 1;
-                            }
-                        }
-                    }
-                }
-            }
             if let Some(src) = &self.merged {
                 Self::decode(src, start, &mut merged[..len]);
                 for (m, b) in merged[..len].iter_mut().zip(&base[..len]) {
@@ -465,55 +341,43 @@ fn select(hist: &[u64], k: u64) -> (u32, u64) {
 mod tests {
     use super::*;
 
-    fn stats(base: Vec<f32>, tasks: Vec<Vec<f32>>) -> FamilyStats {
-        family_stats_f32(
-            &[base],
-            &tasks.into_iter().map(|t| vec![t]).collect::<Vec<_>>(),
-        )
+    fn tensor(base: &[f32], tasks: &[Vec<f32>]) -> TensorBytes<Vec<u8>> {
+        let bytes = |x: &[f32]| x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+        TensorBytes {
+            base: (Dtype::F32, bytes(base)),
+            tasks: tasks.iter().map(|t| (Dtype::F32, bytes(t))).collect(),
+            merged: None,
+        }
     }
 
     #[test]
-    fn top_set_takes_ties_in_index_order() {
+    fn the_top_set_takes_ties_in_index_order() {
         // Ten entries, k = 2: |δ| = 3 once, then 2 three times: the top set is the 3
-        // and the first 2, so it holds 9 + 4 of the energy.
-        let base = vec![0.0; 10];
+        // and the first 2 (index 1), so it holds 9 + 4 of the energy.
         let t0 = vec![0.0, 2.0, 0.0, -3.0, 2.0, 0.0, 2.0, 0.0, 0.0, 1.0];
-        let t1 = vec![0.0, -2.0, 0.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 5.0];
-        let s = stats(base, vec![t0, t1]);
-        let e0 = 4.0 + 9.0 + 4.0 + 4.0 + 1.0;
-        assert!((s.tasks[0].top_energy - 13.0 / e0).abs() < 1e-12);
-        // t1's top set: 5 (index 9) and 3 (index 3). Shared with t0: index 3, opposite.
-        assert_eq!(s.pairs.len(), 1);
-        assert!((s.pairs[0].overlap - 0.5).abs() < 1e-12);
-        assert!((s.pairs[0].conflict - 1.0).abs() < 1e-12);
+        let t = tensor(&[0.0; 10], &[t0]);
+        let mut scratch = [vec![0.0f32; CHUNK], vec![0.0f32; CHUNK]];
+        let cut = t.cut(0, &mut scratch);
+        assert_eq!((cut.bits, cut.ties), (2f32.to_bits(), 1));
+        let s = t.analyze();
+        assert_eq!(s.tasks[0].top_count, 2);
+        assert!((s.tasks[0].top_energy - 13.0).abs() < 1e-12);
+        assert!((s.tasks[0].energy - 22.0).abs() < 1e-12);
     }
 
     #[test]
     fn radix_select_finds_the_kth_largest() {
-        let base = vec![0.0f32; 1000];
         let t: Vec<f32> = (0..1000)
             .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
             .collect();
-        let s = stats(base, vec![t.clone()]);
+        let s = tensor(&[0.0; 1000], std::slice::from_ref(&t)).analyze();
         let mut e: Vec<f64> = t.iter().map(|x| f64::from(*x).powi(2)).collect();
         e.sort_by(|a, b| b.total_cmp(a));
-        let want = e[..200].iter().sum::<f64>() / e.iter().sum::<f64>();
+        let want: f64 = e[..200].iter().sum();
         assert!(
             (s.tasks[0].top_energy - want).abs() < 1e-9,
             "{} vs {want}",
             s.tasks[0].top_energy
         );
-    }
-
-    #[test]
-    fn pair_indices_are_dense() {
-        let t = 5;
-        let mut seen = vec![];
-        for a in 0..t {
-            for b in a + 1..t {
-                seen.push(pair_index(t, a, b));
-            }
-        }
-        assert_eq!(seen, (0..10).collect::<Vec<_>>());
     }
 }

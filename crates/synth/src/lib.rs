@@ -48,7 +48,7 @@
 //!   a Gaussian vector would have 65 %), so most of a task lives in a sparse set;
 //! - of the entries important to one task, 20 % are important to another, and 30 %
 //!   of those shared entries have opposite signs;
-//! - seen through top-20 % sets, as an analysis of the files sees them, two tasks'
+//! - seen through top-20 % sets, as `reefknot analyze` sees the files, two tasks'
 //!   sets overlap on 20 % of their entries and 41 % of the overlap has opposite signs
 //!   (the top sets also hold the largest noise entries, whose signs are independent;
 //!   27 % at `conflict` 0); the task vectors' cosine is about +0.045.
@@ -68,9 +68,7 @@ pub mod rng;
 mod sample;
 mod spec;
 
-pub use analysis::{
-    family_stats, family_stats_f32, score, FamilyStats, PairStats, TaskScore, TaskStats,
-};
+pub use analysis::{score, TaskScore};
 pub use curvature::{quadratic_losses, write_fishers, NOISE_CURVATURE};
 pub use generate::{family_json, generate, Family};
 pub use sample::{sample_tensor, TensorSampler};

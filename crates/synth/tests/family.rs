@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use reefknot_io::{from_f32, to_f32, Checkpoint, Dtype, ModelWriter, OutputTensor, WriterOptions};
+use reefknot_ops::analysis::{ModelStats, PairStats, Probe, ProbeSpec, TensorStats, SHARES};
 use reefknot_synth::{
-    family_stats, family_stats_f32, generate, sample_tensor, score, tensor_layout, Family,
-    FamilySpec, SynthError, TensorSampler,
+    generate, sample_tensor, score, tensor_layout, Family, FamilySpec, SynthError, TensorSampler,
 };
 use serde_json::Value;
 
@@ -294,6 +294,88 @@ fn stored_values_are_the_sampled_values() {
 }
 
 /// Zero bases and the exact (f32) task vectors of every tensor of `spec`.
+/// What `reefknot analyze` measures of in-memory tensors (`base[k]` and `tasks[i][k]`:
+/// tensor `k`), each tensor's top set its `max(1, ⌊0.2·n⌋)` largest entries.
+fn measure_vectors(base: &[Vec<f32>], tasks: &[Vec<Vec<f32>>]) -> TensorStats {
+    let mut total = TensorStats::default();
+    for (k, b) in base.iter().enumerate() {
+        let models: Vec<Vec<f32>> = tasks
+            .iter()
+            .map(|t| t[k].iter().zip(b).map(|(d, x)| x + d).collect())
+            .collect();
+        let source = reefknot_engine::InMemory {
+            base: b,
+            models: models.iter().map(Vec::as_slice).collect(),
+            fisher: Vec::new(),
+        };
+        let weights = vec![1.0; tasks.len()];
+        let job = reefknot_engine::TensorJob {
+            name: "t",
+            shape: &[b.len()],
+            numel: b.len(),
+            layer: None,
+            models: tasks.len(),
+            source: &source,
+            fisher: false,
+            stages: &[],
+            weights: &weights,
+            seed: 0,
+            fisher_means: None,
+            check_finite: false,
+        };
+        let spec = ProbeSpec {
+            density: vec![0.2; tasks.len()],
+        };
+        let mut probe = Probe::new(&spec, b.len());
+        reefknot_engine::observe_tensor(&job, reefknot_engine::DEFAULT_CHUNK, &mut probe).unwrap();
+        total.add(probe.stats());
+    }
+    total
+}
+
+/// What `reefknot analyze` measures of a family's files, over every tensor.
+fn measure_family(family: &Family) -> TensorStats {
+    let mut text = format!("base: {}\nmodels:\n", family.base.display());
+    for t in &family.tasks {
+        text.push_str(&format!("  - path: {}\n", t.display()));
+    }
+    text.push_str("merge: ties(trim(0.2), elect, disjoint)\n");
+    let recipe = reefknot_recipe::Recipe::parse(&text, Path::new("."), "family.yaml").unwrap();
+    let registry = reefknot_ops::Registry::builtin();
+    let plan = reefknot_engine::Plan::build(&recipe, &registry, &Default::default()).unwrap();
+    let groups = |_: &str| Vec::new();
+    reefknot_engine::analyze(
+        &plan,
+        &groups,
+        None,
+        None,
+        reefknot_engine::DEFAULT_CHUNK,
+        &reefknot_engine::NoProgress,
+    )
+    .unwrap()
+    .whole()
+}
+
+/// The share of a task vector's energy in its top 20 %.
+fn top_share(m: &ModelStats) -> f64 {
+    let fifth = SHARES.iter().position(|&s| s == 0.2).unwrap();
+    m.top_energy[fifth] / m.energy
+}
+
+/// The share of `a`'s top entries that are top entries of `b` too.
+fn overlap(s: &TensorStats, p: &PairStats) -> f64 {
+    p.top_both as f64 / s.models[p.a].kept as f64
+}
+
+/// Among the entries in both top sets, the share of opposite signs.
+fn conflict(p: &PairStats) -> f64 {
+    1.0 - p.top_agree as f64 / p.top_both as f64
+}
+
+fn cosine(s: &TensorStats, p: &PairStats) -> f64 {
+    p.dot / (s.models[p.a].energy * s.models[p.b].energy).sqrt()
+}
+
 fn demo_vectors(spec: &FamilySpec) -> (Vec<Vec<f32>>, Vec<Vec<Vec<f32>>>) {
     let mut base = Vec::new();
     let mut tasks = vec![Vec::new(); spec.tasks];
@@ -312,18 +394,21 @@ fn task_vectors_are_heavy_tailed() {
     // Exact f32 task vectors of the demo family (4 M entries per task).
     let spec = FamilySpec::demo();
     let (zeros, tasks) = demo_vectors(&spec);
-    let exact = family_stats_f32(&zeros, &tasks);
-    for t in &exact.tasks {
+    let exact = measure_vectors(&zeros, &tasks);
+    for t in &exact.models {
         // Measured 0.853–0.856; a Gaussian vector has 0.65 in its top 20 %.
-        assert!((0.83..0.88).contains(&t.top_energy), "{t:?}");
+        assert!((0.83..0.88).contains(&top_share(t)), "{t:?}");
     }
     // The same property as stored (bf16, `task − base` after rounding both).
     let tmp = tempfile::tempdir().unwrap();
     let family = generate(&spec, tmp.path()).unwrap();
-    let stored = family_stats(&family.base, &family.tasks).unwrap();
-    for (s, e) in stored.tasks.iter().zip(&exact.tasks) {
-        assert!((0.83..0.88).contains(&s.top_energy), "{s:?}");
-        assert!((s.norm / e.norm - 1.0).abs() < 0.01, "{s:?} vs {e:?}");
+    let stored = measure_family(&family);
+    for (s, e) in stored.models.iter().zip(&exact.models) {
+        assert!((0.83..0.88).contains(&top_share(s)), "{s:?}");
+        assert!(
+            (s.energy.sqrt() / e.energy.sqrt() - 1.0).abs() < 0.01,
+            "{s:?} vs {e:?}"
+        );
     }
 }
 
@@ -334,8 +419,8 @@ fn a_gaussian_is_not_heavy_tailed() {
     let spec = FamilySpec::tiny();
     let n = 200_000;
     let (g, _) = sample_tensor(&spec, "model.layers.0.mlp.up_proj.weight", 0, n).unwrap();
-    let s = family_stats_f32(&[vec![0.0; n]], &[vec![g]]);
-    assert!((0.60..0.66).contains(&s.tasks[0].top_energy), "{s:?}");
+    let s = measure_vectors(&[vec![0.0; n]], &[vec![g]]);
+    assert!((0.60..0.66).contains(&top_share(&s.models[0])), "{s:?}");
 }
 
 #[test]
@@ -389,12 +474,12 @@ fn stored_top_sets_overlap_and_conflict() {
             ..FamilySpec::demo()
         };
         let family = generate(&spec, &tmp.path().join(conflict.to_string())).unwrap();
-        let stats = family_stats(&family.base, &family.tasks).unwrap();
+        let stats = measure_family(&family);
         assert_eq!(stats.pairs.len(), 3);
         for p in &stats.pairs {
-            assert!((0.18..0.22).contains(&p.overlap), "{p:?}");
-            assert!(range.contains(&p.conflict), "{p:?}");
-            assert!(cosine.contains(&p.cosine), "{p:?}");
+            assert!((0.18..0.22).contains(&overlap(&stats, p)), "{p:?}");
+            assert!(range.contains(&self::conflict(p)), "{p:?}");
+            assert!(cosine.contains(&self::cosine(&stats, p)), "{p:?}");
         }
     }
 }
@@ -446,7 +531,7 @@ fn write_merge(
 fn score_of_a_task_against_itself_and_the_base() {
     let tmp = tempfile::tempdir().unwrap();
     let family = generate(&small(), &tmp.path().join("f")).unwrap();
-    let stats = family_stats(&family.base, &family.tasks).unwrap();
+    let stats = measure_family(&family);
 
     let s = score(&family.base, &family.tasks, &family.tasks[0]).unwrap();
     assert_eq!(s.len(), 3);
@@ -456,7 +541,7 @@ fn score_of_a_task_against_itself_and_the_base() {
     assert!((s[0].retained - 1.0).abs() < 1e-9);
     for (i, pair) in [(1, 0), (2, 1)] {
         assert!(
-            (s[i].cosine - stats.pairs[pair].cosine).abs() < 1e-9,
+            (s[i].cosine - cosine(&stats, &stats.pairs[pair])).abs() < 1e-9,
             "{:?}",
             s[i]
         );
@@ -602,12 +687,13 @@ proptest! {
     fn top_energy_matches_a_sort(values in prop::collection::vec(-8i32..8, 1..400)) {
         // Small integers: many ties at the threshold.
         let d: Vec<f32> = values.iter().map(|&v| v as f32 * 0.5).collect();
-        let s = family_stats_f32(&[vec![0.0; d.len()]], &[vec![d.clone()]]);
+        let s = measure_vectors(&[vec![0.0; d.len()]], &[vec![d.clone()]]);
         let k = ((d.len() as f64 * 0.2).floor() as usize).max(1);
         let mut e: Vec<f64> = d.iter().map(|x| f64::from(*x).powi(2)).collect();
         e.sort_by(|a, b| b.total_cmp(a));
         let total: f64 = e.iter().sum();
         let want = if total == 0.0 { 0.0 } else { e[..k].iter().sum::<f64>() / total };
-        prop_assert!((s.tasks[0].top_energy - want).abs() < 1e-12);
+        let got = if total == 0.0 { 0.0 } else { top_share(&s.models[0]) };
+        prop_assert!((got - want).abs() < 1e-12);
     }
 }
