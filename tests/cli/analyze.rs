@@ -236,3 +236,18 @@ fn analyze_draws_its_picture_as_svg_or_png() {
     let err = fails(&out, 1);
     assert!(err.contains("a.png"), "{err}");
 }
+
+#[test]
+fn a_mergekit_configuration_is_analyzed_as_its_recipe() {
+    // LoRA updates, a layer stack of merged slices, sharded bf16: read as the merge
+    // reads them, the same figures from the recipe and from mergekit's configuration.
+    let golden = root().join("tests/fixtures/golden");
+    for case in ["lora_ties", "slices_merged", "ties_bf16"] {
+        let recipe = analyze_json(&golden.join(case).join("recipe.yaml"), &[]);
+        let config = analyze_json(&golden.join(case).join("mergekit.yml"), &[]);
+        for set in ["model", "groups", "layers"] {
+            assert_eq!(recipe[set], config[set], "{case}: {set}");
+        }
+        assert!(recipe["model"]["models"][0]["norm"].as_f64().unwrap() > 0.0);
+    }
+}
