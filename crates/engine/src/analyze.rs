@@ -13,13 +13,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use rayon::prelude::*;
+use reefknot_lang::Ty;
 use reefknot_ops::analysis::{Probe, ProbeSpec, TensorStats};
-use reefknot_ops::Value;
+use reefknot_ops::{Value, BLOCK};
 
 use crate::exec::{observe_tensor, Mapped};
 use crate::plan::{Job, MergeJob};
-use reefknot_ops::BLOCK;
-
 use crate::{pool, Error, ErrorKind, Plan, Progress, TensorJob, MAX_CHUNK};
 
 /// The density a tensor's election is measured at when neither the recipe (a `trim`
@@ -29,7 +28,7 @@ pub const DEFAULT_DENSITY: f64 = 0.2;
 /// Where a tensor's density came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum DensityFrom {
-    /// The `k` of the tensor's first `trim` stage.
+    /// The `k` of the tensor's first `trim` stage over the task vectors.
     Recipe,
     /// The caller (`--density`).
     Given,
@@ -111,12 +110,16 @@ impl Analysis {
 }
 
 /// The per-model density of a tensor: `density` when given, else the `k` of its first
-/// `trim` stage, else [`DEFAULT_DENSITY`].
+/// `trim` stage over the task vectors (not one over a merged delta), else
+/// [`DEFAULT_DENSITY`].
 fn density_of(job: &MergeJob, models: usize, density: Option<f64>) -> (Vec<f64>, DensityFrom) {
     if let Some(k) = density {
         return (vec![k; models], DensityFrom::Given);
     }
-    let trim = job.stages.iter().find(|s| s.op == "trim");
+    let trim = job
+        .stages
+        .iter()
+        .find(|s| s.op == "trim" && s.signature.input == Ty::Stack);
     let k = trim.and_then(|s| {
         s.args.iter().find_map(|(name, v)| match (name, v) {
             (&"k", Value::Number(v)) if v.len() == models => Some(v.clone()),
