@@ -177,8 +177,56 @@ pub(crate) struct Overrides {
     /// models (an override that selects nothing, a `params` entry no expression reads).
     #[arg(long)]
     strict: bool,
+    /// Set a `$variable` of the recipe's expressions on every tensor and model, above
+    /// the recipe's own values (a model's, an override's, the recipe's): e.g.
+    /// `--set density=0.3`. The value is a number, `true`/`false`, or a word; repeat
+    /// for more variables. The output's card and metadata record it.
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_set)]
+    set: Vec<(String, reefknot_recipe::ParamValue)>,
     #[command(flatten)]
     plugins: plugins::PluginArgs,
+}
+
+/// `NAME=VALUE` for `--set`: an identifier, and a number, a boolean or a word.
+fn parse_set(s: &str) -> Result<(String, reefknot_recipe::ParamValue), String> {
+    use reefknot_recipe::{Number, ParamValue};
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAME=VALUE, e.g. density=0.3"))?;
+    let name = name.trim().trim_start_matches('$');
+    let ident = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !ident {
+        return Err(format!(
+            "`{name}` is not a variable name (letters, digits, _)"
+        ));
+    }
+    let value = value.trim();
+    let parsed = match value {
+        "true" => ParamValue::Bool(true),
+        "false" => ParamValue::Bool(false),
+        v => match v.parse::<f64>() {
+            Ok(x) if x.is_finite() => ParamValue::Number(Number::Scalar(x)),
+            Ok(_) => return Err(format!("`{v}` is not a finite number")),
+            Err(_) if !v.is_empty() => ParamValue::Text(v.to_string()),
+            Err(_) => return Err(format!("no value for `{name}`")),
+        },
+    };
+    Ok((name.to_string(), parsed))
+}
+
+/// Whether an expression's text reads `$name` (and not only a longer name).
+fn reads_variable(text: &str, name: &str) -> bool {
+    let needle = format!("${name}");
+    text.match_indices(&needle).any(|(i, _)| {
+        !text[i + needle.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
 }
 
 #[derive(ClapArgs)]
@@ -211,7 +259,7 @@ struct MergeArgs {
     recipe: Option<PathBuf>,
     /// Run a plan saved by `reefknot check --json` instead of a recipe. It refuses to run
     /// when an input file changed since the plan was made.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["recipe", "seed", "dtype", "shard_size"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["recipe", "seed", "dtype", "set", "shard_size"])]
     plan: Option<PathBuf>,
     /// The output folder (must not exist, unless --force).
     #[arg(short, long)]
@@ -308,7 +356,10 @@ pub(crate) fn load_plan_and_recipe(
     shard_size: Option<u64>,
     isolation: Option<reefknot_plugins::Isolation>,
 ) -> Result<(Plan, Recipe), Failure> {
-    let recipe = Recipe::load(recipe).map_err(reefknot_engine::Error::from)?;
+    let mut recipe = Recipe::load(recipe).map_err(reefknot_engine::Error::from)?;
+    for (name, value) in &overrides.set {
+        recipe.set_param(name, value.clone());
+    }
     // Loading a plugin runs its code: not before the recipe's expressions parse.
     let namespaces = reefknot_engine::parse_exprs(&recipe)?;
     let dir = recipe
@@ -330,6 +381,15 @@ pub(crate) fn load_plan_and_recipe(
         shard_size,
     };
     let plan = Plan::build(&recipe, &registry, &opts)?;
+    for (name, _) in &overrides.set {
+        let texts = || plan.data().expressions.iter().map(|e| e.text.as_str());
+        if !texts().any(|t| reads_variable(t, name)) {
+            return Err(usage(anyhow::anyhow!(
+                "--set {name}: no expression of the recipe reads `${name}` (its expressions: {})",
+                texts().collect::<Vec<_>>().join("; ")
+            )));
+        }
+    }
     for w in plan.warnings() {
         eprintln!("{:?}", miette::Report::new(reefknot_lang::Clipped::new(w)));
     }

@@ -15,3 +15,4 @@ mod plans;
 mod recipes;
 mod tokenizer;
 mod util;
+mod variables;

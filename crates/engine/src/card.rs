@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use reefknot_plan::Role;
 
-use crate::frontend::RECIPE_METADATA;
+use crate::frontend::{RECIPE_METADATA, SET_METADATA};
 use crate::plan::Plan;
 use crate::{Error, ErrorKind};
 
@@ -315,6 +315,12 @@ pub(crate) fn write_card(plan: &Plan, out: &Path) -> Result<(), Error> {
             s,
             "\n## Recipe\n\n```yaml\n{recipe}{}```",
             if recipe.ends_with('\n') { "" } else { "\n" }
+        );
+    }
+    if let Some(set) = data.output.metadata.get(SET_METADATA) {
+        let _ = writeln!(
+            s,
+            "\nWith variables set when merging, above the recipe's values: {set}."
         );
     }
     let path = out.join("README.md");

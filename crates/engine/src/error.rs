@@ -184,7 +184,7 @@ pub enum ErrorKind {
     /// A `$variable` has no value for some tensor and model.
     #[error("variable `${name}` is not defined for {model} (tensor `{tensor}`, expression `{expression}`)")]
     #[diagnostic(help(
-        "give it a value in the recipe's `params:`, in the model's `params:`, or in the `params:` of an override that matches this tensor"
+        "give it a value in the recipe's `params:`, in the model's `params:`, in the `params:` of an override that matches this tensor, or on the command line with `--set NAME=VALUE`"
     ))]
     UndefinedVariable {
         /// The variable, without `$`.

@@ -37,6 +37,25 @@ pub struct PlanOptions {
 /// The metadata key of the recipe text in every output shard (and in the plan).
 pub const RECIPE_METADATA: &str = "reefknot_recipe";
 
+/// The safetensors metadata key holding the `$variables` set from outside the recipe
+/// (`--set`), as `name=value` pairs separated by `, `; absent when none were.
+pub const SET_METADATA: &str = "reefknot_set";
+
+/// A `$variable`'s value as a command line writes it.
+fn param_text(v: &reefknot_recipe::ParamValue) -> String {
+    use reefknot_recipe::{Number, ParamValue};
+    match v {
+        ParamValue::Number(Number::Scalar(x)) => x.to_string(),
+        ParamValue::Number(Number::Gradient(g)) => {
+            let parts: Vec<String> = g.iter().map(f64::to_string).collect();
+            format!("[{}]", parts.join(", "))
+        }
+        ParamValue::Text(t) => t.clone(),
+        ParamValue::Bool(b) => b.to_string(),
+        ParamValue::Conditions(_) => "(conditions)".to_string(),
+    }
+}
+
 /// One compiled expression: the recipe's `merge`, or an override's.
 struct Rule {
     label: String,
@@ -280,6 +299,7 @@ pub(crate) fn plan_and_warn(
         let resolver = Resolver {
             lookup: &lookup,
             label: &label,
+            set: Some(&recipe.set),
             models: models.len(),
             tensor: &item.name,
             expression: &rule.text,
@@ -365,6 +385,14 @@ pub(crate) fn plan_and_warn(
         env!("CARGO_PKG_VERSION").to_string(),
     );
     metadata.insert(RECIPE_METADATA.to_string(), recipe.source.clone());
+    if !recipe.set.is_empty() {
+        let set: Vec<String> = recipe
+            .set
+            .iter()
+            .map(|(name, p)| format!("{name}={}", param_text(&p.value)))
+            .collect();
+        metadata.insert(SET_METADATA.to_string(), set.join(", "));
+    }
     let inputs = opened
         .iter()
         .zip(&roles)
@@ -1097,6 +1125,8 @@ struct Resolver<'a> {
     lookup: &'a dyn Fn(&str, usize) -> Option<ParamValue>,
     /// How model `i` is named in messages.
     label: &'a dyn Fn(usize) -> String,
+    /// The variables set from outside the recipe (`--set`), named as such in messages.
+    set: Option<&'a reefknot_recipe::Params>,
     models: usize,
     tensor: &'a str,
     /// The whole expression, for messages.
@@ -1154,11 +1184,12 @@ impl Resolver<'_> {
                             }
                         };
                         if !arg.param.kind.admits(x) {
-                            return Err(out_of_range(
-                                x,
-                                format!(" (from ${name} of {})", (self.label)(i)),
-                            )
-                            .into());
+                            let from = if self.set.is_some_and(|s| s.contains_key(name)) {
+                                format!(" (from --set {name}={x})")
+                            } else {
+                                format!(" (from ${name} of {})", (self.label)(i))
+                            };
+                            return Err(out_of_range(x, from).into());
                         }
                         xs.push(x);
                     }
@@ -1209,6 +1240,7 @@ pub fn bind_pipeline(
     let resolver = Resolver {
         lookup: &lookup,
         label: &label,
+        set: None,
         models,
         tensor,
         expression: &pipeline.to_string(),

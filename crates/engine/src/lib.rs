@@ -52,7 +52,9 @@ pub use exec::{
     execute, merge_tensor, observe_tensor, InMemory, MemoryOutput, MemorySink, NoProgress,
     OutputSink, Progress, Sink, Source, TensorJob,
 };
-pub use frontend::{bind_pipeline, plan_recipe, PlanOptions, PLUGINS_METADATA, RECIPE_METADATA};
+pub use frontend::{
+    bind_pipeline, plan_recipe, PlanOptions, PLUGINS_METADATA, RECIPE_METADATA, SET_METADATA,
+};
 pub use output::{abandon_outputs, watch_outputs, OutputChange, Staging};
 pub use plan::{describe_stages, human_count, Job, Located, MergeJob, Plan, Stage};
 pub use reefknot_plan::MergePlan;

@@ -311,6 +311,10 @@ pub struct Recipe {
     pub models: Vec<ModelEntry>,
     /// The recipe-wide values for `$variables` (`params:`).
     pub params: Params,
+    /// Values for `$variables` given from outside the recipe (`--set NAME=VALUE`),
+    /// above every level of the recipe: they replace a model's, an override's, a
+    /// slice's and the recipe's value on every tensor.
+    pub set: Params,
     /// The merge expression (`merge:`).
     pub merge: Expr,
     /// The overrides, in the order written; the first that matches a tensor wins.
@@ -433,6 +437,7 @@ impl Recipe {
             base_lora: parts.base_lora,
             models: parts.models,
             params: parts.params,
+            set: Params::new(),
             merge: parts.merge,
             overrides: parts.overrides,
             slices: parts.slices,
@@ -467,6 +472,19 @@ impl Recipe {
         }
     }
 
+    /// Sets `$name` to `value` on every tensor for every model, above the recipe's own
+    /// values (`--set NAME=VALUE`).
+    pub fn set_param(&mut self, name: &str, value: ParamValue) {
+        self.set.insert(
+            name.to_string(),
+            Param {
+                value,
+                loc: Loc::default(),
+                key_loc: Loc::default(),
+            },
+        );
+    }
+
     /// The expression for the tensors of override `index` (from [`Recipe::override_for`]):
     /// the override's `merge`, else the recipe's.
     pub fn merge_for(&self, index: Option<usize>) -> &Expr {
@@ -478,9 +496,10 @@ impl Recipe {
 
     /// The value of `$name` for model `model` (an index into [`Recipe::models`]; `None`
     /// for a value not tied to a model) and tensor `tensor` under override `index`, in
-    /// the order operators.md gives: the model's `params`, then the override's, then
-    /// the recipe's. A value given as conditions is the first entry that matches the
-    /// tensor; where none matches, the next map is looked at.
+    /// the order operators.md gives: a value set from outside ([`Recipe::set`]), the
+    /// model's `params`, then the override's, then the recipe's. A value given as
+    /// conditions is the first entry that matches the tensor; where none matches, the
+    /// next map is looked at.
     pub fn param(
         &self,
         name: &str,
@@ -505,6 +524,9 @@ impl Recipe {
         tensor: &str,
         input: &str,
     ) -> Option<&ParamValue> {
+        if let Some(p) = self.set.get(name) {
+            return Some(&p.value);
+        }
         let from_model = model
             .and_then(|m| self.models.get(m))
             .and_then(|m| m.params.get(name));
