@@ -56,7 +56,8 @@ pub(crate) fn run(args: &AnalyzeArgs, quiet: bool) -> Result<(), Failure> {
     if let Some(path) = &args.plot {
         crate::plot::Format::of(path).map_err(|e| crate::usage(anyhow::anyhow!(e)))?;
     }
-    let (plan, recipe) = crate::load_plan_and_recipe(&args.recipe, &args.overrides, None, None)?;
+    let (plan, recipe) =
+        crate::load_plan_and_recipe(&args.recipe, &args.overrides, None, None, true)?;
     let groups = |name: &str| -> Vec<String> {
         recipe
             .groups

@@ -19,6 +19,7 @@ mod ops;
 mod plot;
 mod plugin_cmd;
 mod plugins;
+mod sweep;
 mod template;
 mod watchdog;
 
@@ -88,6 +89,10 @@ enum Command {
     /// at the recipe's density discards, and the density that keeps 90 % of the energy,
     /// per layer group and for the whole model.
     Analyze(analyze::AnalyzeArgs),
+    /// Merge a grid of values of the recipe's `$variables` (`--grid density=0.1,0.2`),
+    /// score each merged model with a command of yours, and keep the best: a table as
+    /// points finish, results.csv and results.json, and a sweep run again resumes.
+    Sweep(sweep::SweepArgs),
     /// Print the reefknot recipe that a mergekit configuration (a YAML file with
     /// `merge_method:`) runs as; `merge` and `check` take the configuration itself too.
     /// Its paths are the configuration's: save it next to the configuration.
@@ -165,7 +170,7 @@ enum PluginCommand {
     },
 }
 
-#[derive(ClapArgs)]
+#[derive(ClapArgs, Clone)]
 pub(crate) struct Overrides {
     /// Seed for random operators (overrides the recipe's `seed`).
     #[arg(long)]
@@ -187,23 +192,30 @@ pub(crate) struct Overrides {
     plugins: plugins::PluginArgs,
 }
 
-/// `NAME=VALUE` for `--set`: an identifier, and a number, a boolean or a word.
-fn parse_set(s: &str) -> Result<(String, reefknot_recipe::ParamValue), String> {
-    use reefknot_recipe::{Number, ParamValue};
-    let (name, value) = s
-        .split_once('=')
-        .ok_or_else(|| format!("`{s}` is not NAME=VALUE, e.g. density=0.3"))?;
+/// A `$variable`'s name as given on the command line (with or without its `$`).
+pub(crate) fn variable_name(name: &str) -> Result<String, String> {
     let name = name.trim().trim_start_matches('$');
     let ident = name
         .chars()
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !ident {
-        return Err(format!(
+    if ident {
+        Ok(name.to_string())
+    } else {
+        Err(format!(
             "`{name}` is not a variable name (letters, digits, _)"
-        ));
+        ))
     }
+}
+
+/// `NAME=VALUE` for `--set`: an identifier, and a number, a boolean or a word.
+fn parse_set(s: &str) -> Result<(String, reefknot_recipe::ParamValue), String> {
+    use reefknot_recipe::{Number, ParamValue};
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAME=VALUE, e.g. density=0.3"))?;
+    let name = variable_name(name)?;
     let value = value.trim();
     let parsed = match value {
         "true" => ParamValue::Bool(true),
@@ -215,7 +227,7 @@ fn parse_set(s: &str) -> Result<(String, reefknot_recipe::ParamValue), String> {
             Err(_) => return Err(format!("no value for `{name}`")),
         },
     };
-    Ok((name.to_string(), parsed))
+    Ok((name, parsed))
 }
 
 /// Whether an expression's text reads `$name` (and not only a longer name).
@@ -346,15 +358,17 @@ fn load_plan(
     shard_size: Option<u64>,
     isolation: Option<reefknot_plugins::Isolation>,
 ) -> Result<Plan, Failure> {
-    load_plan_and_recipe(recipe, overrides, shard_size, isolation).map(|(plan, _)| plan)
+    load_plan_and_recipe(recipe, overrides, shard_size, isolation, true).map(|(plan, _)| plan)
 }
 
-/// As [`load_plan`], with the recipe the plan was made of.
+/// As [`load_plan`], with the recipe the plan was made of; `warn`: print the recipe's
+/// warnings (a sweep prints them for its first point only).
 pub(crate) fn load_plan_and_recipe(
     recipe: &std::path::Path,
     overrides: &Overrides,
     shard_size: Option<u64>,
     isolation: Option<reefknot_plugins::Isolation>,
+    warn: bool,
 ) -> Result<(Plan, Recipe), Failure> {
     let mut recipe = Recipe::load(recipe).map_err(reefknot_engine::Error::from)?;
     for (name, value) in &overrides.set {
@@ -390,7 +404,7 @@ pub(crate) fn load_plan_and_recipe(
             )));
         }
     }
-    for w in plan.warnings() {
+    for w in plan.warnings().iter().filter(|_| warn) {
         eprintln!("{:?}", miette::Report::new(reefknot_lang::Clipped::new(w)));
     }
     if overrides.strict && !plan.warnings().is_empty() {
@@ -723,6 +737,7 @@ fn main() -> ExitCode {
         }
         Command::Demo(args) => demo::run(args),
         Command::Analyze(args) => analyze::run(args, cli.quiet),
+        Command::Sweep(args) => sweep::run(args, cli.quiet),
         Command::Plugin { command } => match command {
             PluginCommand::Test { library, timeout } => {
                 if timeout.is_finite() && *timeout > 0.0 {

@@ -13,6 +13,7 @@ mod mergekit;
 mod nonfinite;
 mod plans;
 mod recipes;
+mod sweep;
 mod tokenizer;
 mod util;
 mod variables;

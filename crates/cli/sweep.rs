@@ -1,0 +1,319 @@
+//! `reefknot sweep`: a grid over a recipe's `$variables`, each point merged and scored
+//! by an external command, with a table as points finish, CSV and JSON results, resume
+//! after an interruption, and the best model kept.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use clap::Args as ClapArgs;
+use reefknot_engine::MergeOptions;
+use reefknot_recipe::{Number, ParamValue};
+use serde_json::{json, Value};
+
+use crate::{Failure, Overrides};
+
+#[derive(ClapArgs)]
+pub(crate) struct SweepArgs {
+    /// The recipe (YAML) or mergekit configuration whose `$variables` the grid sets.
+    recipe: PathBuf,
+    /// One axis of the grid: a variable and its values, e.g. `--grid density=0.1,0.2,0.3`.
+    /// Repeat for more axes; every combination is a point.
+    #[arg(long, value_name = "NAME=V1,V2,...", value_parser = parse_axis, required = true)]
+    grid: Vec<(String, Vec<f64>)>,
+    /// The command that scores a merged model: `{model}` is replaced by its folder (quoted
+    /// for the shell); its last line of output is the score, a number or JSON (a number,
+    /// or an object with `score`). Run with `sh -c`.
+    #[arg(long, value_name = "COMMAND")]
+    eval_cmd: String,
+    /// The folder of the sweep: the points' models (`points/`), `results.json` and
+    /// `results.csv`. A sweep run again into it resumes: scored points are not redone.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Higher scores are better (default: lower, as for a loss).
+    #[arg(long)]
+    maximize: bool,
+    /// Keep every point's model (default: only the best's).
+    #[arg(long)]
+    keep_all: bool,
+    /// Worker threads of each merge (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+/// `NAME=V1,V2,...` for `--grid`.
+fn parse_axis(s: &str) -> Result<(String, Vec<f64>), String> {
+    let (name, values) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAME=V1,V2,..., e.g. density=0.1,0.2"))?;
+    let name = crate::variable_name(name)?;
+    let values: Vec<f64> = values
+        .split(',')
+        .map(|v| {
+            let v = v.trim();
+            v.parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| format!("`{v}` in --grid {name} is not a finite number"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((name, values))
+}
+
+/// One point of the grid: a value per axis, in axis order.
+type Point = Vec<(String, f64)>;
+
+/// The folder name of a point: `density=0.1,lambda=0.5`.
+fn slug(point: &Point) -> String {
+    point
+        .iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Every combination of the axes' values, the first axis varying slowest.
+fn points(axes: &[(String, Vec<f64>)]) -> Vec<Point> {
+    let mut out: Vec<Point> = vec![Vec::new()];
+    for (name, values) in axes {
+        out = out
+            .into_iter()
+            .flat_map(|p| {
+                values.iter().map(move |&v| {
+                    let mut q = p.clone();
+                    q.push((name.clone(), v));
+                    q
+                })
+            })
+            .collect();
+    }
+    out
+}
+
+/// A score from a command's output: its last non-empty line, a number or JSON.
+fn parse_score(stdout: &str) -> Result<f64, String> {
+    let line = stdout
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .ok_or("the command printed nothing")?;
+    let score = match line.parse::<f64>() {
+        Ok(x) => Some(x),
+        Err(_) => match serde_json::from_str::<Value>(line) {
+            Ok(Value::Number(n)) => n.as_f64(),
+            Ok(Value::Object(o)) => o.get("score").and_then(Value::as_f64),
+            _ => None,
+        },
+    };
+    match score {
+        Some(x) if x.is_finite() => Ok(x),
+        _ => Err(format!(
+            "its last line, `{line}`, is not a finite number or JSON with a `score`"
+        )),
+    }
+}
+
+/// A path quoted for `sh`.
+fn shell_quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
+}
+
+/// One scored point, as results.json holds it.
+fn result_json(point: &Point, score: f64, seconds: f64, model: Option<&Path>) -> Value {
+    let params: serde_json::Map<String, Value> =
+        point.iter().map(|(n, v)| (n.clone(), json!(v))).collect();
+    json!({
+        "params": params,
+        "score": score,
+        "merge_and_eval_seconds": seconds,
+        "model": model.map(|m| m.display().to_string()),
+    })
+}
+
+fn same_point(entry: &Value, point: &Point) -> bool {
+    let params = &entry["params"];
+    params.as_object().is_some_and(|o| o.len() == point.len())
+        && point
+            .iter()
+            .all(|(n, v)| params[n.as_str()].as_f64() == Some(*v))
+}
+
+fn write_results(dir: &Path, axes: &[(String, Vec<f64>)], results: &[Value]) -> anyhow::Result<()> {
+    let json_path = dir.join("results.json");
+    let tmp = dir.join(".results.json.tmp");
+    fs::write(&tmp, serde_json::to_string_pretty(&json!(results))? + "\n")
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, &json_path).with_context(|| format!("writing {}", json_path.display()))?;
+    let mut csv = axes.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    csv.push("score".into());
+    let mut text = csv.join(",") + "\n";
+    for r in results {
+        let mut row: Vec<String> = axes
+            .iter()
+            .map(|(n, _)| r["params"][n.as_str()].to_string())
+            .collect();
+        row.push(r["score"].to_string());
+        text.push_str(&row.join(","));
+        text.push('\n');
+    }
+    let csv_path = dir.join("results.csv");
+    fs::write(&csv_path, text).with_context(|| format!("writing {}", csv_path.display()))?;
+    Ok(())
+}
+
+pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
+    crate::watchdog::start();
+    let mut names: Vec<&str> = args.grid.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(crate::usage(anyhow::anyhow!(
+            "--grid {} is given twice",
+            w[0]
+        )));
+    }
+    if !args.eval_cmd.contains("{model}") {
+        return Err(crate::usage(anyhow::anyhow!(
+            "--eval-cmd must name the model as {{model}}, e.g. --eval-cmd 'my_eval {{model}}'"
+        )));
+    }
+    let all = points(&args.grid);
+    // Every point's plan first: a value out of range fails before anything is merged.
+    let mut plans = Vec::with_capacity(all.len());
+    for point in &all {
+        let mut overrides = args.overrides.clone();
+        for (n, v) in point {
+            overrides.set.retain(|(m, _)| m != n);
+            overrides
+                .set
+                .push((n.clone(), ParamValue::Number(Number::Scalar(*v))));
+        }
+        // The recipe's warnings are the same at every point: shown once.
+        let warn = plans.is_empty();
+        let (plan, _) = crate::load_plan_and_recipe(&args.recipe, &overrides, None, None, warn)?;
+        plans.push(plan);
+    }
+    let dir = &args.output;
+    let points_dir = dir.join("points");
+    fs::create_dir_all(&points_dir)
+        .with_context(|| format!("creating {}", points_dir.display()))?;
+    let mut results: Vec<Value> = match fs::read_to_string(dir.join("results.json")) {
+        Ok(text) => serde_json::from_str::<Vec<Value>>(&text)
+            .with_context(|| format!("reading {}", dir.join("results.json").display()))?
+            .into_iter()
+            .filter(|r| all.iter().any(|p| same_point(r, p)))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    let header: Vec<String> = args.grid.iter().map(|(n, _)| format!("{n:>10}")).collect();
+    if !quiet {
+        outln!(
+            "{} points, {} scored already; scores from `{}` ({} is better)",
+            all.len(),
+            results.len(),
+            args.eval_cmd,
+            if args.maximize { "higher" } else { "lower" }
+        );
+        outln!("{}  {:>12}  {:>8}", header.join("  "), "score", "seconds");
+    }
+    let row = |point: &Point, score: f64, seconds: &str| {
+        let cells: Vec<String> = point.iter().map(|(_, v)| format!("{v:>10}")).collect();
+        format!("{}  {score:>12.6}  {seconds:>8}", cells.join("  "))
+    };
+    for (point, plan) in all.iter().zip(&plans) {
+        if let Some(r) = results.iter().find(|r| same_point(r, point)) {
+            if !quiet {
+                outln!(
+                    "{}",
+                    row(point, r["score"].as_f64().unwrap_or(f64::NAN), "(done)")
+                );
+            }
+            continue;
+        }
+        let model = points_dir.join(slug(point));
+        let started = Instant::now();
+        let opts = MergeOptions {
+            threads: args.threads,
+            // A point merged before the sweep was interrupted, but not scored.
+            force: true,
+            ..MergeOptions::default()
+        };
+        reefknot_engine::merge(plan, &model, &opts, &crate::bar(quiet, "merging"))?;
+        let command = args.eval_cmd.replace("{model}", &shell_quote(&model));
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(&command)
+            .output()
+            .with_context(|| format!("running `{command}`"))?;
+        let failed = |why: String| {
+            Failure::from(anyhow::anyhow!(
+                "scoring {} with `{command}`: {why}{}",
+                slug(point),
+                match String::from_utf8_lossy(&out.stderr).trim() {
+                    "" => String::new(),
+                    e => format!("\n{e}"),
+                }
+            ))
+        };
+        if !out.status.success() {
+            return Err(failed(format!("it failed ({})", out.status)));
+        }
+        let score = parse_score(&String::from_utf8_lossy(&out.stdout)).map_err(failed)?;
+        let seconds = started.elapsed().as_secs_f64();
+        results.push(result_json(point, score, seconds, Some(&model)));
+        write_results(dir, &args.grid, &results)?;
+        if !quiet {
+            outln!("{}", row(point, score, &format!("{seconds:.2}")));
+        }
+    }
+    // Results in grid order, whatever order they were scored in.
+    results.sort_by_key(|r| all.iter().position(|p| same_point(r, p)));
+    let better = |a: f64, b: f64| if args.maximize { a > b } else { a < b };
+    let best = results
+        .iter()
+        .enumerate()
+        .fold(None::<(usize, f64)>, |best, (i, r)| {
+            let s = r["score"].as_f64().unwrap_or(f64::NAN);
+            match best {
+                Some((_, b)) if !better(s, b) => best,
+                _ => Some((i, s)),
+            }
+        });
+    let Some((best, score)) = best else {
+        return Ok(());
+    };
+    let best_slug = slug(
+        &all[all
+            .iter()
+            .position(|p| same_point(&results[best], p))
+            .expect("a result of the grid")],
+    );
+    if !args.keep_all {
+        for r in &mut results {
+            let Some(model) = r["model"].as_str().map(PathBuf::from) else {
+                continue;
+            };
+            if model.file_name().and_then(|n| n.to_str()) != Some(best_slug.as_str()) {
+                if model.exists() {
+                    fs::remove_dir_all(&model)
+                        .with_context(|| format!("removing {}", model.display()))?;
+                }
+                r["model"] = Value::Null;
+            }
+        }
+    }
+    write_results(dir, &args.grid, &results)?;
+    if !quiet {
+        outln!(
+            "best: {best_slug} (score {score}), model in {}; results in {} and {}",
+            points_dir.join(&best_slug).display(),
+            dir.join("results.csv").display(),
+            dir.join("results.json").display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! `reefknot sweep` end to end with an external scorer: every point merged and scored,
+//! CSV and JSON results, only the best model kept, and a sweep run again resumes
+//! without redoing what it finished.
+
+use std::fs;
+
+use reefknot_io::Dtype;
+use serde_json::Value;
+
+use crate::util::*;
+
+const RECIPE: &str = "base: models/base
+models:
+  - path: models/code
+  - path: models/math
+params: { density: 0.2, lambda: 1.0 }
+merge: ties(trim($density), elect, disjoint) |> scale($lambda)
+";
+
+/// Scores a model by two bytes of its weights (so that points differ), logging each
+/// call next to the sweep's folder, and failing while a `fail` file is there.
+const SCORER: &str = "test ! -e fail && echo {model} >> evals.log && \
+                      od -An -tu2 -j 200000 -N 2 {model}/model.safetensors";
+
+fn sweep(ws: &Workspace, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "sweep",
+        "r.yaml",
+        "--grid",
+        "density=0.1,0.5",
+        "--grid",
+        "lambda=0.5,2",
+        "--eval-cmd",
+        SCORER,
+        "-o",
+        "sw",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    run_in(ws.path(), &args)
+}
+
+fn results(ws: &Workspace) -> Vec<Value> {
+    let text = fs::read_to_string(ws.path().join("sw/results.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn evals(ws: &Workspace) -> usize {
+    fs::read_to_string(ws.path().join("evals.log"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_sweep_scores_every_point_and_keeps_the_best() {
+    let ws = Workspace::new(Dtype::F32, None);
+    ws.recipe("r.yaml", RECIPE);
+    ok(&sweep(&ws, &[]));
+    let r = results(&ws);
+    assert_eq!(r.len(), 4);
+    assert_eq!(evals(&ws), 4);
+    // Grid order, the first axis slowest.
+    let params: Vec<(f64, f64)> = r
+        .iter()
+        .map(|e| {
+            (
+                e["params"]["density"].as_f64().unwrap(),
+                e["params"]["lambda"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(params, [(0.1, 0.5), (0.1, 2.0), (0.5, 0.5), (0.5, 2.0)]);
+    let scores: Vec<f64> = r.iter().map(|e| e["score"].as_f64().unwrap()).collect();
+    assert!(
+        scores.windows(2).any(|w| w[0] != w[1]),
+        "the points should differ: {scores:?}"
+    );
+    let best = (0..4)
+        .min_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+        .unwrap();
+    // Only the best point's model is kept.
+    let kept: Vec<usize> = (0..4).filter(|&i| !r[i]["model"].is_null()).collect();
+    assert_eq!(kept, [best]);
+    let entries: Vec<String> = fs::read_dir(ws.path().join("sw/points"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let (d, l) = params[best];
+    assert_eq!(entries, [format!("density={d},lambda={l}")]);
+    // The kept model is the merge of its point: the same bytes as merging with --set.
+    ok(&run_in(
+        ws.path(),
+        &[
+            "merge",
+            "r.yaml",
+            "-o",
+            "one",
+            "--quiet",
+            "--set",
+            &format!("density={d}"),
+            "--set",
+            &format!("lambda={l}"),
+        ],
+    ));
+    let name = format!("sw/points/{}/model.safetensors", entries[0]);
+    assert_eq!(
+        tensors(&ws.path().join(&name)),
+        tensors(&ws.path().join("one/model.safetensors"))
+    );
+    // The CSV holds the same rows.
+    let csv = fs::read_to_string(ws.path().join("sw/results.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "density,lambda,score");
+    assert_eq!(lines.len(), 5);
+    assert!(lines[1].starts_with("0.1,0.5,"), "{csv}");
+    // --maximize picks the other end.
+    fs::remove_dir_all(ws.path().join("sw")).unwrap();
+    ok(&sweep(&ws, &["--maximize", "--keep-all"]));
+    let r = results(&ws);
+    assert!(
+        r.iter().all(|e| !e["model"].is_null()),
+        "--keep-all keeps every model"
+    );
+}
+
+#[test]
+fn an_interrupted_sweep_resumes_without_redoing_finished_points() {
+    let ws = Workspace::new(Dtype::F32, None);
+    ws.recipe("r.yaml", RECIPE);
+    // The scorer fails from the third point on: the sweep stops, naming it.
+    let log = ws.path().join("evals.log");
+    let fail_after_two = format!(
+        "test $(wc -l < {} 2>/dev/null || echo 0) -lt 2 || touch fail; {SCORER}",
+        log.display()
+    );
+    let out = run_in(
+        ws.path(),
+        &[
+            "sweep",
+            "r.yaml",
+            "--grid",
+            "density=0.1,0.5",
+            "--grid",
+            "lambda=0.5,2",
+            "--eval-cmd",
+            &fail_after_two,
+            "-o",
+            "sw",
+            "--quiet",
+        ],
+    );
+    let err = fails(&out, 1);
+    assert!(err.contains("scoring density=0.5,lambda=0.5"), "{err}");
+    assert_eq!(results(&ws).len(), 2);
+    assert_eq!(evals(&ws), 2);
+    // Run again: the two scored points are not merged or scored again.
+    fs::remove_file(ws.path().join("fail")).unwrap();
+    ok(&sweep(&ws, &[]));
+    assert_eq!(results(&ws).len(), 4);
+    assert_eq!(evals(&ws), 4);
+    // A finished sweep run again does nothing.
+    ok(&sweep(&ws, &[]));
+    assert_eq!(evals(&ws), 4);
+}
+
+#[test]
+fn a_sweep_refuses_what_it_cannot_run() {
+    let ws = Workspace::new(Dtype::F32, None);
+    ws.recipe("r.yaml", RECIPE);
+    let run = |args: &[&str]| {
+        let mut all = vec!["sweep", "r.yaml", "-o", "sw", "--quiet"];
+        all.extend_from_slice(args);
+        run_in(ws.path(), &all)
+    };
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &[
+                "--grid",
+                "density=0.1",
+                "--grid",
+                "density=0.2",
+                "--eval-cmd",
+                "echo 1 {model}",
+            ],
+            2,
+            "given twice",
+        ),
+        (
+            &["--grid", "density=0.1", "--eval-cmd", "echo 1"],
+            2,
+            "{model}",
+        ),
+        (
+            &["--grid", "density=0.1,x", "--eval-cmd", "echo {model}"],
+            2,
+            "not a finite number",
+        ),
+        (
+            &["--grid", "densty=0.1", "--eval-cmd", "echo {model}"],
+            2,
+            "no expression of the recipe reads",
+        ),
+        (
+            &["--grid", "density=1.5", "--eval-cmd", "echo {model}"],
+            2,
+            "out of range",
+        ),
+        (
+            &[
+                "--grid",
+                "density=0.1",
+                "--eval-cmd",
+                "echo no score {model}",
+            ],
+            1,
+            "not a finite number or JSON",
+        ),
+        (
+            &["--grid", "density=0.1", "--eval-cmd", "false {model}"],
+            1,
+            "it failed",
+        ),
+    ];
+    for (args, code, needle) in cases {
+        let err = fails(&run(args), *code);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    // JSON scores: a number, or an object with `score`.
+    let json = r#"echo '{"score": 0.25, "acc": 1}' {model} >/dev/null; echo '{"score": 0.25}'"#;
+    ok(&run(&["--grid", "density=0.1", "--eval-cmd", json]));
+    assert_eq!(results(&ws)[0]["score"].as_f64(), Some(0.25));
+}
