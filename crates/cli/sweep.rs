@@ -155,7 +155,11 @@ fn write_results(dir: &Path, axes: &[(String, Vec<f64>)], results: &[Value]) -> 
     for r in results {
         let mut row: Vec<String> = axes
             .iter()
-            .map(|(n, _)| r["params"][n.as_str()].to_string())
+            .map(|(n, _)| match &r["params"][n.as_str()] {
+                // A point of another grid, without this axis.
+                Value::Null => String::new(),
+                v => v.to_string(),
+            })
             .collect();
         row.push(r["score"].to_string());
         text.push_str(&row.join(","));
@@ -202,11 +206,9 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
     fs::create_dir_all(&points_dir)
         .with_context(|| format!("creating {}", points_dir.display()))?;
     let mut results: Vec<Value> = match fs::read_to_string(dir.join("results.json")) {
+        // Points of another grid run into the same folder are kept as they are.
         Ok(text) => serde_json::from_str::<Vec<Value>>(&text)
-            .with_context(|| format!("reading {}", dir.join("results.json").display()))?
-            .into_iter()
-            .filter(|r| all.iter().any(|p| same_point(r, p)))
-            .collect(),
+            .with_context(|| format!("reading {}", dir.join("results.json").display()))?,
         Err(_) => Vec::new(),
     };
     let header: Vec<String> = args.grid.iter().map(|(n, _)| format!("{n:>10}")).collect();
@@ -214,7 +216,9 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
         outln!(
             "{} points, {} scored already; scores from `{}` ({} is better)",
             all.len(),
-            results.len(),
+            all.iter()
+                .filter(|p| results.iter().any(|r| same_point(r, p)))
+                .count(),
             args.eval_cmd,
             if args.maximize { "higher" } else { "lower" }
         );
@@ -270,12 +274,14 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
             outln!("{}", row(point, score, &format!("{seconds:.2}")));
         }
     }
-    // Results in grid order, whatever order they were scored in.
-    results.sort_by_key(|r| all.iter().position(|p| same_point(r, p)));
+    // Results in grid order, whatever order they were scored in (other grids' after).
+    let position = |r: &Value| all.iter().position(|p| same_point(r, p));
+    results.sort_by_key(|r| position(r).unwrap_or(usize::MAX));
     let better = |a: f64, b: f64| if args.maximize { a > b } else { a < b };
     let best = results
         .iter()
         .enumerate()
+        .filter(|(_, r)| position(r).is_some())
         .fold(None::<(usize, f64)>, |best, (i, r)| {
             let s = r["score"].as_f64().unwrap_or(f64::NAN);
             match best {

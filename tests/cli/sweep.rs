@@ -121,6 +121,27 @@ fn a_sweep_scores_every_point_and_keeps_the_best() {
         r.iter().all(|e| !e["model"].is_null()),
         "--keep-all keeps every model"
     );
+    // Another grid into the same folder adds its points and keeps the earlier ones.
+    ok(&run_in(
+        ws.path(),
+        &[
+            "sweep",
+            "r.yaml",
+            "--grid",
+            "density=0.3",
+            "--eval-cmd",
+            SCORER,
+            "-o",
+            "sw",
+            "--quiet",
+        ],
+    ));
+    let r = results(&ws);
+    assert_eq!(r.len(), 5);
+    assert_eq!(r[0]["params"]["density"].as_f64(), Some(0.3));
+    let csv = fs::read_to_string(ws.path().join("sw/results.csv")).unwrap();
+    assert_eq!(csv.lines().next(), Some("density,score"));
+    assert_eq!(csv.lines().count(), 6, "{csv}");
 }
 
 #[test]
