@@ -264,3 +264,119 @@ fn label(v: &SegmentValue<usize>, names: &[String]) -> String {
 fn conflict(p: &reefknot_ops::analysis::PairStats) -> Option<f64> {
     (p.top_both > 0).then(|| 1.0 - p.top_agree as f64 / p.top_both as f64)
 }
+
+/// One scored point of a sweep: its values (in axis order) and score.
+pub(crate) type Scored = (Vec<(String, f64)>, f64);
+
+/// Draws a sweep's scores into `path`: the score against the first axis, one line per
+/// combination of the other axes' values, the best point ringed.
+pub(crate) fn draw_sweep(path: &Path, points: &[Scored], best: usize) -> Result<(), Failed> {
+    plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
+        .map_err(|_| "the embedded font does not load")?;
+    let size = (960, 600);
+    match Format::of(path)? {
+        Format::Svg => {
+            let root = SVGBackend::new(path, size).into_drawing_area();
+            sweep_figure(&root, points, best)?;
+            root.present()?;
+        }
+        Format::Png => {
+            let root = BitMapBackend::new(path, size).into_drawing_area();
+            sweep_figure(&root, points, best)?;
+            root.present()?;
+        }
+    }
+    Ok(())
+}
+
+fn sweep_figure<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    points: &[Scored],
+    best: usize,
+) -> Result<(), Failed>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE)?;
+    let Some((first, _)) = points.first() else {
+        return Ok(());
+    };
+    let axis = first
+        .first()
+        .map_or("value".to_string(), |(n, _)| n.clone());
+    let range = |it: &mut dyn Iterator<Item = f64>| {
+        let (lo, hi) = it.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+            (a.min(x), b.max(x))
+        });
+        let pad = if hi > lo {
+            (hi - lo) * 0.08
+        } else {
+            lo.abs().max(1.0) * 0.1
+        };
+        (lo - pad)..(hi + pad)
+    };
+    let xs = range(
+        &mut points
+            .iter()
+            .map(|(p, _)| p.first().map_or(0.0, |(_, v)| *v)),
+    );
+    let ys = range(&mut points.iter().map(|(_, s)| *s));
+    let mut chart = ChartBuilder::on(root)
+        .caption("Score over the grid", ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(xs, ys)?;
+    chart
+        .configure_mesh()
+        .x_desc(axis)
+        .y_desc("score")
+        .label_style(("sans-serif", 14))
+        .draw()?;
+    // One line per combination of the other axes' values, in the grid's order.
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for (p, s) in points {
+        let key: Vec<String> = p.iter().skip(1).map(|(n, v)| format!("{n}={v}")).collect();
+        let key = key.join(", ");
+        let x = p.first().map_or(0.0, |(_, v)| *v);
+        match series.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, pts)) => pts.push((x, *s)),
+            None => series.push((key, vec![(x, *s)])),
+        }
+    }
+    for (i, (key, mut pts)) in series.into_iter().enumerate() {
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let c = colour(i);
+        let line = chart.draw_series(LineSeries::new(
+            pts.iter().copied(),
+            ShapeStyle::from(&c).stroke_width(2),
+        ))?;
+        if !key.is_empty() {
+            line.label(key).legend(move |(x, y)| {
+                PathElement::new([(x, y), (x + 20, y)], ShapeStyle::from(&c).stroke_width(2))
+            });
+        }
+        chart.draw_series(
+            pts.iter()
+                .map(|&p| Circle::new(p, 4, ShapeStyle::from(&c).filled())),
+        )?;
+    }
+    let (p, s) = &points[best];
+    let x = p.first().map_or(0.0, |(_, v)| *v);
+    chart
+        .draw_series(std::iter::once(Circle::new(
+            (x, *s),
+            9,
+            ShapeStyle::from(&BLACK).stroke_width(2),
+        )))?
+        .label("best")
+        .legend(|(x, y)| Circle::new((x + 10, y), 5, ShapeStyle::from(&BLACK).stroke_width(2)));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.3))
+        .label_font(("sans-serif", 14))
+        .draw()?;
+    Ok(())
+}

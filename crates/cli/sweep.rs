@@ -38,6 +38,10 @@ pub(crate) struct SweepArgs {
     /// Keep every point's model (default: only the best's).
     #[arg(long)]
     keep_all: bool,
+    /// Also draw the score over the grid (`.svg` or `.png`): against the first axis,
+    /// one line per combination of the others, the best point ringed.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
     /// Worker threads of each merge (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -185,6 +189,9 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
             "--eval-cmd must name the model as {{model}}, e.g. --eval-cmd 'my_eval {{model}}'"
         )));
     }
+    if let Some(path) = &args.plot {
+        crate::plot::Format::of(path).map_err(|e| crate::usage(anyhow::anyhow!(e)))?;
+    }
     let all = points(&args.grid);
     // Every point's plan first: a value out of range fails before anything is merged.
     let mut plans = Vec::with_capacity(all.len());
@@ -313,6 +320,21 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
         }
     }
     write_results(dir, &args.grid, &results)?;
+    if let Some(path) = &args.plot {
+        let scored: Vec<crate::plot::Scored> = all
+            .iter()
+            .filter_map(|p| {
+                let r = results.iter().find(|r| same_point(r, p))?;
+                Some((p.clone(), r["score"].as_f64()?))
+            })
+            .collect();
+        let at = scored
+            .iter()
+            .position(|(p, _)| slug(p) == best_slug)
+            .unwrap_or(0);
+        crate::plot::draw_sweep(path, &scored, at)
+            .map_err(|e| Failure::from(anyhow::anyhow!("drawing {}: {e}", path.display())))?;
+    }
     if !quiet {
         outln!(
             "best: {best_slug} (score {score}), model in {}; results in {} and {}",

@@ -113,9 +113,22 @@ fn a_sweep_scores_every_point_and_keeps_the_best() {
     assert_eq!(lines[0], "density,lambda,score");
     assert_eq!(lines.len(), 5);
     assert!(lines[1].starts_with("0.1,0.5,"), "{csv}");
-    // --maximize picks the other end.
+    // --maximize picks the other end; --plot draws the scores.
     fs::remove_dir_all(ws.path().join("sw")).unwrap();
-    ok(&sweep(&ws, &["--maximize", "--keep-all"]));
+    ok(&sweep(
+        &ws,
+        &["--maximize", "--keep-all", "--plot", "scores.svg"],
+    ));
+    let svg = fs::read_to_string(ws.path().join("scores.svg")).unwrap();
+    for label in [
+        "Score over the grid",
+        "density",
+        "lambda=0.5",
+        "lambda=2",
+        "best",
+    ] {
+        assert!(svg.contains(label), "no `{label}` in the picture");
+    }
     let r = results(&ws);
     assert!(
         r.iter().all(|e| !e["model"].is_null()),
@@ -240,6 +253,18 @@ fn a_sweep_refuses_what_it_cannot_run() {
             &["--grid", "density=0.1", "--eval-cmd", "false {model}"],
             1,
             "it failed",
+        ),
+        (
+            &[
+                "--grid",
+                "density=0.1",
+                "--eval-cmd",
+                "echo 1 {model}",
+                "--plot",
+                "a.gif",
+            ],
+            2,
+            "must end in .svg or .png",
         ),
     ];
     for (args, code, needle) in cases {
