@@ -83,14 +83,6 @@ pub(crate) fn run(args: &AnalyzeArgs, quiet: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-fn ratio(a: f64, b: f64) -> Option<f64> {
-    (b > 0.0 && a.is_finite() && b.is_finite()).then(|| a / b)
-}
-
-fn count_ratio(a: u64, b: u64) -> Option<f64> {
-    (b > 0).then(|| a as f64 / b as f64)
-}
-
 /// One set of figures (a tensor, a group, a layer, the model) as JSON.
 fn stats_json(s: &TensorStats, keep: f64) -> Value {
     let models: Vec<Value> = s
@@ -100,24 +92,24 @@ fn stats_json(s: &TensorStats, keep: f64) -> Value {
         .map(|(i, m)| {
             let shares: serde_json::Map<String, Value> = SHARES
                 .iter()
-                .zip(m.top_energy)
-                .map(|(f, e)| (format!("{f}"), json!(ratio(e, m.energy))))
+                .enumerate()
+                .map(|(k, f)| (format!("{f}"), json!(s.energy_share(i, k))))
                 .collect();
             json!({
                 "model": i,
-                "norm": m.energy.sqrt(),
-                "relative_norm": ratio(m.energy.sqrt(), s.base_energy.sqrt()),
+                "norm": s.norm(i),
+                "relative_norm": s.relative_norm(i),
                 "l1": m.l1,
                 "nonzero": m.nonzero,
                 "nonfinite": m.nonfinite,
                 "energy_share": shares,
-                "energy_curve": m.curve.iter().map(|&e| ratio(e, m.energy)).collect::<Vec<_>>(),
+                "energy_curve": m.curve.iter().map(|&e| (m.energy > 0.0).then(|| e / m.energy)).collect::<Vec<_>>(),
                 "suggested_density": s.suggested_density(i, keep),
                 "ties": {
                     "density": if m.mixed_density { Value::Null } else { json!(m.density) },
                     "kept": m.kept,
-                    "kept_energy_share": ratio(m.kept_energy, m.energy),
-                    "discarded_share": ratio(m.discarded_mass, m.kept_mass),
+                    "kept_energy_share": s.kept_energy_share(i),
+                    "discarded_share": s.discarded_share(i),
                 },
             })
         })
@@ -129,13 +121,10 @@ fn stats_json(s: &TensorStats, keep: f64) -> Value {
             json!({
                 "a": p.a,
                 "b": p.b,
-                "cosine": ratio(p.dot, (s.models[p.a].energy * s.models[p.b].energy).sqrt()),
-                "sign_agreement": count_ratio(p.agree, p.both),
-                "top_overlap": count_ratio(
-                    p.top_both,
-                    s.models[p.a].kept.min(s.models[p.b].kept)
-                ),
-                "top_sign_agreement": count_ratio(p.top_agree, p.top_both),
+                "cosine": s.cosine(p),
+                "sign_agreement": p.sign_agreement(),
+                "top_overlap": s.top_overlap(p),
+                "top_sign_agreement": p.top_sign_agreement(),
             })
         })
         .collect();
@@ -218,10 +207,8 @@ fn section(out: &mut String, title: &str, s: &TensorStats, keep: f64) {
         "TIES drops",
     );
     for (i, m) in s.models.iter().enumerate() {
-        let tops: String = m
-            .top_energy
-            .iter()
-            .map(|&e| format!("  {:>7}", pct(ratio(e, m.energy))))
+        let tops: String = (0..SHARES.len())
+            .map(|k| format!("  {:>7}", pct(s.energy_share(i, k))))
             .collect();
         let density = if m.mixed_density {
             String::new()
@@ -231,12 +218,12 @@ fn section(out: &mut String, title: &str, s: &TensorStats, keep: f64) {
         let _ = writeln!(
             out,
             "  {i:>5}  {:>10}  {:>9}{tops}  {:>10}  {:>10}{density}",
-            num(Some(m.energy.sqrt())),
-            num(ratio(m.energy.sqrt(), s.base_energy.sqrt())),
+            num(Some(s.norm(i))),
+            num(s.relative_norm(i)),
             s.suggested_density(i, keep)
                 .map(|k| format!("{k:.2}"))
                 .unwrap_or_else(|| "-".into()),
-            pct(ratio(m.discarded_mass, m.kept_mass)),
+            pct(s.discarded_share(i)),
         );
         if m.nonfinite > 0 {
             let _ = writeln!(
@@ -253,15 +240,14 @@ fn section(out: &mut String, title: &str, s: &TensorStats, keep: f64) {
             "cosine", "signs agree", "top overlap", "top signs agree"
         );
         for p in &s.pairs {
-            let (a, b) = (&s.models[p.a], &s.models[p.b]);
             let _ = writeln!(
                 out,
                 "  {:>5}  {:>8}  {:>11}  {:>11}  {:>15}",
                 format!("{}-{}", p.a, p.b),
-                num(ratio(p.dot, (a.energy * b.energy).sqrt())),
-                pct(count_ratio(p.agree, p.both)),
-                pct(count_ratio(p.top_both, a.kept.min(b.kept))),
-                pct(count_ratio(p.top_agree, p.top_both)),
+                num(s.cosine(p)),
+                pct(p.sign_agreement()),
+                pct(s.top_overlap(p)),
+                pct(p.top_sign_agreement()),
             );
         }
     }

@@ -257,16 +257,15 @@ fn family_figures(
         .iter()
         .position(|&s| s == 0.2)
         .expect("analyze measures the top 20 %");
-    let top = whole
-        .models
-        .iter()
-        .map(|m| m.top_energy[fifth] / m.energy)
+    let top = (0..whole.models.len())
+        .map(|i| whole.energy_share(i, fifth).unwrap_or(f64::NAN))
         .sum::<f64>()
         / whole.models.len() as f64;
+    // A pair that keeps no entry in common counts as all conflict, as before.
     let conflict = whole
         .pairs
         .iter()
-        .map(|p| 1.0 - p.top_agree as f64 / p.top_both.max(1) as f64)
+        .map(|p| p.top_conflict().unwrap_or(1.0))
         .sum::<f64>()
         / whole.pairs.len().max(1) as f64;
     Ok((top, conflict))

@@ -8,7 +8,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::colors::colormaps::ViridisRGB;
 use reefknot_engine::Analysis;
-use reefknot_ops::analysis::{TensorStats, STEPS};
+use reefknot_ops::analysis::{PairStats, TensorStats, STEPS};
 
 /// The picture's formats, by file extension.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -199,7 +199,7 @@ where
     // The colours span the values found, so that differences between layers show.
     let values: Vec<f64> = layers
         .iter()
-        .flat_map(|(_, s)| s.pairs.iter().filter_map(conflict))
+        .flat_map(|(_, s)| s.pairs.iter().filter_map(PairStats::top_conflict))
         .collect();
     let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -213,7 +213,7 @@ where
     let shade = move |v: f64| ViridisRGB::get_color(((v - lo) / (hi - lo)).clamp(0.0, 1.0));
     chart.draw_series(layers.iter().enumerate().flat_map(|(y, (_, s))| {
         s.pairs.iter().enumerate().map(move |(x, p)| {
-            let colour = match conflict(p) {
+            let colour = match p.top_conflict() {
                 Some(v) => shade(v).filled(),
                 None => WHITE.mix(0.0).filled(),
             };
@@ -258,11 +258,6 @@ fn label(v: &SegmentValue<usize>, names: &[String]) -> String {
         SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
         _ => String::new(),
     }
-}
-
-/// `1 − top sign agreement`, when the pair keeps entries in common.
-fn conflict(p: &reefknot_ops::analysis::PairStats) -> Option<f64> {
-    (p.top_both > 0).then(|| 1.0 - p.top_agree as f64 / p.top_both as f64)
 }
 
 /// One scored point of a sweep: its values (in axis order) and score.

@@ -257,6 +257,47 @@ impl TensorStats {
         }
     }
 
+    /// `‖δ_i‖`.
+    pub fn norm(&self, i: usize) -> f64 {
+        self.models[i].energy.sqrt()
+    }
+
+    /// `‖δ_i‖ / ‖θ_base‖`; `None` for a zero base.
+    pub fn relative_norm(&self, i: usize) -> Option<f64> {
+        ratio(self.norm(i), self.base_energy.sqrt())
+    }
+
+    /// The share of model `i`'s energy in its top `SHARES[s]` entries of each tensor.
+    pub fn energy_share(&self, i: usize, s: usize) -> Option<f64> {
+        let m = &self.models[i];
+        ratio(m.top_energy[s], m.energy)
+    }
+
+    /// The share of model `i`'s energy its kept entries hold.
+    pub fn kept_energy_share(&self, i: usize) -> Option<f64> {
+        let m = &self.models[i];
+        ratio(m.kept_energy, m.energy)
+    }
+
+    /// The share of model `i`'s kept L1 mass the election discards.
+    pub fn discarded_share(&self, i: usize) -> Option<f64> {
+        let m = &self.models[i];
+        ratio(m.discarded_mass, m.kept_mass)
+    }
+
+    /// `cos(δ_a, δ_b)` of pair `p`.
+    pub fn cosine(&self, p: &PairStats) -> Option<f64> {
+        ratio(
+            p.dot,
+            (self.models[p.a].energy * self.models[p.b].energy).sqrt(),
+        )
+    }
+
+    /// The entries both models of `p` keep, as a share of the smaller kept set.
+    pub fn top_overlap(&self, p: &PairStats) -> Option<f64> {
+        count_ratio(p.top_both, self.models[p.a].kept.min(self.models[p.b].kept))
+    }
+
     /// The smallest density on the curve's grid (`1/STEPS` steps) at which model `i`
     /// keeps at least `share` of its energy; `None` for a zero task vector.
     pub fn suggested_density(&self, i: usize, share: f64) -> Option<f64> {
@@ -271,6 +312,33 @@ impl TensorStats {
             .unwrap_or(STEPS - 1);
         Some((p + 1) as f64 / STEPS as f64)
     }
+}
+
+impl PairStats {
+    /// Over the entries non-zero in both, the share whose signs agree.
+    pub fn sign_agreement(&self) -> Option<f64> {
+        count_ratio(self.agree, self.both)
+    }
+
+    /// Over the entries both keep, the share whose signs agree.
+    pub fn top_sign_agreement(&self) -> Option<f64> {
+        count_ratio(self.top_agree, self.top_both)
+    }
+
+    /// Over the entries both keep, the share whose signs differ: what TIES resolves.
+    pub fn top_conflict(&self) -> Option<f64> {
+        self.top_sign_agreement().map(|a| 1.0 - a)
+    }
+}
+
+/// `a / b`, when that is a number (`b > 0`, both finite).
+fn ratio(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0 && a.is_finite() && b.is_finite()).then(|| a / b)
+}
+
+/// `a / b` of counts, when `b > 0`.
+fn count_ratio(a: u64, b: u64) -> Option<f64> {
+    (b > 0).then(|| a as f64 / b as f64)
 }
 
 /// What the probe measures an election at: each model's density (`trim`'s `k`).

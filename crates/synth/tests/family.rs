@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use reefknot_io::{from_f32, to_f32, Checkpoint, Dtype, ModelWriter, OutputTensor, WriterOptions};
-use reefknot_ops::analysis::{ModelStats, PairStats, Probe, ProbeSpec, TensorStats, SHARES};
+use reefknot_ops::analysis::{Probe, ProbeSpec, TensorStats, SHARES};
 use reefknot_synth::{
     generate, sample_tensor, score, tensor_layout, Family, FamilySpec, SynthError, TensorSampler,
 };
@@ -356,24 +356,10 @@ fn measure_family(family: &Family) -> TensorStats {
     .whole()
 }
 
-/// The share of a task vector's energy in its top 20 %.
-fn top_share(m: &ModelStats) -> f64 {
+/// The share of task `i`'s energy in its top 20 %.
+fn top_share(s: &TensorStats, i: usize) -> f64 {
     let fifth = SHARES.iter().position(|&s| s == 0.2).unwrap();
-    m.top_energy[fifth] / m.energy
-}
-
-/// The share of `a`'s top entries that are top entries of `b` too.
-fn overlap(s: &TensorStats, p: &PairStats) -> f64 {
-    p.top_both as f64 / s.models[p.a].kept as f64
-}
-
-/// Among the entries in both top sets, the share of opposite signs.
-fn conflict(p: &PairStats) -> f64 {
-    1.0 - p.top_agree as f64 / p.top_both as f64
-}
-
-fn cosine(s: &TensorStats, p: &PairStats) -> f64 {
-    p.dot / (s.models[p.a].energy * s.models[p.b].energy).sqrt()
+    s.energy_share(i, fifth).unwrap_or(0.0)
 }
 
 fn demo_vectors(spec: &FamilySpec) -> (Vec<Vec<f32>>, Vec<Vec<Vec<f32>>>) {
@@ -395,18 +381,18 @@ fn task_vectors_are_heavy_tailed() {
     let spec = FamilySpec::demo();
     let (zeros, tasks) = demo_vectors(&spec);
     let exact = measure_vectors(&zeros, &tasks);
-    for t in &exact.models {
+    for (i, t) in exact.models.iter().enumerate() {
         // Measured 0.853–0.856; a Gaussian vector has 0.65 in its top 20 %.
-        assert!((0.83..0.88).contains(&top_share(t)), "{t:?}");
+        assert!((0.83..0.88).contains(&top_share(&exact, i)), "{t:?}");
     }
     // The same property as stored (bf16, `task − base` after rounding both).
     let tmp = tempfile::tempdir().unwrap();
     let family = generate(&spec, tmp.path()).unwrap();
     let stored = measure_family(&family);
-    for (s, e) in stored.models.iter().zip(&exact.models) {
-        assert!((0.83..0.88).contains(&top_share(s)), "{s:?}");
+    for (i, (s, e)) in stored.models.iter().zip(&exact.models).enumerate() {
+        assert!((0.83..0.88).contains(&top_share(&stored, i)), "{s:?}");
         assert!(
-            (s.energy.sqrt() / e.energy.sqrt() - 1.0).abs() < 0.01,
+            (stored.norm(i) / exact.norm(i) - 1.0).abs() < 0.01,
             "{s:?} vs {e:?}"
         );
     }
@@ -420,7 +406,7 @@ fn a_gaussian_is_not_heavy_tailed() {
     let n = 200_000;
     let (g, _) = sample_tensor(&spec, "model.layers.0.mlp.up_proj.weight", 0, n).unwrap();
     let s = measure_vectors(&[vec![0.0; n]], &[vec![g]]);
-    assert!((0.60..0.66).contains(&top_share(&s.models[0])), "{s:?}");
+    assert!((0.60..0.66).contains(&top_share(&s, 0)), "{s:?}");
 }
 
 #[test]
@@ -477,9 +463,12 @@ fn stored_top_sets_overlap_and_conflict() {
         let stats = measure_family(&family);
         assert_eq!(stats.pairs.len(), 3);
         for p in &stats.pairs {
-            assert!((0.18..0.22).contains(&overlap(&stats, p)), "{p:?}");
-            assert!(range.contains(&self::conflict(p)), "{p:?}");
-            assert!(cosine.contains(&self::cosine(&stats, p)), "{p:?}");
+            assert!(
+                (0.18..0.22).contains(&stats.top_overlap(p).unwrap()),
+                "{p:?}"
+            );
+            assert!(range.contains(&p.top_conflict().unwrap()), "{p:?}");
+            assert!(cosine.contains(&stats.cosine(p).unwrap()), "{p:?}");
         }
     }
 }
@@ -541,7 +530,7 @@ fn score_of_a_task_against_itself_and_the_base() {
     assert!((s[0].retained - 1.0).abs() < 1e-9);
     for (i, pair) in [(1, 0), (2, 1)] {
         assert!(
-            (s[i].cosine - cosine(&stats, &stats.pairs[pair])).abs() < 1e-9,
+            (s[i].cosine - stats.cosine(&stats.pairs[pair]).unwrap()).abs() < 1e-9,
             "{:?}",
             s[i]
         );
@@ -693,7 +682,7 @@ proptest! {
         e.sort_by(|a, b| b.total_cmp(a));
         let total: f64 = e.iter().sum();
         let want = if total == 0.0 { 0.0 } else { e[..k].iter().sum::<f64>() / total };
-        let got = if total == 0.0 { 0.0 } else { top_share(&s.models[0]) };
+        let got = top_share(&s, 0);
         prop_assert!((got - want).abs() < 1e-12);
     }
 }
