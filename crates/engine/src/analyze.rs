@@ -9,15 +9,12 @@
 //! plan's tensor order.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
-use rayon::prelude::*;
 use reefknot_lang::Ty;
 use reefknot_ops::analysis::{Probe, ProbeSpec, TensorStats};
 use reefknot_ops::{Value, BLOCK};
 
-use crate::exec::{observe_tensor, Mapped};
+use crate::exec::{in_order, observe_tensor, Mapped};
 use crate::plan::{Job, MergeJob};
 use crate::{pool, Error, ErrorKind, Plan, Progress, TensorJob, MAX_CHUNK};
 
@@ -168,53 +165,32 @@ fn measure(
         .filter(|&i| matches!(plan.jobs()[i], Job::Merge(_)))
         .collect();
     progress.start(merged.iter().map(|&i| data.tensors[i].numel() as u64).sum());
-    let first_failed = AtomicUsize::new(usize::MAX);
-    let failures: Mutex<BTreeMap<usize, Error>> = Mutex::default();
-    let reports: Vec<Option<TensorReport>> = merged
-        .par_iter()
-        .enumerate()
-        .map(|(position, &index)| {
-            if position > first_failed.load(Ordering::Relaxed) {
-                return None;
-            }
-            let Job::Merge(job) = &plan.jobs()[index] else {
-                unreachable!("merged tensors only")
-            };
-            let tensor = &data.tensors[index];
-            let (k, density_from) = density_of(job, models, density);
-            let source = Mapped::new(plan, job);
-            // The task vectors alone: no stage runs, no Fisher values are read.
-            let tensor_job = TensorJob {
-                fisher: false,
-                stages: &[],
-                ..TensorJob::of_plan(plan, index, job, &source)
-            };
-            let mut probe = Probe::new(&ProbeSpec { density: k }, tensor.numel());
-            match observe_tensor(&tensor_job, chunk, &mut probe) {
-                Ok(()) => {
-                    progress.advance(tensor.numel() as u64);
-                    Some(TensorReport {
-                        name: tensor.name.clone(),
-                        layer: tensor.layer,
-                        groups: groups(&tensor.name),
-                        density_from,
-                        stats: probe.stats().clone(),
-                    })
-                }
-                Err(e) => {
-                    first_failed.fetch_min(position, Ordering::Relaxed);
-                    let mut f = failures.lock().unwrap_or_else(|e| e.into_inner());
-                    f.insert(position, e);
-                    None
-                }
-            }
+    let reports = in_order(&merged, |index| {
+        let Job::Merge(job) = &plan.jobs()[index] else {
+            unreachable!("merged tensors only")
+        };
+        let tensor = &data.tensors[index];
+        let (k, density_from) = density_of(job, models, density);
+        let source = Mapped::new(plan, job);
+        // The task vectors alone: no stage runs, no Fisher values are read.
+        let tensor_job = TensorJob {
+            fisher: false,
+            stages: &[],
+            ..TensorJob::of_plan(plan, index, job, &source)
+        };
+        let mut probe = Probe::new(&ProbeSpec { density: k }, tensor.numel());
+        observe_tensor(&tensor_job, chunk, &mut probe)?;
+        progress.advance(tensor.numel() as u64);
+        Ok(TensorReport {
+            name: tensor.name.clone(),
+            layer: tensor.layer,
+            groups: groups(&tensor.name),
+            density_from,
+            stats: probe.stats().clone(),
         })
-        .collect();
+    });
     progress.finish();
-    let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, e)) = failures.into_iter().next() {
-        return Err(e);
-    }
+    let reports = reports?;
     let path_of = |role| {
         plan.input_of(role)
             .map(|i| data.inputs[i].path.clone())
@@ -225,7 +201,7 @@ fn measure(
             .map(|model| path_of(reefknot_plan::Role::Model { model }))
             .collect(),
         base: path_of(reefknot_plan::Role::Base),
-        tensors: reports.into_iter().flatten().collect(),
+        tensors: reports,
         copied: plan.jobs().len() - merged.len(),
     })
 }

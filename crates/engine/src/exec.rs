@@ -1281,6 +1281,41 @@ fn copy_tensor(
     })
 }
 
+/// Runs `f` on every item of `items` in parallel and returns the results in order, or
+/// the error of the first failing item in `items`' order, whatever the scheduling: once
+/// one fails, only the items before it still run (so a failed merge or analysis reports
+/// the same error for any thread count).
+pub(crate) fn in_order<T: Send>(
+    items: &[usize],
+    f: impl Fn(usize) -> Result<T, Error> + Sync,
+) -> Result<Vec<T>, Error> {
+    let first_failed = AtomicUsize::new(usize::MAX);
+    let failures: Mutex<BTreeMap<usize, Error>> = Mutex::default();
+    let done: Vec<Option<T>> = items
+        .par_iter()
+        .enumerate()
+        .map(|(position, &item)| {
+            if position > first_failed.load(Ordering::Relaxed) {
+                return None;
+            }
+            match f(item) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    first_failed.fetch_min(position, Ordering::Relaxed);
+                    let mut failures = failures.lock().unwrap_or_else(|e| e.into_inner());
+                    failures.insert(position, e);
+                    None
+                }
+            }
+        })
+        .collect();
+    let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, e)) = failures.into_iter().next() {
+        return Err(e);
+    }
+    Ok(done.into_iter().flatten().collect())
+}
+
 /// Produces the output tensors `selection` (indices into the plan's tensors; `None`:
 /// all of them) into `out`, in chunks of `chunk` elements (a multiple of [`BLOCK`]) on
 /// the current rayon pool, then flushes `out`. With `check_finite`, a NaN or an
@@ -1311,58 +1346,36 @@ pub fn execute(
         .then(|| fisher_means(plan, check_finite))
         .transpose()
         .map_err(|e| name_input(plan, e))?;
-    // The error reported is that of the first failing tensor in the selection's order,
-    // whatever the scheduling: once one fails, only the tensors before it still run.
-    let first_failed = AtomicUsize::new(usize::MAX);
-    let failures: Mutex<BTreeMap<usize, Error>> = Mutex::default();
-    selection
-        .par_iter()
-        .enumerate()
-        .for_each(|(position, &index)| {
-            if position > first_failed.load(Ordering::Relaxed) {
-                return;
+    in_order(selection, |index| {
+        let dtype = plan.dtypes()[index];
+        let sink = TensorOf { out, index };
+        match &plan.jobs()[index] {
+            Job::Copy {
+                from,
+                convert,
+                scale,
+            } => copy_tensor(
+                plan,
+                index,
+                *from,
+                (*convert).then_some(*scale),
+                dtype,
+                &sink,
+                chunk,
+                check_finite,
+                progress,
+            ),
+            Job::Merge(job) => {
+                let source = Mapped::new(plan, job);
+                let job = TensorJob {
+                    fisher_means: fisher_means.as_deref(),
+                    check_finite,
+                    ..TensorJob::of_plan(plan, index, job, &source)
+                };
+                merge_tensor(&job, chunk, dtype, &sink, progress).map_err(|e| name_input(plan, e))
             }
-            let produce = || -> Result<(), Error> {
-                let dtype = plan.dtypes()[index];
-                let sink = TensorOf { out, index };
-                match &plan.jobs()[index] {
-                    Job::Copy {
-                        from,
-                        convert,
-                        scale,
-                    } => copy_tensor(
-                        plan,
-                        index,
-                        *from,
-                        (*convert).then_some(*scale),
-                        dtype,
-                        &sink,
-                        chunk,
-                        check_finite,
-                        progress,
-                    ),
-                    Job::Merge(job) => {
-                        let source = Mapped::new(plan, job);
-                        let job = TensorJob {
-                            fisher_means: fisher_means.as_deref(),
-                            check_finite,
-                            ..TensorJob::of_plan(plan, index, job, &source)
-                        };
-                        merge_tensor(&job, chunk, dtype, &sink, progress)
-                            .map_err(|e| name_input(plan, e))
-                    }
-                }
-            };
-            if let Err(e) = produce() {
-                first_failed.fetch_min(position, Ordering::Relaxed);
-                let mut failures = failures.lock().unwrap_or_else(|e| e.into_inner());
-                failures.insert(position, e);
-            }
-        });
-    let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, e)) = failures.into_iter().next() {
-        return Err(e);
-    }
+        }
+    })?;
     out.flush()
 }
 
