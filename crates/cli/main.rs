@@ -230,17 +230,6 @@ fn parse_set(s: &str) -> Result<(String, reefknot_recipe::ParamValue), String> {
     Ok((name, parsed))
 }
 
-/// Whether an expression's text reads `$name` (and not only a longer name).
-fn reads_variable(text: &str, name: &str) -> bool {
-    let needle = format!("${name}");
-    text.match_indices(&needle).any(|(i, _)| {
-        !text[i + needle.len()..]
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-    })
-}
-
 #[derive(ClapArgs)]
 struct CheckArgs {
     /// The recipe (YAML).
@@ -395,15 +384,6 @@ pub(crate) fn load_plan_and_recipe(
         shard_size,
     };
     let plan = Plan::build(&recipe, &registry, &opts)?;
-    for (name, _) in &overrides.set {
-        let texts = || plan.data().expressions.iter().map(|e| e.text.as_str());
-        if !texts().any(|t| reads_variable(t, name)) {
-            return Err(usage(anyhow::anyhow!(
-                "--set {name}: no expression of the recipe reads `${name}` (its expressions: {})",
-                texts().collect::<Vec<_>>().join("; ")
-            )));
-        }
-    }
     for w in plan.warnings().iter().filter(|_| warn) {
         eprintln!("{:?}", miette::Report::new(reefknot_lang::Clipped::new(w)));
     }

@@ -197,6 +197,20 @@ pub enum ErrorKind {
         expression: String,
     },
 
+    /// A `$variable` set from outside the recipe (`--set`) that no expression reads.
+    #[error("--set {name}: no expression of the recipe reads `${name}`")]
+    #[diagnostic(help("{}", if read.is_empty() {
+        "the recipe's expressions read no variables".to_string()
+    } else {
+        format!("its expressions read {}", read.join(", "))
+    }))]
+    UnreadSet {
+        /// The variable, without `$`.
+        name: String,
+        /// The variables the expressions read, with `$`.
+        read: Vec<String>,
+    },
+
     /// A resolved argument is outside what the operator accepts.
     #[error("`{op}` parameter `{param}` = {value} is out of range for tensor `{tensor}`{from}: expected {expected}")]
     OutOfRange {
@@ -605,6 +619,7 @@ impl ErrorKind {
             ErrorKind::Recipe(_)
             | ErrorKind::Lang(_)
             | ErrorKind::UndefinedVariable { .. }
+            | ErrorKind::UnreadSet { .. }
             | ErrorKind::OutOfRange { .. }
             | ErrorKind::VariableKind { .. }
             | ErrorKind::PerModelOnDelta { .. }

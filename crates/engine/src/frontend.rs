@@ -453,7 +453,24 @@ pub(crate) fn plan_and_warn(
             .config
             .insert("num_hidden_layers".to_string(), out_layers.into());
     }
-    let warnings = no_effect(recipe, out_layers, &selected, &chosen, &read.into_inner());
+    let read = read.into_inner();
+    // A value given from outside the recipe that nothing reads is a mistake, not a
+    // part of the recipe without effect: refused, naming what is read.
+    if let Some(name) = recipe
+        .set
+        .keys()
+        .find(|n| !read.iter().any(|(r, _)| r == *n))
+    {
+        let mut names: Vec<&str> = read.iter().map(|(n, _)| n.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        return Err(ErrorKind::UnreadSet {
+            name: name.clone(),
+            read: names.iter().map(|n| format!("${n}")).collect(),
+        }
+        .into());
+    }
+    let warnings = no_effect(recipe, out_layers, &selected, &chosen, &read);
     Ok((merge_plan, opened, warnings))
 }
 
