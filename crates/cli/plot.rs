@@ -57,11 +57,16 @@ fn colour(i: usize) -> RGBColor {
 
 type Failed = Box<dyn std::error::Error>;
 
+/// Registers DejaVu Sans as the plots' font: text is laid out with it in both formats
+/// (SVG measures it too), so no system font is needed.
+fn embedded_font() -> Result<(), Failed> {
+    plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
+        .map_err(|_| "the embedded font does not load".into())
+}
+
 /// Draws `analysis` into `path`.
 pub(crate) fn draw(path: &Path, analysis: &Analysis, keep: f64) -> Result<(), Failed> {
-    // Text is laid out with the embedded font in both formats (SVG measures it too).
-    plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
-        .map_err(|_| "the embedded font does not load")?;
+    embedded_font()?;
     match Format::of(path)? {
         Format::Svg => {
             let root = SVGBackend::new(path, SIZE).into_drawing_area();
@@ -266,8 +271,7 @@ pub(crate) type Scored = (Vec<(String, f64)>, f64);
 /// Draws a sweep's scores into `path`: the score against the first axis, one line per
 /// combination of the other axes' values, the best point ringed.
 pub(crate) fn draw_sweep(path: &Path, points: &[Scored], best: usize) -> Result<(), Failed> {
-    plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
-        .map_err(|_| "the embedded font does not load")?;
+    embedded_font()?;
     let size = (960, 600);
     match Format::of(path)? {
         Format::Svg => {

@@ -382,9 +382,6 @@ struct Slots {
     /// Per top bucket, the index of its mid-level histogram ([`NONE`]: none); empty
     /// when the model has none.
     mid: Vec<u32>,
-    /// One bit per top bucket: whether low-level keys refine it (most entries are in
-    /// none, and this 512-byte test stays in the first-level cache).
-    any: Vec<u64>,
     /// Per top bucket, where its low-level keys start in `low` ([`NONE`]: none).
     low_from: Vec<u32>,
     /// `(top bucket << 10 | mid bucket, histogram index)`, sorted.
@@ -394,11 +391,6 @@ struct Slots {
 impl Slots {
     fn is_empty(&self) -> bool {
         self.mid.is_empty() && self.low.is_empty()
-    }
-
-    #[inline(always)]
-    fn has(&self, top: usize) -> bool {
-        self.any[top / 64] >> (top % 64) & 1 != 0
     }
 
     fn insert_mid(&mut self, top: usize, key: usize) {
@@ -412,10 +404,8 @@ impl Slots {
     fn push_low(&mut self, prefix: u32, key: usize) {
         if self.low_from.is_empty() {
             self.low_from = vec![NONE; TOP];
-            self.any = vec![0; TOP / 64];
         }
         let top = (prefix >> 10) as usize;
-        self.any[top / 64] |= 1 << (top % 64);
         if self.low_from[top] == NONE {
             self.low_from[top] = self.low.len() as u32;
         }
@@ -603,11 +593,12 @@ impl Probe {
             for &x in clean[i] {
                 let bits = abs_bits(x);
                 let top = (bits >> 19) as usize;
-                if !slots.has(top) {
+                let from = slots.low_from[top];
+                if from == NONE {
                     continue;
                 }
                 let prefix = bits >> 9;
-                for &(p, k) in &slots.low[slots.low_from[top] as usize..] {
+                for &(p, k) in &slots.low[from as usize..] {
                     if p >> 10 != top as u32 {
                         break;
                     }
