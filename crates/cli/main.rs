@@ -15,6 +15,7 @@ macro_rules! outln {
 
 mod analyze;
 mod demo;
+mod eval;
 mod ops;
 mod plot;
 mod plugin_cmd;
@@ -40,6 +41,7 @@ Examples:
   reefknot merge recipe.yaml -o merged           run the merge
   reefknot check recipe.yaml --json > plan.json  the plan as data...
   reefknot merge --plan plan.json -o merged      ...run as it is
+  reefknot eval merged --data held_out.txt       held-out loss of a model folder
   reefknot ops dare                              an operator's documentation
 
 Exit codes:
@@ -89,6 +91,9 @@ enum Command {
     /// at the recipe's density discards, and the density that keeps 90 % of the energy,
     /// per layer group and for the whole model.
     Analyze(analyze::AnalyzeArgs),
+    /// The held-out loss (nats per token, and perplexity) of a Llama, Mistral, Qwen2 or
+    /// GPT-2 model folder on token files or text, on the CPU, as transformers computes it.
+    Eval(eval::EvalArgs),
     /// Merge a grid of values of the recipe's `$variables` (`--grid density=0.1,0.2`),
     /// score each merged model with a command of yours, and keep the best: a table as
     /// points finish, results.csv and results.json, and a sweep run again resumes.
@@ -717,6 +722,7 @@ fn main() -> ExitCode {
         }
         Command::Demo(args) => demo::run(args),
         Command::Analyze(args) => analyze::run(args, cli.quiet),
+        Command::Eval(args) => eval::run(args, cli.quiet),
         Command::Sweep(args) => sweep::run(args, cli.quiet),
         Command::Plugin { command } => match command {
             PluginCommand::Test { library, timeout } => {
