@@ -1,6 +1,7 @@
 //! `reefknot sweep`: a grid over a recipe's `$variables`, each point merged and scored
-//! by an external command, with a table as points finish, CSV and JSON results, resume
-//! after an interruption, and the best model kept.
+//! by the built-in evaluator (`--eval-data`, the mean held-out loss over the files) or
+//! an external command (`--eval-cmd`), with a table as points finish, CSV and JSON
+//! results, resume after an interruption, and the best model kept.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -8,7 +9,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use clap::Args as ClapArgs;
+use clap::{ArgGroup, Args as ClapArgs};
 use reefknot_engine::MergeOptions;
 use reefknot_recipe::{Number, ParamValue};
 use serde_json::{json, Value};
@@ -16,6 +17,7 @@ use serde_json::{json, Value};
 use crate::{Failure, Overrides};
 
 #[derive(ClapArgs)]
+#[command(group(ArgGroup::new("scorer").required(true).args(["eval_cmd", "eval_data"])))]
 pub(crate) struct SweepArgs {
     /// The recipe (YAML) or mergekit configuration whose `$variables` the grid sets.
     recipe: PathBuf,
@@ -27,7 +29,15 @@ pub(crate) struct SweepArgs {
     /// for the shell); its last line of output is the score, a number or JSON (a number,
     /// or an object with `score`). Run with `sh -c`.
     #[arg(long, value_name = "COMMAND")]
-    eval_cmd: String,
+    eval_cmd: Option<String>,
+    /// Score each merged model by its held-out loss on this data file (as `reefknot
+    /// eval` computes it), in-process; repeat for several files (one per task, say):
+    /// the score is the mean of their losses, lower is better.
+    #[arg(long, value_name = "FILE", conflicts_with = "eval_cmd")]
+    eval_data: Vec<PathBuf>,
+    /// With --eval-data: the evaluation window in tokens (as `reefknot eval --context`).
+    #[arg(long, value_name = "TOKENS", requires = "eval_data")]
+    context: Option<usize>,
     /// The folder of the sweep: the points' models (`points/`), `results.json` and
     /// `results.csv`. A sweep run again into it resumes: scored points are not redone.
     #[arg(short, long)]
@@ -122,6 +132,64 @@ fn parse_score(stdout: &str) -> Result<f64, String> {
     }
 }
 
+/// Runs the `--eval-cmd` on a point's model and reads its score.
+fn score_with_command(cmd: &str, point: &Point, model: &Path) -> Result<f64, Failure> {
+    let command = cmd.replace("{model}", &shell_quote(model));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(&command)
+        .output()
+        .with_context(|| format!("running `{command}`"))?;
+    let failed = |why: String| {
+        Failure::from(anyhow::anyhow!(
+            "scoring {} with `{command}`: {why}{}",
+            slug(point),
+            match String::from_utf8_lossy(&out.stderr).trim() {
+                "" => String::new(),
+                e => format!("\n{e}"),
+            }
+        ))
+    };
+    if !out.status.success() {
+        return Err(failed(format!("it failed ({})", out.status)));
+    }
+    parse_score(&String::from_utf8_lossy(&out.stdout)).map_err(failed)
+}
+
+/// Removes the model of every point of this grid but the best scored so far, so that
+/// a sweep holds at most two merged models on disk (the best and the one just scored).
+fn drop_all_but_the_best(
+    results: &mut [Value],
+    all: &[Point],
+    maximize: bool,
+) -> anyhow::Result<()> {
+    let better = |a: f64, b: f64| if maximize { a > b } else { a < b };
+    // Ties go to the point first in the grid, as the final choice does.
+    let mut best: Option<(usize, f64, usize)> = None;
+    for (i, r) in results.iter().enumerate() {
+        let Some(at) = all.iter().position(|p| same_point(r, p)) else {
+            continue;
+        };
+        let s = r["score"].as_f64().unwrap_or(f64::NAN);
+        if best.is_none_or(|(_, b, b_at)| better(s, b) || (!better(b, s) && at < b_at)) {
+            best = Some((i, s, at));
+        }
+    }
+    for (i, r) in results.iter_mut().enumerate() {
+        if Some(i) == best.map(|(b, _, _)| b) || !all.iter().any(|p| same_point(r, p)) {
+            continue;
+        }
+        if let Some(model) = r["model"].as_str().map(PathBuf::from) {
+            if model.exists() {
+                fs::remove_dir_all(&model)
+                    .with_context(|| format!("removing {}", model.display()))?;
+            }
+            r["model"] = Value::Null;
+        }
+    }
+    Ok(())
+}
+
 /// A path quoted for `sh`.
 fn shell_quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
@@ -184,11 +252,36 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
             w[0]
         )));
     }
-    if !args.eval_cmd.contains("{model}") {
-        return Err(crate::usage(anyhow::anyhow!(
-            "--eval-cmd must name the model as {{model}}, e.g. --eval-cmd 'my_eval {{model}}'"
-        )));
+    if let Some(cmd) = &args.eval_cmd {
+        if !cmd.contains("{model}") {
+            return Err(crate::usage(anyhow::anyhow!(
+                "--eval-cmd must name the model as {{model}}, e.g. --eval-cmd 'my_eval {{model}}'"
+            )));
+        }
+    } else {
+        if args.maximize {
+            return Err(crate::usage(anyhow::anyhow!(
+                "--maximize with --eval-data: the built-in score is a loss, lower is better"
+            )));
+        }
+        if let Some(missing) = args.eval_data.iter().find(|p| !p.is_file()) {
+            return Err(crate::usage(anyhow::anyhow!(
+                "--eval-data {}: no such file",
+                missing.display()
+            )));
+        }
     }
+    let scorer = match &args.eval_cmd {
+        Some(cmd) => format!("`{cmd}`"),
+        None => format!(
+            "the mean loss on {}",
+            args.eval_data
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
     if let Some(path) = &args.plot {
         crate::plot::Format::of(path).map_err(|e| crate::usage(anyhow::anyhow!(e)))?;
     }
@@ -221,12 +314,12 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
     let header: Vec<String> = args.grid.iter().map(|(n, _)| format!("{n:>10}")).collect();
     if !quiet {
         outln!(
-            "{} points, {} scored already; scores from `{}` ({} is better)",
+            "{} points, {} scored already; scores from {} ({} is better)",
             all.len(),
             all.iter()
                 .filter(|p| results.iter().any(|r| same_point(r, p)))
                 .count(),
-            args.eval_cmd,
+            scorer,
             if args.maximize { "higher" } else { "lower" }
         );
         outln!("{}  {:>12}  {:>8}", header.join("  "), "score", "seconds");
@@ -254,28 +347,28 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
             ..MergeOptions::default()
         };
         reefknot_engine::merge(plan, &model, &opts, &crate::bar(quiet, "merging"))?;
-        let command = args.eval_cmd.replace("{model}", &shell_quote(&model));
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(&command)
-            .output()
-            .with_context(|| format!("running `{command}`"))?;
-        let failed = |why: String| {
-            Failure::from(anyhow::anyhow!(
-                "scoring {} with `{command}`: {why}{}",
-                slug(point),
-                match String::from_utf8_lossy(&out.stderr).trim() {
-                    "" => String::new(),
-                    e => format!("\n{e}"),
-                }
-            ))
+        let (score, losses) = match &args.eval_cmd {
+            Some(cmd) => (score_with_command(cmd, point, &model)?, None),
+            None => {
+                let mut m = crate::eval::load(&model)?;
+                let context = crate::eval::context_for(&m, args.context)?;
+                let scores = crate::eval::score_files(&mut m, &args.eval_data, context, quiet)?;
+                let losses: serde_json::Map<String, Value> = scores
+                    .iter()
+                    .map(|s| (s.path.display().to_string(), json!(s.score.loss())))
+                    .collect();
+                (crate::eval::mean_loss(&scores), Some(Value::Object(losses)))
+            }
         };
-        if !out.status.success() {
-            return Err(failed(format!("it failed ({})", out.status)));
-        }
-        let score = parse_score(&String::from_utf8_lossy(&out.stdout)).map_err(failed)?;
         let seconds = started.elapsed().as_secs_f64();
-        results.push(result_json(point, score, seconds, Some(&model)));
+        let mut entry = result_json(point, score, seconds, Some(&model));
+        if let Some(losses) = losses {
+            entry["losses"] = losses;
+        }
+        results.push(entry);
+        if !args.keep_all {
+            drop_all_but_the_best(&mut results, &all, args.maximize)?;
+        }
         write_results(dir, &args.grid, &results)?;
         if !quiet {
             outln!("{}", row(point, score, &format!("{seconds:.2}")));

@@ -5,6 +5,7 @@ mod analyze;
 mod conventions;
 mod docs;
 mod errors;
+mod eval;
 mod hostile;
 mod hub;
 mod lora;

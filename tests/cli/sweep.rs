@@ -1,6 +1,6 @@
-//! `reefknot sweep` end to end with an external scorer: every point merged and scored,
-//! CSV and JSON results, only the best model kept, and a sweep run again resumes
-//! without redoing what it finished.
+//! `reefknot sweep` end to end with an external scorer and with the built-in evaluator:
+//! every point merged and scored, CSV and JSON results, only the best model kept, and a
+//! sweep run again resumes without redoing what it finished.
 
 use std::fs;
 
@@ -266,6 +266,40 @@ fn a_sweep_refuses_what_it_cannot_run() {
             2,
             "must end in .svg or .png",
         ),
+        (&["--grid", "density=0.1"], 2, "--eval-cmd <COMMAND>"),
+        (
+            &["--grid", "density=0.1", "--eval-data", "none.json"],
+            2,
+            "--eval-data none.json: no such file",
+        ),
+        (
+            &[
+                "--grid",
+                "density=0.1",
+                "--eval-data",
+                "r.yaml",
+                "--maximize",
+            ],
+            2,
+            "the built-in score is a loss",
+        ),
+        (
+            &[
+                "--grid",
+                "density=0.1",
+                "--eval-data",
+                "r.yaml",
+                "--eval-cmd",
+                "echo {model}",
+            ],
+            2,
+            "cannot be used with",
+        ),
+        (
+            &["--grid", "density=0.1", "--eval-data", "r.yaml"],
+            2,
+            "tokenizer.json: cannot load",
+        ),
     ];
     for (args, code, needle) in cases {
         let err = fails(&run(args), *code);
@@ -275,4 +309,82 @@ fn a_sweep_refuses_what_it_cannot_run() {
     let json = r#"echo '{"score": 0.25, "acc": 1}' {model} >/dev/null; echo '{"score": 0.25}'"#;
     ok(&run(&["--grid", "density=0.1", "--eval-cmd", json]));
     assert_eq!(results(&ws)[0]["score"].as_f64(), Some(0.25));
+}
+
+/// Token documents for the tiny family (vocabulary 256), different per file.
+fn write_tokens(ws: &Workspace, name: &str, seed: u32) {
+    let doc = |n: u32| -> Vec<u32> { (0..40).map(|i| (i * 37 + n * 11 + seed) % 256).collect() };
+    let docs = vec![doc(1), doc(2)];
+    fs::write(ws.path().join(name), serde_json::to_string(&docs).unwrap()).unwrap();
+}
+
+#[test]
+fn a_sweep_scored_by_the_built_in_evaluator_keeps_the_lowest_mean_loss() {
+    let ws = Workspace::new(Dtype::F32, None);
+    ws.recipe("r.yaml", RECIPE);
+    write_tokens(&ws, "a.json", 0);
+    write_tokens(&ws, "b.json", 100);
+    let args = [
+        "sweep",
+        "r.yaml",
+        "--grid",
+        "density=0.1,0.5",
+        "--grid",
+        "lambda=0.5,3",
+        "--eval-data",
+        "a.json",
+        "--eval-data",
+        "b.json",
+        "--context",
+        "16",
+        "-o",
+        "sw",
+    ];
+    let table = ok(&run_in(ws.path(), &args));
+    assert!(
+        table.contains("scores from the mean loss on a.json, b.json (lower is better)"),
+        "{table}"
+    );
+    let r = results(&ws);
+    assert_eq!(r.len(), 4);
+    let scores: Vec<f64> = r.iter().map(|e| e["score"].as_f64().unwrap()).collect();
+    for e in &r {
+        let losses = e["losses"].as_object().unwrap();
+        assert_eq!(losses.len(), 2, "{e}");
+        let mean = losses.values().map(|v| v.as_f64().unwrap()).sum::<f64>() / 2.0;
+        assert_eq!(mean, e["score"].as_f64().unwrap());
+    }
+    assert!(scores.windows(2).any(|w| w[0] != w[1]), "{scores:?}");
+    let best = (0..4)
+        .min_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+        .unwrap();
+    let kept: Vec<&Value> = r.iter().filter(|e| !e["model"].is_null()).collect();
+    assert_eq!(kept.len(), 1, "only the best model is kept");
+    let model = kept[0]["model"].as_str().unwrap();
+    assert_eq!(kept[0]["score"], r[best]["score"]);
+    assert_eq!(
+        fs::read_dir(ws.path().join("sw/points")).unwrap().count(),
+        1
+    );
+    // The sweep's score is what `reefknot eval` says of the kept model.
+    let out = run_in(
+        ws.path(),
+        &[
+            "eval",
+            model,
+            "--data",
+            "a.json",
+            "--data",
+            "b.json",
+            "--context",
+            "16",
+            "--json",
+        ],
+    );
+    let eval: Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(eval["mean_loss"], r[best]["score"]);
+    // Run again: every point is done, nothing is merged or scored again.
+    let again = ok(&run_in(ws.path(), &args));
+    assert_eq!(again.matches("(done)").count(), 4, "{again}");
+    assert_eq!(results(&ws), r);
 }
