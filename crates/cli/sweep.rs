@@ -9,21 +9,21 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use clap::{ArgGroup, Args as ClapArgs};
+use clap::Args as ClapArgs;
 use reefknot_engine::MergeOptions;
-use reefknot_recipe::{Number, ParamValue};
+use reefknot_recipe::{Number, ParamValue, Recipe};
 use serde_json::{json, Value};
 
 use crate::{Failure, Overrides};
 
 #[derive(ClapArgs)]
-#[command(group(ArgGroup::new("scorer").required(true).args(["eval_cmd", "eval_data"])))]
 pub(crate) struct SweepArgs {
     /// The recipe (YAML) or mergekit configuration whose `$variables` the grid sets.
     recipe: PathBuf,
     /// One axis of the grid: a variable and its values, e.g. `--grid density=0.1,0.2,0.3`.
-    /// Repeat for more axes; every combination is a point.
-    #[arg(long, value_name = "NAME=V1,V2,...", value_parser = parse_axis, required = true)]
+    /// Repeat for more axes; every combination is a point. Default: the recipe's
+    /// `sweep: {grid: …}`.
+    #[arg(long, value_name = "NAME=V1,V2,...", value_parser = parse_axis)]
     grid: Vec<(String, Vec<f64>)>,
     /// The command that scores a merged model: `{model}` is replaced by its folder (quoted
     /// for the shell); its last line of output is the score, a number or JSON (a number,
@@ -36,7 +36,7 @@ pub(crate) struct SweepArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "eval_cmd")]
     eval_data: Vec<PathBuf>,
     /// With --eval-data: the evaluation window in tokens (as `reefknot eval --context`).
-    #[arg(long, value_name = "TOKENS", requires = "eval_data")]
+    #[arg(long, value_name = "TOKENS")]
     context: Option<usize>,
     /// The folder of the sweep: the points' models (`points/`), `results.json` and
     /// `results.csv`. A sweep run again into it resumes: scored points are not redone.
@@ -244,7 +244,37 @@ fn write_results(dir: &Path, axes: &[(String, Vec<f64>)], results: &[Value]) -> 
 
 pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
     crate::watchdog::start();
-    let mut names: Vec<&str> = args.grid.iter().map(|(n, _)| n.as_str()).collect();
+    let section = Recipe::load(&args.recipe)
+        .map_err(reefknot_engine::Error::from)?
+        .sweep;
+    let grid: Vec<(String, Vec<f64>)> = match (&section, args.grid.is_empty()) {
+        (Some(s), true) => s
+            .grid
+            .iter()
+            .map(|(n, v)| Ok((crate::variable_name(n)?, v.clone())))
+            .collect::<Result<_, String>>()
+            .map_err(|e| crate::usage(anyhow::anyhow!("the recipe's sweep grid: {e}")))?,
+        (None, true) => {
+            return Err(crate::usage(anyhow::anyhow!(
+                "no grid: give --grid NAME=V1,V2,... or write a `sweep:` section with a `grid` in the recipe"
+            )))
+        }
+        (_, false) => args.grid.clone(),
+    };
+    // The command line's scorer, else the recipe's.
+    let from_cli = args.eval_cmd.is_some() || !args.eval_data.is_empty();
+    let (eval_cmd, eval_data) = match &section {
+        Some(s) if !from_cli => (s.eval_cmd.clone(), s.eval_data.clone()),
+        _ => (args.eval_cmd.clone(), args.eval_data.clone()),
+    };
+    if eval_cmd.is_none() && eval_data.is_empty() {
+        return Err(crate::usage(anyhow::anyhow!(
+            "no scorer: give --eval-data FILE or --eval-cmd 'COMMAND {{model}}' (or `eval_data`/`eval_cmd` in the recipe's `sweep:`)"
+        )));
+    }
+    let context = args.context.or(section.as_ref().and_then(|s| s.context));
+    let maximize = args.maximize || section.as_ref().is_some_and(|s| s.maximize);
+    let mut names: Vec<&str> = grid.iter().map(|(n, _)| n.as_str()).collect();
     names.sort_unstable();
     if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
         return Err(crate::usage(anyhow::anyhow!(
@@ -252,30 +282,30 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
             w[0]
         )));
     }
-    if let Some(cmd) = &args.eval_cmd {
+    if let Some(cmd) = &eval_cmd {
         if !cmd.contains("{model}") {
             return Err(crate::usage(anyhow::anyhow!(
                 "--eval-cmd must name the model as {{model}}, e.g. --eval-cmd 'my_eval {{model}}'"
             )));
         }
     } else {
-        if args.maximize {
+        if maximize {
             return Err(crate::usage(anyhow::anyhow!(
                 "--maximize with --eval-data: the built-in score is a loss, lower is better"
             )));
         }
-        if let Some(missing) = args.eval_data.iter().find(|p| !p.is_file()) {
+        if let Some(missing) = eval_data.iter().find(|p| !p.is_file()) {
             return Err(crate::usage(anyhow::anyhow!(
                 "--eval-data {}: no such file",
                 missing.display()
             )));
         }
     }
-    let scorer = match &args.eval_cmd {
+    let scorer = match &eval_cmd {
         Some(cmd) => format!("`{cmd}`"),
         None => format!(
             "the mean loss on {}",
-            args.eval_data
+            eval_data
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
@@ -285,7 +315,7 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
     if let Some(path) = &args.plot {
         crate::plot::Format::of(path).map_err(|e| crate::usage(anyhow::anyhow!(e)))?;
     }
-    let all = points(&args.grid);
+    let all = points(&grid);
     // Every point's plan first: a value out of range fails before anything is merged.
     let mut plans = Vec::with_capacity(all.len());
     for point in &all {
@@ -311,7 +341,7 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
             .with_context(|| format!("reading {}", dir.join("results.json").display()))?,
         Err(_) => Vec::new(),
     };
-    let header: Vec<String> = args.grid.iter().map(|(n, _)| format!("{n:>10}")).collect();
+    let header: Vec<String> = grid.iter().map(|(n, _)| format!("{n:>10}")).collect();
     if !quiet {
         outln!(
             "{} points, {} scored already; scores from {} ({} is better)",
@@ -320,7 +350,7 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
                 .filter(|p| results.iter().any(|r| same_point(r, p)))
                 .count(),
             scorer,
-            if args.maximize { "higher" } else { "lower" }
+            if maximize { "higher" } else { "lower" }
         );
         outln!("{}  {:>12}  {:>8}", header.join("  "), "score", "seconds");
     }
@@ -347,12 +377,12 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
             ..MergeOptions::default()
         };
         reefknot_engine::merge(plan, &model, &opts, &crate::bar(quiet, "merging"))?;
-        let (score, losses) = match &args.eval_cmd {
+        let (score, losses) = match &eval_cmd {
             Some(cmd) => (score_with_command(cmd, point, &model)?, None),
             None => {
                 let mut m = crate::eval::load(&model)?;
-                let context = crate::eval::context_for(&m, args.context)?;
-                let scores = crate::eval::score_files(&mut m, &args.eval_data, context, quiet)?;
+                let context = crate::eval::context_for(&m, context)?;
+                let scores = crate::eval::score_files(&mut m, &eval_data, context, quiet)?;
                 let losses: serde_json::Map<String, Value> = scores
                     .iter()
                     .map(|s| (s.path.display().to_string(), json!(s.score.loss())))
@@ -367,9 +397,9 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
         }
         results.push(entry);
         if !args.keep_all {
-            drop_all_but_the_best(&mut results, &all, args.maximize)?;
+            drop_all_but_the_best(&mut results, &all, maximize)?;
         }
-        write_results(dir, &args.grid, &results)?;
+        write_results(dir, &grid, &results)?;
         if !quiet {
             outln!("{}", row(point, score, &format!("{seconds:.2}")));
         }
@@ -377,7 +407,7 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
     // Results in grid order, whatever order they were scored in (other grids' after).
     let position = |r: &Value| all.iter().position(|p| same_point(r, p));
     results.sort_by_key(|r| position(r).unwrap_or(usize::MAX));
-    let better = |a: f64, b: f64| if args.maximize { a > b } else { a < b };
+    let better = |a: f64, b: f64| if maximize { a > b } else { a < b };
     let best = results
         .iter()
         .enumerate()
@@ -412,7 +442,7 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
             }
         }
     }
-    write_results(dir, &args.grid, &results)?;
+    write_results(dir, &grid, &results)?;
     if let Some(path) = &args.plot {
         let scored: Vec<crate::plot::Scored> = all
             .iter()

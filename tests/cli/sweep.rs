@@ -266,7 +266,7 @@ fn a_sweep_refuses_what_it_cannot_run() {
             2,
             "must end in .svg or .png",
         ),
-        (&["--grid", "density=0.1"], 2, "--eval-cmd <COMMAND>"),
+        (&["--grid", "density=0.1"], 2, "no scorer"),
         (
             &["--grid", "density=0.1", "--eval-data", "none.json"],
             2,
@@ -387,4 +387,99 @@ fn a_sweep_scored_by_the_built_in_evaluator_keeps_the_lowest_mean_loss() {
     let again = ok(&run_in(ws.path(), &args));
     assert_eq!(again.matches("(done)").count(), 4, "{again}");
     assert_eq!(results(&ws), r);
+}
+
+#[test]
+fn a_recipe_s_sweep_section_is_the_default_grid_and_scorer() {
+    let ws = Workspace::new(Dtype::F32, None);
+    write_tokens(&ws, "a.json", 0);
+    let section = "sweep:
+  grid: { lambda: [0.5, 3], density: [0.1, 0.5] }
+  eval_data: [../a.json]
+  context: 16
+";
+    fs::create_dir(ws.path().join("recipes")).unwrap();
+    let recipe = RECIPE.replace("models/", "../models/") + section;
+    fs::write(ws.path().join("recipes/r.yaml"), &recipe).unwrap();
+    // merge and check ignore it.
+    ok(&run_in(ws.path(), &["check", "recipes/r.yaml"]));
+    ok(&run_in(
+        ws.path(),
+        &["sweep", "recipes/r.yaml", "-o", "sw", "--quiet"],
+    ));
+    let r = results(&ws);
+    // The recipe's axis order: lambda varies slowest.
+    let params: Vec<(f64, f64)> = r
+        .iter()
+        .map(|e| {
+            (
+                e["params"]["lambda"].as_f64().unwrap(),
+                e["params"]["density"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(params, [(0.5, 0.1), (0.5, 0.5), (3.0, 0.1), (3.0, 0.5)]);
+    assert!(r
+        .iter()
+        .all(|e| e["losses"].as_object().unwrap().len() == 1));
+    // The command line's grid and scorer replace the recipe's.
+    let out = run_in(
+        ws.path(),
+        &[
+            "sweep",
+            "recipes/r.yaml",
+            "--grid",
+            "density=0.2",
+            "--eval-cmd",
+            "test -d {model} && echo 7",
+            "-o",
+            "sw2",
+            "--quiet",
+        ],
+    );
+    ok(&out);
+    let text = fs::read_to_string(ws.path().join("sw2/results.csv")).unwrap();
+    assert_eq!(text, "density,score\n0.2,7.0\n");
+
+    let bad = [
+        (
+            "sweep:\n  grid: { density: [0.1] }\n  eval_data: [a.json]\n  eval_cmd: echo {model}\n",
+            "this sweep has both `eval_data` and `eval_cmd`",
+        ),
+        (
+            "sweep:\n  grid: { density: 0.1 }\n  eval_data: [a.json]\n",
+            "a non-empty list of numbers",
+        ),
+        (
+            "sweep:\n  grid: { density: [0.1] }\n  data: [a.json]\n",
+            "eval_data",
+        ),
+        (
+            "sweep:\n  eval_data: [a.json]\n",
+            "this sweep has no `grid`",
+        ),
+        (
+            "sweep:\n  grid: { density: [0.1] }\n  context: 1\n",
+            "`context` is not a number of tokens",
+        ),
+    ];
+    for (section, needle) in bad {
+        ws.recipe("bad.yaml", &(RECIPE.to_string() + section));
+        let err = fails(&run_in(ws.path(), &["check", "bad.yaml"]), 2);
+        assert!(err.contains(needle), "{section}: {err}");
+    }
+    ws.recipe("none.yaml", RECIPE);
+    let err = fails(&run_in(ws.path(), &["sweep", "none.yaml", "-o", "sw3"]), 2);
+    assert!(err.contains("no grid: give --grid"), "{err}");
+    let err = fails(
+        &run_in(
+            ws.path(),
+            &["sweep", "none.yaml", "--grid", "density=0.1", "-o", "sw3"],
+        ),
+        2,
+    );
+    assert!(
+        err.contains("no scorer: give --eval-data FILE or --eval-cmd"),
+        "{err}"
+    );
 }

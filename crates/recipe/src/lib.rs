@@ -151,6 +151,24 @@ pub struct Tokenizer {
     pub location: Loc,
 }
 
+/// A recipe's `sweep:`: what `reefknot sweep` runs when its command line gives no grid
+/// (and no scorer). Merges and checks ignore it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sweep {
+    /// Each axis: a variable and its values, in the recipe's order.
+    pub grid: Vec<(String, Vec<f64>)>,
+    /// Held-out data files (`eval_data:`), resolved against the recipe's folder.
+    pub eval_data: Vec<PathBuf>,
+    /// An external scorer (`eval_cmd:`), `{model}` standing for the merged folder.
+    pub eval_cmd: Option<String>,
+    /// The evaluation window in tokens (`context:`).
+    pub context: Option<usize>,
+    /// Higher scores are better (`maximize: true`).
+    pub maximize: bool,
+    /// Where it is written.
+    pub location: Loc,
+}
+
 /// A recipe's `chat_template:`: `auto`, a built-in name or a Jinja template.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChatTemplate {
@@ -338,6 +356,8 @@ pub struct Recipe {
     /// The output shard size in bytes (`shard_size:`); `None`: the writer's default,
     /// 5 GB (`reefknot_io::DEFAULT_SHARD_SIZE`).
     pub shard_size: Option<u64>,
+    /// The recipe's `sweep:`, if any.
+    pub sweep: Option<Sweep>,
     /// Whether the file was a mergekit configuration, translated ([`mergekit`]):
     /// [`Recipe::source`] is then the translated recipe.
     pub from_mergekit: bool,
@@ -448,6 +468,7 @@ impl Recipe {
             seed: parts.seed,
             plugins: parts.plugins,
             shard_size: parts.shard_size,
+            sweep: parts.sweep,
             from_mergekit: false,
             warnings: Vec::new(),
         })

@@ -12,7 +12,7 @@ use crate::value::{Condition, Number, Param, ParamValue, Params, Weight};
 use crate::yaml::{Kind, Node};
 use crate::{
     Adapter, ChatTemplate, Loc, ModelEntry, OutputDtype, Override, Selector, Slice, SliceInput,
-    SliceSource, Tokenizer, TokenizerSource,
+    SliceSource, Sweep, Tokenizer, TokenizerSource,
 };
 
 /// Everything of a recipe but its file and text.
@@ -32,6 +32,7 @@ pub(crate) struct Parts {
     pub(crate) seed: u64,
     pub(crate) plugins: Vec<PathBuf>,
     pub(crate) shard_size: Option<u64>,
+    pub(crate) sweep: Option<Sweep>,
 }
 
 /// The keys of one kind of mapping, and hints for keys people write by mistake.
@@ -61,6 +62,7 @@ const TOP: Schema = Schema {
         "seed",
         "plugins",
         "shard_size",
+        "sweep",
     ],
     hints: &[
         ("base_model", Some("base"), "the base model is `base:`"),
@@ -120,6 +122,23 @@ const MODEL: Schema = Schema {
             None,
             "the expression is per recipe or per override, not per model; \
              per-model values go in the model's `params:`",
+        ),
+    ],
+};
+
+const SWEEP: Schema = Schema {
+    what: "a sweep",
+    keys: &["grid", "eval_data", "eval_cmd", "context", "maximize"],
+    hints: &[
+        (
+            "data",
+            Some("eval_data"),
+            "the held-out data files are `eval_data:`",
+        ),
+        (
+            "eval",
+            Some("eval_cmd"),
+            "an external scorer is `eval_cmd:`",
         ),
     ],
 };
@@ -392,6 +411,10 @@ impl<'a> Checker<'a> {
             Some(n) => self.shard_size(n).map(Some),
             None => Some(None),
         };
+        let sweep = match f.get("sweep") {
+            Some(n) => self.sweep(n).map(Some),
+            None => Some(None),
+        };
 
         Some(Parts {
             base: base?,
@@ -409,6 +432,7 @@ impl<'a> Checker<'a> {
             seed: seed?,
             plugins: plugins?,
             shard_size: shard_size?,
+            sweep: sweep?,
         })
     }
 
@@ -1791,6 +1815,124 @@ impl<'a> Checker<'a> {
             ),
         );
         None
+    }
+
+    /// `sweep:`: the grid `reefknot sweep` runs when given no `--grid`, and its scorer.
+    fn sweep(&mut self, node: &Node) -> Option<Sweep> {
+        let f = self.fields(node, &SWEEP)?;
+        let mut ok = true;
+        let mut grid = Vec::new();
+        match f.get("grid") {
+            Some(g) => match &g.kind {
+                Kind::Map(axes) if !axes.is_empty() => {
+                    for (name, values) in axes {
+                        let Some(name) = self.string(name, "a variable's name", "a grid axis")
+                        else {
+                            ok = false;
+                            continue;
+                        };
+                        let what = format!("the values of grid axis `{name}`");
+                        let list = match &values.kind {
+                            Kind::Seq(items) if !items.is_empty() => items
+                                .iter()
+                                .map(|v| match v.kind {
+                                    Kind::Int(_) | Kind::Float(_) => self.finite(v, &what),
+                                    _ => {
+                                        let e = self.wrong_type(v, "a number", &what);
+                                        self.push(e);
+                                        None
+                                    }
+                                })
+                                .collect::<Option<Vec<f64>>>(),
+                            _ => {
+                                let e = self
+                                    .wrong_type(values, "a non-empty list of numbers", &what)
+                                    .help(format!("e.g. `{name}: [0.1, 0.2, 0.3]`"));
+                                self.push(e);
+                                None
+                            }
+                        };
+                        match list {
+                            Some(l) => grid.push((name.to_string(), l)),
+                            None => ok = false,
+                        }
+                    }
+                }
+                _ => {
+                    let e = self
+                        .wrong_type(g, "a mapping of variables to lists of values", "`grid`")
+                        .help("e.g. `grid: { density: [0.1, 0.2], lambda: [0.5, 1.0] }`");
+                    self.push(e);
+                    ok = false;
+                }
+            },
+            None => {
+                self.missing(
+                    &f,
+                    "grid",
+                    "this sweep has no `grid`",
+                    Some("add e.g. `grid: { density: [0.1, 0.2, 0.3] }`"),
+                );
+                ok = false;
+            }
+        }
+        let eval_data = match f.get("eval_data") {
+            Some(n) => self.paths(n, "eval_data", "a list of data files"),
+            None => Some(Vec::new()),
+        };
+        let eval_cmd = match f.get("eval_cmd") {
+            Some(n) => self
+                .string(n, "a shell command (a string)", "`eval_cmd`")
+                .map(|s| Some(s.to_string())),
+            None => Some(None),
+        };
+        let context = match f.get("context") {
+            Some(n) => match n.kind {
+                Kind::Int(i) if i >= 2 => usize::try_from(i).ok().map(Some),
+                _ => {
+                    self.push(
+                        RecipeError::new(
+                            ErrorKind::InvalidValue,
+                            "`context` is not a number of tokens of at least 2",
+                        )
+                        .label(n.loc, "expected e.g. 1024"),
+                    );
+                    None
+                }
+            },
+            None => Some(None),
+        };
+        let maximize = match f.get("maximize") {
+            Some(n) => match n.kind {
+                Kind::Bool(b) => Some(b),
+                _ => {
+                    let e = self.wrong_type(n, "true or false", "`maximize`");
+                    self.push(e);
+                    None
+                }
+            },
+            None => Some(false),
+        };
+        let (eval_data, eval_cmd, context, maximize) = (eval_data?, eval_cmd?, context?, maximize?);
+        if !eval_data.is_empty() && eval_cmd.is_some() {
+            self.push(
+                RecipeError::new(
+                    ErrorKind::InvalidValue,
+                    "this sweep has both `eval_data` and `eval_cmd`",
+                )
+                .label(node.loc, "one scorer")
+                .help("score by the held-out loss on `eval_data`, or by the command `eval_cmd`"),
+            );
+            return None;
+        }
+        ok.then_some(Sweep {
+            grid,
+            eval_data,
+            eval_cmd,
+            context,
+            maximize,
+            location: node.loc,
+        })
     }
 
     fn shard_size(&mut self, node: &Node) -> Option<u64> {
