@@ -52,6 +52,11 @@ pub(crate) struct SweepArgs {
     /// one line per combination of the others, the best point ringed.
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
+    /// With the built-in scorer: write each point's merge to disk and load it back, even
+    /// when it fits in memory (where it is scored from memory, and only the best point
+    /// is written, at the end).
+    #[arg(long)]
+    to_disk: bool,
     /// Worker threads of each merge (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -130,6 +135,31 @@ fn parse_score(stdout: &str) -> Result<f64, String> {
             "its last line, `{line}`, is not a finite number or JSON with a `score`"
         )),
     }
+}
+
+/// Whether a merge of `plan`, with its f32 copy for the evaluator, fits in the memory
+/// the system says is available (Linux's `MemAvailable`), with a quarter to spare.
+fn fits_in_memory(plan: &reefknot_engine::Plan) -> bool {
+    let (stored, values): (u64, u64) = plan
+        .data()
+        .tensors
+        .iter()
+        .zip(plan.dtypes())
+        .map(|(t, d)| {
+            let n = t.numel() as u64;
+            (n * d.size() as u64, n)
+        })
+        .fold((0, 0), |(a, b), (x, y)| (a + x, b + y));
+    let need = stored + 4 * values;
+    available_memory().is_some_and(|free| need.saturating_mul(4) / 3 < free)
+}
+
+/// `MemAvailable` of /proc/meminfo, in bytes.
+fn available_memory() -> Option<u64> {
+    let text = fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Runs the `--eval-cmd` on a point's model and reads its score.
@@ -341,16 +371,27 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
             .with_context(|| format!("reading {}", dir.join("results.json").display()))?,
         Err(_) => Vec::new(),
     };
+    // The built-in scorer reads each merge from memory when only the best model is
+    // kept and the merge fits, in its stored type and in f32, in the memory available.
+    let in_memory = eval_cmd.is_none()
+        && !args.keep_all
+        && !args.to_disk
+        && plans.first().is_some_and(fits_in_memory);
     let header: Vec<String> = grid.iter().map(|(n, _)| format!("{n:>10}")).collect();
     if !quiet {
         outln!(
-            "{} points, {} scored already; scores from {} ({} is better)",
+            "{} points, {} scored already; scores from {} ({} is better){}",
             all.len(),
             all.iter()
                 .filter(|p| results.iter().any(|r| same_point(r, p)))
                 .count(),
             scorer,
-            if maximize { "higher" } else { "lower" }
+            if maximize { "higher" } else { "lower" },
+            if in_memory {
+                "; merges scored in memory, the best written at the end"
+            } else {
+                ""
+            }
         );
         outln!("{}  {:>12}  {:>8}", header.join("  "), "score", "seconds");
     }
@@ -376,22 +417,57 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
             force: true,
             ..MergeOptions::default()
         };
-        reefknot_engine::merge(plan, &model, &opts, &crate::bar(quiet, "merging"))?;
-        let (score, losses) = match &eval_cmd {
-            Some(cmd) => (score_with_command(cmd, point, &model)?, None),
+        let (score, losses, written) = match &eval_cmd {
+            Some(cmd) => {
+                reefknot_engine::merge(plan, &model, &opts, &crate::bar(quiet, "merging"))?;
+                (score_with_command(cmd, point, &model)?, None, true)
+            }
             None => {
-                let mut m = crate::eval::load(&model)?;
+                // In memory, the non-weight files (config.json, the tokenizer) are in a
+                // scratch folder until the point is scored; the weights never touch
+                // the disk.
+                let scratch;
+                let mut m = if in_memory {
+                    scratch = tempfile::tempdir_in(dir)
+                        .with_context(|| format!("creating a folder in {}", dir.display()))?;
+                    let merged = reefknot_engine::merge_to_memory(
+                        plan,
+                        scratch.path(),
+                        &opts,
+                        &crate::bar(quiet, "merging"),
+                    )?;
+                    let tensors = merged
+                        .into_iter()
+                        .map(|t| {
+                            let stored = reefknot_eval::Stored {
+                                dtype: t.dtype,
+                                shape: t.shape,
+                                bytes: t.bytes,
+                            };
+                            (t.name, stored)
+                        })
+                        .collect();
+                    reefknot_eval::Model::from_memory(scratch.path(), tensors)
+                        .map_err(crate::eval::failure)?
+                } else {
+                    reefknot_engine::merge(plan, &model, &opts, &crate::bar(quiet, "merging"))?;
+                    crate::eval::load(&model)?
+                };
                 let context = crate::eval::context_for(&m, context)?;
                 let scores = crate::eval::score_files(&mut m, &eval_data, context, quiet)?;
                 let losses: serde_json::Map<String, Value> = scores
                     .iter()
                     .map(|s| (s.path.display().to_string(), json!(s.score.loss())))
                     .collect();
-                (crate::eval::mean_loss(&scores), Some(Value::Object(losses)))
+                (
+                    crate::eval::mean_loss(&scores),
+                    Some(Value::Object(losses)),
+                    !in_memory,
+                )
             }
         };
         let seconds = started.elapsed().as_secs_f64();
-        let mut entry = result_json(point, score, seconds, Some(&model));
+        let mut entry = result_json(point, score, seconds, written.then_some(model.as_path()));
         if let Some(losses) = losses {
             entry["losses"] = losses;
         }
@@ -422,12 +498,27 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
     let Some((best, score)) = best else {
         return Ok(());
     };
-    let best_slug = slug(
-        &all[all
-            .iter()
-            .position(|p| same_point(&results[best], p))
-            .expect("a result of the grid")],
-    );
+    let best_at = all
+        .iter()
+        .position(|p| same_point(&results[best], p))
+        .expect("a result of the grid");
+    let best_slug = slug(&all[best_at]);
+    // A best point scored in memory (or whose folder was removed) is merged now.
+    let best_model = points_dir.join(&best_slug);
+    if !best_model.join("config.json").exists() {
+        let opts = MergeOptions {
+            threads: args.threads,
+            force: true,
+            ..MergeOptions::default()
+        };
+        reefknot_engine::merge(
+            &plans[best_at],
+            &best_model,
+            &opts,
+            &crate::bar(quiet, "writing the best"),
+        )?;
+        results[best]["model"] = json!(best_model.display().to_string());
+    }
     if !args.keep_all {
         for r in &mut results {
             let Some(model) = r["model"].as_str().map(PathBuf::from) else {

@@ -387,6 +387,23 @@ fn a_sweep_scored_by_the_built_in_evaluator_keeps_the_lowest_mean_loss() {
     let again = ok(&run_in(ws.path(), &args));
     assert_eq!(again.matches("(done)").count(), 4, "{again}");
     assert_eq!(results(&ws), r);
+    // The points were scored from memory, the best written at the end; merged to disk
+    // and loaded back, they score the same, bit for bit.
+    let mut to_disk: Vec<&str> = args
+        .iter()
+        .map(|a| if *a == "sw" { "sw-disk" } else { a })
+        .collect();
+    to_disk.push("--to-disk");
+    let table_on_disk = ok(&run_in(ws.path(), &to_disk));
+    assert!(
+        table.contains("; merges scored in memory, the best written at the end"),
+        "{table}"
+    );
+    assert!(!table_on_disk.contains("in memory"), "{table_on_disk}");
+    let text = fs::read_to_string(ws.path().join("sw-disk/results.json")).unwrap();
+    let disk: Vec<Value> = serde_json::from_str(&text).unwrap();
+    let scores_on_disk: Vec<f64> = disk.iter().map(|e| e["score"].as_f64().unwrap()).collect();
+    assert_eq!(scores_on_disk, scores);
 }
 
 #[test]

@@ -260,6 +260,49 @@ pub(crate) fn locate(recipe: &Recipe, expr: &Expr, e: reefknot_lang::LangError) 
     Error::from(located)
 }
 
+/// One merged tensor held in memory: what [`merge_to_memory`] returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MergedTensor {
+    /// Its name in the output.
+    pub name: String,
+    /// Its output type.
+    pub dtype: reefknot_io::Dtype,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its bytes, little-endian, `numel · dtype size` of them.
+    pub bytes: Vec<u8>,
+}
+
+/// Runs the merge into memory: every output tensor's bytes, in the plan's order, and
+/// the output's non-weight files (`config.json` with the output's dtype and layout,
+/// the tokenizer, ...) written into `files`, an existing folder. Nothing else touches
+/// the disk; for a scorer that reads the merged model without a model folder.
+pub fn merge_to_memory(
+    plan: &Plan,
+    files: &Path,
+    opts: &MergeOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<MergedTensor>, Error> {
+    let out = MemoryOutput::for_plan(plan);
+    progress.start(plan.total_elements());
+    execute_into(plan, None, &out, opts, progress)?;
+    progress.finish();
+    card::copy_base_files(plan, files)?;
+    Ok(plan
+        .data()
+        .tensors
+        .iter()
+        .zip(plan.dtypes())
+        .zip(out.into_tensors())
+        .map(|((t, &dtype), bytes)| MergedTensor {
+            name: t.name.clone(),
+            dtype,
+            shape: t.shape.clone(),
+            bytes,
+        })
+        .collect())
+}
+
 /// Runs `plan`, writing the merged model to the folder `out`.
 pub fn merge(
     plan: &Plan,

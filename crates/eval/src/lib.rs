@@ -27,6 +27,7 @@ pub mod weights;
 pub use data::{read_documents, Documents};
 pub use error::EvalError;
 pub use model::{Family, Model};
+pub use weights::Stored;
 
 /// The loss of a model on some tokens: the sum of −log p over the predicted tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]

@@ -1,5 +1,6 @@
 //! A model folder's architecture, from its `config.json`, loaded for evaluation.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor, D};
@@ -7,7 +8,7 @@ use candle_transformers::models::qwen2;
 use serde_json::{Map, Value};
 
 use crate::gpt2::{self, Gpt2};
-use crate::weights::Weights;
+use crate::weights::{Stored, Weights};
 use crate::EvalError;
 
 /// The architectures eval runs (config.json's `model_type`).
@@ -60,6 +61,27 @@ const QKV_BIASES: &[&str] = &["q_proj.bias", "k_proj.bias", "v_proj.bias"];
 impl Model {
     /// Loads the model in `dir` (config.json and safetensors) in f32.
     pub fn load(dir: &Path) -> Result<Model, EvalError> {
+        Self::build(dir, &|zeros| Weights::open(dir, zeros))
+    }
+
+    /// The model whose tensors are `tensors` (by name) and whose config.json (and
+    /// tokenizer) are in `dir`: a merge scored without writing its weights.
+    pub fn from_memory(dir: &Path, tensors: HashMap<String, Stored>) -> Result<Model, EvalError> {
+        let tensors = std::sync::Mutex::new(Some(tensors));
+        Self::build(dir, &|zeros| {
+            let t = tensors
+                .lock()
+                .expect("not poisoned")
+                .take()
+                .unwrap_or_default();
+            Ok(Weights::in_memory(dir, t, zeros))
+        })
+    }
+
+    fn build(
+        dir: &Path,
+        weights: &dyn Fn(&'static [&'static str]) -> Result<Weights, EvalError>,
+    ) -> Result<Model, EvalError> {
         let path = dir.join("config.json");
         let bad = |message: String| EvalError::Config {
             path: path.clone(),
@@ -96,7 +118,7 @@ impl Model {
         };
         let (net, vocab, max_context, parameters) = if family == Family::Gpt2 {
             let c = gpt2_config(&cfg)?;
-            let weights = Weights::open(dir, &[])?;
+            let weights = weights(&[])?;
             let parameters = weights.parameters();
             let prefix = if weights.contains("transformer.wte.weight") {
                 "transformer."
@@ -113,7 +135,7 @@ impl Model {
             (Net::Gpt2(Box::new(net)), vocab, positions, parameters)
         } else {
             let c = decoder_config(&cfg, family)?;
-            let weights = Weights::open(dir, QKV_BIASES)?;
+            let weights = weights(QKV_BIASES)?;
             let parameters = weights.parameters();
             let head = if weights.contains("lm_head.weight") {
                 "lm_head.weight"

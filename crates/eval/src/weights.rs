@@ -1,6 +1,7 @@
-//! candle's `VarBuilder` over a reefknot [`Checkpoint`]: each tensor is read from the
-//! memory map and converted to f32 once, whatever its stored type, so that sharded
-//! folders, bf16 and f16 load as `reefknot merge` reads them.
+//! candle's `VarBuilder` over a reefknot [`Checkpoint`], or over tensors in memory (a
+//! merge `reefknot sweep` scores without writing it): each tensor is converted to f32
+//! once, whatever its stored type, so that sharded folders, bf16 and f16 load as
+//! `reefknot merge` reads them.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -9,13 +10,32 @@ use std::sync::Mutex;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
-use reefknot_io::Checkpoint;
+use reefknot_io::{Checkpoint, Dtype};
 
 use crate::EvalError;
 
+/// One tensor's stored form: type, shape and little-endian bytes.
+pub struct Stored {
+    /// Its type.
+    pub dtype: Dtype,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// Where the tensors come from.
+enum Source {
+    Checkpoint(Checkpoint),
+    /// Each tensor by name; its bytes are dropped once converted.
+    Memory(Mutex<HashMap<String, Stored>>),
+}
+
 /// Tensors of one checkpoint, as f32 candle tensors.
 pub struct Weights {
-    checkpoint: Checkpoint,
+    source: Source,
+    /// Every tensor's name and number of values.
+    sizes: HashMap<String, usize>,
     dir: PathBuf,
     /// Names ending so that are zeros of the asked shape when the checkpoint lacks them
     /// (the q/k/v biases the Qwen2 decoder has and Llama and Mistral do not).
@@ -27,22 +47,48 @@ pub struct Weights {
 impl Weights {
     /// Opens the model folder's safetensors.
     pub fn open(dir: &Path, zero_if_missing: &'static [&'static str]) -> Result<Self, EvalError> {
+        let checkpoint = Checkpoint::open(dir)?;
+        let sizes = checkpoint
+            .tensors()
+            .iter()
+            .map(|t| (t.name.clone(), t.numel()))
+            .collect();
         Ok(Weights {
-            checkpoint: Checkpoint::open(dir)?,
+            source: Source::Checkpoint(checkpoint),
+            sizes,
             dir: dir.to_path_buf(),
             zero_if_missing,
             read: Mutex::new(HashMap::new()),
         })
     }
 
+    /// Tensors in memory, for the model whose other files are in `dir`.
+    pub fn in_memory(
+        dir: &Path,
+        tensors: HashMap<String, Stored>,
+        zero_if_missing: &'static [&'static str],
+    ) -> Self {
+        let sizes = tensors
+            .iter()
+            .map(|(name, t)| (name.clone(), t.shape.iter().product()))
+            .collect();
+        Weights {
+            source: Source::Memory(Mutex::new(tensors)),
+            sizes,
+            dir: dir.to_path_buf(),
+            zero_if_missing,
+            read: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// The number of values the checkpoint holds.
     pub fn parameters(&self) -> usize {
-        self.checkpoint.tensors().iter().map(|t| t.numel()).sum()
+        self.sizes.values().sum()
     }
 
     /// Whether the checkpoint holds `name`.
     pub fn contains(&self, name: &str) -> bool {
-        self.checkpoint.get(name).is_some()
+        self.sizes.contains_key(name)
     }
 
     /// The tensor `name` as f32, which must have `shape` (`None`: any).
@@ -63,7 +109,7 @@ impl Weights {
         if let Some(t) = self.read.lock().expect("not poisoned").get(name) {
             return check_shape(t, shape).map(|()| t.clone());
         }
-        let Some(info) = self.checkpoint.get(name) else {
+        if !self.contains(name) {
             if let Some(shape) = shape {
                 if self.zero_if_missing.iter().any(|end| name.ends_with(end)) {
                     return Tensor::zeros(shape, DType::F32, &Device::Cpu)
@@ -71,26 +117,44 @@ impl Weights {
                 }
             }
             return Err("missing from the checkpoint".into());
-        };
-        if !info.dtype.is_computable() {
-            return Err(format!("is {}, not a float type eval reads", info.dtype));
         }
-        let mut values = vec![0f32; info.numel()];
-        reefknot_io::to_f32(info.dtype, self.checkpoint.data(info), &mut values);
-        let t = Tensor::from_vec(values, info.shape.as_slice(), &Device::Cpu)
-            .map_err(|e| e.to_string())?;
-        check_shape(&t, shape)?;
+        let (values, dims) = match &self.source {
+            Source::Checkpoint(c) => {
+                let info = c.get(name).expect("listed in sizes");
+                (to_f32(info.dtype, c.data(info))?, info.shape.clone())
+            }
+            Source::Memory(tensors) => {
+                let stored = tensors
+                    .lock()
+                    .expect("not poisoned")
+                    .remove(name)
+                    .expect("read once: later requests find it converted");
+                (to_f32(stored.dtype, &stored.bytes)?, stored.shape)
+            }
+        };
+        let t =
+            Tensor::from_vec(values, dims.as_slice(), &Device::Cpu).map_err(|e| e.to_string())?;
         self.read
             .lock()
             .expect("not poisoned")
             .insert(name.to_string(), t.clone());
-        Ok(t)
+        check_shape(&t, shape).map(|()| t)
     }
 
     /// A candle `VarBuilder` reading these weights, in f32 on the CPU.
     pub fn var_builder(self) -> VarBuilder<'static> {
         VarBuilder::from_backend(Box::new(self), DType::F32, Device::Cpu)
     }
+}
+
+/// `bytes` of `dtype` as f32 values.
+fn to_f32(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, String> {
+    if !dtype.is_computable() {
+        return Err(format!("is {dtype}, not a float type eval reads"));
+    }
+    let mut values = vec![0f32; bytes.len() / dtype.size()];
+    reefknot_io::to_f32(dtype, bytes, &mut values);
+    Ok(values)
 }
 
 fn check_shape(t: &Tensor, shape: Option<&[usize]>) -> Result<(), String> {
