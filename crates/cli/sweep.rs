@@ -505,7 +505,7 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
     let best_slug = slug(&all[best_at]);
     // A best point scored in memory (or whose folder was removed) is merged now.
     let best_model = points_dir.join(&best_slug);
-    if !best_model.join("config.json").exists() {
+    if !best_model.exists() {
         let opts = MergeOptions {
             threads: args.threads,
             force: true,
