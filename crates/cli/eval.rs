@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args as ClapArgs;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use reefknot_eval::{EvalError, Model, Score};
+use reefknot_eval::{Documents, EvalError, Model, Score};
 use serde_json::{json, Value};
 
 use crate::Failure;
@@ -48,17 +48,33 @@ pub(crate) fn score_files(
     context: usize,
     quiet: bool,
 ) -> Result<Vec<FileScore>, Failure> {
-    let mut docs = Vec::with_capacity(data.len());
-    for path in data {
-        let d = reefknot_eval::read_documents(path, model.dir()).map_err(failure)?;
+    let docs = read_data(model, data)?;
+    score_documents(model, &docs, context, quiet)
+}
+
+/// The data files' tokens, text tokenized with `model`'s tokenizer.
+pub(crate) fn read_data(model: &Model, data: &[PathBuf]) -> Result<Vec<Documents>, Failure> {
+    data.iter()
+        .map(|path| reefknot_eval::read_documents(path, model.dir()).map_err(failure))
+        .collect()
+}
+
+/// The loss of `model` on each file's documents, with a progress bar of tokens unless
+/// `quiet`; an id beyond the model's vocabulary is refused first.
+pub(crate) fn score_documents(
+    model: &mut Model,
+    docs: &[Documents],
+    context: usize,
+    quiet: bool,
+) -> Result<Vec<FileScore>, Failure> {
+    for d in docs {
         d.check_vocab(model.vocab_size()).map_err(failure)?;
-        docs.push(d);
     }
     let total: usize = docs.iter().map(|d| d.tokens()).sum();
     let bar = token_bar(quiet, total);
     let mut scores = Vec::with_capacity(docs.len());
     let mut before = 0;
-    for d in &docs {
+    for d in docs {
         let score = reefknot_eval::evaluate(model, d, context, &mut |done, _| {
             bar.set_position((before + done) as u64)
         })

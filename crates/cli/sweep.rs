@@ -193,20 +193,9 @@ fn drop_all_but_the_best(
     all: &[Point],
     maximize: bool,
 ) -> anyhow::Result<()> {
-    let better = |a: f64, b: f64| if maximize { a > b } else { a < b };
-    // Ties go to the point first in the grid, as the final choice does.
-    let mut best: Option<(usize, f64, usize)> = None;
-    for (i, r) in results.iter().enumerate() {
-        let Some(at) = all.iter().position(|p| same_point(r, p)) else {
-            continue;
-        };
-        let s = r["score"].as_f64().unwrap_or(f64::NAN);
-        if best.is_none_or(|(_, b, b_at)| better(s, b) || (!better(b, s) && at < b_at)) {
-            best = Some((i, s, at));
-        }
-    }
+    let best = best_of(results, all, maximize).map(|(i, _)| i);
     for (i, r) in results.iter_mut().enumerate() {
-        if Some(i) == best.map(|(b, _, _)| b) || !all.iter().any(|p| same_point(r, p)) {
+        if Some(i) == best || !all.iter().any(|p| same_point(r, p)) {
             continue;
         }
         if let Some(model) = r["model"].as_str().map(PathBuf::from) {
@@ -218,6 +207,23 @@ fn drop_all_but_the_best(
         }
     }
     Ok(())
+}
+
+/// The best-scored result of this grid's points, by index into `results`, and its
+/// score; ties go to the point first in the grid.
+fn best_of(results: &[Value], all: &[Point], maximize: bool) -> Option<(usize, f64)> {
+    let better = |a: f64, b: f64| if maximize { a > b } else { a < b };
+    let mut best: Option<(usize, f64, usize)> = None;
+    for (i, r) in results.iter().enumerate() {
+        let Some(at) = all.iter().position(|p| same_point(r, p)) else {
+            continue;
+        };
+        let s = r["score"].as_f64().unwrap_or(f64::NAN);
+        if best.is_none_or(|(_, b, b_at)| better(s, b) || (!better(b, s) && at < b_at)) {
+            best = Some((i, s, at));
+        }
+    }
+    best.map(|(i, s, _)| (i, s))
 }
 
 /// A path quoted for `sh`.
@@ -377,6 +383,8 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
         && !args.keep_all
         && !args.to_disk
         && plans.first().is_some_and(fits_in_memory);
+    // The built-in scorer's data, read (and text tokenized) at the first point scored.
+    let mut data: Option<Vec<reefknot_eval::Documents>> = None;
     let header: Vec<String> = grid.iter().map(|(n, _)| format!("{n:>10}")).collect();
     if !quiet {
         outln!(
@@ -454,7 +462,12 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
                     crate::eval::load(&model)?
                 };
                 let context = crate::eval::context_for(&m, context)?;
-                let scores = crate::eval::score_files(&mut m, &eval_data, context, quiet)?;
+                // The data once: every point's output has the same tokenizer.
+                if data.is_none() {
+                    data = Some(crate::eval::read_data(&m, &eval_data)?);
+                }
+                let docs = data.as_deref().expect("read above");
+                let scores = crate::eval::score_documents(&mut m, docs, context, quiet)?;
                 let losses: serde_json::Map<String, Value> = scores
                     .iter()
                     .map(|s| (s.path.display().to_string(), json!(s.score.loss())))
@@ -483,18 +496,7 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
     // Results in grid order, whatever order they were scored in (other grids' after).
     let position = |r: &Value| all.iter().position(|p| same_point(r, p));
     results.sort_by_key(|r| position(r).unwrap_or(usize::MAX));
-    let better = |a: f64, b: f64| if maximize { a > b } else { a < b };
-    let best = results
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| position(r).is_some())
-        .fold(None::<(usize, f64)>, |best, (i, r)| {
-            let s = r["score"].as_f64().unwrap_or(f64::NAN);
-            match best {
-                Some((_, b)) if !better(s, b) => best,
-                _ => Some((i, s)),
-            }
-        });
+    let best = best_of(&results, &all, maximize);
     let Some((best, score)) = best else {
         return Ok(());
     };
