@@ -15,7 +15,8 @@ pub(crate) const DEFAULT_CONTEXT: usize = 1024;
 #[derive(ClapArgs)]
 pub(crate) struct EvalArgs {
     /// The model folder (config.json and safetensors): a Llama, Mistral, Qwen2 or
-    /// GPT-2 causal LM, f32, bf16 or f16.
+    /// GPT-2 causal LM, f32, bf16 or f16; or a Hugging Face repo id (`org/name`,
+    /// `org/name@revision`) in the local cache.
     model: PathBuf,
     /// A data file: token ids (`.json`: an array, or an array of documents; `.jsonl`:
     /// one document per line, `{"text": …}` or `{"input_ids": […]}`), or text, which the
@@ -151,7 +152,8 @@ pub(crate) fn run(args: &EvalArgs, quiet: bool) -> Result<(), Failure> {
         set_threads(n)?;
     }
     let start = std::time::Instant::now();
-    let mut model = load(&args.model)?;
+    let dir = reefknot_engine::locate_model(&args.model)?;
+    let mut model = load(&dir)?;
     let loaded = start.elapsed().as_secs_f64();
     let context = context_for(&model, args.context)?;
     let start = std::time::Instant::now();

@@ -364,6 +364,20 @@ pub(crate) fn load_plan_and_recipe(
     isolation: Option<reefknot_plugins::Isolation>,
     warn: bool,
 ) -> Result<(Plan, Recipe), Failure> {
+    let opened = reefknot_engine::Opened::default();
+    load_plan_with(recipe, overrides, shard_size, isolation, warn, &opened)
+}
+
+/// As [`load_plan_and_recipe`], with the checkpoints `opened` holds (and keeping there
+/// those it opens).
+pub(crate) fn load_plan_with(
+    recipe: &std::path::Path,
+    overrides: &Overrides,
+    shard_size: Option<u64>,
+    isolation: Option<reefknot_plugins::Isolation>,
+    warn: bool,
+    opened: &reefknot_engine::Opened,
+) -> Result<(Plan, Recipe), Failure> {
     let mut recipe = Recipe::load(recipe).map_err(reefknot_engine::Error::from)?;
     for (name, value) in &overrides.set {
         recipe.set_param(name, value.clone());
@@ -388,7 +402,7 @@ pub(crate) fn load_plan_and_recipe(
         dtype: overrides.dtype.clone(),
         shard_size,
     };
-    let plan = Plan::build(&recipe, &registry, &opts)?;
+    let plan = Plan::build_with(&recipe, &registry, &opts, opened)?;
     for w in plan.warnings().iter().filter(|_| warn) {
         eprintln!("{:?}", miette::Report::new(reefknot_lang::Clipped::new(w)));
     }

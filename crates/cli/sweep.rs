@@ -353,6 +353,8 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
     }
     let all = points(&grid);
     // Every point's plan first: a value out of range fails before anything is merged.
+    // The points share their inputs, opened (and their headers checked) once.
+    let opened = reefknot_engine::Opened::default();
     let mut plans = Vec::with_capacity(all.len());
     for point in &all {
         let mut overrides = args.overrides.clone();
@@ -364,13 +366,14 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
         }
         // The recipe's warnings are the same at every point: shown once.
         let warn = plans.is_empty();
-        let (plan, _) = crate::load_plan_and_recipe(&args.recipe, &overrides, None, None, warn)?;
+        let (plan, _) = crate::load_plan_with(&args.recipe, &overrides, None, None, warn, &opened)?;
         plans.push(plan);
     }
     let dir = &args.output;
     let points_dir = dir.join("points");
     fs::create_dir_all(&points_dir)
         .with_context(|| format!("creating {}", points_dir.display()))?;
+    remove_scratch(dir)?;
     let mut results: Vec<Value> = match fs::read_to_string(dir.join("results.json")) {
         // Points of another grid run into the same folder are kept as they are.
         Ok(text) => serde_json::from_str::<Vec<Value>>(&text)
@@ -436,7 +439,9 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
                 // the disk.
                 let scratch;
                 let mut m = if in_memory {
-                    scratch = tempfile::tempdir_in(dir)
+                    scratch = tempfile::Builder::new()
+                        .prefix(SCRATCH)
+                        .tempdir_in(dir)
                         .with_context(|| format!("creating a folder in {}", dir.display()))?;
                     let merged = reefknot_engine::merge_to_memory(
                         plan,
@@ -558,6 +563,22 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
             dir.join("results.csv").display(),
             dir.join("results.json").display()
         );
+    }
+    Ok(())
+}
+/// The prefix of the folders holding a point's non-weight files while it is scored
+/// from memory.
+const SCRATCH: &str = ".scoring-";
+
+/// Removes what a sweep killed while scoring from memory left in `dir`.
+fn remove_scratch(dir: &Path) -> anyhow::Result<()> {
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+        let leftover = entry.file_name().to_string_lossy().starts_with(SCRATCH);
+        if leftover && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            fs::remove_dir_all(entry.path())
+                .with_context(|| format!("removing {}", entry.path().display()))?;
+        }
     }
     Ok(())
 }

@@ -185,3 +185,46 @@ fn what_eval_cannot_run_is_named() {
         "{err}"
     );
 }
+
+/// A model named by Hugging Face repo id is read from the local cache, as recipes read
+/// theirs; a revision the cache lacks is named with where it was looked for.
+#[test]
+fn a_repo_id_is_read_from_the_local_cache() {
+    let hub = tempfile::tempdir().unwrap();
+    let repo = hub.path().join("models--org--tiny");
+    let snapshot = repo.join("snapshots/0a1b2c");
+    fs::create_dir_all(&snapshot).unwrap();
+    fs::create_dir_all(repo.join("refs")).unwrap();
+    fs::write(repo.join("refs/main"), "0a1b2c\n").unwrap();
+    for entry in fs::read_dir(fixtures().join("llama_f32")).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), snapshot.join(entry.file_name())).unwrap();
+    }
+    let run = |model: &str| {
+        reefknot()
+            .args([
+                "eval",
+                model,
+                "--data",
+                "tokens.json",
+                "--context",
+                "24",
+                "--json",
+            ])
+            .current_dir(fixtures())
+            .env("HF_HUB_CACHE", hub.path())
+            .output()
+            .unwrap()
+    };
+    let report: Value = serde_json::from_str(&ok(&run("org/tiny"))).unwrap();
+    let loss = report["mean_loss"].as_f64().unwrap();
+    let want = expected_loss("llama_f32", "tokens.json");
+    assert!((loss - want).abs() <= 1e-5, "{loss} vs {want}");
+
+    let err = fails(&run("org/tiny@v2"), 1);
+    assert!(
+        err.contains("revision `v2` is not in the Hugging Face cache")
+            && err.contains("models--org--tiny"),
+        "{err}"
+    );
+}

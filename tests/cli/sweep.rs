@@ -383,10 +383,29 @@ fn a_sweep_scored_by_the_built_in_evaluator_keeps_the_lowest_mean_loss() {
     );
     let eval: Value = serde_json::from_str(&ok(&out)).unwrap();
     assert_eq!(eval["mean_loss"], r[best]["score"]);
+    // No scratch folder is left; one a killed sweep left is removed when it runs again.
+    let names = |dir: &str| -> Vec<String> {
+        fs::read_dir(ws.path().join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert!(
+        !names("sw").iter().any(|n| n.starts_with('.')),
+        "{:?}",
+        names("sw")
+    );
+    fs::create_dir_all(ws.path().join("sw/.scoring-killed")).unwrap();
+    fs::write(ws.path().join("sw/.scoring-killed/config.json"), "{}").unwrap();
     // Run again: every point is done, nothing is merged or scored again.
     let again = ok(&run_in(ws.path(), &args));
     assert_eq!(again.matches("(done)").count(), 4, "{again}");
     assert_eq!(results(&ws), r);
+    assert!(
+        !names("sw").iter().any(|n| n.starts_with('.')),
+        "{:?}",
+        names("sw")
+    );
     // The points were scored from memory, the best written at the end; merged to disk
     // and loaded back, they score the same, bit for bit.
     let mut to_disk: Vec<&str> = args

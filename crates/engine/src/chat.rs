@@ -8,7 +8,7 @@ use reefknot_io::Checkpoint;
 use serde_json::Value;
 
 /// The built-in formats: reefknot's own templates of them.
-const BUILT_IN: [(&str, &str); 4] = [
+const BUILT_IN: [(&str, &str); 5] = [
     (
         "chatml",
         concat!(
@@ -72,10 +72,24 @@ const BUILT_IN: [(&str, &str); 4] = [
             "{%- endfor -%}\n",
         ),
     ),
+    (
+        // LG's EXAONE: `[|role|]` before each turn, `[|endofturn|]` after every turn but
+        // the user's (a newline), and an empty system turn when the conversation has none.
+        "exaone",
+        concat!(
+            "{%- for message in messages -%}\n",
+            "{%- if loop.first and message['role'] != 'system' -%}\n",
+            "{{- '[|system|][|endofturn|]\\n' -}}\n",
+            "{%- endif -%}\n",
+            "{{- '[|' + message['role'] + '|]' + message['content'] -}}\n",
+            "{{- '\\n' if message['role'] == 'user' else '[|endofturn|]\\n' -}}\n",
+            "{%- endfor -%}\n",
+            "{%- if add_generation_prompt -%}\n",
+            "{{- '[|assistant|]' -}}\n",
+            "{%- endif -%}\n",
+        ),
+    ),
 ];
-
-/// mergekit's other built-in names, which reefknot does not carry.
-const NOT_BUILT_IN: [&str; 1] = ["exaone"];
 
 /// The template `value` names, over the inputs `inputs` (for `auto`): `Ok(None)` when
 /// `auto` finds no input with a template. The error is a sentence.
@@ -102,13 +116,7 @@ pub(crate) fn resolve(value: &str, inputs: &[&Checkpoint]) -> Result<Option<Stri
     if let Some((_, t)) = BUILT_IN.iter().find(|(name, _)| *name == value) {
         return Ok(Some((*t).to_string()));
     }
-    let names = "`auto`, `alpaca`, `chatml`, `llama3` or `mistral`";
-    if NOT_BUILT_IN.contains(&value) {
-        return Err(format!(
-            "`{value}` is not one of reefknot's built-in templates ({names}); give the \
-             template itself"
-        ));
-    }
+    let names = "`auto`, `alpaca`, `chatml`, `exaone`, `llama3` or `mistral`";
     if value.len() < 20 || !value.contains('{') {
         return Err(format!(
             "`{value}` is neither {names} nor a Jinja template (at least 20 characters, \
@@ -161,10 +169,76 @@ mod tests {
                 "{name}"
             );
         }
-        assert!(resolve("exaone", &[])
-            .unwrap_err()
-            .contains("give the template itself"));
         assert!(resolve("chatlm", &[]).unwrap_err().contains("neither"));
         assert_eq!(resolve("auto", &[]).unwrap(), None);
+    }
+
+    /// Each built-in template renders its format's prompt, as transformers renders chat
+    /// templates (Jinja with `trim_blocks` and `lstrip_blocks`).
+    #[test]
+    fn the_built_in_templates_render_their_formats() {
+        let render = |name: &str, system: bool| {
+            let mut env = minijinja::Environment::new();
+            env.set_syntax(
+                minijinja::syntax::SyntaxConfig::builder()
+                    .trim_blocks(true)
+                    .lstrip_blocks(true)
+                    .build()
+                    .unwrap(),
+            );
+            let text = resolve(name, &[]).unwrap().unwrap();
+            env.add_template("t", &text).unwrap();
+            let mut messages = Vec::new();
+            if system {
+                messages.push(minijinja::context! { role => "system", content => "Be brief." });
+            }
+            messages.push(minijinja::context! { role => "user", content => "Hi" });
+            messages.push(minijinja::context! { role => "assistant", content => "Hello." });
+            messages.push(minijinja::context! { role => "user", content => "Why?" });
+            env.get_template("t")
+                .unwrap()
+                .render(minijinja::context! {
+                    messages => messages,
+                    add_generation_prompt => true,
+                    bos_token => "<s>",
+                    eos_token => "</s>",
+                })
+                .unwrap()
+        };
+        let cases = [
+            (
+                "chatml",
+                "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n\
+                 <|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nWhy?<|im_end|>\n\
+                 <|im_start|>assistant\n",
+            ),
+            (
+                "llama3",
+                "<s><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>\
+                 <|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>\
+                 <|start_header_id|>assistant<|end_header_id|>\n\nHello.<|eot_id|>\
+                 <|start_header_id|>user<|end_header_id|>\n\nWhy?<|eot_id|>\
+                 <|start_header_id|>assistant<|end_header_id|>\n\n",
+            ),
+            (
+                "mistral",
+                "<s>[INST] Be brief.\n\nHi [/INST] Hello.</s>[INST] Why? [/INST]",
+            ),
+            (
+                "alpaca",
+                "Be brief.\n\n### Instruction:\nHi\n\n### Response:\nHello.</s>\n\n\
+                 ### Instruction:\nWhy?\n\n### Response:\n",
+            ),
+            (
+                "exaone",
+                "[|system|]Be brief.[|endofturn|]\n[|user|]Hi\n[|assistant|]Hello.[|endofturn|]\n\
+                 [|user|]Why?\n[|assistant|]",
+            ),
+        ];
+        for (name, want) in cases {
+            assert_eq!(render(name, true), want, "{name}");
+        }
+        // EXAONE opens with an empty system turn when the conversation has none.
+        assert!(render("exaone", false).starts_with("[|system|][|endofturn|]\n[|user|]Hi\n"));
     }
 }

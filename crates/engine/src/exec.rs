@@ -805,7 +805,7 @@ pub(crate) struct Mapped<'a> {
 impl<'a> Mapped<'a> {
     pub(crate) fn new(plan: &'a Plan, job: &MergeJob) -> Self {
         let at = |l: Located| {
-            let c = &plan.inputs()[l.0];
+            let c: &Checkpoint = &plan.inputs()[l.0];
             (c, &c.tensors()[l.1])
         };
         Mapped {
@@ -872,7 +872,7 @@ impl<'a> Read<'a> {
                     let sources = sources
                         .iter()
                         .map(|&[i, r]| {
-                            let c = &plan.inputs()[i];
+                            let c: &Checkpoint = &plan.inputs()[i];
                             (c, c.get(&info.name).expect("checked when readied"), r)
                         })
                         .collect();

@@ -78,17 +78,24 @@ pub fn plan_recipe(
     recipe: &Recipe,
     registry: &Registry,
     opts: &PlanOptions,
-) -> Result<(plan::MergePlan, Vec<Checkpoint>), Error> {
-    plan_and_warn(recipe, registry, opts).map(|(plan, inputs, _)| (plan, inputs))
+) -> Result<(plan::MergePlan, Vec<Arc<Checkpoint>>), Error> {
+    plan_and_warn(recipe, registry, opts, &crate::Opened::default())
+        .map(|(plan, inputs, _)| (plan, inputs))
 }
+
+/// A plan as the front-end makes it: with the checkpoints it opened (in the plan's input
+/// order) and the recipe's parts that had no effect.
+pub(crate) type Planned = (plan::MergePlan, Vec<Arc<Checkpoint>>, Vec<RecipeWarning>);
 
 /// As [`plan_recipe`], with the recipe's parts that have no effect on this model
 /// (overrides that select nothing, layer ranges beyond it, `params` no expression reads).
+/// Checkpoints are taken from `held` where it has them, and kept there.
 pub(crate) fn plan_and_warn(
     recipe: &Recipe,
     registry: &Registry,
     opts: &PlanOptions,
-) -> Result<(plan::MergePlan, Vec<Checkpoint>, Vec<RecipeWarning>), Error> {
+    held: &crate::Opened,
+) -> Result<Planned, Error> {
     let rules = compile_rules(recipe, registry)?;
     // What had an effect: overrides that selected a tensor, and were chosen for one;
     // variables read, with the override they were read under.
@@ -128,7 +135,7 @@ pub(crate) fn plan_and_warn(
             Ok(p) => p,
             Err(e) => return Err(in_recipe(*e, loc, "not found".into())),
         };
-        Checkpoint::open(&path).map_err(|source| {
+        held.open(&path).map_err(|source| {
             let label = role.split(" (").next().unwrap_or_default().to_string();
             in_recipe(ErrorKind::Checkpoint { role, source }, loc, label)
         })
@@ -429,7 +436,10 @@ pub(crate) fn plan_and_warn(
     };
     record_plugins(&mut merge_plan, registry);
     if let Some(c) = &recipe.chat_template {
-        let inputs: Vec<&Checkpoint> = opened[..=recipe.models.len()].iter().collect();
+        let inputs: Vec<&Checkpoint> = opened[..=recipe.models.len()]
+            .iter()
+            .map(|c| &**c)
+            .collect();
         merge_plan.output.chat_template = chat::resolve(&c.text, &inputs).map_err(|message| {
             let e = ErrorKind::ChatTemplate { message };
             in_recipe(e, c.location, "this template".into())
@@ -498,7 +508,7 @@ fn model_tensor(recipe: &Recipe, slice: Option<usize>, i: usize, name: &str) -> 
 fn vocabulary(
     recipe: &Recipe,
     t: &reefknot_recipe::Tokenizer,
-    opened: &[Checkpoint],
+    opened: &[Arc<Checkpoint>],
     updates: &[Option<lora::Updates>],
 ) -> Result<vocab::Built, Error> {
     use reefknot_recipe::TokenizerSource;
@@ -627,7 +637,7 @@ enum How {
 /// outside it (final norm, `lm_head`) from the last, at `t = 0`: mergekit's rule.
 fn output_items<'c>(
     recipe: &Recipe,
-    opened: &'c [Checkpoint],
+    opened: &'c [Arc<Checkpoint>],
     layers: usize,
 ) -> Result<(Vec<Item<'c>>, usize), Error> {
     use reefknot_recipe::{SliceInput, SliceSource};

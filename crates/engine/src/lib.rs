@@ -56,7 +56,7 @@ pub use frontend::{
     bind_pipeline, plan_recipe, PlanOptions, PLUGINS_METADATA, RECIPE_METADATA, SET_METADATA,
 };
 pub use output::{abandon_outputs, watch_outputs, OutputChange, Staging};
-pub use plan::{describe_stages, human_count, Job, Located, MergeJob, Plan, Stage};
+pub use plan::{describe_stages, human_count, Job, Located, MergeJob, Opened, Plan, Stage};
 pub use reefknot_plan::MergePlan;
 pub use scan::{scan_nonfinite, NonFiniteInput};
 
@@ -187,6 +187,32 @@ fn pool(threads: Option<usize>) -> Result<rayon::ThreadPool, Error> {
         }
         .into()
     })
+}
+
+/// Where a model named on a command line is: `name` itself when it exists; else, when
+/// it reads as a Hugging Face repo id (`org/name`, `org/name@revision`) that the local
+/// cache holds, that revision's snapshot folder (as recipes resolve their models,
+/// offline). A repo the cache holds without the revision is an error naming where it
+/// looked; any other name is returned as it is, for the caller to report missing.
+pub fn locate_model(name: &Path) -> Result<PathBuf, Error> {
+    if name.exists() {
+        return Ok(name.to_path_buf());
+    }
+    let text = name.to_string_lossy();
+    let (Some(id), Some(cache)) = (hub::RepoId::parse(&text), hub::cache_dir()) else {
+        return Ok(name.to_path_buf());
+    };
+    match hub::snapshot(&cache, &id) {
+        None => Ok(name.to_path_buf()),
+        Some(Ok(found)) => Ok(found),
+        Some(Err(looked)) => Err(ErrorKind::NotInCache {
+            repo: id.repo.to_string(),
+            revision: id.revision.to_string(),
+            local: name.to_path_buf(),
+            looked,
+        }
+        .into()),
+    }
 }
 
 /// Runs [`execute`] over every tensor of `plan` into `out` on a pool of

@@ -6,10 +6,10 @@
 //! checked without tensor data has been checked when it returns: a merge that starts
 //! fails only on I/O or inside an operator.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use reefknot_io::{Checkpoint, Dtype};
 use reefknot_lang::spec::format_number;
@@ -98,20 +98,63 @@ pub struct MergeJob {
 /// A merge ready to run.
 pub struct Plan {
     data: MergePlan,
-    inputs: Vec<Checkpoint>,
+    inputs: Vec<Arc<Checkpoint>>,
     jobs: Vec<Job>,
     dtypes: Vec<Dtype>,
     needs_fisher_means: bool,
     warnings: Vec<RecipeWarning>,
 }
 
+/// Checkpoints opened once and shared by every plan made with them
+/// ([`Plan::build_with`]), by the path the recipe resolved them to. The files must not
+/// change while they are held (as for any opened checkpoint).
+#[derive(Debug, Default)]
+pub struct Opened {
+    by_path: Mutex<HashMap<PathBuf, Arc<Checkpoint>>>,
+}
+
+impl Opened {
+    /// The checkpoint at `path`, opened now unless it already was.
+    pub(crate) fn open(&self, path: &Path) -> Result<Arc<Checkpoint>, reefknot_io::IoError> {
+        let mut held = self.by_path.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = held.get(path) {
+            return Ok(Arc::clone(c));
+        }
+        let c = Arc::new(Checkpoint::open(path)?);
+        held.insert(path.to_path_buf(), Arc::clone(&c));
+        Ok(c)
+    }
+
+    /// How many checkpoints are held.
+    pub fn len(&self) -> usize {
+        self.by_path.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 impl Plan {
     /// Makes the plan of `recipe` (compiling, opening and resolving everything without
     /// reading tensor data) and readies it.
     pub fn build(recipe: &Recipe, registry: &Registry, opts: &PlanOptions) -> Result<Plan, Error> {
+        Plan::build_with(recipe, registry, opts, &Opened::default())
+    }
+
+    /// As [`Plan::build`], taking the checkpoints from `opened` where it holds them and
+    /// keeping there those it opens: plans of one recipe at several settings (a sweep's
+    /// points) share their inputs, opened once.
+    pub fn build_with(
+        recipe: &Recipe,
+        registry: &Registry,
+        opts: &PlanOptions,
+        opened: &Opened,
+    ) -> Result<Plan, Error> {
         let point = |e| frontend::point_into_recipe(recipe, e);
         let (data, inputs, warnings) =
-            frontend::plan_and_warn(recipe, registry, opts).map_err(point)?;
+            frontend::plan_and_warn(recipe, registry, opts, opened).map_err(point)?;
         let mut plan = Plan::with_inputs(data, inputs, registry).map_err(point)?;
         plan.warnings = recipe.warnings.iter().cloned().chain(warnings).collect();
         Ok(plan)
@@ -131,7 +174,7 @@ impl Plan {
                 source,
             })?;
             verify(input, &c)?;
-            inputs.push(c);
+            inputs.push(Arc::new(c));
         }
         Plan::ready(data, inputs, registry)
     }
@@ -140,7 +183,7 @@ impl Plan {
     /// the recipe front-end returns them).
     pub fn with_inputs(
         data: MergePlan,
-        inputs: Vec<Checkpoint>,
+        inputs: Vec<Arc<Checkpoint>>,
         registry: &Registry,
     ) -> Result<Plan, Error> {
         data.validate().map_err(ErrorKind::Plan)?;
@@ -149,7 +192,11 @@ impl Plan {
     }
 
     /// Readies a validated plan over its opened inputs.
-    fn ready(data: MergePlan, inputs: Vec<Checkpoint>, registry: &Registry) -> Result<Plan, Error> {
+    fn ready(
+        data: MergePlan,
+        inputs: Vec<Arc<Checkpoint>>,
+        registry: &Registry,
+    ) -> Result<Plan, Error> {
         let dtypes = crate::dtypes_of(&data)?;
         let (shards, names) = crate::shards_of(&data, &dtypes);
         if data.tensors.iter().zip(&shards).any(|(t, &s)| t.shard != s)
@@ -249,7 +296,7 @@ impl Plan {
     }
 
     /// The opened inputs, parallel to `data().inputs`.
-    pub fn inputs(&self) -> &[Checkpoint] {
+    pub fn inputs(&self) -> &[Arc<Checkpoint>] {
         &self.inputs
     }
 
@@ -551,7 +598,7 @@ fn verify(input: &data::Input, c: &Checkpoint) -> Result<(), Error> {
 /// Binds a plan's producers to opened inputs and registered operators.
 struct Binder<'a> {
     registry: &'a Registry,
-    inputs: &'a [Checkpoint],
+    inputs: &'a [Arc<Checkpoint>],
     data: &'a MergePlan,
     specs: BTreeMap<String, (Arc<dyn Operator>, &'static OpSpec)>,
 }

@@ -206,3 +206,30 @@ fn the_probe_matches_brute_force_on_ties_zeros_and_nan() {
         }
     }
 }
+
+#[test]
+fn every_vector_level_gives_the_same_figures() {
+    use reefknot_simd::{force, Level};
+    // An odd length, so that the vector loops' tails run, with NaN and many ties.
+    let n = 300_007;
+    let base = values(n, 1, 50, false);
+    let models: Vec<Vec<f32>> = (0..3).map(|i| values(n, 20 + i, 300, true)).collect();
+    let run = || {
+        measure(
+            &base,
+            &models,
+            &[0.2, 0.05, 0.5],
+            &[1.0, 0.5, 2.0],
+            4096 * 4,
+            2,
+        )
+    };
+    force(Some(Level::Portable));
+    let want = run();
+    for level in Level::ALL {
+        if force(Some(level)) == level {
+            assert!(run() == want, "{level:?} differs from the portable code");
+        }
+    }
+    force(None);
+}

@@ -277,3 +277,36 @@ fn the_mergekit_tables_agree() {
         .collect();
     assert_eq!(reference, front_end);
 }
+
+/// Plans of one recipe at several settings (a sweep's points) made with one
+/// [`reefknot_engine::Opened`] share their inputs, opened once, and run as plans made
+/// on their own do.
+#[test]
+fn plans_made_together_share_their_opened_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut recipe = family(dir.path(), "ties(trim($density), elect, disjoint)");
+    let registry = Registry::builtin();
+    let opened = reefknot_engine::Opened::default();
+    let mut plans = Vec::new();
+    for density in [0.1, 0.3] {
+        recipe.set_param(
+            "density",
+            reefknot_recipe::ParamValue::Number(reefknot_recipe::Number::Scalar(density)),
+        );
+        let shared =
+            Plan::build_with(&recipe, &registry, &PlanOptions::default(), &opened).unwrap();
+        let alone = Plan::build(&recipe, &registry, &PlanOptions::default()).unwrap();
+        assert_eq!(in_memory(&shared, None, 2), in_memory(&alone, None, 2));
+        plans.push(shared);
+    }
+    // The base and three models, each opened once.
+    assert_eq!(opened.len(), 4);
+    for (a, b) in plans[0].inputs().iter().zip(plans[1].inputs()) {
+        assert!(
+            std::sync::Arc::ptr_eq(a, b),
+            "{} opened twice",
+            a.path().display()
+        );
+    }
+    assert_ne!(in_memory(&plans[0], None, 1), in_memory(&plans[1], None, 1));
+}

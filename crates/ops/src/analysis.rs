@@ -100,50 +100,96 @@ fn lanes(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
     ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 }
 
-/// Over the entries non-zero in both `x` and `y`: how many there are, and how many
-/// have the same sign (no NaN here). Counted on the bit patterns, without branches.
-fn sign_counts(x: &[f32], y: &[f32]) -> (u64, u64) {
-    let (mut both, mut agree) = (0u64, 0u64);
-    for (&u, &v) in x.iter().zip(y) {
-        let (a, b) = (u.to_bits(), v.to_bits());
-        let nz = (a & 0x7fff_ffff != 0) & (b & 0x7fff_ffff != 0);
-        both += u64::from(nz);
-        agree += u64::from(nz & ((a ^ b) >> 31 == 0));
+// The loops over every entry, compiled per vector level (`reefknot_simd`); each sums
+// a block with `lanes`, or counts on bit patterns, without branches.
+
+reefknot_simd::multiversion! {
+    max_avx2:
+    /// Over the entries non-zero in both `x` and `y`: how many there are, and how many
+    /// have the same sign (no NaN here).
+    fn sign_counts(x: &[f32], y: &[f32]) -> (u64, u64) {
+        let (mut both, mut agree) = (0u64, 0u64);
+        // u32 counts vectorise eight to a register; a piece cannot overflow them.
+        for (p, q) in x.chunks(1 << 20).zip(y.chunks(1 << 20)) {
+            let (mut b, mut a) = (0u32, 0u32);
+            for (&u, &v) in p.iter().zip(q) {
+                let (s, t) = (u.to_bits(), v.to_bits());
+                let nz = (s & 0x7fff_ffff != 0) & (t & 0x7fff_ffff != 0);
+                b += u32::from(nz);
+                a += u32::from(nz & ((s ^ t) >> 31 == 0));
+            }
+            both += u64::from(b);
+            agree += u64::from(a);
+        }
+        (both, agree)
     }
-    (both, agree)
 }
 
-/// How many entries are NaN or infinite (all exponent bits set), counted on the bit
-/// patterns so that the loop vectorises.
-fn nonfinite(x: &[f32]) -> u64 {
-    // u32 lanes vectorise four to a register; a block cannot overflow them.
-    x.chunks(1 << 20)
-        .map(|b| {
-            let n: u32 = b
-                .iter()
-                .map(|v| u32::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000))
-                .sum();
-            u64::from(n)
+reefknot_simd::multiversion! {
+    max_avx2:
+    /// How many entries are NaN or infinite (all exponent bits set).
+    fn nonfinite(x: &[f32]) -> u64 {
+        x.chunks(1 << 20)
+            .map(|b| {
+                let mut n = 0u32;
+                for v in b {
+                    n += u32::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000);
+                }
+                u64::from(n)
+            })
+            .sum()
+    }
+}
+
+reefknot_simd::multiversion! {
+    max_avx2:
+    /// `Σ x²` over the finite entries of a block.
+    fn finite_energy(x: &[f32]) -> f64 {
+        lanes(x, x, |a, _| {
+            let a = if a.is_finite() { f64::from(a) } else { 0.0 };
+            a * a
         })
-        .sum()
+    }
 }
 
-/// `Σ x²` over the finite entries of a block.
-fn finite_energy(x: &[f32]) -> f64 {
-    lanes(x, x, |a, _| {
-        let a = if a.is_finite() { f64::from(a) } else { 0.0 };
-        a * a
-    })
+reefknot_simd::multiversion! {
+    max_avx2:
+    /// `Σ |x|` over a block.
+    fn block_l1(x: &[f32]) -> f64 {
+        lanes(x, x, |a, _| f64::from(a.abs()))
+    }
 }
 
-/// `Σ |x|` over a block.
-fn block_l1(x: &[f32]) -> f64 {
-    lanes(x, x, |a, _| f64::from(a.abs()))
+reefknot_simd::multiversion! {
+    max_avx2:
+    /// `Σ x·y` over a block.
+    fn block_dot(x: &[f32], y: &[f32]) -> f64 {
+        lanes(x, y, |a, b| f64::from(a) * f64::from(b))
+    }
 }
 
-/// `Σ x·y` over a block.
-fn block_dot(x: &[f32], y: &[f32]) -> f64 {
-    lanes(x, y, |a, b| f64::from(a) * f64::from(b))
+reefknot_simd::multiversion! {
+    max_avx2:
+    /// Over a block of one model's kept entries `x` (weight `w`) and the elected signs
+    /// (±1): the L1 mass of the entries whose weighted sign is not the elected one.
+    fn block_lost(x: &[f32], signs: &[f32], w: f32) -> f64 {
+        lanes(x, signs, |x, s| {
+            let u = w * x;
+            let wins = (u != 0.0) & ((u > 0.0) == (s > 0.0));
+            let lost = (x != 0.0) & !wins;
+            f64::from(x.abs()) * f64::from(u8::from(lost))
+        })
+    }
+}
+
+reefknot_simd::multiversion! {
+    max_avx2:
+    /// `sign += w · x`, element by element.
+    fn add_weighted(sign: &mut [f32], x: &[f32], w: f32) {
+        for (s, &v) in sign.iter_mut().zip(x) {
+            *s += w * v;
+        }
+    }
 }
 
 /// The energy of `sum_m2` in top bucket `bucket`: `Σ M² · 2^(2(e − 150))`, `e` the
@@ -637,10 +683,7 @@ impl Probe {
         // `Σ_i w_i·δ̃_i` in model order, per element, as `elect` sums.
         sign.fill(0.0);
         for i in 0..t {
-            let w = chunk.weights[i];
-            for (s, &x) in sign.iter_mut().zip(&kept[i * len..(i + 1) * len]) {
-                *s += w * x;
-            }
+            add_weighted(sign, &kept[i * len..(i + 1) * len], chunk.weights[i]);
         }
         for s in sign.iter_mut() {
             *s = if *s >= 0.0 { 1.0 } else { -1.0 };
@@ -652,14 +695,9 @@ impl Probe {
             let w = chunk.weights[i];
             for (block, signs) in k.chunks(BLOCK).zip(sign.chunks(BLOCK)) {
                 part.kept_mass[i].add(block_l1(block));
-                part.discarded[i].add(lanes(block, signs, |x, s| {
-                    // Without branches: whether a kept entry loses is data, not a
-                    // pattern the processor could predict.
-                    let u = w * x;
-                    let wins = (u != 0.0) & ((u > 0.0) == (s > 0.0));
-                    let lost = (x != 0.0) & !wins;
-                    f64::from(x.abs()) * f64::from(u8::from(lost))
-                }));
+                // Without branches: whether a kept entry loses is data, not a pattern
+                // the processor could predict.
+                part.discarded[i].add(block_lost(block, signs, w));
             }
         }
         for (p, (a, b)) in self.pairs().enumerate() {

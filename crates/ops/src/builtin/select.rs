@@ -359,44 +359,60 @@ impl Selection {
     }
 }
 
+reefknot_simd::multiversion! {
+    max_avx2:
+    /// The entries of `values` above bucket `hi`, and the bit patterns of those in
+    /// buckets `lo..=hi` in element order.
+    ///
+    /// Runs of 32 entries are first reduced to a count and whether any lies in the
+    /// window, by loops that vectorise; only the runs holding a candidate are visited
+    /// again, to copy their candidates out.
+    fn scan(values: &[f32], lo: u32, hi: u32) -> (u64, Vec<u32>) {
+        let width = hi - lo;
+        let mut above = 0u64;
+        let mut list = Vec::new();
+        let mut runs = values.chunks_exact(32);
+        for run in &mut runs {
+            let mut n = 0u32;
+            let mut inside = 0u32;
+            for &x in run {
+                let key = abs_bits(x) >> 16;
+                n += u32::from(key > hi);
+                inside |= u32::from(key.wrapping_sub(lo) <= width);
+            }
+            above += u64::from(n);
+            if inside != 0 {
+                // Compacted without branches: a window over weights that went through
+                // bf16 holds a few per cent of the entries, too many for a branch
+                // predictor to guess which.
+                let mut found = [0u32; 32];
+                let mut m = 0;
+                for &x in run {
+                    let b = abs_bits(x);
+                    found[m & 31] = b;
+                    m += usize::from((b >> 16).wrapping_sub(lo) <= width);
+                }
+                list.extend_from_slice(&found[..m]);
+            }
+        }
+        for &x in runs.remainder() {
+            let b = abs_bits(x);
+            let key = b >> 16;
+            above += u64::from(key > hi);
+            if key.wrapping_sub(lo) <= width {
+                list.push(b);
+            }
+        }
+        (above, list)
+    }
+}
+
 /// Counts the entries of `values` above bucket `hi` and returns the bit patterns of
 /// those in buckets `lo..=hi` as `(pattern, count)`, distinct patterns, largest first
 /// (magnitudes cluster: merged from low-precision weights, many are equal).
-///
-/// Runs of 64 entries are first reduced to a count and a bit mask by loops that
-/// vectorise; only the set bits of the mask (the few candidates) are visited one by one.
 fn collect(values: &[f32], lo: usize, hi: usize) -> (u64, Vec<(u32, u32)>) {
     let (lo, hi) = (lo as u32, hi as u32);
-    let mut above = 0u64;
-    let mut list = Vec::new();
-    let mut runs = values.chunks_exact(64);
-    for run in &mut runs {
-        let run: &[f32; 64] = run.try_into().expect("exact run");
-        let mut bits = [0u32; 64];
-        for (b, &x) in bits.iter_mut().zip(run) {
-            *b = abs_bits(x);
-        }
-        let mut n = 0u32;
-        let mut mask = 0u64;
-        for (k, &b) in bits.iter().enumerate() {
-            let key = b >> 16;
-            n += u32::from(key > hi);
-            mask |= u64::from(key >= lo && key <= hi) << k;
-        }
-        above += u64::from(n);
-        while mask != 0 {
-            list.push(bits[mask.trailing_zeros() as usize]);
-            mask &= mask - 1;
-        }
-    }
-    for &x in runs.remainder() {
-        let b = abs_bits(x);
-        let key = b >> 16;
-        above += u64::from(key > hi);
-        if key >= lo && key <= hi {
-            list.push(b);
-        }
-    }
+    let (above, mut list) = scan(values, lo, hi);
     // A chunk's candidates (a few hundred), not the tensor: sorting them is cheap.
     list.sort_unstable_by(|a, b| b.cmp(a));
     let mut pairs: Vec<(u32, u32)> = Vec::new();
