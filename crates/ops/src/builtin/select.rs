@@ -364,14 +364,14 @@ reefknot_simd::multiversion! {
     /// The entries of `values` above bucket `hi`, and the bit patterns of those in
     /// buckets `lo..=hi` in element order.
     ///
-    /// Runs of 32 entries are first reduced to a count and whether any lies in the
+    /// Runs of 8 entries are first reduced to a count and whether any lies in the
     /// window, by loops that vectorise; only the runs holding a candidate are visited
     /// again, to copy their candidates out.
     fn scan(values: &[f32], lo: u32, hi: u32) -> (u64, Vec<u32>) {
         let width = hi - lo;
         let mut above = 0u64;
         let mut list = Vec::new();
-        let mut runs = values.chunks_exact(32);
+        let mut runs = values.chunks_exact(8);
         for run in &mut runs {
             let mut n = 0u32;
             let mut inside = 0u32;
@@ -385,11 +385,11 @@ reefknot_simd::multiversion! {
                 // Compacted without branches: a window over weights that went through
                 // bf16 holds a few per cent of the entries, too many for a branch
                 // predictor to guess which.
-                let mut found = [0u32; 32];
+                let mut found = [0u32; 8];
                 let mut m = 0;
                 for &x in run {
                     let b = abs_bits(x);
-                    found[m & 31] = b;
+                    found[m & 7] = b;
                     m += usize::from((b >> 16).wrapping_sub(lo) <= width);
                 }
                 list.extend_from_slice(&found[..m]);
@@ -671,5 +671,49 @@ mod tests {
                 "{n}: {above_hi} {from_lo} {rank}"
             );
         }
+    }
+
+    /// The scan of every vector level gives what its definition says: the count above
+    /// the window and the window's entries in element order, whatever the length.
+    #[test]
+    fn the_scan_is_its_definition_at_every_vector_level() {
+        use reefknot_simd::{force, Level};
+        let mut s = 0x2545_F491_4F6C_DD1Du64;
+        let values: Vec<f32> = (0..10_007)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                // Few distinct magnitudes around 1e-3, both signs, some zeros.
+                let m = (s % 64) as f32 * 3e-5;
+                if s & 1 == 0 {
+                    m
+                } else {
+                    -m
+                }
+            })
+            .collect();
+        let key = |x: f32| abs_bits(x) >> 16;
+        let (lo, hi) = (key(6e-4), key(1.2e-3));
+        for len in [0, 5, 8, 31, 64, 10_007] {
+            let v = &values[..len];
+            let want = (
+                v.iter().filter(|&&x| key(x) > hi).count() as u64,
+                v.iter()
+                    .map(|&x| abs_bits(x))
+                    .filter(|&b| (lo..=hi).contains(&(b >> 16)))
+                    .collect::<Vec<u32>>(),
+            );
+            assert!(
+                !want.1.is_empty() || len < 64,
+                "{len}: the window holds entries"
+            );
+            for level in Level::ALL {
+                if force(Some(level)) == level {
+                    assert_eq!(scan(v, lo, hi), want, "{level:?}, {len} entries");
+                }
+            }
+        }
+        force(None);
     }
 }
