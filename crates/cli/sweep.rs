@@ -566,6 +566,7 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
     }
     Ok(())
 }
+
 /// The prefix of the folders holding a point's non-weight files while it is scored
 /// from memory.
 const SCRATCH: &str = ".scoring-";
