@@ -209,7 +209,6 @@ fn the_probe_matches_brute_force_on_ties_zeros_and_nan() {
 
 #[test]
 fn every_vector_level_gives_the_same_figures() {
-    use reefknot_simd::{force, Level};
     // An odd length, so that the vector loops' tails run, with NaN and many ties.
     let n = 300_007;
     let base = values(n, 1, 50, false);
@@ -224,12 +223,5 @@ fn every_vector_level_gives_the_same_figures() {
             2,
         )
     };
-    force(Some(Level::Portable));
-    let want = run();
-    for level in Level::ALL {
-        if force(Some(level)) == level {
-            assert!(run() == want, "{level:?} differs from the portable code");
-        }
-    }
-    force(None);
+    reefknot_simd::at_every_level(run);
 }

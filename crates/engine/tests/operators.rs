@@ -933,7 +933,6 @@ fn linear_with_weights_summing_to_zero_is_their_weighted_sum() {
 
 #[test]
 fn every_vector_level_gives_the_same_bytes() {
-    use reefknot_simd::{force, Level};
     // Odd lengths and a ragged last chunk, so that the vector loops' tails run too.
     let (base, models) = family(12, 3, 3 * BLOCK + 4099);
     let exprs = [
@@ -949,12 +948,5 @@ fn every_vector_level_gives_the_same_bytes() {
             .map(|e| Case::new(e, base.clone(), models.clone()).run_bytes(Some(2)))
             .collect()
     };
-    force(Some(Level::Portable));
-    let want = run();
-    for level in Level::ALL {
-        if force(Some(level)) == level {
-            assert!(run() == want, "{level:?} differs from the portable code");
-        }
-    }
-    force(None);
+    reefknot_simd::at_every_level(run);
 }

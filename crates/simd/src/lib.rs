@@ -118,6 +118,23 @@ pub fn force(level: Option<Level>) -> Level {
     l
 }
 
+/// Runs `f` at the portable level, then at every other level this CPU supports, and
+/// panics naming the first level whose result differs; returns the portable result.
+/// For tests: the levels are switched for the whole process ([`force`]), and the
+/// detected level is restored afterwards.
+pub fn at_every_level<T: PartialEq>(mut f: impl FnMut() -> T) -> T {
+    force(Some(Level::Portable));
+    let want = f();
+    for level in Level::ALL {
+        if force(Some(level)) == level && f() != want {
+            force(None);
+            panic!("{level:?} differs from the portable code");
+        }
+    }
+    force(None);
+    want
+}
+
 /// Defines a function compiled once per [`Level`] and dispatched at run time:
 ///
 /// ```
@@ -226,5 +243,12 @@ mod tests {
         }
         force(None);
         assert!(Level::Portable.supported());
+        assert_eq!(at_every_level(|| sum(&x)), want);
+        // A result that depends on the level is caught (where the CPU has a second
+        // level to run). In this one test: levels are switched for the whole process.
+        if Level::Avx2.supported() {
+            let caught = std::panic::catch_unwind(|| at_every_level(level));
+            assert!(caught.is_err(), "the level itself differs between levels");
+        }
     }
 }

@@ -269,15 +269,7 @@ fn decode_minus_equals_decode_then_subtract() {
 /// level, bit for bit (NaN payloads included): random bit patterns, lengths around the
 /// loops' block sizes, sources and destinations at every alignment.
 fn at_every_level(f: impl Fn() -> Vec<u32>) {
-    use reefknot_simd::{force, Level};
-    force(Some(Level::Portable));
-    let want = f();
-    for level in Level::ALL {
-        if force(Some(level)) == level {
-            assert_eq!(f(), want, "{level:?}");
-        }
-    }
-    force(None);
+    reefknot_simd::at_every_level(f);
 }
 
 proptest! {
