@@ -785,30 +785,12 @@ fn hub_model(
     path: &Path,
     loc: reefknot_recipe::Loc,
 ) -> Result<PathBuf, Box<ErrorKind>> {
-    if path.exists() {
-        return Ok(path.to_path_buf());
-    }
     let written = recipe
         .source
         .get(loc.offset..loc.offset + loc.len)
         .unwrap_or_default()
         .trim_matches(|c| c == '"' || c == '\'');
-    let (Some(id), Some(hub)) = (crate::hub::RepoId::parse(written), crate::hub::cache_dir())
-    else {
-        return Ok(path.to_path_buf());
-    };
-    match crate::hub::snapshot(&hub, &id) {
-        // Not a repo the cache knows: a local path after all, reported as such.
-        None => Ok(path.to_path_buf()),
-        Some(found) => found.map_err(|looked| {
-            Box::new(ErrorKind::NotInCache {
-                repo: id.repo.to_string(),
-                revision: id.revision.to_string(),
-                local: path.to_path_buf(),
-                looked,
-            })
-        }),
-    }
+    crate::hub::resolve(written, path)
 }
 
 /// Points an error about one model's tensors (missing, of another shape or dtype, a

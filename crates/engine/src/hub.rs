@@ -40,6 +40,31 @@ impl<'a> RepoId<'a> {
     }
 }
 
+/// Where a model is: `local` itself when it exists; else, when `written` (the name as
+/// the user wrote it) is a Hugging Face repo id of a repo the local cache holds, the
+/// snapshot of that revision; else `local`, for the caller to report missing. A repo the
+/// cache holds without the revision asked for is an error naming where it looked.
+pub(crate) fn resolve(written: &str, local: &Path) -> Result<PathBuf, Box<crate::ErrorKind>> {
+    if local.exists() {
+        return Ok(local.to_path_buf());
+    }
+    let (Some(id), Some(hub)) = (RepoId::parse(written), cache_dir()) else {
+        return Ok(local.to_path_buf());
+    };
+    match snapshot(&hub, &id) {
+        // Not a repo the cache knows: a local path after all, reported as such.
+        None => Ok(local.to_path_buf()),
+        Some(found) => found.map_err(|looked| {
+            Box::new(crate::ErrorKind::NotInCache {
+                repo: id.repo.to_string(),
+                revision: id.revision.to_string(),
+                local: local.to_path_buf(),
+                looked,
+            })
+        }),
+    }
+}
+
 /// The Hugging Face hub cache: `HF_HUB_CACHE`, else `HF_HOME/hub`, else
 /// `XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`.
 pub(crate) fn cache_dir() -> Option<PathBuf> {

@@ -195,24 +195,7 @@ fn pool(threads: Option<usize>) -> Result<rayon::ThreadPool, Error> {
 /// offline). A repo the cache holds without the revision is an error naming where it
 /// looked; any other name is returned as it is, for the caller to report missing.
 pub fn locate_model(name: &Path) -> Result<PathBuf, Error> {
-    if name.exists() {
-        return Ok(name.to_path_buf());
-    }
-    let text = name.to_string_lossy();
-    let (Some(id), Some(cache)) = (hub::RepoId::parse(&text), hub::cache_dir()) else {
-        return Ok(name.to_path_buf());
-    };
-    match hub::snapshot(&cache, &id) {
-        None => Ok(name.to_path_buf()),
-        Some(Ok(found)) => Ok(found),
-        Some(Err(looked)) => Err(ErrorKind::NotInCache {
-            repo: id.repo.to_string(),
-            revision: id.revision.to_string(),
-            local: name.to_path_buf(),
-            looked,
-        }
-        .into()),
-    }
+    hub::resolve(&name.to_string_lossy(), name).map_err(|e| Error::from(*e))
 }
 
 /// Runs [`execute`] over every tensor of `plan` into `out` on a pool of
