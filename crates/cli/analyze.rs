@@ -56,8 +56,14 @@ pub(crate) fn run(args: &AnalyzeArgs, quiet: bool) -> Result<(), Failure> {
     if let Some(path) = &args.plot {
         crate::plot::Format::of(path).map_err(|e| crate::usage(anyhow::anyhow!(e)))?;
     }
-    let (plan, recipe) =
-        crate::load_plan_and_recipe(&args.recipe, &args.overrides, None, None, true)?;
+    let (plan, recipe) = crate::load_plan_and_recipe(
+        &args.recipe,
+        &args.overrides,
+        None,
+        None,
+        true,
+        &reefknot_engine::Opened::default(),
+    )?;
     let groups = |name: &str| -> Vec<String> {
         recipe
             .groups

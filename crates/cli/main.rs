@@ -352,25 +352,16 @@ fn load_plan(
     shard_size: Option<u64>,
     isolation: Option<reefknot_plugins::Isolation>,
 ) -> Result<Plan, Failure> {
-    load_plan_and_recipe(recipe, overrides, shard_size, isolation, true).map(|(plan, _)| plan)
+    let opened = reefknot_engine::Opened::default();
+    load_plan_and_recipe(recipe, overrides, shard_size, isolation, true, &opened)
+        .map(|(plan, _)| plan)
 }
 
 /// As [`load_plan`], with the recipe the plan was made of; `warn`: print the recipe's
-/// warnings (a sweep prints them for its first point only).
+/// warnings (a sweep prints them for its first point only). Checkpoints are taken from
+/// `opened` where it holds them, and those opened are kept there (a sweep's points
+/// share theirs).
 pub(crate) fn load_plan_and_recipe(
-    recipe: &std::path::Path,
-    overrides: &Overrides,
-    shard_size: Option<u64>,
-    isolation: Option<reefknot_plugins::Isolation>,
-    warn: bool,
-) -> Result<(Plan, Recipe), Failure> {
-    let opened = reefknot_engine::Opened::default();
-    load_plan_with(recipe, overrides, shard_size, isolation, warn, &opened)
-}
-
-/// As [`load_plan_and_recipe`], with the checkpoints `opened` holds (and keeping there
-/// those it opens).
-pub(crate) fn load_plan_with(
     recipe: &std::path::Path,
     overrides: &Overrides,
     shard_size: Option<u64>,

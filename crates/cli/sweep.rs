@@ -366,7 +366,8 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
         }
         // The recipe's warnings are the same at every point: shown once.
         let warn = plans.is_empty();
-        let (plan, _) = crate::load_plan_with(&args.recipe, &overrides, None, None, warn, &opened)?;
+        let (plan, _) =
+            crate::load_plan_and_recipe(&args.recipe, &overrides, None, None, warn, &opened)?;
         plans.push(plan);
     }
     let dir = &args.output;
