@@ -64,6 +64,18 @@ pub(crate) fn run(args: &AnalyzeArgs, quiet: bool) -> Result<(), Failure> {
         true,
         &reefknot_engine::Opened::default(),
     )?;
+    // The figures are per model of `models:` against `base:`: a slice that merges other
+    // inputs would mix them up.
+    if let Some(s) = (0..recipe.slices.len())
+        .find(|&s| recipe.merged_inputs(Some(s)) != recipe.merged_inputs(None))
+    {
+        return Err(crate::usage(anyhow::anyhow!(
+            "slice {} merges other inputs than the recipe's base and models (its `base:` or \
+             `models:`), which analyze cannot attribute to one model: analyze a recipe \
+             without them",
+            s + 1
+        )));
+    }
     let groups = |name: &str| -> Vec<String> {
         recipe
             .groups

@@ -31,8 +31,9 @@ What it does
 2. For each case of ``CASES`` (ties_norm, ties_sum, ties_weights, task_arithmetic,
    linear, ties_gradient_mlp, ties_gradient_all, ties_bf16, dare_ties_d1, breadcrumbs,
    ..., and the layer-stack cases of mergekit's ``slices:``: frankenmerge_44,
-   frankenmerge_scaled, frankenmerge_empty_last, slices_merged, slices_offset; the
-   LoRA cases lora_linear, lora_ties, lora_passthrough; tests/fixtures/golden/README.md tabulates
+   frankenmerge_scaled, frankenmerge_empty_last, slices_merged, slices_offset, and
+   slices_varied_ties, slices_varied_base, slices_varied_linear (slices over other
+   models, bases and values); the LoRA cases lora_linear, lora_ties, lora_passthrough; tests/fixtures/golden/README.md tabulates
    every case, recipe <-> mergekit config) writes ``tests/fixtures/golden/<case>/``:
 
    * ``recipe.yaml``   -- the reefknot recipe (paths relative to the case folder);
@@ -661,6 +662,21 @@ class Slice:
     scale: object = None
     t: object = None
     layers_of: Tuple[Tuple[str, int, int], ...] = ()
+    # a stack whose slices merge other models or bases with their own values
+    # (reference_varied_slices): the slice's base_model (None: golden_inputs' base),
+    # and, for its other sources in order, their weights and densities (None: the
+    # case's), with the slice's lambda (None: the case's scale)
+    base: Optional[str] = None
+    # the sources merged against the base (None: every source but the base; a method
+    # without a base_model merges every source, the first lending its names)
+    members: Optional[Tuple[str, ...]] = None
+    weights: Optional[Tuple[float, ...]] = None
+    density: Optional[Tuple[float, ...]] = None
+    lam: Optional[float] = None
+
+    def varied(self) -> bool:
+        return (self.base is not None or self.members is not None or self.weights is not None
+                or self.density is not None or self.lam is not None)
 
 
 # mergekit's examples/gradient-slerp.yml parameters, written over whole models
@@ -2176,6 +2192,186 @@ dtype: float32
         density=(0.5, 0.5),
         slices=(Slice(0, 2, ("base", "m0", "m1"), layers_of=(("m1", 1, 3),)),),
     ),
+    # ---- stacks whose slices merge other models, bases or values ---------------
+    Case(
+        name="slices_varied_ties",
+        family="llama_f32",
+        description=("TIES over two slices of other models and values: output layers 0, "
+                     "1 merge task_0 (density 0.3, weight 0.8) and task_1 (0.5) into the "
+                     "base's layers 0, 1 (embeddings too); layer 2 merges task_1 (weight "
+                     "0.6) and task_2 at the slice's density 0.7 and lambda 0.9 (final "
+                     "norm and lm_head too)"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+  - path: {m1}
+  - path: {m2}
+params:
+  density: 0.5
+  lambda: 1
+merge: trim($density) |> elect |> disjoint |> scale($lambda)
+slices:
+  - layers: 0..2
+    models:
+      - path: {m0}
+        weight: 0.8
+        params: {{ density: 0.3 }}
+      - {m1}
+  - layers: 2..3
+    models:
+      - path: {m1}
+        weight: 0.6
+      - {m2}
+    params:
+      density: 0.7
+      lambda: 0.9
+dtype: float32
+""",
+        mergekit="""\
+merge_method: ties
+base_model: {base}
+parameters:
+  density: 0.5
+  weight: 1.0
+slices:
+  - sources:
+      - model: {base}
+        layer_range: [0, 2]
+      - model: {m0}
+        layer_range: [0, 2]
+        parameters: {{ density: 0.3, weight: 0.8 }}
+      - model: {m1}
+        layer_range: [0, 2]
+  - sources:
+      - model: {base}
+        layer_range: [2, 3]
+      - model: {m1}
+        layer_range: [2, 3]
+        parameters: {{ weight: 0.6 }}
+      - model: {m2}
+        layer_range: [2, 3]
+    parameters:
+      density: 0.7
+      lambda: 0.9
+dtype: float32
+""",
+        sparsify="trim",
+        combine="disjoint",
+        n_models=3,
+        density=(0.5, 0.5, 0.5),
+        slices=(Slice(0, 2, ("base", "m0", "m1"), weights=(0.8, 1.0), density=(0.3, 0.5)),
+                Slice(2, 3, ("base", "m1", "m2"), weights=(0.6, 1.0), density=(0.7, 0.7),
+                      lam=0.9)),
+        inputs=("base", ("m0", "m1", "m2")),
+    ),
+    Case(
+        name="slices_varied_base",
+        family="llama_f32",
+        description=("SLERP with a base per slice: output layers 0, 1 interpolate the "
+                     "base and task_0 at t = 0.3 (embeddings too); layers 2, 3 interpolate "
+                     "task_0, the second slice's base_model, and task_1 over layers 1, 2 "
+                     "at t = 0.6 (final norm and lm_head too)"),
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+  - path: {m1}
+merge: slerp($t)
+slices:
+  - layers: 0..2
+    models: [{m0}]
+    params: {{ t: 0.3 }}
+  - layers: 1..3
+    base: {m0}
+    models: [{m1}]
+    params: {{ t: 0.6 }}
+""",
+        mergekit="""\
+merge_method: slerp
+base_model: {base}
+slices:
+  - sources:
+      - model: {base}
+        layer_range: [0, 2]
+      - model: {m0}
+        layer_range: [0, 2]
+    parameters:
+      t: 0.3
+  - base_model: {m0}
+    sources:
+      - model: {m0}
+        layer_range: [1, 3]
+      - model: {m1}
+        layer_range: [1, 3]
+    parameters:
+      t: 0.6
+dtype: float32
+""",
+        sparsify=None,
+        combine="slerp",
+        n_models=1,
+        slices=(Slice(0, 2, ("base", "m0"), t=0.3), Slice(1, 3, ("m0", "m1"), t=0.6)),
+        inputs=("base", ("m0", "m1")),
+    ),
+    Case(
+        name="slices_varied_linear",
+        family="llama_bf16",
+        description=("linear without a base_model over two slices of other models: "
+                     "output layer 0 averages task_0 and task_1 (weights 0.6, 0.4) over "
+                     "layer 0 (embeddings too), layer 1 task_1 and task_2 (0.5, 0.5) over "
+                     "layer 1 (final norm and lm_head too); bfloat16"),
+        recipe="""\
+base: {m0}
+models:
+  - path: {m0}
+  - path: {m1}
+  - path: {m2}
+merge: linear
+slices:
+  - layers: 0..1
+    models:
+      - path: {m0}
+        weight: 0.6
+      - path: {m1}
+        weight: 0.4
+  - layers: 1..2
+    base: {m1}
+    models:
+      - path: {m1}
+        weight: 0.5
+      - path: {m2}
+        weight: 0.5
+dtype: bfloat16
+""",
+        mergekit="""\
+merge_method: linear
+slices:
+  - sources:
+      - model: {m0}
+        layer_range: [0, 1]
+        parameters: {{ weight: 0.6 }}
+      - model: {m1}
+        layer_range: [0, 1]
+        parameters: {{ weight: 0.4 }}
+  - sources:
+      - model: {m1}
+        layer_range: [1, 2]
+        parameters: {{ weight: 0.5 }}
+      - model: {m2}
+        layer_range: [1, 2]
+        parameters: {{ weight: 0.5 }}
+dtype: float32
+out_dtype: bfloat16
+""",
+        sparsify=None,
+        combine="mean",
+        n_models=2,
+        slices=(Slice(0, 1, ("m0", "m1"), base="m0", members=("m0", "m1"), weights=(0.6, 0.4)),
+                Slice(1, 2, ("m1", "m2"), base="m1", members=("m1", "m2"),
+                      weights=(0.5, 0.5))),
+        inputs=("m0", ("m0", "m1", "m2")),
+    ),
     # ---- LoRA adapters as inputs (llama_lora/) ---------------------------------
     # mergekit merges each `model+lora` with PEFT's merge_and_unload into
     # --lora-merge-cache (a full model copy) and merges the copies; reefknot applies the
@@ -2763,6 +2959,8 @@ def reference_slices(case: Case, fam: Family, models: List[Dict[str, np.ndarray]
     sources' tensor (passthrough: one source times the scale, a Cond read on the input
     tensor's name; slerp: the slice's t at the slice-relative depth; any other method:
     reference_merged_slices), a ``layers_of`` source's tensor at its own layer."""
+    if any(sl.varied() for sl in case.slices):
+        return reference_varied_slices(case, fam, models)
     if case.combine not in ("passthrough", "slerp"):
         return reference_merged_slices(case, fam, models)
     out = {}
@@ -2805,6 +3003,56 @@ def reference_merged_slices(case: Case, fam: Family, models: List[Dict[str, np.n
     if sorted(read[0]) != sorted(n for n, _ in stack.tensor_specs()):
         raise ValueError(f"{case.name}: the stack's tensors are not a {stack.layers}-layer model's")
     return reference_merge(case, stack, read)
+
+
+class _Stack:
+    """The tensors of one slice's part of an output stack, as reference_merge reads a
+    family: their names and shapes, the family's dtype, and a depth that no case of
+    reference_varied_slices reads (their values are numbers, not gradients)."""
+
+    def __init__(self, specs: List[Tuple[str, Tuple[int, ...]]], layers: int, dtype: str):
+        self._specs = specs
+        self.layers = layers
+        self.dtype = dtype
+
+    def tensor_specs(self) -> List[Tuple[str, Tuple[int, ...]]]:
+        return self._specs
+
+
+def reference_varied_slices(case: Case, fam: Family, models: List[Dict[str, np.ndarray]]):
+    """A stack whose slices merge other models (the recipe's per-slice ``models:``),
+    on other bases (``base:``), with their own weights, densities and lambda: each
+    slice's output tensors are reference_merge of the slice's base and its other
+    sources, at the slice's values."""
+    rows = slice_plan(case, fam)
+    shapes = dict(fam.tensor_specs())
+    out: Dict[str, Tensor] = {}
+    ties: Dict[str, np.ndarray] = {}
+    for sl in case.slices:
+        mine = [(o, i) for o, i, s, _ in rows if s is sl]
+        if not mine:
+            continue
+        base = sl.base or golden_inputs(case)[0]
+        members = list(sl.members or [k for k in sl.sources if k != base])
+        keys = [base] + members
+        read: List[Dict[str, np.ndarray]] = [{} for _ in keys]
+        for o, i in mine:
+            for m, k in zip(read, keys):
+                m[o] = models[model_index(k)][source_name(sl, k, i)]
+        n = len(members)
+        sub = replace(case, n_models=n,
+                      weights=sl.weights or tuple(case.weights[:n]),
+                      density=sl.density or (tuple(case.density[:n]) if case.density else None),
+                      scale=case.scale if sl.lam is None else sl.lam,
+                      slices=None)
+        stack = _Stack([(o, shapes[i]) for o, i in mine], fam.layers, fam.dtype)
+        got, tied = reference_merge(sub, stack, read)
+        out.update(got)
+        ties.update(tied)
+    if any(t.any() for t in ties.values()):
+        raise ValueError(f"{case.name}: equal magnitudes at a cut; golden.json would need "
+                         f"the cut ranks of each slice's models")
+    return out, ties
 
 
 def slice_operand_scale(case: Case, fam: Family,
@@ -3139,8 +3387,9 @@ def generate(out_root: Path, work: Path, verbose: bool = True,
         # the test's side information
         densities = {}
         cut_table = {}
-        if case.sparsify:
-            # by output tensor (a `slices:` case's stack: its own names and depth)
+        if case.sparsify and not any(sl.varied() for sl in case.slices or ()):
+            # by output tensor (a `slices:` case's stack: its own names and depth);
+            # a stack of varied slices has none tied (reference_varied_slices)
             n_layers = slice_layers(case) if case.slices else fam.layers
             for name, shape in output_specs(case, fam):
                 d = case_density(case, name, n_layers)

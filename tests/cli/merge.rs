@@ -349,12 +349,8 @@ fn the_demo_measures_each_tasks_loss_and_keeps_the_family_the_recipes_expect() {
     assert!(stderr.contains("already exists"), "{stderr}");
 }
 
-#[test]
-fn fisher_normalize_makes_each_models_fisher_scale_free() {
-    // `fisher(normalize=true)` divides each model's Fisher by its mean over the whole
-    // model: scaling one model's Fisher file by 1000 must not change the merge, while
-    // plain Fisher merging follows the scale.
-    let ws = Workspace::new(Dtype::F32, None);
+/// `scaled/model.safetensors`: the code model's Fisher file times 1000.
+fn scaled_code_fisher(ws: &Workspace) {
     let code = Checkpoint::open(&ws.path().join("fisher/code.safetensors")).unwrap();
     let tensors: Vec<reefknot_io::OutputTensor> = code
         .tensors()
@@ -376,6 +372,15 @@ fn fisher_normalize_makes_each_models_fisher_scale_free() {
         w.write_at(i, 0, &bytes).unwrap();
     }
     w.finish().unwrap();
+}
+
+#[test]
+fn fisher_normalize_makes_each_models_fisher_scale_free() {
+    // `fisher(normalize=true)` divides each model's Fisher by its mean over the whole
+    // model: scaling one model's Fisher file by 1000 must not change the merge, while
+    // plain Fisher merging follows the scale.
+    let ws = Workspace::new(Dtype::F32, None);
+    scaled_code_fisher(&ws);
     let recipe = |fisher_code: &str, merge: &str| {
         format!(
             "base: models/base\nmodels:\n  - path: models/code\n    fisher: {fisher_code}\n  - path: models/math\n    fisher: fisher/math.safetensors\n  - path: models/chat\n    fisher: fisher/chat.safetensors\nmerge: {merge}\ndtype: float32\n"
@@ -414,6 +419,49 @@ fn fisher_normalize_makes_each_models_fisher_scale_free() {
         !close(&vc, &vd),
         "plain Fisher merging ignored a Fisher's scale"
     );
+}
+
+#[test]
+fn a_slice_merges_its_own_models_with_their_own_fisher_files() {
+    // A slice that lists some of the recipe's models, in another order, merges exactly
+    // those: with `fisher(normalize=true)` each model's Fisher mean must follow it (code's
+    // Fisher is scaled by 1000 to tell the means apart), so the output equals the merge of
+    // a recipe of those models alone, bit for bit.
+    let ws = Workspace::new(Dtype::F32, None);
+    scaled_code_fisher(&ws);
+    let layers = reefknot_synth::FamilySpec::tiny().layers;
+    let sliced = format!(
+        "base: models/base\nmodels:\n  - path: models/code\n    fisher: scaled/model.safetensors\n  - path: models/math\n    fisher: fisher/math.safetensors\n  - path: models/chat\n    fisher: fisher/chat.safetensors\nmerge: fisher(normalize=true)\nslices:\n  - layers: 0..{layers}\n    models: [models/chat, models/code]\ndtype: float32\n"
+    );
+    let alone = "base: models/base\nmodels:\n  - path: models/chat\n    fisher: fisher/chat.safetensors\n  - path: models/code\n    fisher: scaled/model.safetensors\nmerge: fisher(normalize=true)\ndtype: float32\n";
+    ws.recipe("sliced.yaml", &sliced);
+    ws.recipe("alone.yaml", alone);
+    for name in ["sliced", "alone"] {
+        ok(&run_in(
+            ws.path(),
+            &["merge", &format!("{name}.yaml"), "-o", name, "--quiet"],
+        ));
+    }
+    let (a, b) = (
+        tensors(&ws.path().join("sliced")),
+        tensors(&ws.path().join("alone")),
+    );
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!(x == y, "{} differs from the merge of its models alone", x.0);
+    }
+
+    // The expression must take each slice's models; analyze's figures are per model of
+    // `models:`, so it refuses a slice over other models.
+    let slerp = sliced.replace("fisher(normalize=true)", "slerp(0.5)");
+    ws.recipe("slerp.yaml", &slerp);
+    let stderr = fails(&run_in(ws.path(), &["check", "slerp.yaml"]), 2);
+    assert!(
+        stderr.contains("takes exactly 1 fine-tuned model") && stderr.contains("merges 2"),
+        "{stderr}"
+    );
+    let stderr = fails(&run_in(ws.path(), &["analyze", "sliced.yaml"]), 2);
+    assert!(stderr.contains("slice 1 merges other inputs"), "{stderr}");
 }
 
 #[test]

@@ -393,7 +393,7 @@ impl<'a> TensorJob<'a> {
             shape: &tensor.shape,
             numel: tensor.numel(),
             layer: tensor.layer,
-            models: plan.data().models(),
+            models: job.models.len(),
             source,
             fisher: job.fisher.is_some(),
             stages: &job.stages,
@@ -1367,8 +1367,21 @@ pub fn execute(
             ),
             Job::Merge(job) => {
                 let source = Mapped::new(plan, job);
+                // Each of the job's models' mean, in the job's order (a slice may merge
+                // some of the plan's models).
+                let means: Option<Vec<f64>> =
+                    fisher_means
+                        .as_ref()
+                        .zip(job.fisher.as_ref())
+                        .map(|(means, fisher)| {
+                            let of = |input: usize| match plan.data().inputs[input].role {
+                                Role::Fisher { model } => means[model],
+                                _ => 1.0,
+                            };
+                            fisher.iter().map(|&(input, _)| of(input)).collect()
+                        });
                 let job = TensorJob {
-                    fisher_means: fisher_means.as_deref(),
+                    fisher_means: means.as_deref(),
                     check_finite,
                     ..TensorJob::of_plan(plan, index, job, &source)
                 };

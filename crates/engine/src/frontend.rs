@@ -219,6 +219,10 @@ pub(crate) fn plan_and_warn(
     let base = &opened[0];
     let models = &opened[1..=recipe.models.len()];
     let label = |i: usize| model_label(i, &recipe.models[i].path);
+    let fisher_of = |m: reefknot_recipe::SliceInput| match m {
+        reefknot_recipe::SliceInput::Model(i) => fisher_input[i],
+        reefknot_recipe::SliceInput::Base => None,
+    };
 
     let layers = layer_count(base);
     let (items, out_layers) = output_items(recipe, &opened, layers)?;
@@ -261,24 +265,35 @@ pub(crate) fn plan_and_warn(
             }
             How::Merge { slice } => slice,
         };
-        let base_ref = operand(0, &info.name, permuted);
+        // The inputs merged: the slice's base and fine-tunes (the recipe's, without
+        // slices), as inputs of the plan.
+        let (own_base, members) = recipe.merged_inputs(slice);
+        let base_input = input_index(own_base);
+        let base_ref = operand(base_input, &info.name, permuted);
+        let member_label = |pos: usize| match members[pos] {
+            reefknot_recipe::SliceInput::Model(i) => label(i),
+            reefknot_recipe::SliceInput::Base => {
+                format!("base model ({})", recipe.base.display())
+            }
+        };
         // Each model's name for the tensor: the base's, or, in a slice whose `layers_of`
         // places the model elsewhere, the same tensor of its own layer.
-        let model_names: Vec<String> = (0..models.len())
-            .map(|i| model_tensor(recipe, slice, i, &info.name))
+        let model_names: Vec<String> = members
+            .iter()
+            .map(|&m| model_tensor(recipe, slice, m, &info.name))
             .collect();
         if !info.dtype.is_computable() {
             // Copied from the base, but the models must have it too (a readied plan
             // checks only what its producers read).
-            for (i, m) in models.iter().enumerate() {
-                let Some(mt) = m.get(&model_names[i]) else {
+            for (pos, &m) in members.iter().enumerate() {
+                let Some(mt) = opened[input_index(m)].get(&model_names[pos]) else {
                     return Err(ErrorKind::MissingTensor {
-                        tensor: model_names[i].clone(),
-                        model: label(i),
+                        tensor: model_names[pos].clone(),
+                        model: member_label(pos),
                     }
                     .into());
                 };
-                check_compatible(info, mt, &label(i))?;
+                check_compatible(info, mt, &member_label(pos))?;
             }
             tensors.push(output(
                 info.dtype,
@@ -305,9 +320,9 @@ pub(crate) fn plan_and_warn(
         };
         let resolver = Resolver {
             lookup: &lookup,
-            label: &label,
+            label: &member_label,
             set: Some(&recipe.set),
-            models: models.len(),
+            models: members.len(),
             tensor: &item.name,
             expression: &rule.text,
             t,
@@ -320,10 +335,10 @@ pub(crate) fn plan_and_warn(
             copies_model &= op.copies_model(&args);
             if op.needs_fisher(&args) {
                 needs_fisher = true;
-                if let Some(i) = fisher_input.iter().position(Option::is_none) {
+                if let Some(pos) = (0..members.len()).find(|&p| fisher_of(members[p]).is_none()) {
                     return Err(ErrorKind::NoFisher {
                         op: call.op.clone(),
-                        model: label(i),
+                        model: member_label(pos),
                     }
                     .into());
                 }
@@ -342,29 +357,31 @@ pub(crate) fn plan_and_warn(
             });
         }
         let fisher = needs_fisher.then(|| {
-            fisher_input
+            members
                 .iter()
                 .zip(&model_names)
-                .map(|(f, name)| plan::TensorRef::new(f.expect("checked above"), name.clone()))
+                .map(|(&m, name)| {
+                    plan::TensorRef::new(fisher_of(m).expect("checked above"), name.clone())
+                })
                 .collect()
         });
         // A pipeline that gives the fine-tune's tensor unchanged copies it, so that it
         // is its exact bits (θ_b + (θ_1 − θ_b) need not be θ_1 in float32).
         let producer = if copies_model {
             plan::Producer::Copy {
-                from: operand(1, &model_names[0], permuted),
+                from: operand(input_index(members[0]), &model_names[0], permuted),
                 scale: 1.0,
             }
         } else {
             plan::Producer::Pipeline(plan::Pipeline {
                 expression: rule_index,
                 base: base_ref,
-                models: (0..models.len())
-                    .map(|i| operand(i + 1, &model_names[i], permuted))
+                models: (members.iter().zip(&model_names))
+                    .map(|(&m, name)| operand(input_index(m), name, permuted))
                     .collect(),
                 fisher,
-                weights: (0..recipe.models.len())
-                    .map(|i| recipe.weight(i, &model_names[i]).at(t) as f32)
+                weights: (0..members.len())
+                    .map(|pos| recipe.weight_in(slice, pos, &model_names[pos]).at(t) as f32)
                     .collect(),
                 stages,
             })
@@ -484,9 +501,22 @@ pub(crate) fn plan_and_warn(
     Ok((merge_plan, opened, warnings))
 }
 
-/// Model `i`'s name for the base tensor `name` merged in slice `slice`: `name`, or its
-/// layer moved by the slice's `layers_of` offset for the model.
-fn model_tensor(recipe: &Recipe, slice: Option<usize>, i: usize, name: &str) -> String {
+/// The plan's input of a recipe input: the base is input 0, model `i` input `i + 1`.
+fn input_index(input: reefknot_recipe::SliceInput) -> usize {
+    match input {
+        reefknot_recipe::SliceInput::Base => 0,
+        reefknot_recipe::SliceInput::Model(i) => i + 1,
+    }
+}
+
+/// Input `i`'s name for the slice base's tensor `name` merged in slice `slice`: `name`,
+/// or its layer moved by the slice's `layers_of` offset for that input.
+fn model_tensor(
+    recipe: &Recipe,
+    slice: Option<usize>,
+    i: reefknot_recipe::SliceInput,
+    name: &str,
+) -> String {
     use reefknot_recipe::SliceSource;
     let Some(s) = slice.map(|s| &recipe.slices[s]) else {
         return name.to_string();
@@ -640,7 +670,7 @@ fn output_items<'c>(
     opened: &'c [Arc<Checkpoint>],
     layers: usize,
 ) -> Result<(Vec<Item<'c>>, usize), Error> {
-    use reefknot_recipe::{SliceInput, SliceSource};
+    use reefknot_recipe::SliceSource;
     let base = &opened[0];
     if recipe.slices.is_empty() {
         let items = base
@@ -659,12 +689,11 @@ fn output_items<'c>(
             .collect();
         return Ok((items, layers));
     }
+    // The input whose tensors a slice's are: the one it copies, or its base.
     let input_of = |s: &reefknot_recipe::Slice| match s.source {
-        SliceSource::Copy {
-            input: SliceInput::Model(i),
-            ..
-        } => i + 1,
-        _ => 0,
+        SliceSource::Copy { input, .. } | SliceSource::Merge { base: input, .. } => {
+            input_index(input)
+        }
     };
     let who = |input: usize| match input {
         0 => format!("base model ({})", recipe.base.display()),
@@ -742,8 +771,10 @@ fn output_items<'c>(
         let c = &opened[input];
         within(s, input, slice.start)?;
         if let SliceSource::Merge { starts, .. } = &slice.source {
-            for (&i, &start) in starts {
-                within(s, i + 1, start)?;
+            let (_, members) = recipe.merged_inputs(Some(s));
+            for m in members {
+                let start = starts.get(&m).copied().unwrap_or(slice.start);
+                within(s, input_index(m), start)?;
             }
         }
         let mut by_layer: Vec<Vec<&reefknot_io::TensorInfo>> = vec![Vec::new(); slice.len()];
@@ -903,6 +934,27 @@ fn no_effect(
         for (name, p) in &m.params {
             if unread(name, None) {
                 param(p, name, format!("params of model {}", i + 1));
+            }
+        }
+    }
+    for (s, slice) in recipe.slices.iter().enumerate() {
+        let reefknot_recipe::SliceSource::Merge { params, models, .. } = &slice.source else {
+            continue;
+        };
+        for (name, p) in params {
+            if unread(name, None) {
+                param(p, name, format!("params of slice {}", s + 1));
+            }
+        }
+        for (k, m) in models.iter().flatten().enumerate() {
+            for (name, p) in &m.params {
+                if unread(name, None) {
+                    param(
+                        p,
+                        name,
+                        format!("params of slice {}'s model {}", s + 1, k + 1),
+                    );
+                }
             }
         }
     }
@@ -1087,27 +1139,47 @@ fn compile_rules(recipe: &Recipe, registry: &Registry) -> Result<Vec<Rule>, Erro
         }
     }
     // Weights that no expression reads would silently change nothing.
+    let shown = |w: &reefknot_recipe::Weight| match w {
+        reefknot_recipe::Weight::Number(reefknot_recipe::Number::Scalar(x)) => {
+            reefknot_lang::spec::format_number(*x)
+        }
+        reefknot_recipe::Weight::Number(reefknot_recipe::Number::Gradient(v)) => format!("{v:?}"),
+        reefknot_recipe::Weight::Conditions(_) => "conditions".to_string(),
+    };
+    let in_slices = recipe.slices.iter().enumerate().find_map(|(s, slice)| {
+        let reefknot_recipe::SliceSource::Merge {
+            models: Some(ms), ..
+        } = &slice.source
+        else {
+            return None;
+        };
+        ms.iter().find_map(|m| match &m.weight {
+            Some(w) if *w != reefknot_recipe::Weight::ONE => Some(format!(
+                "slice {} gives a model `weight: {}`",
+                s + 1,
+                shown(w)
+            )),
+            _ => None,
+        })
+    });
     let weighted = recipe
         .models
         .iter()
-        .position(|m| m.weight != reefknot_recipe::Weight::ONE);
-    if let Some(i) = weighted {
+        .position(|m| m.weight != reefknot_recipe::Weight::ONE)
+        .map(|i| {
+            format!(
+                "model {} ({}) has `weight: {}`",
+                i + 1,
+                recipe.models[i].path.display(),
+                shown(&recipe.models[i].weight)
+            )
+        })
+        .or(in_slices);
+    if let Some(given) = weighted {
         if !rules
             .iter()
             .any(|r| reefknot_lang::reads_weights(&r.pipeline))
         {
-            let given = format!(
-                "model {} ({}) has `weight: {}`",
-                i + 1,
-                recipe.models[i].path.display(),
-                match &recipe.models[i].weight {
-                    reefknot_recipe::Weight::Number(reefknot_recipe::Number::Scalar(x)) =>
-                        reefknot_lang::spec::format_number(*x),
-                    reefknot_recipe::Weight::Number(reefknot_recipe::Number::Gradient(v)) =>
-                        format!("{v:?}"),
-                    reefknot_recipe::Weight::Conditions(_) => "conditions".to_string(),
-                }
-            );
             reefknot_lang::check_weights(&recipe.merge.text, &rules[0].pipeline, &given)
                 .map_err(|e| crate::locate(recipe, &recipe.merge, e))?;
         }

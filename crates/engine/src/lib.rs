@@ -237,18 +237,29 @@ pub fn parse_exprs(recipe: &Recipe) -> Result<Vec<String>, Error> {
 }
 
 /// Compiles one of the recipe's expressions, pointing errors into the recipe file. The
-/// expression must take the recipe's number of models, unless the recipe merges no
-/// tensor (every slice copies its layers: the expression is never run).
+/// expression must take the number of models each merged tensor has: the recipe's, or,
+/// with slices, each merged slice's (none when every slice copies its layers: the
+/// expression is never run).
 pub fn compile_expr(recipe: &Recipe, expr: &Expr, registry: &Registry) -> Result<Pipeline, Error> {
-    let merges = recipe.slices.is_empty()
-        || recipe
-            .slices
-            .iter()
-            .any(|s| matches!(s.source, reefknot_recipe::SliceSource::Merge { .. }));
+    // How many fine-tunes a merged tensor has: the recipe's models, or, with slices,
+    // each merged slice's.
+    let counts: Vec<usize> = if recipe.slices.is_empty() {
+        vec![recipe.models.len()]
+    } else {
+        (0..recipe.slices.len())
+            .filter(|&s| {
+                matches!(
+                    recipe.slices[s].source,
+                    reefknot_recipe::SliceSource::Merge { .. }
+                )
+            })
+            .map(|s| recipe.merged_inputs(Some(s)).1.len())
+            .collect()
+    };
     reefknot_lang::compile(&expr.text, registry)
         .and_then(|p| {
-            if merges {
-                reefknot_lang::check_models(&expr.text, &p, recipe.models.len())?;
+            for &n in &counts {
+                reefknot_lang::check_models(&expr.text, &p, n)?;
             }
             Ok(p)
         })

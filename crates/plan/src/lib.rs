@@ -523,8 +523,9 @@ impl MergePlan {
 
     /// Checks what the plan alone can tell: the format, every input, expression and
     /// shard index in range, shards in output order, unique output names, and every
-    /// pipeline over the same number of models with one weight (and one Fisher tensor,
-    /// if any) per model.
+    /// pipeline over at least one model with one weight (and one Fisher tensor, if any)
+    /// per model. Pipelines may merge different numbers of models (a recipe's slices
+    /// over other models).
     pub fn validate(&self) -> Result<(), PlanError> {
         let bad = |m: String| Err(PlanError::Inconsistent(m));
         if self.format != FORMAT {
@@ -589,7 +590,6 @@ impl MergePlan {
             return bad("the output has tensors but no shard".into());
         }
         let mut names = std::collections::HashSet::with_capacity(self.tensors.len());
-        let mut models = None;
         let mut last_shard = 0;
         for t in &self.tensors {
             if !names.insert(t.name.as_str()) {
@@ -630,13 +630,6 @@ impl MergePlan {
                     let n = p.models.len();
                     if n == 0 {
                         return bad(format!("tensor `{}`: a pipeline needs models", t.name));
-                    }
-                    if *models.get_or_insert(n) != n {
-                        return bad(format!(
-                            "tensor `{}` merges {n} models, other tensors {}",
-                            t.name,
-                            models.unwrap_or(0)
-                        ));
                     }
                     if p.weights.len() != n || p.weights.iter().any(|w| !w.is_finite()) {
                         return bad(format!(
@@ -710,15 +703,21 @@ impl MergePlan {
         Ok(())
     }
 
-    /// The number of models the plan's pipelines merge (0 when it has none).
+    /// The number of fine-tunes the plan merges: its inputs of role
+    /// [`Role::Model`] (0 when no tensor is merged). Each pipeline merges all of them,
+    /// or, in a recipe's slice over other models, some of them.
     pub fn models(&self) -> usize {
-        self.tensors
+        let merges = self
+            .tensors
             .iter()
-            .find_map(|t| match &t.producer {
-                Producer::Pipeline(p) => Some(p.models.len()),
-                Producer::Copy { .. } => None,
-            })
-            .unwrap_or(0)
+            .any(|t| matches!(t.producer, Producer::Pipeline(_)));
+        if !merges {
+            return 0;
+        }
+        self.inputs
+            .iter()
+            .filter(|i| matches!(i.role, Role::Model { .. }))
+            .count()
     }
 
     /// The plugin namespaces its stages use (`tall` for `tall::consensus`), each once,

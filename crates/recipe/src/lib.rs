@@ -222,8 +222,9 @@ pub struct Override {
     pub loc: Loc,
 }
 
-/// An input of the recipe that a slice copies layers from (`from:`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// An input of the recipe that a slice copies layers from (`from:`), or that a merged
+/// slice takes as its base or merges (`base:`, `models:`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SliceInput {
     /// `from: base` (or the base's path).
     Base,
@@ -244,16 +245,36 @@ pub enum SliceSource {
         /// Where the `from` value is written.
         loc: Loc,
     },
-    /// No `from`: each output layer merges the base's and every model's layer by the
-    /// recipe's expression (and overrides), with the slice's `params` between the
+    /// No `from`: each output layer merges the slice's base's layer with the same
+    /// layer of each of its models (by default the recipe's base and every model) by
+    /// the recipe's expression (and overrides), with the slice's `params` between the
     /// overrides' and the recipe's.
     Merge {
         /// Values for `$variables` in this slice.
         params: Params,
-        /// Models whose layers start elsewhere than the base's (`layers_of:`), by index
-        /// in `models:`, with their first layer; the run has the slice's length.
-        starts: BTreeMap<usize, usize>,
+        /// The inputs whose layers start elsewhere than the base's (`layers_of:`), with
+        /// their first layer; the run has the slice's length.
+        starts: BTreeMap<SliceInput, usize>,
+        /// The slice's base (`base:`): the recipe's unless it names a model.
+        base: SliceInput,
+        /// The fine-tunes the slice merges (`models:`), in order, with their values
+        /// for this slice; `None`: every model of the recipe, with its own.
+        models: Option<Vec<SliceModel>>,
     },
+}
+
+/// A fine-tune as a merged slice lists it (`models:` of a slice).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SliceModel {
+    /// The input: a model of the recipe's `models:`, or its base when the slice's base
+    /// is a model.
+    pub input: SliceInput,
+    /// Its weight in this slice; `None`: its `weight` in `models:` (1.0 for the base).
+    pub weight: Option<Weight>,
+    /// Its values for `$variables` in this slice, before its own `params`.
+    pub params: Params,
+    /// Where its path is written.
+    pub loc: Loc,
 }
 
 /// One entry of `slices:`: a run of the output's layers, taken from input layers
@@ -430,7 +451,15 @@ impl Recipe {
         globs.extend(condition_globs(&parts.params));
         for s in &parts.slices {
             match &s.source {
-                SliceSource::Merge { params, .. } => globs.extend(condition_globs(params)),
+                SliceSource::Merge { params, models, .. } => {
+                    globs.extend(condition_globs(params));
+                    for m in models.iter().flatten() {
+                        globs.extend(condition_globs(&m.params));
+                        if let Some(Weight::Conditions(c)) = &m.weight {
+                            globs.extend(c.iter().filter_map(|c| c.glob.as_deref()));
+                        }
+                    }
+                }
                 SliceSource::Copy {
                     scale: Weight::Conditions(c),
                     ..
@@ -533,9 +562,13 @@ impl Recipe {
 
     /// As [`Recipe::param`], for output tensor `tensor` of slice `slice` (an index
     /// into [`Recipe::slices`]), made of the models' tensor `input` (another layer's,
-    /// in a layer stack): a merged slice's `params` come after the override's and
-    /// before the recipe's, and the model's own conditions see the model's name for
-    /// the tensor (as mergekit matches a model's filters), the others the output's.
+    /// in a layer stack). `model` is the fine-tune's place among those the slice
+    /// merges ([`Recipe::merged_inputs`]; without slices, or in a slice without
+    /// `models:`, its index in `models:`). Its values in the slice's `models:` come
+    /// first, then its own `params`; a merged slice's `params` come after the
+    /// override's and before the recipe's. The model's own conditions (in the slice
+    /// and in `models:`) see the model's name for the tensor (as mergekit matches a
+    /// model's filters), the others the output's.
     pub fn param_in(
         &self,
         name: &str,
@@ -548,9 +581,15 @@ impl Recipe {
         if let Some(p) = self.set.get(name) {
             return Some(&p.value);
         }
-        let from_model = model
-            .and_then(|m| self.models.get(m))
-            .and_then(|m| m.params.get(name));
+        let (listed, of) = match model {
+            Some(m) => self.member(slice, m),
+            None => (None, None),
+        };
+        let from_listed = listed.and_then(|l| l.params.get(name));
+        let from_model = match of {
+            Some(SliceInput::Model(m)) => self.models.get(m).and_then(|m| m.params.get(name)),
+            _ => None,
+        };
         let from_override = index
             .and_then(|i| self.overrides.get(i))
             .and_then(|o| o.params.get(name));
@@ -560,14 +599,54 @@ impl Recipe {
                 SliceSource::Merge { params, .. } => params.get(name),
                 SliceSource::Copy { .. } => None,
             });
-        from_model
-            .and_then(|p| self.on_tensor(&p.value, input))
+        [from_listed, from_model]
+            .into_iter()
+            .flatten()
+            .find_map(|p| self.on_tensor(&p.value, input))
             .or_else(|| {
                 [from_override, from_slice, self.params.get(name)]
                     .into_iter()
                     .flatten()
                     .find_map(|p| self.on_tensor(&p.value, tensor))
             })
+    }
+
+    /// The inputs a tensor merged in slice `slice` is made of (`None`: a recipe without
+    /// slices): the slice's base and the fine-tunes it merges, in order. Without
+    /// slices, or for a slice without `base:` and `models:`, the recipe's base and
+    /// every model.
+    pub fn merged_inputs(&self, slice: Option<usize>) -> (SliceInput, Vec<SliceInput>) {
+        let every = || (0..self.models.len()).map(SliceInput::Model).collect();
+        match slice.and_then(|s| self.slices.get(s)).map(|s| &s.source) {
+            Some(SliceSource::Merge { base, models, .. }) => (
+                *base,
+                models
+                    .as_ref()
+                    .map_or_else(every, |ms| ms.iter().map(|m| m.input).collect()),
+            ),
+            _ => (SliceInput::Base, every()),
+        }
+    }
+
+    /// The `models:` entry of slice `slice` for its `model`-th fine-tune, if the slice
+    /// lists them, and the input that fine-tune is (`None`: no such fine-tune).
+    fn member(
+        &self,
+        slice: Option<usize>,
+        model: usize,
+    ) -> (Option<&SliceModel>, Option<SliceInput>) {
+        match slice.and_then(|s| self.slices.get(s)).map(|s| &s.source) {
+            Some(SliceSource::Merge {
+                models: Some(ms), ..
+            }) => {
+                let listed = ms.get(model);
+                (listed, listed.map(|l| l.input))
+            }
+            _ => (
+                None,
+                (model < self.models.len()).then_some(SliceInput::Model(model)),
+            ),
+        }
     }
 
     /// `value` on `tensor`: itself, or the value of its first condition that matches.
@@ -589,6 +668,23 @@ impl Recipe {
     /// of its conditions that matches the tensor (1.0 where none does).
     pub fn weight(&self, model: usize, tensor: &str) -> &Number {
         self.on_tensor_or_one(&self.models[model].weight, tensor)
+    }
+
+    /// The weight of the `model`-th fine-tune slice `slice` merges (as in
+    /// [`Recipe::param_in`]) on its tensor `tensor`: its weight in the slice's
+    /// `models:`, else its `weight` in `models:` (1.0 for the base), on that tensor.
+    pub fn weight_in(&self, slice: Option<usize>, model: usize, tensor: &str) -> &Number {
+        const ONE: Number = Number::Scalar(1.0);
+        match self.member(slice, model) {
+            (
+                Some(SliceModel {
+                    weight: Some(w), ..
+                }),
+                _,
+            ) => self.on_tensor_or_one(w, tensor),
+            (_, Some(SliceInput::Model(m))) => self.weight(m, tensor),
+            _ => &ONE,
+        }
     }
 
     /// A weight or a copied slice's `scale` on `tensor` (1.0 where no condition holds):

@@ -707,6 +707,9 @@ enum Sliced<'n> {
     Merged(Slice<'n>, Vec<Stacked>),
     /// A stack of copied layer ranges.
     Stack(Vec<Copied<'n>>),
+    /// A stack of merged layer ranges whose slices differ in their models, base or
+    /// per-model values: each slice as read, with its layers.
+    Varied(Vec<(RawSlice<'n>, Stacked)>),
 }
 
 /// The keys of a slice.
@@ -1208,6 +1211,19 @@ impl<'a> Translator<'a> {
                     self.stacked = stacked;
                     slice
                 }
+                Sliced::Varied(slices) => {
+                    if get("base_model").is_some() && base.is_none() {
+                        return None;
+                    }
+                    return self.varied_recipe(
+                        method,
+                        base.as_ref(),
+                        &top,
+                        &slices,
+                        output_dtype,
+                        file_name,
+                    );
+                }
                 Sliced::Stack(stack) => {
                     let sources: Vec<Entry> = stack
                         .iter()
@@ -1364,18 +1380,15 @@ impl<'a> Translator<'a> {
         }))
     }
 
-    /// Slices that each merge the same models, every source of a slice over the same
-    /// layers: a recipe with merged `slices:`. The models' own values must be the same
-    /// in every slice; a slice's `parameters` may give the method's global values
-    /// (`t`, `lambda`, ...), which reefknot's slice `params` hold.
+    /// Slices that each merge the same models (in the same order, with the same
+    /// per-model values and base), differing at most in the method's global numbers:
+    /// a recipe with merged `slices:` that hold those values in their `params`. Other
+    /// stacks ([`Sliced::Varied`]) give each slice its own `base` and `models`.
     fn merged_stack<'n>(&mut self, raw: Vec<RawSlice<'n>>, method: &Method) -> Option<Sliced<'n>> {
-        let not_yet = "in a stack of merged slices, every slice merges the same models with the \
-                       same per-model values; only global values may differ";
-        let mut stacked = Vec::with_capacity(raw.len());
-        let first_models: Vec<String> = raw[0]
+        let first_models: Vec<&str> = raw[0]
             .sources
             .iter()
-            .map(|(e, ..)| e.model.clone())
+            .map(|(e, ..)| e.model.as_str())
             .collect();
         let same_params = |a: &Entry, b: &Entry| {
             a.params.len() == b.params.len()
@@ -1384,6 +1397,27 @@ impl<'a> Translator<'a> {
                     .zip(&b.params)
                     .all(|(x, y)| x.0 == y.0 && x.2.val == y.2.val)
         };
+        let global_number = |name: &str, g: &Given| {
+            method.globals.iter().any(|d| d.name == name)
+                && !matches!(g.val, Val::Bool(_) | Val::Str(_))
+                && !matches!(&g.val, Val::Cond(es) if es.iter().any(|(_, v)| matches!(v, Val::Bool(_) | Val::Str(_))))
+        };
+        let varied = raw.iter().any(|slice| {
+            let models: Vec<&str> = slice
+                .sources
+                .iter()
+                .map(|(e, ..)| e.model.as_str())
+                .collect();
+            models != first_models
+                || slice.base.as_ref().map(|b| &b.0) != raw[0].base.as_ref().map(|b| &b.0)
+                || slice
+                    .sources
+                    .iter()
+                    .zip(&raw[0].sources)
+                    .any(|((x, ..), (y, ..))| !same_params(x, y))
+                || slice.params.iter().any(|(n, _, g)| !global_number(n, g))
+        });
+        let mut stacked = Vec::with_capacity(raw.len());
         for slice in &raw {
             let (_, a, b, rloc) = &slice.sources[0];
             if let Some((_, x, y, loc)) = slice.sources.iter().find(|(_, x, y, _)| y - x != b - a) {
@@ -1395,14 +1429,23 @@ impl<'a> Translator<'a> {
                 );
                 return None;
             }
-            if let Some((_, x, y, loc)) = slice.sources.iter().find(|(_, x, y, _)| *x < 0 || y < x)
+            if let Some((_, x, y, loc)) = slice
+                .sources
+                .iter()
+                .find(|(_, x, y, _)| *x < 0 || y < x || usize::try_from(*y).is_err())
             {
-                self.reject(
-                    ErrorKind::InvalidValue,
-                    *loc,
-                    format!("`layer_range: [{x}, {y}]` is not a range of layers"),
-                    "not a range",
-                );
+                let (message, label) = if *x < 0 || y < x {
+                    (
+                        format!("`layer_range: [{x}, {y}]` is not a range of layers"),
+                        "not a range",
+                    )
+                } else {
+                    (
+                        format!("`layer_range: [{x}, {y}]` is too large"),
+                        "too large",
+                    )
+                };
+                self.reject(ErrorKind::InvalidValue, *loc, message, label);
                 return None;
             }
             if *a < 0 || b < a {
@@ -1414,43 +1457,6 @@ impl<'a> Translator<'a> {
                 );
                 return None;
             }
-            let models: Vec<&str> = slice
-                .sources
-                .iter()
-                .map(|(e, ..)| e.model.as_str())
-                .collect();
-            let differs = models != first_models.iter().map(String::as_str).collect::<Vec<_>>()
-                || slice.base.as_ref().map(|b| &b.0) != raw[0].base.as_ref().map(|b| &b.0)
-                || slice
-                    .sources
-                    .iter()
-                    .zip(&raw[0].sources)
-                    .any(|((x, ..), (y, ..))| !same_params(x, y));
-            if differs {
-                self.unsupported(
-                    slice.sources[0].0.loc,
-                    format!("this slice's models, base_model or per-model values are not the first slice's: {not_yet}"),
-                    "other models or values",
-                    "give every slice the same sources (in the same order) and per-model `parameters`",
-                );
-                return None;
-            }
-            let mut params = Vec::new();
-            for (name, loc, g) in &slice.params {
-                let global = method.globals.iter().any(|d| d.name == *name);
-                let numeric = !matches!(g.val, Val::Bool(_) | Val::Str(_))
-                    && !matches!(&g.val, Val::Cond(es) if es.iter().any(|(_, v)| matches!(v, Val::Bool(_) | Val::Str(_))));
-                if !global || !numeric {
-                    self.unsupported(
-                        *loc,
-                        format!("`{name}` in a slice's `parameters`: {not_yet}, and as numbers"),
-                        "a per-slice value",
-                        "give it in the top-level `parameters` or under the models",
-                    );
-                    return None;
-                }
-                params.push((name.to_string(), g.val.clone()));
-            }
             let (Ok(start), Ok(end)) = (usize::try_from(*a), usize::try_from(*b)) else {
                 self.reject(
                     ErrorKind::InvalidValue,
@@ -1460,6 +1466,11 @@ impl<'a> Translator<'a> {
                 );
                 return None;
             };
+            let params = slice
+                .params
+                .iter()
+                .map(|(name, _, g)| (name.to_string(), g.val.clone()))
+                .collect();
             let starts = slice
                 .sources
                 .iter()
@@ -1471,6 +1482,9 @@ impl<'a> Translator<'a> {
                 params,
                 starts,
             });
+        }
+        if varied {
+            return Some(Sliced::Varied(raw.into_iter().zip(stacked).collect()));
         }
         let first = raw.into_iter().next().expect("a slice");
         Some(Sliced::Merged(
@@ -2020,6 +2034,257 @@ impl<'a> Translator<'a> {
         dtype: Option<&str>,
         file_name: &str,
     ) -> Option<String> {
+        let built = self.build(method, base.as_ref(), entries, top, false)?;
+        let mut out = self.header(file_name, method);
+        self.write_model(&mut out, &built.base, "base", "base_lora");
+        out.push_str("models:\n");
+        for (i, m) in built.models.iter().enumerate() {
+            self.write_model(&mut out, m, "  - path", "    lora");
+            if let Some(w) = built.weights.get(i).and_then(Option::as_ref) {
+                if *w != Val::Num(1.0) {
+                    let _ = writeln!(out, "    weight: {}", w.yaml());
+                }
+            }
+            let params = built.params_of(i);
+            if !params.is_empty() {
+                let _ = writeln!(out, "    params: {{ {} }}", params.join(", "));
+            }
+        }
+        if !built.values.all.is_empty() {
+            out.push_str("params:\n");
+            for (name, v) in &built.values.all {
+                let _ = writeln!(out, "  {name}: {}", v.yaml());
+            }
+        }
+        let _ = writeln!(out, "merge: {}", built.expr);
+        if !self.stacked.is_empty() {
+            out.push_str("slices:\n");
+            let stacked = std::mem::take(&mut self.stacked);
+            for s in &stacked {
+                let base_loc = base.as_ref().map_or(entries[0].loc, |(_, l)| *l);
+                let base_start = self.base_start(s, &built.base, base_loc)?;
+                let _ = writeln!(
+                    out,
+                    "  - layers: {base_start}..{}",
+                    base_start + s.end - s.start
+                );
+                self.write_layers_of(&mut out, s, base_start, &built.models, &built.base);
+                if !s.params.is_empty() {
+                    out.push_str("    params:\n");
+                    for (name, v) in &s.params {
+                        let _ = writeln!(out, "      {name}: {}", v.yaml());
+                    }
+                }
+            }
+        }
+        self.write_tokenizer(&mut out);
+        if let Some(d) = dtype {
+            let _ = writeln!(out, "dtype: {d}");
+        }
+        Some(out)
+    }
+
+    /// A stack of merged slices that differ in their models, base or per-model values:
+    /// each slice is translated as a merge of its own (its `base_model` or the
+    /// configuration's, its `parameters` before the top-level ones), every value a
+    /// `$variable`, and all must give the same expression. The recipe's base is the
+    /// configuration's `base_model` (else the first slice's base), its `models:` every
+    /// other input, and each slice names its `base` (where it is another) and its
+    /// `models` with their values.
+    fn varied_recipe(
+        &mut self,
+        method: &Method,
+        base: Option<&(String, Loc)>,
+        top: &[(&str, Loc, Given)],
+        slices: &[(RawSlice, Stacked)],
+        dtype: Option<&str>,
+        file_name: &str,
+    ) -> Option<String> {
+        let mut built: Vec<Built> = Vec::with_capacity(slices.len());
+        for (raw, _) in slices {
+            // mergekit keys a slice's inputs by model reference.
+            let mut entries: Vec<Entry> = Vec::with_capacity(raw.sources.len());
+            for (e, ..) in &raw.sources {
+                match entries.iter().find(|u| u.model == e.model) {
+                    Some(first) => {
+                        let line = first.loc.line;
+                        self.warn(
+                            e.loc,
+                            format!("`{}` is listed twice in this slice: mergekit merges it once, with the parameters of its first entry (line {line})", e.model),
+                            "listed again",
+                            Some("remove this entry".into()),
+                        );
+                    }
+                    None => entries.push(Entry {
+                        model: e.model.clone(),
+                        loc: e.loc,
+                        params: e.params.clone(),
+                    }),
+                }
+            }
+            let own_top = layered(raw.params.clone(), top.to_vec());
+            self.check_names(method, &own_top, &entries);
+            let own_base = raw.base.as_ref().or(base);
+            built.push(self.build(method, own_base, &entries, &own_top, true)?);
+        }
+        if let Some(k) = built.iter().position(|b| b.expr != built[0].expr) {
+            self.unsupported(
+                slices[k].0.sources[0].0.loc,
+                format!(
+                    "this slice merges by `{}`, the first slice by `{}`: a reefknot recipe merges every slice by one expression",
+                    built[k].expr, built[0].expr
+                ),
+                "another merge",
+                "give every slice the same options of the method (`normalize`, `rescale`, ...), and a base_model to all or none",
+            );
+            return None;
+        }
+        let recipe_base = base.map_or_else(|| built[0].base.clone(), |(b, _)| b.clone());
+        let mut models: Vec<String> = Vec::new();
+        for b in &built {
+            for m in std::iter::once(&b.base).chain(&b.models) {
+                if *m != recipe_base && !models.contains(m) {
+                    models.push(m.clone());
+                }
+            }
+        }
+        let named = |t: &Self, m: &str| {
+            if m == recipe_base {
+                "base".to_string()
+            } else {
+                quote(&t.local(split_ref(m).0))
+            }
+        };
+        let mut out = self.header(file_name, method);
+        self.write_model(&mut out, &recipe_base, "base", "base_lora");
+        out.push_str("models:\n");
+        for m in &models {
+            self.write_model(&mut out, m, "  - path", "    lora");
+        }
+        let _ = writeln!(out, "merge: {}", built[0].expr);
+        out.push_str("slices:\n");
+        for ((raw, st), b) in slices.iter().zip(&built) {
+            let base_loc = raw
+                .base
+                .as_ref()
+                .or(base)
+                .map_or(raw.sources[0].0.loc, |(_, l)| *l);
+            let base_start = self.base_start(st, &b.base, base_loc)?;
+            let _ = writeln!(
+                out,
+                "  - layers: {base_start}..{}",
+                base_start + st.end - st.start
+            );
+            if b.base != recipe_base {
+                let _ = writeln!(out, "    base: {}", named(self, &b.base));
+            }
+            out.push_str("    models:\n");
+            for (i, m) in b.models.iter().enumerate() {
+                let _ = writeln!(out, "      - path: {}", named(self, m));
+                if let Some(w) = b.weights.get(i).and_then(Option::as_ref) {
+                    if *w != Val::Num(1.0) {
+                        let _ = writeln!(out, "        weight: {}", w.yaml());
+                    }
+                }
+                let params = b.params_of(i);
+                if !params.is_empty() {
+                    let _ = writeln!(out, "        params: {{ {} }}", params.join(", "));
+                }
+            }
+            self.write_layers_of(&mut out, st, base_start, &b.models, &recipe_base);
+            if !b.values.all.is_empty() {
+                out.push_str("    params:\n");
+                for (name, v) in &b.values.all {
+                    let _ = writeln!(out, "      {name}: {}", v.yaml());
+                }
+            }
+        }
+        self.write_tokenizer(&mut out);
+        if let Some(d) = dtype {
+            let _ = writeln!(out, "dtype: {d}");
+        }
+        Some(out)
+    }
+
+    /// The first line of a recipe `reefknot convert` writes.
+    fn header(&self, file_name: &str, method: &Method) -> String {
+        let file_name: String = file_name
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        format!(
+            "# The mergekit configuration {file_name} (merge_method: {}) as a reefknot recipe,\n\
+             # written by `reefknot convert`. Relative paths resolve against the configuration's\n\
+             # folder.\n",
+            method.name
+        )
+    }
+
+    /// The base's first layer in slice `s` of a merged stack: the slice's, or, where
+    /// its sources take other layers, the base's own source's.
+    fn base_start(&mut self, s: &Stacked, base: &str, base_loc: Loc) -> Option<usize> {
+        let start_of = |m: &str| s.starts.iter().find(|(x, _)| x == m).map(|(_, a)| *a);
+        let differ = s.starts.iter().any(|(_, a)| *a != s.start);
+        match start_of(base) {
+            Some(a) => Some(a),
+            None if !differ => Some(s.start),
+            None => {
+                self.reject(
+                    ErrorKind::InvalidValue,
+                    base_loc,
+                    "the sources of a slice take different layers, and the base model is not one of them: which of its layers would the slice merge?".into(),
+                    "not among the slice's sources",
+                );
+                None
+            }
+        }
+    }
+
+    /// A merged slice's `layers_of`: the models among `models` whose source in slice
+    /// `s` takes other layers than the base's.
+    /// `recipe_base` (the recipe's base, one of them in a slice whose base is a model)
+    /// is written `base`.
+    fn write_layers_of(
+        &self,
+        out: &mut String,
+        s: &Stacked,
+        base_start: usize,
+        models: &[String],
+        recipe_base: &str,
+    ) {
+        let len = s.end - s.start;
+        let moved: Vec<String> = models
+            .iter()
+            .filter_map(|m| {
+                let a = s.starts.iter().find(|(x, _)| x == m).map(|(_, a)| *a)?;
+                (a != base_start).then(|| {
+                    let path = if m == recipe_base {
+                        "base".to_string()
+                    } else {
+                        quote(&self.local(split_ref(m).0))
+                    };
+                    format!("{path}: {a}..{}", a + len)
+                })
+            })
+            .collect();
+        if !moved.is_empty() {
+            let _ = writeln!(out, "    layers_of: {{ {} }}", moved.join(", "));
+        }
+    }
+
+    /// The merge of `entries` (with the configuration's `base` and `top`-level values)
+    /// as a reefknot expression with its values. `vary`: every value is a
+    /// `$variable` and no stage is left out for its value (a stack whose slices each
+    /// give their own values, but must share the expression).
+    fn build(
+        &mut self,
+        method: &Method,
+        base: Option<&(String, Loc)>,
+        entries: &[Entry],
+        top: &[(&str, Loc, Given)],
+        vary: bool,
+    ) -> Option<Built> {
+        let base = base.cloned();
         let top_get = |name: &str| top.iter().find(|(n, _, _)| *n == name).map(|(_, _, g)| g);
         let base_index = base
             .as_ref()
@@ -2194,7 +2459,10 @@ impl<'a> Translator<'a> {
             resolve(&[top_get(name)], d.into())
         };
 
-        let mut recipe = Builder::default();
+        let mut recipe = Builder {
+            vary,
+            ..Builder::default()
+        };
         let flag_of = |t: &mut Translator, name: &str| -> bool {
             match global(name) {
                 Some(Val::Bool(b)) => b,
@@ -2251,7 +2519,7 @@ impl<'a> Translator<'a> {
                 let l1 = |on: bool| if on { ", rescale=l1" } else { "" };
                 match sparsifier {
                     Sparsifier::None => {}
-                    _ if all_one && sparsifier != Sparsifier::MagnitudeOutliers => {}
+                    _ if all_one && !vary && sparsifier != Sparsifier::MagnitudeOutliers => {}
                     Sparsifier::Magnitude => {
                         let k = self.clamped(&densities, models.as_slice(), "density", &ok);
                         let k = recipe.per_model(self, "density", k)?;
@@ -2448,94 +2716,13 @@ impl<'a> Translator<'a> {
         if !ok.get() {
             return None;
         }
-
-        // The text.
-        let file_name: String = file_name
-            .chars()
-            .map(|c| if c.is_control() { '?' } else { c })
-            .collect();
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# The mergekit configuration {file_name} (merge_method: {}) as a reefknot recipe,\n\
-             # written by `reefknot convert`. Relative paths resolve against the configuration's\n\
-             # folder.",
-            method.name
-        );
-        self.write_model(&mut out, &reef_base, "base", "base_lora");
-        out.push_str("models:\n");
-        for (i, e) in models.iter().enumerate() {
-            self.write_model(&mut out, &e.model, "  - path", "    lora");
-            if let Some(Some(w)) = weights.as_ref().map(|w| &w[i]) {
-                if *w != Val::Num(1.0) {
-                    let _ = writeln!(out, "    weight: {}", w.yaml());
-                }
-            }
-            let params: Vec<String> = recipe
-                .each
-                .iter()
-                .map(|(name, vals)| format!("{name}: {}", vals[i].yaml()))
-                .collect();
-            if !params.is_empty() {
-                let _ = writeln!(out, "    params: {{ {} }}", params.join(", "));
-            }
-        }
-        if !recipe.all.is_empty() {
-            out.push_str("params:\n");
-            for (name, v) in &recipe.all {
-                let _ = writeln!(out, "  {name}: {}", v.yaml());
-            }
-        }
-        let _ = writeln!(out, "merge: {expr}");
-        if !self.stacked.is_empty() {
-            out.push_str("slices:\n");
-            for s in &self.stacked {
-                // The base's layers are the slice's; a model that takes others is placed
-                // by `layers_of`.
-                let len = s.end - s.start;
-                let start_of = |m: &str| s.starts.iter().find(|(x, _)| x == m).map(|(_, a)| *a);
-                let differ = s.starts.iter().any(|(_, a)| *a != s.start);
-                let base_start = match start_of(&reef_base) {
-                    Some(a) => a,
-                    None if !differ => s.start,
-                    None => {
-                        let loc = base.as_ref().map_or(entries[0].loc, |(_, l)| *l);
-                        self.reject(
-                            ErrorKind::InvalidValue,
-                            loc,
-                            "the sources of a slice take different layers, and the base model is not one of them: which of its layers would the slice merge?".into(),
-                            "not among the slice's sources",
-                        );
-                        return None;
-                    }
-                };
-                let _ = writeln!(out, "  - layers: {base_start}..{}", base_start + len);
-                let moved: Vec<String> = models
-                    .iter()
-                    .filter_map(|e| {
-                        let a = start_of(&e.model)?;
-                        (a != base_start).then(|| {
-                            let path = quote(&self.local(split_ref(&e.model).0));
-                            format!("{path}: {a}..{}", a + len)
-                        })
-                    })
-                    .collect();
-                if !moved.is_empty() {
-                    let _ = writeln!(out, "    layers_of: {{ {} }}", moved.join(", "));
-                }
-                if !s.params.is_empty() {
-                    out.push_str("    params:\n");
-                    for (name, v) in &s.params {
-                        let _ = writeln!(out, "      {name}: {}", v.yaml());
-                    }
-                }
-            }
-        }
-        self.write_tokenizer(&mut out);
-        if let Some(d) = dtype {
-            let _ = writeln!(out, "dtype: {d}");
-        }
-        Some(out)
+        Some(Built {
+            base: reef_base,
+            models: models.iter().map(|e| e.model.clone()).collect(),
+            weights: weights.unwrap_or_default(),
+            values: recipe,
+            expr,
+        })
     }
 
     /// A required global's text, or an error.
@@ -2641,6 +2828,33 @@ struct Builder {
     all: Vec<(String, Val)>,
     /// Per-model values, one per model.
     each: Vec<(String, Vec<Val>)>,
+    /// Every value is a `$variable`, even a number all models share.
+    vary: bool,
+}
+
+/// A merge as [`Translator::build`] makes it.
+struct Built {
+    /// The reefknot base: mergekit's `base_model`, or the first model without one.
+    base: String,
+    /// The fine-tunes, as mergekit references them.
+    models: Vec<String>,
+    /// Each fine-tune's weight (none: the method reads no weight).
+    weights: Vec<Option<Val>>,
+    /// The `$variables` the expression reads.
+    values: Builder,
+    /// The expression.
+    expr: String,
+}
+
+impl Built {
+    /// Fine-tune `i`'s values for `$variables`, as `name: value` texts.
+    fn params_of(&self, i: usize) -> Vec<String> {
+        self.values
+            .each
+            .iter()
+            .map(|(name, vals)| format!("{name}: {}", vals[i].yaml()))
+            .collect()
+    }
 }
 
 impl Builder {
@@ -2654,8 +2868,8 @@ impl Builder {
         loc: Option<Loc>,
     ) -> Option<String> {
         match v {
-            Val::Num(x) => Some(fmt_num(x)),
-            Val::Grad(_) | Val::Cond(_) => {
+            Val::Num(x) if !self.vary => Some(fmt_num(x)),
+            Val::Num(_) | Val::Grad(_) | Val::Cond(_) => {
                 self.all.push((name.to_string(), v));
                 Some(format!("${name}"))
             }
@@ -2694,7 +2908,7 @@ impl Builder {
             return None;
         }
         let first = vals.first()?.clone();
-        if vals.iter().all(|v| *v == first) {
+        if !self.vary && vals.iter().all(|v| *v == first) {
             return self.global(t, name, first, None);
         }
         self.each.push((name.to_string(), vals));

@@ -12,7 +12,7 @@ use crate::value::{Condition, Number, Param, ParamValue, Params, Weight};
 use crate::yaml::{Kind, Node};
 use crate::{
     Adapter, ChatTemplate, Loc, ModelEntry, OutputDtype, Override, Selector, Slice, SliceInput,
-    SliceSource, Sweep, Tokenizer, TokenizerSource,
+    SliceModel, SliceSource, Sweep, Tokenizer, TokenizerSource,
 };
 
 /// Everything of a recipe but its file and text.
@@ -172,7 +172,15 @@ const OVERRIDE: Schema = Schema {
 
 const SLICE: Schema = Schema {
     what: "a slice",
-    keys: &["layers", "from", "scale", "params", "layers_of"],
+    keys: &[
+        "layers",
+        "from",
+        "scale",
+        "params",
+        "layers_of",
+        "base",
+        "models",
+    ],
     hints: &[
         (
             "layer_range",
@@ -187,9 +195,9 @@ const SLICE: Schema = Schema {
         (
             "sources",
             None,
-            "a reefknot slice merges the base's `layers` with the same layers of every model \
-             (`layers_of` places the models that take others) or copies one input's (`from:`); \
-             `reefknot convert` translates mergekit's `sources`",
+            "a reefknot slice merges its `base`'s `layers` with the same layers of its \
+             `models` (`layers_of` places the models that take others) or copies one input's \
+             (`from:`); `reefknot convert` translates mergekit's `sources`",
         ),
         (
             "parameters",
@@ -201,6 +209,38 @@ const SLICE: Schema = Schema {
             None,
             "a merged slice uses the recipe's `merge` and its overrides; give it other values \
              in `params:`",
+        ),
+        (
+            "base_model",
+            Some("base"),
+            "a merged slice's own base is `base:` (`base` or a model's path)",
+        ),
+    ],
+};
+
+const SLICE_MODEL: Schema = Schema {
+    what: "a slice's model",
+    keys: &["path", "weight", "params"],
+    hints: &[
+        (
+            "model",
+            Some("path"),
+            "the model is `path:`, a path of `models:`",
+        ),
+        (
+            "parameters",
+            Some("params"),
+            "its values for `$variables` in this slice go in `params:`",
+        ),
+        (
+            "lora",
+            None,
+            "a model's adapter is given once, under the recipe's `models:`",
+        ),
+        (
+            "fisher",
+            None,
+            "a model's Fisher file is given once, under the recipe's `models:`",
         ),
     ],
 };
@@ -1191,19 +1231,22 @@ impl<'a> Checker<'a> {
         };
         let source = match f.get("from") {
             Some(n) => {
-                if let Some(p) = f.get("params") {
+                if let Some((key, p)) = ["params", "base", "models"]
+                    .into_iter()
+                    .find_map(|k| f.get(k).map(|p| (k, p)))
+                {
                     self.push(
                         RecipeError::new(
                             ErrorKind::InvalidValue,
-                            "a slice that copies an input (`from`) merges nothing, so it has no `params`",
+                            format!("a slice that copies an input (`from`) merges nothing, so it has no `{key}`"),
                         )
                         .label(p.loc, "never read")
                         .label(n.loc, "copied from here")
-                        .help("drop `from` to merge the slice's layers with these values, or drop `params`"),
+                        .help(format!("drop `from` to merge the slice's layers, or drop `{key}`")),
                     );
                     None
                 } else {
-                    let input = self.slice_input(n, base, base_lora, models);
+                    let input = self.slice_input(n, "from", base, base_lora, models);
                     match (input, scale) {
                         (Some(input), Some(scale)) => Some(SliceSource::Copy {
                             input,
@@ -1226,18 +1269,10 @@ impl<'a> Checker<'a> {
                     );
                     None
                 }
-                None => match (params, f.get("layers_of")) {
-                    (Some(params), None) => Some(SliceSource::Merge {
-                        params,
-                        starts: BTreeMap::new(),
-                    }),
-                    (Some(params), Some(n)) => {
-                        let len = range.map(|((a, b), _)| b - a);
-                        self.layers_of(n, base, base_lora, models, len)
-                            .map(|starts| SliceSource::Merge { params, starts })
-                    }
-                    (None, _) => None,
-                },
+                None => {
+                    let len = range.map(|((a, b), _)| b - a);
+                    self.merged_slice(&f, params, len, base, base_lora, models)
+                }
             },
         };
         if let (Some(n), Some(SliceSource::Copy { loc, .. })) = (f.get("layers_of"), &source) {
@@ -1261,9 +1296,183 @@ impl<'a> Checker<'a> {
         })
     }
 
-    /// A merged slice's `layers_of`: a mapping from a model's path (as `from` names it)
-    /// to the range of its layers the slice merges, as long as the slice (`len`, when
-    /// its `layers` are valid).
+    /// A merged slice (no `from`): its `base` and `models` (by default the recipe's),
+    /// its `params` (already read: `None` if they were wrong) and its `layers_of`, each
+    /// input of which must be one the slice merges.
+    fn merged_slice(
+        &mut self,
+        f: &Fields,
+        params: Option<Params>,
+        len: Option<usize>,
+        base: Option<&Path>,
+        base_lora: Option<&Adapter>,
+        models: Option<&[ModelEntry]>,
+    ) -> Option<SliceSource> {
+        let own_base = match f.get("base") {
+            Some(n) => self
+                .slice_input(n, "base", base, base_lora, models)
+                .map(|b| (b, Some(n))),
+            None => Some((SliceInput::Base, None)),
+        };
+        let listed = match f.get("models") {
+            Some(n) => self.slice_models(n, base, base_lora, models).map(Some),
+            None => Some(None),
+        };
+        let (placed, mut ok) = match f.get("layers_of") {
+            Some(n) => self.layers_of(n, base, base_lora, models, len),
+            None => (Vec::new(), true),
+        };
+        let ((own_base, base_node), listed) = (own_base?, listed?);
+        if let (Some(b), None) = (base_node, &listed) {
+            if own_base != SliceInput::Base {
+                self.push(
+                    RecipeError::new(
+                        ErrorKind::InvalidValue,
+                        "this slice's base is one of the recipe's models, so it lists the models it merges",
+                    )
+                    .label(b.loc, "a model as the base")
+                    .help("add `models:` to the slice: the fine-tunes it merges onto its base (the recipe's base may be one of them, as `base`)"),
+                );
+                ok = false;
+            }
+        }
+        if let (Some(ms), Some(n)) = (&listed, f.get("models")) {
+            if ms.is_empty() {
+                self.push(
+                    RecipeError::new(
+                        ErrorKind::NoModels,
+                        "the slice's `models` is empty: nothing to merge",
+                    )
+                    .label(n.loc, "no models")
+                    .help(
+                        "list the models this slice merges, or drop `models` to merge every model",
+                    ),
+                );
+                ok = false;
+            }
+        }
+        let mut starts = BTreeMap::new();
+        for (input, start, loc) in placed {
+            let merged = match &listed {
+                Some(ms) => ms.iter().any(|m| m.input == input),
+                None => matches!(input, SliceInput::Model(_)),
+            };
+            if input == own_base {
+                self.push(
+                    RecipeError::new(
+                        ErrorKind::InvalidValue,
+                        "the base's layers of a slice are its `layers`",
+                    )
+                    .label(loc, "the base")
+                    .help("`layers_of` places the models whose layers differ from the base's"),
+                );
+                ok = false;
+            } else if !merged {
+                self.push(
+                    RecipeError::new(
+                        ErrorKind::InvalidValue,
+                        "`layers_of` places an input this slice does not merge",
+                    )
+                    .label(loc, "not one of the slice's models")
+                    .help("list it in the slice's `models`, or drop it from `layers_of`"),
+                );
+                ok = false;
+            }
+            starts.insert(input, start);
+        }
+        (ok && params.is_some()).then(|| SliceSource::Merge {
+            params: params.expect("checked"),
+            starts,
+            base: own_base,
+            models: listed,
+        })
+    }
+
+    /// A merged slice's `models:`: a list of the recipe's inputs, each a path (as
+    /// `from` names it) or `{ path, weight, params }`, none twice.
+    fn slice_models(
+        &mut self,
+        node: &Node,
+        base: Option<&Path>,
+        base_lora: Option<&Adapter>,
+        models: Option<&[ModelEntry]>,
+    ) -> Option<Vec<SliceModel>> {
+        let Kind::Seq(items) = &node.kind else {
+            let e = self
+                .wrong_type(
+                    node,
+                    "a list of the recipe's models",
+                    "the slice's `models`",
+                )
+                .help("write e.g. `models: [models/code, { path: models/math, weight: 0.5 }]`");
+            self.push(e);
+            return None;
+        };
+        let mut out: Vec<SliceModel> = Vec::new();
+        let mut ok = true;
+        for item in items {
+            let (path_node, weight, params) = match &item.kind {
+                Kind::Map(_) => {
+                    let Some(f) = self.fields(item, &SLICE_MODEL) else {
+                        ok = false;
+                        continue;
+                    };
+                    let weight = match f.get("weight") {
+                        Some(Node {
+                            kind: Kind::Seq(items),
+                            ..
+                        }) if is_conditions(items) => self
+                            .conditions(items, "`weight`", |c, n| c.number(n, "`weight`"))
+                            .map(|c| Some(Weight::Conditions(c))),
+                        Some(n) => self.number(n, "`weight`").map(|w| Some(Weight::Number(w))),
+                        None => Some(None),
+                    };
+                    let params = match f.get("params") {
+                        Some(n) => self.params(n, "this slice's model"),
+                        None => Some(Params::new()),
+                    };
+                    let Some(path) = f.get("path") else {
+                        if !f.suggested.contains(&"path") {
+                            self.missing(&f, "path", "this slice's model has no `path`", None);
+                        }
+                        ok = false;
+                        continue;
+                    };
+                    (path, weight, params)
+                }
+                _ => (item, Some(None), Some(Params::new())),
+            };
+            let input = self.slice_input(path_node, "path", base, base_lora, models);
+            let (Some(input), Some(weight), Some(params)) = (input, weight, params) else {
+                ok = false;
+                continue;
+            };
+            if let Some(first) = out.iter().find(|m| m.input == input) {
+                self.push(
+                    RecipeError::new(
+                        ErrorKind::InvalidValue,
+                        "this input is listed twice in the slice's `models`",
+                    )
+                    .label(path_node.loc, "listed again")
+                    .label(first.loc, "first listed here")
+                    .help("list each model once"),
+                );
+                ok = false;
+                continue;
+            }
+            out.push(SliceModel {
+                input,
+                weight,
+                params,
+                loc: path_node.loc,
+            });
+        }
+        ok.then_some(out)
+    }
+
+    /// A merged slice's `layers_of`: a mapping from an input's path (as `from` names
+    /// it) to the range of its layers the slice merges, as long as the slice (`len`,
+    /// when its `layers` are valid).
     fn layers_of(
         &mut self,
         node: &Node,
@@ -1271,7 +1480,7 @@ impl<'a> Checker<'a> {
         base_lora: Option<&Adapter>,
         models: Option<&[ModelEntry]>,
         len: Option<usize>,
-    ) -> Option<BTreeMap<usize, usize>> {
+    ) -> (Vec<(SliceInput, usize, Loc)>, bool) {
         let Kind::Map(entries) = &node.kind else {
             let e = self
                 .wrong_type(
@@ -1281,15 +1490,15 @@ impl<'a> Checker<'a> {
                 )
                 .help("write e.g. `layers_of: { models/math: 8..16 }`");
             self.push(e);
-            return None;
+            return (Vec::new(), false);
         };
-        let mut starts = BTreeMap::new();
+        let mut starts = Vec::new();
         let mut ok = true;
         for (k, v) in entries {
-            let input = self.slice_input(k, base, base_lora, models);
+            let input = self.slice_input(k, "layers_of", base, base_lora, models);
             let range = self.layers(v, true);
             match (input, range) {
-                (Some(SliceInput::Model(i)), Some((a, b))) => {
+                (Some(input), Some((a, b))) => {
                     if len.is_some_and(|len| b - a != len) {
                         self.push(
                             RecipeError::new(
@@ -1307,23 +1516,12 @@ impl<'a> Checker<'a> {
                         );
                         ok = false;
                     }
-                    starts.insert(i, a);
-                }
-                (Some(SliceInput::Base), _) => {
-                    self.push(
-                        RecipeError::new(
-                            ErrorKind::InvalidValue,
-                            "the base's layers of a slice are its `layers`",
-                        )
-                        .label(k.loc, "the base")
-                        .help("`layers_of` places the models whose layers differ from the base's"),
-                    );
-                    ok = false;
+                    starts.push((input, a, k.loc));
                 }
                 _ => ok = false,
             }
         }
-        ok.then_some(starts)
+        (starts, ok)
     }
 
     /// A slice's `from`: `base`, the base's path or a model's path, as written or as
@@ -1331,11 +1529,12 @@ impl<'a> Checker<'a> {
     fn slice_input(
         &mut self,
         node: &Node,
+        key: &str,
         base: Option<&Path>,
         base_lora: Option<&Adapter>,
         models: Option<&[ModelEntry]>,
     ) -> Option<SliceInput> {
-        let text = self.string(node, "`base` or a model's path", "`from`")?;
+        let text = self.string(node, "`base` or a model's path", &format!("`{key}`"))?;
         if text == "base" {
             return Some(SliceInput::Base);
         }
@@ -1361,12 +1560,12 @@ impl<'a> Checker<'a> {
                     RecipeError::new(
                         ErrorKind::InvalidValue,
                         format!(
-                            "`from: {text}` is ambiguous: that model is an input twice, with \
+                            "`{key}: {text}` is ambiguous: that model is an input twice, with \
                              different LoRA adapters"
                         ),
                     )
                     .label(node.loc, "which of them?")
-                    .help("copy its layers from a folder of its own (a link to it will do)"),
+                    .help("give one of them a folder of its own (a link to it will do)"),
                 );
                 return None;
             }
@@ -1382,10 +1581,11 @@ impl<'a> Checker<'a> {
             .collect();
         let mut e = RecipeError::new(
             ErrorKind::UnknownSource,
-            format!("`from: {text}` names neither the base nor a model of `models:`"),
+            format!("`{key}: {text}` names neither the base nor a model of `models:`"),
         );
+        let verb = if key == "from" { "copies" } else { "reads" };
         let valid = format!(
-            "a slice copies `base` or one of `models:` ({})",
+            "a slice {verb} `base` or one of `models:` ({})",
             list(&written[1..])
         );
         e = match closest(text, written.iter().copied()) {
@@ -1395,8 +1595,9 @@ impl<'a> Checker<'a> {
             None => e
                 .label(node.loc, "not an input of the recipe")
                 .help(format!(
-                    "{}; to copy layers of another model, add it to `models:`",
-                    capitalize(&valid)
+                    "{}; to {} layers of another model, add it to `models:`",
+                    capitalize(&valid),
+                    if key == "from" { "copy" } else { "merge" }
                 )),
         };
         self.push(e);

@@ -131,10 +131,29 @@ fn dump(r: &Recipe) -> String {
                 reefknot_recipe::SliceSource::Copy { input, scale, .. } => {
                     writeln!(s, "  copied from {input:?}, scale {scale:?}").unwrap();
                 }
-                reefknot_recipe::SliceSource::Merge { params: p, starts } => {
+                reefknot_recipe::SliceSource::Merge {
+                    params: p,
+                    starts,
+                    base,
+                    models,
+                } => {
+                    let input = |i: &reefknot_recipe::SliceInput| match i {
+                        reefknot_recipe::SliceInput::Base => "base".to_string(),
+                        reefknot_recipe::SliceInput::Model(m) => format!("model {m}"),
+                    };
                     writeln!(s, "  merged").unwrap();
+                    if *base != reefknot_recipe::SliceInput::Base {
+                        writeln!(s, "    base: {}", input(base)).unwrap();
+                    }
+                    for m in models.iter().flatten() {
+                        writeln!(s, "    merges {}  @ {}", input(&m.input), at(m.loc)).unwrap();
+                        if let Some(w) = &m.weight {
+                            writeln!(s, "      weight: {w:?}").unwrap();
+                        }
+                        params(&mut s, "      ", &m.params, r);
+                    }
                     for (model, start) in starts {
-                        writeln!(s, "    model {model} from layer {start}").unwrap();
+                        writeln!(s, "    {} from layer {start}", input(model)).unwrap();
                     }
                     params(&mut s, "    ", p, r);
                 }

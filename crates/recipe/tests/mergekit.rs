@@ -162,8 +162,8 @@ fn every_top_level_key_is_honoured_or_named() {
     }
     // `slices:` in place of `models:`: one slice over every layer is a merge of whole
     // models (unchecked here, where the models are not on disk: a warning); more, or
-    // part of the layers, is a stack of merged slices over the same models; slices
-    // over other models, or sources of one slice over other layers, are not supported
+    // part of the layers, is a stack of merged slices, over the same models or not;
+    // slices whose merges differ in form (an option of the method) are not supported
     // yet; both keys at once is an error, as in mergekit.
     let sliced = |slices: &str| {
         format!(
@@ -191,13 +191,20 @@ fn every_top_level_key_is_honoured_or_named() {
         "counts.yml"
     )
     .is_err());
-    let unsupported = [
+    let varied = [
         "  - sources: [{ model: m, layer_range: [0, 2] }]\n  - sources: [{ model: n, layer_range: [2, 4] }]\n",
         "  - sources: [{ model: m, layer_range: [0, 2] }]\n  - sources: [{ model: m, layer_range: [2, 4] }]\n    parameters: { weight: 0.5 }\n",
+        "  - sources: [{ model: m, layer_range: [0, 2] }, { model: b, layer_range: [0, 2] }]\n  - sources: [{ model: m, layer_range: [2, 4] }, { model: n, layer_range: [2, 4] }]\n    base_model: m\n",
     ];
-    for slices in unsupported {
-        assert_eq!(fate(&sliced(slices)), Fate::Unsupported, "{slices}");
+    for slices in varied {
+        assert_eq!(fate(&sliced(slices)), Fate::Honoured, "{slices}");
     }
+    assert_eq!(
+        fate(&sliced(
+            "  - sources: [{ model: m, layer_range: [0, 2] }]\n  - sources: [{ model: n, layer_range: [2, 4] }]\n    parameters: { normalize: false }\n"
+        )),
+        Fate::Unsupported
+    );
     assert!(parse(&format!("{BASE}slices:\n{whole}"), "both.yml").is_err());
     // An empty last slice picks the model of the final norm and LM head (mergekit's
     // #308 trick); empty slices alone make no model.
