@@ -102,6 +102,7 @@ const CASES: &[&str] = &[
     "tokenizer_base_permuted",
     "tokenizer_dict_union",
     "tokenizer_padded",
+    "tokenizer_tokens",
 ];
 
 fn golden_root() -> PathBuf {
@@ -286,6 +287,9 @@ struct Golden {
     /// The rows of its vocabulary tensors when padded beyond the tokens
     /// (`pad_to_multiple_of`): each padding row the mean of the token rows.
     padded_rows: Option<usize>,
+    /// The rows a tokenizer's `tokens` gives: token -> (the input folder and row it is
+    /// read from, `None` for zeros; whether inputs that have the token take it too).
+    token_rows: BTreeMap<String, (Option<(PathBuf, usize)>, bool)>,
 }
 
 /// A token of an output vocabulary: its text and, for every input that has it, its id
@@ -316,8 +320,17 @@ fn permuted_rows(
     let row = |p: &Path, r: usize| &inputs[p][r * cols..(r + 1) * cols];
     let mut out = Vec::with_capacity(vocabulary.len() * cols);
     for t in vocabulary {
-        if let Some(&r) = t.ids.get(input) {
+        let rule = golden.token_rows.get(&t.token);
+        let forced = rule.is_some_and(|(_, force)| *force);
+        if let (Some(&r), false) = (t.ids.get(input), forced) {
             out.extend_from_slice(row(input, r));
+            continue;
+        }
+        if let Some((from, _)) = rule {
+            match from {
+                Some((p, r)) => out.extend_from_slice(row(p, *r)),
+                None => out.extend(std::iter::repeat_n(0f32, cols)),
+            }
             continue;
         }
         let holders: Vec<&Path> = golden
@@ -429,6 +442,21 @@ fn load_golden(case_dir: &Path) -> Golden {
     let padded_rows = json
         .get("padded_rows")
         .map(|v| v.as_u64().expect("padded_rows is a count") as usize);
+    let token_rows = json
+        .get("token_rows")
+        .and_then(serde_json::Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(token, rule)| {
+            let from = rule["from"].as_array().map(|f| {
+                let folder = f[0].as_str().expect("token_rows: a folder");
+                let row = f[1].as_u64().expect("token_rows: a row") as usize;
+                (case_dir.join(folder), row)
+            });
+            let force = rule["force"].as_bool().expect("token_rows: force");
+            (token.clone(), (from, force))
+        })
+        .collect();
     Golden {
         base,
         models,
@@ -439,6 +467,7 @@ fn load_golden(case_dir: &Path) -> Golden {
         vocabulary,
         padded_rows,
         renamed_models,
+        token_rows,
     }
 }
 
@@ -1191,6 +1220,7 @@ golden_cases!(
     tokenizer_base_permuted,
     tokenizer_dict_union,
     tokenizer_padded,
+    tokenizer_tokens,
 );
 
 /// The fixture folder and the list of tested cases stay in step.

@@ -6,9 +6,11 @@ mergekit's ``tokenizer_source: union | base | <model>`` (and the newer
 every weight with a vocabulary axis (for Llama ``model.embed_tokens.weight`` and
 ``lm_head.weight``) of every input into it before the merge method runs; a model that
 lacks an output token gets a stand-in row.  This script makes a small Llama family
-whose three models really have different vocabularies, runs mergekit on six
+whose three models really have different vocabularies, runs mergekit on seven
 configurations, and commits what it wrote, so that reefknot's ``tokenizer:`` can be
-tested against it.  With ``tokenizer: {pad_to_multiple_of: k}`` mergekit pads the
+tested against it.  ``tokenizer: {tokens: ...}`` (``tokenizer_tokens``) gives chosen
+tokens their rows: a model's, another token's or an id's, or zeros, for the models that
+lack the token (every model with ``force``), a token no vocabulary has added first.  With ``tokenizer: {pad_to_multiple_of: k}`` mergekit pads the
 vocabulary tensors to a multiple of ``k`` rows, each padding row of each input the mean
 of that input's aligned token rows, before the merge.
 
@@ -332,6 +334,10 @@ class Case:
     density: float = 1.0  # ties
     lam: float = 1.0  # task_arithmetic
     pad_to_multiple_of: Optional[int] = None  # tokenizer: {pad_to_multiple_of: ...}
+    # tokenizer: {tokens: ...}: (token, source, force), source ("model", label) |
+    # ("token", label, token) | ("id", label, id) | ("zero",); a token no vocabulary
+    # has is added after the others, in this order
+    token_rows: Tuple[Tuple[str, Tuple, bool], ...] = ()
 
 
 def P(label: str) -> str:
@@ -540,6 +546,66 @@ dtype: float32
     ),
 ]
 
+CASES.append(
+    Case(
+        name="tokenizer_tokens",
+        description="task arithmetic (lambda 1) of task_0 and task_1 on base, tokenizer: "
+                    "{source: union, tokens}: <|im_start|> forced to task_0's row of <s> "
+                    "for every input, <|im_end|> from task_1 for the base (which lacks "
+                    "it), al zero where task_1 lacks it, hat forced to the base's row, "
+                    "and <extra> (in no vocabulary) added with the base's row 5",
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+  - path: {m1}
+merge: sum
+tokenizer:
+  source: union
+  tokens:
+    "<|im_start|>": {{ source: {{ model: {m0}, token: "<s>" }}, force: true }}
+    "<|im_end|>": {{ source: {m1} }}
+    "al": {{ source: zero }}
+    "hat": {{ source: base, force: true }}
+    "<extra>": {{ source: {{ model: base, token_id: 5 }} }}
+dtype: float32
+""",
+        mergekit="""\
+merge_method: task_arithmetic
+base_model: {base}
+models:
+  - model: {m0}
+    parameters: {{ weight: 1.0 }}
+  - model: {m1}
+    parameters: {{ weight: 1.0 }}
+tokenizer:
+  source: union
+  tokens:
+    "<|im_start|>":
+      source: {{ kind: model_token, model: {m0}, token: "<s>" }}
+      force: true
+    "<|im_end|>":
+      source: {m1}
+    "al":
+      source: {{ kind: zero }}
+    "hat":
+      source: {base}
+      force: true
+    "<extra>":
+      source: {{ kind: model_token, model: {base}, token_id: 5 }}
+dtype: float32
+""",
+        method="task_arithmetic", inputs=("base", "task_0", "task_1"),
+        weights=(1.0, 1.0), base_model="base", source="union", recipe_base="base",
+        recipe_models=("task_0", "task_1"),
+        token_rows=(("<|im_start|>", ("token", "task_0", "<s>"), True),
+                    ("<|im_end|>", ("model", "task_1"), False),
+                    ("al", ("zero",), False),
+                    ("hat", ("model", "base"), True),
+                    ("<extra>", ("id", "base", 5), False)),
+    )
+)
+
 EXPECTED_FILES = {  # mergekit's output file -> the committed name
     "config.json": "expected_config.json",
     "tokenizer.json": "expected_tokenizer.json",
@@ -559,10 +625,27 @@ def reference_vocab(case: Case, vocabs: Dict[str, Vocab]) -> Tuple[Dict[str, int
         # mergekit takes referenced_models()[0], the first element of a set)
         first = vocabs[case.base_model or case.inputs[0]]
         rest = {t for lab in case.inputs for t in vocabs[lab].ids if t not in first.ids}
-        return dict(first.ids), rest
-    label = (case.base_model or case.inputs[0]) if case.source == "base" else case.source
-    src = vocabs[label]
-    return dict(src.ids), set()
+        fixed = dict(first.ids)
+    else:
+        label = (case.base_model or case.inputs[0]) if case.source == "base" else case.source
+        fixed, rest = dict(vocabs[label].ids), set()
+    # `tokens` the vocabulary lacks: added after it, in order (add_tokens)
+    for tok, _, _ in case.token_rows:
+        if tok not in fixed and tok not in rest:
+            fixed[tok] = len(fixed) + len(rest)
+    return fixed, rest
+
+
+def token_row(case: Case, vocabs: Dict[str, Vocab], models: Dict[str, Dict[str, np.ndarray]],
+              name: str, source: Tuple) -> np.ndarray:
+    """The row a ``tokens`` entry gives (mergekit's compute_default_embedding)."""
+    if source[0] == "zero":
+        return np.zeros(FAMILY.hidden, dtype=np.float32)
+    lab = source[1]
+    if source[0] == "model":
+        raise AssertionError("a model source is read per token (aligned_rows)")
+    row = vocabs[lab].ids[source[2]] if source[0] == "token" else source[2]
+    return models[lab][name][row]
 
 
 def padded_rows(case: Case, n_tokens: int) -> int:
@@ -578,11 +661,19 @@ def aligned_rows(case: Case, vocabs: Dict[str, Vocab], models: Dict[str, Dict[st
     padding rows (past the tokens) the mean of the input's aligned token rows."""
     n = len(out_ids)
     res = {}
+    rules = {tok: (src, force) for tok, src, force in case.token_rows}
     for lab in case.inputs:
         rows = np.zeros((padded_rows(case, n), FAMILY.hidden), dtype=np.float32)
         for tok, j in out_ids.items():
             holders = [m for m in case.inputs if tok in vocabs[m].ids]
-            if tok in vocabs[lab].ids:
+            rule = rules.get(tok)
+            if rule and (rule[1] or tok not in vocabs[lab].ids):
+                src = rule[0]
+                if src[0] == "model":
+                    rows[j] = models[src[1]][name][vocabs[src[1]].ids[tok]]
+                else:
+                    rows[j] = token_row(case, vocabs, models, name, src)
+            elif tok in vocabs[lab].ids:
                 rows[j] = models[lab][name][vocabs[lab].ids[tok]]
             elif len(holders) == 1:
                 rows[j] = models[holders[0]][name][vocabs[holders[0]].ids[tok]]
@@ -798,6 +889,17 @@ def write_golden_json(path: Path, case: Case, version: str, hashed: Set[str],
     }
     if case.pad_to_multiple_of:
         tail["padded_rows"] = n_rows
+    if case.token_rows:
+        # token -> {"from": [input folder, its row] or null (zeros), "force": bool}
+        def row_from(tok: str, src: Tuple):
+            if src[0] == "zero":
+                return None
+            lab = src[1]
+            row = {"model": lambda: vocabs[lab].ids[tok], "token": lambda: vocabs[lab].ids[src[2]],
+                   "id": lambda: src[2]}[src[0]]()
+            return [P(lab), row]
+        tail["token_rows"] = {tok: {"from": row_from(tok, src), "force": force}
+                              for tok, src, force in case.token_rows}
     tail["hash_ordered"] = sorted(hashed, key=lambda t: ids[t])
 
     def dumps(v: object) -> str:

@@ -174,6 +174,78 @@ fn a_union_holds_every_token_each_row_filled_as_mergekit_fills_it() {
 }
 
 #[test]
+fn tokens_give_their_rows_add_what_is_missing_and_errors_point_at_the_token() {
+    let ws = workspace();
+    let recipe = |tokens: &str| {
+        format!(
+            "base: models/base\nmodels:\n  - path: models/code\n  - path: models/math\nmerge: mean\ntokenizer:\n  source: union\n  tokens:\n{tokens}"
+        )
+    };
+    ws.recipe(
+        "tokens.yaml",
+        &recipe(
+            "    t9: { source: zero }\n    code9: { source: { model: base, token_id: 3 }, force: true }\n    \"<new>\": { source: { model: models/code, token: t5 } }\n",
+        ),
+    );
+    ok(&run_in(
+        ws.path(),
+        &["merge", "tokens.yaml", "-o", "out", "--quiet"],
+    ));
+    let out = Checkpoint::open(&ws.path().join("out")).unwrap();
+    let (base, models) = ws.family();
+    let code = &models[0];
+    // `<new>` is in no vocabulary: added after the union's 258 tokens.
+    let config: Value = json_file(&ws.path().join("out/config.json"));
+    assert_eq!(config["vocab_size"], 259);
+    let tj: Value = json_file(&ws.path().join("out/tokenizer.json"));
+    let last = tj["added_tokens"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (last["id"].as_u64(), last["content"].as_str()),
+        (Some(258), Some("<new>"))
+    );
+    assert_eq!(
+        (last["special"].as_bool(), last["normalized"].as_bool()),
+        (Some(false), Some(true))
+    );
+    for name in TENSORS {
+        let b = |r| row(&base, name, r);
+        // t9: the base keeps its row, code and math (which lack it) are zero, so the
+        // mean of their task vectors is -b.
+        let zero = vec![0f32; b(9).len()];
+        assert_close(&row(&out, name, 9), &zero, 1e-7, &format!("{name} t9"));
+        // code9, forced: every input has the base's row 3, so the merge is that row.
+        assert_close(&row(&out, name, 256), &b(3), 1e-7, &format!("{name} code9"));
+        // <new>: code's row of t5 (its id 7) for every input.
+        assert_close(
+            &row(&out, name, 258),
+            &row(code, name, 7),
+            1e-7,
+            &format!("{name} <new>"),
+        );
+    }
+    // A source that lacks the token, and an id beyond the rows, point at the token.
+    ws.recipe("lacks.yaml", &recipe("    math9: { source: base }\n"));
+    let stderr = fails(&run_in(ws.path(), &["check", "lacks.yaml"]), 1);
+    assert!(
+        stderr.contains("the base (")
+            && stderr.contains("has no token `math9`")
+            && stderr.contains("9 │     math9"),
+        "{stderr}"
+    );
+    ws.recipe(
+        "beyond.yaml",
+        &recipe("    x: { source: { model: models/code, token_id: 9999 } }\n"),
+    );
+    let stderr = fails(&run_in(ws.path(), &["check", "beyond.yaml"]), 1);
+    assert!(stderr.contains("so no row 9999"), "{stderr}");
+}
+
+#[test]
 fn a_model_s_vocabulary_reorders_the_others_and_errors_point_at_the_tokenizer() {
     let ws = workspace();
     ws.recipe(
@@ -320,11 +392,11 @@ fn a_padded_vocabulary_fills_its_padding_with_the_mean_row() {
     ws.recipe(
         "bad.yaml",
         "base: models/base\nmodels:\n  - path: models/code\nmerge: mean\n\
-         tokenizer: { source: union, tokens: {} }\n",
+         tokenizer: { source: union, pad_to_multiple_of: 0 }\n",
     );
     let err = fails(&run_in(ws.path(), &["check", "bad.yaml"]), 2);
     assert!(
-        err.contains("per-token `tokens` are not supported yet"),
+        err.contains("`pad_to_multiple_of` is not a positive integer"),
         "{err}"
     );
 }

@@ -623,8 +623,95 @@ fn vocabulary(
             model_label(m, &recipe.models[m].path)
         )));
     }
+    let rules = token_rules(recipe, t, &vocabs)?;
     let order: Vec<usize> = (1..=n).chain([0]).collect();
-    vocab::build(&vocabs, source, &order, t.pad_to_multiple_of).map_err(fail)
+    vocab::build(&vocabs, source, &order, t.pad_to_multiple_of, &rules).map_err(fail)
+}
+
+/// The rows a tokenizer's `tokens:` gives, read from the inputs' vocabularies `vocabs`
+/// (the base is input 0, model `i` input `i + 1`); an error points at the token.
+fn token_rules(
+    recipe: &Recipe,
+    t: &reefknot_recipe::Tokenizer,
+    vocabs: &BTreeMap<usize, vocab::InputVocab>,
+) -> Result<Vec<vocab::Rule>, Error> {
+    use reefknot_recipe::TokenRowSource;
+    let who = |i: usize| match i {
+        0 => format!("the base ({})", recipe.base.display()),
+        i => model_label(i - 1, &recipe.models[i - 1].path),
+    };
+    let mut rules = Vec::with_capacity(t.tokens.len());
+    for r in &t.tokens {
+        let fail = |message: String| {
+            Error::from(ErrorKind::InRecipe(InRecipe::new(
+                ErrorKind::Vocabulary { message },
+                recipe,
+                r.location,
+                "this token".to_string(),
+            )))
+        };
+        let input = |path: &Option<PathBuf>| {
+            match path {
+            None => Ok(0),
+            Some(p) if *p == recipe.base => Ok(0),
+            Some(p) => recipe
+                .models
+                .iter()
+                .position(|m| m.path == *p)
+                .map(|i| i + 1)
+                .ok_or_else(|| {
+                    fail(format!(
+                        "the row of `{}` is read from `{}`, which is neither the base nor a model of `models:`",
+                        r.token,
+                        p.display()
+                    ))
+                }),
+        }
+        };
+        let from = match &r.source {
+            TokenRowSource::Zero => None,
+            TokenRowSource::Input(path) => {
+                let i = input(path)?;
+                let row = vocabs[&i].id(&r.token).ok_or_else(|| {
+                    fail(format!(
+                        "{} has no token `{}` whose row it could give",
+                        who(i),
+                        r.token
+                    ))
+                })?;
+                Some([i, row])
+            }
+            TokenRowSource::Token {
+                input: path,
+                token,
+                id,
+            } => {
+                let i = input(path)?;
+                let v = &vocabs[&i];
+                let row = match (token, id) {
+                    (Some(other), _) => v
+                        .id(other)
+                        .ok_or_else(|| fail(format!("{} has no token `{other}`", who(i))))?,
+                    (None, Some(id)) if *id < v.rows => *id,
+                    (None, Some(id)) => {
+                        return Err(fail(format!(
+                            "{} has {} vocabulary rows, so no row {id}",
+                            who(i),
+                            v.rows
+                        )))
+                    }
+                    (None, None) => unreachable!("the recipe gives a token or an id"),
+                };
+                Some([i, row])
+            }
+        };
+        rules.push(vocab::Rule {
+            token: r.token.clone(),
+            from,
+            force: r.force,
+        });
+    }
+    Ok(rules)
 }
 
 /// The number of layers of a checkpoint: one past its highest layer index.

@@ -13,7 +13,9 @@
 //! every input is permuted into the output's vocabulary before the merge. A token an
 //! input lacks takes, in mergekit's order of rules: the row of the one input that has
 //! it; else the base's row, where the base has it; else the mean of the rows of the
-//! inputs that have it.
+//! inputs that have it. A recipe's `tokenizer.tokens` adds tokens and gives rows
+//! of its own: another input's row of the token (or of another token, or an id), or
+//! zeros, for the inputs that lack it, or for every input (`force`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -157,7 +159,7 @@ impl InputVocab {
     }
 
     /// The id of `token`, if this vocabulary has it.
-    fn id(&self, token: &str) -> Option<usize> {
+    pub(crate) fn id(&self, token: &str) -> Option<usize> {
         self.ids.get(token).copied()
     }
 }
@@ -178,18 +180,48 @@ pub(crate) struct Built {
     pub(crate) base_rows: usize,
 }
 
+/// A token whose rows the recipe gives (`tokenizer.tokens`), resolved to inputs.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Rule {
+    /// The token.
+    pub(crate) token: String,
+    /// The `[input, row]` its row is read from; `None`: zeros.
+    pub(crate) from: Option<[usize; 2]>,
+    /// Whether the inputs that have the token take this row too.
+    pub(crate) force: bool,
+}
+
+/// A token that `tokenizer.tokens` adds to the output's vocabulary, as a tokenizer's
+/// `add_tokens` adds it: a token of its own, not special, normalized.
+fn added_token(id: usize, content: &str) -> plan::AddedToken {
+    plan::AddedToken {
+        id,
+        content: content.to_string(),
+        special: false,
+        normalized: true,
+        lstrip: false,
+        rstrip: false,
+        single_word: false,
+    }
+}
+
 /// Builds the output vocabulary of `vocabs` (one per input taking part, indexed by
 /// input: the base is input 0, and `order` lists the inputs in the order mergekit sums
-/// a mean over them). The error is a sentence.
+/// a mean over them), with the rows `rules` give. The error is a sentence.
 pub(crate) fn build(
     vocabs: &BTreeMap<usize, InputVocab>,
     source: Source,
     order: &[usize],
     pad_to_multiple_of: Option<usize>,
+    rules: &[Rule],
 ) -> Result<Built, String> {
     let base = &vocabs[&0];
+    let from = match source {
+        Source::Input(i) => i,
+        Source::Union => 0,
+    };
     // The output's tokens by id.
-    let (tokens, files): (Vec<String>, Option<plan::TokenizerFiles>) = match source {
+    let (mut tokens, mut files): (Vec<String>, Option<plan::TokenizerFiles>) = match source {
         Source::Input(i) => {
             let v = &vocabs[&i];
             let tokens = contiguous(v, i)?;
@@ -234,15 +266,7 @@ pub(crate) fn build(
                     tokens.push(token.to_string());
                     added.push(match info {
                         Some(a) => plan::AddedToken { id, ..a.clone() },
-                        None => plan::AddedToken {
-                            id,
-                            content: token.to_string(),
-                            special: false,
-                            normalized: true,
-                            lstrip: false,
-                            rstrip: false,
-                            single_word: false,
-                        },
+                        None => added_token(id, token),
                     });
                 };
             let added_contents: HashSet<&str> =
@@ -265,12 +289,28 @@ pub(crate) fn build(
         }
     };
 
+    // The recipe's tokens the vocabulary lacks are added after its own, in order.
+    for rule in rules {
+        if !tokens.contains(&rule.token) {
+            let id = tokens.len();
+            tokens.push(rule.token.clone());
+            files
+                .get_or_insert_with(|| plan::TokenizerFiles {
+                    from,
+                    added: Vec::new(),
+                })
+                .added
+                .push(added_token(id, &rule.token));
+        }
+    }
+    let ruled: HashMap<&str, &Rule> = rules.iter().map(|r| (r.token.as_str(), r)).collect();
     let mut rows = BTreeMap::new();
     let mut lacking: Vec<bool> = vec![false; tokens.len()];
     for (&i, v) in vocabs {
         let mut runs: Vec<[usize; 3]> = Vec::new();
         for (o, token) in tokens.iter().enumerate() {
-            let Some(r) = v.id(token) else {
+            let forced = ruled.get(token.as_str()).is_some_and(|r| r.force);
+            let Some(r) = v.id(token).filter(|_| !forced) else {
                 lacking[o] = true;
                 continue;
             };
@@ -283,6 +323,10 @@ pub(crate) fn build(
     }
     let mut fill = BTreeMap::new();
     for (o, token) in tokens.iter().enumerate().filter(|&(o, _)| lacking[o]) {
+        if let Some(rule) = ruled.get(token.as_str()) {
+            fill.insert(o, rule.from.into_iter().collect());
+            continue;
+        }
         let has: Vec<usize> = order
             .iter()
             .copied()
@@ -418,7 +462,7 @@ mod tests {
             2,
             vocab(4, &[("a", 0), ("c", 1), ("d", 2)], &[("<im>", 3, true)]),
         );
-        let built = build(&v, Source::Union, &[1, 2, 0], None).unwrap();
+        let built = build(&v, Source::Union, &[1, 2, 0], None, &[]).unwrap();
         let files = built.files.unwrap();
         let added: Vec<(usize, &str, bool)> = files
             .added
@@ -446,11 +490,11 @@ mod tests {
     fn a_gap_is_refused_and_trailing_rows_are_left_out() {
         let mut v = BTreeMap::new();
         v.insert(0, vocab(4, &[("a", 0), ("b", 2)], &[]));
-        let e = build(&v, Source::Input(0), &[0], None).err().unwrap();
+        let e = build(&v, Source::Input(0), &[0], None, &[]).err().unwrap();
         assert!(e.contains("no token with id 1"), "{e}");
         let mut v = BTreeMap::new();
         v.insert(0, vocab(6, &[("a", 0), ("b", 1), ("c", 2)], &[]));
-        let built = build(&v, Source::Input(0), &[0], None).unwrap();
+        let built = build(&v, Source::Input(0), &[0], None, &[]).unwrap();
         assert_eq!(built.vocabulary.size, 3);
         assert_eq!(built.vocabulary.rows[&0], [[0, 0, 3]]);
     }

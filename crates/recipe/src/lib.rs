@@ -147,8 +147,45 @@ pub struct Tokenizer {
     /// Rows of the vocabulary tensors padded to a multiple of this
     /// (`pad_to_multiple_of`), each padding row the mean of the real rows.
     pub pad_to_multiple_of: Option<usize>,
+    /// The tokens whose rows the recipe gives (`tokens:`), in the order written; each
+    /// is added to the output's vocabulary if it lacks it.
+    pub tokens: Vec<TokenRow>,
     /// Where it is written.
     pub location: Loc,
+}
+
+/// One entry of a tokenizer's `tokens:`: where a token's embedding and LM-head rows
+/// come from, for every input that lacks the token (every input, with `force`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenRow {
+    /// The token, as the tokenizer writes it.
+    pub token: String,
+    /// Its row.
+    pub source: TokenRowSource,
+    /// Whether inputs that have the token take this row too (`force: true`).
+    pub force: bool,
+    /// Where the token is written.
+    pub location: Loc,
+}
+
+/// Where a [`TokenRow`]'s row comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TokenRowSource {
+    /// `source: INPUT`: that input's row for the same token (`None`: the base; else a
+    /// model's path, resolved).
+    Input(Option<PathBuf>),
+    /// `source: { model: INPUT, token: T }` or `{ model: INPUT, token_id: N }`: that
+    /// input's row of another token, or of an id.
+    Token {
+        /// The input (`None`: the base).
+        input: Option<PathBuf>,
+        /// The token it reads, or
+        token: Option<String>,
+        /// the id.
+        id: Option<usize>,
+    },
+    /// `source: zero`: a row of zeros.
+    Zero,
 }
 
 /// A recipe's `sweep:`: what `reefknot sweep` runs when its command line gives no grid

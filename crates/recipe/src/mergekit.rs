@@ -1797,6 +1797,7 @@ impl<'a> Translator<'a> {
         // mergekit's default source is the union.
         let mut source = Some(("union".to_string(), v.loc));
         let mut pad = None;
+        let mut tokens: Option<Vec<String>> = Some(Vec::new());
         for (key, val, kloc) in &fields {
             match *key {
                 "source" => source = self.tokenizer_source(val, "`tokenizer.source`"),
@@ -1811,13 +1812,7 @@ impl<'a> Translator<'a> {
                         self.check.push(e);
                     }
                 },
-                "tokens" => self.unsupported(
-                    *kloc,
-                    "`tokenizer.tokens` is not supported yet".to_string(),
-                    "not supported",
-                    "leave it out: each token a model lacks is then filled as mergekit \
-                     fills it (the one holder's row, else the base's, else the mean)",
-                ),
+                "tokens" => tokens = self.token_rows(val),
                 other => self.warn(
                     *kloc,
                     format!("mergekit ignores the key `{other}` in `tokenizer`"),
@@ -1826,18 +1821,167 @@ impl<'a> Translator<'a> {
                 ),
             }
         }
-        self.tokenizer = match (source, pad) {
-            (Some((s, loc)), Some(m)) => {
-                Some((format!("{{ source: {s}, pad_to_multiple_of: {m} }}"), loc))
-            }
-            (source, _) => source,
+        let (Some((source, loc)), Some(tokens)) = (source, tokens) else {
+            return;
         };
+        self.tokenizer = Some(if tokens.is_empty() {
+            match pad {
+                Some(m) => (
+                    format!("{{ source: {source}, pad_to_multiple_of: {m} }}"),
+                    loc,
+                ),
+                None => (source, loc),
+            }
+        } else {
+            let mut t = format!("\n  source: {source}\n");
+            if let Some(m) = pad {
+                let _ = writeln!(t, "  pad_to_multiple_of: {m}");
+            }
+            t.push_str("  tokens:");
+            for line in tokens {
+                t.push_str("\n    ");
+                t.push_str(&line);
+            }
+            (t, loc)
+        });
+    }
+
+    /// `tokenizer.tokens`: each token's row as a line of the recipe's `tokens:`
+    /// (`"TOKEN": { source: ..., force: true }`); `None` after an error.
+    fn token_rows(&mut self, v: &Node) -> Option<Vec<String>> {
+        let entries = self.entries(v, "`tokenizer.tokens`")?;
+        let mut out = Vec::with_capacity(entries.len());
+        let mut ok = true;
+        for (token, cfg, kloc) in entries {
+            let Some(fields) = self.entries(cfg, "a token's embedding") else {
+                ok = false;
+                continue;
+            };
+            let mut source = None;
+            let mut force = false;
+            for (key, val, loc) in &fields {
+                match *key {
+                    "source" => source = Some(val),
+                    "force" => match &val.kind {
+                        Kind::Bool(b) => force = *b,
+                        _ => {
+                            let e = self.check.wrong_type(val, "true or false", "`force`");
+                            self.check.push(e);
+                            ok = false;
+                        }
+                    },
+                    other => self.warn(
+                        *loc,
+                        format!("mergekit ignores the key `{other}` in a token's embedding"),
+                        "unknown key",
+                        Some("a token's embedding has `source` and `force`".into()),
+                    ),
+                }
+            }
+            let Some(source) = source.filter(|s| !matches!(s.kind, Kind::Null)) else {
+                self.reject(
+                    ErrorKind::MissingKey,
+                    kloc,
+                    format!(
+                        "`{token}` has no `source`: mergekit fails on it (NotImplementedError)"
+                    ),
+                    "no source",
+                );
+                ok = false;
+                continue;
+            };
+            let Some(text) = self.token_source(source) else {
+                ok = false;
+                continue;
+            };
+            let force = if force { ", force: true" } else { "" };
+            out.push(format!("{}: {{ source: {text}{force} }}", quote(token)));
+        }
+        ok.then_some(out)
+    }
+
+    /// A token embedding's `source`: a model, `{kind: zero}`, or `{kind: model_token,
+    /// model, token | token_id}`, as the recipe writes it.
+    fn token_source(&mut self, v: &Node) -> Option<String> {
+        let model = |t: &mut Self, n: &Node| -> Option<String> {
+            let m = t.model_ref(n, "a token's `source`")?;
+            let (path, lora) = split_ref(&m);
+            if lora.is_some() {
+                t.unsupported(
+                    n.loc,
+                    "a token's `source` names a model with a LoRA adapter".into(),
+                    "an adapter",
+                    "name the model alone",
+                );
+                return None;
+            }
+            Some(quote(&t.local(path)))
+        };
+        let Kind::Map(entries) = &v.kind else {
+            return model(self, v);
+        };
+        let get = |k: &str| {
+            entries
+                .iter()
+                .find(|(n, _)| matches!(&n.kind, Kind::Str(s) if s == k))
+                .map(|(_, v)| v)
+        };
+        match get("kind").map(|k| &k.kind) {
+            None => model(self, v),
+            Some(Kind::Str(k)) if k == "zero" => Some("zero".into()),
+            Some(Kind::Str(k)) if k == "model_token" => {
+                let Some(m) = get("model") else {
+                    self.reject(
+                        ErrorKind::MissingKey,
+                        map_loc(v),
+                        "a `model_token` embedding has no `model`".into(),
+                        "no model",
+                    );
+                    return None;
+                };
+                let m = model(self, m)?;
+                match (get("token"), get("token_id")) {
+                    (
+                        Some(Node {
+                            kind: Kind::Str(t), ..
+                        }),
+                        None,
+                    ) => Some(format!("{{ model: {m}, token: {} }}", quote(t))),
+                    (
+                        None,
+                        Some(Node {
+                            kind: Kind::Int(i), ..
+                        }),
+                    ) if *i >= 0 => Some(format!("{{ model: {m}, token_id: {i} }}")),
+                    _ => {
+                        self.reject(
+                            ErrorKind::InvalidValue,
+                            map_loc(v),
+                            "a `model_token` embedding gives exactly one of `token` (a string) and `token_id` (an id)".into(),
+                            "token or token_id",
+                        );
+                        None
+                    }
+                }
+            }
+            Some(_) => {
+                let loc = get("kind").map_or(v.loc, |k| k.loc);
+                self.reject(
+                    ErrorKind::InvalidValue,
+                    loc,
+                    "a token embedding's `kind` is `zero` or `model_token`".into(),
+                    "unknown kind",
+                );
+                None
+            }
+        }
     }
 
     /// The recipe's `tokenizer:` line, if any.
     fn write_tokenizer(&self, out: &mut String) {
         if let Some((t, _)) = &self.tokenizer {
-            let _ = writeln!(out, "tokenizer: {t}");
+            let gap = if t.starts_with('\n') { "" } else { " " };
+            let _ = writeln!(out, "tokenizer:{gap}{t}");
         }
         if let Some(t) = &self.chat_template {
             let _ = writeln!(out, "chat_template: {}", quote(t));

@@ -12,7 +12,7 @@ use crate::value::{Condition, Number, Param, ParamValue, Params, Weight};
 use crate::yaml::{Kind, Node};
 use crate::{
     Adapter, ChatTemplate, Loc, ModelEntry, OutputDtype, Override, Selector, Slice, SliceInput,
-    SliceModel, SliceSource, Sweep, Tokenizer, TokenizerSource,
+    SliceModel, SliceSource, Sweep, TokenRow, TokenRowSource, Tokenizer, TokenizerSource,
 };
 
 /// Everything of a recipe but its file and text.
@@ -145,12 +145,31 @@ const SWEEP: Schema = Schema {
 
 const TOKENIZER: Schema = Schema {
     what: "a tokenizer",
-    keys: &["source", "pad_to_multiple_of"],
-    hints: &[(
-        "tokens",
-        None,
-        "mergekit's per-token `tokens` are not supported yet",
-    )],
+    keys: &["source", "pad_to_multiple_of", "tokens"],
+    hints: &[],
+};
+
+const TOKEN_ROW: Schema = Schema {
+    what: "a token's row",
+    keys: &["source", "force"],
+    hints: &[],
+};
+
+const TOKEN_OF: Schema = Schema {
+    what: "a row of another token",
+    keys: &["model", "token", "token_id"],
+    hints: &[
+        (
+            "kind",
+            None,
+            "reefknot's form has no `kind`: `{ model: PATH, token: T }`, or `zero`",
+        ),
+        (
+            "path",
+            Some("model"),
+            "the input whose row is read is `model:`",
+        ),
+    ],
 };
 
 const OVERRIDE: Schema = Schema {
@@ -655,8 +674,12 @@ impl<'a> Checker<'a> {
     /// plan is made), or a mapping `{source, pad_to_multiple_of}`.
     fn tokenizer(&mut self, node: &Node) -> Option<Tokenizer> {
         const WHAT: &str = "`base`, `union` or a model's path";
+        let mut tokens = Vec::new();
         let (source_node, pad) = if let Kind::Map(_) = &node.kind {
             let f = self.fields(node, &TOKENIZER)?;
+            if let Some(n) = f.get("tokens") {
+                tokens = self.token_rows(n)?;
+            }
             let pad = match f.get("pad_to_multiple_of") {
                 Some(n) => match &n.kind {
                     Kind::Int(i) if *i > 0 => usize::try_from(*i).ok(),
@@ -695,8 +718,141 @@ impl<'a> Checker<'a> {
         Some(Tokenizer {
             source,
             pad_to_multiple_of: pad,
+            tokens,
             location: source_node.loc,
         })
+    }
+
+    /// A tokenizer's `tokens:`, a mapping from a token to its row.
+    fn token_rows(&mut self, node: &Node) -> Option<Vec<TokenRow>> {
+        const EXAMPLE: &str =
+            "tokens:\n  \"<|im_end|>\": { source: models/chat }\n  \"<pad>\": { source: zero }";
+        let Kind::Map(entries) = &node.kind else {
+            let e = self
+                .wrong_type(node, "a mapping from a token to its row", "`tokens`")
+                .help(format!("write e.g.\n{EXAMPLE}"));
+            self.push(e);
+            return None;
+        };
+        let mut out: Vec<TokenRow> = Vec::new();
+        let mut ok = true;
+        for (k, v) in entries {
+            let Some(token) = self.string(k, "a token", "a key of `tokens`") else {
+                ok = false;
+                continue;
+            };
+            let token = token.to_string();
+            let Some(f) = self.fields(v, &TOKEN_ROW) else {
+                ok = false;
+                continue;
+            };
+            let force = match f.get("force") {
+                Some(n) => match &n.kind {
+                    Kind::Bool(b) => Some(*b),
+                    _ => {
+                        let e = self.wrong_type(n, "true or false", "`force`");
+                        self.push(e);
+                        None
+                    }
+                },
+                None => Some(false),
+            };
+            let source = match f.get("source") {
+                Some(n) => self.token_source(n),
+                None => {
+                    if !f.suggested.contains(&"source") {
+                        self.missing(
+                            &f,
+                            "source",
+                            &format!("the row of `{token}` has no `source`"),
+                            Some(
+                                "add e.g. `source: zero`, `source: base` or `source: models/chat`",
+                            ),
+                        );
+                    }
+                    None
+                }
+            };
+            match (source, force) {
+                (Some(source), Some(force)) => out.push(TokenRow {
+                    token,
+                    source,
+                    force,
+                    location: k.loc,
+                }),
+                _ => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// A token row's `source`: `zero`, an input (`base` or a model's path), or
+    /// `{ model, token | token_id }`.
+    fn token_source(&mut self, node: &Node) -> Option<TokenRowSource> {
+        let input = |c: &mut Self, n: &Node, what: &str| -> Option<Option<PathBuf>> {
+            let text = c.string(n, "`base` or a model's path", what)?;
+            if text == "base" {
+                return Some(None);
+            }
+            c.path(n, what).map(Some)
+        };
+        match &node.kind {
+            Kind::Str(s) if s == "zero" => Some(TokenRowSource::Zero),
+            Kind::Map(_) => {
+                let f = self.fields(node, &TOKEN_OF)?;
+                let Some(m) = f.get("model") else {
+                    if !f.suggested.contains(&"model") {
+                        self.missing(
+                            &f,
+                            "model",
+                            "this row has no `model` (whose row it reads)",
+                            None,
+                        );
+                    }
+                    return None;
+                };
+                let model = input(self, m, "`model`");
+                let token = match f.get("token") {
+                    Some(n) => self
+                        .string(n, "a token", "`token`")
+                        .map(|t| Some(t.to_string())),
+                    None => Some(None),
+                };
+                let id = match f.get("token_id") {
+                    Some(n) => match &n.kind {
+                        Kind::Int(i) if *i >= 0 => usize::try_from(*i).ok().map(Some),
+                        _ => {
+                            let e = self.wrong_type(
+                                n,
+                                "a token id (an integer, 0 or more)",
+                                "`token_id`",
+                            );
+                            self.push(e);
+                            None
+                        }
+                    },
+                    None => Some(None),
+                };
+                let (model, token, id) = (model?, token?, id?);
+                if token.is_some() == id.is_some() {
+                    self.push(
+                        RecipeError::new(
+                            ErrorKind::InvalidValue,
+                            "a row of another token gives exactly one of `token` and `token_id`",
+                        )
+                        .label(node.loc, if token.is_some() { "both" } else { "neither" })
+                        .help("write e.g. `{ model: models/chat, token: \"</s>\" }`"),
+                    );
+                    return None;
+                }
+                Some(TokenRowSource::Token {
+                    input: model,
+                    token,
+                    id,
+                })
+            }
+            _ => input(self, node, "`source`").map(TokenRowSource::Input),
+        }
     }
 
     /// An optional LoRA adapter's folder (`lora:`, `base_lora:`).
