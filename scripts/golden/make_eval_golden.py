@@ -9,7 +9,8 @@ Writes ``tests/fixtures/eval/``:
 * one folder per model of ``MODELS`` (random weights from a fixed seed, saved with
   ``save_pretrained``; a few re-saved by hand, see each entry): Llama f32 with an
   untied head, Llama bf16 sharded with tied embeddings, Mistral with a sliding window
-  shorter than the evaluation window, Qwen2 with its q/k/v biases, GPT-2 f32 as
+  shorter than the evaluation window, Qwen2 with its q/k/v biases (f32, and f16
+  weights upcast as bf16 ones are), GPT-2 f32 as
   ``GPT2LMHeadModel`` saves it and GPT-2 bf16 with the original checkpoint's
   unprefixed names (``h.0.attn.c_attn.weight``);
 * ``tokens.json``: token documents (ids below every model's vocabulary);
@@ -22,7 +23,7 @@ of at most ``context`` tokens (a last window of a single token dropped); for eac
 ``model(ids, labels=ids).loss`` (transformers' mean cross-entropy over the window's
 tokens after the first) times the number of those tokens; the sum over all windows of
 all documents divided by the number of predicted tokens.  Models are loaded with
-``dtype=torch.float32`` (bf16 weights upcast, as reefknot evaluates) and eager
+``dtype=torch.float32`` (bf16 and f16 weights upcast, as reefknot evaluates) and eager
 attention, on the CPU.
 """
 
@@ -75,6 +76,7 @@ MODELS = {
         {},
     ),
     "qwen2_f32": (Qwen2Config(vocab_size=VOCAB, **SMALL), "float32", {}),
+    "qwen2_f16": (Qwen2Config(vocab_size=VOCAB, **SMALL), "float16", {}),
     "gpt2_f32": (
         GPT2Config(
             vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4,

@@ -19,7 +19,7 @@ fn expected() -> Value {
 fn losses_equal_transformers() {
     let expected = expected();
     let models = expected["models"].as_object().unwrap();
-    assert!(models.len() >= 7, "the eval fixtures are missing");
+    assert!(models.len() >= 8, "the eval fixtures are missing");
     for (name, files) in models {
         let dir = fixtures().join(name);
         let mut model = Model::load(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -73,6 +73,7 @@ fn families_and_sizes() {
         ("llama_bf16_tied", "llama"),
         ("mistral_window", "mistral"),
         ("qwen2_f32", "qwen2"),
+        ("qwen2_f16", "qwen2"),
         ("gpt2_f32", "gpt2"),
         ("gpt2_bf16_unprefixed", "gpt2"),
     ];
