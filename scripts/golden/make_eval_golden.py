@@ -10,7 +10,8 @@ Writes ``tests/fixtures/eval/``:
   ``save_pretrained``; a few re-saved by hand, see each entry): Llama f32 with an
   untied head, Llama bf16 sharded with tied embeddings, Mistral with a sliding window
   shorter than the evaluation window, Qwen2 with its q/k/v biases (f32, and f16
-  weights upcast as bf16 ones are), GPT-2 f32 as
+  weights upcast as bf16 ones are), Llama with Llama 3's scaled RoPE (bf16), Llama
+  with linear RoPE scaling, attention and MLP biases and a head_dim of its own, GPT-2 f32 as
   ``GPT2LMHeadModel`` saves it and GPT-2 bf16 with the original checkpoint's
   unprefixed names (``h.0.attn.c_attn.weight``);
 * ``tokens.json``: token documents (ids below every model's vocabulary);
@@ -77,6 +78,38 @@ MODELS = {
     ),
     "qwen2_f32": (Qwen2Config(vocab_size=VOCAB, **SMALL), "float32", {}),
     "qwen2_f16": (Qwen2Config(vocab_size=VOCAB, **SMALL), "float16", {}),
+    # Llama 3.1's scaled RoPE, with a short original context so that a head of 8
+    # has a frequency in each of its three bands (kept, blended, divided).
+    "llama3_rope": (
+        LlamaConfig(
+            vocab_size=VOCAB,
+            rope_scaling={
+                "rope_type": "llama3",
+                "rope_theta": 10000.0,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+            **SMALL,
+        ),
+        "bfloat16",
+        {},
+    ),
+    # Linear position interpolation, attention and MLP biases, and a head_dim other
+    # than hidden_size / num_attention_heads.
+    "llama_linear_bias": (
+        LlamaConfig(
+            vocab_size=VOCAB,
+            rope_scaling={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0},
+            attention_bias=True,
+            mlp_bias=True,
+            head_dim=16,
+            **SMALL,
+        ),
+        "float32",
+        {},
+    ),
     "gpt2_f32": (
         GPT2Config(
             vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4,

@@ -134,21 +134,35 @@ fn what_eval_cannot_run_is_named() {
         err.contains("model_type `phi`: eval runs llama, mistral, qwen2 and gpt2"),
         "{err}"
     );
-    let scaled = edited("llama_f32", |c| {
+    let yarn = edited("llama_f32", |c| {
         c.insert(
             "rope_parameters".into(),
-            serde_json::json!({"rope_type": "llama3", "factor": 8.0}),
+            serde_json::json!({"rope_type": "yarn", "factor": 8.0}),
         );
     });
-    let err = fails(&eval_at(scaled.path(), &data), 2);
-    assert!(err.contains("eval runs plain RoPE only"), "{err}");
+    let err = fails(&eval_at(yarn.path(), &data), 2);
+    assert!(
+        err.contains("`yarn` RoPE: eval runs plain, linear and llama3 RoPE"),
+        "{err}"
+    );
+    let partial = edited("llama_f32", |c| {
+        c.insert(
+            "rope_scaling".into(),
+            serde_json::json!({"type": "llama3", "factor": 8.0}),
+        );
+    });
+    let err = fails(&eval_at(partial.path(), &data), 2);
+    assert!(
+        err.contains("`llama3` RoPE needs `low_freq_factor`"),
+        "{err}"
+    );
     let small = edited("llama_f32", |c| {
         c.insert("vocab_size".into(), 50.into());
     });
     // The checkpoint's embeddings have 96 rows: a shape error, naming the tensor.
     let err = fails(&eval_at(small.path(), &data), 1);
     assert!(
-        err.contains("tensor `lm_head.weight`: has shape [96, 32], expected [50, 32]"),
+        err.contains("tensor `model.embed_tokens.weight`: has shape [96, 32], expected [50, 32]"),
         "{err}"
     );
     let broken = edited("gpt2_f32", |c| {

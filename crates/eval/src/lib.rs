@@ -5,10 +5,9 @@
 //! read through [`reefknot_io::Checkpoint`] and run by [candle](https://github.com/huggingface/candle),
 //! always in f32 (as `transformers` runs a checkpoint loaded with its default dtype):
 //!
-//! - Llama, Mistral and Qwen2 by candle-transformers' Qwen2 decoder, which is the
-//!   Llama architecture with biases on the q/k/v projections: for Llama and Mistral
-//!   those biases are zero ([`weights`]), and a Mistral sliding window becomes the
-//!   decoder's window;
+//! - Llama, Mistral and Qwen2 by [`llama`], a decoder written on candle's operations
+//!   with a rotary table of its own (plain, `linear` and `llama3` RoPE), the biases,
+//!   `head_dim` and sliding window the config gives;
 //! - GPT-2 by [`gpt2`], written on candle's tensor operations because candle ships no
 //!   GPT-2 and its GPT-2-like GPTBigCode returns only the last position's logits.
 //!
@@ -21,6 +20,7 @@
 pub mod data;
 mod error;
 pub mod gpt2;
+pub mod llama;
 mod model;
 pub mod weights;
 

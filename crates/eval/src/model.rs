@@ -4,10 +4,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor, D};
-use candle_transformers::models::qwen2;
 use serde_json::{Map, Value};
 
 use crate::gpt2::{self, Gpt2};
+use crate::llama::{self, Decoder, Rope, RopeScaling};
 use crate::weights::{Stored, Weights};
 use crate::EvalError;
 
@@ -37,11 +37,8 @@ impl Family {
 }
 
 enum Net {
-    /// Llama, Mistral and Qwen2: candle's Qwen2 decoder and the LM head.
-    Decoder {
-        model: Box<qwen2::Model>,
-        lm_head: candle_nn::Linear,
-    },
+    /// Llama, Mistral and Qwen2.
+    Decoder(Box<Decoder>),
     Gpt2(Box<Gpt2>),
 }
 
@@ -55,32 +52,29 @@ pub struct Model {
     net: Net,
 }
 
-/// The q/k/v biases of the Qwen2 decoder, zero for Llama and Mistral.
-const QKV_BIASES: &[&str] = &["q_proj.bias", "k_proj.bias", "v_proj.bias"];
-
 impl Model {
     /// Loads the model in `dir` (config.json and safetensors) in f32.
     pub fn load(dir: &Path) -> Result<Model, EvalError> {
-        Self::build(dir, &|zeros| Weights::open(dir, zeros))
+        Self::build(dir, &|| Weights::open(dir))
     }
 
     /// The model whose tensors are `tensors` (by name) and whose config.json (and
     /// tokenizer) are in `dir`: a merge scored without writing its weights.
     pub fn from_memory(dir: &Path, tensors: HashMap<String, Stored>) -> Result<Model, EvalError> {
         let tensors = std::sync::Mutex::new(Some(tensors));
-        Self::build(dir, &|zeros| {
+        Self::build(dir, &|| {
             let t = tensors
                 .lock()
                 .expect("not poisoned")
                 .take()
                 .unwrap_or_default();
-            Ok(Weights::in_memory(dir, t, zeros))
+            Ok(Weights::in_memory(dir, t))
         })
     }
 
     fn build(
         dir: &Path,
-        weights: &dyn Fn(&'static [&'static str]) -> Result<Weights, EvalError>,
+        weights: &dyn Fn() -> Result<Weights, EvalError>,
     ) -> Result<Model, EvalError> {
         let path = dir.join("config.json");
         let bad = |message: String| EvalError::Config {
@@ -109,16 +103,9 @@ impl Model {
                 })
             }
         };
-        let candle = |context: &'static str| {
-            move |source: candle_core::Error| EvalError::Candle {
-                dir: dir.to_path_buf(),
-                context,
-                source,
-            }
-        };
         let (net, vocab, max_context, parameters) = if family == Family::Gpt2 {
             let c = gpt2_config(&cfg)?;
-            let weights = weights(&[])?;
+            let weights = weights()?;
             let parameters = weights.parameters();
             let prefix = if weights.contains("transformer.wte.weight") {
                 "transformer."
@@ -134,12 +121,12 @@ impl Model {
             )?;
             (Net::Gpt2(Box::new(net)), vocab, positions, parameters)
         } else {
-            let c = decoder_config(&cfg, family)?;
-            let weights = weights(QKV_BIASES)?;
+            let (c, positions, tied) = decoder_config(&cfg, family)?;
+            let weights = weights()?;
             let parameters = weights.parameters();
             let head = if weights.contains("lm_head.weight") {
                 "lm_head.weight"
-            } else if c.tie_word_embeddings {
+            } else if tied {
                 "model.embed_tokens.weight"
             } else {
                 return Err(EvalError::Tensor {
@@ -148,14 +135,9 @@ impl Model {
                     message: "missing, and tie_word_embeddings is false".into(),
                 });
             };
-            let lm_head = weights.tensor(head, Some(&[c.vocab_size, c.hidden_size]))?;
-            let vb = weights.var_builder();
-            let model = qwen2::Model::new(&c, vb).map_err(candle("building the decoder"))?;
-            let net = Net::Decoder {
-                model: Box::new(model),
-                lm_head: candle_nn::Linear::new(lm_head, None),
-            };
-            (net, c.vocab_size, c.max_position_embeddings, parameters)
+            let vocab = c.vocab;
+            let net = Decoder::load(c, positions, head, |n, s| weights.tensor(n, Some(s)))?;
+            (Net::Decoder(Box::new(net)), vocab, positions, parameters)
         };
         Ok(Model {
             dir: dir.to_path_buf(),
@@ -209,17 +191,7 @@ impl Model {
             source,
         };
         let logits = match &mut self.net {
-            Net::Decoder { model, lm_head } => {
-                let ids = Tensor::new(tokens, &Device::Cpu)
-                    .and_then(|t| t.unsqueeze(0))
-                    .map_err(err)?;
-                let hidden = model.forward(&ids, 0, None);
-                model.clear_kv_cache();
-                hidden
-                    .and_then(|h| h.squeeze(0))
-                    .and_then(|h| candle_core::Module::forward(lm_head, &h))
-                    .map_err(err)?
-            }
+            Net::Decoder(net) => net.forward(tokens).map_err(err)?,
             Net::Gpt2(net) => net.forward(tokens).map_err(err)?,
         };
         nll(&logits, tokens).map_err(err)
@@ -316,39 +288,47 @@ impl Fields<'_> {
     }
 }
 
-/// The Qwen2 decoder's configuration for a Llama, Mistral or Qwen2 config.json, with
-/// transformers' defaults for each family; options the decoder cannot run are refused.
-fn decoder_config(cfg: &Fields<'_>, family: Family) -> Result<qwen2::Config, EvalError> {
-    let hidden_size = cfg.usize("hidden_size")?;
+/// The decoder's configuration for a Llama, Mistral or Qwen2 config.json, with
+/// transformers' defaults for each family, its positions (`max_position_embeddings`)
+/// and whether the LM head is tied to the embeddings; options the decoder cannot run
+/// are refused.
+fn decoder_config(
+    cfg: &Fields<'_>,
+    family: Family,
+) -> Result<(llama::Config, usize, bool), EvalError> {
+    let hidden = cfg.usize("hidden_size")?;
     let heads = cfg.usize("num_attention_heads")?;
     let kv_heads = cfg.usize_or("num_key_value_heads", Some(heads))?;
-    if hidden_size % heads != 0 || heads % kv_heads != 0 {
+    if heads % kv_heads != 0 {
         return Err(cfg.bad(format!(
-            "hidden_size {hidden_size}, num_attention_heads {heads} and num_key_value_heads {kv_heads} do not divide"
+            "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
         )));
     }
-    if let Some(h) = cfg.get("head_dim") {
-        if h.as_u64() != Some((hidden_size / heads) as u64) {
-            return Err(cfg.unsupported(format!(
-                "`head_dim: {h}` differs from hidden_size / num_attention_heads = {}; eval runs only the usual head size",
-                hidden_size / heads
-            )));
+    let head_dim = match cfg.get("head_dim") {
+        Some(_) => cfg.usize("head_dim")?,
+        None if hidden % heads == 0 => hidden / heads,
+        None => {
+            return Err(cfg.bad(format!(
+                "hidden_size {hidden} is not a multiple of num_attention_heads {heads}, and there is no head_dim"
+            )))
         }
+    };
+    if head_dim % 2 != 0 {
+        return Err(cfg.bad(format!("head_dim {head_dim} is odd: RoPE rotates pairs")));
     }
-    let rope_theta = rope_theta(cfg)?;
-    let no = Value::Bool(false);
-    cfg.refuse_unless(
-        "attention_bias",
-        &no,
-        "eval runs Llama without attention biases",
-    )?;
-    cfg.refuse_unless("mlp_bias", &no, "eval runs Llama without MLP biases")?;
+    let rope = rope(cfg)?;
+    let (qkv_bias, o_bias, mlp_bias) = match family {
+        Family::Qwen2 => (true, false, false),
+        _ => {
+            let attention = cfg.bool_or("attention_bias", false)?;
+            (attention, attention, cfg.bool_or("mlp_bias", false)?)
+        }
+    };
     let hidden_act = cfg.string_or("hidden_act", Some("silu"))?;
-    let hidden_act: candle_nn::Activation =
+    let activation: candle_nn::Activation =
         serde_json::from_value(Value::String(hidden_act.clone()))
             .map_err(|_| cfg.unsupported(format!("`hidden_act: {hidden_act}`")))?;
-    let max_position_embeddings = cfg.usize_or("max_position_embeddings", Some(2048))?;
-    // The decoder masks j when j + window < i; transformers' window W keeps i − j < W.
+    let positions = cfg.usize_or("max_position_embeddings", Some(2048))?;
     let window = match family {
         Family::Mistral => cfg.get("sliding_window").and_then(Value::as_u64),
         Family::Qwen2 if cfg.bool_or("use_sliding_window", false)? => {
@@ -358,53 +338,78 @@ fn decoder_config(cfg: &Fields<'_>, family: Family) -> Result<qwen2::Config, Eva
         }
         _ => None,
     };
-    let sliding_window = match window {
-        Some(w) if w > 0 => (w as usize - 1).min(max_position_embeddings),
-        _ => max_position_embeddings,
+    let config = llama::Config {
+        vocab: cfg.usize("vocab_size")?,
+        hidden,
+        inner: cfg.usize("intermediate_size")?,
+        layers: cfg.usize("num_hidden_layers")?,
+        heads,
+        kv_heads,
+        head_dim,
+        eps: cfg.f64_or("rms_norm_eps", 1e-6)?,
+        window: window.filter(|&w| w > 0).map(|w| w as usize),
+        rope,
+        activation,
+        qkv_bias,
+        o_bias,
+        mlp_bias,
     };
-    Ok(qwen2::Config {
-        vocab_size: cfg.usize("vocab_size")?,
-        hidden_size,
-        intermediate_size: cfg.usize("intermediate_size")?,
-        num_hidden_layers: cfg.usize("num_hidden_layers")?,
-        num_attention_heads: heads,
-        num_key_value_heads: kv_heads,
-        max_position_embeddings,
-        sliding_window,
-        max_window_layers: 0,
-        tie_word_embeddings: cfg.bool_or("tie_word_embeddings", false)?,
-        rope_theta,
-        rms_norm_eps: cfg.f64_or("rms_norm_eps", 1e-6)?,
-        use_sliding_window: false,
-        hidden_act,
-    })
+    Ok((
+        config,
+        positions,
+        cfg.bool_or("tie_word_embeddings", false)?,
+    ))
 }
 
-/// RoPE's base: `rope_theta`, or `rope_parameters.rope_theta` as transformers 5
-/// writes it. Scaled RoPE (`rope_scaling`, a `rope_type` other than `default`) is
-/// refused: the decoder runs plain RoPE only.
-fn rope_theta(cfg: &Fields<'_>) -> Result<f64, EvalError> {
-    let plain = "eval runs plain RoPE only (no scaled or extended RoPE)";
-    cfg.refuse_unless("rope_scaling", &Value::Null, plain)?;
-    let Some(params) = cfg.get("rope_parameters") else {
-        return cfg.f64_or("rope_theta", 10000.0);
-    };
-    let Value::Object(map) = params else {
-        return Err(cfg.bad(format!("`rope_parameters` is {params}, not an object")));
-    };
-    let inner = Fields {
-        path: cfg.path,
-        map,
-    };
-    inner.refuse_unless(
-        "rope_type",
-        &Value::String("default".into()),
-        &format!("in `rope_parameters`: {plain}"),
-    )?;
-    match inner.get("rope_theta") {
-        Some(_) => inner.f64_or("rope_theta", 10000.0),
-        None => cfg.f64_or("rope_theta", 10000.0),
+/// RoPE: `rope_theta` and `rope_scaling` (transformers 4), or `rope_parameters` (5);
+/// where a config has both, `rope_scaling`'s entries override. Plain, `linear` and
+/// `llama3` RoPE run; other scalings (`dynamic`, `yarn`, `longrope`…) are refused by
+/// name.
+fn rope(cfg: &Fields<'_>) -> Result<Rope, EvalError> {
+    let mut map = Map::new();
+    for key in ["rope_parameters", "rope_scaling"] {
+        match cfg.get(key) {
+            Some(Value::Object(m)) => {
+                map.extend(m.clone());
+                // transformers 4 wrote `type` in older configs, `rope_type` in newer.
+                if let (Some(t), None) = (m.get("type"), m.get("rope_type")) {
+                    map.insert("rope_type".into(), t.clone());
+                }
+            }
+            Some(v) => return Err(cfg.bad(format!("`{key}` is {v}, not an object"))),
+            None => {}
+        }
     }
+    let p = Fields {
+        path: cfg.path,
+        map: &map,
+    };
+    let theta = p.f64_or("rope_theta", cfg.f64_or("rope_theta", 10000.0)?)?;
+    let kind = p.string_or("rope_type", Some("default"))?;
+    let number = |key: &str| -> Result<f64, EvalError> {
+        match p.get(key) {
+            Some(_) => p.f64_or(key, 0.0),
+            None => Err(cfg.bad(format!("`{kind}` RoPE needs `{key}`"))),
+        }
+    };
+    let scaling = match kind.as_str() {
+        "default" => RopeScaling::None,
+        "linear" => RopeScaling::Linear {
+            factor: number("factor")?,
+        },
+        "llama3" => RopeScaling::Llama3 {
+            factor: number("factor")?,
+            low_freq_factor: number("low_freq_factor")?,
+            high_freq_factor: number("high_freq_factor")?,
+            original_max_position_embeddings: number("original_max_position_embeddings")?,
+        },
+        other => {
+            return Err(cfg.unsupported(format!(
+                "`{other}` RoPE: eval runs plain, linear and llama3 RoPE"
+            )))
+        }
+    };
+    Ok(Rope { theta, scaling })
 }
 
 /// A GPT-2 config.json, with transformers' defaults.

@@ -1,15 +1,13 @@
-//! candle's `VarBuilder` over a reefknot [`Checkpoint`], or over tensors in memory (a
-//! merge `reefknot sweep` scores without writing it): each tensor is converted to f32
-//! once, whatever its stored type, so that sharded folders, bf16 and f16 load as
-//! `reefknot merge` reads them.
+//! A model's tensors as f32 candle tensors, from a reefknot [`Checkpoint`] or from
+//! tensors in memory (a merge `reefknot sweep` scores without writing it): each tensor
+//! is converted to f32 once, whatever its stored type, so that sharded folders, bf16
+//! and f16 load as `reefknot merge` reads them.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
-use candle_nn::{Init, VarBuilder};
+use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use reefknot_io::{Checkpoint, Dtype};
 
@@ -38,16 +36,13 @@ pub struct Weights {
     /// Every tensor's name and number of values.
     sizes: HashMap<String, usize>,
     dir: PathBuf,
-    /// Names ending so that are zeros of the asked shape when the checkpoint lacks them
-    /// (the q/k/v biases the Qwen2 decoder has and Llama and Mistral do not).
-    zero_if_missing: &'static [&'static str],
     /// Each tensor read so far: a second request (tied embeddings) shares its storage.
     read: Mutex<HashMap<String, Tensor>>,
 }
 
 impl Weights {
     /// Opens the model folder's safetensors.
-    pub fn open(dir: &Path, zero_if_missing: &'static [&'static str]) -> Result<Self, EvalError> {
+    pub fn open(dir: &Path) -> Result<Self, EvalError> {
         let checkpoint = Checkpoint::open(dir)?;
         let sizes = checkpoint
             .tensors()
@@ -58,17 +53,12 @@ impl Weights {
             source: Source::Checkpoint(checkpoint),
             sizes,
             dir: dir.to_path_buf(),
-            zero_if_missing,
             read: Mutex::new(HashMap::new()),
         })
     }
 
     /// Tensors in memory, for the model whose other files are in `dir`.
-    pub fn in_memory(
-        dir: &Path,
-        tensors: HashMap<String, Stored>,
-        zero_if_missing: &'static [&'static str],
-    ) -> Self {
+    pub fn in_memory(dir: &Path, tensors: HashMap<String, Stored>) -> Self {
         let sizes = tensors
             .iter()
             .map(|(name, t)| (name.clone(), t.shape.iter().product()))
@@ -77,7 +67,6 @@ impl Weights {
             source: Source::Memory(Mutex::new(tensors)),
             sizes,
             dir: dir.to_path_buf(),
-            zero_if_missing,
             read: Mutex::new(HashMap::new()),
         }
     }
@@ -111,12 +100,6 @@ impl Weights {
             return check_shape(t, shape).map(|()| t.clone());
         }
         if !self.contains(name) {
-            if let Some(shape) = shape {
-                if self.zero_if_missing.iter().any(|end| name.ends_with(end)) {
-                    return Tensor::zeros(shape, DType::F32, &Device::Cpu)
-                        .map_err(|e| e.to_string());
-                }
-            }
             return Err("missing from the checkpoint".into());
         }
         let (values, dims) = match &self.source {
@@ -140,11 +123,6 @@ impl Weights {
             .expect("not poisoned")
             .insert(name.to_string(), t.clone());
         check_shape(&t, shape).map(|()| t)
-    }
-
-    /// A candle `VarBuilder` reading these weights, in f32 on the CPU.
-    pub fn var_builder(self) -> VarBuilder<'static> {
-        VarBuilder::from_backend(Box::new(self), DType::F32, Device::Cpu)
     }
 }
 
@@ -171,49 +149,13 @@ fn check_shape(t: &Tensor, shape: Option<&[usize]>) -> Result<(), String> {
     }
 }
 
-impl SimpleBackend for Weights {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        self.get_checked(Some(s.dims()), name, dtype, dev)
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.get_checked(None, name, dtype, dev)
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.contains(name)
-    }
-}
-
-impl Weights {
-    fn get_checked(
-        &self,
-        shape: Option<&[usize]>,
-        name: &str,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let t = self
-            .load(name, shape)
-            .map_err(|message| candle_core::Error::Msg(format!("tensor `{name}`: {message}")))?;
-        t.to_dtype(dtype)?.to_device(dev)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn shapes_are_checked() {
-        let t = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+        let t = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
         assert!(check_shape(&t, Some(&[2, 3])).is_ok());
         assert!(check_shape(&t, None).is_ok());
         let e = check_shape(&t, Some(&[3, 2])).unwrap_err();

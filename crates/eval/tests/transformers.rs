@@ -19,7 +19,7 @@ fn expected() -> Value {
 fn losses_equal_transformers() {
     let expected = expected();
     let models = expected["models"].as_object().unwrap();
-    assert!(models.len() >= 8, "the eval fixtures are missing");
+    assert!(models.len() >= 10, "the eval fixtures are missing");
     for (name, files) in models {
         let dir = fixtures().join(name);
         let mut model = Model::load(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
