@@ -142,7 +142,7 @@ pub(crate) fn plan_and_warn(
     };
     let mut opened = vec![open(
         &recipe.base,
-        format!("base model ({})", recipe.base.display()),
+        input_label(recipe, 0),
         recipe.base_location,
     )?];
     let mut roles = vec![plan::Role::Base];
@@ -270,12 +270,7 @@ pub(crate) fn plan_and_warn(
         let (own_base, members) = recipe.merged_inputs(slice);
         let base_input = input_index(own_base);
         let base_ref = operand(base_input, &info.name, permuted);
-        let member_label = |pos: usize| match members[pos] {
-            reefknot_recipe::SliceInput::Model(i) => label(i),
-            reefknot_recipe::SliceInput::Base => {
-                format!("base model ({})", recipe.base.display())
-            }
-        };
+        let member_label = |pos: usize| input_label(recipe, input_index(members[pos]));
         // Each model's name for the tensor: the base's, or, in a slice whose `layers_of`
         // places the model elsewhere, the same tensor of its own layer.
         let model_names: Vec<String> = members
@@ -509,6 +504,27 @@ fn input_index(input: reefknot_recipe::SliceInput) -> usize {
     }
 }
 
+/// How input `input` (the base is 0, model `i` is `i + 1`) is named in messages.
+fn input_label(recipe: &Recipe, input: usize) -> String {
+    match input {
+        0 => format!("base model ({})", recipe.base.display()),
+        i => model_label(i - 1, &recipe.models[i - 1].path),
+    }
+}
+
+/// The input (the base is 0, model `i` is `i + 1`) that a recipe path names: the base's
+/// or a model's, as resolved.
+fn input_at(recipe: &Recipe, path: &Path) -> Option<usize> {
+    if path == recipe.base {
+        return Some(0);
+    }
+    recipe
+        .models
+        .iter()
+        .position(|m| m.path == path)
+        .map(|i| i + 1)
+}
+
 /// Input `i`'s name for the slice base's tensor `name` merged in slice `slice`: `name`,
 /// or its layer moved by the slice's `layers_of` offset for that input.
 fn model_tensor(
@@ -582,10 +598,8 @@ fn vocabulary(
         TokenizerSource::Base => vocab::Source::Input(0),
         TokenizerSource::Union => vocab::Source::Union,
         TokenizerSource::Model(path) => {
-            if *path == recipe.base {
-                vocab::Source::Input(0)
-            } else if let Some(i) = recipe.models.iter().position(|m| m.path == *path) {
-                vocab::Source::Input(i + 1)
+            if let Some(i) = input_at(recipe, path) {
+                vocab::Source::Input(i)
             } else {
                 return Err(fail(format!(
                     "`{}` is neither the base nor a model of `models:`; the tokenizer is one \
@@ -636,10 +650,7 @@ fn token_rules(
     vocabs: &BTreeMap<usize, vocab::InputVocab>,
 ) -> Result<Vec<vocab::Rule>, Error> {
     use reefknot_recipe::TokenRowSource;
-    let who = |i: usize| match i {
-        0 => format!("the base ({})", recipe.base.display()),
-        i => model_label(i - 1, &recipe.models[i - 1].path),
-    };
+    let who = |i: usize| input_label(recipe, i);
     let mut rules = Vec::with_capacity(t.tokens.len());
     for r in &t.tokens {
         let fail = |message: String| {
@@ -653,19 +664,13 @@ fn token_rules(
         let input = |path: &Option<PathBuf>| {
             match path {
             None => Ok(0),
-            Some(p) if *p == recipe.base => Ok(0),
-            Some(p) => recipe
-                .models
-                .iter()
-                .position(|m| m.path == *p)
-                .map(|i| i + 1)
-                .ok_or_else(|| {
-                    fail(format!(
-                        "the row of `{}` is read from `{}`, which is neither the base nor a model of `models:`",
-                        r.token,
-                        p.display()
-                    ))
-                }),
+            Some(p) => input_at(recipe, p).ok_or_else(|| {
+                let p = p.display();
+                fail(format!(
+                    "the row of `{}` is read from `{p}`, which is neither the base nor a model of `models:`",
+                    r.token
+                ))
+            }),
         }
         };
         let from = match &r.source {
@@ -782,10 +787,7 @@ fn output_items<'c>(
             input_index(input)
         }
     };
-    let who = |input: usize| match input {
-        0 => format!("base model ({})", recipe.base.display()),
-        i => model_label(i - 1, &recipe.models[i - 1].path),
-    };
+    let who = |input: usize| input_label(recipe, input);
     let item = |s: usize,
                 info: &'c reefknot_io::TensorInfo,
                 name: String,

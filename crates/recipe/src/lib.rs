@@ -261,7 +261,7 @@ pub struct Override {
 
 /// An input of the recipe that a slice copies layers from (`from:`), or that a merged
 /// slice takes as its base or merges (`base:`, `models:`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum SliceInput {
     /// `from: base` (or the base's path).
     Base,
