@@ -232,7 +232,7 @@ fn tokens_give_their_rows_add_what_is_missing_and_errors_point_at_the_token() {
     ws.recipe("lacks.yaml", &recipe("    math9: { source: base }\n"));
     let stderr = fails(&run_in(ws.path(), &["check", "lacks.yaml"]), 1);
     assert!(
-        stderr.contains("the base (")
+        stderr.contains("base model (models/base) has no token")
             && stderr.contains("has no token `math9`")
             && stderr.contains("9 │     math9"),
         "{stderr}"
