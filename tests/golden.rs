@@ -103,6 +103,7 @@ const CASES: &[&str] = &[
     "tokenizer_dict_union",
     "tokenizer_padded",
     "tokenizer_tokens",
+    "tokenizer_slices",
 ];
 
 fn golden_root() -> PathBuf {
@@ -1221,6 +1222,7 @@ golden_cases!(
     tokenizer_dict_union,
     tokenizer_padded,
     tokenizer_tokens,
+    tokenizer_slices,
 );
 
 /// The fixture folder and the list of tested cases stay in step.

@@ -6,11 +6,12 @@ mergekit's ``tokenizer_source: union | base | <model>`` (and the newer
 every weight with a vocabulary axis (for Llama ``model.embed_tokens.weight`` and
 ``lm_head.weight``) of every input into it before the merge method runs; a model that
 lacks an output token gets a stand-in row.  This script makes a small Llama family
-whose three models really have different vocabularies, runs mergekit on seven
+whose three models really have different vocabularies, runs mergekit on eight
 configurations, and commits what it wrote, so that reefknot's ``tokenizer:`` can be
 tested against it.  ``tokenizer: {tokens: ...}`` (``tokenizer_tokens``) gives chosen
 tokens their rows: a model's, another token's or an id's, or zeros, for the models that
-lack the token (every model with ``force``), a token no vocabulary has added first.  With ``tokenizer: {pad_to_multiple_of: k}`` mergekit pads the
+lack the token (every model with ``force``), a token no vocabulary has added first;
+``tokenizer_slices`` merges two slices of every input with a lambda each.  With ``tokenizer: {pad_to_multiple_of: k}`` mergekit pads the
 vocabulary tensors to a multiple of ``k`` rows, each padding row of each input the mean
 of that input's aligned token rows, before the merge.
 
@@ -98,6 +99,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -338,6 +340,10 @@ class Case:
     # ("token", label, token) | ("id", label, id) | ("zero",); a token no vocabulary
     # has is added after the others, in this order
     token_rows: Tuple[Tuple[str, Tuple, bool], ...] = ()
+    # mergekit's `slices:` of one layer each over every input (task_arithmetic): each
+    # slice's lambda; the embeddings take the first's, the final norm and LM head the
+    # last's
+    slice_lams: Optional[Tuple[float, ...]] = None
 
 
 def P(label: str) -> str:
@@ -606,6 +612,62 @@ dtype: float32
     )
 )
 
+CASES.append(
+    Case(
+        name="tokenizer_slices",
+        description="task arithmetic of task_0 and task_1 on base over two slices of one "
+                    "layer each, lambda 0.5 then 1.0 (embeddings 0.5, final norm and "
+                    "lm_head 1.0), tokenizer_source: union: every slice merges every "
+                    "input, so the rows are filled as without slices",
+        recipe="""\
+base: {base}
+models:
+  - path: {m0}
+  - path: {m1}
+merge: sum |> scale($lambda)
+slices:
+  - layers: 0..1
+    params: {{ lambda: 0.5 }}
+  - layers: 1..2
+    params: {{ lambda: 1.0 }}
+tokenizer: union
+dtype: float32
+""",
+        mergekit="""\
+merge_method: task_arithmetic
+base_model: {base}
+slices:
+  - sources:
+      - model: {base}
+        layer_range: [0, 1]
+      - model: {m0}
+        layer_range: [0, 1]
+        parameters: {{ weight: 1.0 }}
+      - model: {m1}
+        layer_range: [0, 1]
+        parameters: {{ weight: 1.0 }}
+    parameters:
+      lambda: 0.5
+  - sources:
+      - model: {base}
+        layer_range: [1, 2]
+      - model: {m0}
+        layer_range: [1, 2]
+        parameters: {{ weight: 1.0 }}
+      - model: {m1}
+        layer_range: [1, 2]
+        parameters: {{ weight: 1.0 }}
+    parameters:
+      lambda: 1.0
+tokenizer_source: union
+dtype: float32
+""",
+        method="task_arithmetic", inputs=("base", "task_0", "task_1"),
+        weights=(1.0, 1.0), base_model="base", source="union", recipe_base="base",
+        recipe_models=("task_0", "task_1"), slice_lams=(0.5, 1.0),
+    )
+)
+
 EXPECTED_FILES = {  # mergekit's output file -> the committed name
     "config.json": "expected_config.json",
     "tokenizer.json": "expected_tokenizer.json",
@@ -691,7 +753,20 @@ def aligned_rows(case: Case, vocabs: Dict[str, Vocab], models: Dict[str, Dict[st
     return res
 
 
-def reference_merge(case: Case, ops: Dict[str, np.ndarray]) -> Tuple[np.ndarray, int]:
+def lam_of(case: Case, name: str) -> float:
+    """The task arithmetic lambda of tensor ``name``: the case's, or with
+    ``slice_lams`` its layer's slice's (embeddings the first, the rest outside the
+    layers the last), as mergekit reads a slice's parameters."""
+    if not case.slice_lams:
+        return case.lam
+    m = re.search(r"\.layers\.(\d+)\.", name)
+    if m:
+        return case.slice_lams[int(m.group(1))]
+    return case.slice_lams[0] if "embed_tokens" in name else case.slice_lams[-1]
+
+
+def reference_merge(case: Case, ops: Dict[str, np.ndarray],
+                    name: str = "") -> Tuple[np.ndarray, int]:
     """The method's arithmetic on aligned operands (float64 sums of float32 deltas);
     also the number of positions where an unstable sort could trim otherwise."""
     f32 = np.float32
@@ -704,7 +779,7 @@ def reference_merge(case: Case, ops: Dict[str, np.ndarray]) -> Tuple[np.ndarray,
     w = case.weights
     if case.method == "task_arithmetic":
         acc = sum(np.float64(wi) * d.astype(np.float64) for wi, d in zip(w, deltas))
-        return base.astype(np.float64) + case.lam * acc, 0
+        return base.astype(np.float64) + lam_of(case, name) * acc, 0
     assert case.method == "ties"
     n = base.size
     k = mg.keep_count(case.density, n)
@@ -771,7 +846,7 @@ def check_case(case: Case, vocabs: Dict[str, Vocab], models: Dict[str, Dict[str,
             ops = {lab: models[lab][name] for lab in case.inputs}
         if case.method != "linear" and "base" not in ops:
             ops["base"] = models["base"][name]
-        ref, amb = reference_merge(case, ops)
+        ref, amb = reference_merge(case, ops, name)
         n_amb += amb
         scale = np.max(np.stack([np.abs(x.astype(np.float64)) for x in ops.values()]), axis=0)
         n_tok = len(got_ids)

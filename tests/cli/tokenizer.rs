@@ -402,6 +402,33 @@ fn a_padded_vocabulary_fills_its_padding_with_the_mean_row() {
 }
 
 #[test]
+fn a_tokenizer_over_slices_needs_every_input_in_the_end_slices() {
+    let ws = workspace();
+    let recipe = |slices: &str| {
+        format!(
+            "base: models/base\nmodels:\n  - path: models/code\nmerge: mean\ntokenizer: union\nslices:\n{slices}"
+        )
+    };
+    // Merged slices over every input: the rows are the union's, as without slices.
+    ws.recipe(
+        "merged.yaml",
+        &recipe("  - layers: 0..1\n  - layers: 1..2\n"),
+    );
+    let shown = ok(&run_in(ws.path(), &["check", "merged.yaml"]));
+    assert!(shown.contains("vocabulary 257 tokens"), "{shown}");
+    // A frankenmerge's embeddings come from one input: refused, naming the slice.
+    ws.recipe(
+        "copied.yaml",
+        &recipe("  - from: base\n    layers: 0..1\n  - layers: 1..2\n"),
+    );
+    let err = fails(&run_in(ws.path(), &["check", "copied.yaml"]), 1);
+    assert!(
+        err.contains("but slice 1 copies an input's layers or merges others"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_tokenizer_with_fisher_files_is_refused_at_the_tokenizer() {
     let ws = workspace();
     ws.recipe(

@@ -557,7 +557,7 @@ fn vocabulary(
     opened: &[Arc<Checkpoint>],
     updates: &[Option<lora::Updates>],
 ) -> Result<vocab::Built, Error> {
-    use reefknot_recipe::TokenizerSource;
+    use reefknot_recipe::{SliceSource, TokenizerSource};
     let fail = |message: String| {
         let e = ErrorKind::Vocabulary { message };
         Error::from(ErrorKind::InRecipe(InRecipe::new(
@@ -567,11 +567,24 @@ fn vocabulary(
             "this tokenizer".to_string(),
         )))
     };
-    if !recipe.slices.is_empty() {
-        return Err(fail(
-            "a tokenizer other than the base's as it is, with `slices:`, is not supported yet"
-                .into(),
-        ));
+    // The embeddings come from the first slice and the LM head from the last; mergekit
+    // fills a missing row from the inputs of that slice only, which is this
+    // vocabulary's rule where that slice merges every input.
+    if let Some(s) = [0, recipe.slices.len().saturating_sub(1)]
+        .into_iter()
+        .filter(|&s| s < recipe.slices.len())
+        .find(|&s| {
+            matches!(recipe.slices[s].source, SliceSource::Copy { .. })
+                || recipe.merged_inputs(Some(s)) != recipe.merged_inputs(None)
+        })
+    {
+        return Err(fail(format!(
+            "with `slices:`, a tokenizer other than the base's as it is needs the first and the \
+             last slice to merge the recipe's base and every model, but slice {} copies an \
+             input's layers or merges others (not supported yet: mergekit fills its \
+             vocabulary rows from that slice's inputs alone)",
+            s + 1
+        )));
     }
     let n = recipe.models.len();
     let mut vocabs = BTreeMap::new();

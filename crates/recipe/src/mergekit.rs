@@ -9,8 +9,8 @@
 //! What mergekit accepts silently but does nothing with (an unknown key, a misspelt
 //! parameter, a global parameter under a model, a weight the method ignores) becomes a
 //! warning with a caret into the configuration; what reefknot cannot do yet
-//! (`passthrough` slices of several sources, `modules:`, a tokenizer's `tokens`) is an
-//! [`ErrorKind::Unsupported`] error. The rules, key by key, are in `docs/mergekit.md`.
+//! (`passthrough` slices of several sources, `modules:`, slices whose merges differ in
+//! form) is an [`ErrorKind::Unsupported`] error. The rules, key by key, are in `docs/mergekit.md`.
 //!
 //! How the values map (mergekit's `ConfigReader.parameter` order): for a model, its own
 //! `parameters`, then the top-level `parameters`, then the method's default. A value
