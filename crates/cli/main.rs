@@ -358,9 +358,8 @@ fn load_plan(
 }
 
 /// As [`load_plan`], with the recipe the plan was made of; `warn`: print the recipe's
-/// warnings (a sweep prints them for its first point only). Checkpoints are taken from
-/// `opened` where it holds them, and those opened are kept there (a sweep's points
-/// share theirs).
+/// warnings. Checkpoints are taken from `opened` where it holds them, and those opened
+/// are kept there.
 pub(crate) fn load_plan_and_recipe(
     recipe: &std::path::Path,
     overrides: &Overrides,
@@ -369,12 +368,34 @@ pub(crate) fn load_plan_and_recipe(
     warn: bool,
     opened: &reefknot_engine::Opened,
 ) -> Result<(Plan, Recipe), Failure> {
-    let mut recipe = Recipe::load(recipe).map_err(reefknot_engine::Error::from)?;
+    let recipe = read_recipe(recipe, overrides)?;
+    let registry = recipe_registry(&recipe, overrides, isolation)?;
+    let plan = plan_of(&recipe, &registry, overrides, shard_size, warn, opened)?;
+    Ok((plan, recipe))
+}
+
+/// The recipe (or mergekit configuration) at `path`, with the command line's `--set`
+/// values.
+pub(crate) fn read_recipe(
+    path: &std::path::Path,
+    overrides: &Overrides,
+) -> Result<Recipe, Failure> {
+    let mut recipe = Recipe::load(path).map_err(reefknot_engine::Error::from)?;
     for (name, value) in &overrides.set {
         recipe.set_param(name, value.clone());
     }
+    Ok(recipe)
+}
+
+/// The operators `recipe` can use: the built-ins and the plugins its expressions name
+/// (`--plugin`, the recipe's `plugins:`, `REEFKNOT_PLUGIN_PATH`).
+pub(crate) fn recipe_registry(
+    recipe: &Recipe,
+    overrides: &Overrides,
+    isolation: Option<reefknot_plugins::Isolation>,
+) -> Result<reefknot_ops::Registry, Failure> {
     // Loading a plugin runs its code: not before the recipe's expressions parse.
-    let namespaces = reefknot_engine::parse_exprs(&recipe)?;
+    let namespaces = reefknot_engine::parse_exprs(recipe)?;
     let dir = recipe
         .path
         .as_deref()
@@ -387,13 +408,26 @@ pub(crate) fn load_plan_and_recipe(
             }
         });
     let wanted: Vec<&str> = namespaces.iter().map(String::as_str).collect();
-    let registry = plugins::registry(&overrides.plugins, &recipe.plugins, dir, &wanted, isolation)?;
+    plugins::registry(&overrides.plugins, &recipe.plugins, dir, &wanted, isolation)
+}
+
+/// The plan of `recipe` over `registry`'s operators, with the command line's seed,
+/// dtype and `shard_size`; `warn`: print the recipe's warnings (`--strict` makes them
+/// errors either way).
+pub(crate) fn plan_of(
+    recipe: &Recipe,
+    registry: &reefknot_ops::Registry,
+    overrides: &Overrides,
+    shard_size: Option<u64>,
+    warn: bool,
+    opened: &reefknot_engine::Opened,
+) -> Result<Plan, Failure> {
     let opts = PlanOptions {
         seed: overrides.seed,
         dtype: overrides.dtype.clone(),
         shard_size,
     };
-    let plan = Plan::build_with(&recipe, &registry, &opts, opened)?;
+    let plan = Plan::build_with(recipe, registry, &opts, opened)?;
     for w in plan.warnings().iter().filter(|_| warn) {
         eprintln!("{:?}", miette::Report::new(reefknot_lang::Clipped::new(w)));
     }
@@ -404,7 +438,7 @@ pub(crate) fn load_plan_and_recipe(
             if n == 1 { "" } else { "s" }
         )));
     }
-    Ok((plan, recipe))
+    Ok(plan)
 }
 
 /// Reads a saved plan and readies it against the operators of `--plugin` and

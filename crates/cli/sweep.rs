@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::Args as ClapArgs;
 use reefknot_engine::MergeOptions;
-use reefknot_recipe::{Number, ParamValue, Recipe};
+use reefknot_recipe::{Number, ParamValue};
 use serde_json::{json, Value};
 
 use crate::{Failure, Overrides};
@@ -280,9 +280,9 @@ fn write_results(dir: &Path, axes: &[(String, Vec<f64>)], results: &[Value]) -> 
 
 pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
     crate::watchdog::start();
-    let section = Recipe::load(&args.recipe)
-        .map_err(reefknot_engine::Error::from)?
-        .sweep;
+    // The recipe is read, and its plugins loaded, once for every point.
+    let recipe = crate::read_recipe(&args.recipe, &args.overrides)?;
+    let section = recipe.sweep.clone();
     let grid: Vec<(String, Vec<f64>)> = match (&section, args.grid.is_empty()) {
         (Some(s), true) => s
             .grid
@@ -355,19 +355,16 @@ pub(crate) fn run(args: &SweepArgs, quiet: bool) -> Result<(), Failure> {
     // Every point's plan first: a value out of range fails before anything is merged.
     // The points share their inputs, opened (and their headers checked) once.
     let opened = reefknot_engine::Opened::default();
+    let registry = crate::recipe_registry(&recipe, &args.overrides, None)?;
     let mut plans = Vec::with_capacity(all.len());
     for point in &all {
-        let mut overrides = args.overrides.clone();
+        let mut recipe = recipe.clone();
         for (n, v) in point {
-            overrides.set.retain(|(m, _)| m != n);
-            overrides
-                .set
-                .push((n.clone(), ParamValue::Number(Number::Scalar(*v))));
+            recipe.set_param(n, ParamValue::Number(Number::Scalar(*v)));
         }
         // The recipe's warnings are the same at every point: shown once.
         let warn = plans.is_empty();
-        let (plan, _) =
-            crate::load_plan_and_recipe(&args.recipe, &overrides, None, None, warn, &opened)?;
+        let plan = crate::plan_of(&recipe, &registry, &args.overrides, None, warn, &opened)?;
         plans.push(plan);
     }
     let dir = &args.output;
