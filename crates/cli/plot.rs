@@ -64,22 +64,30 @@ fn embedded_font() -> Result<(), Failed> {
         .map_err(|_| "the embedded font does not load".into())
 }
 
+/// Draws into `path` (an SVG or a PNG of `size`, by its extension) by calling
+/// `$draw` with `$root`, the drawing area of the format's backend.
+macro_rules! on_backend {
+    ($path:expr, $size:expr, |$root:ident| $draw:expr) => {{
+        embedded_font()?;
+        match Format::of($path)? {
+            Format::Svg => {
+                let $root = SVGBackend::new($path, $size).into_drawing_area();
+                $draw?;
+                $root.present()?;
+            }
+            Format::Png => {
+                let $root = BitMapBackend::new($path, $size).into_drawing_area();
+                $draw?;
+                $root.present()?;
+            }
+        }
+        Ok(())
+    }};
+}
+
 /// Draws `analysis` into `path`.
 pub(crate) fn draw(path: &Path, analysis: &Analysis, keep: f64) -> Result<(), Failed> {
-    embedded_font()?;
-    match Format::of(path)? {
-        Format::Svg => {
-            let root = SVGBackend::new(path, SIZE).into_drawing_area();
-            figure(&root, analysis, keep)?;
-            root.present()?;
-        }
-        Format::Png => {
-            let root = BitMapBackend::new(path, SIZE).into_drawing_area();
-            figure(&root, analysis, keep)?;
-            root.present()?;
-        }
-    }
-    Ok(())
+    on_backend!(path, SIZE, |root| figure(&root, analysis, keep))
 }
 
 fn figure<DB: DrawingBackend>(
@@ -271,21 +279,7 @@ pub(crate) type Scored = (Vec<(String, f64)>, f64);
 /// Draws a sweep's scores into `path`: the score against the first axis, one line per
 /// combination of the other axes' values, the best point ringed.
 pub(crate) fn draw_sweep(path: &Path, points: &[Scored], best: usize) -> Result<(), Failed> {
-    embedded_font()?;
-    let size = (960, 600);
-    match Format::of(path)? {
-        Format::Svg => {
-            let root = SVGBackend::new(path, size).into_drawing_area();
-            sweep_figure(&root, points, best)?;
-            root.present()?;
-        }
-        Format::Png => {
-            let root = BitMapBackend::new(path, size).into_drawing_area();
-            sweep_figure(&root, points, best)?;
-            root.present()?;
-        }
-    }
-    Ok(())
+    on_backend!(path, (960, 600), |root| sweep_figure(&root, points, best))
 }
 
 fn sweep_figure<DB: DrawingBackend>(
