@@ -160,7 +160,7 @@ impl Gpt2 {
             .wte
             .index_select(&ids, 0)?
             .add(&self.wpe.narrow(0, 0, t)?)?;
-        let mask = causal_mask(t)?;
+        let mask = crate::llama::mask(t, None)?;
         let scale = 1.0 / (d as f64).sqrt();
         let split = |m: &Tensor| -> candle_core::Result<Tensor> {
             m.reshape((t, heads, d))?.transpose(0, 1)?.contiguous()
@@ -192,33 +192,9 @@ fn layer_norm(x: &Tensor, n: &Norm, eps: f32) -> candle_core::Result<Tensor> {
     candle_nn::ops::layer_norm(&x.contiguous()?, &n.weight, &n.bias, eps)
 }
 
-/// `[t, t]`: 0 where a position may attend (itself and before), −∞ after.
-fn causal_mask(t: usize) -> candle_core::Result<Tensor> {
-    let mask: Vec<f32> = (0..t * t)
-        .map(|k| {
-            if k % t > k / t {
-                f32::NEG_INFINITY
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    Tensor::from_vec(mask, (t, t), &Device::Cpu)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_mask_is_causal() {
-        let m: Vec<Vec<f32>> = causal_mask(3).unwrap().to_vec2().unwrap();
-        let inf = f32::NEG_INFINITY;
-        assert_eq!(
-            m,
-            vec![vec![0.0, inf, inf], vec![0.0, 0.0, inf], vec![0.0; 3]]
-        );
-    }
 
     #[test]
     fn activations_by_name() {

@@ -276,7 +276,7 @@ impl Decoder {
 
 /// `[t, t]`: 0 where position `i` may attend to `j` (`j ≤ i`, and `i − j < window`),
 /// −∞ elsewhere.
-fn mask(t: usize, window: Option<usize>) -> candle_core::Result<Tensor> {
+pub(crate) fn mask(t: usize, window: Option<usize>) -> candle_core::Result<Tensor> {
     let mask: Vec<f32> = (0..t * t)
         .map(|k| {
             let (i, j) = (k / t, k % t);

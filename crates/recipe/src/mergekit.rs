@@ -2184,22 +2184,9 @@ impl<'a> Translator<'a> {
         out.push_str("models:\n");
         for (i, m) in built.models.iter().enumerate() {
             self.write_model(&mut out, m, "  - path", "    lora");
-            if let Some(w) = built.weights.get(i).and_then(Option::as_ref) {
-                if *w != Val::Num(1.0) {
-                    let _ = writeln!(out, "    weight: {}", w.yaml());
-                }
-            }
-            let params = built.params_of(i);
-            if !params.is_empty() {
-                let _ = writeln!(out, "    params: {{ {} }}", params.join(", "));
-            }
+            built.write_model_values(&mut out, i, "    ");
         }
-        if !built.values.all.is_empty() {
-            out.push_str("params:\n");
-            for (name, v) in &built.values.all {
-                let _ = writeln!(out, "  {name}: {}", v.yaml());
-            }
-        }
+        write_params(&mut out, "", &built.values.all);
         let _ = writeln!(out, "merge: {}", built.expr);
         if !self.stacked.is_empty() {
             out.push_str("slices:\n");
@@ -2213,12 +2200,7 @@ impl<'a> Translator<'a> {
                     base_start + s.end - s.start
                 );
                 self.write_layers_of(&mut out, s, base_start, &built.models, &built.base);
-                if !s.params.is_empty() {
-                    out.push_str("    params:\n");
-                    for (name, v) in &s.params {
-                        let _ = writeln!(out, "      {name}: {}", v.yaml());
-                    }
-                }
+                write_params(&mut out, "    ", &s.params);
             }
         }
         self.write_tokenizer(&mut out);
@@ -2325,23 +2307,10 @@ impl<'a> Translator<'a> {
             out.push_str("    models:\n");
             for (i, m) in b.models.iter().enumerate() {
                 let _ = writeln!(out, "      - path: {}", named(self, m));
-                if let Some(w) = b.weights.get(i).and_then(Option::as_ref) {
-                    if *w != Val::Num(1.0) {
-                        let _ = writeln!(out, "        weight: {}", w.yaml());
-                    }
-                }
-                let params = b.params_of(i);
-                if !params.is_empty() {
-                    let _ = writeln!(out, "        params: {{ {} }}", params.join(", "));
-                }
+                b.write_model_values(&mut out, i, "        ");
             }
             self.write_layers_of(&mut out, st, base_start, &b.models, &recipe_base);
-            if !b.values.all.is_empty() {
-                out.push_str("    params:\n");
-                for (name, v) in &b.values.all {
-                    let _ = writeln!(out, "      {name}: {}", v.yaml());
-                }
-            }
+            write_params(&mut out, "    ", &b.values.all);
         }
         self.write_tokenizer(&mut out);
         if let Some(d) = dtype {
@@ -2991,13 +2960,31 @@ struct Built {
 }
 
 impl Built {
-    /// Fine-tune `i`'s values for `$variables`, as `name: value` texts.
-    fn params_of(&self, i: usize) -> Vec<String> {
-        self.values
-            .each
-            .iter()
+    /// Fine-tune `i`'s `weight` (where it is not 1) and `params` lines, indented by
+    /// `indent`.
+    fn write_model_values(&self, out: &mut String, i: usize, indent: &str) {
+        if let Some(w) = self.weights.get(i).and_then(Option::as_ref) {
+            if *w != Val::Num(1.0) {
+                let _ = writeln!(out, "{indent}weight: {}", w.yaml());
+            }
+        }
+        let params: Vec<String> = (self.values.each.iter())
             .map(|(name, vals)| format!("{name}: {}", vals[i].yaml()))
-            .collect()
+            .collect();
+        if !params.is_empty() {
+            let _ = writeln!(out, "{indent}params: {{ {} }}", params.join(", "));
+        }
+    }
+}
+
+/// A `params:` block of `values` (none when empty), its key indented by `indent`.
+fn write_params(out: &mut String, indent: &str, values: &[(String, Val)]) {
+    if values.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "{indent}params:");
+    for (name, v) in values {
+        let _ = writeln!(out, "{indent}  {name}: {}", v.yaml());
     }
 }
 
