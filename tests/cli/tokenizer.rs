@@ -428,6 +428,69 @@ fn a_tokenizer_over_slices_needs_every_input_in_the_end_slices() {
     );
 }
 
+/// SentencePiece's `tokenizer.model` with `pieces` at their ids: a `ModelProto`
+/// (protocol buffers) of `SentencePiece { piece, score, type }`, written by hand.
+fn write_sentencepiece(dir: &Path, pieces: &[String]) {
+    fn varint(mut v: usize, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push((v as u8 & 0x7f) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    let mut model = Vec::new();
+    for (i, p) in pieces.iter().enumerate() {
+        let mut piece = vec![0x0a];
+        varint(p.len(), &mut piece);
+        piece.extend_from_slice(p.as_bytes());
+        piece.push(0x15); // score: a float
+        piece.extend_from_slice(&(-(i as f32)).to_le_bytes());
+        piece.extend_from_slice(&[0x18, if i == 0 { 2 } else { 1 }]); // UNKNOWN, NORMAL
+        model.push(0x0a);
+        varint(piece.len(), &mut model);
+        model.extend_from_slice(&piece);
+    }
+    fs::write(dir.join("tokenizer.model"), model).unwrap();
+}
+
+#[test]
+fn a_model_with_only_a_sentencepiece_model_takes_part_in_a_union() {
+    let ws = workspace();
+    let recipe = "base: models/base\nmodels:\n  - path: models/code\n  - path: models/math\nmerge: mean\ntokenizer: union\n";
+    ws.recipe("union.yaml", recipe);
+    ok(&run_in(
+        ws.path(),
+        &["merge", "union.yaml", "-o", "fast", "--quiet"],
+    ));
+    // math's vocabulary, now only as SentencePiece's model: the same merge.
+    let math = ws.model("math");
+    write_sentencepiece(&math, &crate::tokenizer::vocabularies()[2]);
+    fs::remove_file(math.join("tokenizer.json")).unwrap();
+    let out = run_in(ws.path(), &["merge", "union.yaml", "-o", "slow"]);
+    ok(&out);
+    let (_, stderr) = text(&out);
+    assert!(!stderr.contains("taken to be the base's"), "{stderr}");
+    assert_eq!(
+        tensors(&ws.path().join("fast")),
+        tensors(&ws.path().join("slow"))
+    );
+    // Its vocabulary as the output's: kept as it is, but no tokens added to it.
+    ws.recipe(
+        "math.yaml",
+        "base: models/base\nmodels:\n  - path: models/math\nmerge: mean\ntokenizer: models/math\n",
+    );
+    ok(&run_in(ws.path(), &["check", "math.yaml"]));
+    ws.recipe(
+        "added.yaml",
+        "base: models/base\nmodels:\n  - path: models/math\nmerge: mean\ntokenizer:\n  source: models/math\n  tokens:\n    \"<new>\": { source: zero }\n",
+    );
+    let err = fails(&run_in(ws.path(), &["check", "added.yaml"]), 1);
+    assert!(
+        err.contains("only SentencePiece's tokenizer.model"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_tokenizer_with_fisher_files_is_refused_at_the_tokenizer() {
     let ws = workspace();

@@ -39,6 +39,9 @@ pub(crate) struct InputVocab {
     regular: Vec<(usize, String)>,
     /// Its added tokens, in id order.
     added: Vec<plan::AddedToken>,
+    /// Read from SentencePiece's `tokenizer.model`: the folder has no `tokenizer.json`
+    /// that tokens could be added to.
+    slow: bool,
 }
 
 impl InputVocab {
@@ -52,7 +55,35 @@ impl InputVocab {
             serde_json::from_str(&text)
                 .map_err(|e| format!("{} is not valid JSON: {e}", path.display()))
         };
-        let tokenizer = json("tokenizer.json")?;
+        // A folder with only SentencePiece's model (a "slow" tokenizer): its pieces,
+        // and the tokens added after them in tokenizer_config.json.
+        let slow =
+            !folder.join("tokenizer.json").exists() && folder.join("tokenizer.model").is_file();
+        let tokenizer = if slow {
+            let path = folder.join("tokenizer.model");
+            let bytes =
+                std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let pieces = sentencepiece_pieces(&bytes)
+                .map_err(|e| format!("{} is not a SentencePiece model: {e}", path.display()))?;
+            let added: Vec<Value> = match json("tokenizer_config.json") {
+                Ok(c) => (c.get("added_tokens_decoder").and_then(Value::as_object))
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(id, t)| {
+                        let mut t = t.clone();
+                        t["id"] = id.parse::<u64>().ok()?.into();
+                        Some(t)
+                    })
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            let vocab: serde_json::Map<String, Value> = (pieces.into_iter().enumerate())
+                .map(|(id, p)| (p, Value::from(id as u64)))
+                .collect();
+            serde_json::json!({ "model": { "vocab": vocab }, "added_tokens": added })
+        } else {
+            json("tokenizer.json")?
+        };
         let mut all: Vec<(usize, String)> = Vec::new();
         match tokenizer.pointer("/model/vocab") {
             Some(Value::Object(map)) => {
@@ -155,6 +186,7 @@ impl InputVocab {
             beyond,
             regular,
             added,
+            slow,
         })
     }
 
@@ -162,6 +194,68 @@ impl InputVocab {
     pub(crate) fn id(&self, token: &str) -> Option<usize> {
         self.ids.get(token).copied()
     }
+}
+
+/// The pieces of a SentencePiece model (`ModelProto`, protocol buffers), in id order:
+/// field 1 repeats `SentencePiece`, whose field 1 is the piece. Every other field is
+/// skipped by its wire type.
+fn sentencepiece_pieces(bytes: &[u8]) -> Result<Vec<String>, String> {
+    /// One field of a message: its number, its wire type and its payload (a varint's
+    /// or a fixed field's payload is its bytes).
+    type Field<'b> = (u64, u8, &'b [u8]);
+    fn fields(mut b: &[u8]) -> Result<Vec<Field<'_>>, String> {
+        fn varint(b: &mut &[u8]) -> Result<u64, String> {
+            let mut v = 0u64;
+            for shift in (0..64).step_by(7) {
+                let (&byte, rest) = b.split_first().ok_or("truncated")?;
+                *b = rest;
+                v |= u64::from(byte & 0x7f) << shift;
+                if byte & 0x80 == 0 {
+                    return Ok(v);
+                }
+            }
+            Err("a varint longer than 10 bytes".into())
+        }
+        let mut out = Vec::new();
+        while !b.is_empty() {
+            let key = varint(&mut b)?;
+            let wire = (key & 7) as u8;
+            let len = match wire {
+                0 => {
+                    let before = b;
+                    varint(&mut b)?;
+                    out.push((key >> 3, wire, &before[..before.len() - b.len()]));
+                    continue;
+                }
+                1 => 8,
+                2 => usize::try_from(varint(&mut b)?).map_err(|_| "a length too large")?,
+                5 => 4,
+                w => return Err(format!("wire type {w}")),
+            };
+            if len > b.len() {
+                return Err("truncated".into());
+            }
+            out.push((key >> 3, wire, &b[..len]));
+            b = &b[len..];
+        }
+        Ok(out)
+    }
+    let mut pieces = Vec::new();
+    for (number, wire, piece) in fields(bytes)? {
+        if number != 1 || wire != 2 {
+            continue;
+        }
+        let text = fields(piece)?
+            .into_iter()
+            .find(|&(n, w, _)| n == 1 && w == 2)
+            .map(|(_, _, t)| t)
+            .ok_or("a piece without its text")?;
+        pieces.push(String::from_utf8(text.to_vec()).map_err(|_| "a piece that is not UTF-8")?);
+    }
+    if pieces.is_empty() {
+        return Err("no pieces".into());
+    }
+    Ok(pieces)
 }
 
 /// What the output's vocabulary is built from.
@@ -303,6 +397,16 @@ pub(crate) fn build(
                 .push(added_token(id, &rule.token));
         }
     }
+    if let Some(f) = files.as_ref().filter(|f| !f.added.is_empty()) {
+        if vocabs.get(&f.from).is_some_and(|v| v.slow) {
+            return Err(format!(
+                "the output's tokenizer is input {}'s, which has only SentencePiece's \
+                 tokenizer.model: reefknot adds tokens ({} here) to a tokenizer.json only",
+                f.from,
+                f.added.len()
+            ));
+        }
+    }
     let ruled: HashMap<&str, &Rule> = rules.iter().map(|r| (r.token.as_str(), r)).collect();
     let mut rows = BTreeMap::new();
     let mut lacking: Vec<bool> = vec![false; tokens.len()];
@@ -433,6 +537,7 @@ mod tests {
             by_id,
             beyond: 0,
             regular: regular.iter().map(|&(t, i)| (i, t.to_string())).collect(),
+            slow: false,
             added: added
                 .iter()
                 .map(|&(t, i, special)| plan::AddedToken {
@@ -482,6 +587,52 @@ mod tests {
         assert_eq!(voc.fill[&3], [[1, 2], [2, 1]]);
         assert_eq!(voc.fill[&4], [[2, 2]]);
         assert_eq!(voc.fill[&5], [[2, 3]]);
+    }
+
+    /// A folder with only SentencePiece's `tokenizer.model` is read as SentencePiece
+    /// reads it: every piece at its id (`scripts/golden/make_slow_tokenizer_golden.py`),
+    /// then the tokens tokenizer_config.json adds.
+    #[test]
+    fn a_sentencepiece_model_is_read_piece_by_piece() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/slow_tokenizer");
+        let expected: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
+        let pieces: Vec<&str> = expected["pieces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        let v = InputVocab::read(&dir).unwrap();
+        assert!(v.slow);
+        assert_eq!(v.rows, pieces.len() + 2);
+        for (id, piece) in pieces.iter().enumerate() {
+            assert_eq!(v.id(piece), Some(id), "{piece}");
+        }
+        let added: Vec<(usize, &str, bool)> = v
+            .added
+            .iter()
+            .map(|a| (a.id, a.content.as_str(), a.special))
+            .collect();
+        assert_eq!(added, [(320, "<|im_start|>", true), (321, "<tool>", false)]);
+        // The output may keep such a tokenizer, but not add tokens to it.
+        let mut vocabs = BTreeMap::new();
+        vocabs.insert(0, v);
+        let rule = Rule {
+            token: "<new>".into(),
+            from: None,
+            force: false,
+        };
+        let e = build(&vocabs, Source::Input(0), &[0], None, &[rule])
+            .err()
+            .unwrap();
+        assert!(e.contains("only SentencePiece's tokenizer.model"), "{e}");
+        assert!(build(&vocabs, Source::Input(0), &[0], None, &[]).is_ok());
+        assert!(
+            sentencepiece_pieces(&[0x0a, 0x05, 0x0a]).is_err(),
+            "truncated"
+        );
     }
 
     /// A gap between tokens is refused; rows after the last token (a padded
