@@ -984,6 +984,20 @@ impl Permuted<'_> {
     }
 }
 
+/// The Fisher means (`means`, by model of the plan) of a job's models, in the job's
+/// order, from the Fisher tensors it reads: a slice may merge some of the plan's models.
+fn means_of(plan: &Plan, means: &[f64], fisher: &[Located]) -> Vec<f64> {
+    fisher
+        .iter()
+        .map(|&(input, _)| match plan.data().inputs[input].role {
+            Role::Fisher { model } => means[model],
+            // A plan written by hand may read Fisher values from another input: the
+            // mean of one that is no Fisher file is not taken.
+            _ => 1.0,
+        })
+        .collect()
+}
+
 /// A LoRA update as a product `left · right` of a `[rows, r]` and an `[r, cols]` matrix
 /// in float32, the scale folded into `left`: `scale·B` and `A`, or, transposed,
 /// `scale·Aᵀ` and `Bᵀ`. Small (`r·(rows + cols)` values), read whole once per tensor.
@@ -1367,19 +1381,10 @@ pub fn execute(
             ),
             Job::Merge(job) => {
                 let source = Mapped::new(plan, job);
-                // Each of the job's models' mean, in the job's order (a slice may merge
-                // some of the plan's models).
-                let means: Option<Vec<f64>> =
-                    fisher_means
-                        .as_ref()
-                        .zip(job.fisher.as_ref())
-                        .map(|(means, fisher)| {
-                            let of = |input: usize| match plan.data().inputs[input].role {
-                                Role::Fisher { model } => means[model],
-                                _ => 1.0,
-                            };
-                            fisher.iter().map(|&(input, _)| of(input)).collect()
-                        });
+                let means = fisher_means
+                    .as_deref()
+                    .zip(job.fisher.as_deref())
+                    .map(|(means, fisher)| means_of(plan, means, fisher));
                 let job = TensorJob {
                     fisher_means: means.as_deref(),
                     check_finite,

@@ -764,6 +764,7 @@ fn num_hidden_layers(dir: &Path) -> Option<u64> {
 }
 
 /// One entry of `models:`.
+#[derive(Clone)]
 struct Entry<'n> {
     model: String,
     loc: Loc,
@@ -1299,24 +1300,7 @@ impl<'a> Translator<'a> {
         if get("base_model").is_some() && base.is_none() {
             return None;
         }
-        // mergekit keys its inputs by model reference: a model listed twice is one
-        // input, with the first entry's parameters.
-        let mut unique: Vec<Entry> = Vec::with_capacity(entries.len());
-        for e in entries {
-            match unique.iter().find(|u| u.model == e.model) {
-                Some(first) => {
-                    let line = first.loc.line;
-                    self.warn(
-                        e.loc,
-                        format!("`{}` is listed twice: mergekit merges it once, with the parameters of its first entry (line {line})", e.model),
-                        "listed again",
-                        Some("remove this entry".into()),
-                    );
-                }
-                None => unique.push(e),
-            }
-        }
-        let entries = unique;
+        let entries = self.unique(entries, "");
         self.check_names(method, &top, &entries);
         self.translate(method, base, &entries, &top, output_dtype, file_name)
     }
@@ -2210,6 +2194,28 @@ impl<'a> Translator<'a> {
         Some(out)
     }
 
+    /// `entries` with each model once: mergekit keys its inputs by model reference, so
+    /// a model listed twice is one input, with the first entry's parameters (a warning
+    /// says so; `place` says where, e.g. " in this slice").
+    fn unique<'n>(&mut self, entries: Vec<Entry<'n>>, place: &str) -> Vec<Entry<'n>> {
+        let mut unique: Vec<Entry> = Vec::with_capacity(entries.len());
+        for e in entries {
+            match unique.iter().find(|u| u.model == e.model) {
+                Some(first) => {
+                    let line = first.loc.line;
+                    self.warn(
+                        e.loc,
+                        format!("`{}` is listed twice{place}: mergekit merges it once, with the parameters of its first entry (line {line})", e.model),
+                        "listed again",
+                        Some("remove this entry".into()),
+                    );
+                }
+                None => unique.push(e),
+            }
+        }
+        unique
+    }
+
     /// A stack of merged slices that differ in their models, base or per-model values:
     /// each slice is translated as a merge of its own (its `base_model` or the
     /// configuration's, its `parameters` before the top-level ones), every value a
@@ -2228,26 +2234,8 @@ impl<'a> Translator<'a> {
     ) -> Option<String> {
         let mut built: Vec<Built> = Vec::with_capacity(slices.len());
         for (raw, _) in slices {
-            // mergekit keys a slice's inputs by model reference.
-            let mut entries: Vec<Entry> = Vec::with_capacity(raw.sources.len());
-            for (e, ..) in &raw.sources {
-                match entries.iter().find(|u| u.model == e.model) {
-                    Some(first) => {
-                        let line = first.loc.line;
-                        self.warn(
-                            e.loc,
-                            format!("`{}` is listed twice in this slice: mergekit merges it once, with the parameters of its first entry (line {line})", e.model),
-                            "listed again",
-                            Some("remove this entry".into()),
-                        );
-                    }
-                    None => entries.push(Entry {
-                        model: e.model.clone(),
-                        loc: e.loc,
-                        params: e.params.clone(),
-                    }),
-                }
-            }
+            let sources = raw.sources.iter().map(|(e, ..)| e.clone()).collect();
+            let entries = self.unique(sources, " in this slice");
             let own_top = layered(raw.params.clone(), top.to_vec());
             self.check_names(method, &own_top, &entries);
             let own_base = raw.base.as_ref().or(base);

@@ -1536,8 +1536,8 @@ impl<'a> Checker<'a> {
             }
             starts.insert(input, start);
         }
-        (ok && params.is_some()).then(|| SliceSource::Merge {
-            params: params.expect("checked"),
+        params.filter(|_| ok).map(|params| SliceSource::Merge {
+            params,
             starts,
             base: own_base,
             models: listed,
